@@ -1,0 +1,46 @@
+"""csvjournal: keep a batch job's CSV status sheet correct, current and crash-safe.
+
+Workers call :meth:`Journal.record`; each update is committed to a WAL-mode SQLite journal
+beside the CSV. See :func:`open`.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from csvjournal.errors import (
+    CsvChangedError,
+    CsvFormatError,
+    CsvJournalError,
+    ExportError,
+    JournalBusyError,
+    JournalClosedError,
+    NetworkFilesystemError,
+    RecordError,
+    SchemaTooNewError,
+    SettingsError,
+)
+from csvjournal.events import Event
+from csvjournal.journal import Journal, open
+
+try:
+    __version__ = version("csvjournal")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "CsvChangedError",
+    "CsvFormatError",
+    "CsvJournalError",
+    "Event",
+    "ExportError",
+    "Journal",
+    "JournalBusyError",
+    "JournalClosedError",
+    "NetworkFilesystemError",
+    "RecordError",
+    "SchemaTooNewError",
+    "SettingsError",
+    "__version__",
+    "open",
+]

@@ -1,0 +1,8 @@
+"""``python -m csvjournal``: the command line."""
+
+from __future__ import annotations
+
+from csvjournal.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""One thread's open ``batch()``: a write transaction with savepoints and buffered records.
+
+Records inside a batch get their sequence number at once and are written in bulk
+(``executemany``) when the buffer fills, at a savepoint boundary, before a read from the
+same thread, and at commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection
+
+from csvjournal._writer import RecordOp, Writer
+
+__all__ = ["BatchState"]
+
+_FLUSH_EVERY = 5000
+
+
+class BatchState:
+    """The transaction of one thread's outermost ``batch()`` block and its nested ones."""
+
+    def __init__(self, conn: Connection, writer: Writer) -> None:
+        self.conn = conn
+        self._writer = writer
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, sqlite3.Connection)
+        self._raw = raw
+        self._buffer: list[RecordOp] = []
+
+    def add(self, op: RecordOp) -> int:
+        """Queue one record; return its sequence number."""
+        seq = self._writer.allocate(op)
+        self._buffer.append(op)
+        if len(self._buffer) >= _FLUSH_EVERY:
+            self.flush()
+        return seq
+
+    def flush(self) -> None:
+        """Write the queued records into the open transaction."""
+        if self._buffer:
+            ops, self._buffer = self._buffer, []
+            self._writer.apply(self._raw, ops)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The outermost block: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (or rollback if it raises)."""
+        with self.conn.begin() as tx:
+            mark = None
+            try:
+                self._writer.start(self._raw)
+                mark = self._writer.mark()
+                yield
+                self.flush()
+            except BaseException:
+                self._buffer.clear()
+                tx.rollback()
+                if mark is not None:
+                    self._writer.restore(mark)
+                raise
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested block: a SAVEPOINT whose records alone are undone if it raises."""
+        self.flush()
+        mark = self._writer.mark()
+        savepoint = self.conn.begin_nested()
+        try:
+            yield
+            self.flush()
+        except BaseException:
+            self._buffer.clear()
+            savepoint.rollback()
+            self._writer.restore(mark)
+            raise
+        savepoint.commit()

@@ -1,0 +1,113 @@
+"""Read queries over a journal connection: rows, counts, pending keys, history."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, and_, func, not_, select, text
+
+from csvjournal import _schema as t
+from csvjournal._values import parse_timestamp
+from csvjournal._writer import IN_PROGRESS
+from csvjournal.events import Event
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["column_names", "counts", "get", "history", "pending", "row_count", "to_dataframe"]
+
+# Walks a row's chain of events (events.prev) from its newest one, so no index on
+# events.key is needed; SQLite recursion stops when prev is NULL.
+_HISTORY = text(
+    """
+WITH RECURSIVE chain(seq) AS (
+    SELECT last_seq FROM rows WHERE key = :key AND last_seq IS NOT NULL
+    UNION ALL
+    SELECT events.prev FROM events JOIN chain ON events.seq = chain.seq
+    WHERE events.prev IS NOT NULL
+)
+SELECT events.seq, events.key, events.status, events.fields, events.at, events.worker,
+       events.pid, events.note
+FROM events JOIN chain ON events.seq = chain.seq
+ORDER BY events.seq
+"""
+)
+
+
+def column_names(conn: Connection) -> list[str]:
+    """Every column of the CSV, in order."""
+    return list(conn.execute(select(t.columns.c.name).order_by(t.columns.c.pos)).scalars())
+
+
+def _cells(columns: list[str], cells_json: str) -> list[str]:
+    cells = json.loads(cells_json)
+    return [cells.get(str(pos), "") for pos in range(len(columns))]
+
+
+def get(conn: Connection, key: str) -> dict[str, str] | None:
+    """The row of ``key`` as ``{column: text}``, or ``None``."""
+    cells_json = conn.execute(select(t.rows.c.cells).where(t.rows.c.key == key)).scalar()
+    if cells_json is None:
+        return None
+    columns = column_names(conn)
+    return dict(zip(columns, _cells(columns, cells_json), strict=True))
+
+
+def counts(conn: Connection) -> dict[str, int]:
+    """Rows per status."""
+    query = select(t.rows.c.status, func.count()).group_by(t.rows.c.status)
+    return {status: n for status, n in conn.execute(query).tuples()}
+
+
+def row_count(conn: Connection) -> int:
+    """The number of rows."""
+    return int(conn.execute(select(func.count()).select_from(t.rows)).scalar_one())
+
+
+def pending(conn: Connection, terminal: frozenset[str], now: float) -> list[str]:
+    """Keys of rows neither terminal nor held by a live lease, in CSV order."""
+    leased = and_(
+        t.rows.c.status == IN_PROGRESS,
+        t.rows.c.lease_until.is_not(None),
+        t.rows.c.lease_until > now,
+    )
+    query = select(t.rows.c.key).where(not_(leased)).order_by(t.rows.c.pos)
+    if terminal:
+        query = query.where(t.rows.c.status.not_in(sorted(terminal)))
+    return list(conn.execute(query).scalars())
+
+
+def history(conn: Connection, key: str) -> list[Event]:
+    """Every event of ``key``, oldest first."""
+    return [
+        Event(
+            seq=seq,
+            key=row_key,
+            status=status,
+            fields=json.loads(fields),
+            at=parse_timestamp(at),
+            worker=worker,
+            pid=pid,
+            note=note,
+        )
+        for seq, row_key, status, fields, at, worker, pid, note in conn.execute(
+            _HISTORY, {"key": key}
+        ).tuples()
+    ]
+
+
+def _all_cells(conn: Connection, columns: list[str]) -> Iterator[list[str]]:
+    for (cells_json,) in conn.execute(select(t.rows.c.cells).order_by(t.rows.c.pos)).tuples():
+        yield _cells(columns, cells_json)
+
+
+def to_dataframe(conn: Connection) -> pd.DataFrame:
+    """Every row as a DataFrame of text, columns in CSV order, rows in CSV order."""
+    import pandas as pd  # deferred: pandas costs a worker process half a second to import
+
+    columns = column_names(conn)
+    data = list(_all_cells(conn, columns))
+    return pd.DataFrame(data, columns=pd.Index(columns, dtype=object), dtype=str)

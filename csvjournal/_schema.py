@@ -1,0 +1,61 @@
+"""The journal's tables, as SQLAlchemy Core objects (the shape of the newest revision).
+
+``rows`` holds each row's current state in CSV order (``pos``); its ``cells`` are a JSON
+object from column position (as text) to cell text, so a new column costs existing rows
+nothing and a record merges into a row with SQLite's ``json_patch``. ``key`` and
+``status`` repeat two cells so they can be indexed and filtered. ``events`` is the
+append-only audit trail; ``prev`` chains each row's events, so ``history()`` needs no index
+on ``events.key`` and ``record()`` pays for no index insert. ``columns`` is the CSV's column
+order and ``settings`` the journal's JSON-encoded settings.
+
+Migrations in ``migrations/`` create these tables; this module is what queries use.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Float, Integer, MetaData, Table, Text
+
+__all__ = ["columns", "events", "metadata", "rows", "settings"]
+
+metadata = MetaData()
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+columns = Table(
+    "columns",
+    metadata,
+    Column("pos", Integer, primary_key=True, autoincrement=False),
+    Column("name", Text, nullable=False, unique=True),
+)
+
+rows = Table(
+    "rows",
+    metadata,
+    Column("pos", Integer, primary_key=True),
+    Column("key", Text, nullable=False, unique=True),
+    Column("status", Text, nullable=False),
+    Column("cells", Text, nullable=False),
+    Column("last_seq", Integer),
+    Column("lease_until", Float),
+    Column("holder", Text),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("key", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("fields", Text, nullable=False),
+    Column("at", Text, nullable=False),
+    Column("worker", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("note", Text),
+    Column("prev", Integer),
+)

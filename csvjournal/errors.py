@@ -1,0 +1,61 @@
+"""The exception hierarchy of csvjournal.
+
+Every error the package raises derives from :class:`CsvJournalError` and also from the
+nearest builtin exception, so ``except ValueError`` keeps working for callers that do not
+know csvjournal. This module imports nothing of the package.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CsvChangedError",
+    "CsvFormatError",
+    "CsvJournalError",
+    "ExportError",
+    "JournalBusyError",
+    "JournalClosedError",
+    "NetworkFilesystemError",
+    "RecordError",
+    "SchemaTooNewError",
+    "SettingsError",
+]
+
+
+class CsvJournalError(Exception):
+    """Base class of every error raised by csvjournal."""
+
+
+class CsvFormatError(CsvJournalError, ValueError):
+    """The CSV is not valid input; the message names the file, line and column."""
+
+
+class CsvChangedError(CsvJournalError, ValueError):
+    """The CSV was edited by hand since the last export."""
+
+
+class SettingsError(CsvJournalError, ValueError):
+    """Arguments to :func:`csvjournal.open` conflict with each other or with the journal."""
+
+
+class RecordError(CsvJournalError, ValueError):
+    """A ``record()`` call names an invalid key or field (empty, or contradicting the row)."""
+
+
+class SchemaTooNewError(CsvJournalError, RuntimeError):
+    """The journal was written by a newer csvjournal; it is refused before any write."""
+
+
+class NetworkFilesystemError(CsvJournalError, OSError):
+    """The journal lies on a network file system, where SQLite's WAL mode is unsafe."""
+
+
+class JournalBusyError(CsvJournalError, TimeoutError):
+    """The journal stayed locked by other writers for longer than the busy timeout."""
+
+
+class ExportError(CsvJournalError, OSError):
+    """The CSV could not be written."""
+
+
+class JournalClosedError(CsvJournalError, RuntimeError):
+    """The journal handle was used after ``close()``."""

@@ -1,0 +1,410 @@
+"""The :class:`Journal` API and :func:`open`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from sqlalchemy import Connection
+
+from csvjournal import _reads
+from csvjournal._batch import BatchState
+from csvjournal._groupcommit import GroupCommitter
+from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TIMESTAMP, Settings, settle
+from csvjournal._values import format_timestamp, render_value, utc_now
+from csvjournal._writer import RecordOp, Writer
+from csvjournal.errors import JournalClosedError, RecordError, SettingsError
+from csvjournal.store import Durability, Store
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from types import TracebackType
+
+    import pandas as pd
+
+    from csvjournal.events import Event
+
+__all__ = ["Journal", "open"]
+
+log = structlog.get_logger(__name__)
+
+_HOST = socket.gethostname()
+_live: weakref.WeakSet[Journal] = weakref.WeakSet()
+# Connections inherited across fork() must never be closed in the child (SQLite's
+# "how to corrupt a database"); they are kept here, unused, until the process ends.
+_fork_orphans: list[object] = []
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    csv_path: Path
+    journal_path: Path
+    key: str | None
+    export: bool
+    durability: Durability
+    terminal: frozenset[str] | None
+    status_column: str
+    timestamp_column: str
+    busy_timeout: float
+
+
+class Journal:
+    """A handle on one journal: record updates, read state, share between threads.
+
+    Create it with :func:`csvjournal.open`. It is safe to share between threads; passed to
+    a worker process (fork or spawn) it reopens there as a non-exporting handle.
+    """
+
+    def __init__(self, options: _Options) -> None:
+        self._options = options
+        self._closed = False
+        self._attach()
+        _live.add(self)
+
+    def _attach(self) -> None:
+        options = self._options
+        self._pid = os.getpid()
+        self._store = Store(
+            options.journal_path,
+            durability=options.durability,
+            busy_timeout=options.busy_timeout,
+        )
+        try:
+            with self._store.write() as conn:
+                self._settings = settle(
+                    conn,
+                    options.journal_path,
+                    key=options.key,
+                    terminal=options.terminal,
+                    status_column=options.status_column,
+                    timestamp_column=options.timestamp_column,
+                )
+        except BaseException:
+            self._store.close()
+            raise
+        s = self._settings
+        self._writer = Writer(s.key_column, s.status_column, s.timestamp_column)
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._committer: GroupCommitter[RecordOp, int] = GroupCommitter(self._commit_group)
+
+    def _forked(self) -> None:
+        """In a forked child: drop the parent's connections and locks, reopen on next use."""
+        if self._closed or self._pid != os.getppid():
+            return
+        _fork_orphans.append(self._store.orphan())
+        self._options = replace(self._options, export=False, key=None, terminal=None)
+        self._pid = -1
+
+    def _ensure(self) -> None:
+        if self._closed:
+            raise JournalClosedError(f"{self._options.journal_path}: journal is closed")
+        if self._pid != os.getpid():
+            if self._pid != -1:  # forked without our hook seeing it: never close them
+                _fork_orphans.append(self._store.orphan())
+                self._options = replace(self._options, export=False, key=None, terminal=None)
+            self._attach()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        child = replace(self._options, export=False, key=None, terminal=None)
+        return (Journal, (child,))
+
+    # -- properties ----------------------------------------------------------------------
+
+    @property
+    def csv_path(self) -> Path:
+        """The CSV this journal keeps."""
+        return self._options.csv_path
+
+    @property
+    def journal_path(self) -> Path:
+        """The SQLite journal file."""
+        return self._options.journal_path
+
+    @property
+    def settings(self) -> Settings:
+        """The journal's key, status and timestamp columns and terminal statuses."""
+        return self._settings
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column of the CSV, in order.
+
+        Raises:
+            JournalClosedError: the handle is closed.
+        """
+        with self._reading() as conn:
+            return _reads.column_names(conn)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def record(
+        self,
+        key: str,
+        /,
+        status: str | None = None,
+        fields: Mapping[str, object] | None = None,
+        **more: object,
+    ) -> int:
+        """Merge fields into the row ``key`` (created if new), stamp it, append an event,
+        commit, and return the event's sequence number.
+
+        Returns only when the commit is durable (per the journal's durability). Concurrent
+        calls from several threads share one commit. Inside :meth:`batch` the record commits
+        with the block instead.
+
+        Raises:
+            TypeError: a value of an unsupported type (the message names the field).
+            RecordError: an empty key, field name or status, or fields contradicting the key.
+            JournalBusyError: other writers held the journal longer than the busy timeout.
+            JournalClosedError: the handle is closed.
+        """
+        self._ensure()
+        op = self._prepare(key, status, fields, more)
+        batch: BatchState | None = getattr(self._local, "batch", None)
+        if batch is not None:
+            return batch.add(op)
+        return self._committer.submit(op)
+
+    def _prepare(
+        self,
+        key: object,
+        status: object,
+        fields: Mapping[str, object] | None,
+        more: Mapping[str, object],
+    ) -> RecordOp:
+        s = self._settings
+        key_text = render_value(s.key_column, key)
+        if not key_text:
+            raise RecordError(f"{self._options.journal_path}: a key must not be empty")
+        named: dict[str, str] = {}
+        for source in (fields or {}, more):
+            for name, value in source.items():
+                if not isinstance(name, str) or not name:
+                    raise RecordError(f"key {key_text!r}: field names must be non-empty text")
+                if name in named:
+                    raise RecordError(f"key {key_text!r}: field {name!r} given twice")
+                named[name] = render_value(name, value)
+        status_text = None if status is None else render_value(s.status_column, status)
+        if s.status_column in named:
+            given = named.pop(s.status_column)
+            if status_text is not None and given != status_text:
+                raise RecordError(f"key {key_text!r}: two different statuses given")
+            status_text = given
+        if status_text == "":
+            raise RecordError(f"key {key_text!r}: status must not be empty")
+        if named.pop(s.key_column, key_text) != key_text:
+            raise RecordError(f"key {key_text!r}: field {s.key_column!r} contradicts the key")
+        return RecordOp(
+            key=key_text,
+            status=status_text,
+            fields=named,
+            at=format_timestamp(utc_now()),
+            worker=f"{_HOST}:{os.getpid()}:{threading.current_thread().name}",
+            pid=os.getpid(),
+        )
+
+    def _commit_group(self, ops: Sequence[RecordOp]) -> list[int]:
+        writer = self._writer
+        with self._write_lock:
+            conn = self._store.writer()
+            self._store.begin_immediate(conn)
+            mark = None
+            try:
+                writer.start(conn)
+                mark = writer.mark()
+                seqs = [writer.allocate(op) for op in ops]
+                writer.apply(conn, ops)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if mark is not None:
+                    writer.restore(mark)
+                raise
+        return seqs
+
+    @contextmanager
+    def batch(self) -> Iterator[Journal]:
+        """Commit every ``record()`` of this thread inside the block as one transaction.
+
+        Nothing is committed if the block raises. A nested block is a savepoint: if it
+        raises, only its own records are undone (no row, column or event is left) and the
+        outer block goes on.
+
+        Raises:
+            JournalBusyError: other writers held the journal longer than the busy timeout.
+            JournalClosedError: the handle is closed.
+        """
+        self._ensure()
+        state: BatchState | None = getattr(self._local, "batch", None)
+        if state is not None:
+            with state.savepoint():
+                yield self
+            return
+        with self._write_lock, self._store.engine.connect() as conn:
+            state = BatchState(conn, self._writer)
+            self._local.batch = state
+            try:
+                with state.transaction():
+                    yield self
+            finally:
+                self._local.batch = None
+
+    # -- reading -------------------------------------------------------------------------
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        self._ensure()
+        batch: BatchState | None = getattr(self._local, "batch", None)
+        if batch is not None:  # this thread's own uncommitted records are visible to it
+            batch.flush()
+            yield batch.conn
+            return
+        with self._store.read() as conn:
+            yield conn
+
+    def get(self, key: str) -> dict[str, str] | None:
+        """The row of ``key`` as ``{column: text}`` over every CSV column, or ``None``.
+
+        Raises:
+            JournalClosedError: the handle is closed.
+        """
+        with self._reading() as conn:
+            return _reads.get(conn, render_value(self._settings.key_column, key))
+
+    def counts(self) -> dict[str, int]:
+        """The number of rows per status.
+
+        Raises:
+            JournalClosedError: the handle is closed.
+        """
+        with self._reading() as conn:
+            return _reads.counts(conn)
+
+    def __len__(self) -> int:
+        with self._reading() as conn:
+            return _reads.row_count(conn)
+
+    def pending(self) -> list[str]:
+        """Keys of rows that are neither terminal nor held by a live lease, in CSV order.
+
+        Raises:
+            JournalClosedError: the handle is closed.
+        """
+        with self._reading() as conn:
+            return _reads.pending(conn, self._settings.terminal, time.time())
+
+    def history(self, key: str) -> list[Event]:
+        """Every event of ``key``, oldest first (empty for an unknown key).
+
+        Raises:
+            JournalClosedError: the handle is closed.
+        """
+        with self._reading() as conn:
+            return _reads.history(conn, render_value(self._settings.key_column, key))
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """Every row as a pandas DataFrame of text, columns and rows in CSV order.
+
+        Raises:
+            JournalClosedError: the handle is closed.
+        """
+        with self._reading() as conn:
+            return _reads.to_dataframe(conn)
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the handle; closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        _live.discard(self)
+        if self._pid == os.getpid():
+            self._store.close()
+        log.debug("journal_closed", path=str(self._options.journal_path))
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Journal {str(self._options.csv_path)!r} {state}>"
+
+
+def _after_fork_in_child() -> None:
+    for journal in list(_live):
+        journal._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _as_set(names: Iterable[str]) -> Iterable[str]:
+    return (names,) if isinstance(names, str) else names
+
+
+def open(  # noqa: A001 - the spec's name, as in builtins.open
+    csv_path: str | os.PathLike[str],
+    *,
+    key: str | None = None,
+    journal_path: str | os.PathLike[str] | None = None,
+    url: str | None = None,
+    export: bool = True,
+    durability: Durability = "full",
+    terminal: Iterable[str] | None = None,
+    status_column: str = DEFAULT_STATUS,
+    timestamp_column: str = DEFAULT_TIMESTAMP,
+    busy_timeout: float = 30.0,
+) -> Journal:
+    """Open (or create) the journal of ``csv_path``.
+
+    A new journal needs ``key``; an existing one keeps its stored settings (a conflicting
+    ``key``/``status_column``/``timestamp_column`` is an error; ``terminal`` replaces the
+    stored set). ``durability="full"`` makes each commit survive power loss, ``"normal"``
+    a crash of the process. ``busy_timeout`` bounds how long a write waits for other
+    writers.
+
+    Raises:
+        SettingsError: missing or conflicting arguments, or a file that is not a journal.
+        SchemaTooNewError: the journal was written by a newer csvjournal (left unchanged).
+        JournalBusyError: the journal stayed locked for longer than ``busy_timeout``.
+    """
+    csv = Path(csv_path)
+    path = Path(journal_path) if journal_path is not None else Path(f"{csv}.journal")
+    if url is not None:
+        raise SettingsError("url= (a journal in a database server) is not supported yet")
+    if csv.exists() and not path.exists():
+        raise SettingsError(
+            f"{csv}: importing an existing CSV into a new journal is not supported yet"
+        )
+    options = _Options(
+        csv_path=csv,
+        journal_path=path,
+        key=key,
+        export=export,
+        durability=durability,
+        terminal=None if terminal is None else frozenset(_as_set(terminal)),
+        status_column=status_column,
+        timestamp_column=timestamp_column,
+        busy_timeout=busy_timeout,
+    )
+    return Journal(options)

@@ -1,0 +1,196 @@
+"""The SQLite side: engine and connection settings, transactions and busy retries.
+
+Every connection runs in WAL mode with ``busy_timeout`` and ``synchronous`` set from the
+durability; every write transaction starts with ``BEGIN IMMEDIATE`` (SQLAlchemy's
+documented pysqlite recipe: the driver's own transaction handling is switched off and the
+``begin`` event emits the statement), so a writer holds SQLite's write lock from its first
+statement and ``SQLITE_BUSY_SNAPSHOT`` cannot happen. A busy database is retried with
+exponential backoff and jitter, then :class:`~csvjournal.errors.JournalBusyError`.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import structlog
+import tenacity
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import PoolProxiedConnection
+
+from csvjournal import _migrate
+from csvjournal.errors import CsvJournalError, JournalBusyError, SettingsError
+
+__all__ = ["Durability", "Store", "is_busy"]
+
+log = structlog.get_logger(__name__)
+
+Durability = Literal["full", "normal"]
+_SYNCHRONOUS: dict[str, str] = {"full": "FULL", "normal": "NORMAL"}
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+# SQLite's own busy handler waits this long per attempt; tenacity spaces the attempts.
+_ATTEMPT_MS = 250
+_T = TypeVar("_T")
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Tell whether ``exc`` is SQLite's "database is locked/busy" (any extended code)."""
+    if isinstance(exc, DBAPIError):
+        exc = exc.orig  # type: ignore[assignment]
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+class Store:
+    """One process's access to one journal file: an engine plus retry policy.
+
+    Raises (from the constructor):
+        SchemaTooNewError: the journal was written by a newer csvjournal (nothing written).
+        SettingsError: the file is not a csvjournal journal or durability is unknown.
+        JournalBusyError: the journal stayed locked for longer than ``busy_timeout``.
+    """
+
+    def __init__(self, path: Path, *, durability: Durability, busy_timeout: float) -> None:
+        if durability not in _SYNCHRONOUS:
+            raise SettingsError(f"durability must be 'full' or 'normal', not {durability!r}")
+        self.path = path
+        self.durability = durability
+        self.busy_timeout = busy_timeout
+        self.pid = os.getpid()
+        self.engine = self._make_engine()
+        self._writer: PoolProxiedConnection | None = None
+        self._writer_lock = threading.Lock()
+        try:
+            self._migrate()
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    # -- connections -------------------------------------------------------------------
+
+    def _make_engine(self) -> Engine:
+        engine = create_engine(
+            f"sqlite:///{self.path}",
+            connect_args={"check_same_thread": False, "isolation_level": None},
+        )
+        synchronous = _SYNCHRONOUS[self.durability]
+        attempt_ms = min(_ATTEMPT_MS, int(self.busy_timeout * 1000))
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+            dbapi_conn.execute(f"PRAGMA busy_timeout = {attempt_ms}")
+            mode = dbapi_conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise CsvJournalError(f"{self.path}: SQLite refused WAL mode (got {mode})")
+            dbapi_conn.execute(f"PRAGMA synchronous = {synchronous}")
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            mode = conn.get_execution_options().get("csvj_begin", "IMMEDIATE")
+            dbapi_conn = conn.connection.driver_connection
+            assert isinstance(dbapi_conn, sqlite3.Connection)
+            self.retry_busy(lambda: dbapi_conn.execute(f"BEGIN {mode}"))
+
+        return engine
+
+    def retry_busy(self, action: Callable[[], _T]) -> _T:
+        """Run ``action``, retrying while SQLite reports busy, up to ``busy_timeout`` s.
+
+        Raises:
+            JournalBusyError: still busy when the time is up.
+        """
+        try:
+            return action()
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                raise
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(is_busy),
+            wait=tenacity.wait_random_exponential(multiplier=0.005, max=0.5),
+            stop=tenacity.stop_after_delay(self.busy_timeout),
+            before_sleep=self._log_busy,
+            reraise=True,
+        )
+        try:
+            return retrying(action)
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                raise
+            raise JournalBusyError(
+                f"{self.path}: journal still locked by another writer after"
+                f" {self.busy_timeout:g} s"
+            ) from exc
+
+    def _log_busy(self, state: tenacity.RetryCallState) -> None:
+        log.debug("journal_busy_retry", path=str(self.path), attempt=state.attempt_number)
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection inside a deferred (read) transaction; rolled back at the end."""
+        with self.engine.connect() as conn:
+            conn.execution_options(csvj_begin="DEFERRED")
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A connection inside ``BEGIN IMMEDIATE``; committed unless the block raises."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def writer(self) -> sqlite3.Connection:
+        """This handle's dedicated DBAPI write connection (autocommit; BEGIN it yourself)."""
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = self.engine.raw_connection()
+            dbapi_conn = self._writer.driver_connection
+        assert isinstance(dbapi_conn, sqlite3.Connection)
+        return dbapi_conn
+
+    def begin_immediate(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE`` on a DBAPI connection, retried while busy."""
+        self.retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+
+    def close(self) -> None:
+        """Close every connection of this store."""
+        with self._writer_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        self.engine.dispose()
+
+    def orphan(self) -> Any:
+        """Forget every connection without closing it (in a forked child).
+
+        Closing a SQLite connection inherited across ``fork()`` can corrupt the parent's
+        locks, so the caller keeps what this returns alive for the rest of the process.
+        """
+        kept = (self.engine, self._writer)
+        self._writer = None
+        self._writer_lock = threading.Lock()
+        return kept
+
+    # -- schema ------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self.read() as conn:
+            revision = _migrate.check_revision(conn, self.path)
+        if revision == _migrate.head_revision():
+            return
+        with self.write() as conn:
+            # Another process may have migrated between our read and our write lock.
+            revision = _migrate.check_revision(conn, self.path)
+            if revision != _migrate.head_revision():
+                log.info("journal_schema_upgrade", path=str(self.path), from_revision=revision)
+                _migrate.upgrade(conn)
