@@ -33,7 +33,7 @@ class BatchState:
 
     def add(self, op: RecordOp) -> int:
         """Queue one record; return its sequence number."""
-        seq = self._writer.allocate(op)
+        seq = self._writer.allocate(self._raw, op)
         self._buffer.append(op)
         if len(self._buffer) >= _FLUSH_EVERY:
             self.flush()
@@ -49,17 +49,14 @@ class BatchState:
     def transaction(self) -> Iterator[None]:
         """The outermost block: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (or rollback if it raises)."""
         with self.conn.begin() as tx:
-            mark = None
+            mark = self._writer.begin()
             try:
-                self._writer.start(self._raw)
-                mark = self._writer.mark()
                 yield
                 self.flush()
             except BaseException:
                 self._buffer.clear()
                 tx.rollback()
-                if mark is not None:
-                    self._writer.restore(mark)
+                self._writer.restore(mark)
                 raise
 
     @contextmanager

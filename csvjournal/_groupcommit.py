@@ -1,16 +1,19 @@
 """Group commit: concurrent callers share one transaction and one fsync.
 
 Leader/follower: a caller queues its item; if nobody is committing, it becomes the leader,
-waits a few hundred microseconds for as many callers as the last group had, takes every
+waits up to a few hundred microseconds for as many callers as the last group had, takes every
 queued item and commits them together; the others sleep until their group is done. Each
-caller still returns only after the commit holding its own item. A group whose commit fails
+caller returns only after the commit holding its own item. When a leader is done and callers
+are queued, the first of them is woken to lead the next group. A group whose commit fails
 fails every caller in it with the same exception.
+
+Each waiting caller sleeps on a lock of its own that is released exactly once, the cheapest
+wake-up Python has; a shared condition would wake every waiter for every group.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -21,13 +24,15 @@ _Result = TypeVar("_Result")
 
 
 class _Slot(Generic[_Item, _Result]):
-    __slots__ = ("done", "error", "item", "result")
+    __slots__ = ("done", "error", "item", "result", "wake")
 
     def __init__(self, item: _Item) -> None:
         self.item = item
         self.result: _Result | None = None
         self.error: BaseException | None = None
         self.done = False
+        self.wake = threading.Lock()
+        self.wake.acquire()
 
     def outcome(self) -> _Result:
         if self.error is not None:
@@ -49,13 +54,12 @@ class GroupCommitter(Generic[_Item, _Result]):
         gather_seconds: float = 0.0002,
     ) -> None:
         self._commit = commit
-        self._gather_seconds = gather_seconds
-        self._lock = threading.Lock()
-        self._arrived = threading.Condition(self._lock)
-        self._finished = threading.Condition(self._lock)
+        self.gather_seconds = gather_seconds
+        self._mutex = threading.Lock()
         self._queue: list[_Slot[_Item, _Result]] = []
         self._leading = False
         self._expected = 1
+        self._gathering: threading.Lock | None = None
 
     def submit(self, item: _Item) -> _Result:
         """Commit ``item`` (with whatever else is queued) and return its result.
@@ -64,46 +68,46 @@ class GroupCommitter(Generic[_Item, _Result]):
             BaseException: whatever ``commit`` raised for the group holding ``item``.
         """
         slot: _Slot[_Item, _Result] = _Slot(item)
-        with self._lock:
+        with self._mutex:
             self._queue.append(slot)
-            if self._leading:
-                self._arrived.notify()
-                while self._leading and not slot.done:
-                    self._finished.wait()
-                if slot.done:
-                    return slot.outcome()
+            follow = self._leading
             self._leading = True
-        try:
-            self._lead()
-        finally:
-            with self._lock:
-                self._leading = False
-                self._finished.notify_all()
+            gathering = self._gathering
+            if gathering is not None and len(self._queue) >= self._expected:
+                self._gathering = None
+                gathering.release()
+        if follow:
+            slot.wake.acquire()  # released once: our group is done, or we lead the next
+            if slot.done:
+                return slot.outcome()
+        self._lead()
         return slot.outcome()
 
     def _lead(self) -> None:
-        with self._lock:
-            if len(self._queue) < self._expected and self._gather_seconds > 0:
-                deadline = time.monotonic() + self._gather_seconds
-                while len(self._queue) < self._expected:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._arrived.wait(remaining)
+        with self._mutex:
+            gathering = None
+            if len(self._queue) < self._expected and self.gather_seconds > 0:
+                gathering = self._gathering = threading.Lock()
+                gathering.acquire()
+        if gathering is not None:
+            gathering.acquire(timeout=self.gather_seconds)
+        with self._mutex:
+            self._gathering = None
             group, self._queue = self._queue, []
         try:
             results = self._commit([slot.item for slot in group])
         except BaseException as exc:
-            error: BaseException | None = exc
-            results = ()
+            for slot in group:
+                slot.error = exc
         else:
-            error = None
-        with self._lock:
-            for index, slot in enumerate(group):
-                if error is None:
-                    slot.result = results[index]
-                else:
-                    slot.error = error
-                slot.done = True
+            for slot, result in zip(group, results, strict=True):
+                slot.result = result
+        with self._mutex:
             self._expected = len(group)
-            self._finished.notify_all()
+            successor = self._queue[0] if self._queue else None
+            self._leading = successor is not None
+        for slot in group:
+            slot.done = True
+            slot.wake.release()
+        if successor is not None:
+            successor.wake.release()

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, and_, func, not_, select, text
+from sqlalchemy import Connection, and_, func, not_, select
 
 from csvjournal import _schema as t
 from csvjournal._values import parse_timestamp
@@ -18,24 +18,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["column_names", "counts", "get", "history", "pending", "row_count", "to_dataframe"]
-
-# Walks a row's chain of events (events.prev) from its newest one, so no index on
-# events.key is needed; SQLite recursion stops when prev is NULL.
-_HISTORY = text(
-    """
-WITH RECURSIVE chain(seq) AS (
-    SELECT last_seq FROM rows WHERE key = :key AND last_seq IS NOT NULL
-    UNION ALL
-    SELECT events.prev FROM events JOIN chain ON events.seq = chain.seq
-    WHERE events.prev IS NOT NULL
-)
-SELECT events.seq, events.key, events.status, events.fields, events.at, events.worker,
-       events.pid, events.note
-FROM events JOIN chain ON events.seq = chain.seq
-ORDER BY events.seq
-"""
-)
-
 
 def column_names(conn: Connection) -> list[str]:
     """Every column of the CSV, in order."""
@@ -82,6 +64,7 @@ def pending(conn: Connection, terminal: frozenset[str], now: float) -> list[str]
 
 def history(conn: Connection, key: str) -> list[Event]:
     """Every event of ``key``, oldest first."""
+    e = t.events.c
     return [
         Event(
             seq=seq,
@@ -94,7 +77,9 @@ def history(conn: Connection, key: str) -> list[Event]:
             note=note,
         )
         for seq, row_key, status, fields, at, worker, pid, note in conn.execute(
-            _HISTORY, {"key": key}
+            select(
+                e.seq, e.key, e.status, e.fields, e.at, e.worker, e.pid, e.note
+            ).where(e.key == key).order_by(e.seq)
         ).tuples()
     ]
 

@@ -3,17 +3,17 @@
 ``rows`` holds each row's current state in CSV order (``pos``); its ``cells`` are a JSON
 object from column position (as text) to cell text, so a new column costs existing rows
 nothing and a record merges into a row with SQLite's ``json_patch``. ``key`` and
-``status`` repeat two cells so they can be indexed and filtered. ``events`` is the
-append-only audit trail; ``prev`` chains each row's events, so ``history()`` needs no index
-on ``events.key`` and ``record()`` pays for no index insert. ``columns`` is the CSV's column
-order and ``settings`` the journal's JSON-encoded settings.
+``status`` repeat two cells so they can be looked up and filtered. ``events`` is the
+append-only audit trail (``seq`` is SQLite's rowid: max + 1, so it only grows), indexed by
+key for ``history()``. ``columns`` is the CSV's column order and ``settings`` the journal's
+JSON-encoded settings.
 
 Migrations in ``migrations/`` create these tables; this module is what queries use.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Integer, MetaData, Table, Text
+from sqlalchemy import Column, Float, Index, Integer, MetaData, Table, Text
 
 __all__ = ["columns", "events", "metadata", "rows", "settings"]
 
@@ -40,7 +40,6 @@ rows = Table(
     Column("key", Text, nullable=False, unique=True),
     Column("status", Text, nullable=False),
     Column("cells", Text, nullable=False),
-    Column("last_seq", Integer),
     Column("lease_until", Float),
     Column("holder", Text),
     Column("attempts", Integer, nullable=False, server_default="0"),
@@ -57,5 +56,5 @@ events = Table(
     Column("worker", Text, nullable=False),
     Column("pid", Integer, nullable=False),
     Column("note", Text),
-    Column("prev", Integer),
+    Index("ix_events_key", "key"),
 )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from decimal import Decimal
 
-__all__ = ["format_timestamp", "parse_timestamp", "render_value", "utc_now"]
+__all__ = ["format_timestamp", "parse_timestamp", "render_value", "timestamp_now"]
 
 _SCALARS = (int, float, Decimal)
 
@@ -33,15 +34,26 @@ def render_value(name: str, value: object) -> str:
     )
 
 
-def utc_now() -> dt.datetime:
-    """Return the current time as an aware UTC datetime."""
-    return dt.datetime.now(dt.UTC)
-
-
 def format_timestamp(moment: dt.datetime) -> str:
     """Format an aware datetime as ISO 8601 UTC with milliseconds and a ``Z``."""
     utc = moment.astimezone(dt.UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+# (second, "YYYY-MM-DDTHH:MM:SS") of the last call: strftime costs more than a record.
+_second_cache: tuple[int, str] = (-1, "")
+
+
+def timestamp_now() -> str:
+    """The current UTC time as :func:`format_timestamp` writes it, cheaply."""
+    global _second_cache  # noqa: PLW0603 - a one-entry cache, swapped atomically
+    now = time.time()
+    second = int(now)
+    cached = _second_cache
+    if cached[0] != second:
+        cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        _second_cache = cached
+    return f"{cached[1]}.{int((now - second) * 1000):03d}Z"
 
 
 def parse_timestamp(text: str) -> dt.datetime:

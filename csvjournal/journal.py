@@ -20,7 +20,7 @@ from csvjournal import _reads
 from csvjournal._batch import BatchState
 from csvjournal._groupcommit import GroupCommitter
 from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TIMESTAMP, Settings, settle
-from csvjournal._values import format_timestamp, render_value, utc_now
+from csvjournal._values import render_value, timestamp_now
 from csvjournal._writer import RecordOp, Writer
 from csvjournal.errors import JournalClosedError, RecordError, SettingsError
 from csvjournal.store import Durability, Store
@@ -183,17 +183,17 @@ class Journal:
         more: Mapping[str, object],
     ) -> RecordOp:
         s = self._settings
-        key_text = render_value(s.key_column, key)
+        key_text = key if type(key) is str else render_value(s.key_column, key)
         if not key_text:
             raise RecordError(f"{self._options.journal_path}: a key must not be empty")
         named: dict[str, str] = {}
-        for source in (fields or {}, more):
+        for source in (fields, more) if fields else (more,):
             for name, value in source.items():
-                if not isinstance(name, str) or not name:
-                    raise RecordError(f"key {key_text!r}: field names must be non-empty text")
-                if name in named:
-                    raise RecordError(f"key {key_text!r}: field {name!r} given twice")
-                named[name] = render_value(name, value)
+                if name in named or not name or type(name) is not str:
+                    raise RecordError(
+                        f"key {key_text!r}: field {name!r} is empty, not text or given twice"
+                    )
+                named[name] = value if type(value) is str else render_value(name, value)
         status_text = None if status is None else render_value(s.status_column, status)
         if s.status_column in named:
             given = named.pop(s.status_column)
@@ -202,36 +202,35 @@ class Journal:
             status_text = given
         if status_text == "":
             raise RecordError(f"key {key_text!r}: status must not be empty")
-        if named.pop(s.key_column, key_text) != key_text:
+        if s.key_column in named and named.pop(s.key_column) != key_text:
             raise RecordError(f"key {key_text!r}: field {s.key_column!r} contradicts the key")
-        return RecordOp(
-            key=key_text,
-            status=status_text,
-            fields=named,
-            at=format_timestamp(utc_now()),
-            worker=f"{_HOST}:{os.getpid()}:{threading.current_thread().name}",
-            pid=os.getpid(),
-        )
+        return RecordOp(key_text, status_text, named, timestamp_now(), self._worker_name())
+
+    def _worker_name(self) -> str:
+        name: str | None = getattr(self._local, "worker", None)
+        if name is None:
+            name = f"{_HOST}:{self._pid}:{threading.current_thread().name}"
+            self._local.worker = name
+        return name
 
     def _commit_group(self, ops: Sequence[RecordOp]) -> list[int]:
         writer = self._writer
         with self._write_lock:
             conn = self._store.writer()
             self._store.begin_immediate(conn)
-            mark = None
+            mark = writer.begin()
             try:
-                writer.start(conn)
-                mark = writer.mark()
-                seqs = [writer.allocate(op) for op in ops]
+                if len(ops) > 1:
+                    for op in ops:
+                        writer.allocate(conn, op)
                 writer.apply(conn, ops)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                if mark is not None:
-                    writer.restore(mark)
+                writer.restore(mark)
                 raise
-        return seqs
+        return [op.seq for op in ops]  # type: ignore[misc]
 
     @contextmanager
     def batch(self) -> Iterator[Journal]:

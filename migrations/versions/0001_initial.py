@@ -33,7 +33,6 @@ def upgrade() -> None:
         sa.Column("key", sa.Text, nullable=False, unique=True),
         sa.Column("status", sa.Text, nullable=False),
         sa.Column("cells", sa.Text, nullable=False),
-        sa.Column("last_seq", sa.Integer),
         sa.Column("lease_until", sa.Float),
         sa.Column("holder", sa.Text),
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
@@ -48,8 +47,8 @@ def upgrade() -> None:
         sa.Column("worker", sa.Text, nullable=False),
         sa.Column("pid", sa.Integer, nullable=False),
         sa.Column("note", sa.Text),
-        sa.Column("prev", sa.Integer),
     )
+    op.create_index("ix_events_key", "events", ["key"])
 
 
 def downgrade() -> None:
