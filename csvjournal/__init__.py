@@ -21,7 +21,7 @@ from csvjournal.errors import (
     SettingsError,
 )
 from csvjournal.events import Event
-from csvjournal.journal import Journal, open
+from csvjournal.journal import Journal, open  # noqa: A004 - the spec names it open
 
 try:
     __version__ = version("csvjournal")

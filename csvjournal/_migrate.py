@@ -9,11 +9,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection
 
 from csvjournal.errors import SchemaTooNewError, SettingsError
 
-__all__ = ["check_revision", "head_revision", "upgrade"]
+__all__ = ["check_revision", "current_revision", "head_revision", "upgrade"]
 
 
 def _script_location() -> Path:
@@ -49,24 +49,27 @@ def _known(revision: str) -> bool:
     return any(script.revision == revision for script in _script().walk_revisions())
 
 
-def check_revision(conn: Connection, path: Path) -> str | None:
-    """Return the journal's schema revision (``None`` for an empty database), reading only.
+def check_revision(revision: str | None, tables: list[str], path: Path) -> None:
+    """Refuse a database that is not a journal of a schema this csvjournal knows.
 
     Raises:
         SchemaTooNewError: the revision is unknown, i.e. written by a newer csvjournal.
         SettingsError: the database has tables but is not a csvjournal journal.
     """
-    revision = MigrationContext.configure(conn).get_current_revision()
     if revision is None:
-        if inspect(conn).get_table_names():
+        if tables:
             raise SettingsError(f"{path}: this SQLite database is not a csvjournal journal")
-        return None
+        return
     if not _known(revision):
         raise SchemaTooNewError(
             f"{path}: journal schema revision {revision!r} was written by a newer csvjournal"
             f" (this one knows up to {head_revision()!r}); upgrade csvjournal to open it"
         )
-    return revision
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The journal's schema revision, ``None`` for an empty database."""
+    return MigrationContext.configure(conn).get_current_revision()
 
 
 def upgrade(conn: Connection) -> None:

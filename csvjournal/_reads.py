@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, and_, func, not_, select
@@ -18,6 +17,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["column_names", "counts", "get", "history", "pending", "row_count", "to_dataframe"]
+
 
 def column_names(conn: Connection) -> list[str]:
     """Every column of the CSV, in order."""
@@ -41,7 +41,7 @@ def get(conn: Connection, key: str) -> dict[str, str] | None:
 def counts(conn: Connection) -> dict[str, int]:
     """Rows per status."""
     query = select(t.rows.c.status, func.count()).group_by(t.rows.c.status)
-    return {status: n for status, n in conn.execute(query).tuples()}
+    return dict(conn.execute(query))
 
 
 def row_count(conn: Connection) -> int:
@@ -77,15 +77,15 @@ def history(conn: Connection, key: str) -> list[Event]:
             note=note,
         )
         for seq, row_key, status, fields, at, worker, pid, note in conn.execute(
-            select(
-                e.seq, e.key, e.status, e.fields, e.at, e.worker, e.pid, e.note
-            ).where(e.key == key).order_by(e.seq)
-        ).tuples()
+            select(e.seq, e.key, e.status, e.fields, e.at, e.worker, e.pid, e.note)
+            .where(e.key == key)
+            .order_by(e.seq)
+        )
     ]
 
 
 def _all_cells(conn: Connection, columns: list[str]) -> Iterator[list[str]]:
-    for (cells_json,) in conn.execute(select(t.rows.c.cells).order_by(t.rows.c.pos)).tuples():
+    for (cells_json,) in conn.execute(select(t.rows.c.cells).order_by(t.rows.c.pos)):
         yield _cells(columns, cells_json)
 
 

@@ -108,7 +108,7 @@ def settle(
         (status_column, DEFAULT_STATUS, stored.status_column, "status_column"),
         (timestamp_column, DEFAULT_TIMESTAMP, stored.timestamp_column, "timestamp_column"),
     ):
-        if given is not None and given != default and given != have:
+        if given is not None and given not in (default, have):
             raise SettingsError(f"{path}: {what}={given!r} conflicts with the journal's {have!r}")
     if wanted_terminal is not None and wanted_terminal != stored.terminal:
         _store(conn, {"terminal": sorted(wanted_terminal)}, new=False)

@@ -36,8 +36,8 @@ def render_value(name: str, value: object) -> str:
 
 def format_timestamp(moment: dt.datetime) -> str:
     """Format an aware datetime as ISO 8601 UTC with milliseconds and a ``Z``."""
-    utc = moment.astimezone(dt.UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    text = moment.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="milliseconds")
+    return f"{text}Z"
 
 
 # (second, "YYYY-MM-DDTHH:MM:SS") of the last call: strftime costs more than a record.

@@ -391,10 +391,13 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
     path = Path(journal_path) if journal_path is not None else Path(f"{csv}.journal")
     if url is not None:
         raise SettingsError("url= (a journal in a database server) is not supported yet")
-    if csv.exists() and not path.exists():
-        raise SettingsError(
-            f"{csv}: importing an existing CSV into a new journal is not supported yet"
-        )
+    if not path.exists():
+        if csv.exists():
+            raise SettingsError(
+                f"{csv}: importing an existing CSV into a new journal is not supported yet"
+            )
+        if key is None:
+            raise SettingsError(f"{path}: no journal here yet, and key= is required to create one")
     options = _Options(
         csv_path=csv,
         journal_path=path,

@@ -37,6 +37,7 @@ _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 # SQLite's own busy handler waits this long per attempt; tenacity spaces the attempts.
 _ATTEMPT_MS = 250
 _T = TypeVar("_T")
+_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -72,7 +73,14 @@ class Store:
         self._writer: PoolProxiedConnection | None = None
         self._writer_lock = threading.Lock()
         try:
+            self._precheck()
             self._migrate()
+        except (DBAPIError, sqlite3.DatabaseError) as exc:
+            self.engine.dispose()
+            if is_busy(exc):
+                raise
+            cause = exc.orig if isinstance(exc, DBAPIError) else exc
+            raise SettingsError(f"{path}: not a csvjournal journal ({cause})") from exc
         except BaseException:
             self.engine.dispose()
             raise
@@ -128,8 +136,7 @@ class Store:
             if not is_busy(exc):
                 raise
             raise JournalBusyError(
-                f"{self.path}: journal still locked by another writer after"
-                f" {self.busy_timeout:g} s"
+                f"{self.path}: journal still locked by another writer after {self.busy_timeout:g} s"
             ) from exc
 
     def _log_busy(self, state: tenacity.RetryCallState) -> None:
@@ -183,14 +190,39 @@ class Store:
 
     # -- schema ------------------------------------------------------------------------
 
-    def _migrate(self) -> None:
-        with self.read() as conn:
-            revision = _migrate.check_revision(conn, self.path)
-        if revision == _migrate.head_revision():
+    def _precheck(self) -> None:
+        """Refuse a database we must not touch, through a read-only connection, before any
+        setting (even WAL mode) could change a byte of it."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
             return
+        companions = [Path(f"{self.path}{suffix}") for suffix in ("-wal", "-shm")]
+        existed = [companion.exists() for companion in companions]
+        try:
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                tables = [name for (name,) in conn.execute(_TABLES)]
+                revision = None
+                if "alembic_version" in tables:
+                    row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+                    revision = None if row is None else str(row[0])
+            finally:
+                conn.close()
+            _migrate.check_revision(revision, tables, self.path)
+        except BaseException:
+            # A read-only connection cannot remove the -wal/-shm files it made; we do.
+            for companion, was_there in zip(companions, existed, strict=True):
+                if not was_there and companion.exists() and companion.stat().st_size <= 32768:
+                    companion.unlink()
+            raise
+
+    def _migrate(self) -> None:
+        head = _migrate.head_revision()
+        with self.read() as conn:
+            if _migrate.current_revision(conn) == head:
+                return
         with self.write() as conn:
             # Another process may have migrated between our read and our write lock.
-            revision = _migrate.check_revision(conn, self.path)
-            if revision != _migrate.head_revision():
+            revision = _migrate.current_revision(conn)
+            if revision != head:
                 log.info("journal_schema_upgrade", path=str(self.path), from_revision=revision)
                 _migrate.upgrade(conn)

@@ -1,0 +1,104 @@
+"""The leader/follower group commit, with real threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from csvjournal._groupcommit import GroupCommitter
+
+
+class Committer:
+    """A commit function that takes a while, like an fsync, and remembers its groups."""
+
+    def __init__(self, seconds: float = 0.002, fail_on: int | None = None) -> None:
+        self.seconds = seconds
+        self.fail_on = fail_on
+        self.groups: list[list[int]] = []
+        self.durable: set[int] = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, items: Sequence[int]) -> list[int]:
+        time.sleep(self.seconds)
+        with self.lock:
+            self.groups.append(list(items))
+            if self.fail_on is not None and self.fail_on in items:
+                raise OSError(f"disk I/O error in group {list(items)}")
+            self.durable.update(items)
+        return [item * 10 for item in items]
+
+
+def run_threads(target: object, count: int) -> list[BaseException]:
+    errors: list[BaseException] = []
+
+    def guarded(n: int) -> None:
+        try:
+            target(n)  # type: ignore[operator]
+        except BaseException as exc:  # collected for the test to inspect
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+@pytest.mark.parametrize("gather", [0.0, 0.0002, 0.005])
+def test_each_caller_gets_its_own_result_after_its_own_commit(gather: float) -> None:
+    commit = Committer()
+    committer = GroupCommitter(commit, gather_seconds=gather)
+    per_thread = 50
+
+    def work(n: int) -> None:
+        for i in range(per_thread):
+            item = n * 1000 + i
+            assert committer.submit(item) == item * 10
+            assert item in commit.durable  # returned only once its commit was done
+
+    assert run_threads(work, 8) == []
+    committed = [item for group in commit.groups for item in group]
+    assert sorted(committed) == sorted(n * 1000 + i for n in range(8) for i in range(per_thread))
+    # Callers that waited during a commit shared the next one.
+    assert len(commit.groups) < len(committed) / 2
+
+
+def test_single_caller_never_waits_for_company() -> None:
+    commit = Committer(seconds=0)
+    committer = GroupCommitter(commit, gather_seconds=1.0)
+    started = time.monotonic()
+    for i in range(20):
+        assert committer.submit(i) == i * 10
+    assert time.monotonic() - started < 1.0
+    assert commit.groups == [[i] for i in range(20)]
+
+
+def test_a_failed_group_fails_every_caller_in_it_and_only_them() -> None:
+    commit = Committer(seconds=0.01, fail_on=3)
+    committer = GroupCommitter(commit, gather_seconds=0.005)
+    results: dict[int, object] = {}
+    lock = threading.Lock()
+
+    def work(n: int) -> None:
+        try:
+            outcome: object = committer.submit(n)
+        except OSError as exc:
+            outcome = exc
+        with lock:
+            results[n] = outcome
+
+    assert run_threads(work, 8) == []
+    failed_group = next(group for group in commit.groups if 3 in group)
+    errors = {id(results[n]) for n in failed_group}
+    assert len(errors) == 1  # the very same exception for the whole group
+    for n in range(8):
+        if n in failed_group:
+            assert isinstance(results[n], OSError)
+            assert n not in commit.durable
+        else:
+            assert results[n] == n * 10
+    assert committer.submit(99) == 990  # the committer goes on after a failure

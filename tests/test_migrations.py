@@ -1,0 +1,107 @@
+"""Schema creation, upgrades from every released revision, refusal of newer schemas."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, inspect
+
+import csvjournal
+from csvjournal import _migrate, _schema
+
+FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("journal-*.sqlite"))
+
+
+def _revision(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return str(conn.execute("SELECT version_num FROM alembic_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_new_journal_is_created_by_migrations_at_the_head_revision(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        path = journal.journal_path
+    assert _revision(path) == _migrate.head_revision()
+
+
+def test_migrations_build_exactly_the_tables_the_code_queries(csv_path: Path) -> None:
+    csvjournal.open(csv_path, key="ID").close()
+    inspector = inspect(create_engine(f"sqlite:///{csv_path}.journal"))
+    for table in _schema.metadata.sorted_tables:
+        migrated = {column["name"] for column in inspector.get_columns(table.name)}
+        assert migrated == {column.name for column in table.columns}, table.name
+        indexes = {index["name"] for index in inspector.get_indexes(table.name)}
+        assert {index.name for index in table.indexes} <= indexes, table.name
+
+
+def test_there_is_a_fixture_for_the_head_revision() -> None:
+    # Keep one journal per released revision: python tests/fixtures/make_journal_fixture.py
+    assert any(path.stem == f"journal-{_migrate.head_revision()}" for path in FIXTURES)
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=[path.stem for path in FIXTURES])
+def test_every_released_revision_upgrades_with_its_data(fixture: Path, tmp_path: Path) -> None:
+    csv = tmp_path / "orders.csv"
+    shutil.copyfile(fixture, f"{csv}.journal")
+    with csvjournal.open(csv) as journal:
+        assert journal.settings.key_column == "PO_NUMBER"
+        assert journal.settings.terminal == {"COMPLETED", "NO_ATTACHMENTS"}
+        assert journal.get("PO-1")["SUPPLIER"] == 'Müller; "GmbH"'  # type: ignore[index]
+        assert journal.get("PO-2")["STATUS"] == "NO_ATTACHMENTS"  # type: ignore[index]
+        assert journal.get("PO-2")["ERROR_MESSAGE"] == "timeout\nretry later"  # type: ignore[index]
+        assert [e.status for e in journal.history("PO-2")] == ["FAILED", "NO_ATTACHMENTS"]
+        assert journal.pending() == ["PO-3"]
+        journal.record("PO-4", "COMPLETED")  # and it takes new records
+        path = journal.journal_path
+    assert _revision(path) == _migrate.head_revision()
+
+
+def _make_newer(csv_path: Path) -> Path:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        path = journal.journal_path
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE alembic_version SET version_num = 'ffff9999'")
+    conn.commit()
+    conn.close()
+    return path
+
+
+def test_a_journal_from_a_newer_csvjournal_is_refused_before_any_write(csv_path: Path) -> None:
+    path = _make_newer(csv_path)
+    before = _digest(path)
+    files_before = sorted(p.name for p in path.parent.iterdir())
+    with pytest.raises(csvjournal.SchemaTooNewError, match="ffff9999") as caught:
+        csvjournal.open(csv_path, key="ID")
+    assert str(path) in str(caught.value)
+    assert isinstance(caught.value, RuntimeError)
+    assert _digest(path) == before
+    assert sorted(p.name for p in path.parent.iterdir()) == files_before
+
+
+def test_a_newer_journal_is_refused_even_in_rollback_journal_mode(csv_path: Path) -> None:
+    # WAL mode is switched on only after the check: a non-WAL file keeps every byte.
+    path = _make_newer(csv_path)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode = DELETE")
+    conn.close()
+    before = _digest(path)
+    with pytest.raises(csvjournal.SchemaTooNewError):
+        csvjournal.open(csv_path)
+    assert _digest(path) == before
+
+
+def test_migrations_are_found_from_the_package() -> None:
+    location = _migrate._script_location()
+    assert (location / "env.py").is_file()
+    assert any((location / "versions").glob("0001_*.py"))

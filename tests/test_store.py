@@ -1,0 +1,118 @@
+"""Connection settings, write locking and busy handling on real SQLite files."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import csvjournal
+from csvjournal.store import Store, is_busy
+
+
+@pytest.mark.parametrize(("durability", "synchronous"), [("full", 2), ("normal", 1)])
+def test_every_connection_is_wal_with_busy_timeout_and_synchronous(
+    csv_path: Path, durability: str, synchronous: int
+) -> None:
+    with csvjournal.open(csv_path, key="ID", durability=durability) as journal:  # type: ignore[arg-type]
+        journal.record("a")
+        store: Store = journal._store
+        for conn in (store.writer(), store.engine.raw_connection().driver_connection):
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == synchronous
+            assert conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+
+
+def test_unknown_durability_is_refused(csv_path: Path) -> None:
+    with pytest.raises(csvjournal.SettingsError, match="durability"):
+        csvjournal.open(csv_path, key="ID", durability="fast")  # type: ignore[arg-type]
+
+
+def _hold_write_lock(path: Path, seconds: float, ready: threading.Event) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    ready.set()
+    time.sleep(seconds)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_a_writer_waits_for_the_lock_and_then_commits(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID", busy_timeout=10) as journal:
+        ready = threading.Event()
+        holder = threading.Thread(target=_hold_write_lock, args=(journal.journal_path, 0.6, ready))
+        holder.start()
+        ready.wait()
+        started = time.monotonic()
+        journal.record("a", "COMPLETED")
+        waited = time.monotonic() - started
+        holder.join()
+        assert waited >= 0.4  # it really waited for the other writer
+        assert journal.get("a")["STATUS"] == "COMPLETED"  # type: ignore[index]
+
+
+def test_a_writer_gives_up_with_journal_busy_error(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID", busy_timeout=0.5) as journal:
+        journal.record("before")
+        ready = threading.Event()
+        holder = threading.Thread(target=_hold_write_lock, args=(journal.journal_path, 2.5, ready))
+        holder.start()
+        ready.wait()
+        with pytest.raises(csvjournal.JournalBusyError, match="locked") as caught:
+            journal.record("a", "COMPLETED")
+        with pytest.raises(csvjournal.JournalBusyError), journal.batch():
+            journal.record("b")
+        holder.join()
+        assert isinstance(caught.value, TimeoutError)
+        assert isinstance(caught.value, csvjournal.CsvJournalError)
+        assert journal.get("a") is None
+        assert journal.get("b") is None
+        journal.record("after")  # the handle works again once the lock is free
+        assert len(journal) == 2
+
+
+def test_is_busy_recognises_sqlite_busy_and_locked_only() -> None:
+    busy = sqlite3.OperationalError("database is locked")
+    busy.sqlite_errorcode = 5  # type: ignore[attr-defined]
+    snapshot = sqlite3.OperationalError("database is locked")
+    snapshot.sqlite_errorcode = 517  # type: ignore[attr-defined]
+    other = sqlite3.OperationalError("disk I/O error")
+    other.sqlite_errorcode = 10  # type: ignore[attr-defined]
+    assert is_busy(busy)
+    assert is_busy(snapshot)
+    assert not is_busy(other)
+    assert not is_busy(ValueError("locked"))
+
+
+def test_real_busy_error_from_sqlite_is_recognised(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    first = sqlite3.connect(path, isolation_level=None, timeout=0)
+    second = sqlite3.connect(path, isolation_level=None, timeout=0)
+    first.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError) as caught:
+        second.execute("BEGIN IMMEDIATE")
+    assert is_busy(caught.value)
+    first.execute("ROLLBACK")
+
+
+def test_a_file_that_is_not_sqlite_is_refused_and_left_alone(csv_path: Path) -> None:
+    journal_path = Path(f"{csv_path}.journal")
+    journal_path.write_bytes(b"not a database " * 100)
+    with pytest.raises(csvjournal.SettingsError, match="not a csvjournal journal"):
+        csvjournal.open(csv_path)
+    assert journal_path.read_bytes() == b"not a database " * 100
+
+
+def test_another_sqlite_database_is_refused_and_left_alone(csv_path: Path) -> None:
+    journal_path = Path(f"{csv_path}.journal")
+    conn = sqlite3.connect(journal_path)
+    conn.execute("CREATE TABLE mine (x)")
+    conn.commit()
+    conn.close()
+    before = journal_path.read_bytes()
+    with pytest.raises(csvjournal.SettingsError, match="not a csvjournal journal"):
+        csvjournal.open(csv_path, key="ID")
+    assert journal_path.read_bytes() == before

@@ -1,0 +1,68 @@
+"""Value rendering and timestamps."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import time
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from csvjournal._values import format_timestamp, parse_timestamp, render_value, timestamp_now
+
+
+class Colour(enum.StrEnum):
+    RED = "red"
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("00123", "00123"),
+        ("NA", "NA"),
+        ("", ""),
+        (None, ""),
+        (0, "0"),
+        (-12, "-12"),
+        (1.5, "1.5"),
+        (True, "True"),
+        (False, "False"),
+        (Decimal("1.50"), "1.50"),
+        (dt.date(2026, 1, 2), "2026-01-02"),
+        (dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC), "2026-01-02T03:04:05+00:00"),
+        (dt.time(7, 8), "07:08:00"),
+        (Colour.RED, "red"),
+    ],
+)
+def test_render_value(value: object, text: str) -> None:
+    assert render_value("F", value) == text
+
+
+@pytest.mark.parametrize("value", [{1}, [1], (1,), b"x", object(), {"a": 1}])
+def test_unsupported_value_is_a_type_error_naming_the_field(value: object) -> None:
+    with pytest.raises(TypeError, match="'ATTACHMENTS'"):
+        render_value("ATTACHMENTS", value)
+
+
+@given(st.text())
+def test_text_is_kept_exactly(text: str) -> None:
+    assert render_value("F", text) == text
+
+
+@given(st.datetimes(timezones=st.just(dt.UTC)))
+def test_timestamp_round_trips_to_the_millisecond(moment: dt.datetime) -> None:
+    text = format_timestamp(moment)
+    assert text.endswith("Z")
+    assert parse_timestamp(text) == moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def test_timestamp_now_is_now_in_utc() -> None:
+    before = dt.datetime.now(dt.UTC) - dt.timedelta(milliseconds=1)
+    stamped = parse_timestamp(timestamp_now())
+    after = dt.datetime.now(dt.UTC)
+    assert before <= stamped <= after
+    time.sleep(0.002)
+    assert parse_timestamp(timestamp_now()) > stamped
