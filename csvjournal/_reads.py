@@ -41,7 +41,7 @@ def get(conn: Connection, key: str) -> dict[str, str] | None:
 def counts(conn: Connection) -> dict[str, int]:
     """Rows per status."""
     query = select(t.rows.c.status, func.count()).group_by(t.rows.c.status)
-    return dict(conn.execute(query))
+    return dict(conn.execute(query).all())
 
 
 def row_count(conn: Connection) -> int:
