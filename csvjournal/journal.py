@@ -6,7 +6,6 @@ import os
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from sqlalchemy import Connection
 
-from csvjournal import _reads
+from csvjournal import _forking, _reads
 from csvjournal._batch import BatchState
 from csvjournal._groupcommit import GroupCommitter
 from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TIMESTAMP, Settings, settle
@@ -38,9 +37,8 @@ __all__ = ["Journal", "open"]
 log = structlog.get_logger(__name__)
 
 _HOST = socket.gethostname()
-_live: weakref.WeakSet[Journal] = weakref.WeakSet()
-# Connections inherited across fork() must never be closed in the child (SQLite's
-# "how to corrupt a database"); they are kept here, unused, until the process ends.
+# Connections that a forked child inherited open (see _forking) must never be closed
+# there; they are kept here, unused, until the process ends.
 _fork_orphans: list[object] = []
 
 
@@ -67,8 +65,10 @@ class Journal:
     def __init__(self, options: _Options) -> None:
         self._options = options
         self._closed = False
+        self._gate = _forking.ForkGate()
+        self._fork_safe = True
         self._attach()
-        _live.add(self)
+        _forking.register(self)
 
     def _attach(self) -> None:
         options = self._options
@@ -97,11 +97,27 @@ class Journal:
         self._local = threading.local()
         self._committer: GroupCommitter[RecordOp, int] = GroupCommitter(self._commit_group)
 
-    def _forked(self) -> None:
-        """In a forked child: drop the parent's connections and locks, reopen on next use."""
+    def before_fork(self) -> None:
+        """Close every connection before ``fork()`` (see :mod:`csvjournal._forking`)."""
+        if self._closed or self._pid != os.getpid():
+            return
+        self._fork_safe = self._gate.close(self._options.busy_timeout)
+        if self._fork_safe:
+            self._store.close()
+        else:
+            log.warning("journal_busy_across_fork", path=str(self._options.journal_path))
+
+    def after_fork_in_parent(self) -> None:
+        """Let operations run again; connections reopen when next used."""
+        self._gate.reopen()
+
+    def after_fork_in_child(self) -> None:
+        """Become a non-exporting handle that reopens the journal on first use."""
+        self._gate = _forking.ForkGate()
         if self._closed or self._pid != os.getppid():
             return
-        _fork_orphans.append(self._store.orphan())
+        if not self._fork_safe:
+            _fork_orphans.append(self._store.orphan())
         self._options = replace(self._options, export=False, key=None, terminal=None)
         self._pid = -1
 
@@ -109,9 +125,6 @@ class Journal:
         if self._closed:
             raise JournalClosedError(f"{self._options.journal_path}: journal is closed")
         if self._pid != os.getpid():
-            if self._pid != -1:  # forked without our hook seeing it: never close them
-                _fork_orphans.append(self._store.orphan())
-                self._options = replace(self._options, export=False, key=None, terminal=None)
             self._attach()
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -173,7 +186,11 @@ class Journal:
         batch: BatchState | None = getattr(self._local, "batch", None)
         if batch is not None:
             return batch.add(op)
-        return self._committer.submit(op)
+        self._gate.enter()
+        try:
+            return self._committer.submit(op)
+        finally:
+            self._gate.exit()
 
     def _prepare(
         self,
@@ -250,7 +267,7 @@ class Journal:
             with state.savepoint():
                 yield self
             return
-        with self._write_lock, self._store.engine.connect() as conn:
+        with self._gate.operation(), self._write_lock, self._store.engine.connect() as conn:
             state = BatchState(conn, self._writer)
             self._local.batch = state
             try:
@@ -269,7 +286,7 @@ class Journal:
             batch.flush()
             yield batch.conn
             return
-        with self._store.read() as conn:
+        with self._gate.operation(), self._store.read() as conn:
             yield conn
 
     def get(self, key: str) -> dict[str, str] | None:
@@ -328,9 +345,10 @@ class Journal:
         if self._closed:
             return
         self._closed = True
-        _live.discard(self)
+        _forking.unregister(self)
         if self._pid == os.getpid():
-            self._store.close()
+            with self._gate.operation():
+                self._store.close()
         log.debug("journal_closed", path=str(self._options.journal_path))
 
     def __enter__(self) -> Journal:
@@ -347,14 +365,6 @@ class Journal:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Journal {str(self._options.csv_path)!r} {state}>"
-
-
-def _after_fork_in_child() -> None:
-    for journal in list(_live):
-        journal._forked()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _as_set(names: Iterable[str]) -> Iterable[str]:

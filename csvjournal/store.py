@@ -170,7 +170,7 @@ class Store:
         self.retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
 
     def close(self) -> None:
-        """Close every connection of this store."""
+        """Close every connection of this store; the next use opens new ones."""
         with self._writer_lock:
             if self._writer is not None:
                 self._writer.close()
@@ -178,11 +178,9 @@ class Store:
         self.engine.dispose()
 
     def orphan(self) -> Any:
-        """Forget every connection without closing it (in a forked child).
-
-        Closing a SQLite connection inherited across ``fork()`` can corrupt the parent's
-        locks, so the caller keeps what this returns alive for the rest of the process.
-        """
+        """Forget every connection without closing it (in a forked child that inherited
+        open connections: closing them could release the parent's locks). The caller
+        keeps what this returns alive for the rest of the process."""
         kept = (self.engine, self._writer)
         self._writer = None
         self._writer_lock = threading.Lock()

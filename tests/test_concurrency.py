@@ -293,3 +293,51 @@ def test_processes_share_one_journal(tmp_path: Path, start_method: str, runner: 
         )
     finally:
         journal.close()
+
+
+# -- fork: no SQLite connection crosses it -------------------------------------------------
+
+
+def _record_after_parent_closed(journal: csvjournal.Journal, ready: Any, go: Any) -> None:
+    journal.record("child-0", "COMPLETED")
+    ready.set()
+    go.wait(60)
+    for i in range(1, 100):
+        journal.record(f"child-{i}", "COMPLETED")
+    journal.close()
+
+
+@pytest.mark.slow
+def test_a_forked_child_keeps_its_records_when_the_parent_closes_first(tmp_path: Path) -> None:
+    # SQLite's per-process lock table is copied by fork(): had the parent's connections
+    # stayed open across it, the parent's close would delete the WAL under the child.
+    ctx = multiprocessing.get_context("fork")
+    journal = csvjournal.open(tmp_path / "orders.csv", key=KEY)
+    journal.record("parent", "COMPLETED")
+    ready, go = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_record_after_parent_closed, args=(journal, ready, go))
+    child.start()
+    assert ready.wait(60)
+    journal.close()
+    go.set()
+    child.join(JOIN_TIMEOUT)
+    assert child.exitcode == 0
+    with closing(sqlite3.connect(tmp_path / "orders.csv.journal")) as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (101,)
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_forking_from_inside_a_batch_does_not_hang(tmp_path: Path) -> None:
+    journal = csvjournal.open(tmp_path / "orders.csv", key=KEY)
+    try:
+        with journal.batch():
+            journal.record("a", "COMPLETED")
+            pid = os.fork()
+            if pid == 0:  # the child only exits: the batch's connection is not its own
+                os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            journal.record("b", "COMPLETED")
+        assert journal.counts() == {"COMPLETED": 2}
+    finally:
+        journal.close()

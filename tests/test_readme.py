@@ -38,7 +38,7 @@ def test_python_examples_print_what_their_comments_say(
     monkeypatch.chdir(tmp_path)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(block, str(README), "exec"), {})  # noqa: S102 - our own README
+        exec(compile(block, str(README), "exec"), {})
     printed = [ast.literal_eval(line) for line in out.getvalue().splitlines() if line[:1] in "[{"]
     assert printed[: len(expected)] == expected
     assert os.path.exists(tmp_path / "orders.csv.journal")

@@ -1,0 +1,119 @@
+"""Keeping SQLite connections out of ``fork()``.
+
+SQLite keeps, per process, a table of the locks it believes it holds on each file. A forked
+child inherits that table but not the locks, so a connection the child opens believes it
+holds locks it does not: the parent, closing its last connection, then thinks it is the
+journal's last user and checkpoints and deletes the WAL under the child. So before a fork
+every live journal of this process closes its connections (after waiting for operations in
+flight, and keeping new ones out), and reconnects when next used, in parent and child alike.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+__all__ = ["ForkAware", "ForkGate", "register", "unregister"]
+
+
+class ForkGate:
+    """Counts a handle's database operations in flight, so a fork can wait them out.
+
+    Operations nest per thread (a ``record()`` inside a ``batch()`` is one operation).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._busy = 0
+        self._closed = False
+        self._local = threading.local()
+
+    def enter(self) -> None:
+        """Start an operation (waits while a fork is under way)."""
+        depth: int = getattr(self._local, "depth", 0)
+        if depth == 0:
+            with self._cond:
+                while self._closed:
+                    self._cond.wait()
+                self._busy += 1
+        self._local.depth = depth + 1
+
+    def exit(self) -> None:
+        """End the operation started by the matching :meth:`enter`."""
+        depth: int = self._local.depth - 1
+        self._local.depth = depth
+        if depth == 0:
+            with self._cond:
+                self._busy -= 1
+                if self._busy == 0 and self._closed:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def operation(self) -> Iterator[None]:
+        """:meth:`enter` ... :meth:`exit` around a block."""
+        self.enter()
+        try:
+            yield
+        finally:
+            self.exit()
+
+    def close(self, timeout: float) -> bool:
+        """Keep new operations out and wait for those in flight to end.
+
+        Returns False when that cannot happen: this thread is inside an operation itself
+        (e.g. it forks from inside a ``batch()``), or ``timeout`` ran out.
+        """
+        with self._cond:
+            self._closed = True
+            if getattr(self._local, "depth", 0):
+                return False
+            return self._cond.wait_for(lambda: self._busy == 0, timeout)
+
+    def reopen(self) -> None:
+        """Let operations run again."""
+        with self._cond:
+            self._closed = False
+            self._cond.notify_all()
+
+
+class ForkAware(Protocol):
+    """What a registered object does around ``fork()``."""
+
+    def before_fork(self) -> None: ...
+    def after_fork_in_parent(self) -> None: ...
+    def after_fork_in_child(self) -> None: ...
+
+
+_registered: weakref.WeakSet[ForkAware] = weakref.WeakSet()
+
+
+def register(obj: ForkAware) -> None:
+    """Call ``obj``'s hooks around every ``fork()`` while it lives."""
+    _registered.add(obj)
+
+
+def unregister(obj: ForkAware) -> None:
+    """Stop calling ``obj``'s fork hooks."""
+    _registered.discard(obj)
+
+
+def _before() -> None:
+    for obj in list(_registered):
+        obj.before_fork()
+
+
+def _in_parent() -> None:
+    for obj in list(_registered):
+        obj.after_fork_in_parent()
+
+
+def _in_child() -> None:
+    for obj in list(_registered):
+        obj.after_fork_in_child()
+
+
+os.register_at_fork(before=_before, after_in_parent=_in_parent, after_in_child=_in_child)
