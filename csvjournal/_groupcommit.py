@@ -44,16 +44,20 @@ class GroupCommitter(Generic[_Item, _Result]):
     """Batch concurrent :meth:`submit` calls into calls of ``commit(items) -> results``.
 
     ``commit`` must run one transaction for all the items it is given and return one
-    result per item, in order, or raise.
+    result per item, in order, or raise. ``sync``, if given, makes the last commit durable
+    (an fsync): it runs after the next group's leader was let go, so one group's fsync
+    overlaps the next group's transaction, and callers return only after it.
     """
 
     def __init__(
         self,
         commit: Callable[[Sequence[_Item]], Sequence[_Result]],
+        sync: Callable[[], None] | None = None,
         *,
         gather_seconds: float = 0.0002,
     ) -> None:
         self._commit = commit
+        self._sync = sync
         self.gather_seconds = gather_seconds
         self._mutex = threading.Lock()
         self._queue: list[_Slot[_Item, _Result]] = []
@@ -65,8 +69,20 @@ class GroupCommitter(Generic[_Item, _Result]):
         """Commit ``item`` (with whatever else is queued) and return its result.
 
         Raises:
-            BaseException: whatever ``commit`` raised for the group holding ``item``.
+            BaseException: whatever ``commit`` or ``sync`` raised for the group of ``item``.
         """
+        with self._mutex:
+            solo = not self._leading and self._expected == 1
+            if solo:
+                self._leading = True
+        if solo:  # nobody else around: commit at once, without the queue
+            try:
+                result = self._commit((item,))[0]
+            finally:
+                self._hand_over(1)
+            if self._sync is not None:
+                self._sync()
+            return result
         slot: _Slot[_Item, _Result] = _Slot(item)
         with self._mutex:
             self._queue.append(slot)
@@ -95,19 +111,27 @@ class GroupCommitter(Generic[_Item, _Result]):
             self._gathering = None
             group, self._queue = self._queue, []
         try:
-            results = self._commit([slot.item for slot in group])
+            try:
+                results = self._commit([slot.item for slot in group])
+            finally:
+                self._hand_over(len(group))
+            if self._sync is not None:
+                self._sync()
         except BaseException as exc:
             for slot in group:
                 slot.error = exc
         else:
             for slot, result in zip(group, results, strict=True):
                 slot.result = result
-        with self._mutex:
-            self._expected = len(group)
-            successor = self._queue[0] if self._queue else None
-            self._leading = successor is not None
         for slot in group:
             slot.done = True
             slot.wake.release()
+
+    def _hand_over(self, group_size: int) -> None:
+        """End this leader's turn; wake the first queued caller to lead the next group."""
+        with self._mutex:
+            self._expected = group_size
+            successor = self._queue[0] if self._queue else None
+            self._leading = successor is not None
         if successor is not None:
             successor.wake.release()

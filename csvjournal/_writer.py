@@ -104,6 +104,7 @@ class Writer:
         self._status_column = status_column
         self._timestamp_column = timestamp_column
         self._next_seq: int | None = None
+        self._fixed: tuple[str, str, str] | None = None
 
     def begin(self) -> tuple[int, int | None]:
         """Forget the sequence state of the last transaction; return a :meth:`mark`."""
@@ -157,12 +158,20 @@ class Writer:
         conn.executemany(_INSERT_EVENT, events)
         conn.executemany(_UPSERT_ROW, upserts)
 
+    def _fixed_cells(self, conn: sqlite3.Connection) -> tuple[str, str, str]:
+        # Created with the journal, so their positions never change.
+        cell = self.columns.cell
+        self._fixed = (
+            cell(conn, self._key_column),
+            cell(conn, self._status_column),
+            cell(conn, self._timestamp_column),
+        )
+        return self._fixed
+
     def _params(self, conn: sqlite3.Connection, op: RecordOp) -> tuple[tuple[object, ...], ...]:
         index = self.columns.index
         cell = self.columns.cell
-        key_cell = index.get(self._key_column) or cell(conn, self._key_column)
-        status_cell = index.get(self._status_column) or cell(conn, self._status_column)
-        stamp_cell = index.get(self._timestamp_column) or cell(conn, self._timestamp_column)
+        key_cell, status_cell, stamp_cell = self._fixed or self._fixed_cells(conn)
         patch = [f'"{stamp_cell}":{_quote(op.at)}']
         if op.status is not None:
             patch.append(f'"{status_cell}":{_quote(op.status)}')

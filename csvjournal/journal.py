@@ -95,7 +95,8 @@ class Journal:
         self._writer = Writer(s.key_column, s.status_column, s.timestamp_column)
         self._write_lock = threading.Lock()
         self._local = threading.local()
-        self._committer: GroupCommitter[RecordOp, int] = GroupCommitter(self._commit_group)
+        sync = self._store.sync_wal if options.durability == "full" else None
+        self._committer: GroupCommitter[RecordOp, int] = GroupCommitter(self._commit_group, sync)
 
     def before_fork(self) -> None:
         """Close every connection before ``fork()`` (see :mod:`csvjournal._forking`)."""
@@ -211,7 +212,11 @@ class Journal:
                         f"key {key_text!r}: field {name!r} is empty, not text or given twice"
                     )
                 named[name] = value if type(value) is str else render_value(name, value)
-        status_text = None if status is None else render_value(s.status_column, status)
+        status_text = (
+            status
+            if type(status) is str or status is None
+            else render_value(s.status_column, status)
+        )
         if s.status_column in named:
             given = named.pop(s.status_column)
             if status_text is not None and given != status_text:
