@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,10 +22,35 @@ def test_every_connection_is_wal_with_busy_timeout_and_synchronous(
     with csvjournal.open(csv_path, key="ID", durability=durability) as journal:  # type: ignore[arg-type]
         journal.record("a")
         store: Store = journal._store
-        for conn in (store.writer(), store.engine.raw_connection().driver_connection):
+        pooled = store.engine.raw_connection()
+        for conn in (store.writer(), pooled.driver_connection):
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-            assert conn.execute("PRAGMA synchronous").fetchone()[0] == synchronous
             assert conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+        assert pooled.driver_connection.execute("PRAGMA synchronous").fetchone()[0] == synchronous
+        # The group-commit writer commits with NORMAL and then fsyncs the WAL itself.
+        assert store.writer().execute("PRAGMA synchronous").fetchone()[0] == 1
+        pooled.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+@pytest.mark.parametrize(("durability", "synced"), [("full", True), ("normal", False)])
+def test_a_full_record_returns_only_after_the_wal_is_fsynced(
+    csv_path: Path, durability: str, synced: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced_files: list[str] = []
+    real_fsync = os.fsync
+
+    def spying_fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced_files.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    with csvjournal.open(csv_path, key="ID", durability=durability) as journal:  # type: ignore[arg-type]
+        journal.record("warm-up")
+        monkeypatch.setattr(os, "fsync", spying_fsync)
+        for i in range(3):
+            journal.record(f"k{i}", "COMPLETED")
+            assert (f"{journal.journal_path}-wal" in synced_files) is synced
+            synced_files.clear()
 
 
 def test_unknown_durability_is_refused(csv_path: Path) -> None:
