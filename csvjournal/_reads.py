@@ -65,6 +65,8 @@ def pending(conn: Connection, terminal: frozenset[str], now: float) -> list[str]
 def history(conn: Connection, key: str) -> list[Event]:
     """Every event of ``key``, oldest first."""
     e = t.events.c
+    row_seqs = select(t.rows.c.seqs).where(t.rows.c.key == key).scalar_subquery()
+    each = func.json_each(row_seqs).table_valued("value")
     return [
         Event(
             seq=seq,
@@ -78,7 +80,7 @@ def history(conn: Connection, key: str) -> list[Event]:
         )
         for seq, row_key, status, fields, at, worker, pid, note in conn.execute(
             select(e.seq, e.key, e.status, e.fields, e.at, e.worker, e.pid, e.note)
-            .where(e.key == key)
+            .where(e.seq.in_(select(each.c.value)))
             .order_by(e.seq)
         )
     ]

@@ -28,13 +28,14 @@ INSERT INTO events (seq, key, status, fields, at, worker, note, pid)
 VALUES (?1, ?2, coalesce(?3, (SELECT status FROM rows WHERE key = ?2), 'PENDING'),
         ?4, ?5, ?6, ?7, ?8)
 """
-# A new row's cells are the patch plus its key and PENDING status (?5: the insert cells).
+# A new row's cells are the patch plus its key and PENDING status (?4); ?5 is the event.
 # A status other than IN_PROGRESS ends any lease on the row.
 _UPSERT_ROW = """
-INSERT INTO rows (key, status, cells) VALUES (?1, coalesce(?2, 'PENDING'), ?4)
+INSERT INTO rows (key, status, cells, seqs) VALUES (?1, coalesce(?2, 'PENDING'), ?4, json_array(?5))
 ON CONFLICT (key) DO UPDATE SET
     status = coalesce(?2, status),
     cells = json_patch(cells, ?3),
+    seqs = json_insert(seqs, '$[#]', ?5),
     lease_until = CASE WHEN ?2 IS NULL OR ?2 = 'IN_PROGRESS' THEN lease_until END,
     holder = CASE WHEN ?2 IS NULL OR ?2 = 'IN_PROGRESS' THEN holder END
 """
@@ -134,8 +135,9 @@ class Writer:
         (``op.seq`` is set); otherwise every op must have been :meth:`allocate`\\ d."""
         if len(ops) == 1 and ops[0].seq is None:
             event, upsert = self._params(conn, ops[0])
-            ops[0].seq = conn.execute(_INSERT_EVENT, event).lastrowid
-            conn.execute(_UPSERT_ROW, upsert)
+            seq = conn.execute(_INSERT_EVENT, event).lastrowid
+            ops[0].seq = seq
+            conn.execute(_UPSERT_ROW, (*upsert[:-1], seq))
             return
         start = 0
         seen: set[str] = set()
@@ -187,5 +189,5 @@ class Writer:
         event = (op.seq, op.key, op.status, f"{{{','.join(names)}}}", op.at, op.worker, op.note)
         return (
             (*event, os.getpid()),
-            (op.key, op.status, f"{{{patch_json}}}", f"{{{head},{patch_json}}}"),
+            (op.key, op.status, f"{{{patch_json}}}", f"{{{head},{patch_json}}}", op.seq),
         )

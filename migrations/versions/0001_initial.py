@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("key", sa.Text, nullable=False, unique=True),
         sa.Column("status", sa.Text, nullable=False),
         sa.Column("cells", sa.Text, nullable=False),
+        sa.Column("seqs", sa.Text, nullable=False, server_default="[]"),
         sa.Column("lease_until", sa.Float),
         sa.Column("holder", sa.Text),
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
@@ -48,7 +49,6 @@ def upgrade() -> None:
         sa.Column("pid", sa.Integer, nullable=False),
         sa.Column("note", sa.Text),
     )
-    op.create_index("ix_events_key", "events", ["key"])
 
 
 def downgrade() -> None:
