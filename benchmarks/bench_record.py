@@ -1,12 +1,13 @@
 """record() throughput against raw sqlite3, side by side in one process run.
 
-Each round runs every contender once, in turn, on fresh files in the same folder, so the
-machine's noise hits all of them alike; the report gives medians over the rounds.
+Raw ``sqlite3`` does the same work per record as ``record()`` (insert an event, upsert the
+row) with one ``BEGIN IMMEDIATE`` ... ``COMMIT`` per record, WAL mode and the same
+``synchronous``. All contenders keep their files open and take turns in short chunks, round
+after round, so the disk's drifting fsync time hits them alike; a contender's ratio is its
+time-weighted rate over the raw rate of the same rounds, and per-round ratios give the
+spread (median, min, max).
 
-    python benchmarks/bench_record.py [--rounds 5] [--records 2000] [--batch 100000]
-
-Baseline: raw ``sqlite3`` doing the same work per record as ``record()`` (insert an event,
-upsert the row) with one commit per record, WAL mode and the same ``synchronous``.
+    python benchmarks/bench_record.py [--rounds 15] [--chunk 300] [--batch 100000]
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -29,80 +29,100 @@ import structlog
 import csvjournal
 
 SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
+THREADS = 8
 
 
-def raw_sqlite(folder: Path, n: int, durability: str) -> float:
-    """Records/s of hand-written sqlite3: one BEGIN IMMEDIATE..COMMIT per record."""
-    conn = sqlite3.connect(folder / "raw.db", isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")
-    conn.execute(
-        "CREATE TABLE rows (pos INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,"
-        " status TEXT NOT NULL, cells TEXT NOT NULL)"
-    )
-    conn.execute(
-        "CREATE TABLE events (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, status TEXT,"
-        " fields TEXT NOT NULL, at TEXT NOT NULL, worker TEXT NOT NULL, pid INTEGER)"
-    )
-    pid = os.getpid()
-    started = time.perf_counter()
-    for i in range(n):
-        key = f"PO-{i:07d}"
-        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        fields = json.dumps({"ATTACHMENTS_FOUND": str(i % 5)})
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute(
-            "INSERT INTO events (key, status, fields, at, worker, pid) VALUES (?,?,?,?,?,?)",
-            (key, "COMPLETED", fields, at, "raw", pid),
+class RawSqlite:
+    """Hand-written sqlite3: the baseline."""
+
+    def __init__(self, folder: Path, durability: str) -> None:
+        self.conn = sqlite3.connect(folder / "raw.db", isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")
+        self.conn.execute(
+            "CREATE TABLE rows (pos INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,"
+            " status TEXT NOT NULL, cells TEXT NOT NULL)"
         )
-        conn.execute(
-            "INSERT INTO rows (key, status, cells) VALUES (?, ?, ?) ON CONFLICT (key)"
-            " DO UPDATE SET status = excluded.status, cells = excluded.cells",
-            (key, "COMPLETED", fields),
+        self.conn.execute(
+            "CREATE TABLE events (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, status TEXT,"
+            " fields TEXT NOT NULL, at TEXT NOT NULL, worker TEXT NOT NULL, pid INTEGER)"
         )
-        conn.execute("COMMIT")
-    elapsed = time.perf_counter() - started
-    conn.close()
-    return n / elapsed
+        self.next = 0
 
-
-def _journal(folder: Path, durability: str) -> csvjournal.Journal:
-    return csvjournal.open(folder / "orders.csv", key="PO_NUMBER", durability=durability)  # type: ignore[arg-type]
-
-
-def csvj_single(folder: Path, n: int, durability: str) -> float:
-    """Records/s of record() from one thread."""
-    with _journal(folder, durability) as journal:
+    def run(self, n: int) -> float:
+        conn, pid = self.conn, os.getpid()
         started = time.perf_counter()
-        for i in range(n):
-            journal.record(f"PO-{i:07d}", "COMPLETED", ATTACHMENTS_FOUND=i % 5)
-        return n / (time.perf_counter() - started)
+        for i in range(self.next, self.next + n):
+            key = f"PO-{i:07d}"
+            at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            fields = json.dumps({"ATTACHMENTS_FOUND": str(i % 5)})
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO events (key, status, fields, at, worker, pid)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (key, "COMPLETED", fields, at, "raw", pid),
+            )
+            conn.execute(
+                "INSERT INTO rows (key, status, cells) VALUES (?, ?, ?) ON CONFLICT (key)"
+                " DO UPDATE SET status = excluded.status, cells = excluded.cells",
+                (key, "COMPLETED", fields),
+            )
+            conn.execute("COMMIT")
+        self.next += n
+        return time.perf_counter() - started
 
 
-def csvj_threads(folder: Path, n: int, durability: str, threads: int = 8) -> float:
-    """Records/s of record() from ``threads`` threads sharing one Journal (group commit)."""
-    with _journal(folder, durability) as journal:
-        per_thread = n // threads
-        barrier = threading.Barrier(threads + 1)
+class Single:
+    """record() from one thread."""
+
+    def __init__(self, folder: Path, durability: str) -> None:
+        self.journal = csvjournal.open(
+            folder / "single.csv", key="PO_NUMBER", durability=durability
+        )  # type: ignore[arg-type]
+        self.next = 0
+
+    def run(self, n: int) -> float:
+        record = self.journal.record
+        started = time.perf_counter()
+        for i in range(self.next, self.next + n):
+            record(f"PO-{i:07d}", "COMPLETED", ATTACHMENTS_FOUND=i % 5)
+        self.next += n
+        return time.perf_counter() - started
+
+
+class Threads:
+    """record() from 8 threads sharing one Journal (group commit)."""
+
+    def __init__(self, folder: Path, durability: str) -> None:
+        self.journal = csvjournal.open(
+            folder / "threads.csv", key="PO_NUMBER", durability=durability
+        )  # type: ignore[arg-type]
+        self.next = 0
+
+    def run(self, n: int) -> float:
+        per_thread = n // THREADS
+        barrier = threading.Barrier(THREADS + 1)
+        base = self.next
 
         def work(t: int) -> None:
             barrier.wait()
             for i in range(per_thread):
-                journal.record(f"PO-{t}-{i:07d}", "COMPLETED", ATTACHMENTS_FOUND=i % 5)
+                self.journal.record(f"PO-{base}-{t}-{i}", "COMPLETED", ATTACHMENTS_FOUND=i % 5)
 
-        workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-        for w in workers:
-            w.start()
+        workers = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
+        for worker in workers:
+            worker.start()
         barrier.wait()
         started = time.perf_counter()
-        for w in workers:
-            w.join()
-        return per_thread * threads / (time.perf_counter() - started)
+        for worker in workers:
+            worker.join()
+        self.next += n
+        return time.perf_counter() - started
 
 
-def csvj_batch(folder: Path, n: int, durability: str) -> float:
+def batch_rate(folder: Path, n: int, durability: str) -> float:
     """Records/s of one batch() of ``n`` records updating ``n`` existing rows."""
-    with _journal(folder, durability) as journal:
+    with csvjournal.open(folder / "batch.csv", key="PO_NUMBER", durability=durability) as journal:  # type: ignore[arg-type]
         with journal.batch():
             for i in range(n):
                 journal.record(f"PO-{i:07d}")
@@ -113,53 +133,85 @@ def csvj_batch(folder: Path, n: int, durability: str) -> float:
         return n / (time.perf_counter() - started)
 
 
+def raw_bulk_rate(folder: Path, n: int, durability: str) -> float:
+    """Records/s of raw sqlite3 executemany of csvjournal's own two statements, one commit:
+    the floor under batch(), with every parameter prepared in advance."""
+    from csvjournal._writer import _INSERT_EVENT, _UPSERT_ROW
+
+    path = folder / "floor.csv"
+    csvjournal.open(path, key="PO_NUMBER").close()
+    conn = sqlite3.connect(f"{path}.journal", isolation_level=None)
+    conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")
+    at = "2026-11-28T00:00:00.000Z"
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(
+        _UPSERT_ROW,
+        [(f"PO-{i:07d}", None, "{}", f'{{"0":"PO-{i:07d}","1":"PENDING"}}', i) for i in range(n)],
+    )
+    conn.execute("COMMIT")
+    events = [(n + i, f"PO-{i:07d}", "COMPLETED", '{"N":"1"}', at, "w", None, 1) for i in range(n)]
+    upserts = [
+        (f"PO-{i:07d}", "COMPLETED", f'{{"1":"COMPLETED","2":"{at}","3":"1"}}', "{}", n + i)
+        for i in range(n)
+    ]
+    started = time.perf_counter()
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(_INSERT_EVENT, events)
+    conn.executemany(_UPSERT_ROW, upserts)
+    conn.execute("COMMIT")
+    rate = n / (time.perf_counter() - started)
+    conn.close()
+    return rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=11)
-    parser.add_argument("--records", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--chunk", type=int, default=300, help="records a contender's turn")
     parser.add_argument("--batch", type=int, default=100_000)
-    parser.add_argument("--batch-rounds", type=int, default=3)
+    parser.add_argument("--batch-runs", type=int, default=3)
     parser.add_argument("--durability", default="full", choices=sorted(SYNCHRONOUS))
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    contenders: dict[str, Callable[[Path], float]] = {
-        "raw sqlite3, 1 thread": lambda d: raw_sqlite(d, args.records, args.durability),
-        "csvjournal, 1 thread": lambda d: csvj_single(d, args.records, args.durability),
-        "csvjournal, 8 threads": lambda d: csvj_threads(d, args.records * 2, args.durability),
-        "csvjournal, one batch()": lambda d: csvj_batch(d, args.batch, args.durability),
-    }
-    results: dict[str, list[float]] = {name: [] for name in contenders}
-    ratios: dict[str, list[float]] = {name: [] for name in contenders}
     base = Path(tempfile.mkdtemp(prefix="csvj-bench-", dir=os.environ.get("BENCH_DIR")))
     try:
-        for round_no in range(args.rounds):
-            # The disk's fsync time drifts: each contender is compared with the raw run of
-            # its own round, and the ratios' median is reported beside the rates' medians.
-            for name, run in contenders.items():
-                if "batch" in name and round_no >= args.batch_rounds:
-                    continue
-                folder = base / f"{round_no}-{len(results[name])}-{name[:3]}"
-                folder.mkdir()
-                results[name].append(run(folder))
-                ratios[name].append(results[name][-1] / results["raw sqlite3, 1 thread"][-1])
-                shutil.rmtree(folder)
+        contenders = {
+            "raw sqlite3, 1 thread": RawSqlite(base, args.durability),
+            "csvjournal record(), 1 thread": Single(base, args.durability),
+            "csvjournal record(), 8 threads": Threads(base, args.durability),
+        }
+        seconds: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(args.rounds):
+            for name, contender in contenders.items():
+                seconds[name].append(contender.run(args.chunk))
+        batches = [batch_rate(base, args.batch, args.durability) for _ in range(args.batch_runs)]
+        floors = [raw_bulk_rate(base, args.batch, args.durability) for _ in range(args.batch_runs)]
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    raw = seconds["raw sqlite3, 1 thread"]
     print(
-        f"durability={args.durability}, {args.rounds} rounds ({args.records} records a run;"
-        f" batch: {args.batch_rounds} rounds of {args.batch:,}), medians"
+        f"durability={args.durability}; {args.rounds} rounds of {args.chunk} records per"
+        f" contender; batch: median of {args.batch_runs} runs of {args.batch:,} records"
     )
-    print("| contender | records/s | × raw 1 thread (median of per-round ratios) |")
-    print("|---|---:|---:|")
-    for name, rates in results.items():
-        if not rates:
-            continue
+    print("| contender | records/s | × raw 1 thread | per-round ratio: median (min–max) |")
+    print("|---|---:|---:|---:|")
+    for name, times in seconds.items():
+        rate = args.chunk * len(times) / sum(times)
+        ratios = [r / t for r, t in zip(raw, times, strict=True)]
         print(
-            f"| {name} | {statistics.median(rates):,.0f} | {statistics.median(ratios[name]):.2f} |"
+            f"| {name} | {rate:,.0f} | {sum(raw) / sum(times):.2f} |"
+            f" {statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |"
         )
+    print(f"| csvjournal one batch() of {args.batch:,} | {statistics.median(batches):,.0f} | | |")
+    print(
+        f"| raw sqlite3 executemany of the same 2 statements (floor) |"
+        f" {statistics.median(floors):,.0f} | | |"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"rates": results, "ratios": ratios}, indent=2))
+        args.json.write_text(
+            json.dumps({"seconds": seconds, "batch": batches, "floor": floors}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -21,36 +21,31 @@ __all__ = ["ForkAware", "ForkGate", "register", "unregister"]
 
 
 class ForkGate:
-    """Counts a handle's database operations in flight, so a fork can wait them out.
-
-    Operations nest per thread (a ``record()`` inside a ``batch()`` is one operation).
-    """
+    """Counts a handle's database operations in flight, so a fork can wait them out."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._busy = 0
         self._closed = False
-        self._local = threading.local()
 
     def enter(self) -> None:
         """Start an operation (waits while a fork is under way)."""
-        depth: int = getattr(self._local, "depth", 0)
-        if depth == 0:
-            with self._cond:
-                while self._closed:
-                    self._cond.wait()
+        with self._lock:
+            if not self._closed:
                 self._busy += 1
-        self._local.depth = depth + 1
+                return
+        with self._changed:
+            while self._closed:
+                self._changed.wait()
+            self._busy += 1
 
     def exit(self) -> None:
         """End the operation started by the matching :meth:`enter`."""
-        depth: int = self._local.depth - 1
-        self._local.depth = depth
-        if depth == 0:
-            with self._cond:
-                self._busy -= 1
-                if self._busy == 0 and self._closed:
-                    self._cond.notify_all()
+        with self._lock:
+            self._busy -= 1
+            if self._closed and self._busy == 0:
+                self._changed.notify_all()
 
     @contextmanager
     def operation(self) -> Iterator[None]:
@@ -61,23 +56,23 @@ class ForkGate:
         finally:
             self.exit()
 
-    def close(self, timeout: float) -> bool:
+    def close(self, timeout: float, *, inside: bool = False) -> bool:
         """Keep new operations out and wait for those in flight to end.
 
-        Returns False when that cannot happen: this thread is inside an operation itself
-        (e.g. it forks from inside a ``batch()``), or ``timeout`` ran out.
+        Returns False when that cannot happen: the calling thread is ``inside`` an
+        operation itself (it forks from inside a ``batch()``), or ``timeout`` ran out.
         """
-        with self._cond:
+        with self._changed:
             self._closed = True
-            if getattr(self._local, "depth", 0):
+            if inside:
                 return False
-            return self._cond.wait_for(lambda: self._busy == 0, timeout)
+            return self._changed.wait_for(lambda: self._busy == 0, timeout)
 
     def reopen(self) -> None:
         """Let operations run again."""
-        with self._cond:
+        with self._changed:
             self._closed = False
-            self._cond.notify_all()
+            self._changed.notify_all()
 
 
 class ForkAware(Protocol):

@@ -95,6 +95,9 @@ class Journal:
         self._writer = Writer(s.key_column, s.status_column, s.timestamp_column)
         self._write_lock = threading.Lock()
         self._local = threading.local()
+        # thread id -> that thread's open batch (a dict: a missing attribute of a
+        # threading.local costs more than a record's whole validation)
+        self._batches: dict[int, BatchState] = {}
         sync = self._store.sync_wal if options.durability == "full" else None
         self._committer: GroupCommitter[RecordOp, int] = GroupCommitter(self._commit_group, sync)
 
@@ -102,7 +105,8 @@ class Journal:
         """Close every connection before ``fork()`` (see :mod:`csvjournal._forking`)."""
         if self._closed or self._pid != os.getpid():
             return
-        self._fork_safe = self._gate.close(self._options.busy_timeout)
+        inside = self._batches.get(threading.get_ident()) is not None
+        self._fork_safe = self._gate.close(self._options.busy_timeout, inside=inside)
         if self._fork_safe:
             self._store.close()
         else:
@@ -184,7 +188,7 @@ class Journal:
         """
         self._ensure()
         op = self._prepare(key, status, fields, more)
-        batch: BatchState | None = getattr(self._local, "batch", None)
+        batch: BatchState | None = self._batches.get(threading.get_ident())
         if batch is not None:
             return batch.add(op)
         self._gate.enter()
@@ -267,26 +271,26 @@ class Journal:
             JournalClosedError: the handle is closed.
         """
         self._ensure()
-        state: BatchState | None = getattr(self._local, "batch", None)
+        state: BatchState | None = self._batches.get(threading.get_ident())
         if state is not None:
             with state.savepoint():
                 yield self
             return
         with self._gate.operation(), self._write_lock, self._store.engine.connect() as conn:
             state = BatchState(conn, self._writer)
-            self._local.batch = state
+            self._batches[threading.get_ident()] = state
             try:
                 with state.transaction():
                     yield self
             finally:
-                self._local.batch = None
+                del self._batches[threading.get_ident()]
 
     # -- reading -------------------------------------------------------------------------
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
         self._ensure()
-        batch: BatchState | None = getattr(self._local, "batch", None)
+        batch: BatchState | None = self._batches.get(threading.get_ident())
         if batch is not None:  # this thread's own uncommitted records are visible to it
             batch.flush()
             yield batch.conn
