@@ -122,6 +122,7 @@ class Threads:
 
 def batch_rate(folder: Path, n: int, durability: str) -> float:
     """Records/s of one batch() of ``n`` records updating ``n`` existing rows."""
+    folder = Path(tempfile.mkdtemp(dir=folder))
     with csvjournal.open(folder / "batch.csv", key="PO_NUMBER", durability=durability) as journal:  # type: ignore[arg-type]
         with journal.batch():
             for i in range(n):
@@ -138,7 +139,7 @@ def raw_bulk_rate(folder: Path, n: int, durability: str) -> float:
     the floor under batch(), with every parameter prepared in advance."""
     from csvjournal._writer import _INSERT_EVENT, _UPSERT_ROW
 
-    path = folder / "floor.csv"
+    path = Path(tempfile.mkdtemp(dir=folder)) / "floor.csv"
     csvjournal.open(path, key="PO_NUMBER").close()
     conn = sqlite3.connect(f"{path}.journal", isolation_level=None)
     conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")
