@@ -358,7 +358,6 @@ class Journal:
         if self._pid == os.getpid():
             with self._gate.operation():
                 self._store.close()
-        log.debug("journal_closed", path=str(self._options.journal_path))
 
     def __enter__(self) -> Journal:
         return self

@@ -260,5 +260,6 @@ class Store:
             # Another process may have migrated between our read and our write lock.
             revision = _migrate.current_revision(conn)
             if revision != head:
-                log.info("journal_schema_upgrade", path=str(self.path), from_revision=revision)
+                if revision is not None:  # a new journal is created, not upgraded
+                    log.info("journal_schema_upgrade", path=str(self.path), old=revision, new=head)
                 _migrate.upgrade(conn)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 import csvjournal
 from csvjournal import Journal
@@ -390,8 +391,14 @@ def test_stored_settings_win_at_reopen(csv_path: Path) -> None:
         assert journal.settings.timestamp_column == "When"
         assert journal.settings.terminal == {"DONE"}
         assert journal.get("a")["State"] == "DONE"  # type: ignore[index]
-    with csvjournal.open(csv_path, key="ID", terminal={"DONE", "SKIPPED"}) as journal:
+    with (
+        capture_logs() as logs,
+        csvjournal.open(csv_path, key="ID", terminal={"DONE", "SKIPPED"}) as journal,
+    ):
         assert journal.settings.terminal == {"DONE", "SKIPPED"}
+    replaced = [entry for entry in logs if entry["event"] == "terminal_statuses_replaced"]
+    assert replaced[0]["old"] == ["DONE"]
+    assert replaced[0]["new"] == ["DONE", "SKIPPED"]
     with csvjournal.open(csv_path) as journal:
         assert journal.settings.terminal == {"DONE", "SKIPPED"}
 
