@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +13,9 @@ import csvjournal
 
 @pytest.fixture(autouse=True)
 def _quiet_structlog() -> None:
-    # The library never configures logging; tests keep its output off stdout.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    # The library never configures logging; tests keep its output off stdout, and every
+    # level still reaches structlog.testing.capture_logs.
+    structlog.configure(processors=[], logger_factory=structlog.ReturnLoggerFactory())
 
 
 @pytest.fixture
