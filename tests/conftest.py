@@ -15,6 +15,7 @@ import csvjournal
 def _quiet_structlog() -> None:
     # The library never configures logging; tests keep its output off stdout, and every
     # level still reaches structlog.testing.capture_logs.
+    structlog.reset_defaults()  # the CLI tests configure structlog as the CLI does
     structlog.configure(processors=[], logger_factory=structlog.ReturnLoggerFactory())
 
 
