@@ -72,14 +72,19 @@ class RawSqlite:
         return time.perf_counter() - started
 
 
-class Single:
-    """record() from one thread."""
-
+class _OnJournal:
     def __init__(self, folder: Path, durability: str) -> None:
+        name = type(self).__name__.lower()
         self.journal = csvjournal.open(
-            folder / "single.csv", key="PO_NUMBER", durability=durability
-        )  # type: ignore[arg-type]
+            folder / f"{name}.csv",
+            key="PO_NUMBER",
+            durability=durability,  # type: ignore[arg-type]
+        )
         self.next = 0
+
+
+class Single(_OnJournal):
+    """record() from one thread."""
 
     def run(self, n: int) -> float:
         record = self.journal.record
@@ -90,14 +95,8 @@ class Single:
         return time.perf_counter() - started
 
 
-class Threads:
+class Threads(_OnJournal):
     """record() from 8 threads sharing one Journal (group commit)."""
-
-    def __init__(self, folder: Path, durability: str) -> None:
-        self.journal = csvjournal.open(
-            folder / "threads.csv", key="PO_NUMBER", durability=durability
-        )  # type: ignore[arg-type]
-        self.next = 0
 
     def run(self, n: int) -> float:
         per_thread = n // THREADS
