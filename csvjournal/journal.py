@@ -67,6 +67,7 @@ class Journal:
         self._closed = False
         self._gate = _forking.ForkGate()
         self._fork_safe = True
+        self._attach_lock = threading.Lock()
         self._attach()
         _forking.register(self)
 
@@ -119,6 +120,7 @@ class Journal:
     def after_fork_in_child(self) -> None:
         """Become a non-exporting handle that reopens the journal on first use."""
         self._gate = _forking.ForkGate()
+        self._attach_lock = threading.Lock()
         if self._closed or self._pid != os.getppid():
             return
         if not self._fork_safe:
@@ -130,7 +132,9 @@ class Journal:
         if self._closed:
             raise JournalClosedError(f"{self._options.journal_path}: journal is closed")
         if self._pid != os.getpid():
-            self._attach()
+            with self._attach_lock:
+                if self._pid != os.getpid():  # another thread may have reopened meanwhile
+                    self._attach()
 
     def __reduce__(self) -> tuple[Any, ...]:
         child = replace(self._options, export=False, key=None, terminal=None)
