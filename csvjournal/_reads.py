@@ -16,7 +16,18 @@ from csvjournal.events import Event
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["column_names", "counts", "get", "history", "pending", "row_count", "to_dataframe"]
+__all__ = [
+    "all_cells",
+    "column_names",
+    "counts",
+    "exported_seq",
+    "get",
+    "history",
+    "last_seq",
+    "pending",
+    "row_count",
+    "to_dataframe",
+]
 
 
 def column_names(conn: Connection) -> list[str]:
@@ -36,6 +47,17 @@ def get(conn: Connection, key: str) -> dict[str, str] | None:
         return None
     columns = column_names(conn)
     return dict(zip(columns, _cells(columns, cells_json), strict=True))
+
+
+def last_seq(conn: Connection) -> int:
+    """The sequence number of the newest event (0 for none)."""
+    return int(conn.execute(select(func.coalesce(func.max(t.events.c.seq), 0))).scalar_one())
+
+
+def exported_seq(conn: Connection) -> int | None:
+    """The sequence number the CSV on disk reflects, as its exporter recorded it."""
+    value = conn.execute(select(t.settings.c.value).where(t.settings.c.name == "csv_seq")).scalar()
+    return None if value is None else int(value)
 
 
 def counts(conn: Connection) -> dict[str, int]:
@@ -86,7 +108,8 @@ def history(conn: Connection, key: str) -> list[Event]:
     ]
 
 
-def _all_cells(conn: Connection, columns: list[str]) -> Iterator[list[str]]:
+def all_cells(conn: Connection, columns: list[str]) -> Iterator[list[str]]:
+    """Every row's cells in CSV order, one list per row."""
     for (cells_json,) in conn.execute(select(t.rows.c.cells).order_by(t.rows.c.pos)):
         yield _cells(columns, cells_json)
 
@@ -96,5 +119,5 @@ def to_dataframe(conn: Connection) -> pd.DataFrame:
     import pandas as pd  # deferred: pandas costs a worker process half a second to import
 
     columns = column_names(conn)
-    data = list(_all_cells(conn, columns))
+    data = list(all_cells(conn, columns))
     return pd.DataFrame(data, columns=pd.Index(columns, dtype=object), dtype=str)

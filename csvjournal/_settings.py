@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
 from sqlalchemy import Connection, insert, select, update
 
 from csvjournal import _schema as t
-from csvjournal.errors import SettingsError
+from csvjournal.csvio import CsvDialect, ParsedCsv
+from csvjournal.errors import CsvFormatError, SettingsError
 
-__all__ = ["DEFAULT_STATUS", "DEFAULT_TERMINAL", "DEFAULT_TIMESTAMP", "Settings", "settle"]
+__all__ = [
+    "DEFAULT_STATUS",
+    "DEFAULT_TERMINAL",
+    "DEFAULT_TIMESTAMP",
+    "Settings",
+    "read_value",
+    "settle",
+    "write_value",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +39,7 @@ class Settings:
     status_column: str
     timestamp_column: str
     terminal: frozenset[str]
+    dialect: CsvDialect
 
 
 def _load(conn: Connection) -> Settings | None:
@@ -44,6 +54,7 @@ def _load(conn: Connection) -> Settings | None:
         status_column=stored["status_column"],
         timestamp_column=stored["timestamp_column"],
         terminal=frozenset(stored["terminal"]),
+        dialect=CsvDialect.from_dict(stored.get("dialect", {})),
     )
 
 
@@ -56,12 +67,41 @@ def _store(conn: Connection, values: dict[str, object], *, new: bool) -> None:
             conn.execute(update(t.settings).where(t.settings.c.name == name).values(value=text))
 
 
+def read_value(conn: Connection, name: str) -> object:
+    """A stored setting outside :class:`Settings` (e.g. the exporter's state), or None."""
+    text = conn.execute(select(t.settings.c.value).where(t.settings.c.name == name)).scalar()
+    return None if text is None else json.loads(text)
+
+
+def write_value(conn: Connection, name: str, value: object) -> None:
+    """Store a setting outside :class:`Settings` (inside ``conn``'s write transaction)."""
+    text = json.dumps(value, ensure_ascii=False)
+    if (
+        conn.execute(
+            update(t.settings).where(t.settings.c.name == name).values(value=text)
+        ).rowcount
+        == 0
+    ):
+        conn.execute(insert(t.settings).values(name=name, value=text))
+
+
 def _check_names(key: str, status_column: str, timestamp_column: str) -> None:
     names = [key, status_column, timestamp_column]
     if any(not name for name in names):
         raise SettingsError("key, status and timestamp column names must not be empty")
     if len(set(names)) != 3:
         raise SettingsError(f"key, status and timestamp columns must differ: {names}")
+
+
+def _columns_for(
+    path: Path, source: ParsedCsv | None, key: str, status_column: str, timestamp_column: str
+) -> list[str]:
+    if source is None:
+        return [key, status_column, timestamp_column]
+    if key not in source.header:
+        raise CsvFormatError(f"{path}: line 1, column 1: no key column {key!r} in the header")
+    extra = [name for name in (status_column, timestamp_column) if name not in source.header]
+    return [*source.header, *extra]
 
 
 def settle(
@@ -72,13 +112,17 @@ def settle(
     terminal: Iterable[str] | None,
     status_column: str,
     timestamp_column: str,
-) -> Settings:
+    source: ParsedCsv | None = None,
+    source_path: Path | None = None,
+) -> tuple[Settings, list[str] | None]:
     """Return the journal's settings, creating them for a new journal (in ``conn``'s write
-    transaction) or reconciling the ``open()`` arguments with the stored ones.
+    transaction) or reconciling the ``open()`` arguments with the stored ones. For a new
+    journal also return its columns (from ``source``, the CSV being imported, if any).
 
     Raises:
         SettingsError: a new journal without ``key``, or arguments that contradict the
             stored settings.
+        CsvFormatError: the imported CSV has no ``key`` column.
     """
     stored = _load(conn)
     wanted_terminal = frozenset(terminal) if terminal is not None else None
@@ -86,8 +130,13 @@ def settle(
         if key is None:
             raise SettingsError(f"{path}: key= is required to create a journal")
         _check_names(key, status_column, timestamp_column)
+        columns = _columns_for(source_path or path, source, key, status_column, timestamp_column)
         created = Settings(
-            key, status_column, timestamp_column, wanted_terminal or DEFAULT_TERMINAL
+            key,
+            status_column,
+            timestamp_column,
+            wanted_terminal or DEFAULT_TERMINAL,
+            source.dialect if source is not None else CsvDialect(),
         )
         _store(
             conn,
@@ -96,13 +145,13 @@ def settle(
                 "status_column": status_column,
                 "timestamp_column": timestamp_column,
                 "terminal": sorted(created.terminal),
+                "dialect": created.dialect.to_dict(),
             },
             new=True,
         )
-        for pos, name in enumerate((key, status_column, timestamp_column)):
-            conn.execute(insert(t.columns).values(pos=pos, name=name))
+        conn.execute(insert(t.columns), [{"pos": i, "name": n} for i, n in enumerate(columns)])
         log.info("journal_created", path=str(path), key_column=key)
-        return created
+        return created, columns
     for given, default, have, what in (
         (key, None, stored.key_column, "key"),
         (status_column, DEFAULT_STATUS, stored.status_column, "status_column"),
@@ -118,7 +167,5 @@ def settle(
             old=sorted(stored.terminal),
             new=sorted(wanted_terminal),
         )
-        return Settings(
-            stored.key_column, stored.status_column, stored.timestamp_column, wanted_terminal
-        )
-    return stored
+        return replace(stored, terminal=wanted_terminal), None
+    return stored, None

@@ -12,6 +12,7 @@ __all__ = [
     "CsvFormatError",
     "CsvJournalError",
     "ExportError",
+    "FlushTimeoutError",
     "JournalBusyError",
     "JournalClosedError",
     "NetworkFilesystemError",
@@ -59,3 +60,7 @@ class ExportError(CsvJournalError, OSError):
 
 class JournalClosedError(CsvJournalError, RuntimeError):
     """The journal handle was used after ``close()``."""
+
+
+class FlushTimeoutError(CsvJournalError, TimeoutError):
+    """``flush(timeout)`` ran out before the CSV showed every earlier commit."""

@@ -18,11 +18,20 @@ from sqlalchemy import Connection
 from csvjournal import _forking, _reads
 from csvjournal._batch import BatchState
 from csvjournal._groupcommit import GroupCommitter
+from csvjournal._importer import check_keys, import_rows
 from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TIMESTAMP, Settings, settle
 from csvjournal._values import render_value, timestamp_now
 from csvjournal._writer import RecordOp, Writer
-from csvjournal.errors import JournalClosedError, RecordError, SettingsError
-from csvjournal.store import Durability, Store
+from csvjournal.csvio import read_csv
+from csvjournal.errors import (
+    ExportError,
+    FlushTimeoutError,
+    JournalClosedError,
+    RecordError,
+    SettingsError,
+)
+from csvjournal.exporter import Exporter, export_to
+from csvjournal.store import Durability, Store, remove_journal_files
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -53,6 +62,8 @@ class _Options:
     status_column: str
     timestamp_column: str
     busy_timeout: float
+    encoding: str | None = None
+    formula_guard: bool = False
 
 
 class Journal:
@@ -74,6 +85,12 @@ class Journal:
     def _attach(self) -> None:
         options = self._options
         self._pid = os.getpid()
+        created = not options.journal_path.exists()
+        # A new journal imports an existing CSV: read and check it before anything exists.
+        source = None
+        if created and options.csv_path.exists():
+            source = read_csv(options.csv_path, encoding=options.encoding)
+            check_keys(options.csv_path, source, options.key or "")
         self._store = Store(
             options.journal_path,
             durability=options.durability,
@@ -81,17 +98,26 @@ class Journal:
         )
         try:
             with self._store.write() as conn:
-                self._settings = settle(
+                self._settings, columns = settle(
                     conn,
                     options.journal_path,
                     key=options.key,
                     terminal=options.terminal,
                     status_column=options.status_column,
                     timestamp_column=options.timestamp_column,
+                    source=source,
+                    source_path=options.csv_path,
                 )
+                if source is not None and columns is not None:
+                    import_rows(conn, source, self._settings, columns)
         except BaseException:
             self._store.close()
+            if created:  # leave nothing behind, as if open() had never been called
+                remove_journal_files(options.journal_path)
             raise
+        self._exporter: Exporter | None = None
+        if options.export:
+            self._start_exporter()
         s = self._settings
         self._writer = Writer(s.key_column, s.status_column, s.timestamp_column)
         self._write_lock = threading.Lock()
@@ -101,6 +127,17 @@ class Journal:
         self._batches: dict[int, BatchState] = {}
         sync = self._store.sync_wal if options.durability == "full" else None
         self._committer: GroupCommitter[RecordOp, int] = GroupCommitter(self._commit_group, sync)
+
+    def _start_exporter(self) -> None:
+        options = self._options
+        exporter = Exporter(self._store, self._settings, options.csv_path, options.formula_guard)
+        try:
+            leading = exporter.try_lead()
+        except BaseException:
+            self._store.close()
+            raise
+        exporter.start(leading)
+        self._exporter = exporter
 
     def before_fork(self) -> None:
         """Close every connection before ``fork()`` (see :mod:`csvjournal._forking`)."""
@@ -351,6 +388,63 @@ class Journal:
         with self._reading() as conn:
             return _reads.to_dataframe(conn)
 
+    # -- the CSV -------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Return once the CSV on disk shows every commit made before the call, by any
+        process. When no exporter is alive, this handle exports itself.
+
+        Raises:
+            FlushTimeoutError: ``timeout`` seconds passed first.
+            ExportError: the CSV could not be written here and now.
+            CsvChangedError: exporting here found the CSV edited by hand.
+        """
+        with self._reading() as conn:
+            target = _reads.last_seq(conn)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        exporter = self._exporter
+        if exporter is not None and exporter.leading:
+            exporter.wake()
+            if exporter.wait_for(target, timeout, lambda: exporter.leading):
+                return
+        while True:
+            with self._reading() as conn:
+                if (_reads.exported_seq(conn) or 0) >= target:
+                    return
+            if self._export_if_nobody_does():
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                raise FlushTimeoutError(
+                    f"{self.csv_path}: the CSV did not catch up with the journal in {timeout} s"
+                )
+            time.sleep(0.02)
+
+    def _export_if_nobody_does(self) -> bool:
+        helper = Exporter(self._store, self._settings, self.csv_path, self._options.formula_guard)
+        try:
+            if not helper.try_lead():  # try_lead exports when it gets the lock
+                return False
+        except OSError as exc:
+            raise ExportError(f"{self.csv_path}: could not write the CSV: {exc}") from exc
+        helper.release()
+        return True
+
+    def export(self, path: str | os.PathLike[str] | None = None) -> None:
+        """Write the CSV now: to ``path`` if given (the journal's CSV is left alone),
+        else the journal's own CSV (through the exporter, wherever it runs).
+
+        Raises:
+            ExportError: the file could not be written.
+        """
+        self._ensure()
+        if path is None:
+            self.flush()
+            return
+        try:
+            export_to(self._store, self._settings, Path(path), self._options.formula_guard)
+        except OSError as exc:
+            raise ExportError(f"{path}: could not write the CSV: {exc}") from exc
+
     # -- lifetime ------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -360,6 +454,8 @@ class Journal:
         self._closed = True
         _forking.unregister(self)
         if self._pid == os.getpid():
+            if self._exporter is not None:
+                self._exporter.stop()  # the exporter writes the last commits first
             with self._gate.operation():
                 self._store.close()
 
@@ -394,6 +490,8 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
     terminal: Iterable[str] | None = None,
     status_column: str = DEFAULT_STATUS,
     timestamp_column: str = DEFAULT_TIMESTAMP,
+    formula_guard: bool = False,
+    encoding: str | None = None,
     busy_timeout: float = 30.0,
 ) -> Journal:
     """Open (or create) the journal of ``csv_path``.
@@ -413,13 +511,8 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
     path = Path(journal_path) if journal_path is not None else Path(f"{csv}.journal")
     if url is not None:
         raise SettingsError("url= (a journal in a database server) is not supported yet")
-    if not path.exists():
-        if csv.exists():
-            raise SettingsError(
-                f"{csv}: importing an existing CSV into a new journal is not supported yet"
-            )
-        if key is None:
-            raise SettingsError(f"{path}: no journal here yet, and key= is required to create one")
+    if key is None and not path.exists():
+        raise SettingsError(f"{path}: no journal here yet, and key= is required to create one")
     options = _Options(
         csv_path=csv,
         journal_path=path,
@@ -430,5 +523,7 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
         status_column=status_column,
         timestamp_column=timestamp_column,
         busy_timeout=busy_timeout,
+        encoding=encoding,
+        formula_guard=formula_guard,
     )
     return Journal(options)

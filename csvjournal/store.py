@@ -27,7 +27,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from csvjournal import _migrate
 from csvjournal.errors import CsvJournalError, JournalBusyError, SettingsError
 
-__all__ = ["Durability", "Store", "is_busy"]
+__all__ = ["Durability", "Store", "is_busy", "remove_journal_files"]
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +51,12 @@ def is_busy(exc: BaseException) -> bool:
         return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
     text = str(exc)
     return "locked" in text or "busy" in text
+
+
+def remove_journal_files(path: Path) -> None:
+    """Delete a journal and its -wal/-shm files (only ever one this process just created)."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 class Store:

@@ -1,0 +1,75 @@
+"""Finding the line and column of a place in CSV text, for error messages (slow path only)."""
+
+from __future__ import annotations
+
+__all__ = ["locate_field", "locate_open_quote"]
+
+
+def _line_start(text: str, line: int) -> int:
+    """Offset of the first character of physical ``line`` (1-based; CR, LF or CRLF end lines)."""
+    offset = 0
+    for _ in range(line - 1):
+        next_cr = text.find("\r", offset)
+        next_lf = text.find("\n", offset)
+        ends = [i for i in (next_cr, next_lf) if i >= 0]
+        if not ends:
+            return len(text)
+        end = min(ends)
+        offset = end + (2 if text.startswith("\r\n", end) else 1)
+    return offset
+
+
+def _position(text: str, offset: int) -> tuple[int, int]:
+    """(line, column), both from 1, of ``offset`` in ``text``."""
+    line = 1
+    start = 0
+    index = 0
+    while True:
+        next_cr = text.find("\r", index, offset)
+        next_lf = text.find("\n", index, offset)
+        ends = [i for i in (next_cr, next_lf) if i >= 0]
+        if not ends:
+            return line, offset - start + 1
+        end = min(ends)
+        index = end + (2 if text.startswith("\r\n", end) and end + 1 < offset else 1)
+        line += 1
+        start = index
+
+
+def locate_field(
+    text: str, line: int, field: int, delimiter: str, quotechar: str
+) -> tuple[int, int]:
+    """(line, column) where field number ``field`` (from 0) of the record starting on
+    ``line`` starts; the record's end when it has fewer fields."""
+    start = _line_start(text, line)
+    index = start
+    quoted = False
+    current = 0
+    while index < len(text) and current < field:
+        char = text[index]
+        if char == quotechar:
+            quoted = not quoted
+        elif not quoted and char == delimiter:
+            current += 1
+        elif not quoted and char in "\r\n":
+            break
+        index += 1
+    if current == field and index > start:
+        index += 1  # past the delimiter, to the field's first character
+    return _position(text, index)
+
+
+def locate_open_quote(text: str, line: int, delimiter: str, quotechar: str) -> tuple[int, int]:
+    """(line, column) of the quote left open in the record starting on ``line``, or of the
+    record's start when no quote is open."""
+    start = _line_start(text, line)
+    quoted_at = -1
+    index = start
+    while index < len(text):
+        char = text[index]
+        if char == quotechar:
+            quoted_at = index if quoted_at < 0 else -1
+        elif quoted_at < 0 and char in "\r\n":
+            break
+        index += 1
+    return _position(text, quoted_at if quoted_at >= 0 else start)

@@ -1,0 +1,63 @@
+"""Importing a CSV into a new journal: one transaction, every value kept as text."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from sqlalchemy import Connection
+
+from csvjournal._settings import Settings
+from csvjournal._writer import PENDING
+from csvjournal.csvio import ParsedCsv
+from csvjournal.errors import CsvFormatError
+
+__all__ = ["check_keys", "import_rows"]
+
+
+def check_keys(path: Path, parsed: ParsedCsv, key: str) -> None:
+    """Refuse a CSV whose key column is missing, or has an empty or a repeated key.
+
+    Raises:
+        CsvFormatError: naming the file and the lines.
+    """
+    if key not in parsed.header:
+        raise CsvFormatError(f"{path}: line 1, column 1: no key column {key!r} in the header")
+    index = parsed.header.index(key)
+    first_line: dict[str, int] = {}
+    for row, line in zip(parsed.rows, parsed.lines, strict=True):
+        value = row[index]
+        if not value:
+            raise CsvFormatError(f"{path}: line {line}, column {key!r}: empty key")
+        if value in first_line:
+            raise CsvFormatError(
+                f"{path}: line {line}, column {key!r}: duplicate key {value!r}"
+                f" (first on line {first_line[value]})"
+            )
+        first_line[value] = line
+
+
+def import_rows(
+    conn: Connection, parsed: ParsedCsv, settings: Settings, columns: list[str]
+) -> None:
+    """Insert every row of ``parsed`` in CSV order inside ``conn``'s write transaction.
+
+    Cells stay as written; only an empty (or absent) status becomes ``PENDING``.
+    """
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, sqlite3.Connection)
+    header = parsed.header
+    key_index = header.index(settings.key_column)
+    status_cell = str(columns.index(settings.status_column))
+    status_index = header.index(settings.status_column) if settings.status_column in header else -1
+    dumps = json.dumps
+    values = []
+    for row in parsed.rows:
+        status = row[status_index] if status_index >= 0 else ""
+        cells = {str(pos): value for pos, value in enumerate(row) if value}
+        if not status:
+            status = PENDING
+            cells[status_cell] = PENDING
+        values.append((row[key_index], status, dumps(cells)))
+    raw.executemany("INSERT INTO rows (key, status, cells) VALUES (?, ?, ?)", values)

@@ -1,0 +1,314 @@
+"""The CSV file itself: dialect and encoding detection, reading with validation, rendering in
+the same dialect, and the atomic replace.
+
+Every value is text: nothing is type-guessed, so ``00123``, ``NA`` and ``1e5`` stay as
+written. Bad input raises :class:`~csvjournal.errors.CsvFormatError` naming the file, the
+physical line (the header is line 1) and the column (characters, from 1).
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import io
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from csvjournal._csvlocate import locate_field, locate_open_quote
+from csvjournal.errors import CsvFormatError
+
+__all__ = [
+    "CsvDialect",
+    "ParsedCsv",
+    "atomic_write",
+    "guard_formula",
+    "read_csv",
+    "render_csv",
+    "render_rows",
+    "temp_prefix",
+]
+
+DELIMITERS = (",", ";", "\t", "|")
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CsvDialect:
+    """How a CSV file is written, kept so that it is written back the same way."""
+
+    delimiter: str = ","
+    quotechar: str = '"'
+    lineterminator: str = "\n"
+    encoding: str = "utf-8"
+    bom: bool = False
+    final_newline: bool = True
+
+    def to_dict(self) -> dict[str, object]:
+        """The dialect as JSON-ready data."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> CsvDialect:
+        """The dialect stored by :meth:`to_dict`."""
+        return cls(**data)  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
+class ParsedCsv:
+    """A CSV file read as text: its dialect, header, rows and each row's first line."""
+
+    dialect: CsvDialect
+    header: list[str]
+    rows: list[list[str]]
+    lines: list[int]
+
+
+def _decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str, bool]:
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            return _decode_as(path, data[len(bom) :], name, len(bom)), name, True
+    name = encoding or "utf-8"
+    return _decode_as(path, data, name, 0), name, False
+
+
+def _decode_as(path: Path, data: bytes, encoding: str, offset: int) -> str:
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        before = data[: exc.start]
+        line = before.count(b"\n") + 1
+        column = len(before[before.rfind(b"\n") + 1 :].decode(encoding, "replace")) + 1
+        raise CsvFormatError(
+            f"{path}: line {line}, column {column}: bytes that are not {encoding}"
+            f" ({data[exc.start : exc.end]!r}); name the file's encoding with encoding="
+        ) from None
+    except LookupError:
+        raise CsvFormatError(f"{path}: unknown encoding {encoding!r}") from None
+
+
+def _first_record_end(text: str, quotechar: str) -> int:
+    """Index of the first line break outside quotes (len(text) if none)."""
+    quoted = False
+    for index, char in enumerate(text):
+        if char == quotechar:
+            quoted = not quoted
+        elif char in "\r\n" and not quoted:
+            return index
+    return len(text)
+
+
+def _sniff(text: str) -> tuple[str, str, str]:
+    quotechar = '"'
+    if '"' not in text[:65536] and re.search(
+        r"(^|[,;\t|])'[^'\r\n]*'([,;\t|]|$)", text[:65536], re.M
+    ):
+        quotechar = "'"
+    end = _first_record_end(text, quotechar)
+    header = text[:end]
+    counts = {d: _count_outside_quotes(header, d, quotechar) for d in DELIMITERS}
+    delimiter = max(DELIMITERS, key=lambda d: (counts[d], -DELIMITERS.index(d)))
+    if counts[delimiter] == 0:
+        delimiter = ","
+    terminator = "\n"
+    if end < len(text):
+        terminator = "\r\n" if text.startswith("\r\n", end) else text[end]
+    return delimiter, quotechar, terminator
+
+
+def _count_outside_quotes(line: str, char: str, quotechar: str) -> int:
+    return sum(
+        1
+        for i, part in enumerate(line.split(quotechar))
+        if i % 2 == 0
+        for _ in range(part.count(char))
+    )
+
+
+def read_csv(path: Path, *, encoding: str | None = None) -> ParsedCsv:
+    """Read ``path`` as text in its own dialect, checking it is a well-formed table.
+
+    Raises:
+        CsvFormatError: undecodable bytes, no header, empty or duplicate header names, an
+            unclosed quote, a blank line or a row with the wrong number of fields.
+    """
+    data = path.read_bytes()
+    text, encoding_name, bom = _decode(path, data, encoding)
+    if not text.strip("\r\n"):
+        raise CsvFormatError(f"{path}: line 1, column 1: the file is empty (no header line)")
+    delimiter, quotechar, terminator = _sniff(text)
+    dialect = CsvDialect(
+        delimiter=delimiter,
+        quotechar=quotechar,
+        lineterminator=terminator,
+        encoding=encoding_name,
+        bom=bom,
+        final_newline=text.endswith(("\n", "\r")),
+    )
+    header, rows, lines = _parse(path, text, dialect)
+    _check_header(path, text, header, dialect)
+    return ParsedCsv(dialect, header, rows, lines)
+
+
+def _parse(
+    path: Path, text: str, dialect: CsvDialect
+) -> tuple[list[str], list[list[str]], list[int]]:
+    reader = csv.reader(
+        io.StringIO(text, newline=""),
+        delimiter=dialect.delimiter,
+        quotechar=dialect.quotechar,
+        doublequote=True,
+        strict=True,
+    )
+    records: list[list[str]] = []
+    lines: list[int] = []
+    start = 1
+    try:
+        for record in reader:
+            if not record:
+                raise CsvFormatError(f"{path}: line {start}, column 1: blank line")
+            records.append(record)
+            lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        line, column = locate_open_quote(text, start, dialect.delimiter, dialect.quotechar)
+        what = "unclosed quote" if "end of data" in str(exc) else str(exc)
+        raise CsvFormatError(f"{path}: line {line}, column {column}: {what}") from None
+    header = records[0]
+    for record, line in zip(records[1:], lines[1:], strict=True):
+        if len(record) != len(header):
+            at_line, column = locate_field(
+                text, line, min(len(record), len(header)), dialect.delimiter, dialect.quotechar
+            )
+            raise CsvFormatError(
+                f"{path}: line {at_line}, column {column}: {len(record)} fields where the header"
+                f" has {len(header)}"
+            )
+    return header, records[1:], lines[1:]
+
+
+def _check_header(path: Path, text: str, header: list[str], dialect: CsvDialect) -> None:
+    seen: dict[str, int] = {}
+    for index, name in enumerate(header):
+        column = locate_field(text, 1, index, dialect.delimiter, dialect.quotechar)[1]
+        if not name:
+            raise CsvFormatError(f"{path}: line 1, column {column}: empty header name")
+        if name in seen:
+            raise CsvFormatError(
+                f"{path}: line 1, column {column}: duplicate header name {name!r}"
+                f" (also field {seen[name] + 1})"
+            )
+        seen[name] = index
+
+
+def _field_pattern(dialect: CsvDialect) -> re.Pattern[str]:
+    return re.compile("[" + re.escape(dialect.delimiter + dialect.quotechar) + "\r\n]")
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def guard_formula(value: str) -> str:
+    """``value`` as a spreadsheet will not run it (OWASP "CSV injection"): text starting
+    with ``= + - @``, tab or CR gets a leading ``'``; plain numbers such as ``-12.5`` stay."""
+    if value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def render_rows(
+    rows: Iterable[Sequence[str]], dialect: CsvDialect, *, formula_guard: bool = False
+) -> Iterable[str]:
+    """Each row as one CSV record in ``dialect``, line terminator included (minimal quoting:
+    a field is quoted when it holds the delimiter, the quote character or a line break)."""
+    if formula_guard:
+        rows = ([guard_formula(value) for value in row] for row in rows)
+    needs_quotes = _field_pattern(dialect).search
+    quote = dialect.quotechar
+    doubled = quote * 2
+    joiner = dialect.delimiter
+    end = dialect.lineterminator
+    for row in rows:
+        if len(row) == 1 and not row[0]:
+            yield quote * 2 + end  # a lone empty field must not read back as a blank line
+            continue
+        yield (
+            joiner.join(
+                f"{quote}{value.replace(quote, doubled)}{quote}" if needs_quotes(value) else value
+                for value in row
+            )
+            + end
+        )
+
+
+def render_csv(
+    header: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    dialect: CsvDialect,
+    *,
+    formula_guard: bool = False,
+) -> bytes:
+    """The whole file: BOM, header, rows, in the dialect's encoding and line terminator."""
+    text = "".join(render_rows([header], dialect)) + "".join(
+        render_rows(rows, dialect, formula_guard=formula_guard)
+    )
+    if not dialect.final_newline and text.endswith(dialect.lineterminator):
+        text = text[: -len(dialect.lineterminator)]
+    data = text.encode(dialect.encoding)
+    if dialect.bom:
+        data = {
+            "utf-8": codecs.BOM_UTF8,
+            "utf-16-le": codecs.BOM_UTF16_LE,
+            "utf-16-be": codecs.BOM_UTF16_BE,
+        }[dialect.encoding] + data
+    return data
+
+
+def temp_prefix(path: Path) -> str:
+    """The name prefix of temporary files written beside ``path`` (removed after a crash)."""
+    return f".{path.name}.csvjournal-"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically: a temporary file in the same folder is
+    written and fsynced, renamed over ``path`` and the folder fsynced. The old file's
+    permissions are kept (a new file gets 0666 less the umask). On any error the old file
+    is untouched and the temporary file removed.
+
+    Raises:
+        OSError: writing, syncing or renaming failed.
+    """
+    folder = path.parent
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    fd, temp = tempfile.mkstemp(prefix=temp_prefix(path), dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

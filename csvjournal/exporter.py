@@ -1,0 +1,239 @@
+"""The single exporter: regenerates the CSV from the journal, atomically, after commits.
+
+One handle per journal exports at a time, across processes: it holds a lock that the OS
+releases when its process dies (``orders.csv.backups/exporter.lock``); the other exporting
+handles stand by and one takes over within about a second. The exporter notices commits by
+any process through ``PRAGMA data_version``, coalesces bursts, and writes the CSV with
+:func:`~csvjournal.csvio.atomic_write`. Before each rename it records which export it is
+about to put in place, and after it which sequence number the CSV reflects; so a CSV that
+matches neither is a hand edit, never the trace of an exporter killed mid-export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import filelock
+import structlog
+
+from csvjournal import _reads
+from csvjournal._settings import Settings, read_value, write_value
+from csvjournal.csvio import atomic_write, render_csv, temp_prefix
+from csvjournal.errors import CsvChangedError
+from csvjournal.store import Store
+
+__all__ = ["Exporter", "export_to", "lock_path"]
+
+log = structlog.get_logger(__name__)
+
+_POLL_SECONDS = 0.02
+_STANDBY_SECONDS = 0.5
+_BACKOFF_CAP_SECONDS = 30.0
+
+
+def lock_path(csv_path: Path) -> Path:
+    """The exporter lock of the journal of ``csv_path``."""
+    return Path(f"{csv_path}.backups") / "exporter.lock"
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _render(store: Store, settings: Settings, formula_guard: bool) -> tuple[int, bytes]:
+    """The CSV as of one snapshot of the journal, and the last sequence number in it."""
+    with store.read() as conn:
+        seq = _reads.last_seq(conn)
+        columns = _reads.column_names(conn)
+        rows = list(_reads.all_cells(conn, columns))
+    return seq, render_csv(columns, rows, settings.dialect, formula_guard=formula_guard)
+
+
+def export_to(store: Store, settings: Settings, path: Path, formula_guard: bool) -> int:
+    """Write the journal's CSV to another ``path`` now; return the sequence number it shows.
+
+    Raises:
+        OSError: the file could not be written.
+    """
+    seq, data = _render(store, settings, formula_guard)
+    atomic_write(path, data)
+    return seq
+
+
+class Exporter:
+    """The exporting side of one handle: the lock, the thread, and the export itself."""
+
+    def __init__(
+        self, store: Store, settings: Settings, csv_path: Path, formula_guard: bool
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._csv_path = csv_path
+        self._formula_guard = formula_guard
+        lock = lock_path(csv_path)
+        lock.parent.mkdir(exist_ok=True)
+        self._lock = filelock.FileLock(
+            lock, thread_local=False, preserve_lock_file=True, fallback_to_soft=False
+        )
+        self._changed = threading.Condition()
+        self._stop = False
+        self.leading = False
+        self.exported_seq = -1
+        self._failures = 0
+        self._thread: threading.Thread | None = None
+
+    # -- taking the role -------------------------------------------------------------------
+
+    def try_lead(self) -> bool:
+        """Become the exporter if no other handle is; check and refresh the CSV then.
+
+        Raises:
+            CsvChangedError: the CSV was edited by hand since the last export (the lock is
+                released again).
+        """
+        try:
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return False
+        try:
+            self._take_over()
+        except BaseException:
+            self._lock.release()
+            raise
+        self.leading = True
+        return True
+
+    def release(self) -> None:
+        """Give up the exporter role taken by :meth:`try_lead` without a thread."""
+        self.leading = False
+        self._lock.release()
+
+    def _take_over(self) -> None:
+        for leftover in self._csv_path.parent.glob(temp_prefix(self._csv_path) + "*"):
+            leftover.unlink(missing_ok=True)
+            log.info("temp_file_removed", path=str(leftover))
+        self._check_hand_edits()
+        self.export_now()
+
+    def _check_hand_edits(self) -> None:
+        if not self._csv_path.exists():
+            return
+        with self._store.read() as conn:
+            known = {read_value(conn, "csv_digest"), read_value(conn, "csv_pending")}
+        known.discard(None)
+        if known and _digest(self._csv_path.read_bytes()) not in known:
+            raise CsvChangedError(
+                f"{self._csv_path}: edited by hand since csvjournal last wrote it. Run"
+                f" `csvjournal import --merge {self._csv_path}` to bring the edits into the"
+                " journal, or delete the file to have it written anew from the journal"
+            )
+
+    def start(self, leading: bool) -> None:
+        """Run the exporter thread: exporting if ``leading``, else standing by."""
+        self._thread = threading.Thread(
+            target=self._run, args=(leading,), name="csvjournal-exporter", daemon=True
+        )
+        self._thread.start()
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def _run(self, leading: bool) -> None:
+        while not leading:
+            if self._stopped(_STANDBY_SECONDS):
+                return
+            try:
+                leading = self.try_lead()
+            except CsvChangedError as exc:
+                log.error("csv_changed_by_hand", path=str(self._csv_path), error=str(exc))
+                return
+            if leading:
+                log.info("exporter_took_over", path=str(self._csv_path))
+        self._export_loop()
+
+    def _stopped(self, seconds: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self._stop, seconds)
+
+    def _export_loop(self) -> None:
+        watcher = sqlite3.connect(self._store.path, isolation_level=None)
+        try:
+            version = None
+            delay = _POLL_SECONDS
+            while not self._stopped(delay):
+                current = watcher.execute("PRAGMA data_version").fetchone()[0]
+                if current == version and self._failures == 0:
+                    delay = _POLL_SECONDS
+                    continue
+                version = current
+                delay = self._export_or_back_off()
+            self._export_or_back_off()  # the last commits before close
+        finally:
+            watcher.close()
+            self.release()
+
+    def _export_or_back_off(self) -> float:
+        try:
+            self.export_now()
+        except OSError as exc:
+            self._failures += 1
+            if self._failures == 1:
+                log.error("csv_export_failed", path=str(self._csv_path), error=str(exc))
+            wait = min(_BACKOFF_CAP_SECONDS, _POLL_SECONDS * 2**self._failures)
+            return float(wait * random.uniform(0.5, 1.0))
+        if self._failures:
+            log.info("csv_export_recovered", path=str(self._csv_path), attempts=self._failures)
+            self._failures = 0
+        return _POLL_SECONDS
+
+    def export_now(self) -> None:
+        """Regenerate the CSV from the journal now (the caller holds the lock).
+
+        Raises:
+            OSError: the CSV could not be written (the old one stays whole).
+        """
+        seq, data = _render(self._store, self._settings, self._formula_guard)
+        digest = _digest(data)
+        with self._store.write() as conn:
+            unchanged = read_value(conn, "csv_digest") == digest and self._csv_path.exists()
+            if not unchanged:
+                write_value(conn, "csv_pending", digest)
+        if not unchanged:
+            atomic_write(self._csv_path, data)
+        with self._store.write() as conn:
+            write_value(conn, "csv_digest", digest)
+            write_value(conn, "csv_seq", seq)
+        with self._changed:
+            self.exported_seq = seq
+            self._changed.notify_all()
+
+    # -- flush and stop --------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Look for new commits now rather than at the next poll."""
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, seq: int, timeout: float | None, alive: Callable[[], bool]) -> bool:
+        """Wait until this exporter has written ``seq``; False on timeout or if it stopped."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while self.exported_seq < seq and alive():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._changed.wait(min(0.05, remaining) if remaining is not None else 0.05)
+        return self.exported_seq >= seq
+
+    def stop(self) -> None:
+        """Export what is left (if leading), stop the thread and release the lock."""
+        with self._changed:
+            self._stop = True
+            self._changed.notify_all()
+        if self._thread is not None:
+            self._thread.join()
