@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from csvjournal._open import open  # noqa: A004 - the spec names it open
 from csvjournal.errors import (
     CsvChangedError,
     CsvFormatError,
@@ -22,7 +23,7 @@ from csvjournal.errors import (
     SettingsError,
 )
 from csvjournal.events import Event
-from csvjournal.journal import Journal, open  # noqa: A004 - the spec names it open
+from csvjournal.journal import Journal
 
 try:
     __version__ = version("csvjournal")

@@ -14,8 +14,17 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _quote  # C; json.dumps costs 3x more
+from typing import TYPE_CHECKING
 
-__all__ = ["IN_PROGRESS", "PENDING", "ColumnCache", "RecordOp", "Writer"]
+from csvjournal._values import render_value, timestamp_now
+from csvjournal.errors import RecordError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from csvjournal._settings import Settings
+
+__all__ = ["IN_PROGRESS", "PENDING", "ColumnCache", "RecordOp", "Writer", "prepare_record"]
 
 PENDING = "PENDING"
 IN_PROGRESS = "IN_PROGRESS"
@@ -52,6 +61,48 @@ class RecordOp:
     worker: str
     note: str | None = None
     seq: int | None = None
+
+
+def prepare_record(
+    settings: Settings,
+    key: object,
+    status: object,
+    fields: Mapping[str, object] | None,
+    more: Mapping[str, object],
+    *,
+    worker: str,
+) -> RecordOp:
+    """Validate one ``record()`` call and render its values to text.
+
+    Raises:
+        TypeError: a value of an unsupported type.
+        RecordError: an empty key, field name or status, or fields contradicting the key.
+    """
+    s = settings
+    key_text = key if type(key) is str else render_value(s.key_column, key)
+    if not key_text:
+        raise RecordError("a key must not be empty")
+    named: dict[str, str] = {}
+    for source in (fields, more) if fields else (more,):
+        for name, value in source.items():
+            if name in named or not name or type(name) is not str:
+                raise RecordError(
+                    f"key {key_text!r}: field {name!r} is empty, not text or given twice"
+                )
+            named[name] = value if type(value) is str else render_value(name, value)
+    status_text = (
+        status if type(status) is str or status is None else render_value(s.status_column, status)
+    )
+    if s.status_column in named:
+        given = named.pop(s.status_column)
+        if status_text is not None and given != status_text:
+            raise RecordError(f"key {key_text!r}: two different statuses given")
+        status_text = given
+    if status_text == "":
+        raise RecordError(f"key {key_text!r}: status must not be empty")
+    if s.key_column in named and named.pop(s.key_column) != key_text:
+        raise RecordError(f"key {key_text!r}: field {s.key_column!r} contradicts the key")
+    return RecordOp(key_text, status_text, named, timestamp_now(), worker)
 
 
 @dataclass(slots=True)

@@ -25,10 +25,10 @@ import structlog
 from csvjournal import _reads
 from csvjournal._settings import Settings, read_value, write_value
 from csvjournal.csvio import atomic_write, render_csv, temp_prefix
-from csvjournal.errors import CsvChangedError
+from csvjournal.errors import CsvChangedError, ExportError, FlushTimeoutError
 from csvjournal.store import Store
 
-__all__ = ["Exporter", "export_to", "lock_path"]
+__all__ = ["Exporter", "export_to", "flush_csv", "lock_path"]
 
 log = structlog.get_logger(__name__)
 
@@ -237,3 +237,45 @@ class Exporter:
             self._changed.notify_all()
         if self._thread is not None:
             self._thread.join()
+
+
+def flush_csv(
+    store: Store,
+    settings: Settings,
+    csv_path: Path,
+    exporter: Exporter | None,
+    *,
+    formula_guard: bool,
+    timeout: float | None,
+) -> None:
+    """Wait until the CSV shows every commit made so far, exporting here if nobody does.
+
+    Raises:
+        FlushTimeoutError: ``timeout`` seconds passed first.
+        ExportError: the CSV could not be written here and now.
+        CsvChangedError: exporting here found the CSV edited by hand.
+    """
+    with store.read() as conn:
+        target = _reads.last_seq(conn)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if exporter is not None and exporter.leading:
+        exporter.wake()
+        if exporter.wait_for(target, timeout, lambda: exporter.leading):
+            return
+    while True:
+        with store.read() as conn:
+            if (_reads.exported_seq(conn) or 0) >= target:
+                return
+        helper = Exporter(store, settings, csv_path, formula_guard)
+        try:
+            exported = helper.try_lead()  # exports when it gets the lock: nobody else does
+        except OSError as exc:
+            raise ExportError(f"{csv_path}: could not write the CSV: {exc}") from exc
+        if exported:
+            helper.release()
+            continue
+        if deadline is not None and time.monotonic() >= deadline:
+            raise FlushTimeoutError(
+                f"{csv_path}: the CSV did not catch up with the journal in {timeout} s"
+            )
+        time.sleep(_POLL_SECONDS)

@@ -6,9 +6,9 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,19 +19,17 @@ from csvjournal import _forking, _reads
 from csvjournal._batch import BatchState
 from csvjournal._groupcommit import GroupCommitter
 from csvjournal._importer import check_keys, import_rows
-from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TIMESTAMP, Settings, settle
-from csvjournal._values import render_value, timestamp_now
-from csvjournal._writer import RecordOp, Writer
+from csvjournal._options import Options
+from csvjournal._settings import Settings, settle
+from csvjournal._values import render_value
+from csvjournal._writer import RecordOp, Writer, prepare_record
 from csvjournal.csvio import read_csv
 from csvjournal.errors import (
     ExportError,
-    FlushTimeoutError,
     JournalClosedError,
-    RecordError,
-    SettingsError,
 )
-from csvjournal.exporter import Exporter, export_to
-from csvjournal.store import Durability, Store, remove_journal_files
+from csvjournal.exporter import Exporter, export_to, flush_csv
+from csvjournal.store import Store, remove_journal_files
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -51,21 +49,6 @@ _HOST = socket.gethostname()
 _fork_orphans: list[object] = []
 
 
-@dataclass(frozen=True, slots=True)
-class _Options:
-    csv_path: Path
-    journal_path: Path
-    key: str | None
-    export: bool
-    durability: Durability
-    terminal: frozenset[str] | None
-    status_column: str
-    timestamp_column: str
-    busy_timeout: float
-    encoding: str | None = None
-    formula_guard: bool = False
-
-
 class Journal:
     """A handle on one journal: record updates, read state, share between threads.
 
@@ -73,7 +56,7 @@ class Journal:
     a worker process (fork or spawn) it reopens there as a non-exporting handle.
     """
 
-    def __init__(self, options: _Options) -> None:
+    def __init__(self, options: Options) -> None:
         self._options = options
         self._closed = False
         self._gate = _forking.ForkGate()
@@ -245,33 +228,7 @@ class Journal:
         fields: Mapping[str, object] | None,
         more: Mapping[str, object],
     ) -> RecordOp:
-        s = self._settings
-        key_text = key if type(key) is str else render_value(s.key_column, key)
-        if not key_text:
-            raise RecordError(f"{self._options.journal_path}: a key must not be empty")
-        named: dict[str, str] = {}
-        for source in (fields, more) if fields else (more,):
-            for name, value in source.items():
-                if name in named or not name or type(name) is not str:
-                    raise RecordError(
-                        f"key {key_text!r}: field {name!r} is empty, not text or given twice"
-                    )
-                named[name] = value if type(value) is str else render_value(name, value)
-        status_text = (
-            status
-            if type(status) is str or status is None
-            else render_value(s.status_column, status)
-        )
-        if s.status_column in named:
-            given = named.pop(s.status_column)
-            if status_text is not None and given != status_text:
-                raise RecordError(f"key {key_text!r}: two different statuses given")
-            status_text = given
-        if status_text == "":
-            raise RecordError(f"key {key_text!r}: status must not be empty")
-        if s.key_column in named and named.pop(s.key_column) != key_text:
-            raise RecordError(f"key {key_text!r}: field {s.key_column!r} contradicts the key")
-        return RecordOp(key_text, status_text, named, timestamp_now(), self._worker_name())
+        return prepare_record(self._settings, key, status, fields, more, worker=self._worker_name())
 
     def _worker_name(self) -> str:
         name: str | None = getattr(self._local, "worker", None)
@@ -398,36 +355,18 @@ class Journal:
             FlushTimeoutError: ``timeout`` seconds passed first.
             ExportError: the CSV could not be written here and now.
             CsvChangedError: exporting here found the CSV edited by hand.
+            JournalClosedError: the handle is closed.
         """
-        with self._reading() as conn:
-            target = _reads.last_seq(conn)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        exporter = self._exporter
-        if exporter is not None and exporter.leading:
-            exporter.wake()
-            if exporter.wait_for(target, timeout, lambda: exporter.leading):
-                return
-        while True:
-            with self._reading() as conn:
-                if (_reads.exported_seq(conn) or 0) >= target:
-                    return
-            if self._export_if_nobody_does():
-                continue
-            if deadline is not None and time.monotonic() >= deadline:
-                raise FlushTimeoutError(
-                    f"{self.csv_path}: the CSV did not catch up with the journal in {timeout} s"
-                )
-            time.sleep(0.02)
-
-    def _export_if_nobody_does(self) -> bool:
-        helper = Exporter(self._store, self._settings, self.csv_path, self._options.formula_guard)
-        try:
-            if not helper.try_lead():  # try_lead exports when it gets the lock
-                return False
-        except OSError as exc:
-            raise ExportError(f"{self.csv_path}: could not write the CSV: {exc}") from exc
-        helper.release()
-        return True
+        self._ensure()
+        with self._gate.operation():
+            flush_csv(
+                self._store,
+                self._settings,
+                self.csv_path,
+                self._exporter,
+                formula_guard=self._options.formula_guard,
+                timeout=timeout,
+            )
 
     def export(self, path: str | os.PathLike[str] | None = None) -> None:
         """Write the CSV now: to ``path`` if given (the journal's CSV is left alone),
@@ -473,57 +412,3 @@ class Journal:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Journal {str(self._options.csv_path)!r} {state}>"
-
-
-def _as_set(names: Iterable[str]) -> Iterable[str]:
-    return (names,) if isinstance(names, str) else names
-
-
-def open(  # noqa: A001 - the spec's name, as in builtins.open
-    csv_path: str | os.PathLike[str],
-    *,
-    key: str | None = None,
-    journal_path: str | os.PathLike[str] | None = None,
-    url: str | None = None,
-    export: bool = True,
-    durability: Durability = "full",
-    terminal: Iterable[str] | None = None,
-    status_column: str = DEFAULT_STATUS,
-    timestamp_column: str = DEFAULT_TIMESTAMP,
-    formula_guard: bool = False,
-    encoding: str | None = None,
-    busy_timeout: float = 30.0,
-) -> Journal:
-    """Open (or create) the journal of ``csv_path``.
-
-    A new journal needs ``key``; an existing one keeps its stored settings (a conflicting
-    ``key``/``status_column``/``timestamp_column`` is an error; ``terminal`` replaces the
-    stored set). ``durability="full"`` makes each commit survive power loss, ``"normal"``
-    a crash of the process. ``busy_timeout`` bounds how long a write waits for other
-    writers.
-
-    Raises:
-        SettingsError: missing or conflicting arguments, or a file that is not a journal.
-        SchemaTooNewError: the journal was written by a newer csvjournal (left unchanged).
-        JournalBusyError: the journal stayed locked for longer than ``busy_timeout``.
-    """
-    csv = Path(csv_path)
-    path = Path(journal_path) if journal_path is not None else Path(f"{csv}.journal")
-    if url is not None:
-        raise SettingsError("url= (a journal in a database server) is not supported yet")
-    if key is None and not path.exists():
-        raise SettingsError(f"{path}: no journal here yet, and key= is required to create one")
-    options = _Options(
-        csv_path=csv,
-        journal_path=path,
-        key=key,
-        export=export,
-        durability=durability,
-        terminal=None if terminal is None else frozenset(_as_set(terminal)),
-        status_column=status_column,
-        timestamp_column=timestamp_column,
-        busy_timeout=busy_timeout,
-        encoding=encoding,
-        formula_guard=formula_guard,
-    )
-    return Journal(options)

@@ -1,0 +1,69 @@
+"""``csvjournal.open()``: from arguments to a :class:`~csvjournal.journal.Journal`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from csvjournal._options import Options
+from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TIMESTAMP
+from csvjournal.errors import SettingsError
+from csvjournal.journal import Journal
+from csvjournal.store import Durability
+
+__all__ = ["open"]
+
+
+def _as_set(names: Iterable[str]) -> Iterable[str]:
+    return (names,) if isinstance(names, str) else names
+
+
+def open(  # noqa: A001 - the spec's name, as in builtins.open
+    csv_path: str | os.PathLike[str],
+    *,
+    key: str | None = None,
+    journal_path: str | os.PathLike[str] | None = None,
+    url: str | None = None,
+    export: bool = True,
+    durability: Durability = "full",
+    terminal: Iterable[str] | None = None,
+    status_column: str = DEFAULT_STATUS,
+    timestamp_column: str = DEFAULT_TIMESTAMP,
+    formula_guard: bool = False,
+    encoding: str | None = None,
+    busy_timeout: float = 30.0,
+) -> Journal:
+    """Open (or create) the journal of ``csv_path``.
+
+    A new journal needs ``key``; an existing one keeps its stored settings (a conflicting
+    ``key``/``status_column``/``timestamp_column`` is an error; ``terminal`` replaces the
+    stored set). ``durability="full"`` makes each commit survive power loss, ``"normal"``
+    a crash of the process. ``busy_timeout`` bounds how long a write waits for other
+    writers.
+
+    Raises:
+        SettingsError: missing or conflicting arguments, or a file that is not a journal.
+        SchemaTooNewError: the journal was written by a newer csvjournal (left unchanged).
+        JournalBusyError: the journal stayed locked for longer than ``busy_timeout``.
+    """
+    csv = Path(csv_path)
+    path = Path(journal_path) if journal_path is not None else Path(f"{csv}.journal")
+    if url is not None:
+        raise SettingsError("url= (a journal in a database server) is not supported yet")
+    if key is None and not path.exists():
+        raise SettingsError(f"{path}: no journal here yet, and key= is required to create one")
+    options = Options(
+        csv_path=csv,
+        journal_path=path,
+        key=key,
+        export=export,
+        durability=durability,
+        terminal=None if terminal is None else frozenset(_as_set(terminal)),
+        status_column=status_column,
+        timestamp_column=timestamp_column,
+        busy_timeout=busy_timeout,
+        encoding=encoding,
+        formula_guard=formula_guard,
+    )
+    return Journal(options)
