@@ -3,7 +3,7 @@
 One handle per journal exports at a time, across processes: it holds a lock that the OS
 releases when its process dies (``orders.csv.backups/exporter.lock``); the other exporting
 handles stand by and one takes over within about a second. The exporter notices commits by
-any process through ``PRAGMA data_version``, coalesces bursts, and writes the CSV with
+any process by polling the newest sequence number, coalesces bursts, and writes the CSV with
 :func:`~csvjournal.csvio.atomic_write`. Before each rename it records which export it is
 about to put in place, and after it which sequence number the CSV reflects; so a CSV that
 matches neither is a hand edit, never the trace of an exporter killed mid-export.
@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import filelock
 import structlog
 
 from csvjournal import _reads
+from csvjournal._forking import ForkGate
+from csvjournal._oslock import ExporterLock
 from csvjournal._settings import Settings, read_value, write_value
 from csvjournal.csvio import atomic_write, render_csv, temp_prefix
 from csvjournal.errors import CsvChangedError, ExportError, FlushTimeoutError
@@ -70,17 +70,21 @@ class Exporter:
     """The exporting side of one handle: the lock, the thread, and the export itself."""
 
     def __init__(
-        self, store: Store, settings: Settings, csv_path: Path, formula_guard: bool
+        self,
+        store: Store,
+        settings: Settings,
+        csv_path: Path,
+        formula_guard: bool,
+        gate: ForkGate | None = None,
     ) -> None:
         self._store = store
+        self._gate = gate or ForkGate()
         self._settings = settings
         self._csv_path = csv_path
         self._formula_guard = formula_guard
         lock = lock_path(csv_path)
         lock.parent.mkdir(exist_ok=True)
-        self._lock = filelock.FileLock(
-            lock, thread_local=False, preserve_lock_file=True, fallback_to_soft=False
-        )
+        self._lock = ExporterLock(lock)
         self._changed = threading.Condition()
         self._stop = False
         self.leading = False
@@ -97,9 +101,7 @@ class Exporter:
             CsvChangedError: the CSV was edited by hand since the last export (the lock is
                 released again).
         """
-        try:
-            self._lock.acquire(timeout=0)
-        except filelock.Timeout:
+        if not self._lock.acquire():
             return False
         try:
             self._take_over()
@@ -113,6 +115,11 @@ class Exporter:
         """Give up the exporter role taken by :meth:`try_lead` without a thread."""
         self.leading = False
         self._lock.release()
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: this process is not the exporter; the parent still is."""
+        self.leading = False
+        self._lock.forget_after_fork()
 
     def _take_over(self) -> None:
         for leftover in self._csv_path.parent.glob(temp_prefix(self._csv_path) + "*"):
@@ -148,7 +155,8 @@ class Exporter:
             if self._stopped(_STANDBY_SECONDS):
                 return
             try:
-                leading = self.try_lead()
+                with self._gate.operation():
+                    leading = self.try_lead()
             except CsvChangedError as exc:
                 log.error("csv_changed_by_hand", path=str(self._csv_path), error=str(exc))
                 return
@@ -161,20 +169,21 @@ class Exporter:
             return self._changed.wait_for(lambda: self._stop, seconds)
 
     def _export_loop(self) -> None:
-        watcher = sqlite3.connect(self._store.path, isolation_level=None)
         try:
-            version = None
+            seen = self.exported_seq
             delay = _POLL_SECONDS
             while not self._stopped(delay):
-                current = watcher.execute("PRAGMA data_version").fetchone()[0]
-                if current == version and self._failures == 0:
-                    delay = _POLL_SECONDS
-                    continue
-                version = current
-                delay = self._export_or_back_off()
-            self._export_or_back_off()  # the last commits before close
+                with self._gate.operation():  # no connection may be open across a fork
+                    with self._store.read() as conn:
+                        newest = _reads.last_seq(conn)
+                    if newest == seen and self._failures == 0:
+                        delay = _POLL_SECONDS
+                        continue
+                    seen = newest
+                    delay = self._export_or_back_off()
+            with self._gate.operation():
+                self._export_or_back_off()  # the last commits before close
         finally:
-            watcher.close()
             self.release()
 
     def _export_or_back_off(self) -> float:

@@ -113,7 +113,9 @@ class Journal:
 
     def _start_exporter(self) -> None:
         options = self._options
-        exporter = Exporter(self._store, self._settings, options.csv_path, options.formula_guard)
+        exporter = Exporter(
+            self._store, self._settings, options.csv_path, options.formula_guard, self._gate
+        )
         try:
             leading = exporter.try_lead()
         except BaseException:
@@ -143,6 +145,9 @@ class Journal:
         self._attach_lock = threading.Lock()
         if self._closed or self._pid != os.getppid():
             return
+        if self._exporter is not None:
+            self._exporter.forget_after_fork()
+            self._exporter = None
         if not self._fork_safe:
             _fork_orphans.append(self._store.orphan())
         self._options = replace(self._options, export=False, key=None, terminal=None)

@@ -1,0 +1,60 @@
+"""The exporter lock: exclusive across processes and handles, gone when its process dies.
+
+A POSIX record lock (``fcntl.lockf``) rather than ``flock`` (what the filelock package
+uses): a ``flock`` lock belongs to the open file, which a forked child inherits, so a worker
+forked from the exporting process would keep the lock alive after the exporter died and
+could even release it. A record lock belongs to the process and is never inherited. Record
+locks do not exclude handles of the same process, so a process-wide registry does that.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from pathlib import Path
+
+__all__ = ["ExporterLock"]
+
+_registry_lock = threading.Lock()
+_held: dict[Path, ExporterLock] = {}  # lock file -> the handle of this process holding it
+
+
+class ExporterLock:
+    """One handle's claim on a lock file (not reentrant)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.resolve()
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock if it is free; never waits. True if this handle now holds it."""
+        with _registry_lock:
+            if self.path in _held:
+                return _held[self.path] is self
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)  # we held no record lock on it, so closing releases nothing
+                return False
+            self._fd = fd
+            _held[self.path] = self
+            return True
+
+    def release(self) -> None:
+        """Give the lock up (harmless when not held)."""
+        with _registry_lock:
+            if _held.get(self.path) is not self or self._fd is None:
+                return
+            del _held[self.path]
+            fd, self._fd = self._fd, None
+        os.close(fd)  # closing drops this process's record lock on the file
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: close the inherited descriptor; the parent keeps its lock."""
+        with _registry_lock:
+            _held.pop(self.path, None)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
