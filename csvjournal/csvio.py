@@ -162,6 +162,8 @@ def read_csv(path: Path, *, encoding: str | None = None) -> ParsedCsv:
 def _parse(
     path: Path, text: str, dialect: CsvDialect
 ) -> tuple[list[str], list[list[str]], list[int]]:
+    if csv.field_size_limit() < _FIELD_LIMIT:
+        csv.field_size_limit(_FIELD_LIMIT)  # process-wide, but only ever raised
     reader = csv.reader(
         io.StringIO(text, newline=""),
         delimiter=dialect.delimiter,

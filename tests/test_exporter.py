@@ -1,0 +1,243 @@
+"""The single exporter: flush, takeover, atomic replace, failures, hand edits."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+import csvjournal
+from csvjournal.csvio import temp_prefix
+
+
+def _rows(path: Path) -> dict[str, dict[str, str]]:
+    csv.field_size_limit(2**31 - 1)
+    text = path.read_bytes().decode("utf-8-sig")
+    return {row["ID"]: row for row in csv.DictReader(io.StringIO(text, newline=""))}
+
+
+def test_flush_returns_once_the_csv_shows_every_record(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        for i in range(50):
+            journal.record(f"k{i}", "COMPLETED", N=i)
+        journal.flush(timeout=10)
+        rows = _rows(csv_path)
+        assert len(rows) == 50
+        assert rows["k49"]["N"] == "49"
+        assert rows["k49"]["STATUS"] == "COMPLETED"
+
+
+def test_closing_the_exporter_writes_the_last_records(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("last", "COMPLETED")
+    assert _rows(csv_path)["last"]["STATUS"] == "COMPLETED"
+
+
+def test_a_non_exporting_handle_flushes_through_the_exporter(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID") as exporter:
+        with csvjournal.open(csv_path, export=False) as worker:
+            worker.record("w", "COMPLETED")
+            worker.flush(timeout=10)
+            assert "w" in _rows(csv_path)
+        assert exporter.get("w") is not None
+
+
+def test_with_no_exporter_alive_flush_exports_itself(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID", export=False) as journal:
+        journal.record("a", "COMPLETED")
+        assert not csv_path.exists()
+        journal.flush(timeout=10)
+        assert _rows(csv_path)["a"]["STATUS"] == "COMPLETED"
+        journal.export()
+        assert "a" in _rows(csv_path)
+
+
+def test_one_exporter_at_a_time_and_a_standby_takes_over(csv_path: Path) -> None:
+    first = csvjournal.open(csv_path, key="ID")
+    second = csvjournal.open(csv_path)
+    try:
+        assert first._exporter is not None
+        assert first._exporter.leading
+        assert second._exporter is not None
+        assert not second._exporter.leading
+        first.close()
+        deadline = time.monotonic() + 3
+        while not second._exporter.leading and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert second._exporter.leading  # took over within about a second
+        second.record("after", "COMPLETED")
+        second.flush(timeout=10)
+        assert "after" in _rows(csv_path)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_export_to_another_path_leaves_the_csv_alone(csv_path: Path, tmp_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        journal.flush(timeout=10)
+        before = csv_path.read_bytes()
+        journal.record("b", "FAILED")
+        journal.export(tmp_path / "copy.csv")
+        assert set(_rows(tmp_path / "copy.csv")) == {"a", "b"}
+        assert csv_path.read_bytes() == before or "b" in _rows(csv_path)
+    with pytest.raises(csvjournal.ExportError), csvjournal.open(csv_path) as journal:
+        journal.export(tmp_path / "no-such-folder" / "x.csv")
+
+
+def test_permissions_of_the_old_csv_are_kept(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a")
+    assert stat.S_IMODE(csv_path.stat().st_mode) == 0o666 & ~_umask()
+    csv_path.chmod(0o640)
+    with csvjournal.open(csv_path) as journal:
+        journal.record("b")
+    assert stat.S_IMODE(csv_path.stat().st_mode) == 0o640
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_leftover_temp_files_are_removed_at_the_next_open(csv_path: Path) -> None:
+    csvjournal.open(csv_path, key="ID").close()
+    leftover = csv_path.parent / f"{temp_prefix(csv_path)}abc123"
+    leftover.write_bytes(b"half an export")
+    with csvjournal.open(csv_path):
+        assert not leftover.exists()
+    assert sorted(p.name for p in csv_path.parent.iterdir()) == [
+        "orders.csv",
+        "orders.csv.backups",
+        "orders.csv.journal",
+    ]
+
+
+def test_a_hand_edit_is_refused_at_open_with_what_to_do(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+    edited = csv_path.read_bytes().replace(b"COMPLETED", b"DONE BY HAND")
+    csv_path.write_bytes(edited)
+    with pytest.raises(csvjournal.CsvChangedError, match="import --merge") as caught:
+        csvjournal.open(csv_path)
+    assert isinstance(caught.value, ValueError)
+    assert csv_path.read_bytes() == edited  # nothing overwritten
+    with csvjournal.open(csv_path, export=False) as worker:  # workers may still record
+        worker.record("b")
+    csv_path.unlink()  # deleting the CSV is the other way out: it is written anew
+    with csvjournal.open(csv_path) as journal:
+        journal.flush(timeout=10)
+    assert set(_rows(csv_path)) == {"a", "b"}
+
+
+def test_a_failing_replace_keeps_the_old_csv_and_is_retried(
+    csv_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        journal.flush(timeout=10)
+        before = csv_path.read_bytes()
+        real_replace = os.replace
+
+        def locked_by_excel(src: str, dst: str) -> None:
+            raise PermissionError(13, "The process cannot access the file", str(dst))
+
+        with capture_logs() as logs:
+            monkeypatch.setattr(os, "replace", locked_by_excel)
+            for i in range(5):
+                journal.record(f"b{i}", "COMPLETED")  # recording goes on meanwhile
+            time.sleep(0.5)
+            assert csv_path.read_bytes() == before
+            assert not list(csv_path.parent.glob(temp_prefix(csv_path) + "*"))
+            monkeypatch.setattr(os, "replace", real_replace)
+            journal.flush(timeout=30)
+        failures = [e for e in logs if e["event"] == "csv_export_failed"]
+        assert len(failures) == 1  # logged once, not once per retry
+        assert str(csv_path) in failures[0]["path"]
+        assert "cannot access" in failures[0]["error"]
+        assert any(e["event"] == "csv_export_recovered" for e in logs)
+        assert {f"b{i}" for i in range(5)} <= set(_rows(csv_path))
+
+
+def _mount_tmpfs(target: Path, size: str) -> bool:
+    target.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)],
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+@pytest.mark.slow
+def test_disk_full_keeps_the_old_csv_and_recovers_when_space_is_freed(tmp_path: Path) -> None:
+    mount = tmp_path / "tiny"
+    if not _mount_tmpfs(mount, "1m"):
+        pytest.skip("mounting a tmpfs needs root and a kernel that allows it")
+    try:
+        csv_path = mount / "orders.csv"
+        journal_path = tmp_path / "orders.csv.journal"  # the journal has room; the CSV not
+        with csvjournal.open(csv_path, key="ID", journal_path=journal_path) as journal:
+            journal.record("a", "COMPLETED")
+            journal.flush(timeout=10)
+            before = csv_path.read_bytes()
+            filler = mount / "filler"
+            free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
+            filler.write_bytes(b"\0" * (free - 4096))
+            with capture_logs() as logs:
+                journal.record("big", "COMPLETED", BLOB="x" * 200_000)
+                time.sleep(0.5)
+                assert csv_path.read_bytes() == before
+                assert not list(mount.glob(temp_prefix(csv_path) + "*"))
+                assert journal.get("big") is not None  # the journal is intact
+                filler.unlink()
+                journal.flush(timeout=30)
+            assert any(e["event"] == "csv_export_failed" for e in logs)
+            assert "big" in _rows(csv_path)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+_EXPORTER = textwrap.dedent(
+    """
+    import sys, time
+    import csvjournal
+    journal = csvjournal.open(sys.argv[1])
+    print("ready", flush=True)
+    i = 0
+    while True:
+        journal.record(f"{sys.argv[2]}-{i}", "COMPLETED", N=i)
+        i += 1
+    """
+)
+
+
+@pytest.mark.slow
+def test_killing_the_exporter_never_looks_like_a_hand_edit(csv_path: Path) -> None:
+    csvjournal.open(csv_path, key="ID").close()
+    for round_no in range(12):
+        worker = subprocess.Popen(
+            [sys.executable, "-c", _EXPORTER, str(csv_path), f"r{round_no}"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert worker.stdout is not None
+        assert worker.stdout.readline().strip() == "ready"
+        time.sleep(0.05 + 0.07 * (round_no % 5))
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        with csvjournal.open(csv_path) as journal:  # must not raise CsvChangedError
+            journal.flush(timeout=30)
+            assert set(_rows(csv_path)) == set(journal.to_dataframe()["ID"])
