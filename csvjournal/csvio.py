@@ -24,6 +24,8 @@ from csvjournal._csvlocate import locate_field, locate_open_quote
 from csvjournal.errors import CsvFormatError
 
 __all__ = [
+    "EXCEL_MAX_CELL",
+    "EXCEL_MAX_ROWS",
     "CsvDialect",
     "ParsedCsv",
     "atomic_write",
@@ -35,6 +37,9 @@ __all__ = [
 ]
 
 DELIMITERS = (",", ";", "\t", "|")
+EXCEL_MAX_ROWS = 1_048_576  # the header included
+EXCEL_MAX_CELL = 32_767
+_FIELD_LIMIT = 2**31 - 1  # the csv module's default of 131,072 characters is too small
 _BOMS = (
     (codecs.BOM_UTF8, "utf-8"),
     (codecs.BOM_UTF16_LE, "utf-16-le"),

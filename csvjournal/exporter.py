@@ -24,7 +24,7 @@ from csvjournal import _reads
 from csvjournal._forking import ForkGate
 from csvjournal._oslock import ExporterLock
 from csvjournal._settings import Settings, read_value, write_value
-from csvjournal.csvio import atomic_write, render_csv, temp_prefix
+from csvjournal.csvio import EXCEL_MAX_ROWS, atomic_write, render_csv, temp_prefix
 from csvjournal.errors import CsvChangedError, ExportError, FlushTimeoutError
 from csvjournal.store import Store
 
@@ -46,13 +46,14 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _render(store: Store, settings: Settings, formula_guard: bool) -> tuple[int, bytes]:
-    """The CSV as of one snapshot of the journal, and the last sequence number in it."""
+def _render(store: Store, settings: Settings, formula_guard: bool) -> tuple[int, int, bytes]:
+    """The CSV as of one snapshot of the journal: last sequence number, rows, bytes."""
     with store.read() as conn:
         seq = _reads.last_seq(conn)
         columns = _reads.column_names(conn)
         rows = list(_reads.all_cells(conn, columns))
-    return seq, render_csv(columns, rows, settings.dialect, formula_guard=formula_guard)
+    data = render_csv(columns, rows, settings.dialect, formula_guard=formula_guard)
+    return seq, len(rows), data
 
 
 def export_to(store: Store, settings: Settings, path: Path, formula_guard: bool) -> int:
@@ -61,7 +62,7 @@ def export_to(store: Store, settings: Settings, path: Path, formula_guard: bool)
     Raises:
         OSError: the file could not be written.
     """
-    seq, data = _render(store, settings, formula_guard)
+    seq, _, data = _render(store, settings, formula_guard)
     atomic_write(path, data)
     return seq
 
@@ -90,6 +91,7 @@ class Exporter:
         self.leading = False
         self.exported_seq = -1
         self._failures = 0
+        self._warned_rows = False
         self._thread: threading.Thread | None = None
 
     # -- taking the role -------------------------------------------------------------------
@@ -206,7 +208,15 @@ class Exporter:
         Raises:
             OSError: the CSV could not be written (the old one stays whole).
         """
-        seq, data = _render(self._store, self._settings, self._formula_guard)
+        seq, row_count, data = _render(self._store, self._settings, self._formula_guard)
+        if row_count + 1 > EXCEL_MAX_ROWS and not self._warned_rows:
+            self._warned_rows = True
+            log.warning(
+                "excel_row_limit_exceeded",
+                path=str(self._csv_path),
+                rows=row_count,
+                excel_shows=EXCEL_MAX_ROWS - 1,
+            )
         digest = _digest(data)
         with self._store.write() as conn:
             unchanged = read_value(conn, "csv_digest") == digest and self._csv_path.exists()

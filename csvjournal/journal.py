@@ -23,7 +23,7 @@ from csvjournal._options import Options
 from csvjournal._settings import Settings, settle
 from csvjournal._values import render_value
 from csvjournal._writer import RecordOp, Writer, prepare_record
-from csvjournal.csvio import read_csv
+from csvjournal.csvio import EXCEL_MAX_CELL, read_csv
 from csvjournal.errors import (
     ExportError,
     JournalClosedError,
@@ -61,6 +61,7 @@ class Journal:
         self._closed = False
         self._gate = _forking.ForkGate()
         self._fork_safe = True
+        self._warned_cells = False
         self._attach_lock = threading.Lock()
         self._attach()
         _forking.register(self)
@@ -217,6 +218,9 @@ class Journal:
         """
         self._ensure()
         op = self._prepare(key, status, fields, more)
+        if not self._warned_cells and any(len(v) > EXCEL_MAX_CELL for v in op.fields.values()):
+            self._warned_cells = True
+            log.warning("excel_cell_limit_exceeded", path=str(self.csv_path), key=op.key)
         batch: BatchState | None = self._batches.get(threading.get_ident())
         if batch is not None:
             return batch.add(op)
