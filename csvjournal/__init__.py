@@ -24,6 +24,7 @@ from csvjournal.errors import (
 )
 from csvjournal.events import Event
 from csvjournal.journal import Journal
+from csvjournal.merge import MergeReport, merge_csv
 
 try:
     __version__ = version("csvjournal")
@@ -40,10 +41,12 @@ __all__ = [
     "Journal",
     "JournalBusyError",
     "JournalClosedError",
+    "MergeReport",
     "NetworkFilesystemError",
     "RecordError",
     "SchemaTooNewError",
     "SettingsError",
     "__version__",
+    "merge_csv",
     "open",
 ]

@@ -1,0 +1,105 @@
+"""``import --merge``: bring hand edits of the CSV into its journal.
+
+New rows are added, changed input fields updated, and a terminal row is never moved back
+to another status. Rows missing from the CSV stay in the journal. Afterwards the edited file
+counts as seen, so the next exporting open accepts it and rewrites it from the journal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from csvjournal import _reads
+from csvjournal._importer import check_keys
+from csvjournal._open import open as open_journal
+from csvjournal._settings import write_value
+from csvjournal.csvio import read_csv
+from csvjournal.journal import Journal
+
+__all__ = ["MergeReport", "merge_csv"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class MergeReport:
+    """What :func:`merge_csv` did, by key."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    terminal_kept: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def merge_csv(
+    csv_path: str | os.PathLike[str],
+    *,
+    journal_path: str | os.PathLike[str] | None = None,
+    encoding: str | None = None,
+) -> MergeReport:
+    """Merge the rows of the (hand-edited) CSV into its journal, in one transaction.
+
+    Raises:
+        CsvFormatError: the CSV is not valid input (nothing is changed).
+        SettingsError: there is no journal for this CSV.
+    """
+    path = Path(csv_path)
+    data = path.read_bytes()
+    parsed = read_csv(path, encoding=encoding)
+    report = MergeReport()
+    with open_journal(path, journal_path=journal_path, export=False) as journal:
+        settings = journal.settings
+        check_keys(path, parsed, settings.key_column)
+        with journal.batch():
+            with journal._reading() as conn:  # inside the batch: under the write lock
+                columns = _reads.column_names(conn)
+                rows = [
+                    dict(zip(columns, cells, strict=True))
+                    for cells in _reads.all_cells(conn, columns)
+                ]
+            current = {row[settings.key_column]: row for row in rows}
+            seen: set[str] = set()
+            for values in parsed.rows:
+                row = dict(zip(parsed.header, values, strict=True))
+                seen.add(row[settings.key_column])
+                _merge_row(journal, row, current.get(row[settings.key_column]), report)
+            report.missing.extend(key for key in current if key not in seen)
+        with journal._store.write() as conn:  # the edited file is now known, not foreign
+            write_value(conn, "csv_digest", hashlib.sha256(data).hexdigest())
+    log.info(
+        "csv_merged",
+        path=str(path),
+        added=len(report.added),
+        updated=len(report.updated),
+        terminal_kept=len(report.terminal_kept),
+        missing=len(report.missing),
+    )
+    return report
+
+
+def _merge_row(
+    journal: Journal, row: dict[str, str], known: dict[str, str] | None, report: MergeReport
+) -> None:
+    settings = journal.settings
+    key = row[settings.key_column]
+    ours = {settings.key_column, settings.status_column, settings.timestamp_column}
+    status = row.get(settings.status_column) or None
+    fields = {name: value for name, value in row.items() if name not in ours}
+    if known is None:
+        journal.record(key, status, fields={k: v for k, v in fields.items() if v})
+        report.added.append(key)
+        return
+    changed = {name: value for name, value in fields.items() if known.get(name, "") != value}
+    if status == known[settings.status_column]:
+        status = None
+    elif status is not None and known[settings.status_column] in settings.terminal:
+        report.terminal_kept.append(key)  # done stays done
+        status = None
+    if changed or status is not None:
+        journal.record(key, status, fields=changed)
+        report.updated.append(key)

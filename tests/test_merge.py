@@ -1,0 +1,54 @@
+"""import --merge: hand edits of the CSV brought into the journal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import csvjournal
+
+
+def _start(csv_path: Path) -> None:
+    csv_path.write_text(
+        "ID,STATUS,NOTE,LAST_PROCESSED\na,PENDING,x,\nb,COMPLETED,y,\nc,FAILED,z,\n",
+        encoding="utf-8",
+    )
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("c", "COMPLETED")
+
+
+def test_merge_adds_updates_and_never_moves_a_terminal_row_back(csv_path: Path) -> None:
+    _start(csv_path)
+    text = csv_path.read_text(encoding="utf-8")
+    text = text.replace("a,PENDING,x", "a,FAILED,x2").replace("c,COMPLETED", "c,PENDING")
+    text = text.replace("b,COMPLETED,y,\n", "") + "d,,new,\n"
+    csv_path.write_text(text, encoding="utf-8")
+    with pytest.raises(csvjournal.CsvChangedError):
+        csvjournal.open(csv_path)
+    report = csvjournal.merge_csv(csv_path)
+    assert report.added == ["d"]
+    assert report.updated == ["a"]
+    assert report.terminal_kept == ["c"]
+    assert report.missing == ["b"]
+    with csvjournal.open(csv_path) as journal:  # the merged file is accepted now
+        assert journal.get("a")["NOTE"] == "x2"  # type: ignore[index]
+        assert journal.get("a")["STATUS"] == "FAILED"  # type: ignore[index]
+        assert journal.get("c")["STATUS"] == "COMPLETED"  # type: ignore[index]
+        assert journal.get("d")["STATUS"] == "PENDING"  # type: ignore[index]
+        assert journal.get("b") is not None
+        assert [e.status for e in journal.history("a")] == ["FAILED"]
+    text = csv_path.read_text(encoding="utf-8")
+    assert "b,COMPLETED,y," in text  # rewritten from the journal
+    assert "c,COMPLETED,z," in text
+
+
+def test_merging_a_bad_csv_changes_nothing(csv_path: Path) -> None:
+    _start(csv_path)
+    bad = csv_path.read_text(encoding="utf-8") + "a,PENDING,dup,\n"
+    csv_path.write_text(bad, encoding="utf-8")
+    with pytest.raises(csvjournal.CsvFormatError, match="duplicate key 'a'"):
+        csvjournal.merge_csv(csv_path)
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.get("a")["NOTE"] == "x"  # type: ignore[index]
+    assert csv_path.read_text(encoding="utf-8") == bad
