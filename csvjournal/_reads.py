@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "all_cells",
+    "cells_of",
     "column_names",
     "counts",
     "exported_seq",
@@ -35,7 +36,8 @@ def column_names(conn: Connection) -> list[str]:
     return list(conn.execute(select(t.columns.c.name).order_by(t.columns.c.pos)).scalars())
 
 
-def _cells(columns: list[str], cells_json: str) -> list[str]:
+def cells_of(columns: list[str], cells_json: str) -> list[str]:
+    """A row's cells, one per column, from its ``rows.cells`` JSON."""
     cells = json.loads(cells_json)
     return [cells.get(str(pos), "") for pos in range(len(columns))]
 
@@ -46,7 +48,7 @@ def get(conn: Connection, key: str) -> dict[str, str] | None:
     if cells_json is None:
         return None
     columns = column_names(conn)
-    return dict(zip(columns, _cells(columns, cells_json), strict=True))
+    return dict(zip(columns, cells_of(columns, cells_json), strict=True))
 
 
 def last_seq(conn: Connection) -> int:
@@ -111,7 +113,7 @@ def history(conn: Connection, key: str) -> list[Event]:
 def all_cells(conn: Connection, columns: list[str]) -> Iterator[list[str]]:
     """Every row's cells in CSV order, one list per row."""
     for (cells_json,) in conn.execute(select(t.rows.c.cells).order_by(t.rows.c.pos)):
-        yield _cells(columns, cells_json)
+        yield cells_of(columns, cells_json)
 
 
 def to_dataframe(conn: Connection) -> pd.DataFrame:

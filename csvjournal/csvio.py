@@ -29,6 +29,7 @@ __all__ = [
     "CsvDialect",
     "ParsedCsv",
     "atomic_write",
+    "encode_csv",
     "guard_formula",
     "read_csv",
     "render_csv",
@@ -45,6 +46,7 @@ _BOMS = (
     (codecs.BOM_UTF16_LE, "utf-16-le"),
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
+_BOM_OF = {name: bom for bom, name in _BOMS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,16 +271,17 @@ def render_csv(
     text = "".join(render_rows([header], dialect)) + "".join(
         render_rows(rows, dialect, formula_guard=formula_guard)
     )
-    if not dialect.final_newline and text.endswith(dialect.lineterminator):
-        text = text[: -len(dialect.lineterminator)]
+    return encode_csv(text, dialect)
+
+
+def encode_csv(text: str, dialect: CsvDialect) -> bytes:
+    """Rendered records as the file's bytes: the final line break kept or dropped as the
+    dialect says, encoded, with the byte-order mark if the file had one."""
+    end = dialect.lineterminator
+    if not dialect.final_newline and text.endswith(end):
+        text = text[: -len(end)]
     data = text.encode(dialect.encoding)
-    if dialect.bom:
-        data = {
-            "utf-8": codecs.BOM_UTF8,
-            "utf-16-le": codecs.BOM_UTF16_LE,
-            "utf-16-be": codecs.BOM_UTF16_BE,
-        }[dialect.encoding] + data
-    return data
+    return _BOM_OF[dialect.encoding] + data if dialect.bom else data
 
 
 def temp_prefix(path: Path) -> str:

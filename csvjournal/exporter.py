@@ -23,8 +23,9 @@ import structlog
 from csvjournal import _reads
 from csvjournal._forking import ForkGate
 from csvjournal._oslock import ExporterLock
+from csvjournal._rendercache import RenderedCsv
 from csvjournal._settings import Settings, read_value, write_value
-from csvjournal.csvio import EXCEL_MAX_ROWS, atomic_write, render_csv, temp_prefix
+from csvjournal.csvio import EXCEL_MAX_ROWS, atomic_write, temp_prefix
 from csvjournal.errors import CsvChangedError, ExportError, FlushTimeoutError
 from csvjournal.store import Store
 
@@ -46,25 +47,17 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _render(store: Store, settings: Settings, formula_guard: bool) -> tuple[int, int, bytes]:
-    """The CSV as of one snapshot of the journal: last sequence number, rows, bytes."""
-    with store.read() as conn:
-        seq = _reads.last_seq(conn)
-        columns = _reads.column_names(conn)
-        rows = list(_reads.all_cells(conn, columns))
-    data = render_csv(columns, rows, settings.dialect, formula_guard=formula_guard)
-    return seq, len(rows), data
-
-
 def export_to(store: Store, settings: Settings, path: Path, formula_guard: bool) -> int:
     """Write the journal's CSV to another ``path`` now; return the sequence number it shows.
 
     Raises:
         OSError: the file could not be written.
     """
-    seq, _, data = _render(store, settings, formula_guard)
-    atomic_write(path, data)
-    return seq
+    rendered = RenderedCsv(settings.dialect, formula_guard)
+    with store.read() as conn:
+        rendered.refresh(conn)
+    atomic_write(path, rendered.to_bytes())
+    return rendered.seq
 
 
 class Exporter:
@@ -92,6 +85,7 @@ class Exporter:
         self.exported_seq = -1
         self._failures = 0
         self._warned_rows = False
+        self._rendered = RenderedCsv(settings.dialect, formula_guard)
         self._thread: threading.Thread | None = None
 
     # -- taking the role -------------------------------------------------------------------
@@ -208,7 +202,9 @@ class Exporter:
         Raises:
             OSError: the CSV could not be written (the old one stays whole).
         """
-        seq, row_count, data = _render(self._store, self._settings, self._formula_guard)
+        with self._store.read() as conn:
+            self._rendered.refresh(conn)
+        seq, row_count, data = self._rendered.seq, len(self._rendered), self._rendered.to_bytes()
         if row_count + 1 > EXCEL_MAX_ROWS and not self._warned_rows:
             self._warned_rows = True
             log.warning(
