@@ -54,22 +54,28 @@ def locate_field(
         elif not quoted and char in "\r\n":
             break
         index += 1
-    if current == field and index > start:
-        index += 1  # past the delimiter, to the field's first character
     return _position(text, index)
 
 
 def locate_open_quote(text: str, line: int, delimiter: str, quotechar: str) -> tuple[int, int]:
     """(line, column) of the quote left open in the record starting on ``line``, or of the
-    record's start when no quote is open."""
+    record's start when no quote is open. A doubled quote inside a quoted field is data."""
     start = _line_start(text, line)
-    quoted_at = -1
     index = start
+    opened = -1  # where the quoted field being read began, or -1
+    field_start = True
     while index < len(text):
         char = text[index]
-        if char == quotechar:
-            quoted_at = index if quoted_at < 0 else -1
-        elif quoted_at < 0 and char in "\r\n":
+        if opened >= 0:
+            if char == quotechar:
+                if text.startswith(quotechar, index + 1):
+                    index += 1  # an escaped quote
+                else:
+                    opened = -1
+        elif char == quotechar and field_start:
+            opened = index
+        elif char in "\r\n":
             break
+        field_start = opened < 0 and char == delimiter
         index += 1
-    return _position(text, quoted_at if quoted_at >= 0 else start)
+    return _position(text, opened if opened >= 0 else start)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -38,8 +39,13 @@ def column_names(conn: Connection) -> list[str]:
 
 def cells_of(columns: list[str], cells_json: str) -> list[str]:
     """A row's cells, one per column, from its ``rows.cells`` JSON."""
-    cells = json.loads(cells_json)
-    return [cells.get(str(pos), "") for pos in range(len(columns))]
+    get = json.loads(cells_json).get
+    return [get(key, "") for key in _cell_keys(len(columns))]
+
+
+@functools.cache
+def _cell_keys(count: int) -> tuple[str, ...]:
+    return tuple(str(pos) for pos in range(count))
 
 
 def get(conn: Connection, key: str) -> dict[str, str] | None:

@@ -115,11 +115,9 @@ def _first_record_end(text: str, quotechar: str) -> int:
 
 
 def _sniff(text: str) -> tuple[str, str, str]:
+    # Always the double quote: a file without one may well hold 'single-quoted' data, and
+    # guessing the single quote as the quote character would strip it.
     quotechar = '"'
-    if '"' not in text[:65536] and re.search(
-        r"(^|[,;\t|])'[^'\r\n]*'([,;\t|]|$)", text[:65536], re.M
-    ):
-        quotechar = "'"
     end = _first_record_end(text, quotechar)
     header = text[:end]
     counts = {d: _count_outside_quotes(header, d, quotechar) for d in DELIMITERS}
@@ -247,9 +245,12 @@ def render_rows(
     doubled = quote * 2
     joiner = dialect.delimiter
     end = dialect.lineterminator
+    special = re.compile("[" + re.escape(quote) + "\r\n]").search
     for row in rows:
-        if len(row) == 1 and not row[0]:
-            yield quote * 2 + end  # a lone empty field must not read back as a blank line
+        line = joiner.join(row)
+        # Most rows need no quotes: no quote or line break anywhere, no delimiter in a value.
+        if special(line) is None and line.count(joiner) == len(row) - 1:
+            yield (line if line or len(row) != 1 else doubled) + end  # "" keeps a lone empty
             continue
         yield (
             joiner.join(

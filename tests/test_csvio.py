@@ -1,0 +1,565 @@
+"""The CSV side: import, dialect kept byte for byte, values as text, bad input, formula guard.
+
+Everything goes through the public behaviour: ``csvjournal.open`` / ``Journal`` and
+``csvio.read_csv`` / ``csvio.render_csv``; files are written and read back as bytes.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import datetime as dt
+import io
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import csvjournal
+from csvjournal.csvio import read_csv, render_csv
+
+STATUS = "STATUS"
+STAMP = "LAST_PROCESSED"
+
+# The shared corpora sit beside the repository: <parent>/main (or any clone) and
+# <parent>/shared. They are read where they are, never copied into the repository.
+SPECTRUM = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "csv-spectrum"
+# Not written with minimal quoting (they quote empty fields): values round-trip, the bytes
+# may change once.
+NOT_MINIMAL = {"empty.csv", "empty_crlf.csv"}
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _field(value: str, delimiter: str) -> str:
+    """Minimal quoting: quoted iff the value holds the delimiter, the quote, CR or LF."""
+    if any(char in value for char in (delimiter, '"', "\r", "\n")):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def _record(values: list[str], delimiter: str = ",", terminator: str = "\n") -> str:
+    return delimiter.join(_field(value, delimiter) for value in values) + terminator
+
+
+def _csv_text(
+    header: list[str],
+    rows: list[list[str]],
+    *,
+    delimiter: str = ",",
+    terminator: str = "\n",
+    final_newline: bool = True,
+) -> str:
+    text = "".join(_record(record, delimiter, terminator) for record in [header, *rows])
+    return text if final_newline else text[: -len(terminator)]
+
+
+def _parse(data: bytes, *, delimiter: str = ",", encoding: str = "utf-8-sig") -> list[list[str]]:
+    """Every record of a CSV file as the csv module reads it (BOM dropped)."""
+    return list(csv.reader(io.StringIO(data.decode(encoding), newline=""), delimiter=delimiter))
+
+
+def _open_close(path: Path, **kwargs: object) -> None:
+    csvjournal.open(path, **kwargs).close()  # type: ignore[arg-type]
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
+# -- 1. csv-spectrum acid test ---------------------------------------------------------------
+
+
+def _spectrum_cases() -> list[object]:
+    files = sorted((SPECTRUM / "csvs").glob("*.csv"))
+    if not files:  # a missing corpus must fail, never skip or silently test nothing
+        return [pytest.param(None, id="csv-spectrum-missing")]
+    return [pytest.param(path, id=path.stem) for path in files]
+
+
+def test_the_csv_spectrum_corpus_is_there() -> None:
+    assert (SPECTRUM / "csvs").is_dir(), f"csv-spectrum corpus missing at {SPECTRUM}"
+    stems = {path.stem for path in (SPECTRUM / "csvs").glob("*.csv")}
+    assert len(stems) >= 11
+    assert stems == {path.stem for path in (SPECTRUM / "json").glob("*.json")}
+
+
+@pytest.mark.parametrize("source", _spectrum_cases())
+def test_csv_spectrum_imports_exports_and_then_stays_byte_identical(
+    tmp_path: Path, source: Path | None
+) -> None:
+    assert source is not None, f"csv-spectrum corpus missing at {SPECTRUM}"
+    original = source.read_bytes()
+    expected = json.loads((SPECTRUM / "json" / f"{source.stem}.json").read_text("utf-8"))
+    header = _parse(original)[0]
+    key = header[0]
+    terminator = b"\r\n" if b"\r\n" in original else b"\n"
+
+    # csvio alone: minimal-quoted files render back to exactly their bytes
+    parsed = read_csv(source)
+    assert parsed.header == header
+    assert [dict(zip(header, row, strict=True)) for row in parsed.rows] == expected
+    if source.name not in NOT_MINIMAL:
+        assert render_csv(parsed.header, parsed.rows, parsed.dialect) == original
+
+    path = tmp_path / source.name
+    shutil.copyfile(source, path)
+    with_status = [{**row, STATUS: "PENDING", STAMP: ""} for row in expected]
+    with csvjournal.open(path, key=key) as journal:
+        assert journal.columns == [*header, STATUS, STAMP]
+        assert journal.to_dataframe().to_dict("records") == with_status
+        assert [journal.get(row[key]) for row in expected] == with_status
+        assert journal.pending() == [row[key] for row in expected]
+    exported = path.read_bytes()
+    records = _parse(exported)
+    assert records[0] == [*header, STATUS, STAMP]
+    assert [dict(zip(records[0], row, strict=True)) for row in records[1:]] == with_status
+    assert exported.endswith(terminator) == original.endswith(b"\n")
+    if terminator == b"\n":
+        assert b"\r" not in exported
+    else:
+        assert exported.count(b"\n") == exported.count(b"\r\n") >= len(expected)
+
+    # from now on, open and close change nothing: the same journal again...
+    _open_close(path)
+    assert path.read_bytes() == exported
+    # ...and a new journal importing the exported file
+    again = tmp_path / "again" / source.name
+    again.parent.mkdir()
+    again.write_bytes(exported)
+    _open_close(again, key=key)
+    assert again.read_bytes() == exported
+
+
+# -- 2. round trip of random tables ------------------------------------------------------------
+
+# Cell text: anything (quotes, every delimiter, CR, LF, unicode, spaces, empty) except the
+# single quote, whose sniffing is tested on its own below.
+_cell_chars = st.characters(exclude_categories=["Cs"], exclude_characters="'")
+_cell_pieces = st.sampled_from(['"', ",", ";", "\t", "|", "\n", "\r\n", "\r", " ", "é", "💥"])
+_cells = st.lists(_cell_pieces | st.text(_cell_chars, max_size=4), max_size=5).map("".join)
+# Header names never hold one of the four delimiters (the dialect is sniffed from the header
+# line) nor a leading U+FEFF (which would be a BOM).
+_name_chars = st.characters(exclude_categories=["Cs"], exclude_characters=",;\t|'\ufeff")
+_names_strategy = st.text(_name_chars, min_size=1, max_size=8)
+
+
+@st.composite
+def _tables(draw: st.DrawFn) -> tuple[list[str], str, list[list[str]]]:
+    names = draw(
+        st.lists(
+            _names_strategy.filter(lambda n: n not in {STATUS, STAMP}),
+            min_size=1,
+            max_size=4,
+            unique=True,
+        )
+    )
+    key = names[0]
+    header = draw(st.permutations([*names, STATUS, STAMP]))
+    keys = draw(st.lists(_cells.filter(bool), max_size=5, unique=True))
+    rows = []
+    for key_value in keys:
+        row = [draw(_cells) for _ in header]
+        row[header.index(key)] = key_value
+        row[header.index(STATUS)] = draw(_cells.filter(bool))
+        rows.append(row)
+    return header, key, rows
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    table=_tables(),
+    delimiter=st.sampled_from([",", ";", "\t", "|"]),
+    terminator=st.sampled_from(["\n", "\r\n"]),
+    bom=st.booleans(),
+    final_newline=st.booleans(),
+)
+def test_open_and_close_give_back_the_same_bytes(
+    table: tuple[list[str], str, list[list[str]]],
+    delimiter: str,
+    terminator: str,
+    bom: bool,
+    final_newline: bool,
+) -> None:
+    header, key, rows = table
+    text = _csv_text(
+        header, rows, delimiter=delimiter, terminator=terminator, final_newline=final_newline
+    )
+    if not any("\r" in value.replace("\r\n", "") for row in [header, *rows] for value in row):
+        # the same file as Python's csv module writes it with minimal quoting
+        written = io.StringIO(newline="")
+        csv.writer(written, delimiter=delimiter, lineterminator=terminator).writerows(
+            [header, *rows]
+        )
+        assert written.getvalue() == text + ("" if final_newline else terminator)
+    data = (codecs.BOM_UTF8 if bom else b"") + text.encode("utf-8")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "table.csv"
+        path.write_bytes(data)
+
+        parsed = read_csv(path)
+        assert (parsed.header, parsed.rows) == (header, rows)
+        assert parsed.dialect.delimiter == delimiter
+        assert parsed.dialect.bom == bom
+        assert parsed.dialect.final_newline == final_newline
+        assert render_csv(parsed.header, parsed.rows, parsed.dialect) == data
+
+        with csvjournal.open(path, key=key) as journal:
+            assert journal.columns == header
+            for row in rows:
+                assert journal.get(row[header.index(key)]) == dict(zip(header, row, strict=True))
+        assert path.read_bytes() == data
+        _open_close(path)
+        assert path.read_bytes() == data
+
+
+# -- 3. the purchase-order sheet -------------------------------------------------------------
+
+PO_HEADER = [
+    "PO_NUMBER",
+    "STATUS",
+    "SUPPLIER",
+    "ATTACHMENTS_FOUND",
+    "L1 UU Supplier Name",
+    "LAST_PROCESSED",
+    "ERROR_MESSAGE",
+]
+PO_ROWS = [
+    ["4500012345", "PENDING", 'ACME "Global"; Ltd.', "", "Müller & Söhne GmbH", "", ""],
+    [
+        "4500012346",
+        "FAILED",
+        "Żabka Polska sp. z o.o.",
+        "0",
+        "Line one\r\nline two",
+        "2026-11-27T10:00:00.000Z",
+        'HTTP 500: "Internal; error"\nretry later',
+    ],
+    ["4500012347", "COMPLETED", "株式会社サンプル", "2", "O'Brien", "2026-11-27T10:05:00.000Z", ""],
+    ["0004500012348", "NO_ATTACHMENTS", "Café ; Bar", "0", " padded ", "", "—"],
+]
+
+
+def _po_record(row: list[str]) -> bytes:
+    return _record(row, ";", "\r\n").encode("utf-8")
+
+
+def test_the_purchase_order_sheet_keeps_its_bytes_and_changes_only_the_recorded_row(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "orders.csv"
+    head = codecs.BOM_UTF8 + _po_record(PO_HEADER)
+    original = head + b"".join(_po_record(row) for row in PO_ROWS)
+    path.write_bytes(original)
+
+    with csvjournal.open(path, key="PO_NUMBER") as journal:
+        assert journal.columns == PO_HEADER
+        assert journal.get("4500012346") == dict(zip(PO_HEADER, PO_ROWS[1], strict=True))
+    assert path.read_bytes() == original
+
+    with csvjournal.open(path, key="PO_NUMBER", terminal={"COMPLETED"}) as journal:
+        journal.record("4500012346", "COMPLETED", ATTACHMENTS_FOUND=3)
+        recorded = journal.get("4500012346")
+        assert recorded is not None
+    stamp = recorded[STAMP]
+    assert stamp.endswith("Z")
+    assert dt.datetime.fromisoformat(stamp) > dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    changed = list(PO_ROWS[1])
+    changed[PO_HEADER.index(STATUS)] = "COMPLETED"
+    changed[PO_HEADER.index("ATTACHMENTS_FOUND")] = "3"
+    changed[PO_HEADER.index(STAMP)] = stamp
+    assert recorded == dict(zip(PO_HEADER, changed, strict=True))
+
+    after = path.read_bytes()
+    before_row = head + _po_record(PO_ROWS[0])
+    after_row = _po_record(PO_ROWS[2]) + _po_record(PO_ROWS[3])
+    assert after.startswith(before_row)  # BOM, header and the untouched rows before...
+    assert after.endswith(after_row)  # ...and after, byte for byte
+    assert after[len(before_row) : len(after) - len(after_row)] == _po_record(changed)
+    assert _parse(after, delimiter=";") == [PO_HEADER, PO_ROWS[0], changed, *PO_ROWS[2:]]
+
+
+# -- 4. no type guessing ---------------------------------------------------------------------
+
+TYPED_LOOKING = ["00123", "NA", "TRUE", "1e5", "-0", " 7 "]
+TYPED_HEADER = ["ID", "CODE", "FLAG", "EMPTY", STATUS, STAMP]
+TYPED_ROWS = [
+    [value, value, other, "", "NA" if i % 2 else "null", ""]
+    for i, (value, other) in enumerate(
+        zip(TYPED_LOOKING, ["nan", "None", "FALSE", "1,000", "0.10", "#N/A"], strict=True)
+    )
+]
+
+
+def test_values_are_never_type_guessed(tmp_path: Path) -> None:
+    path = tmp_path / "typed.csv"
+    original = _csv_text(TYPED_HEADER, TYPED_ROWS).encode("utf-8")
+    path.write_bytes(original)
+    expected = [dict(zip(TYPED_HEADER, row, strict=True)) for row in TYPED_ROWS]
+    with csvjournal.open(path, key="ID") as journal:
+        assert [journal.get(value) for value in TYPED_LOOKING] == expected
+        frame = journal.to_dataframe()
+        assert frame.to_dict("records") == expected
+        assert all(isinstance(v, str) for column in frame.columns for v in frame[column])
+        assert journal.pending() == TYPED_LOOKING
+    assert path.read_bytes() == original
+
+    with csvjournal.open(path, key="ID") as journal:
+        journal.record("00123", "COMPLETED", fields={"CODE": "007", "NEW": "-0"}, FLAG="1e5")
+    records = _parse(path.read_bytes())
+    assert records[0] == [*TYPED_HEADER, "NEW"]
+    assert records[1][:4] == ["00123", "007", "1e5", ""]
+    assert records[1][-1] == "-0"
+    assert records[2:] == [[*row, ""] for row in TYPED_ROWS[1:]]
+
+
+# -- 5. encodings ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_with_bom_imports_and_round_trips(tmp_path: Path, encoding: str) -> None:
+    path = tmp_path / "wide.csv"
+    header = ["ID", "NAME", STATUS, STAMP]
+    rows = [["1", "Ünïcødé 💥", "PENDING", ""], ["2", 'two\r\nlines, "quoted"', "FAILED", "x"]]
+    original = ("\ufeff" + _csv_text(header, rows, terminator="\r\n")).encode(encoding)
+    path.write_bytes(original)
+    with csvjournal.open(path, key="ID") as journal:
+        assert journal.get("2") == dict(zip(header, rows[1], strict=True))
+        assert journal.to_dataframe().to_dict("records") == [
+            dict(zip(header, row, strict=True)) for row in rows
+        ]
+    assert path.read_bytes() == original
+
+    bare = tmp_path / "bare.csv"
+    bare.write_bytes(("\ufeff" + _csv_text(["ID", "NAME"], [["1", "é"]])).encode(encoding))
+    with csvjournal.open(bare, key="ID") as journal:
+        journal.record("2", NAME="ß")
+        stamp = journal.get("2")[STAMP]  # type: ignore[index]
+    data = bare.read_bytes()
+    bom = codecs.BOM_UTF16_LE if encoding == "utf-16-le" else codecs.BOM_UTF16_BE
+    assert data.startswith(bom)
+    assert data[len(bom) :].decode(encoding) == _csv_text(
+        ["ID", "NAME", STATUS, STAMP], [["1", "é", "PENDING", ""], ["2", "ß", "PENDING", stamp]]
+    )
+
+
+def test_latin1_bytes_need_an_encoding(tmp_path: Path) -> None:
+    path = tmp_path / "latin.csv"
+    original = "ID,NAME,STATUS,LAST_PROCESSED\n1,plain,PENDING,\n2,café,PENDING,\n".encode(
+        "latin-1"
+    )
+    path.write_bytes(original)
+    with pytest.raises(csvjournal.CsvFormatError) as caught:
+        csvjournal.open(path, key="ID")
+    assert isinstance(caught.value, ValueError)
+    assert isinstance(caught.value, csvjournal.CsvJournalError)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "line 3, column 6" in message
+    assert "encoding=" in message
+    assert _names(tmp_path) == ["latin.csv"]
+    assert path.read_bytes() == original
+
+    with csvjournal.open(path, key="ID", encoding="latin-1") as journal:
+        assert journal.get("2") == {"ID": "2", "NAME": "café", STATUS: "PENDING", STAMP: ""}
+        journal.record("3", NAME="Ångström")
+    data = path.read_bytes()
+    assert data.startswith(original)
+    assert data[len(original) :].startswith("3,Ångström,PENDING,".encode("latin-1"))
+
+
+# -- 6. bad input ----------------------------------------------------------------------------
+
+BAD_INPUT = [
+    # (bytes, key, every line the message must name)
+    pytest.param(b'k,v\n1,"a\nb"\n2,x\n1,c\n', "k", [5, 2], id="duplicate-keys"),
+    pytest.param(b"k,v\r\n1,a\r\n,b\r\n", "k", [3], id="empty-key"),
+    pytest.param(b"x,v\n1,a\n", "k", [1], id="missing-key-column"),
+    pytest.param(b"k,v,v\n1,a,b\n", "k", [1], id="duplicate-header-names"),
+    pytest.param(b"k,,w\n1,a,b\n", "k", [1], id="empty-header-name"),
+    pytest.param(b'k,v\n1,a\n2,"open\n3,b\n', "k", [3], id="unclosed-quote"),
+    pytest.param(
+        b'k,v\n1,a\n2,"open\n""x"" y\n3,b\n',
+        "k",
+        [3],
+        id="unclosed-quote-with-escaped-quotes",
+    ),
+    pytest.param(b"k,v\n1,a\n2,x,y\n", "k", [3], id="too-many-fields"),
+    pytest.param(b"k,v\n1,a\n2\n3,c\n", "k", [3], id="too-few-fields"),
+    pytest.param(b'k,v\n1,"a\nb"\n2,x,y\n3,c\n', "k", [4], id="too-many-after-multiline"),
+    pytest.param(b'k,v\r\n1,"a\r\nb\r\nc"\r\n2\r\n', "k", [5], id="too-few-after-multiline"),
+    pytest.param(b"", "k", [1], id="empty-file"),
+    pytest.param(codecs.BOM_UTF8 + b"\r\n", "k", [1], id="only-a-bom-and-a-line-break"),
+    pytest.param(b"k,v\n1,a\n\n3,c\n", "k", [3], id="blank-line"),
+    pytest.param(b'k,v\r\n1,"a\r\nb"\r\n\r\n3,c\r\n', "k", [4], id="blank-line-after-multiline"),
+]
+
+
+@pytest.mark.parametrize(("data", "key", "lines"), BAD_INPUT)
+def test_bad_input_is_refused_and_changes_nothing(
+    tmp_path: Path, data: bytes, key: str, lines: list[int]
+) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_bytes(data)
+    with pytest.raises(csvjournal.CsvFormatError) as caught:
+        csvjournal.open(path, key=key)
+    assert isinstance(caught.value, ValueError)
+    assert isinstance(caught.value, csvjournal.CsvJournalError)
+    assert _names(tmp_path) == ["orders.csv"]  # no journal, -wal, -shm or backups folder
+    assert path.read_bytes() == data
+    message = str(caught.value)
+    assert str(path) in message
+    assert sorted(int(n) for n in re.findall(r"\bline (\d+)", message)) == sorted(lines)
+
+
+BAD_COLUMNS = [
+    # (bytes, "line L, column C" where the message must point)
+    pytest.param(b",k,w\n1,a,b\n", "line 1, column 1", id="empty-first-header-name"),
+    pytest.param(
+        b"k,,w\n1,a,b\n",
+        "line 1, column 3",
+        id="empty-header-name",
+    ),
+    pytest.param(
+        b"k,v,v\n1,a,b\n",
+        "line 1, column 5",
+        id="duplicate-header-name",
+    ),
+    pytest.param(b'k,v\n1,a\n22,"open\n3,b\n', "line 3, column 4", id="unclosed-quote"),
+    pytest.param(
+        b'k,v\n1,a\n2,"open ""x""\n3,b\n',
+        "line 3, column 3",
+        id="unclosed-quote-with-escaped-quotes",
+    ),
+    pytest.param(
+        b'k,v\n1,"a\nb"\n22,x,yy\n',
+        "line 4, column 6",
+        id="too-many-fields",
+    ),
+    pytest.param(b'k,v\n1,"a\nb"\n22\n', "line 4, column 3", id="too-few-fields"),
+    pytest.param(b"k,v\n1,a\n\n3,c\n", "line 3, column 1", id="blank-line"),
+    pytest.param(
+        "k,v\n1,a\n2,«é»\n".encode() + b"3,caf\xe9\n", "line 4, column 6", id="undecodable"
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "where"), BAD_COLUMNS)
+def test_bad_input_names_the_column(tmp_path: Path, data: bytes, where: str) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_bytes(data)
+    with pytest.raises(csvjournal.CsvFormatError, match=re.escape(f"{path}: {where}:")):
+        csvjournal.open(path, key="k")
+
+
+def test_key_errors_name_the_key_column(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_bytes(b"v,PO NUMBER\na,1\nb,\n")
+    with pytest.raises(csvjournal.CsvFormatError, match=r"line 3, column 'PO NUMBER': empty key"):
+        csvjournal.open(path, key="PO NUMBER")
+    path.write_bytes(b"v,PO NUMBER\na,1\nb,1\n")
+    with pytest.raises(csvjournal.CsvFormatError, match=r"line 3.*'1'.*line 2"):
+        csvjournal.open(path, key="PO NUMBER")
+    path.write_bytes(b"v,PO NUMBER\na,1\n")
+    with pytest.raises(csvjournal.CsvFormatError, match=r"no key column 'PO_NUMBER'"):
+        csvjournal.open(path, key="PO_NUMBER")
+    assert _names(tmp_path) == ["orders.csv"]
+
+
+def test_single_quotes_in_a_plain_csv_are_data(tmp_path: Path) -> None:
+    path = tmp_path / "notes.csv"
+    original = b"ID,NOTE,STATUS,LAST_PROCESSED\n1,'urgent',PENDING,\n"
+    path.write_bytes(original)
+    with csvjournal.open(path, key="ID") as journal:
+        assert journal.get("1")["NOTE"] == "'urgent'"  # type: ignore[index]
+    assert path.read_bytes() == original
+
+
+# -- 7. formula guard ------------------------------------------------------------------------
+
+DANGEROUS = ["=SUM(A1)", "+1+1", "-cmd", "@x", "\tx"]
+HARMLESS = ["-12.5", "+3", "1e5", "plain", "a=b", ""]
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_formula_guard_prefixes_only_the_exported_formulas(tmp_path: Path, guard: bool) -> None:
+    path = tmp_path / "orders.csv"
+    values = DANGEROUS + HARMLESS
+    with csvjournal.open(path, key="PO_NUMBER", formula_guard=guard) as journal:
+        for i, value in enumerate(values):
+            journal.record(f"PO-{i}", "COMPLETED", NOTE=value)
+        assert [journal.get(f"PO-{i}")["NOTE"] for i in range(len(values))] == values  # type: ignore[index]
+        assert list(journal.to_dataframe()["NOTE"]) == values
+    records = _parse(path.read_bytes())
+    note = records[0].index("NOTE")
+    exported = [row[note] for row in records[1:]]
+    if guard:
+        assert exported == ["'" + value for value in DANGEROUS] + HARMLESS
+    else:
+        assert exported == values
+    assert [row[0] for row in records[1:]] == [f"PO-{i}" for i in range(len(values))]
+
+
+# -- 8. statuses at import -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "columns"),
+    [
+        (["PO_NUMBER", "SUPPLIER"], ["PO_NUMBER", "SUPPLIER", STATUS, STAMP]),
+        (["SUPPLIER", STAMP, "PO_NUMBER"], ["SUPPLIER", STAMP, "PO_NUMBER", STATUS]),
+        ([STATUS, "PO_NUMBER", "SUPPLIER"], [STATUS, "PO_NUMBER", "SUPPLIER", STAMP]),
+    ],
+)
+def test_missing_status_and_timestamp_columns_are_appended(
+    tmp_path: Path, header: list[str], columns: list[str]
+) -> None:
+    path = tmp_path / "orders.csv"
+    rows = [{"PO_NUMBER": "A", "SUPPLIER": "x", STATUS: "", STAMP: ""}, {"PO_NUMBER": "B"}]
+    path.write_bytes(
+        _csv_text(header, [[row.get(name, "") for name in header] for row in rows]).encode()
+    )
+    with csvjournal.open(path, key="PO_NUMBER") as journal:
+        assert journal.columns == columns
+        assert journal.get("A") == {"PO_NUMBER": "A", "SUPPLIER": "x", STATUS: "PENDING", STAMP: ""}
+        assert journal.pending() == ["A", "B"]
+    expected = [{"PO_NUMBER": "A", "SUPPLIER": "x"}, {"PO_NUMBER": "B", "SUPPLIER": ""}]
+    assert _parse(path.read_bytes()) == [
+        columns,
+        *[[{**row, STATUS: "PENDING", STAMP: ""}[name] for name in columns] for row in expected],
+    ]
+
+
+def test_empty_statuses_become_pending_and_pending_keeps_csv_order(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    header = ["PO_NUMBER", STATUS, "NOTE"]
+    rows = [
+        ["Z", "COMPLETED", ""],
+        ["B", "", "n"],
+        ["Y", "FAILED", ""],
+        ["A", "", ""],
+        ["X", "IN_PROGRESS", ""],  # no lease: pending
+        ["C", "NO_ATTACHMENTS", ""],
+    ]
+    path.write_bytes(_csv_text(header, rows).encode())
+    with csvjournal.open(path, key="PO_NUMBER") as journal:
+        assert journal.pending() == ["B", "Y", "A", "X", "C"]
+        assert journal.counts() == {
+            "COMPLETED": 1,
+            "PENDING": 2,
+            "FAILED": 1,
+            "IN_PROGRESS": 1,
+            "NO_ATTACHMENTS": 1,
+        }
+        assert journal.get("B") == {"PO_NUMBER": "B", STATUS: "PENDING", "NOTE": "n", STAMP: ""}
+        assert journal.get("Z")[STATUS] == "COMPLETED"  # type: ignore[index]
+    with csvjournal.open(path, terminal={"COMPLETED", "NO_ATTACHMENTS", "FAILED"}) as journal:
+        assert journal.pending() == ["B", "A", "X"]
+    filled = [[key, status or "PENDING", note, ""] for key, status, note in rows]
+    assert _parse(path.read_bytes()) == [[*header, STAMP], *filled]
