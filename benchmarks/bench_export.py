@@ -110,7 +110,8 @@ def warm_export(journal: csvjournal.Journal, rows: int, round_no: int) -> float:
         for i in rng.sample(range(rows), rows // 100):
             journal.record(f"PO-{i:08d}", "COMPLETED", NOTE=f"round {round_no}")
     exporter = journal._exporter
-    assert exporter is not None and exporter.leading
+    assert exporter is not None
+    assert exporter.leading
     started = time.perf_counter()
     journal.flush()
     return time.perf_counter() - started
@@ -140,18 +141,17 @@ def main() -> None:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     base_s = statistics.median(cli)
-    print(
-        f"{args.rows:,} rows x {len(COLUMNS)} columns, CSV {size / 1e6:.0f} MB, medians of {args.rounds}"
-    )
+    mb = size / 1e6
+    print(f"{args.rows:,} rows x {len(COLUMNS)} columns, CSV {mb:.0f} MB, medians of {args.rounds}")
     print("| export | seconds | × sqlite3 -csv |")
     print("|---|---:|---:|")
-    print(f"| sqlite3 -csv of a plain table | {base_s:.2f} | 1.00 |")
-    print(
-        f"| csvjournal cold (fresh process) | {statistics.median(cold):.2f} | {statistics.median(cold) / base_s:.2f} |"
-    )
-    print(
-        f"| csvjournal warm, 1% rows changed | {statistics.median(warm):.2f} | {statistics.median(warm) / base_s:.2f} |"
-    )
+    for name, times in (
+        ("sqlite3 -csv of a plain table", cli),
+        ("csvjournal cold (fresh process)", cold),
+        ("csvjournal warm, 1% rows changed", warm),
+    ):
+        seconds = statistics.median(times)
+        print(f"| {name} | {seconds:.2f} | {seconds / base_s:.2f} |")
     print(f"cold export peak memory: {max(peaks) / 1e6:.0f} MB = {max(peaks) / size:.1f}x the CSV")
 
 
