@@ -33,6 +33,7 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
     formula_guard: bool = False,
     encoding: str | None = None,
     busy_timeout: float = 30.0,
+    allow_network_fs: bool = False,
 ) -> Journal:
     """Open (or create) the journal of ``csv_path``.
 
@@ -40,12 +41,18 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
     ``key``/``status_column``/``timestamp_column`` is an error; ``terminal`` replaces the
     stored set). ``durability="full"`` makes each commit survive power loss, ``"normal"``
     a crash of the process. ``busy_timeout`` bounds how long a write waits for other
-    writers.
+    writers. An existing CSV without a journal is imported (``encoding`` names its encoding
+    when it is not UTF-8/UTF-16 with BOM). With ``export=True`` this handle volunteers as
+    the one exporter that keeps the CSV current (``formula_guard`` neutralises cells a
+    spreadsheet would run as formulas).
 
     Raises:
         SettingsError: missing or conflicting arguments, or a file that is not a journal.
         SchemaTooNewError: the journal was written by a newer csvjournal (left unchanged).
         JournalBusyError: the journal stayed locked for longer than ``busy_timeout``.
+        NetworkFilesystemError: the journal would be on a network file system.
+        CsvFormatError: the CSV to import is not valid input (nothing is created).
+        CsvChangedError: the CSV was edited by hand since the last export.
     """
     csv = Path(csv_path)
     path = Path(journal_path) if journal_path is not None else Path(f"{csv}.journal")
@@ -65,5 +72,6 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
         busy_timeout=busy_timeout,
         encoding=encoding,
         formula_guard=formula_guard,
+        allow_network_fs=allow_network_fs,
     )
     return Journal(options)

@@ -25,3 +25,4 @@ class Options:
     busy_timeout: float
     encoding: str | None = None
     formula_guard: bool = False
+    allow_network_fs: bool = False

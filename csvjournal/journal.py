@@ -79,6 +79,7 @@ class Journal:
             options.journal_path,
             durability=options.durability,
             busy_timeout=options.busy_timeout,
+            allow_network_fs=options.allow_network_fs,
         )
         try:
             with self._store.write() as conn:

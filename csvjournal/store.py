@@ -25,7 +25,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from csvjournal import _migrate
-from csvjournal.errors import CsvJournalError, JournalBusyError, SettingsError
+from csvjournal._fsinfo import NETWORK_FILESYSTEMS, filesystem_of
+from csvjournal.errors import (
+    CsvJournalError,
+    JournalBusyError,
+    NetworkFilesystemError,
+    SettingsError,
+)
 
 __all__ = ["Durability", "Store", "is_busy", "remove_journal_files"]
 
@@ -65,16 +71,30 @@ class Store:
     Raises (from the constructor):
         SchemaTooNewError: the journal was written by a newer csvjournal (nothing written).
         SettingsError: the file is not a csvjournal journal or durability is unknown.
+        NetworkFilesystemError: the journal is on a network file system (unless allowed).
         JournalBusyError: the journal stayed locked for longer than ``busy_timeout``.
     """
 
-    def __init__(self, path: Path, *, durability: Durability, busy_timeout: float) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        durability: Durability,
+        busy_timeout: float,
+        allow_network_fs: bool = False,
+    ) -> None:
         if durability not in _SYNCHRONOUS:
             raise SettingsError(f"durability must be 'full' or 'normal', not {durability!r}")
+        kind = filesystem_of(path.parent)
+        if kind in NETWORK_FILESYSTEMS and not allow_network_fs:
+            raise NetworkFilesystemError(
+                f"{path}: on a {kind} network file system, where SQLite's WAL mode can lose"
+                " or corrupt data; keep the journal on a local disk (journal_path=), or pass"
+                " allow_network_fs=True if the file system is known to be safe"
+            )
         self.path = path
         self.durability = durability
         self.busy_timeout = busy_timeout
-        self.pid = os.getpid()
         self.engine = self._make_engine()
         self._writer: PoolProxiedConnection | None = None
         self._wal_fd: int | None = None
