@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-__all__ = ["ForkAware", "ForkGate", "register", "unregister"]
+__all__ = ["ForkAware", "ForkGate", "register", "registered", "unregister"]
 
 
 class ForkGate:
@@ -89,6 +89,11 @@ _registered: weakref.WeakSet[ForkAware] = weakref.WeakSet()
 def register(obj: ForkAware) -> None:
     """Call ``obj``'s hooks around every ``fork()`` while it lives."""
     _registered.add(obj)
+
+
+def registered() -> list[ForkAware]:
+    """Every registered object still alive."""
+    return list(_registered)
 
 
 def unregister(obj: ForkAware) -> None:

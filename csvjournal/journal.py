@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import threading
@@ -422,3 +423,13 @@ class Journal:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Journal {str(self._options.csv_path)!r} {state}>"
+
+
+def _close_at_exit() -> None:
+    # A program that never closed its journal still gets its last records into the CSV.
+    for journal in _forking.registered():
+        if isinstance(journal, Journal):
+            journal.close()
+
+
+atexit.register(_close_at_exit)

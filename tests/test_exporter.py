@@ -241,3 +241,15 @@ def test_killing_the_exporter_never_looks_like_a_hand_edit(csv_path: Path) -> No
         with csvjournal.open(csv_path) as journal:  # must not raise CsvChangedError
             journal.flush(timeout=30)
             assert set(_rows(csv_path)) == set(journal.to_dataframe()["ID"])
+
+
+def test_a_program_that_never_closes_still_gets_its_last_records_exported(
+    csv_path: Path,
+) -> None:
+    script = (
+        "import sys, csvjournal\n"
+        "journal = csvjournal.open(sys.argv[1], key='ID')\n"
+        "journal.record('unclosed', 'COMPLETED')\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(csv_path)], check=True, timeout=60)
+    assert _rows(csv_path)["unclosed"]["STATUS"] == "COMPLETED"
