@@ -47,9 +47,9 @@ _WORKER = _QUIET + textwrap.dedent(
     start = time.time()
     n = 0
     while time.time() - start < seconds:
-        due = start + n / rate
-        if due > time.time():
-            time.sleep(due - time.time())
+        delay = start + n / rate - time.time()
+        if delay > 0:
+            time.sleep(delay)
         token = f"tok{name}x{n:07d}y"
         journal.record(f"PO-{rng.randrange(rows):08d}", "COMPLETED", NOTE=token)
         done.append((token, time.time()))

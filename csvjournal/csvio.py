@@ -16,6 +16,7 @@ import os
 import re
 import stat
 import tempfile
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ __all__ = [
     "ParsedCsv",
     "atomic_write",
     "encode_csv",
+    "fingerprint",
     "guard_formula",
     "read_csv",
     "render_csv",
@@ -283,6 +285,12 @@ def encode_csv(text: str, dialect: CsvDialect) -> bytes:
         text = text[: -len(end)]
     data = text.encode(dialect.encoding)
     return _BOM_OF[dialect.encoding] + data if dialect.bom else data
+
+
+def fingerprint(data: bytes) -> str:
+    """Identify a CSV's bytes, to tell csvjournal's own exports from hand edits: length and
+    CRC-32 (a tenth of SHA-256's cost; this tells accidents apart, it is no security check)."""
+    return f"{len(data)}:{zlib.crc32(data):08x}"
 
 
 def temp_prefix(path: Path) -> str:

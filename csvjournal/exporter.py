@@ -11,7 +11,6 @@ matches neither is a hand edit, never the trace of an exporter killed mid-export
 
 from __future__ import annotations
 
-import hashlib
 import random
 import threading
 import time
@@ -25,7 +24,7 @@ from csvjournal._forking import ForkGate
 from csvjournal._oslock import ExporterLock
 from csvjournal._rendercache import RenderedCsv
 from csvjournal._settings import Settings, read_value, write_value
-from csvjournal.csvio import EXCEL_MAX_ROWS, atomic_write, temp_prefix
+from csvjournal.csvio import EXCEL_MAX_ROWS, atomic_write, fingerprint, temp_prefix
 from csvjournal.errors import CsvChangedError, ExportError, FlushTimeoutError
 from csvjournal.store import Store
 
@@ -41,10 +40,6 @@ _BACKOFF_CAP_SECONDS = 30.0
 def lock_path(csv_path: Path) -> Path:
     """The exporter lock of the journal of ``csv_path``."""
     return Path(f"{csv_path}.backups") / "exporter.lock"
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def export_to(store: Store, settings: Settings, path: Path, formula_guard: bool) -> int:
@@ -130,7 +125,7 @@ class Exporter:
         with self._store.read() as conn:
             known = {read_value(conn, "csv_digest"), read_value(conn, "csv_pending")}
         known.discard(None)
-        if known and _digest(self._csv_path.read_bytes()) not in known:
+        if known and fingerprint(self._csv_path.read_bytes()) not in known:
             raise CsvChangedError(
                 f"{self._csv_path}: edited by hand since csvjournal last wrote it. Run"
                 f" `csvjournal import --merge {self._csv_path}` to bring the edits into the"
@@ -213,7 +208,7 @@ class Exporter:
                 rows=row_count,
                 excel_shows=EXCEL_MAX_ROWS - 1,
             )
-        digest = _digest(data)
+        digest = fingerprint(data)
         with self._store.write() as conn:
             unchanged = read_value(conn, "csv_digest") == digest and self._csv_path.exists()
             if not unchanged:

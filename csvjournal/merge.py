@@ -7,7 +7,6 @@ counts as seen, so the next exporting open accepts it and rewrites it from the j
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from csvjournal import _reads
 from csvjournal._importer import check_keys
 from csvjournal._open import open as open_journal
 from csvjournal._settings import write_value
-from csvjournal.csvio import read_csv
+from csvjournal.csvio import fingerprint, read_csv
 from csvjournal.journal import Journal
 
 __all__ = ["MergeReport", "merge_csv"]
@@ -70,7 +69,7 @@ def merge_csv(
                 _merge_row(journal, row, current.get(row[settings.key_column]), report)
             report.missing.extend(key for key in current if key not in seen)
         with journal._store.write() as conn:  # the edited file is now known, not foreign
-            write_value(conn, "csv_digest", hashlib.sha256(data).hexdigest())
+            write_value(conn, "csv_digest", fingerprint(data))
     log.info(
         "csv_merged",
         path=str(path),
