@@ -1,15 +1,31 @@
-"""The exporter's rendered CSV, kept in memory and refreshed from the events since the last
-export, so a re-export renders only the rows that changed."""
+"""The exporter's rendered CSV: each row's record, kept in memory and in ``rows.line``.
+
+A fresh exporter reads the records the journal keeps (rendering only rows whose record is
+NULL because they changed since), so it need not render every row; a running exporter
+re-renders only the rows changed since its last export and stores their records back.
+Stored records are valid for one column count and one ``formula_guard`` setting, kept in
+the ``lines_format`` setting; when either differs, everything is rendered afresh.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 from sqlalchemy import Connection, select
 
 from csvjournal import _reads
 from csvjournal import _schema as t
-from csvjournal.csvio import CsvDialect, encode_csv, render_rows
+from csvjournal._settings import read_value
+from csvjournal.csvio import CsvDialect, bom_of, render_rows
 
-__all__ = ["RenderedCsv"]
+__all__ = ["RenderedCsv", "lines_format"]
+
+_CHUNK = 4096  # records encoded and written at a time
+
+
+def lines_format(column_count: int, formula_guard: bool) -> dict[str, object]:
+    """What stored records were rendered for (the ``lines_format`` setting)."""
+    return {"columns": column_count, "formula_guard": formula_guard}
 
 
 class RenderedCsv:
@@ -23,6 +39,10 @@ class RenderedCsv:
         self._lines: list[str] = []
         self._index: dict[int, int] = {}  # rows.pos -> index in _lines
         self.seq = -1
+        # (line, pos, cells JSON) of records rendered here, to store in rows.line
+        self.unsaved: list[tuple[str, int, str]] = []
+        self.format: dict[str, object] = {}
+        self.format_changed = False
 
     def __len__(self) -> int:
         return len(self._lines)
@@ -37,20 +57,38 @@ class RenderedCsv:
             self._render_changed(conn, columns)
         self.seq = seq
 
-    def _render(self, cells: list[list[str]]) -> list[str]:
-        return list(render_rows(cells, self._dialect, formula_guard=self._formula_guard))
+    def _render(self, rows: list[tuple[int, str]], columns: list[str]) -> list[str]:
+        lines = list(
+            render_rows(
+                (_reads.cells_of(columns, cells_json) for _, cells_json in rows),
+                self._dialect,
+                formula_guard=self._formula_guard,
+            )
+        )
+        self.unsaved.extend(
+            (line, pos, cells_json) for line, (pos, cells_json) in zip(lines, rows, strict=True)
+        )
+        return lines
 
     def _render_all(self, conn: Connection, columns: list[str]) -> None:
         self._columns = columns
         self._header = "".join(render_rows([columns], self._dialect))
-        query = select(t.rows.c.pos, t.rows.c.cells).order_by(t.rows.c.pos)
-        positions: list[int] = []
-        cells: list[list[str]] = []
-        for pos, cells_json in conn.execute(query):
-            positions.append(pos)
-            cells.append(_reads.cells_of(columns, cells_json))
-        self._lines = self._render(cells)
-        self._index = {pos: i for i, pos in enumerate(positions)}
+        self.format = lines_format(len(columns), self._formula_guard)
+        self.format_changed = read_value(conn, "lines_format") != self.format
+        query = select(t.rows.c.pos, t.rows.c.line, t.rows.c.cells).order_by(t.rows.c.pos)
+        lines: list[str | None] = []
+        missing: list[tuple[int, str]] = []  # (pos, cells) of rows without a valid record
+        slots: list[int] = []
+        self._index = {}
+        for pos, line, cells_json in conn.execute(query):
+            self._index[pos] = len(lines)
+            if line is None or self.format_changed:
+                slots.append(len(lines))
+                missing.append((pos, cells_json))
+            lines.append(line)
+        for slot, line in zip(slots, self._render(missing, columns), strict=True):
+            lines[slot] = line
+        self._lines = lines  # type: ignore[assignment]  # every slot is filled now
 
     def _render_changed(self, conn: Connection, columns: list[str]) -> None:
         changed = select(t.events.c.key).where(t.events.c.seq > self.seq).distinct()
@@ -59,9 +97,8 @@ class RenderedCsv:
             .where(t.rows.c.key.in_(changed))
             .order_by(t.rows.c.pos)
         )
-        found = list(conn.execute(query))
-        lines = self._render([_reads.cells_of(columns, cells_json) for _, cells_json in found])
-        for (pos, _), line in zip(found, lines, strict=True):
+        found = [(pos, cells_json) for pos, cells_json in conn.execute(query)]
+        for (pos, _), line in zip(found, self._render(found, columns), strict=True):
             index = self._index.get(pos)
             if index is None:  # a new row: rows only ever append, in pos order
                 self._index[pos] = len(self._lines)
@@ -69,6 +106,27 @@ class RenderedCsv:
             else:
                 self._lines[index] = line
 
+    def chunks(self) -> Iterator[bytes]:
+        """The whole file, in pieces: BOM, header, records, in the dialect's encoding, the
+        final line break kept or dropped as the original file had it."""
+        dialect = self._dialect
+        encoding = dialect.encoding
+        yield bom_of(dialect)
+        lines = self._lines
+        end = dialect.lineterminator
+        if not lines:
+            yield (self._header if dialect.final_newline else self._header[: -len(end)]).encode(
+                encoding
+            )
+            return
+        yield self._header.encode(encoding)
+        last = len(lines) - 1
+        for start in range(0, len(lines), _CHUNK):
+            text = "".join(lines[start : start + _CHUNK])
+            if start + _CHUNK > last and not dialect.final_newline:
+                text = text[: -len(end)]
+            yield text.encode(encoding)
+
     def to_bytes(self) -> bytes:
-        """The whole file in the dialect's encoding, BOM and final line break."""
-        return encode_csv(self._header + "".join(self._lines), self._dialect)
+        """The whole file at once (see :meth:`chunks`)."""
+        return b"".join(self.chunks())

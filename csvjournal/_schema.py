@@ -6,7 +6,8 @@ nothing and a record merges into a row with SQLite's ``json_patch``. ``key`` and
 repeat two cells so they can be looked up and filtered; ``seqs`` lists the row's events (a
 JSON array), which is how ``history()`` finds them: appending to it costs a record a quarter
 less than an index on ``events.key`` would. ``events`` is the append-only audit trail
-(``seq`` is SQLite's rowid: max + 1, so it only grows). ``columns`` is the CSV's column
+(``seq`` is SQLite's rowid: max + 1, so it only grows). ``line`` is the row's rendered CSV
+record as the exporter last wrote it, NULL once the row changes. ``columns`` is the CSV's column
 order and ``settings`` the journal's JSON-encoded settings.
 
 Migrations in ``migrations/`` create these tables; this module is what queries use.
@@ -42,6 +43,7 @@ rows = Table(
     Column("status", Text, nullable=False),
     Column("cells", Text, nullable=False),
     Column("seqs", Text, nullable=False, server_default="[]"),
+    Column("line", Text),
     Column("lease_until", Float),
     Column("holder", Text),
     Column("attempts", Integer, nullable=False, server_default="0"),

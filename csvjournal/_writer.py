@@ -45,6 +45,7 @@ ON CONFLICT (key) DO UPDATE SET
     status = coalesce(?2, status),
     cells = json_patch(cells, ?3),
     seqs = json_insert(seqs, '$[#]', ?5),
+    line = NULL,
     lease_until = CASE WHEN ?2 IS NULL OR ?2 = 'IN_PROGRESS' THEN lease_until END,
     holder = CASE WHEN ?2 IS NULL OR ?2 = 'IN_PROGRESS' THEN holder END
 """

@@ -30,13 +30,16 @@ __all__ = [
     "CsvDialect",
     "ParsedCsv",
     "atomic_write",
+    "bom_of",
     "encode_csv",
     "fingerprint",
     "guard_formula",
     "read_csv",
     "render_csv",
     "render_rows",
+    "replace_with",
     "temp_prefix",
+    "write_temp",
 ]
 
 DELIMITERS = (",", ";", "\t", "|")
@@ -283,14 +286,24 @@ def encode_csv(text: str, dialect: CsvDialect) -> bytes:
     end = dialect.lineterminator
     if not dialect.final_newline and text.endswith(end):
         text = text[: -len(end)]
-    data = text.encode(dialect.encoding)
-    return _BOM_OF[dialect.encoding] + data if dialect.bom else data
+    return bom_of(dialect) + text.encode(dialect.encoding)
 
 
-def fingerprint(data: bytes) -> str:
+def fingerprint(data: bytes | Iterable[bytes]) -> str:
     """Identify a CSV's bytes, to tell csvjournal's own exports from hand edits: length and
     CRC-32 (a tenth of SHA-256's cost; this tells accidents apart, it is no security check)."""
-    return f"{len(data)}:{zlib.crc32(data):08x}"
+    if isinstance(data, bytes):
+        data = (data,)
+    length, crc = 0, 0
+    for chunk in data:
+        length += len(chunk)
+        crc = zlib.crc32(chunk, crc)
+    return f"{length}:{crc:08x}"
+
+
+def bom_of(dialect: CsvDialect) -> bytes:
+    """The byte-order mark the file starts with (empty for none)."""
+    return _BOM_OF[dialect.encoding] if dialect.bom else b""
 
 
 def temp_prefix(path: Path) -> str:
@@ -298,35 +311,64 @@ def temp_prefix(path: Path) -> str:
     return f".{path.name}.csvjournal-"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically: a temporary file in the same folder is
-    written and fsynced, renamed over ``path`` and the folder fsynced. The old file's
-    permissions are kept (a new file gets 0666 less the umask). On any error the old file
-    is untouched and the temporary file removed.
+def atomic_write(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Replace ``path`` with ``data`` atomically (see :func:`write_temp` and
+    :func:`replace_with`). On any error the old file is untouched and the temporary file
+    removed.
 
     Raises:
         OSError: writing, syncing or renaming failed.
     """
-    folder = path.parent
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, temp = tempfile.mkstemp(prefix=temp_prefix(path), dir=folder)
+    temp, _ = write_temp(path, data)
+    replace_with(temp, path)
+
+
+def write_temp(path: Path, data: bytes | Iterable[bytes]) -> tuple[Path, str]:
+    """Write ``data`` to a new temporary file beside ``path`` and fsync it; return the file
+    and the data's :func:`fingerprint`. The file is removed again if anything fails.
+
+    Raises:
+        OSError: writing or syncing failed.
+    """
+    chunks = (data,) if isinstance(data, bytes) else data
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
+    length, crc = 0, 0
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for chunk in chunks:
+                handle.write(chunk)
+                length += len(chunk)
+                crc = zlib.crc32(chunk, crc)
             handle.flush()
             os.fsync(handle.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+        raise
+    return Path(name), f"{length}:{crc:08x}"
+
+
+def replace_with(temp: Path, path: Path) -> None:
+    """Rename ``temp`` over ``path`` with the old file's permissions (a new file gets 0666
+    less the umask), then fsync the folder. On failure ``temp`` is removed, ``path`` kept.
+
+    Raises:
+        OSError: renaming failed.
+    """
+    try:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
         os.chmod(temp, mode)
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
-    dir_fd = os.open(folder, os.O_RDONLY)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

@@ -12,19 +12,28 @@ matches neither is a hand edit, never the trace of an exporter killed mid-export
 from __future__ import annotations
 
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
+from sqlalchemy import Connection
 
 from csvjournal import _reads
 from csvjournal._forking import ForkGate
 from csvjournal._oslock import ExporterLock
 from csvjournal._rendercache import RenderedCsv
 from csvjournal._settings import Settings, read_value, write_value
-from csvjournal.csvio import EXCEL_MAX_ROWS, atomic_write, fingerprint, temp_prefix
+from csvjournal.csvio import (
+    EXCEL_MAX_ROWS,
+    atomic_write,
+    fingerprint,
+    replace_with,
+    temp_prefix,
+    write_temp,
+)
 from csvjournal.errors import CsvChangedError, ExportError, FlushTimeoutError
 from csvjournal.store import Store
 
@@ -51,7 +60,7 @@ def export_to(store: Store, settings: Settings, path: Path, formula_guard: bool)
     rendered = RenderedCsv(settings.dialect, formula_guard)
     with store.read() as conn:
         rendered.refresh(conn)
-    atomic_write(path, rendered.to_bytes())
+    atomic_write(path, rendered.chunks())
     return rendered.seq
 
 
@@ -197,30 +206,44 @@ class Exporter:
         Raises:
             OSError: the CSV could not be written (the old one stays whole).
         """
+        rendered = self._rendered
         with self._store.read() as conn:
-            self._rendered.refresh(conn)
-        seq, row_count, data = self._rendered.seq, len(self._rendered), self._rendered.to_bytes()
-        if row_count + 1 > EXCEL_MAX_ROWS and not self._warned_rows:
+            rendered.refresh(conn)
+        if len(rendered) + 1 > EXCEL_MAX_ROWS and not self._warned_rows:
             self._warned_rows = True
-            log.warning(
-                "excel_row_limit_exceeded",
-                path=str(self._csv_path),
-                rows=row_count,
-                excel_shows=EXCEL_MAX_ROWS - 1,
-            )
-        digest = fingerprint(data)
+            log.warning("excel_row_limit_exceeded", path=str(self._csv_path), rows=len(rendered))
+        temp, written = write_temp(self._csv_path, rendered.chunks())
+        try:
+            with self._store.write() as conn:
+                unchanged = read_value(conn, "csv_digest") == written and self._csv_path.exists()
+                if not unchanged:  # a CSV with this fingerprint is about to appear
+                    write_value(conn, "csv_pending", written)
+                self._save_lines(conn)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        if unchanged:
+            temp.unlink()
+        else:
+            replace_with(temp, self._csv_path)
         with self._store.write() as conn:
-            unchanged = read_value(conn, "csv_digest") == digest and self._csv_path.exists()
-            if not unchanged:
-                write_value(conn, "csv_pending", digest)
-        if not unchanged:
-            atomic_write(self._csv_path, data)
-        with self._store.write() as conn:
-            write_value(conn, "csv_digest", digest)
-            write_value(conn, "csv_seq", seq)
+            write_value(conn, "csv_digest", written)
+            write_value(conn, "csv_seq", rendered.seq)
         with self._changed:
-            self.exported_seq = seq
+            self.exported_seq = rendered.seq
             self._changed.notify_all()
+
+    def _save_lines(self, conn: Connection) -> None:
+        """Store the records rendered since the last export in rows.line, for the next
+        exporter; a row that changed meanwhile keeps its NULL (its cells differ)."""
+        rendered = self._rendered
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, sqlite3.Connection)
+        raw.executemany("UPDATE rows SET line = ? WHERE pos = ? AND cells = ?", rendered.unsaved)
+        rendered.unsaved.clear()
+        if rendered.format_changed:
+            write_value(conn, "lines_format", rendered.format)
+            rendered.format_changed = False
 
     # -- flush and stop --------------------------------------------------------------------
 

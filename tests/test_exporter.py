@@ -253,3 +253,30 @@ def test_a_program_that_never_closes_still_gets_its_last_records_exported(
     )
     subprocess.run([sys.executable, "-c", script, str(csv_path)], check=True, timeout=60)
     assert _rows(csv_path)["unclosed"]["STATUS"] == "COMPLETED"
+
+
+def _stored_lines(journal_path: Path) -> dict[str, str | None]:
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(journal_path)) as conn:
+        return dict(conn.execute("SELECT key, line FROM rows"))
+
+
+def test_rendered_records_are_kept_for_the_next_exporter(csv_path: Path, tmp_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        for i in range(20):
+            journal.record(f"k{i}", "COMPLETED", NOTE=f"note, {i}")
+        journal.flush(timeout=10)
+        journal.record("k3", "FAILED")  # changed since the export: its record is void
+        stored = _stored_lines(journal.journal_path)
+        assert stored["k3"] is None
+        assert stored["k4"] == f'k4,COMPLETED,{journal.get("k4")["LAST_PROCESSED"]},"note, 4"\n'  # type: ignore[index]
+        journal.flush(timeout=10)
+        assert _stored_lines(journal.journal_path)["k3"] is not None
+        journal.export(tmp_path / "fresh.csv")  # a fresh rendering from the stored records
+        assert (tmp_path / "fresh.csv").read_bytes() == csv_path.read_bytes()
+    with csvjournal.open(csv_path, formula_guard=True) as journal:
+        journal.record("k5", NOTE="=cmd()")
+    assert _rows(csv_path)["k5"]["NOTE"] == "'=cmd()"
+    assert _rows(csv_path)["k6"]["NOTE"] == "note, 6"
