@@ -9,16 +9,16 @@ the ``lines_format`` setting; when either differs, everything is rendered afresh
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, case, select
 
 from csvjournal import _reads
 from csvjournal import _schema as t
 from csvjournal._settings import read_value
 from csvjournal.csvio import CsvDialect, bom_of, render_rows
 
-__all__ = ["RenderedCsv", "lines_format"]
+__all__ = ["RenderedCsv", "encode_chunks", "lines_format", "stream_csv"]
 
 _CHUNK = 4096  # records encoded and written at a time
 
@@ -107,26 +107,54 @@ class RenderedCsv:
                 self._lines[index] = line
 
     def chunks(self) -> Iterator[bytes]:
-        """The whole file, in pieces: BOM, header, records, in the dialect's encoding, the
-        final line break kept or dropped as the original file had it."""
-        dialect = self._dialect
-        encoding = dialect.encoding
-        yield bom_of(dialect)
+        """The whole file, in pieces (see :func:`encode_chunks`)."""
         lines = self._lines
-        end = dialect.lineterminator
-        if not lines:
-            yield (self._header if dialect.final_newline else self._header[: -len(end)]).encode(
-                encoding
-            )
-            return
-        yield self._header.encode(encoding)
-        last = len(lines) - 1
-        for start in range(0, len(lines), _CHUNK):
-            text = "".join(lines[start : start + _CHUNK])
-            if start + _CHUNK > last and not dialect.final_newline:
-                text = text[: -len(end)]
-            yield text.encode(encoding)
+        texts = ("".join(lines[start : start + _CHUNK]) for start in range(0, len(lines), _CHUNK))
+        return encode_chunks(self._header, texts, self._dialect)
 
     def to_bytes(self) -> bytes:
         """The whole file at once (see :meth:`chunks`)."""
         return b"".join(self.chunks())
+
+
+def encode_chunks(header: str, texts: Iterable[str], dialect: CsvDialect) -> Iterator[bytes]:
+    """BOM, header and records in the dialect's encoding, the final line break kept or
+    dropped as the original file had it (one piece is held back to know which is last)."""
+    end = dialect.lineterminator
+    yield bom_of(dialect)
+    held = header
+    for text in texts:
+        if text:
+            yield held.encode(dialect.encoding)
+            held = text
+    if not dialect.final_newline and held.endswith(end):
+        held = held[: -len(end)]
+    yield held.encode(dialect.encoding)
+
+
+def stream_csv(conn: Connection, dialect: CsvDialect, formula_guard: bool) -> Iterator[bytes]:
+    """The whole file from ``conn``'s snapshot, a few thousand records at a time: stored
+    records as they are, the others rendered on the way (memory stays small)."""
+    columns = _reads.column_names(conn)
+    valid = read_value(conn, "lines_format") == lines_format(len(columns), formula_guard)
+    header = "".join(render_rows([columns], dialect))
+    # The cells only where no stored record will do: fetching them costs as much again.
+    cells_if_needed = (
+        t.rows.c.cells if not valid else case((t.rows.c.line.is_(None), t.rows.c.cells))
+    )
+    query = select(t.rows.c.line, cells_if_needed).order_by(t.rows.c.pos)
+
+    def texts() -> Iterator[str]:
+        batch: list[str] = []
+        for stored, cells_json in conn.execute(query):
+            if stored is not None and valid:
+                batch.append(stored)
+            else:
+                cells = _reads.cells_of(columns, cells_json)
+                batch.extend(render_rows([cells], dialect, formula_guard=formula_guard))
+            if len(batch) == _CHUNK:
+                yield "".join(batch)
+                batch = []
+        yield "".join(batch)
+
+    return encode_chunks(header, texts(), dialect)

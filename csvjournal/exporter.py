@@ -24,7 +24,7 @@ from sqlalchemy import Connection
 from csvjournal import _reads
 from csvjournal._forking import ForkGate
 from csvjournal._oslock import ExporterLock
-from csvjournal._rendercache import RenderedCsv
+from csvjournal._rendercache import RenderedCsv, stream_csv
 from csvjournal._settings import Settings, read_value, write_value
 from csvjournal.csvio import (
     EXCEL_MAX_ROWS,
@@ -57,11 +57,10 @@ def export_to(store: Store, settings: Settings, path: Path, formula_guard: bool)
     Raises:
         OSError: the file could not be written.
     """
-    rendered = RenderedCsv(settings.dialect, formula_guard)
-    with store.read() as conn:
-        rendered.refresh(conn)
-    atomic_write(path, rendered.chunks())
-    return rendered.seq
+    with store.read() as conn:  # one snapshot, streamed to the file
+        seq = _reads.last_seq(conn)
+        atomic_write(path, stream_csv(conn, settings.dialect, formula_guard))
+    return seq
 
 
 class Exporter:
