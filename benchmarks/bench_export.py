@@ -43,13 +43,15 @@ COLUMNS = [
 ]
 
 _COLD = """
-import resource, sys, time, structlog, logging
+import sys, time, structlog, logging
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 import csvjournal
 started = time.perf_counter()
 with csvjournal.open(sys.argv[1], export=False) as journal:
     journal.export(sys.argv[2])
-print(time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+# VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork and exec
+peak = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
+print(time.perf_counter() - started, int(peak) * 1024)
 """
 
 

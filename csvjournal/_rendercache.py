@@ -9,9 +9,10 @@ the ``lines_format`` setting; when either differs, everything is rendered afresh
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Iterator
 
-from sqlalchemy import Connection, case, select
+from sqlalchemy import Connection, select
 
 from csvjournal import _reads
 from csvjournal import _schema as t
@@ -138,15 +139,16 @@ def stream_csv(conn: Connection, dialect: CsvDialect, formula_guard: bool) -> It
     columns = _reads.column_names(conn)
     valid = read_value(conn, "lines_format") == lines_format(len(columns), formula_guard)
     header = "".join(render_rows([columns], dialect))
-    # The cells only where no stored record will do: fetching them costs as much again.
-    cells_if_needed = (
-        t.rows.c.cells if not valid else case((t.rows.c.line.is_(None), t.rows.c.cells))
-    )
-    query = select(t.rows.c.line, cells_if_needed).order_by(t.rows.c.pos)
+    # The cells only where no stored record will do (fetching them costs as much again),
+    # through the DBAPI cursor: a SQLAlchemy row per record would double the export's time.
+    cells = "cells" if not valid else "CASE WHEN line IS NULL THEN cells END"
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, sqlite3.Connection)
+    cursor = raw.execute(f"SELECT line, {cells} FROM rows ORDER BY pos")
 
     def texts() -> Iterator[str]:
         batch: list[str] = []
-        for stored, cells_json in conn.execute(query):
+        for stored, cells_json in cursor:
             if stored is not None and valid:
                 batch.append(stored)
             else:
