@@ -113,10 +113,6 @@ class RenderedCsv:
         texts = ("".join(lines[start : start + _CHUNK]) for start in range(0, len(lines), _CHUNK))
         return encode_chunks(self._header, texts, self._dialect)
 
-    def to_bytes(self) -> bytes:
-        """The whole file at once (see :meth:`chunks`)."""
-        return b"".join(self.chunks())
-
 
 def encode_chunks(header: str, texts: Iterable[str], dialect: CsvDialect) -> Iterator[bytes]:
     """BOM, header and records in the dialect's encoding, the final line break kept or
