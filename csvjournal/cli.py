@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -69,8 +70,9 @@ def demo(directory: Path | None) -> None:
     folder = directory or Path(tempfile.mkdtemp(prefix="csvjournal-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     csv_path = folder / "orders.csv"
-    for leftover in folder.glob("orders.csv.journal*"):
-        leftover.unlink()
+    for leftover in [csv_path, *folder.glob("orders.csv.journal*")]:  # an earlier demo's
+        leftover.unlink(missing_ok=True)
+    shutil.rmtree(folder / "orders.csv.backups", ignore_errors=True)
     started = time.perf_counter()
     with csvjournal.open(csv_path, key="PO_NUMBER") as journal:
         with journal.batch():
@@ -79,7 +81,7 @@ def demo(directory: Path | None) -> None:
         with ThreadPoolExecutor(_WORKERS) as pool:
             list(pool.map(lambda n: _demo_item(journal, n), range(_ITEMS)))
         elapsed = time.perf_counter() - started
-        table = Table(title=f"{journal.journal_path}")
+        table = Table(title="rows per status")
         table.add_column("status")
         table.add_column("rows", justify="right")
         for status, count in sorted(journal.counts().items()):
@@ -89,8 +91,12 @@ def demo(directory: Path | None) -> None:
             f"{_ITEMS} durable records from {_WORKERS} threads in {elapsed:.2f} s"
             f" ({_ITEMS / elapsed:,.0f}/s, group commit)"
         )
+        console.print("history of PO-00017:")
         for event in journal.history("PO-00017"):
             console.print(f"  #{event.seq} {event.key} {event.status} {dict(event.fields)}")
+    # closed: the exporter has written every record to the CSV
+    console.print(f"the status sheet: {csv_path}")
+    console.print(f"the journal:      {csv_path}.journal")
 
 
 def main() -> None:
