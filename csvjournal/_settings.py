@@ -12,7 +12,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from csvjournal import _schema as t
 from csvjournal.csvio import CsvDialect, ParsedCsv
-from csvjournal.errors import CsvFormatError, SettingsError
+from csvjournal.errors import SettingsError
 
 __all__ = [
     "DEFAULT_STATUS",
@@ -94,12 +94,12 @@ def _check_names(key: str, status_column: str, timestamp_column: str) -> None:
 
 
 def _columns_for(
-    path: Path, source: ParsedCsv | None, key: str, status_column: str, timestamp_column: str
+    source: ParsedCsv | None, key: str, status_column: str, timestamp_column: str
 ) -> list[str]:
+    # The caller checked the source's keys (the key column is there) before creating
+    # anything, with _importer.check_keys.
     if source is None:
         return [key, status_column, timestamp_column]
-    if key not in source.header:
-        raise CsvFormatError(f"{path}: line 1, column 1: no key column {key!r} in the header")
     extra = [name for name in (status_column, timestamp_column) if name not in source.header]
     return [*source.header, *extra]
 
@@ -113,7 +113,6 @@ def settle(
     status_column: str,
     timestamp_column: str,
     source: ParsedCsv | None = None,
-    source_path: Path | None = None,
 ) -> tuple[Settings, list[str] | None]:
     """Return the journal's settings, creating them for a new journal (in ``conn``'s write
     transaction) or reconciling the ``open()`` arguments with the stored ones. For a new
@@ -122,7 +121,6 @@ def settle(
     Raises:
         SettingsError: a new journal without ``key``, or arguments that contradict the
             stored settings.
-        CsvFormatError: the imported CSV has no ``key`` column.
     """
     stored = _load(conn)
     wanted_terminal = frozenset(terminal) if terminal is not None else None
@@ -130,7 +128,7 @@ def settle(
         if key is None:
             raise SettingsError(f"{path}: key= is required to create a journal")
         _check_names(key, status_column, timestamp_column)
-        columns = _columns_for(source_path or path, source, key, status_column, timestamp_column)
+        columns = _columns_for(source, key, status_column, timestamp_column)
         created = Settings(
             key,
             status_column,

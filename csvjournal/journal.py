@@ -92,7 +92,6 @@ class Journal:
                     status_column=options.status_column,
                     timestamp_column=options.timestamp_column,
                     source=source,
-                    source_path=options.csv_path,
                 )
                 if source is not None and columns is not None:
                     import_rows(conn, source, self._settings, columns)
