@@ -9,6 +9,8 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from csvjournal._open import open  # noqa: A004 - the spec names it open
+from csvjournal._restore import restore
+from csvjournal._work import Task
 from csvjournal.errors import (
     CsvChangedError,
     CsvFormatError,
@@ -17,6 +19,7 @@ from csvjournal.errors import (
     FlushTimeoutError,
     JournalBusyError,
     JournalClosedError,
+    JournalCorruptError,
     NetworkFilesystemError,
     RecordError,
     SchemaTooNewError,
@@ -25,6 +28,7 @@ from csvjournal.errors import (
 from csvjournal.events import Event
 from csvjournal.journal import Journal
 from csvjournal.merge import MergeReport, merge_csv
+from csvjournal.recovery import RecoveryReport
 
 try:
     __version__ = version("csvjournal")
@@ -41,12 +45,16 @@ __all__ = [
     "Journal",
     "JournalBusyError",
     "JournalClosedError",
+    "JournalCorruptError",
     "MergeReport",
     "NetworkFilesystemError",
     "RecordError",
+    "RecoveryReport",
     "SchemaTooNewError",
     "SettingsError",
+    "Task",
     "__version__",
     "merge_csv",
     "open",
+    "restore",
 ]

@@ -10,10 +10,14 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 
 from csvjournal._writer import RecordOp, Writer
+
+if TYPE_CHECKING:
+    from csvjournal._leases import Action
 
 __all__ = ["BatchState"]
 
@@ -44,6 +48,11 @@ class BatchState:
         if self._buffer:
             ops, self._buffer = self._buffer, []
             self._writer.apply(self._raw, ops)
+
+    def run(self, action: Action) -> object:
+        """Run a claim, release or other :class:`Action` in the open transaction."""
+        self.flush()
+        return action.run(self._raw, self._writer)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

@@ -59,5 +59,5 @@ def import_rows(
         if not status:
             status = PENDING
             cells[status_cell] = PENDING
-        values.append((row[key_index], status, dumps(cells)))
-    raw.executemany("INSERT INTO rows (key, status, cells) VALUES (?, ?, ?)", values)
+        values.append((row[key_index], status, dumps(cells), status in settings.terminal))
+    raw.executemany("INSERT INTO rows (key, status, cells, done) VALUES (?, ?, ?, ?)", values)

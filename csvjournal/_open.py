@@ -34,6 +34,7 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
     encoding: str | None = None,
     busy_timeout: float = 30.0,
     allow_network_fs: bool = False,
+    keep_backups: int = 5,
 ) -> Journal:
     """Open (or create) the journal of ``csv_path``.
 
@@ -44,7 +45,11 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
     writers. An existing CSV without a journal is imported (``encoding`` names its encoding
     when it is not UTF-8/UTF-16 with BOM). With ``export=True`` this handle volunteers as
     the one exporter that keeps the CSV current (``formula_guard`` neutralises cells a
-    spreadsheet would run as formulas).
+    spreadsheet would run as formulas). When it becomes the exporter, the open starts a
+    session: it backs the journal and CSV up into ``orders.csv.backups/`` (keeping the newest
+    ``keep_backups``; 0 turns these automatic backups off, which is unsafe: a damaged journal
+    then has nothing to be restored from), then recovers from any crash (see
+    :meth:`Journal.recover`; the integrity check here is SQLite's quicker ``quick_check``).
 
     Raises:
         SettingsError: missing or conflicting arguments, or a file that is not a journal.
@@ -53,7 +58,10 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
         NetworkFilesystemError: the journal would be on a network file system.
         CsvFormatError: the CSV to import is not valid input (nothing is created).
         CsvChangedError: the CSV was edited by hand since the last export.
+        JournalCorruptError: the journal fails SQLite's integrity check.
     """
+    if keep_backups < 0:
+        raise SettingsError(f"keep_backups must be 0 or more, not {keep_backups}")
     csv = Path(csv_path)
     path = Path(journal_path) if journal_path is not None else Path(f"{csv}.journal")
     if url is not None:
@@ -73,5 +81,6 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
         encoding=encoding,
         formula_guard=formula_guard,
         allow_network_fs=allow_network_fs,
+        keep_backups=keep_backups,
     )
     return Journal(options)

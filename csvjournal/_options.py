@@ -26,3 +26,4 @@ class Options:
     encoding: str | None = None
     formula_guard: bool = False
     allow_network_fs: bool = False
+    keep_backups: int = 5

@@ -7,11 +7,11 @@ import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, and_, func, not_, select
+from sqlalchemy import Connection, func, select, text
 
 from csvjournal import _schema as t
+from csvjournal._leases import OPEN_ROWS
 from csvjournal._values import parse_timestamp
-from csvjournal._writer import IN_PROGRESS
 from csvjournal.events import Event
 
 if TYPE_CHECKING:
@@ -26,7 +26,9 @@ __all__ = [
     "get",
     "history",
     "last_seq",
+    "next_lease_end",
     "pending",
+    "pending_count",
     "row_count",
     "to_dataframe",
 ]
@@ -79,17 +81,28 @@ def row_count(conn: Connection) -> int:
     return int(conn.execute(select(func.count()).select_from(t.rows)).scalar_one())
 
 
-def pending(conn: Connection, terminal: frozenset[str], now: float) -> list[str]:
-    """Keys of rows neither terminal nor held by a live lease, in CSV order."""
-    leased = and_(
-        t.rows.c.status == IN_PROGRESS,
-        t.rows.c.lease_until.is_not(None),
-        t.rows.c.lease_until > now,
+def pending(conn: Connection, now: float) -> list[str]:
+    """Keys of rows neither done nor held by a live lease at ``now``, in CSV order."""
+    query = text(f"SELECT key FROM rows WHERE {OPEN_ROWS} ORDER BY pos")
+    return list(conn.execute(query, {"now": now}).scalars())
+
+
+def pending_count(conn: Connection, now: float) -> int:
+    """How many rows :func:`pending` would list."""
+    query = text(f"SELECT count(*) FROM rows WHERE {OPEN_ROWS}")
+    return int(conn.execute(query, {"now": now}).scalar_one())
+
+
+def next_lease_end(conn: Connection, now: float, max_attempts: int | None) -> float | None:
+    """The earliest end of a live lease on a row not done and, if ``max_attempts`` is
+    given, with fewer attempts than that; ``None`` if there is none."""
+    query = text(
+        "SELECT min(lease_until) FROM rows WHERE lease_until > :now AND done = 0"
+        " AND attempts < :limit"
     )
-    query = select(t.rows.c.key).where(not_(leased)).order_by(t.rows.c.pos)
-    if terminal:
-        query = query.where(t.rows.c.status.not_in(sorted(terminal)))
-    return list(conn.execute(query).scalars())
+    limit = 2**62 if max_attempts is None else max_attempts
+    value = conn.execute(query, {"now": now, "limit": limit}).scalar()
+    return None if value is None else float(value)
 
 
 def history(conn: Connection, key: str) -> list[Event]:

@@ -7,7 +7,9 @@ repeat two cells so they can be looked up and filtered; ``seqs`` lists the row's
 JSON array), which is how ``history()`` finds them: appending to it costs a record a quarter
 less than an index on ``events.key`` would. ``events`` is the append-only audit trail
 (``seq`` is SQLite's rowid: max + 1, so it only grows). ``line`` is the row's rendered CSV
-record as the exporter last wrote it, NULL once the row changes. ``columns`` is the CSV's column
+record as the exporter last wrote it, NULL once the row changes. ``done`` is 1 for a row in a
+terminal status; ``lease_until`` (epoch seconds), ``holder`` and ``attempts`` are the claim
+state, kept here and never in the CSV. ``columns`` is the CSV's column
 order and ``settings`` the journal's JSON-encoded settings.
 
 Migrations in ``migrations/`` create these tables; this module is what queries use.
@@ -15,7 +17,7 @@ Migrations in ``migrations/`` create these tables; this module is what queries u
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Integer, MetaData, Table, Text
+from sqlalchemy import Column, Float, Index, Integer, MetaData, Table, Text, text
 
 __all__ = ["columns", "events", "metadata", "rows", "settings"]
 
@@ -47,7 +49,18 @@ rows = Table(
     Column("lease_until", Float),
     Column("holder", Text),
     Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("done", Integer, nullable=False, server_default="0"),
 )
+# Rows not done, in CSV order, with what claims filter on (an index-only scan).
+Index(
+    "rows_open",
+    rows.c.pos,
+    rows.c.lease_until,
+    rows.c.attempts,
+    rows.c.key,
+    sqlite_where=text("done = 0"),
+)
+Index("rows_leased", rows.c.lease_until, sqlite_where=text("lease_until IS NOT NULL"))
 
 events = Table(
     "events",

@@ -159,6 +159,7 @@ def settle(
             raise SettingsError(f"{path}: {what}={given!r} conflicts with the journal's {have!r}")
     if wanted_terminal is not None and wanted_terminal != stored.terminal:
         _store(conn, {"terminal": sorted(wanted_terminal)}, new=False)
+        conn.execute(update(t.rows).values(done=t.rows.c.status.in_(sorted(wanted_terminal))))
         log.info(
             "terminal_statuses_replaced",
             path=str(path),

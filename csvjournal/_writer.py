@@ -39,10 +39,13 @@ VALUES (?1, ?2, coalesce(?3, (SELECT status FROM rows WHERE key = ?2), 'PENDING'
 """
 # A new row's cells are the patch plus its key and PENDING status (?4); ?5 is the event.
 # A status other than IN_PROGRESS ends any lease on the row.
+# ?6 says whether the new status is terminal.
 _UPSERT_ROW = """
-INSERT INTO rows (key, status, cells, seqs) VALUES (?1, coalesce(?2, 'PENDING'), ?4, json_array(?5))
+INSERT INTO rows (key, status, cells, seqs, done)
+VALUES (?1, coalesce(?2, 'PENDING'), ?4, json_array(?5), ?6)
 ON CONFLICT (key) DO UPDATE SET
     status = coalesce(?2, status),
+    done = CASE WHEN ?2 IS NULL THEN done ELSE ?6 END,
     cells = json_patch(cells, ?3),
     seqs = json_insert(seqs, '$[#]', ?5),
     line = NULL,
@@ -151,11 +154,12 @@ class ColumnCache:
 class Writer:
     """Turns :class:`RecordOp` into rows and events inside the caller's transaction."""
 
-    def __init__(self, key_column: str, status_column: str, timestamp_column: str) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.columns = ColumnCache()
-        self._key_column = key_column
-        self._status_column = status_column
-        self._timestamp_column = timestamp_column
+        self._key_column = settings.key_column
+        self._status_column = settings.status_column
+        self._timestamp_column = settings.timestamp_column
+        self._terminal = settings.terminal
         self._next_seq: int | None = None
         self._fixed: tuple[str, str, str] | None = None
 
@@ -189,7 +193,7 @@ class Writer:
             event, upsert = self._params(conn, ops[0])
             seq = conn.execute(_INSERT_EVENT, event).lastrowid
             ops[0].seq = seq
-            conn.execute(_UPSERT_ROW, (*upsert[:-1], seq))
+            conn.execute(_UPSERT_ROW, (*upsert[:4], seq, upsert[5]))
             return
         start = 0
         seen: set[str] = set()
@@ -241,5 +245,12 @@ class Writer:
         event = (op.seq, op.key, op.status, f"{{{','.join(names)}}}", op.at, op.worker, op.note)
         return (
             (*event, os.getpid()),
-            (op.key, op.status, f"{{{patch_json}}}", f"{{{head},{patch_json}}}", op.seq),
+            (
+                op.key,
+                op.status,
+                f"{{{patch_json}}}",
+                f"{{{head},{patch_json}}}",
+                op.seq,
+                (op.status or PENDING) in self._terminal,
+            ),
         )

@@ -35,6 +35,7 @@ __all__ = [
     "fingerprint",
     "guard_formula",
     "read_csv",
+    "remove_temp_files",
     "render_csv",
     "render_rows",
     "replace_with",
@@ -309,6 +310,18 @@ def bom_of(dialect: CsvDialect) -> bytes:
 def temp_prefix(path: Path) -> str:
     """The name prefix of temporary files written beside ``path`` (removed after a crash)."""
     return f".{path.name}.csvjournal-"
+
+
+def remove_temp_files(path: Path) -> list[Path]:
+    """Delete the temporary files a killed writer left beside ``path``; return them.
+
+    Only the handle holding the exporter lock may call this: nobody else writes them.
+    """
+    removed = []
+    for leftover in sorted(path.parent.glob(temp_prefix(path) + "*")):
+        leftover.unlink(missing_ok=True)
+        removed.append(leftover)
+    return removed
 
 
 def atomic_write(path: Path, data: bytes | Iterable[bytes]) -> None:

@@ -15,6 +15,7 @@ __all__ = [
     "FlushTimeoutError",
     "JournalBusyError",
     "JournalClosedError",
+    "JournalCorruptError",
     "NetworkFilesystemError",
     "RecordError",
     "SchemaTooNewError",
@@ -64,3 +65,8 @@ class JournalClosedError(CsvJournalError, RuntimeError):
 
 class FlushTimeoutError(CsvJournalError, TimeoutError):
     """``flush(timeout)`` ran out before the CSV showed every earlier commit."""
+
+
+class JournalCorruptError(CsvJournalError, RuntimeError):
+    """The journal (or a backup) failed SQLite's integrity check; the message names the
+    newest backup to restore."""

@@ -30,8 +30,8 @@ from csvjournal.csvio import (
     EXCEL_MAX_ROWS,
     atomic_write,
     fingerprint,
+    remove_temp_files,
     replace_with,
-    temp_prefix,
     write_temp,
 )
 from csvjournal.errors import CsvChangedError, ExportError, FlushTimeoutError
@@ -90,19 +90,23 @@ class Exporter:
         self._warned_rows = False
         self._rendered = RenderedCsv(settings.dialect, formula_guard)
         self._thread: threading.Thread | None = None
+        self.removed_temp_files: list[Path] = []
 
     # -- taking the role -------------------------------------------------------------------
 
-    def try_lead(self) -> bool:
+    def try_lead(self, on_lead: Callable[[], object] | None = None) -> bool:
         """Become the exporter if no other handle is; check and refresh the CSV then.
+        ``on_lead`` runs first, once the lock is ours (the session's backup and recovery).
 
         Raises:
             CsvChangedError: the CSV was edited by hand since the last export (the lock is
-                released again).
+                released again). Whatever ``on_lead`` raises, likewise.
         """
         if not self._lock.acquire():
             return False
         try:
+            if on_lead is not None:
+                on_lead()
             self._take_over()
         except BaseException:
             self._lock.release()
@@ -121,9 +125,9 @@ class Exporter:
         self._lock.forget_after_fork()
 
     def _take_over(self) -> None:
-        for leftover in self._csv_path.parent.glob(temp_prefix(self._csv_path) + "*"):
-            leftover.unlink(missing_ok=True)
+        for leftover in remove_temp_files(self._csv_path):
             log.info("temp_file_removed", path=str(leftover))
+            self.removed_temp_files.append(leftover)
         self._check_hand_edits()
         self.export_now()
 

@@ -4,185 +4,51 @@ from __future__ import annotations
 
 import atexit
 import os
-import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
-from sqlalchemy import Connection
 
 from csvjournal import _forking, _reads
 from csvjournal._batch import BatchState
-from csvjournal._groupcommit import GroupCommitter
-from csvjournal._importer import check_keys, import_rows
+from csvjournal._handle import Handle
+from csvjournal._leases import Action, claim_rows, extend_leases, release_rows
 from csvjournal._options import Options
-from csvjournal._settings import Settings, settle
-from csvjournal._values import render_value
-from csvjournal._writer import RecordOp, Writer, prepare_record
-from csvjournal.csvio import EXCEL_MAX_CELL, read_csv
-from csvjournal.errors import (
-    ExportError,
-    JournalClosedError,
-)
+from csvjournal._values import render_value, timestamp_now
+from csvjournal._work import Task, work
+from csvjournal._writer import IN_PROGRESS, RecordOp, prepare_record
+from csvjournal.backup import list_backups
+from csvjournal.csvio import EXCEL_MAX_CELL
+from csvjournal.errors import CsvJournalError, ExportError
 from csvjournal.exporter import Exporter, export_to, flush_csv
-from csvjournal.store import Store, remove_journal_files
+from csvjournal.recovery import RecoveryReport, check_integrity
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
     from types import TracebackType
 
     import pandas as pd
 
     from csvjournal.events import Event
 
-__all__ = ["Journal", "open"]
+__all__ = ["Journal"]
 
 log = structlog.get_logger(__name__)
 
-_HOST = socket.gethostname()
-# Connections that a forked child inherited open (see _forking) must never be closed
-# there; they are kept here, unused, until the process ends.
-_fork_orphans: list[object] = []
 
-
-class Journal:
-    """A handle on one journal: record updates, read state, share between threads.
+class Journal(Handle):
+    """A handle on one journal: record updates, claim work, read state, recover.
 
     Create it with :func:`csvjournal.open`. It is safe to share between threads; passed to
     a worker process (fork or spawn) it reopens there as a non-exporting handle.
     """
 
     def __init__(self, options: Options) -> None:
-        self._options = options
-        self._closed = False
-        self._gate = _forking.ForkGate()
-        self._fork_safe = True
         self._warned_cells = False
-        self._attach_lock = threading.Lock()
-        self._attach()
-        _forking.register(self)
-
-    def _attach(self) -> None:
-        options = self._options
-        self._pid = os.getpid()
-        created = not options.journal_path.exists()
-        # A new journal imports an existing CSV: read and check it before anything exists.
-        source = None
-        if created and options.csv_path.exists():
-            source = read_csv(options.csv_path, encoding=options.encoding)
-            check_keys(options.csv_path, source, options.key or "")
-        self._store = Store(
-            options.journal_path,
-            durability=options.durability,
-            busy_timeout=options.busy_timeout,
-            allow_network_fs=options.allow_network_fs,
-        )
-        try:
-            with self._store.write() as conn:
-                self._settings, columns = settle(
-                    conn,
-                    options.journal_path,
-                    key=options.key,
-                    terminal=options.terminal,
-                    status_column=options.status_column,
-                    timestamp_column=options.timestamp_column,
-                    source=source,
-                )
-                if source is not None and columns is not None:
-                    import_rows(conn, source, self._settings, columns)
-        except BaseException:
-            self._store.close()
-            if created:  # leave nothing behind, as if open() had never been called
-                remove_journal_files(options.journal_path)
-            raise
-        self._exporter: Exporter | None = None
-        if options.export:
-            self._start_exporter()
-        s = self._settings
-        self._writer = Writer(s.key_column, s.status_column, s.timestamp_column)
-        self._write_lock = threading.Lock()
-        self._local = threading.local()
-        # thread id -> that thread's open batch (a dict: a missing attribute of a
-        # threading.local costs more than a record's whole validation)
-        self._batches: dict[int, BatchState] = {}
-        sync = self._store.sync_wal if options.durability == "full" else None
-        self._committer: GroupCommitter[RecordOp, int] = GroupCommitter(self._commit_group, sync)
-
-    def _start_exporter(self) -> None:
-        options = self._options
-        exporter = Exporter(
-            self._store, self._settings, options.csv_path, options.formula_guard, self._gate
-        )
-        try:
-            leading = exporter.try_lead()
-        except BaseException:
-            self._store.close()
-            raise
-        exporter.start(leading)
-        self._exporter = exporter
-
-    def before_fork(self) -> None:
-        """Close every connection before ``fork()`` (see :mod:`csvjournal._forking`)."""
-        if self._closed or self._pid != os.getpid():
-            return
-        inside = self._batches.get(threading.get_ident()) is not None
-        self._fork_safe = self._gate.close(self._options.busy_timeout, inside=inside)
-        if self._fork_safe:
-            self._store.close()
-        else:
-            log.warning("journal_busy_across_fork", path=str(self._options.journal_path))
-
-    def after_fork_in_parent(self) -> None:
-        """Let operations run again; connections reopen when next used."""
-        self._gate.reopen()
-
-    def after_fork_in_child(self) -> None:
-        """Become a non-exporting handle that reopens the journal on first use."""
-        self._gate = _forking.ForkGate()
-        self._attach_lock = threading.Lock()
-        if self._closed or self._pid != os.getppid():
-            return
-        if self._exporter is not None:
-            self._exporter.forget_after_fork()
-            self._exporter = None
-        if not self._fork_safe:
-            _fork_orphans.append(self._store.orphan())
-        self._options = replace(self._options, export=False, key=None, terminal=None)
-        self._pid = -1
-
-    def _ensure(self) -> None:
-        if self._closed:
-            raise JournalClosedError(f"{self._options.journal_path}: journal is closed")
-        if self._pid != os.getpid():
-            with self._attach_lock:
-                if self._pid != os.getpid():  # another thread may have reopened meanwhile
-                    self._attach()
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        child = replace(self._options, export=False, key=None, terminal=None)
-        return (Journal, (child,))
-
-    # -- properties ----------------------------------------------------------------------
-
-    @property
-    def csv_path(self) -> Path:
-        """The CSV this journal keeps."""
-        return self._options.csv_path
-
-    @property
-    def journal_path(self) -> Path:
-        """The SQLite journal file."""
-        return self._options.journal_path
-
-    @property
-    def settings(self) -> Settings:
-        """The journal's key, status and timestamp columns and terminal statuses."""
-        return self._settings
+        super().__init__(options)
 
     @property
     def columns(self) -> list[str]:
@@ -222,14 +88,11 @@ class Journal:
         if not self._warned_cells and any(len(v) > EXCEL_MAX_CELL for v in op.fields.values()):
             self._warned_cells = True
             log.warning("excel_cell_limit_exceeded", path=str(self.csv_path), key=op.key)
-        batch: BatchState | None = self._batches.get(threading.get_ident())
-        if batch is not None:
-            return batch.add(op)
-        self._gate.enter()
-        try:
-            return self._committer.submit(op)
-        finally:
-            self._gate.exit()
+        seq: int = self._write(op)  # type: ignore[assignment]
+        if self._held and op.status not in (None, IN_PROGRESS) and op.key in self._held:
+            with self._held_lock:
+                self._held.pop(op.key, None)  # finished: nothing to give back at close
+        return seq
 
     def _prepare(
         self,
@@ -239,32 +102,6 @@ class Journal:
         more: Mapping[str, object],
     ) -> RecordOp:
         return prepare_record(self._settings, key, status, fields, more, worker=self._worker_name())
-
-    def _worker_name(self) -> str:
-        name: str | None = getattr(self._local, "worker", None)
-        if name is None:
-            name = f"{_HOST}:{self._pid}:{threading.current_thread().name}"
-            self._local.worker = name
-        return name
-
-    def _commit_group(self, ops: Sequence[RecordOp]) -> list[int]:
-        writer = self._writer
-        with self._write_lock:
-            conn = self._store.writer()
-            self._store.begin_immediate(conn)
-            mark = writer.begin()
-            try:
-                if len(ops) > 1:
-                    for op in ops:
-                        writer.allocate(conn, op)
-                writer.apply(conn, ops)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                writer.restore(mark)
-                raise
-        return [op.seq for op in ops]  # type: ignore[misc]
 
     @contextmanager
     def batch(self) -> Iterator[Journal]:
@@ -295,17 +132,6 @@ class Journal:
 
     # -- reading -------------------------------------------------------------------------
 
-    @contextmanager
-    def _reading(self) -> Iterator[Connection]:
-        self._ensure()
-        batch: BatchState | None = self._batches.get(threading.get_ident())
-        if batch is not None:  # this thread's own uncommitted records are visible to it
-            batch.flush()
-            yield batch.conn
-            return
-        with self._gate.operation(), self._store.read() as conn:
-            yield conn
-
     def get(self, key: str) -> dict[str, str] | None:
         """The row of ``key`` as ``{column: text}`` over every CSV column, or ``None``.
 
@@ -335,7 +161,7 @@ class Journal:
             JournalClosedError: the handle is closed.
         """
         with self._reading() as conn:
-            return _reads.pending(conn, self._settings.terminal, time.time())
+            return _reads.pending(conn, time.time())
 
     def history(self, key: str) -> list[Event]:
         """Every event of ``key``, oldest first (empty for an unknown key).
@@ -394,19 +220,196 @@ class Journal:
         except OSError as exc:
             raise ExportError(f"{path}: could not write the CSV: {exc}") from exc
 
+    # -- work distribution -------------------------------------------------------------
+
+    def claim(
+        self,
+        n: int = 1,
+        *,
+        lease: float = 300.0,
+        worker: str | None = None,
+        max_attempts: int | None = None,
+    ) -> list[str]:
+        """Atomically take up to ``n`` pending rows, in CSV order: each becomes
+        ``IN_PROGRESS``, leased to ``worker`` (default ``host:pid:thread``) for ``lease``
+        seconds, its attempts counted up, with an event. Rows with ``max_attempts`` attempts
+        or more are skipped. No two claimers get one row while its lease lives; a row whose
+        lease ran out is pending again. Returns the keys taken (fewer, or none, when fewer
+        rows are pending).
+
+        Raises:
+            ValueError: ``n`` below 1 or ``lease`` not positive.
+            JournalBusyError: other writers held the journal longer than the busy timeout.
+            JournalClosedError: the handle is closed.
+        """
+        if n < 1 or not lease > 0:
+            raise ValueError(f"claim needs n >= 1 and lease > 0, not n={n}, lease={lease}")
+        self._ensure()
+        name = worker or self._worker_name()
+        now, at = time.time(), timestamp_now()
+        keys: list[str] = self._write(  # type: ignore[assignment]
+            Action(
+                lambda conn, writer: claim_rows(
+                    conn,
+                    writer,
+                    n=n,
+                    now=now,
+                    lease=lease,
+                    worker=name,
+                    at=at,
+                    max_attempts=max_attempts,
+                )
+            )
+        )
+        with self._held_lock:
+            self._held.update(dict.fromkeys(keys, name))
+        return keys
+
+    def extend(self, keys: Iterable[str], lease: float) -> list[str]:
+        """Renew the leases of rows claimed through this handle to ``lease`` seconds from
+        now; return the keys renewed. A row that another worker took over after its lease
+        ran out, or that was finished, is not renewed (and is left out).
+
+        Raises:
+            JournalBusyError: other writers held the journal longer than the busy timeout.
+            JournalClosedError: the handle is closed.
+        """
+        self._ensure()
+        held = self._holders(keys)
+        until = time.time() + lease
+        renewed: list[str] = self._write(  # type: ignore[assignment]
+            Action(lambda conn, _writer: extend_leases(conn, held, until))
+        )
+        return renewed
+
+    def release(self, keys: Iterable[str], note: str = "released") -> list[str]:
+        """Give rows claimed through this handle back unfinished: ``PENDING``, lease ended,
+        the attempt not counted. Return the keys given back (rows no longer held by this
+        handle's worker are left alone).
+
+        Raises:
+            JournalBusyError: other writers held the journal longer than the busy timeout.
+            JournalClosedError: the handle is closed.
+        """
+        self._ensure()
+        held = self._holders(keys)
+        at, worker = timestamp_now(), self._worker_name()
+        released: list[str] = self._write(  # type: ignore[assignment]
+            Action(
+                lambda conn, writer: release_rows(
+                    conn, writer, held, at=at, worker=worker, note=f"{note} by {worker}"
+                )
+            )
+        )
+        with self._held_lock:
+            for key, _ in held:
+                self._held.pop(key, None)
+        return released
+
+    def _holders(self, keys: Iterable[str]) -> list[tuple[str, str]]:
+        default = self._worker_name()
+        with self._held_lock:
+            return [(key, self._held.get(key, default)) for key in keys]
+
+    def work(
+        self,
+        *,
+        lease: float = 300.0,
+        worker: str | None = None,
+        max_attempts: int | None = 3,
+        success_status: str = "COMPLETED",
+        stop: threading.Event | None = None,
+    ) -> Iterator[Task]:
+        """Claim rows one at a time and yield each as a :class:`Task`; see
+        :func:`csvjournal._work.work` for the whole contract. Typical use::
+
+            for task in journal.work(lease=60):
+                with task:  # an exception records FAILED + ERROR_MESSAGE; the loop goes on
+                    task.record("COMPLETED", ATTACHMENTS_FOUND=download(task.key))
+
+        Raises:
+            JournalClosedError: the handle is closed.
+        """
+        return work(
+            self,
+            lease=lease,
+            worker=worker or self._worker_name(),
+            max_attempts=max_attempts,
+            success_status=success_status,
+            stop=stop,
+        )
+
+    def next_lease_end(self, max_attempts: int | None = None) -> float | None:
+        """When (epoch seconds) the first live lease on a row that could still be claimed
+        again runs out; ``None`` when no such row is leased."""
+        with self._reading() as conn:
+            return _reads.next_lease_end(conn, time.time(), max_attempts)
+
+    # -- recovery and backups ----------------------------------------------------------
+
+    def recover(self) -> RecoveryReport:
+        """After a crash: check the journal's integrity, return expired leases to
+        ``PENDING`` (an event names each lost worker), remove leftover temporary files and
+        regenerate the CSV if it is behind. The exporting ``open()`` does the same itself.
+
+        Raises:
+            JournalCorruptError: the journal fails the integrity check (the message names
+                the newest backup).
+            ExportError: the CSV could not be written.
+            JournalClosedError: the handle is closed.
+        """
+        self._ensure()
+        integrity = check_integrity(self._store, self.csv_path, full=True)
+        lost = self._expire_leases()
+        exporter = self._exporter
+        with self._reading() as conn:
+            stale = (_reads.exported_seq(conn) or 0) < _reads.last_seq(conn)
+        if exporter is not None and exporter.leading:
+            removed = list(exporter.removed_temp_files)  # at this handle's take-over
+        else:  # whoever exports removed them when taking over; if nobody does, we do
+            helper = Exporter(
+                self._store, self._settings, self.csv_path, self._options.formula_guard
+            )
+            with self._gate.operation():
+                removed = helper.removed_temp_files if helper.try_lead() else []
+                helper.release()
+        self.flush()
+        with self._reading() as conn:
+            pending = _reads.pending_count(conn, time.time())
+        report = RecoveryReport(integrity, tuple(lost), tuple(removed), stale, pending)
+        log.info("journal_recovered", path=str(self.csv_path), report=report.lines())
+        return report
+
+    def backup(self) -> Path:
+        """Back up the journal (SQLite's online backup, consistent even while workers
+        record) and the CSV into a new folder of ``orders.csv.backups/``; return it. The
+        newest ``keep_backups`` backups are kept.
+
+        Raises:
+            OSError: the backup could not be written (nothing half-written is left).
+            JournalClosedError: the handle is closed.
+        """
+        self._ensure()
+        return self._backup_now()
+
+    def backups(self) -> list[Path]:
+        """Every backup folder of this journal, oldest first."""
+        return list_backups(self.csv_path)
+
     # -- lifetime ------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the handle; closing twice is harmless."""
+        """Give the rows this handle still holds back (``PENDING``), wait until the CSV
+        shows every record if this handle exports, and close; closing twice is harmless."""
         if self._closed:
             return
+        if self._held and self._pid == os.getpid():
+            try:
+                self.release(list(self._held))
+            except CsvJournalError as exc:  # their leases run out instead
+                log.warning("claims_not_released", path=str(self.csv_path), error=str(exc))
         self._closed = True
-        _forking.unregister(self)
-        if self._pid == os.getpid():
-            if self._exporter is not None:
-                self._exporter.stop()  # the exporter writes the last commits first
-            with self._gate.operation():
-                self._store.close()
+        self._shut()
 
     def __enter__(self) -> Journal:
         return self

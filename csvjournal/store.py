@@ -68,6 +68,8 @@ def remove_journal_files(path: Path) -> None:
 class Store:
     """One process's access to one journal file: an engine plus retry policy.
 
+    ``before_upgrade`` runs (a backup) before an existing journal's schema is upgraded.
+
     Raises (from the constructor):
         SchemaTooNewError: the journal was written by a newer csvjournal (nothing written).
         SettingsError: the file is not a csvjournal journal or durability is unknown.
@@ -82,6 +84,7 @@ class Store:
         durability: Durability,
         busy_timeout: float,
         allow_network_fs: bool = False,
+        before_upgrade: Callable[[], object] | None = None,
     ) -> None:
         if durability not in _SYNCHRONOUS:
             raise SettingsError(f"durability must be 'full' or 'normal', not {durability!r}")
@@ -99,6 +102,7 @@ class Store:
         self._writer: PoolProxiedConnection | None = None
         self._wal_fd: int | None = None
         self._writer_lock = threading.Lock()
+        self._before_upgrade = before_upgrade
         try:
             self._precheck()
             self._migrate()
@@ -287,5 +291,7 @@ class Store:
             revision = _migrate.current_revision(conn)
             if revision != head:
                 if revision is not None:  # a new journal is created, not upgraded
+                    if self._before_upgrade is not None:
+                        self._before_upgrade()  # reads through its own connection (WAL)
                     log.info("journal_schema_upgrade", path=str(self.path), old=revision, new=head)
                 _migrate.upgrade(conn)

@@ -1,0 +1,296 @@
+"""A journal handle's lifetime: attaching to the files, the exporter, forks, write paths.
+
+:class:`Handle` is the machinery under :class:`~csvjournal.journal.Journal`: it opens (or
+creates) the journal, starts the exporter and, when this handle becomes the exporter at
+open, begins a *session* (a backup, then recovery). It reopens itself in a forked or
+spawned worker, and runs every write either in this thread's open ``batch()`` or through
+the group committer, so concurrent records, claims and releases share commits and fsyncs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection
+
+from csvjournal import _forking
+from csvjournal._batch import BatchState
+from csvjournal._groupcommit import GroupCommitter
+from csvjournal._importer import check_keys, import_rows
+from csvjournal._leases import Action, expire_leases
+from csvjournal._options import Options
+from csvjournal._settings import Settings, settle
+from csvjournal._values import timestamp_now
+from csvjournal._writer import RecordOp, Writer
+from csvjournal.backup import take_backup
+from csvjournal.csvio import read_csv
+from csvjournal.errors import JournalClosedError
+from csvjournal.exporter import Exporter
+from csvjournal.recovery import check_integrity
+from csvjournal.store import Store, remove_journal_files
+
+__all__ = ["Handle"]
+
+log = structlog.get_logger(__name__)
+
+_HOST = socket.gethostname()
+# Connections that a forked child inherited open (see _forking) must never be closed
+# there; they are kept here, unused, until the process ends.
+_fork_orphans: list[object] = []
+
+Item = RecordOp | Action
+
+
+class Handle:
+    """Open files, exporter, fork handling and the write paths of one journal handle."""
+
+    def __init__(self, options: Options) -> None:
+        self._options = options
+        self._closed = False
+        self._gate = _forking.ForkGate()
+        self._fork_safe = True
+        self._attach_lock = threading.Lock()
+        # rows claimed through this handle: key -> the worker holding it
+        self._held: dict[str, str] = {}
+        self._held_lock = threading.Lock()
+        self._attach()
+        _forking.register(self)
+
+    def _attach(self) -> None:
+        options = self._options
+        self._pid = os.getpid()
+        created = not options.journal_path.exists()
+        # A new journal imports an existing CSV: read and check it before anything exists.
+        source = None
+        if created and options.csv_path.exists():
+            source = read_csv(options.csv_path, encoding=options.encoding)
+            check_keys(options.csv_path, source, options.key or "")
+        self._store = Store(
+            options.journal_path,
+            durability=options.durability,
+            busy_timeout=options.busy_timeout,
+            allow_network_fs=options.allow_network_fs,
+            before_upgrade=self._backup_now,
+        )
+        try:
+            with self._store.write() as conn:
+                self._settings, columns = settle(
+                    conn,
+                    options.journal_path,
+                    key=options.key,
+                    terminal=options.terminal,
+                    status_column=options.status_column,
+                    timestamp_column=options.timestamp_column,
+                    source=source,
+                )
+                if source is not None and columns is not None:
+                    import_rows(conn, source, self._settings, columns)
+        except BaseException:
+            self._store.close()
+            if created:  # leave nothing behind, as if open() had never been called
+                remove_journal_files(options.journal_path)
+            raise
+        self._writer = Writer(self._settings)
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        # thread id -> that thread's open batch (a dict: a missing attribute of a
+        # threading.local costs more than a record's whole validation)
+        self._batches: dict[int, BatchState] = {}
+        sync = self._store.sync_wal if options.durability == "full" else None
+        self._committer: GroupCommitter[Item, object] = GroupCommitter(self._commit_group, sync)
+        self._exporter: Exporter | None = None
+        if options.export:
+            self._start_exporter()
+
+    def _backup_now(self) -> Path:
+        options = self._options
+        return take_backup(
+            options.csv_path,
+            options.journal_path,
+            keep=options.keep_backups,
+            busy_timeout=options.busy_timeout,
+        )
+
+    def _start_exporter(self) -> None:
+        options = self._options
+        exporter = Exporter(
+            self._store, self._settings, options.csv_path, options.formula_guard, self._gate
+        )
+        try:
+            leading = exporter.try_lead(on_lead=self._begin_session)
+        except BaseException:
+            self._store.close()
+            raise
+        exporter.start(leading)
+        self._exporter = exporter
+
+    def _begin_session(self) -> None:
+        """This handle became the exporter at open: back up, then recover from any crash
+        (the exporter then removes stale temp files and brings the CSV up to date)."""
+        if self._options.keep_backups > 0:
+            self._backup_now()
+        check_integrity(self._store, self._options.csv_path, full=False)
+        lost = self._expire_leases()
+        if lost:
+            log.info(
+                "expired_leases_returned",
+                path=str(self._options.csv_path),
+                rows=len(lost),
+                workers=sorted({worker for _, worker in lost}),
+            )
+
+    def _expire_leases(self) -> list[tuple[str, str]]:
+        now, at, worker = time.time(), timestamp_now(), self._worker_name()
+        found = self._write(
+            Action(lambda conn, w: expire_leases(conn, w, now=now, at=at, worker=worker))
+        )
+        return found  # type: ignore[return-value]
+
+    # -- forks -----------------------------------------------------------------------------
+
+    def before_fork(self) -> None:
+        """Close every connection before ``fork()`` (see :mod:`csvjournal._forking`)."""
+        if self._closed or self._pid != os.getpid():
+            return
+        inside = self._batches.get(threading.get_ident()) is not None
+        self._fork_safe = self._gate.close(self._options.busy_timeout, inside=inside)
+        if self._fork_safe:
+            self._store.close()
+        else:
+            log.warning("journal_busy_across_fork", path=str(self._options.journal_path))
+
+    def after_fork_in_parent(self) -> None:
+        """Let operations run again; connections reopen when next used."""
+        self._gate.reopen()
+
+    def after_fork_in_child(self) -> None:
+        """Become a non-exporting handle that reopens the journal on first use."""
+        self._gate = _forking.ForkGate()
+        self._attach_lock = threading.Lock()
+        self._held_lock = threading.Lock()
+        self._held = {}  # the parent's claims stay the parent's
+        if self._closed or self._pid != os.getppid():
+            return
+        if self._exporter is not None:
+            self._exporter.forget_after_fork()
+            self._exporter = None
+        if not self._fork_safe:
+            _fork_orphans.append(self._store.orphan())
+        self._options = self._child_options()
+        self._pid = -1
+
+    def _child_options(self) -> Options:
+        return replace(self._options, export=False, key=None, terminal=None, keep_backups=0)
+
+    def _ensure(self) -> None:
+        if self._closed:
+            raise JournalClosedError(f"{self._options.journal_path}: journal is closed")
+        if self._pid != os.getpid():
+            with self._attach_lock:
+                if self._pid != os.getpid():  # another thread may have reopened meanwhile
+                    self._attach()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self._child_options(),))
+
+    # -- properties ----------------------------------------------------------------------
+
+    @property
+    def csv_path(self) -> Path:
+        """The CSV this journal keeps."""
+        return self._options.csv_path
+
+    @property
+    def journal_path(self) -> Path:
+        """The SQLite journal file."""
+        return self._options.journal_path
+
+    @property
+    def settings(self) -> Settings:
+        """The journal's key, status and timestamp columns and terminal statuses."""
+        return self._settings
+
+    # -- the write paths -------------------------------------------------------------------
+
+    def _worker_name(self) -> str:
+        name: str | None = getattr(self._local, "worker", None)
+        if name is None:
+            name = f"{_HOST}:{self._pid}:{threading.current_thread().name}"
+            self._local.worker = name
+        return name
+
+    def _write(self, item: Item) -> object:
+        """Commit ``item``: in this thread's open batch, else in a group commit."""
+        batch: BatchState | None = self._batches.get(threading.get_ident())
+        if batch is not None:
+            if isinstance(item, RecordOp):
+                return batch.add(item)
+            return batch.run(item)
+        self._gate.enter()
+        try:
+            return self._committer.submit(item)
+        finally:
+            self._gate.exit()
+
+    def _commit_group(self, items: Sequence[Item]) -> list[object]:
+        writer = self._writer
+        with self._write_lock:
+            conn = self._store.writer()
+            self._store.begin_immediate(conn)
+            mark = writer.begin()
+            try:
+                if all(type(item) is RecordOp for item in items):
+                    ops: Sequence[RecordOp] = items  # type: ignore[assignment]
+                    if len(ops) > 1:
+                        for op in ops:
+                            writer.allocate(conn, op)
+                    writer.apply(conn, ops)
+                    results: list[object] = [op.seq for op in ops]
+                else:
+                    results = [
+                        item.run(conn, writer)
+                        if isinstance(item, Action)
+                        else self._apply_one(conn, item)
+                        for item in items
+                    ]
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                writer.restore(mark)
+                raise
+        return results
+
+    def _apply_one(self, conn: Any, op: RecordOp) -> int:
+        seq = self._writer.allocate(conn, op)
+        self._writer.apply(conn, [op])
+        return seq
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        self._ensure()
+        batch: BatchState | None = self._batches.get(threading.get_ident())
+        if batch is not None:  # this thread's own uncommitted records are visible to it
+            batch.flush()
+            yield batch.conn
+            return
+        with self._gate.operation(), self._store.read() as conn:
+            yield conn
+
+    def _shut(self) -> None:
+        """Stop the exporter (it writes the last commits first) and close the store."""
+        _forking.unregister(self)
+        if self._pid == os.getpid():
+            if self._exporter is not None:
+                self._exporter.stop()
+            with self._gate.operation():
+                self._store.close()

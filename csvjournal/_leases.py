@@ -1,0 +1,130 @@
+"""Claims and leases on the journal's rows: take, renew, give back and expire them.
+
+Every function runs on a raw DBAPI connection inside a write transaction the caller began,
+and writes its status changes through the :class:`~csvjournal._writer.Writer`, so each one is
+an event like any record. A row is *open* when it is not done (not in a terminal status) and
+no live lease holds it; :data:`OPEN_ROWS` is that test, shared by ``pending()`` and
+``claim()`` so the two agree at every instant. Lease times are epoch seconds.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from csvjournal._writer import IN_PROGRESS, PENDING, RecordOp, Writer
+
+__all__ = [
+    "OPEN_ROWS",
+    "Action",
+    "claim_rows",
+    "expire_leases",
+    "extend_leases",
+    "release_rows",
+]
+
+OPEN_ROWS = "done = 0 AND (lease_until IS NULL OR lease_until <= :now)"
+_NO_LIMIT = 2**62
+
+_CLAIMABLE = """
+SELECT key, holder, lease_until FROM rows INDEXED BY rows_open
+WHERE done = 0 AND (lease_until IS NULL OR lease_until <= ?1) AND attempts < ?2
+ORDER BY pos LIMIT ?3
+"""
+_TAKE = "UPDATE rows SET lease_until = ?, holder = ?, attempts = attempts + 1 WHERE key = ?"
+_EXTEND = """
+UPDATE rows SET lease_until = ?
+WHERE key = ? AND holder = ? AND status = 'IN_PROGRESS' AND done = 0
+"""
+_HELD = "SELECT 1 FROM rows WHERE key = ? AND holder = ? AND status = 'IN_PROGRESS'"
+_GIVE_BACK = "UPDATE rows SET attempts = max(attempts - 1, 0) WHERE key = ?"
+_EXPIRED = """
+SELECT key, holder FROM rows INDEXED BY rows_leased
+WHERE lease_until IS NOT NULL AND lease_until <= ? AND status = 'IN_PROGRESS'
+ORDER BY pos
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """A write other than a record (a claim, a release...), run inside a group commit."""
+
+    run: Callable[[sqlite3.Connection, Writer], object]
+
+
+def _write(conn: sqlite3.Connection, writer: Writer, ops: Sequence[RecordOp]) -> None:
+    for op in ops:
+        writer.allocate(conn, op)
+    if ops:
+        writer.apply(conn, ops)
+
+
+def claim_rows(
+    conn: sqlite3.Connection,
+    writer: Writer,
+    *,
+    n: int,
+    now: float,
+    lease: float,
+    worker: str,
+    at: str,
+    max_attempts: int | None,
+) -> list[str]:
+    """Take up to ``n`` open rows in CSV order: ``IN_PROGRESS``, leased to ``worker`` until
+    ``now + lease``, attempts + 1, an event each. Rows with ``max_attempts`` attempts or more
+    are skipped. A row whose lease ran out says in its event whose lease it was."""
+    limit = _NO_LIMIT if max_attempts is None else max_attempts
+    found = conn.execute(_CLAIMABLE, (now, limit, n)).fetchall()
+    ops = [
+        RecordOp(
+            key,
+            IN_PROGRESS,
+            {},
+            at,
+            worker,
+            None if holder is None or until is None else f"lease of {holder} expired",
+        )
+        for key, holder, until in found
+    ]
+    _write(conn, writer, ops)
+    conn.executemany(_TAKE, [(now + lease, worker, op.key) for op in ops])
+    return [op.key for op in ops]
+
+
+def extend_leases(
+    conn: sqlite3.Connection, held: Sequence[tuple[str, str]], until: float
+) -> list[str]:
+    """Move the lease of each ``(key, holder)`` still held by that holder to ``until``;
+    return the keys renewed (a row another worker took over, or finished, is not)."""
+    return [key for key, holder in held if conn.execute(_EXTEND, (until, key, holder)).rowcount]
+
+
+def release_rows(
+    conn: sqlite3.Connection,
+    writer: Writer,
+    held: Sequence[tuple[str, str]],
+    *,
+    at: str,
+    worker: str,
+    note: str,
+) -> list[str]:
+    """Give each ``(key, holder)`` row still held by that holder back: ``PENDING``, lease
+    ended, and the attempt not counted (it was abandoned, not failed). Return those keys."""
+    keys = [key for key, holder in held if conn.execute(_HELD, (key, holder)).fetchone()]
+    _write(conn, writer, [RecordOp(key, PENDING, {}, at, worker, note) for key in keys])
+    conn.executemany(_GIVE_BACK, [(key,) for key in keys])
+    return keys
+
+
+def expire_leases(
+    conn: sqlite3.Connection, writer: Writer, *, now: float, at: str, worker: str
+) -> list[tuple[str, str]]:
+    """Return every row whose lease ran out to ``PENDING`` with an event naming the lost
+    worker; return ``(key, lost worker)`` pairs in CSV order."""
+    lost = [(str(key), str(holder)) for key, holder in conn.execute(_EXPIRED, (now,))]
+    ops = [
+        RecordOp(key, PENDING, {}, at, worker, f"lease of {holder} expired") for key, holder in lost
+    ]
+    _write(conn, writer, ops)
+    return lost

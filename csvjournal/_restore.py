@@ -1,0 +1,121 @@
+"""``csvjournal.restore()``: put a backup's journal back and regenerate the CSV from it."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from pathlib import Path
+
+import structlog
+
+from csvjournal._options import Options
+from csvjournal._oslock import ExporterLock
+from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TIMESTAMP
+from csvjournal.backup import check_backup, copy_journal, take_backup
+from csvjournal.errors import JournalBusyError
+from csvjournal.exporter import lock_path
+from csvjournal.journal import Journal
+
+__all__ = ["restore"]
+
+log = structlog.get_logger(__name__)
+
+# SQLite's unix VFS: every connection to a WAL database holds a shared lock on this byte of
+# the -shm file while it is open ("dead man switch"), so an exclusive lock on it succeeds
+# only when no other process has the journal open.
+_SHM_DMS_BYTE = 128
+_EXPORT_STATE = ("csv_digest", "csv_pending", "csv_seq")
+
+
+def _in_use_elsewhere(journal: Path) -> bool:
+    shm = Path(f"{journal}-shm")
+    try:
+        fd = os.open(shm, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _SHM_DMS_BYTE)
+    except OSError:
+        return True
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, _SHM_DMS_BYTE)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _put_in_place(source: Path, journal: Path) -> None:
+    temp = journal.with_name(f".{journal.name}.restoring-{os.getpid()}")
+    reader = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        copy_journal(reader, temp)
+    finally:
+        reader.close()
+    conn = sqlite3.connect(temp)
+    try:  # the CSV is rewritten from this journal: forget what it last exported
+        conn.executemany("DELETE FROM settings WHERE name = ?", [(n,) for n in _EXPORT_STATE])
+        conn.commit()
+    finally:
+        conn.close()
+    # The old journal's WAL must not be replayed into the restored one (it is in the
+    # safety backup just taken).
+    for suffix in ("-wal", "-shm", "-journal"):
+        Path(f"{journal}{suffix}").unlink(missing_ok=True)
+    os.replace(temp, journal)
+    folder = os.open(journal.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def restore(
+    csv_path: str | os.PathLike[str],
+    backup: str | os.PathLike[str],
+    *,
+    journal_path: str | os.PathLike[str] | None = None,
+    keep_backups: int = 5,
+    formula_guard: bool = False,
+) -> Path | None:
+    """Restore the journal of ``csv_path`` from the backup folder ``backup`` and rewrite
+    the CSV from it. The current journal and CSV are backed up first; that backup's folder
+    is returned (``None`` when there was no journal). Stop every worker first.
+
+    Raises:
+        FileNotFoundError: ``backup`` is not a backup folder of this journal.
+        JournalCorruptError: the backup fails SQLite's integrity check (nothing changed).
+        JournalBusyError: another process exports or has the journal open (nothing changed).
+    """
+    csv = Path(csv_path)
+    journal = Path(journal_path) if journal_path is not None else Path(f"{csv}.journal")
+    source = check_backup(Path(backup), journal.name)
+    lock_path(csv).parent.mkdir(exist_ok=True)
+    lock = ExporterLock(lock_path(csv))
+    if not lock.acquire():
+        raise JournalBusyError(f"{csv}: another process exports this journal; close it first")
+    try:
+        if _in_use_elsewhere(journal):
+            raise JournalBusyError(f"{journal}: another process has the journal open; stop it")
+        safety = None
+        if journal.exists():
+            safety = take_backup(csv, journal, keep=keep_backups, busy_timeout=30.0)
+        _put_in_place(source, journal)
+    finally:
+        lock.release()
+    options = Options(
+        csv_path=csv,
+        journal_path=journal,
+        key=None,
+        export=True,
+        durability="full",
+        terminal=None,
+        status_column=DEFAULT_STATUS,
+        timestamp_column=DEFAULT_TIMESTAMP,
+        busy_timeout=30.0,
+        formula_guard=formula_guard,
+        keep_backups=0,
+    )
+    Journal(options).close()  # takes the exporter role and writes the CSV anew
+    log.info("journal_restored", path=str(journal), backup=str(backup), safety=str(safety))
+    return safety

@@ -1,0 +1,211 @@
+"""The worker loop for library users: claim a row, run the body, renew the lease meanwhile.
+
+``journal.work()`` claims one row at a time and yields it as a :class:`Task`. A background
+thread renews the current task's lease every third of the lease, so a long body never loses
+its row while its process lives; a process that dies stops renewing, the lease runs out and
+another worker takes the row over. Used as a context manager, a task finishes itself: a body
+that returns without recording records ``success_status``; a body that raises an
+``Exception`` records ``FAILED`` with ``ERROR_MESSAGE`` (the exception is logged and the loop
+goes on); ``KeyboardInterrupt`` and the like give the row back to ``PENDING`` and propagate.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
+
+from csvjournal._writer import IN_PROGRESS
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["Task", "work"]
+
+log = structlog.get_logger(__name__)
+
+FAILED = "FAILED"
+_IDLE_POLL_SECONDS = 0.25
+
+
+class _Journal(Protocol):
+    def claim(
+        self, n: int = 1, *, lease: float, worker: str | None, max_attempts: int | None
+    ) -> list[str]: ...
+    def extend(self, keys: list[str], lease: float) -> list[str]: ...
+    def release(self, keys: list[str], note: str = ...) -> list[str]: ...
+    def record(
+        self,
+        key: str,
+        /,
+        status: str | None = None,
+        fields: Mapping[str, object] | None = None,
+        **more: object,
+    ) -> int: ...
+    def next_lease_end(self, max_attempts: int | None = None) -> float | None: ...
+    @property
+    def settings(self) -> _Settings: ...
+
+
+class _Settings(Protocol):
+    @property
+    def status_column(self) -> str: ...
+
+
+def error_line(exc: BaseException) -> str:
+    """A one-line ``ERROR_MESSAGE`` for ``exc``: its type and first non-empty line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+class Task:
+    """One claimed row of :meth:`Journal.work`: its ``key``, and a block that finishes it.
+
+    ``finished`` tells whether the row was given a status other than ``IN_PROGRESS`` (or
+    given back); ``lost`` whether its lease was taken over by another worker meanwhile.
+    """
+
+    def __init__(self, journal: _Journal, key: str, worker: str, success_status: str) -> None:
+        self.key = key
+        self.worker = worker
+        self.finished = False
+        self.lost = False
+        self._journal = journal
+        self._success_status = success_status
+
+    def record(
+        self, status: str | None = None, fields: Mapping[str, object] | None = None, **more: object
+    ) -> int:
+        """``journal.record(task.key, ...)``; a status other than ``IN_PROGRESS`` finishes
+        the task.
+
+        Raises:
+            the errors of :meth:`Journal.record`.
+        """
+        given = status or (fields or {}).get(self._journal.settings.status_column)
+        seq = self._journal.record(self.key, status, fields, **more)
+        if given is not None and given != IN_PROGRESS:
+            self.finished = True
+        return seq
+
+    def fail(self, message: str, **more: object) -> int:
+        """Record ``FAILED`` with ``ERROR_MESSAGE`` = ``message`` (and any other fields)."""
+        return self.record(FAILED, fields={"ERROR_MESSAGE": message}, **more)
+
+    def release(self) -> None:
+        """Give the row back to ``PENDING`` unfinished (the attempt is not counted)."""
+        self._journal.release([self.key])
+        self.finished = True
+
+    def __enter__(self) -> Task:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self.finished:
+            return exc is not None and isinstance(exc, Exception) and self._log_after(exc)
+        if exc is None:
+            self.record(self._success_status)
+            return False
+        if isinstance(exc, Exception):
+            log.warning("task_failed", key=self.key, worker=self.worker, exc_info=exc)
+            self.fail(error_line(exc))
+            return True
+        self.release()  # KeyboardInterrupt, SystemExit: not the row's fault
+        return False
+
+    def _log_after(self, exc: Exception) -> bool:
+        # The body recorded a status and then raised: its record stands.
+        log.warning("task_raised_after_recording", key=self.key, exc_info=exc)
+        return True
+
+    def __repr__(self) -> str:
+        return f"<Task {self.key!r} {'finished' if self.finished else 'running'}>"
+
+
+class _Renewer:
+    """Renews the lease of the current task every third of the lease, in a thread."""
+
+    def __init__(self, journal: _Journal, lease: float) -> None:
+        self._journal = journal
+        self._lease = lease
+        self._task: Task | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="csvjournal-renewer", daemon=True)
+        self._thread.start()
+
+    def watch(self, task: Task | None) -> None:
+        with self._lock:
+            self._task = task
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._lease / 3):
+            with self._lock:
+                task = self._task
+                if task is None or task.finished:
+                    continue
+                try:
+                    renewed = self._journal.extend([task.key], self._lease)
+                except Exception as exc:  # the next round tries again
+                    log.warning("lease_renewal_failed", key=task.key, error=str(exc))
+                    continue
+                if not renewed and not task.finished:
+                    task.lost = True
+                    log.warning("lease_lost", key=task.key, worker=task.worker)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def work(
+    journal: _Journal,
+    *,
+    lease: float,
+    worker: str,
+    max_attempts: int | None,
+    success_status: str,
+    stop: threading.Event | None,
+) -> Iterator[Task]:
+    """Yield claimed rows as :class:`Task` until none is left to do, or ``stop`` is set.
+
+    When nothing can be claimed but rows are still leased by other workers (which may fail
+    them, or die and lose them), it waits for them rather than ending early. A task the loop
+    body left unfinished is finished with ``success_status`` at the next iteration (the
+    body returned normally); if the loop is left early (``break``, an exception), the
+    current unfinished row is given back to ``PENDING``.
+    """
+    renewer = _Renewer(journal, lease)
+    task: Task | None = None
+    try:
+        while stop is None or not stop.is_set():
+            keys = journal.claim(1, lease=lease, worker=worker, max_attempts=max_attempts)
+            if not keys:
+                end = journal.next_lease_end(max_attempts)
+                if end is None:
+                    return
+                wait = min(_IDLE_POLL_SECONDS, max(0.0, end - time.time()))
+                if stop is not None:
+                    stop.wait(wait)
+                else:
+                    time.sleep(wait)
+                continue
+            task = Task(journal, keys[0], worker, success_status)
+            renewer.watch(task)
+            yield task
+            renewer.watch(None)
+            if not task.finished:
+                task.record(success_status)
+            task = None
+    finally:
+        renewer.stop()
+        if task is not None and not task.finished:
+            task.release()

@@ -1,0 +1,162 @@
+"""Backups: consistent copies of a journal and its CSV in ``orders.csv.backups/<UTC time>/``.
+
+The journal is copied with SQLite's online backup API in one step, inside one read
+transaction, so the copy is the journal as of one commit even while workers record (in WAL
+mode they go on writing meanwhile); a live database is never copied as a file. The copy is
+switched to a plain rollback-journal file so it is one self-contained file. The CSV is copied
+as it is on disk. A backup is written into a hidden folder and renamed into place when
+whole, so a backup killed half-way is never mistaken for one (the leftover is removed by the
+next backup). Folder names are UTC times to the microsecond and sort by time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import structlog
+
+from csvjournal.errors import JournalCorruptError
+
+__all__ = [
+    "backups_folder",
+    "check_backup",
+    "copy_journal",
+    "list_backups",
+    "newest_backup_hint",
+    "prune_backups",
+    "take_backup",
+]
+
+log = structlog.get_logger(__name__)
+
+_NAME = re.compile(r"^\d{8}T\d{6}\.\d{6}Z$")
+_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+_PARTIAL = ".partial-"
+
+
+def backups_folder(csv_path: Path) -> Path:
+    """The folder holding the backups of ``csv_path``'s journal."""
+    return Path(f"{csv_path}.backups")
+
+
+def list_backups(csv_path: Path) -> list[Path]:
+    """Every whole backup of ``csv_path``'s journal, oldest first."""
+    folder = backups_folder(csv_path)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _NAME.match(p.name) and p.is_dir())
+
+
+def newest_backup_hint(csv_path: Path) -> str:
+    """A sentence telling the user which backup to restore, for error messages."""
+    found = list_backups(csv_path)
+    if not found:
+        return f"no backup of {csv_path} exists"
+    return f"restore the newest backup: csvjournal restore {csv_path} {found[-1]}"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def copy_journal(source: sqlite3.Connection, target: Path) -> None:
+    """Copy the database of ``source`` into the new file ``target`` (one read transaction,
+    so the copy is consistent), as a rollback-journal database, synced to disk."""
+    copy = sqlite3.connect(target)
+    try:
+        source.backup(copy)  # all pages in one step: a concurrent writer cannot restart it
+        copy.execute("PRAGMA journal_mode = DELETE")
+    finally:
+        copy.close()
+    _fsync(target)
+
+
+def _new_name(csv_path: Path) -> str:
+    stamp = datetime.now(UTC)
+    existing = list_backups(csv_path)
+    if existing:  # a clock that stepped back, or two backups in one microsecond
+        newest = datetime.strptime(existing[-1].name, _FORMAT).replace(tzinfo=UTC)
+        stamp = max(stamp, newest + timedelta(microseconds=1))
+    return stamp.strftime(_FORMAT)
+
+
+def take_backup(csv_path: Path, journal_path: Path, *, keep: int, busy_timeout: float) -> Path:
+    """Back up the journal and the CSV into a new folder; keep the newest ``keep`` backups
+    (all when ``keep`` is 0). Return the new folder.
+
+    Raises:
+        OSError: the backup could not be written (nothing half-written is left).
+        sqlite3.Error: the journal could not be read.
+    """
+    folder = backups_folder(csv_path)
+    folder.mkdir(exist_ok=True)
+    for leftover in folder.glob(_PARTIAL + "*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    name = _new_name(csv_path)
+    partial = folder / f"{_PARTIAL}{name}"
+    partial.mkdir()
+    try:
+        source = sqlite3.connect(journal_path, timeout=busy_timeout)
+        try:
+            copy_journal(source, partial / journal_path.name)
+        finally:
+            source.close()
+        if csv_path.exists():
+            shutil.copyfile(csv_path, partial / csv_path.name)
+            _fsync(partial / csv_path.name)
+        _fsync(partial)
+        final = folder / name
+        os.rename(partial, final)
+        _fsync(folder)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    log.info("backup_taken", path=str(final))
+    prune_backups(csv_path, keep)
+    return final
+
+
+def prune_backups(csv_path: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` backups (none when ``keep`` is 0); return them."""
+    if keep <= 0:
+        return []
+    old = list_backups(csv_path)[:-keep]
+    for path in old:
+        shutil.rmtree(path)
+        log.info("backup_removed", path=str(path))
+    return old
+
+
+def check_backup(backup: Path, journal_name: str) -> Path:
+    """Return the journal file inside ``backup`` once it passed SQLite's integrity check.
+
+    Raises:
+        FileNotFoundError: ``backup`` holds no journal named ``journal_name``.
+        JournalCorruptError: the journal copy fails the integrity check.
+    """
+    journal = backup / journal_name
+    if not journal.is_file():
+        raise FileNotFoundError(f"{backup}: not a csvjournal backup (no {journal_name} in it)")
+    try:
+        conn = sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            problems = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        problems = [str(exc)]
+    if problems != ["ok"]:
+        raise JournalCorruptError(
+            f"{journal}: the backup fails SQLite's integrity check ({'; '.join(problems[:3])});"
+            " choose another backup"
+        )
+    return journal
