@@ -134,11 +134,12 @@ class Handle:
         self._exporter = exporter
 
     def _begin_session(self) -> None:
-        """This handle became the exporter at open: back up, then recover from any crash
-        (the exporter then removes stale temp files and brings the CSV up to date)."""
+        """This handle became the exporter at open: check, back up, then recover from any
+        crash (the exporter then removes stale temp files and brings the CSV up to date).
+        A damaged journal is refused before its backup, which would push sound ones out."""
+        check_integrity(self._store, self._options.csv_path, full=False)
         if self._options.keep_backups > 0:
             self._backup_now()
-        check_integrity(self._store, self._options.csv_path, full=False)
         lost = self._expire_leases()
         if lost:
             log.info(

@@ -19,9 +19,11 @@ __all__ = [
     "OPEN_ROWS",
     "Action",
     "claim_rows",
+    "defer_rows",
     "expire_leases",
     "extend_leases",
     "release_rows",
+    "reset_attempts",
 ]
 
 OPEN_ROWS = "done = 0 AND (lease_until IS NULL OR lease_until <= :now)"
@@ -128,3 +130,22 @@ def expire_leases(
     ]
     _write(conn, writer, ops)
     return lost
+
+
+_DEFER = "UPDATE rows SET lease_until = ?, holder = NULL WHERE key = ? AND done = 0"
+_RETRY = "UPDATE rows SET attempts = 0 WHERE key = ? AND done = 0"
+_RETRY_STATUS = "SELECT key FROM rows WHERE status = ? AND done = 0 AND attempts > 0 ORDER BY pos"
+
+
+def defer_rows(conn: sqlite3.Connection, keys: Sequence[str], until: float) -> list[str]:
+    """Keep the not-done rows ``keys`` out of claims and ``pending()`` until ``until`` (a
+    retry back-off: an unheld lease); return the keys deferred."""
+    return [key for key in keys if conn.execute(_DEFER, (until, key)).rowcount]
+
+
+def reset_attempts(conn: sqlite3.Connection, keys: Sequence[str] | None, status: str) -> list[str]:
+    """Give rows a fresh set of attempts: ``keys``, or every not-done row in ``status``
+    that has been tried; return the keys reset."""
+    if keys is None:
+        keys = [key for (key,) in conn.execute(_RETRY_STATUS, (status,))]
+    return [key for key in keys if conn.execute(_RETRY, (key,)).rowcount]

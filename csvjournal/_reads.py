@@ -81,10 +81,12 @@ def row_count(conn: Connection) -> int:
     return int(conn.execute(select(func.count()).select_from(t.rows)).scalar_one())
 
 
-def pending(conn: Connection, now: float) -> list[str]:
-    """Keys of rows neither done nor held by a live lease at ``now``, in CSV order."""
-    query = text(f"SELECT key FROM rows WHERE {OPEN_ROWS} ORDER BY pos")
-    return list(conn.execute(query, {"now": now}).scalars())
+def pending(conn: Connection, now: float, max_attempts: int | None = None) -> list[str]:
+    """Keys of rows neither done nor held by a live lease at ``now``, in CSV order (and
+    with fewer than ``max_attempts`` attempts, if given)."""
+    query = text(f"SELECT key FROM rows WHERE {OPEN_ROWS} AND attempts < :limit ORDER BY pos")
+    limit = 2**62 if max_attempts is None else max_attempts
+    return list(conn.execute(query, {"now": now, "limit": limit}).scalars())
 
 
 def pending_count(conn: Connection, now: float) -> int:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import structlog
 
+from csvjournal import _forking
 from csvjournal._options import Options
 from csvjournal._oslock import ExporterLock
 from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TIMESTAMP
-from csvjournal.backup import check_backup, copy_journal, take_backup
+from csvjournal.backup import check_backup, copy_journal, prune_backups, take_backup
 from csvjournal.errors import JournalBusyError
 from csvjournal.exporter import lock_path
 from csvjournal.journal import Journal
@@ -43,6 +44,19 @@ def _in_use_elsewhere(journal: Path) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def _open_here(journal: Path) -> bool:
+    """Whether a handle of this process has ``journal`` open (an OS lock on the journal's
+    files cannot tell: POSIX record locks never conflict within one process)."""
+    target = journal.resolve()
+    return any(
+        isinstance(handle, Journal)
+        and not handle._closed
+        and handle._pid == os.getpid()
+        and handle.journal_path.resolve() == target
+        for handle in _forking.registered()
+    )
 
 
 def _put_in_place(source: Path, journal: Path) -> None:
@@ -90,6 +104,8 @@ def restore(
     csv = Path(csv_path)
     journal = Path(journal_path) if journal_path is not None else Path(f"{csv}.journal")
     source = check_backup(Path(backup), journal.name)
+    if _open_here(journal):  # before touching the -shm: closing it drops SQLite's locks
+        raise JournalBusyError(f"{journal}: this process has the journal open; close it first")
     lock_path(csv).parent.mkdir(exist_ok=True)
     lock = ExporterLock(lock_path(csv))
     if not lock.acquire():
@@ -98,11 +114,12 @@ def restore(
         if _in_use_elsewhere(journal):
             raise JournalBusyError(f"{journal}: another process has the journal open; stop it")
         safety = None
-        if journal.exists():
-            safety = take_backup(csv, journal, keep=keep_backups, busy_timeout=30.0)
+        if journal.exists():  # pruned only once restored: retention might drop ``backup``
+            safety = take_backup(csv, journal, keep=0, busy_timeout=30.0)
         _put_in_place(source, journal)
     finally:
         lock.release()
+    prune_backups(csv, keep_backups)
     options = Options(
         csv_path=csv,
         journal_path=journal,

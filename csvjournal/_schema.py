@@ -58,6 +58,7 @@ Index(
     rows.c.lease_until,
     rows.c.attempts,
     rows.c.key,
+    rows.c.done,
     sqlite_where=text("done = 0"),
 )
 Index("rows_leased", rows.c.lease_until, sqlite_where=text("lease_until IS NOT NULL"))

@@ -115,7 +115,8 @@ class Task:
             self.record(self._success_status)
             return False
         if isinstance(exc, Exception):
-            log.warning("task_failed", key=self.key, worker=self.worker, exc_info=exc)
+            log.warning("task_failed", key=self.key, worker=self.worker, error=error_line(exc))
+            log.debug("task_failed_traceback", key=self.key, exc_info=exc)
             self.fail(error_line(exc))
             return True
         self.release()  # KeyboardInterrupt, SystemExit: not the row's fault

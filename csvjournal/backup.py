@@ -4,15 +4,20 @@ The journal is copied with SQLite's online backup API in one step, inside one re
 transaction, so the copy is the journal as of one commit even while workers record (in WAL
 mode they go on writing meanwhile); a live database is never copied as a file. The copy is
 switched to a plain rollback-journal file so it is one self-contained file. The CSV is copied
-as it is on disk. A backup is written into a hidden folder and renamed into place when
-whole, so a backup killed half-way is never mistaken for one (the leftover is removed by the
-next backup). Folder names are UTC times to the microsecond and sort by time.
+as it is on disk. A backup is written into a hidden folder of its own process and renamed
+into place when whole, so a backup killed half-way is never mistaken for one; a backup that
+retention drops is first renamed out of sight, then deleted, so a prune killed half-way
+leaves no half a backup either. The next backup removes such leftovers once the process
+that made them is gone (never one another process is still writing). Folder names are UTC
+times to the microsecond, chosen when the backup is whole, and sort by time.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import secrets
 import shutil
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -36,7 +41,11 @@ log = structlog.get_logger(__name__)
 
 _NAME = re.compile(r"^\d{8}T\d{6}\.\d{6}Z$")
 _FORMAT = "%Y%m%dT%H%M%S.%fZ"
+# hidden work folders: ".partial-<pid>-<token>" (being written), ".removing-<pid>-<name>"
 _PARTIAL = ".partial-"
+_REMOVING = ".removing-"
+_LEFTOVER = re.compile(r"^\.(?:partial|removing)-(?:(\d+)-)?")
+_NAME_ATTEMPTS = 1000
 
 
 def backups_folder(csv_path: Path) -> Path:
@@ -89,6 +98,41 @@ def _new_name(csv_path: Path) -> str:
     return stamp.strftime(_FORMAT)
 
 
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of this process may be writing it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Delete the hidden work folders of backups and prunes whose process is gone."""
+    for leftover in folder.iterdir():
+        found = _LEFTOVER.match(leftover.name)
+        if found is None or (found.group(1) is not None and _alive(int(found.group(1)))):
+            continue
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _rename_into_place(partial: Path, csv_path: Path) -> Path:
+    """Rename the whole backup ``partial`` to a new name that sorts after every backup."""
+    for _ in range(_NAME_ATTEMPTS):
+        final = partial.parent / _new_name(csv_path)
+        try:
+            os.rename(partial, final)
+        except OSError as exc:  # another process took that name first: take the next
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            continue
+        return final
+    raise OSError(errno.EEXIST, f"{partial.parent}: found no free backup name")
+
+
 def take_backup(csv_path: Path, journal_path: Path, *, keep: int, busy_timeout: float) -> Path:
     """Back up the journal and the CSV into a new folder; keep the newest ``keep`` backups
     (all when ``keep`` is 0). Return the new folder.
@@ -99,10 +143,8 @@ def take_backup(csv_path: Path, journal_path: Path, *, keep: int, busy_timeout: 
     """
     folder = backups_folder(csv_path)
     folder.mkdir(exist_ok=True)
-    for leftover in folder.glob(_PARTIAL + "*"):
-        shutil.rmtree(leftover, ignore_errors=True)
-    name = _new_name(csv_path)
-    partial = folder / f"{_PARTIAL}{name}"
+    _remove_leftovers(folder)
+    partial = folder / f"{_PARTIAL}{os.getpid()}-{secrets.token_hex(6)}"
     partial.mkdir()
     try:
         source = sqlite3.connect(journal_path, timeout=busy_timeout)
@@ -114,8 +156,7 @@ def take_backup(csv_path: Path, journal_path: Path, *, keep: int, busy_timeout: 
             shutil.copyfile(csv_path, partial / csv_path.name)
             _fsync(partial / csv_path.name)
         _fsync(partial)
-        final = folder / name
-        os.rename(partial, final)
+        final = _rename_into_place(partial, csv_path)
         _fsync(folder)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -130,10 +171,18 @@ def prune_backups(csv_path: Path, keep: int) -> list[Path]:
     if keep <= 0:
         return []
     old = list_backups(csv_path)[:-keep]
+    removed = []
     for path in old:
-        shutil.rmtree(path)
+        # out of sight first: a prune killed half-way leaves no half a backup listed
+        hidden = path.with_name(f"{_REMOVING}{os.getpid()}-{path.name}")
+        try:
+            os.rename(path, hidden)
+        except FileNotFoundError:  # another process pruned it meanwhile
+            continue
+        shutil.rmtree(hidden, ignore_errors=True)
+        removed.append(path)
         log.info("backup_removed", path=str(path))
-    return old
+    return removed
 
 
 def check_backup(backup: Path, journal_name: str) -> Path:

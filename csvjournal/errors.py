@@ -8,6 +8,7 @@ know csvjournal. This module imports nothing of the package.
 from __future__ import annotations
 
 __all__ = [
+    "CommandError",
     "CsvChangedError",
     "CsvFormatError",
     "CsvJournalError",
@@ -70,3 +71,7 @@ class FlushTimeoutError(CsvJournalError, TimeoutError):
 class JournalCorruptError(CsvJournalError, RuntimeError):
     """The journal (or a backup) failed SQLite's integrity check; the message names the
     newest backup to restore."""
+
+
+class CommandError(CsvJournalError, ValueError):
+    """The command given to ``csvjournal run`` is invalid (e.g. an unknown placeholder)."""

@@ -16,7 +16,14 @@ import structlog
 from csvjournal import _forking, _reads
 from csvjournal._batch import BatchState
 from csvjournal._handle import Handle
-from csvjournal._leases import Action, claim_rows, extend_leases, release_rows
+from csvjournal._leases import (
+    Action,
+    claim_rows,
+    defer_rows,
+    extend_leases,
+    release_rows,
+    reset_attempts,
+)
 from csvjournal._options import Options
 from csvjournal._values import render_value, timestamp_now
 from csvjournal._work import Task, work
@@ -154,14 +161,15 @@ class Journal(Handle):
         with self._reading() as conn:
             return _reads.row_count(conn)
 
-    def pending(self) -> list[str]:
-        """Keys of rows that are neither terminal nor held by a live lease, in CSV order.
+    def pending(self, *, max_attempts: int | None = None) -> list[str]:
+        """Keys of rows that are neither terminal nor held by a live lease, in CSV order
+        (with ``max_attempts``: only those :meth:`claim` with it could still take).
 
         Raises:
             JournalClosedError: the handle is closed.
         """
         with self._reading() as conn:
-            return _reads.pending(conn, time.time())
+            return _reads.pending(conn, time.time(), max_attempts)
 
     def history(self, key: str) -> list[Event]:
         """Every event of ``key``, oldest first (empty for an unknown key).
@@ -306,6 +314,36 @@ class Journal(Handle):
                 self._held.pop(key, None)
         return released
 
+    def defer(self, keys: Iterable[str], seconds: float) -> list[str]:
+        """Keep rows out of :meth:`pending` and :meth:`claim` for ``seconds`` (a retry
+        back-off after a failure); return the keys deferred (rows done are left alone).
+
+        Raises:
+            JournalBusyError: other writers held the journal longer than the busy timeout.
+            JournalClosedError: the handle is closed.
+        """
+        self._ensure()
+        chosen, until = list(keys), time.time() + seconds
+        deferred: list[str] = self._write(  # type: ignore[assignment]
+            Action(lambda conn, _writer: defer_rows(conn, chosen, until))
+        )
+        return deferred
+
+    def retry(self, keys: Iterable[str] | None = None, *, status: str = "FAILED") -> list[str]:
+        """Give rows a fresh set of attempts (for ``claim(max_attempts=...)``): ``keys``,
+        or every row in ``status`` (default ``FAILED``) that was tried; return those keys.
+
+        Raises:
+            JournalBusyError: other writers held the journal longer than the busy timeout.
+            JournalClosedError: the handle is closed.
+        """
+        self._ensure()
+        chosen = None if keys is None else list(keys)
+        reset: list[str] = self._write(  # type: ignore[assignment]
+            Action(lambda conn, _writer: reset_attempts(conn, chosen, status))
+        )
+        return reset
+
     def _holders(self, keys: Iterable[str]) -> list[tuple[str, str]]:
         default = self._worker_name()
         with self._held_lock:
@@ -327,17 +365,29 @@ class Journal(Handle):
                 with task:  # an exception records FAILED + ERROR_MESSAGE; the loop goes on
                     task.record("COMPLETED", ATTACHMENTS_FOUND=download(task.key))
 
+        Records made in the loop's thread while it runs carry ``worker`` as well.
+
         Raises:
             JournalClosedError: the handle is closed.
         """
-        return work(
-            self,
-            lease=lease,
-            worker=worker or self._worker_name(),
-            max_attempts=max_attempts,
-            success_status=success_status,
-            stop=stop,
-        )
+        name = worker or self._worker_name()
+
+        def loop() -> Iterator[Task]:
+            previous = getattr(self._local, "worker", None)
+            self._local.worker = name  # in the thread that iterates
+            try:
+                yield from work(
+                    self,
+                    lease=lease,
+                    worker=name,
+                    max_attempts=max_attempts,
+                    success_status=success_status,
+                    stop=stop,
+                )
+            finally:
+                self._local.worker = previous
+
+        return loop()
 
     def next_lease_end(self, max_attempts: int | None = None) -> float | None:
         """When (epoch seconds) the first live lease on a row that could still be claimed
@@ -364,8 +414,20 @@ class Journal(Handle):
         exporter = self._exporter
         with self._reading() as conn:
             stale = (_reads.exported_seq(conn) or 0) < _reads.last_seq(conn)
+        missing = not self.csv_path.exists()  # deleted: an exporter writes after commits only
+        stale = stale or missing
         if exporter is not None and exporter.leading:
             removed = list(exporter.removed_temp_files)  # at this handle's take-over
+            if missing:  # its last export writes the CSV; then this handle leads anew
+                exporter.stop()
+                self._exporter = Exporter(
+                    self._store,
+                    self._settings,
+                    self.csv_path,
+                    self._options.formula_guard,
+                    self._gate,
+                )
+                self._exporter.start(self._exporter.try_lead())
         else:  # whoever exports removed them when taking over; if nobody does, we do
             helper = Exporter(
                 self._store, self._settings, self.csv_path, self._options.formula_guard

@@ -213,7 +213,9 @@ def test_disk_full_keeps_the_old_csv_and_recovers_when_space_is_freed(tmp_path: 
 _EXPORTER = textwrap.dedent(
     """
     import sys, time
+    import structlog
     import csvjournal
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     journal = csvjournal.open(sys.argv[1])
     print("ready", flush=True)
     i = 0

@@ -3,7 +3,8 @@
 ``rows.done`` is 1 for a row whose status is terminal (the writer keeps it, and a change of
 the journal's terminal statuses recomputes it). ``rows_open`` indexes the rest in CSV order
 with what a claim filters on, so claiming and listing pending rows never walk the rows
-already done; ``rows_leased`` finds leases to expire without a scan.
+already done and never read the table (``done`` is in it too, or SQLite would not see the
+index as covering); ``rows_leased`` finds leases to expire without a scan.
 
 Revision ID: 0003
 Revises: 0002
@@ -33,7 +34,7 @@ def upgrade() -> None:
     op.create_index(
         "rows_open",
         "rows",
-        ["pos", "lease_until", "attempts", "key"],
+        ["pos", "lease_until", "attempts", "key", "done"],
         sqlite_where=sa.text("done = 0"),
     )
     op.create_index(

@@ -1,0 +1,138 @@
+"""The ``csvjournal`` command group and what every command shares: logging, errors, opening
+a journal, printing data.
+
+This package is the only place that configures logging and prints. Errors are one line on
+stderr and exit status 2 (``--debug`` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import click
+import structlog
+from rich.console import Console
+
+import csvjournal
+from csvjournal.errors import CsvJournalError
+
+__all__ = [
+    "CliError",
+    "cli",
+    "configure_logging",
+    "csv_argument",
+    "existing_journal",
+    "json_option",
+    "print_json",
+    "stderr_console",
+    "stdout_console",
+]
+
+EXIT_BAD_INPUT = 2
+
+
+class CliError(click.ClickException):
+    """A command failed on bad input: one line on stderr, exit status 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"csvjournal: error: {self.format_message()}", err=True, file=file)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (CsvJournalError, OSError) as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            raise CliError(message) from exc
+
+
+def configure_logging(*, json_logs: bool, debug: bool) -> None:
+    """Send structlog's output to stderr: JSON lines or plain text, warnings and up
+    (everything with ``debug``)."""
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if json_logs
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info if json_logs else lambda _l, _m, e: e,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.DEBUG if debug else logging.INFO if json_logs else logging.WARNING
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(csvjournal.__version__, prog_name="csvjournal")
+@click.option("--log-json", is_flag=True, help="Write logs as JSON lines on stderr.")
+@click.option("--debug", is_flag=True, help="Show debug logs, and tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, log_json: bool, debug: bool) -> None:
+    """Keep a batch job's CSV status sheet correct, current and crash-safe.
+
+    Start with `csvjournal demo`. Every command but init, run (given --key) and demo
+    works on a CSV that has a journal beside it (CSV.journal).
+    """
+    configure_logging(json_logs=log_json, debug=debug)
+    ctx.obj = {"debug": debug}
+
+
+def csv_argument(func: Any) -> Any:
+    """The CSV argument every command takes first."""
+    return click.argument("csv", type=click.Path(dir_okay=False, path_type=Path))(func)
+
+
+def json_option(func: Any) -> Any:
+    """``--json``: print one JSON document instead of text."""
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")(func)
+
+
+def journal_path_of(csv: Path) -> Path:
+    """Where the journal of ``csv`` lives."""
+    return Path(f"{csv}.journal")
+
+
+@contextmanager
+def existing_journal(csv: Path, *, export: bool = False) -> Iterator[csvjournal.Journal]:
+    """Open the existing journal of ``csv`` (non-exporting unless asked).
+
+    Raises:
+        CliError: there is no journal beside ``csv``.
+    """
+    if not journal_path_of(csv).exists():
+        raise CliError(f"no journal for {csv}: run csvjournal init {csv} --key COLUMN")
+    with csvjournal.open(csv, export=export, keep_backups=0 if not export else 5) as journal:
+        yield journal
+
+
+def stdout_console() -> Console:
+    """Where human output goes."""
+    return Console(highlight=False, soft_wrap=True)
+
+
+def stderr_console() -> Console:
+    """Where progress bars go (stdout stays clean for data)."""
+    return Console(stderr=True, highlight=False)
+
+
+def print_json(data: object) -> None:
+    """Print one JSON document on stdout."""
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))

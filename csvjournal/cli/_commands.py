@@ -1,0 +1,252 @@
+"""The small commands: init, pending, record, history, export, import, recover, backups,
+restore and upgrade."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+import csvjournal
+from csvjournal import _migrate
+from csvjournal.backup import list_backups, prune_backups
+from csvjournal.cli._app import (
+    CliError,
+    cli,
+    csv_argument,
+    existing_journal,
+    journal_path_of,
+    json_option,
+    print_json,
+    stdout_console,
+)
+from csvjournal.events import Event
+
+__all__: list[str] = []
+
+
+def _names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise CliError(f"--terminal {text!r} names no status")
+    return names
+
+
+@cli.command()
+@csv_argument
+@click.option("--key", required=True, help="The column whose value identifies a row.")
+@click.option("--terminal", help="Statuses that mean done, comma-separated [COMPLETED].")
+def init(csv: Path, key: str, terminal: str | None) -> None:
+    """Create the journal of CSV (importing its rows) and add the status columns."""
+    if journal_path_of(csv).exists():
+        raise CliError(f"{journal_path_of(csv)} already exists: the journal is there")
+    if not csv.exists():
+        raise CliError(f"{csv}: no such file (init imports an existing CSV)")
+    with csvjournal.open(csv, key=key, terminal=_names(terminal)) as journal:
+        rows = len(journal)
+    click.echo(f"created {journal_path_of(csv)}: {rows} rows, key column {key}")
+
+
+@cli.command()
+@csv_argument
+@json_option
+def pending(csv: Path, as_json: bool) -> None:
+    """List the keys of pending rows, in CSV order."""
+    with existing_journal(csv) as journal:
+        keys = journal.pending()
+    if as_json:
+        print_json({"csv": str(csv), "count": len(keys), "pending": keys})
+    else:
+        for key in keys:
+            click.echo(key)
+
+
+def _field(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise CliError(f"bad FIELD=VALUE {text!r}: expected a column name, '=' and a value")
+    return name, value
+
+
+@cli.command()
+@csv_argument
+@click.argument("key")
+@click.argument("fields", nargs=-1, metavar="[FIELD=VALUE]...")
+@click.option("--status", help="The row's new status.")
+@click.option("--new", "allow_new", is_flag=True, help="Allow a key the journal lacks.")
+def record(
+    csv: Path, key: str, fields: tuple[str, ...], status: str | None, allow_new: bool
+) -> None:
+    """Record an update of row KEY (from a shell script), then bring the CSV up to date."""
+    values = dict(_field(text) for text in fields)
+    with existing_journal(csv) as journal:
+        if not allow_new and journal.get(key) is None:
+            raise CliError(f"{csv}: no row with key {key!r} (pass --new to add one)")
+        seq = journal.record(key, status, fields=values)
+        journal.flush()
+    click.echo(f"recorded #{seq}")
+
+
+def _event_data(event: Event) -> dict[str, object]:
+    return {
+        "seq": event.seq,
+        "key": event.key,
+        "status": event.status,
+        "fields": dict(event.fields),
+        "at": event.at.isoformat().replace("+00:00", "Z"),
+        "worker": event.worker,
+        "pid": event.pid,
+        "note": event.note,
+    }
+
+
+@cli.command()
+@csv_argument
+@click.argument("key")
+@json_option
+def history(csv: Path, key: str, as_json: bool) -> None:
+    """Show the audit trail of row KEY, oldest first."""
+    with existing_journal(csv) as journal:
+        if journal.get(key) is None:
+            raise CliError(f"{csv}: no row with key {key!r}")
+        events = journal.history(key)
+    if as_json:
+        print_json({"key": key, "events": [_event_data(event) for event in events]})
+        return
+    table = Table("seq", "at (UTC)", "status", "fields", "worker", "note")
+    for event in events:
+        data = _event_data(event)
+        fields = ", ".join(f"{name}={value!r}" for name, value in event.fields.items())
+        table.add_row(
+            str(event.seq), str(data["at"]), event.status, fields, event.worker, event.note or ""
+        )
+    stdout_console().print(table)
+
+
+@cli.command()
+@csv_argument
+@click.option(
+    "--to", "target", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead."
+)
+def export(csv: Path, target: Path | None) -> None:
+    """Regenerate the CSV from the journal now (or write it to --to)."""
+    with existing_journal(csv) as journal:
+        journal.export(target)
+    click.echo(f"wrote {target or csv}")
+
+
+@cli.command(name="import")
+@csv_argument
+@click.option("--merge", is_flag=True, required=True, help="Merge the CSV's rows into the journal.")
+def import_(csv: Path, merge: bool) -> None:
+    """Bring hand edits of the CSV into the journal (new rows added, changed fields updated;
+    a terminal row never moves back), then rewrite the CSV."""
+    if not journal_path_of(csv).exists():
+        raise CliError(f"no journal for {csv}: run csvjournal init {csv} --key COLUMN")
+    report = csvjournal.merge_csv(csv)
+    with existing_journal(csv) as journal:
+        journal.flush()
+    click.echo(
+        f"merged {csv}: {len(report.added)} added, {len(report.updated)} updated,"
+        f" {len(report.terminal_kept)} terminal rows kept,"
+        f" {len(report.missing)} missing from the CSV"
+    )
+
+
+@cli.command()
+@csv_argument
+@json_option
+def recover(csv: Path, as_json: bool) -> None:
+    """After a crash: check the journal, return expired leases, clean up, re-export."""
+    with existing_journal(csv) as journal:
+        report = journal.recover()
+    if as_json:
+        print_json(
+            {
+                "integrity": report.integrity,
+                "expired": [{"key": k, "worker": w} for k, w in report.expired],
+                "temp_files_removed": [str(p) for p in report.temp_files_removed],
+                "csv_was_stale": report.csv_was_stale,
+                "pending": report.pending,
+            }
+        )
+    else:
+        for line in report.lines():
+            click.echo(line)
+
+
+@cli.command()
+@csv_argument
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Backups to keep (0: all).",
+)
+def backup(csv: Path, keep: int) -> None:
+    """Back up the journal and the CSV (consistent even while workers record)."""
+    with existing_journal(csv) as journal:
+        folder = journal.backup()
+    prune_backups(csv, keep)
+    click.echo(str(folder))
+
+
+@cli.command()
+@csv_argument
+@json_option
+def backups(csv: Path, as_json: bool) -> None:
+    """List the backups of CSV's journal, oldest first."""
+    if not journal_path_of(csv).exists():
+        raise CliError(f"no journal for {csv}: run csvjournal init {csv} --key COLUMN")
+    found = list_backups(csv)
+    if as_json:
+        print_json({"csv": str(csv), "backups": [str(path) for path in found]})
+    else:
+        for path in found:
+            click.echo(str(path))
+
+
+@cli.command()
+@csv_argument
+@click.argument("backup_dir", metavar="BACKUP", type=click.Path(file_okay=False, path_type=Path))
+def restore(csv: Path, backup_dir: Path) -> None:
+    """Restore the journal from BACKUP (a folder `backups` lists) and rewrite the CSV.
+    The current state is backed up first. Stop every worker before."""
+    safety = csvjournal.restore(csv, backup_dir)
+    click.echo(f"restored {csv} from {backup_dir}")
+    if safety is not None:
+        click.echo(f"the state before is in {safety}")
+
+
+def _revision(journal: Path) -> str | None:
+    conn = sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    finally:
+        conn.close()
+    return None if row is None else str(row[0])
+
+
+@cli.command()
+@csv_argument
+def upgrade(csv: Path) -> None:
+    """Migrate the journal's schema to this csvjournal's (after a backup)."""
+    if not journal_path_of(csv).exists():
+        raise CliError(f"no journal for {csv}: run csvjournal init {csv} --key COLUMN")
+    before = _revision(journal_path_of(csv))
+    with existing_journal(csv):
+        pass
+    head = _migrate.head_revision()
+    if before == head:
+        click.echo(f"{journal_path_of(csv)}: already at schema {head}")
+    else:
+        click.echo(
+            f"{journal_path_of(csv)}: upgraded schema {before} -> {head} (backup in {csv}.backups)"
+        )

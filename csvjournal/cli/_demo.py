@@ -1,0 +1,167 @@
+"""``csvjournal demo``: a whole job on built-in data — workers, a crash, recovery, the CSV."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+import csvjournal
+from csvjournal.cli._app import cli, configure_logging, stdout_console
+
+__all__: list[str] = []
+
+ROWS = 2500
+WORKERS = 4
+LEASE = 2.0
+COLUMNS = [
+    "PO_NUMBER",
+    "STATUS",
+    "SUPPLIER",
+    "ORDER_DATE",
+    "AMOUNT",
+    "ATTACHMENTS_FOUND",
+    "L1 UU Supplier Name",
+    "LAST_PROCESSED",
+    "ERROR_MESSAGE",
+]
+_SUPPLIERS = [
+    'Müller; "Feinmechanik" GmbH',
+    "ACME Corp.",
+    "Société Générale d'Équipement",
+    "Åkerlund & Rausing AB",
+    "Tanaka 田中 Trading",
+    "Línea\nDos S.L.",
+]
+
+
+def write_sheet(path: Path, rows: int = ROWS, seed: int = 7) -> None:
+    """Write the built-in purchase-order sheet: ``;``-delimited, UTF-8 with a BOM."""
+    rng = random.Random(seed)
+
+    def quote(text: str) -> str:
+        if any(c in text for c in ';"\n\r'):
+            return '"' + text.replace('"', '""') + '"'
+        return text
+
+    lines = [";".join(quote(c) for c in COLUMNS)]
+    for n in range(1, rows + 1):
+        cells = [
+            f"PO-2026-{n:05d}",
+            "",
+            rng.choice(_SUPPLIERS),
+            f"2026-{rng.randint(1, 11):02d}-{rng.randint(1, 28):02d}",
+            f"{rng.randint(100, 250_000) / 100:.2f}",
+            "",
+            "",
+            "",
+            "",
+        ]
+        lines.append(";".join(quote(c) for c in cells))
+    path.write_bytes(b"\xef\xbb\xbf" + ("\r\n".join(lines) + "\r\n").encode())
+
+
+def demo_worker(journal: csvjournal.Journal, name: str, seed: int) -> None:
+    """One worker process: claim purchase orders and 'download their attachments'."""
+    configure_logging(json_logs=False, debug=False)  # a spawned process starts unconfigured
+    rng = random.Random(seed)
+    for task in journal.work(lease=LEASE, worker=name, max_attempts=3):
+        with task:
+            time.sleep(rng.uniform(0.001, 0.006))  # the download
+            number = int(task.key.rsplit("-", 1)[1])
+            if number % 97 == 0:
+                raise LookupError(f"{task.key} not found in the ERP")  # fails every time
+            if rng.random() < 0.04:
+                raise TimeoutError("supplier portal timed out")  # a retry usually works
+            found = rng.choice([0, 1, 1, 2, 3])
+            if found == 0:
+                task.record("NO_ATTACHMENTS", ATTACHMENTS_FOUND=0)
+            else:
+                supplier = (journal.get(task.key) or {}).get("SUPPLIER", "")
+                task.record(
+                    "COMPLETED",
+                    ATTACHMENTS_FOUND=found,
+                    fields={"L1 UU Supplier Name": supplier.upper(), "ERROR_MESSAGE": ""},
+                )
+
+
+def _start(
+    ctx: multiprocessing.context.SpawnContext, journal: csvjournal.Journal, name: str, seed: int
+) -> multiprocessing.process.BaseProcess:
+    process = ctx.Process(target=demo_worker, args=(journal, name, seed), name=name)
+    process.start()
+    return process
+
+
+def _prepare(directory: Path | None) -> Path:
+    folder = directory or Path(tempfile.mkdtemp(prefix="csvjournal-demo-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path = folder / "orders.csv"
+    for leftover in [csv_path, *folder.glob("orders.csv.journal*")]:  # an earlier demo's
+        leftover.unlink(missing_ok=True)
+    shutil.rmtree(folder / "orders.csv.backups", ignore_errors=True)
+    write_sheet(csv_path)
+    return csv_path
+
+
+def _held_by(journal: csvjournal.Journal, worker: str) -> list[str]:
+    frame = journal.to_dataframe()
+    busy = frame.loc[frame["STATUS"] == "IN_PROGRESS", "PO_NUMBER"]
+    return [key for key in busy if journal.history(key)[-1].worker == worker]
+
+
+@cli.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+def demo(directory: Path | None) -> None:
+    """Run a complete job on built-in sample data: a purchase-order sheet processed by
+    worker processes, one of them killed part-way, recovery, and the final CSV."""
+    out = stdout_console()
+    started = time.perf_counter()
+    csv_path = _prepare(directory)
+    out.print(f"1. wrote {csv_path}: {ROWS:,} purchase orders (';'-delimited, UTF-8 with BOM)")
+    ctx = multiprocessing.get_context("spawn")
+    terminal = {"COMPLETED", "NO_ATTACHMENTS"}
+    with csvjournal.open(csv_path, key="PO_NUMBER", terminal=terminal) as journal:
+        workers = {f"demo-{n}": _start(ctx, journal, f"demo-{n}", n) for n in range(1, WORKERS + 1)}
+        out.print(f"2. {WORKERS} worker processes claim rows and record what they found")
+        while sum(journal.counts().get(s, 0) for s in terminal) < ROWS // 3:
+            time.sleep(0.05)
+        victim = workers.pop("demo-2")
+        os.kill(victim.pid or 0, signal.SIGKILL)
+        victim.join()
+        done = sum(journal.counts().get(s, 0) for s in terminal)
+        held = _held_by(journal, "demo-2")
+        out.print(
+            f"3. kill -9 of worker demo-2 (pid {victim.pid}) with {done:,} rows done;"
+            f" it held {', '.join(held) or 'no row'}: its lease runs out in {LEASE:g} s"
+            " and another worker takes the row over"
+        )
+        for process in workers.values():
+            process.join()
+        report = journal.recover()
+        out.print("4. recover(): " + "; ".join(report.lines()))
+        journal.flush()
+        table = Table("status", "rows", title="rows per status", title_justify="left")
+        for status, count in sorted(journal.counts().items()):
+            table.add_row(status, f"{count:,}")
+        out.print(table)
+        for key in [*held[:1], f"PO-2026-{97:05d}"]:
+            out.print(f"history of {key}:")
+            for event in journal.history(key):
+                note = f"  ({event.note})" if event.note else ""
+                fields = {k: v for k, v in event.fields.items() if v}
+                when = f"{event.at:%H:%M:%S.%f}"[:-3]
+                what = f"{event.status} {fields or ''}".rstrip() + note
+                out.print(f"  #{event.seq} {when} {event.worker}: {what}")
+    elapsed = time.perf_counter() - started
+    out.print(f"done in {elapsed:.1f} s. The status sheet: {csv_path}")
+    out.print(f"the journal: {csv_path}.journal, backups in {csv_path}.backups/")
+    out.print(f"next: csvjournal status {csv_path}; csvjournal history {csv_path} PO-2026-00097")

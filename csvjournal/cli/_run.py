@@ -1,0 +1,188 @@
+"""``csvjournal run``: a command per pending row, in parallel, resumable."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+import csvjournal
+from csvjournal.cli._app import CliError, cli, csv_argument, journal_path_of, stderr_console
+from csvjournal.runner import RunConfig, Runner, RunStats
+
+__all__: list[str] = []
+
+EXIT_SOME_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+@contextmanager
+def _stop_on_signals(runner: Runner) -> Iterator[None]:
+    """SIGINT/SIGTERM stop claiming (a second one kills the running commands)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    seen = []
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        seen.append(signum)
+        (runner.stop if len(seen) == 1 else runner.kill)()
+
+    old = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def _describe(stats: RunStats) -> str:
+    text = f"{stats.succeeded} done, {stats.failed} failed, {stats.running} running"
+    return text + (" - stopping" if stats.interrupted else "")
+
+
+def _with_progress(runner: Runner, threads: list[threading.Thread]) -> None:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    stats = runner.stats
+    with Progress(*columns, console=stderr_console(), transient=False) as bar:
+        task = bar.add_task(_describe(stats), total=stats.total or None, rate="")
+
+        def tick() -> None:
+            finished = stats.succeeded + stats.failed
+            speed = bar.tasks[0].speed
+            bar.update(
+                task,
+                completed=finished,
+                description=_describe(stats),
+                rate="" if not speed else f"{speed:,.0f} rows/s",
+            )
+
+        runner.wait(threads, on_tick=tick)
+        tick()
+
+
+def _exit_code(journal: csvjournal.Journal, stats: RunStats) -> int:
+    if stats.interrupted:
+        return EXIT_INTERRUPTED
+    terminal = journal.settings.terminal
+    undone = sum(n for status, n in journal.counts().items() if status not in terminal)
+    return EXIT_SOME_FAILED if undone else 0
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@csv_argument
+@click.option(
+    "--workers",
+    "-j",
+    type=click.IntRange(1, 512),
+    default=os.cpu_count() or 4,
+    show_default="CPUs",
+    help="Commands run at once.",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Tries per row, retries backing off.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds before a command is killed and its row FAILED.",
+)
+@click.option(
+    "--lease",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="Seconds a row stays claimed (renewed while its command runs).",
+)
+@click.option(
+    "--retry-failed", is_flag=True, help="Give FAILED rows that used up their attempts new ones."
+)
+@click.option(
+    "--success-status",
+    default="COMPLETED",
+    show_default=True,
+    help="Status recorded when a command exits 0.",
+)
+@click.option("--key", help="Create the journal with this key column if there is none.")
+@click.option("--terminal", help="With --key: statuses that mean done, comma-separated.")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds running commands get after Ctrl-C.",
+)
+@click.option(
+    "--show-output", is_flag=True, help="Let the commands' stdout through (default: discarded)."
+)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(  # noqa: PLR0917 - click passes every option by position
+    csv: Path,
+    workers: int,
+    max_attempts: int,
+    timeout: float | None,
+    lease: float,
+    retry_failed: bool,
+    success_status: str,
+    key: str | None,
+    terminal: str | None,
+    grace: float,
+    show_output: bool,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND once per pending row, in parallel: `run orders.csv -- fetch {PO_NUMBER}`.
+
+    {COLUMN} in an argument is replaced by the row's value (arguments go to the program
+    directly, never through a shell); every column is also in the environment as
+    CSVJ_<COLUMN>. Exit 0 records --success-status; otherwise FAILED with ERROR_MESSAGE
+    (last stderr line) and EXIT_CODE, retried with back-off up to --max-attempts. Ctrl-C
+    stops cleanly; run again to resume. Exits 0 when every row is done, 1 when some
+    failed, 130 when interrupted, 2 on bad input.
+    """
+    if not journal_path_of(csv).exists() and key is None:
+        raise CliError(
+            f"no journal for {csv}: run csvjournal init {csv} --key COLUMN (or pass --key)"
+        )
+    names = None if terminal is None else [t.strip() for t in terminal.split(",") if t.strip()]
+    config = RunConfig(
+        command=command,
+        workers=workers,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        lease=lease,
+        retry_failed=retry_failed,
+        success_status=success_status,
+        grace=grace,
+        show_output=show_output,
+    )
+    with csvjournal.open(csv, key=key, terminal=names) as journal:
+        runner = Runner(journal, config)
+        with _stop_on_signals(runner):
+            threads = runner.start()
+            _with_progress(runner, threads)
+        code = _exit_code(journal, runner.stats)
+    stats = runner.stats
+    click.echo(
+        f"{stats.succeeded} succeeded, {stats.failed} failed attempts,"
+        f" {stats.given_back} given back; CSV: {csv}"
+    )
+    if code:
+        sys.exit(code)

@@ -1,0 +1,91 @@
+"""``csvjournal status``: counts, % done, rate, ETA, the exporter and the CSV's freshness."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from csvjournal.cli._app import (
+    cli,
+    csv_argument,
+    existing_journal,
+    json_option,
+    print_json,
+    stdout_console,
+)
+from csvjournal.progress import Progress, progress
+
+__all__: list[str] = []
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def render(csv: Path, snap: Progress) -> Group:
+    """The human view of a :class:`Progress` snapshot."""
+    table = Table(title=f"{csv}", title_justify="left")
+    table.add_column("status")
+    table.add_column("rows", justify="right")
+    for status, count in snap.counts.items():
+        mark = " (done)" if status in snap.terminal else ""
+        table.add_row(status + mark, f"{count:,}")
+    rate = (
+        "no rows finished in the last minute" if snap.rate is None else f"{snap.rate:,.1f} rows/s"
+    )
+    lag = snap.last_seq - (snap.exported_seq or 0)
+    freshness = "current" if snap.csv_current else f"{lag:,} events behind"
+    if snap.csv_age_seconds is not None:
+        freshness += f", written {snap.csv_age_seconds:.1f} s ago"
+    lines = [
+        f"{snap.done:,} of {snap.rows:,} rows done ({snap.percent_done:.1f} %),"
+        f" {snap.pending:,} pending, {snap.in_progress:,} in progress",
+        f"rate: {rate}; ETA: {_duration(snap.eta_seconds)}",
+        f"exporter: {'alive' if snap.exporter_alive else 'none running'}; CSV: {freshness}",
+    ]
+    return Group(table, Text("\n".join(lines)))
+
+
+@cli.command()
+@csv_argument
+@json_option
+@click.option(
+    "--watch", is_flag=True, help="Refresh in place until the job is done (Ctrl-C stops)."
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
+def status(csv: Path, as_json: bool, watch: bool, interval: float) -> None:
+    """Show how far the job is: rows per status, % done, rate, ETA, exporter, CSV freshness."""
+    with existing_journal(csv) as journal:
+        snap = progress(journal)
+        if as_json:
+            print_json({"csv": str(csv), **snap.to_dict()})
+            return
+        console = stdout_console()
+        if not watch:
+            console.print(render(csv, snap))
+            return
+        try:
+            with Live(render(csv, snap), console=console, auto_refresh=False) as live:
+                while snap.done < snap.rows:
+                    time.sleep(interval)
+                    snap = progress(journal)
+                    live.update(render(csv, snap), refresh=True)
+        except KeyboardInterrupt:
+            pass

@@ -1,0 +1,123 @@
+"""How far a job is: counts, rate, ETA, the exporter and the CSV's freshness."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import text
+
+from csvjournal import _reads
+from csvjournal._oslock import ExporterLock
+from csvjournal._values import parse_timestamp
+from csvjournal.exporter import lock_path
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from csvjournal.journal import Journal
+
+__all__ = ["Progress", "exporter_alive", "progress"]
+
+_RATE_WINDOW_SECONDS = 60.0
+_RATE_EVENTS = 20_000
+_RECENT = "SELECT at, status FROM events WHERE seq > :first ORDER BY seq"
+_LEASED = "SELECT count(*) FROM rows WHERE done = 0 AND lease_until > :now AND holder IS NOT NULL"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A snapshot of a journal's job (see :func:`progress`).
+
+    ``rate`` is rows finished (a terminal status recorded) per second over the last minute,
+    ``eta_seconds`` the time left at that rate (``None`` when nothing finished lately);
+    ``csv_current`` tells whether the CSV shows every commit, ``csv_age_seconds`` how long
+    ago it was last written.
+    """
+
+    rows: int
+    counts: dict[str, int]
+    terminal: list[str]
+    done: int
+    pending: int
+    in_progress: int
+    percent_done: float
+    rate: float | None
+    eta_seconds: float | None
+    last_seq: int
+    exported_seq: int | None
+    csv_current: bool
+    csv_age_seconds: float | None
+    exporter_alive: bool
+
+    def to_dict(self) -> dict[str, object]:
+        """The snapshot as plain JSON-ready data."""
+        return asdict(self)
+
+
+def exporter_alive(csv_path: Path) -> bool:
+    """Tell whether a process holds the exporter lock of ``csv_path``'s journal now."""
+    path = lock_path(csv_path)
+    if not path.exists():
+        return False
+    lock = ExporterLock(path)
+    if lock.acquire():
+        lock.release()
+        return False
+    return True
+
+
+def progress(journal: Journal) -> Progress:
+    """Take a :class:`Progress` snapshot of ``journal``.
+
+    Raises:
+        JournalClosedError: the handle is closed.
+    """
+    terminal = journal.settings.terminal
+    now = time.time()
+    with journal._reading() as conn:
+        counts = _reads.counts(conn)
+        pending = _reads.pending_count(conn, now)
+        leased = int(conn.execute(text(_LEASED), {"now": now}).scalar_one())
+        last = _reads.last_seq(conn)
+        exported = _reads.exported_seq(conn)
+        found = conn.execute(text(_RECENT), {"first": max(0, last - _RATE_EVENTS)})
+        recent = [(str(at), str(status)) for at, status in found]
+    rows = sum(counts.values())
+    done = sum(n for status, n in counts.items() if status in terminal)
+    rate = _rate(recent, terminal, now)
+    left = rows - done
+    try:
+        age: float | None = now - journal.csv_path.stat().st_mtime
+    except FileNotFoundError:
+        age = None
+    return Progress(
+        rows=rows,
+        counts=dict(sorted(counts.items())),
+        terminal=sorted(terminal),
+        done=done,
+        pending=pending,
+        in_progress=leased,
+        percent_done=round(100.0 * done / rows, 2) if rows else 100.0,
+        rate=rate,
+        eta_seconds=round(left / rate, 1) if rate else (0.0 if left == 0 else None),
+        last_seq=last,
+        exported_seq=exported,
+        csv_current=exported is not None and exported >= last,
+        csv_age_seconds=None if age is None else round(age, 3),
+        exporter_alive=exporter_alive(journal.csv_path),
+    )
+
+
+def _rate(recent: list[tuple[str, str]], terminal: frozenset[str], now: float) -> float | None:
+    since = now - _RATE_WINDOW_SECONDS
+    finished = [
+        stamp
+        for at, status in recent
+        if status in terminal and (stamp := parse_timestamp(at).timestamp()) >= since
+    ]
+    if not finished:
+        return None
+    span = max(1.0, now - min(finished))
+    return round(len(finished) / span, 3)

@@ -1,0 +1,290 @@
+"""The engine of ``csvjournal run``: one command per pending row, from a pool of threads.
+
+Each worker thread takes rows with :meth:`Journal.work` (one claim at a time, the lease
+renewed while the command runs) and runs the command with the row's values: ``{COLUMN}``
+placeholders are replaced in the arguments, which go to the program directly (never through
+a shell), and every column is also in the environment as ``CSVJ_<COLUMN>``. Exit status 0
+records the success status; anything else, or a timeout, records ``FAILED`` with
+``ERROR_MESSAGE`` (the last non-empty line the command wrote on stderr) and ``EXIT_CODE``, and
+the row is retried after an exponential back-off with jitter until it has had
+``max_attempts`` attempts. Stopping (Ctrl-C) claims nothing more, lets running commands
+finish for a grace period, kills what is left and gives those rows back to ``PENDING``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from csvjournal.errors import CommandError
+from csvjournal.journal import Journal
+
+__all__ = ["RunConfig", "RunStats", "Runner", "Template", "env_name"]
+
+log = structlog.get_logger(__name__)
+
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+_BACKOFF_CAP_SECONDS = 60.0
+_TERM_SECONDS = 2.0
+_STDERR_TAIL = 64 * 1024
+
+
+def env_name(column: str) -> str:
+    """The environment variable holding ``column``: ``CSVJ_`` and the name upper-cased with
+    every character other than A-Z and 0-9 turned into ``_``."""
+    return "CSVJ_" + re.sub(r"[^A-Z0-9]", "_", column.upper())
+
+
+class Template:
+    """A command line whose arguments may hold ``{COLUMN}`` placeholders (``{{`` and
+    ``}}`` stand for literal braces).
+
+    Raises (from the constructor):
+        CommandError: an empty command, or a placeholder naming no column of the CSV.
+    """
+
+    def __init__(self, argv: Sequence[str], columns: Sequence[str]) -> None:
+        if not argv:
+            raise CommandError("no command given: put it after --, e.g. -- echo {ID}")
+        known = set(columns)
+        for arg in argv:
+            for match in _PLACEHOLDER.finditer(arg):
+                name = match.group(1)
+                if name is not None and name not in known:
+                    raise CommandError(
+                        f"placeholder {{{name}}} in {arg!r} names no column of the CSV"
+                        f" (columns: {', '.join(columns)})"
+                    )
+        self.argv = tuple(argv)
+
+    def render(self, row: dict[str, str]) -> list[str]:
+        """The arguments for one row: every placeholder replaced by that row's value."""
+
+        def fill(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name is None:
+                return match.group(0)[0]
+            return row.get(name, "")
+
+        return [_PLACEHOLDER.sub(fill, arg) for arg in self.argv]
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """How ``run`` runs: the command and its limits."""
+
+    command: tuple[str, ...]
+    workers: int = 4
+    max_attempts: int = 3
+    timeout: float | None = None
+    lease: float = 300.0
+    retry_failed: bool = False
+    success_status: str = "COMPLETED"
+    grace: float = 10.0
+    backoff: float = 1.0
+    show_output: bool = False
+
+
+@dataclass(slots=True)
+class RunStats:
+    """What a run did so far (updated by the worker threads)."""
+
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    given_back: int = 0
+    running: int = 0
+    interrupted: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: int) -> None:
+        """Add to counters, thread-safely."""
+        with self.lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    code: int | None  # None: stopped by us, not the row's fault
+    message: str
+
+
+class Runner:
+    """Runs ``config.command`` once per pending row of ``journal``."""
+
+    def __init__(self, journal: Journal, config: RunConfig) -> None:
+        self._journal = journal
+        self._config = config
+        self._template = Template(config.command, journal.columns)
+        self._stop = threading.Event()
+        self._kill = threading.Event()
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._children_lock = threading.Lock()
+        self._failures: dict[str, int] = {}
+        self.stats = RunStats()
+
+    def stop(self) -> None:
+        """Claim no more rows; running commands get the grace period (thread-safe)."""
+        if not self._stop.is_set():
+            self.stats.interrupted = True
+            self._stop.set()
+            log.info("run_stopping", grace=self._config.grace)
+
+    def kill(self) -> None:
+        """Stop now: kill the running commands (their rows go back to ``PENDING``)."""
+        self.stop()
+        self._kill.set()
+
+    def start(self) -> list[threading.Thread]:
+        """Start the worker threads; return them (join them, or use :meth:`wait`)."""
+        if self._config.retry_failed:
+            retried = self._journal.retry()
+            log.info("run_retrying_failed_rows", rows=len(retried))
+        self.stats.total = len(self._journal.pending(max_attempts=self._config.max_attempts))
+        threads = [
+            threading.Thread(target=self._worker, args=(n,), name=f"run-{n}", daemon=True)
+            for n in range(self._config.workers)
+        ]
+        for thread in threads:
+            thread.start()
+        return threads
+
+    def wait(
+        self,
+        threads: list[threading.Thread],
+        poll: float = 0.1,
+        on_tick: Callable[[], object] | None = None,
+    ) -> None:
+        """Wait for the workers (calling ``on_tick`` every ``poll`` seconds); after a stop,
+        kill the commands still running when the grace period ends."""
+        deadline: float | None = None
+        killed = False
+        while any(thread.is_alive() for thread in threads):
+            if self._stop.is_set() and deadline is None:
+                deadline = time.monotonic() + self._config.grace
+            late = deadline is not None and time.monotonic() >= deadline
+            if not killed and (late or self._kill.is_set()):
+                killed = True
+                self._kill.set()
+                threading.Thread(target=self._terminate_children, daemon=True).start()
+            for thread in threads:
+                thread.join(poll / len(threads))
+            if on_tick is not None:
+                on_tick()
+
+    def _worker(self, index: int) -> None:
+        worker = f"{socket.gethostname()}:{os.getpid()}:run-{index}"
+        config = self._config
+        tasks = self._journal.work(
+            lease=config.lease,
+            worker=worker,
+            max_attempts=config.max_attempts,
+            success_status=config.success_status,
+            stop=self._stop,
+        )
+        for task in tasks:
+            row = self._journal.get(task.key) or {}
+            self.stats.add(running=1)
+            try:
+                outcome = self._execute(index, self._template.render(row), row)
+            finally:
+                self.stats.add(running=-1)
+            if outcome.code is None:
+                task.release()
+                self.stats.add(given_back=1)
+            elif outcome.code == 0:
+                task.record(config.success_status, EXIT_CODE="0", ERROR_MESSAGE="")
+                self.stats.add(succeeded=1)
+            else:
+                self._failed(task.key, outcome)
+                task.finished = True
+
+    def _failed(self, key: str, outcome: _Outcome) -> None:
+        failures = self._failures[key] = self._failures.get(key, 0) + 1
+        delay = min(_BACKOFF_CAP_SECONDS, self._config.backoff * 2 ** (failures - 1))
+        with self._journal.batch():  # one commit: the failure and its back-off
+            self._journal.record(
+                key, "FAILED", ERROR_MESSAGE=outcome.message, EXIT_CODE=str(outcome.code)
+            )
+            self._journal.defer([key], delay * random.uniform(0.5, 1.0))
+        self.stats.add(failed=1)
+        log.info("run_row_failed", key=key, code=outcome.code, error=outcome.message)
+
+    def _execute(self, index: int, argv: list[str], row: dict[str, str]) -> _Outcome:
+        if self._kill.is_set():
+            return _Outcome(None, "")
+        env = dict(os.environ)
+        env.update({env_name(name): value for name, value in row.items()})
+        try:
+            child = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=None if self._config.show_output else subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,  # Ctrl-C reaches run, which decides what to do
+            )
+        except OSError as exc:
+            return _Outcome(127, f"cannot run {argv[0]!r}: {exc.strerror or exc}")
+        with self._children_lock:
+            self._children[index] = child
+        try:
+            return self._wait_for(child)
+        finally:
+            with self._children_lock:
+                self._children.pop(index, None)
+
+    def _wait_for(self, child: subprocess.Popen[bytes]) -> _Outcome:
+        timeout = self._config.timeout
+        try:
+            _, err = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(child)
+            child.communicate()
+            if self._kill.is_set():
+                return _Outcome(None, "")
+            return _Outcome(child.returncode, f"timed out after {timeout:g} s")
+        if self._kill.is_set() and child.returncode < 0:
+            return _Outcome(None, "")  # we killed it: the row is given back
+        return _Outcome(child.returncode, _last_line(err) if child.returncode else "")
+
+    def _terminate_children(self) -> None:
+        with self._children_lock:
+            children = list(self._children.values())
+        for child in children:
+            _kill_group(child)
+
+
+def _last_line(err: bytes) -> str:
+    for line in reversed(err[-_STDERR_TAIL:].decode(errors="replace").splitlines()):
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _kill_group(child: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the command's process group, SIGKILL it if it is still there shortly after."""
+    for sig, wait in ((signal.SIGTERM, _TERM_SECONDS), (signal.SIGKILL, None)):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            return
+        if wait is None:
+            return
+        try:
+            child.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
