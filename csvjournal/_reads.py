@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "all_cells",
+    "attempts",
     "cells_of",
     "column_names",
     "counts",
@@ -105,6 +106,12 @@ def next_lease_end(conn: Connection, now: float, max_attempts: int | None) -> fl
     limit = 2**62 if max_attempts is None else max_attempts
     value = conn.execute(query, {"now": now, "limit": limit}).scalar()
     return None if value is None else float(value)
+
+
+def attempts(conn: Connection, key: str) -> int | None:
+    """How many times the row ``key`` was claimed (``None`` for an unknown key)."""
+    value = conn.execute(select(t.rows.c.attempts).where(t.rows.c.key == key)).scalar()
+    return None if value is None else int(value)
 
 
 def history(conn: Connection, key: str) -> list[Event]:

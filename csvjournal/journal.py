@@ -171,6 +171,16 @@ class Journal(Handle):
         with self._reading() as conn:
             return _reads.pending(conn, time.time(), max_attempts)
 
+    def attempts(self, key: str) -> int | None:
+        """How many times the row ``key`` was claimed, not counting claims given back
+        unfinished (``None`` for an unknown key).
+
+        Raises:
+            JournalClosedError: the handle is closed.
+        """
+        with self._reading() as conn:
+            return _reads.attempts(conn, render_value(self._settings.key_column, key))
+
     def history(self, key: str) -> list[Event]:
         """Every event of ``key``, oldest first (empty for an unknown key).
 
@@ -254,17 +264,18 @@ class Journal(Handle):
             raise ValueError(f"claim needs n >= 1 and lease > 0, not n={n}, lease={lease}")
         self._ensure()
         name = worker or self._worker_name()
-        now, at = time.time(), timestamp_now()
+        # The time is read inside the transaction, once the write lock is ours: a claim that
+        # waited for the lock must see the leases that ran out meanwhile, and get its whole lease.
         keys: list[str] = self._write(  # type: ignore[assignment]
             Action(
                 lambda conn, writer: claim_rows(
                     conn,
                     writer,
                     n=n,
-                    now=now,
+                    now=time.time(),
                     lease=lease,
                     worker=name,
-                    at=at,
+                    at=timestamp_now(),
                     max_attempts=max_attempts,
                 )
             )
@@ -284,9 +295,8 @@ class Journal(Handle):
         """
         self._ensure()
         held = self._holders(keys)
-        until = time.time() + lease
         renewed: list[str] = self._write(  # type: ignore[assignment]
-            Action(lambda conn, _writer: extend_leases(conn, held, until))
+            Action(lambda conn, _writer: extend_leases(conn, held, time.time() + lease))
         )
         return renewed
 

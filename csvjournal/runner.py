@@ -34,6 +34,7 @@ __all__ = ["RunConfig", "RunStats", "Runner", "Template", "env_name"]
 log = structlog.get_logger(__name__)
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+_SPACE = re.compile(r"\s")
 _BACKOFF_CAP_SECONDS = 60.0
 _TERM_SECONDS = 2.0
 _STDERR_TAIL = 64 * 1024
@@ -47,7 +48,8 @@ def env_name(column: str) -> str:
 
 class Template:
     """A command line whose arguments may hold ``{COLUMN}`` placeholders (``{{`` and
-    ``}}`` stand for literal braces).
+    ``}}`` stand for literal braces; braces around text with spaces that is no column, as
+    in ``sh -c '{ cmd; }'``, stay as they are).
 
     Raises (from the constructor):
         CommandError: an empty command, or a placeholder naming no column of the CSV.
@@ -60,21 +62,25 @@ class Template:
         for arg in argv:
             for match in _PLACEHOLDER.finditer(arg):
                 name = match.group(1)
-                if name is not None and name not in known:
+                # "{ echo x; }" (shell braces) is text; "{CITTY}" is a typo worth an error
+                if name is not None and name not in known and not _SPACE.search(name):
                     raise CommandError(
                         f"placeholder {{{name}}} in {arg!r} names no column of the CSV"
                         f" (columns: {', '.join(columns)})"
                     )
         self.argv = tuple(argv)
+        self._known = known
 
     def render(self, row: dict[str, str]) -> list[str]:
         """The arguments for one row: every placeholder replaced by that row's value."""
+
+        known = self._known
 
         def fill(match: re.Match[str]) -> str:
             name = match.group(1)
             if name is None:
                 return match.group(0)[0]
-            return row.get(name, "")
+            return row[name] if name in known else match.group(0)
 
         return [_PLACEHOLDER.sub(fill, arg) for arg in self.argv]
 
@@ -97,11 +103,13 @@ class RunConfig:
 
 @dataclass(slots=True)
 class RunStats:
-    """What a run did so far (updated by the worker threads)."""
+    """What a run did so far (updated by the worker threads): rows that succeeded, failed
+    attempts, rows whose attempts are used up, rows given back unfinished, commands running."""
 
     total: int = 0
     succeeded: int = 0
     failed: int = 0
+    exhausted: int = 0
     retried: int = 0
     given_back: int = 0
     running: int = 0
@@ -205,7 +213,7 @@ class Runner:
                 task.release()
                 self.stats.add(given_back=1)
             elif outcome.code == 0:
-                task.record(config.success_status, EXIT_CODE="0", ERROR_MESSAGE="")
+                task.record(config.success_status, fields={"ERROR_MESSAGE": "", "EXIT_CODE": "0"})
                 self.stats.add(succeeded=1)
             else:
                 self._failed(task.key, outcome)
@@ -215,11 +223,11 @@ class Runner:
         failures = self._failures[key] = self._failures.get(key, 0) + 1
         delay = min(_BACKOFF_CAP_SECONDS, self._config.backoff * 2 ** (failures - 1))
         with self._journal.batch():  # one commit: the failure and its back-off
-            self._journal.record(
-                key, "FAILED", ERROR_MESSAGE=outcome.message, EXIT_CODE=str(outcome.code)
-            )
+            fields = {"ERROR_MESSAGE": outcome.message, "EXIT_CODE": str(outcome.code)}
+            self._journal.record(key, "FAILED", fields=fields)
             self._journal.defer([key], delay * random.uniform(0.5, 1.0))
-        self.stats.add(failed=1)
+        spent = (self._journal.attempts(key) or 0) >= self._config.max_attempts
+        self.stats.add(failed=1, exhausted=int(spent))
         log.info("run_row_failed", key=key, code=outcome.code, error=outcome.message)
 
     def _execute(self, index: int, argv: list[str], row: dict[str, str]) -> _Outcome:

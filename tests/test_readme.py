@@ -1,11 +1,15 @@
-"""The README's Python example runs and prints what the README says it prints."""
+"""The README's examples run and print what the README says they print: Python blocks
+(``print(...)  # expected``) and shell blocks (``$ command`` lines, then their stdout)."""
 
 from __future__ import annotations
 
 import ast
 import contextlib
 import io
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +45,36 @@ def test_python_examples_print_what_their_comments_say(
     printed = [ast.literal_eval(line) for line in out.getvalue().splitlines() if line[:1] in "[{"]
     assert printed[: len(expected)] == expected
     assert list(tmp_path.glob("*.csv.journal"))  # the example made a journal beside its CSV
+
+
+def _console_blocks() -> list[str]:
+    return re.findall(r"```console\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+
+
+def _steps(block: str) -> list[tuple[str, list[str]]]:
+    """The block's ``$ command`` lines, each with the stdout lines shown after it."""
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        else:
+            steps[-1][1].append(line)
+    return steps
+
+
+@pytest.mark.parametrize("block", _console_blocks())
+def test_shell_examples_print_what_the_readme_shows(block: str, tmp_path: Path) -> None:
+    # The installed console script comes first on PATH, as after the README's install.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "LC_ALL": "C.UTF-8"}
+    for command, shown in _steps(block):
+        done = subprocess.run(
+            ["bash", "-c", command],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.stdout.splitlines() == shown, (command, done.stderr)

@@ -7,10 +7,10 @@ import sqlite3
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 import csvjournal
 from csvjournal import _migrate
+from csvjournal._values import format_timestamp
 from csvjournal.backup import list_backups, prune_backups
 from csvjournal.cli._app import (
     CliError,
@@ -20,7 +20,6 @@ from csvjournal.cli._app import (
     journal_path_of,
     json_option,
     print_json,
-    stdout_console,
 )
 from csvjournal.events import Event
 
@@ -97,7 +96,7 @@ def _event_data(event: Event) -> dict[str, object]:
         "key": event.key,
         "status": event.status,
         "fields": dict(event.fields),
-        "at": event.at.isoformat().replace("+00:00", "Z"),
+        "at": format_timestamp(event.at),
         "worker": event.worker,
         "pid": event.pid,
         "note": event.note,
@@ -117,14 +116,13 @@ def history(csv: Path, key: str, as_json: bool) -> None:
     if as_json:
         print_json({"key": key, "events": [_event_data(event) for event in events]})
         return
-    table = Table("seq", "at (UTC)", "status", "fields", "worker", "note")
     for event in events:
         data = _event_data(event)
         fields = ", ".join(f"{name}={value!r}" for name, value in event.fields.items())
-        table.add_row(
-            str(event.seq), str(data["at"]), event.status, fields, event.worker, event.note or ""
-        )
-    stdout_console().print(table)
+        parts = [f"#{event.seq}", str(data["at"]), event.status]
+        parts += [f"({event.note})"] if event.note else []
+        parts += [fields] if fields else []
+        click.echo(" ".join([*parts, "by", event.worker]))
 
 
 @cli.command()

@@ -45,7 +45,10 @@ def _stop_on_signals(runner: Runner) -> Iterator[None]:
 
 
 def _describe(stats: RunStats) -> str:
-    text = f"{stats.succeeded} done, {stats.failed} failed, {stats.running} running"
+    text = (
+        f"{stats.succeeded} done, {stats.exhausted} failed for good"
+        f" ({stats.failed} failed attempts), {stats.running} running"
+    )
     return text + (" - stopping" if stats.interrupted else "")
 
 
@@ -62,7 +65,7 @@ def _with_progress(runner: Runner, threads: list[threading.Thread]) -> None:
         task = bar.add_task(_describe(stats), total=stats.total or None, rate="")
 
         def tick() -> None:
-            finished = stats.succeeded + stats.failed
+            finished = stats.succeeded + stats.exhausted
             speed = bar.tasks[0].speed
             bar.update(
                 task,
@@ -83,7 +86,7 @@ def _exit_code(journal: csvjournal.Journal, stats: RunStats) -> int:
     return EXIT_SOME_FAILED if undone else 0
 
 
-@cli.command(context_settings={"allow_interspersed_args": False})
+@cli.command()
 @csv_argument
 @click.option(
     "--workers",
@@ -181,8 +184,8 @@ def run(  # noqa: PLR0917 - click passes every option by position
         code = _exit_code(journal, runner.stats)
     stats = runner.stats
     click.echo(
-        f"{stats.succeeded} succeeded, {stats.failed} failed attempts,"
-        f" {stats.given_back} given back; CSV: {csv}"
+        f"{stats.succeeded} succeeded, {stats.exhausted} failed after their last attempt"
+        f" ({stats.failed} failed attempts), {stats.given_back} given back; CSV: {csv}"
     )
     if code:
         sys.exit(code)
