@@ -132,14 +132,17 @@ def expire_leases(
     return lost
 
 
-_DEFER = "UPDATE rows SET lease_until = ?, holder = NULL WHERE key = ? AND done = 0"
+_DEFER = """
+UPDATE rows SET lease_until = ?, holder = NULL
+WHERE key = ? AND done = 0 AND status != 'IN_PROGRESS'
+"""
 _RETRY = "UPDATE rows SET attempts = 0 WHERE key = ? AND done = 0"
 _RETRY_STATUS = "SELECT key FROM rows WHERE status = ? AND done = 0 AND attempts > 0 ORDER BY pos"
 
 
 def defer_rows(conn: sqlite3.Connection, keys: Sequence[str], until: float) -> list[str]:
-    """Keep the not-done rows ``keys`` out of claims and ``pending()`` until ``until`` (a
-    retry back-off: an unheld lease); return the keys deferred."""
+    """Keep the rows ``keys`` (not done, not in progress) out of claims and ``pending()``
+    until ``until`` (a retry back-off: a lease nobody holds); return the keys deferred."""
     return [key for key in keys if conn.execute(_DEFER, (until, key)).rowcount]
 
 

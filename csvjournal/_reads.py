@@ -114,11 +114,15 @@ def attempts(conn: Connection, key: str) -> int | None:
     return None if value is None else int(value)
 
 
+_HISTORY = text(
+    "SELECT seq, key, status, fields, at, worker, pid, note FROM events"
+    " WHERE seq IN (SELECT value FROM json_each((SELECT seqs FROM rows WHERE key = :key)))"
+    " ORDER BY seq"
+)
+
+
 def history(conn: Connection, key: str) -> list[Event]:
     """Every event of ``key``, oldest first."""
-    e = t.events.c
-    row_seqs = select(t.rows.c.seqs).where(t.rows.c.key == key).scalar_subquery()
-    each = func.json_each(row_seqs).table_valued("value")
     return [
         Event(
             seq=seq,
@@ -131,9 +135,7 @@ def history(conn: Connection, key: str) -> list[Event]:
             note=note,
         )
         for seq, row_key, status, fields, at, worker, pid, note in conn.execute(
-            select(e.seq, e.key, e.status, e.fields, e.at, e.worker, e.pid, e.note)
-            .where(e.seq.in_(select(each.c.value)))
-            .order_by(e.seq)
+            _HISTORY, {"key": key}
         )
     ]
 

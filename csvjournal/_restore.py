@@ -61,17 +61,22 @@ def _open_here(journal: Path) -> bool:
 
 def _put_in_place(source: Path, journal: Path) -> None:
     temp = journal.with_name(f".{journal.name}.restoring-{os.getpid()}")
-    reader = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        copy_journal(reader, temp)
-    finally:
-        reader.close()
-    conn = sqlite3.connect(temp)
-    try:  # the CSV is rewritten from this journal: forget what it last exported
-        conn.executemany("DELETE FROM settings WHERE name = ?", [(n,) for n in _EXPORT_STATE])
-        conn.commit()
-    finally:
-        conn.close()
+        reader = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            copy_journal(reader, temp)
+        finally:
+            reader.close()
+        conn = sqlite3.connect(temp)
+        try:  # the CSV is rewritten from this journal: forget what it last exported
+            conn.executemany("DELETE FROM settings WHERE name = ?", [(n,) for n in _EXPORT_STATE])
+            conn.commit()
+        finally:
+            conn.close()
+    except BaseException:  # nothing was changed yet: leave nothing behind either
+        for suffix in ("", "-journal"):
+            Path(f"{temp}{suffix}").unlink(missing_ok=True)
+        raise
     # The old journal's WAL must not be replayed into the restored one (it is in the
     # safety backup just taken).
     for suffix in ("-wal", "-shm", "-journal"):

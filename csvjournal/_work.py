@@ -85,7 +85,9 @@ class Task:
         Raises:
             the errors of :meth:`Journal.record`.
         """
-        given = status or (fields or {}).get(self._journal.settings.status_column)
+        # The status may come as the status column among the fields, in either mapping.
+        named = {**(fields or {}), **more}
+        given = status if status is not None else named.get(self._journal.settings.status_column)
         seq = self._journal.record(self.key, status, fields, **more)
         if given is not None and given != IN_PROGRESS:
             self.finished = True
@@ -191,14 +193,18 @@ def work(
             keys = journal.claim(1, lease=lease, worker=worker, max_attempts=max_attempts)
             if not keys:
                 end = journal.next_lease_end(max_attempts)
-                if end is None:
+                if end is not None:
+                    wait = min(_IDLE_POLL_SECONDS, max(0.0, end - time.time()))
+                    if stop is not None:
+                        stop.wait(wait)
+                    else:
+                        time.sleep(wait)
+                    continue
+                # A lease that ran out between the claim and that look is not in it: one
+                # more claim before ending, or its row would be left behind.
+                keys = journal.claim(1, lease=lease, worker=worker, max_attempts=max_attempts)
+                if not keys:
                     return
-                wait = min(_IDLE_POLL_SECONDS, max(0.0, end - time.time()))
-                if stop is not None:
-                    stop.wait(wait)
-                else:
-                    time.sleep(wait)
-                continue
             task = Task(journal, keys[0], worker, success_status)
             renewer.watch(task)
             yield task

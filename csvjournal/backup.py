@@ -61,12 +61,22 @@ def list_backups(csv_path: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if _NAME.match(p.name) and p.is_dir())
 
 
-def newest_backup_hint(csv_path: Path) -> str:
-    """A sentence telling the user which backup to restore, for error messages."""
+def newest_backup_hint(csv_path: Path, journal_name: str | None = None) -> str:
+    """A sentence telling the user which backup to restore, for error messages: the
+    newest that passes the integrity check (a backup taken of a journal already damaged in
+    a way ``quick_check`` misses does not)."""
+    name = journal_name or f"{csv_path.name}.journal"
     found = list_backups(csv_path)
-    if not found:
-        return f"no backup of {csv_path} exists"
-    return f"restore the newest backup: csvjournal restore {csv_path} {found[-1]}"
+    for backup in reversed(found):
+        try:
+            check_backup(backup, name)
+        except (OSError, JournalCorruptError):
+            continue
+        newest = "newest" if backup == found[-1] else "newest sound"
+        return f"restore the {newest} backup: csvjournal restore {csv_path} {backup}"
+    if found:
+        return f"no backup of {csv_path} passes the integrity check ({len(found)} found)"
+    return f"no backup of {csv_path} exists"
 
 
 def _fsync(path: Path) -> None:

@@ -6,7 +6,7 @@ import atexit
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,18 +15,9 @@ import structlog
 
 from csvjournal import _forking, _reads
 from csvjournal._batch import BatchState
-from csvjournal._handle import Handle
-from csvjournal._leases import (
-    Action,
-    claim_rows,
-    defer_rows,
-    extend_leases,
-    release_rows,
-    reset_attempts,
-)
+from csvjournal._claims import Claims
 from csvjournal._options import Options
-from csvjournal._values import render_value, timestamp_now
-from csvjournal._work import Task, work
+from csvjournal._values import render_value
 from csvjournal._writer import IN_PROGRESS, RecordOp, prepare_record
 from csvjournal.backup import list_backups
 from csvjournal.csvio import EXCEL_MAX_CELL
@@ -46,7 +37,7 @@ __all__ = ["Journal"]
 log = structlog.get_logger(__name__)
 
 
-class Journal(Handle):
+class Journal(Claims):
     """A handle on one journal: record updates, claim work, read state, recover.
 
     Create it with :func:`csvjournal.open`. It is safe to share between threads; passed to
@@ -171,16 +162,6 @@ class Journal(Handle):
         with self._reading() as conn:
             return _reads.pending(conn, time.time(), max_attempts)
 
-    def attempts(self, key: str) -> int | None:
-        """How many times the row ``key`` was claimed, not counting claims given back
-        unfinished (``None`` for an unknown key).
-
-        Raises:
-            JournalClosedError: the handle is closed.
-        """
-        with self._reading() as conn:
-            return _reads.attempts(conn, render_value(self._settings.key_column, key))
-
     def history(self, key: str) -> list[Event]:
         """Every event of ``key``, oldest first (empty for an unknown key).
 
@@ -237,173 +218,6 @@ class Journal(Handle):
             export_to(self._store, self._settings, Path(path), self._options.formula_guard)
         except OSError as exc:
             raise ExportError(f"{path}: could not write the CSV: {exc}") from exc
-
-    # -- work distribution -------------------------------------------------------------
-
-    def claim(
-        self,
-        n: int = 1,
-        *,
-        lease: float = 300.0,
-        worker: str | None = None,
-        max_attempts: int | None = None,
-    ) -> list[str]:
-        """Atomically take up to ``n`` pending rows, in CSV order: each becomes
-        ``IN_PROGRESS``, leased to ``worker`` (default ``host:pid:thread``) for ``lease``
-        seconds, its attempts counted up, with an event. Rows with ``max_attempts`` attempts
-        or more are skipped. No two claimers get one row while its lease lives; a row whose
-        lease ran out is pending again. Returns the keys taken (fewer, or none, when fewer
-        rows are pending).
-
-        Raises:
-            ValueError: ``n`` below 1 or ``lease`` not positive.
-            JournalBusyError: other writers held the journal longer than the busy timeout.
-            JournalClosedError: the handle is closed.
-        """
-        if n < 1 or not lease > 0:
-            raise ValueError(f"claim needs n >= 1 and lease > 0, not n={n}, lease={lease}")
-        self._ensure()
-        name = worker or self._worker_name()
-        # The time is read inside the transaction, once the write lock is ours: a claim that
-        # waited for the lock must see the leases that ran out meanwhile, and get its whole lease.
-        keys: list[str] = self._write(  # type: ignore[assignment]
-            Action(
-                lambda conn, writer: claim_rows(
-                    conn,
-                    writer,
-                    n=n,
-                    now=time.time(),
-                    lease=lease,
-                    worker=name,
-                    at=timestamp_now(),
-                    max_attempts=max_attempts,
-                )
-            )
-        )
-        with self._held_lock:
-            self._held.update(dict.fromkeys(keys, name))
-        return keys
-
-    def extend(self, keys: Iterable[str], lease: float) -> list[str]:
-        """Renew the leases of rows claimed through this handle to ``lease`` seconds from
-        now; return the keys renewed. A row that another worker took over after its lease
-        ran out, or that was finished, is not renewed (and is left out).
-
-        Raises:
-            JournalBusyError: other writers held the journal longer than the busy timeout.
-            JournalClosedError: the handle is closed.
-        """
-        self._ensure()
-        held = self._holders(keys)
-        renewed: list[str] = self._write(  # type: ignore[assignment]
-            Action(lambda conn, _writer: extend_leases(conn, held, time.time() + lease))
-        )
-        return renewed
-
-    def release(self, keys: Iterable[str], note: str = "released") -> list[str]:
-        """Give rows claimed through this handle back unfinished: ``PENDING``, lease ended,
-        the attempt not counted. Return the keys given back (rows no longer held by this
-        handle's worker are left alone).
-
-        Raises:
-            JournalBusyError: other writers held the journal longer than the busy timeout.
-            JournalClosedError: the handle is closed.
-        """
-        self._ensure()
-        held = self._holders(keys)
-        at, worker = timestamp_now(), self._worker_name()
-        released: list[str] = self._write(  # type: ignore[assignment]
-            Action(
-                lambda conn, writer: release_rows(
-                    conn, writer, held, at=at, worker=worker, note=f"{note} by {worker}"
-                )
-            )
-        )
-        with self._held_lock:
-            for key, _ in held:
-                self._held.pop(key, None)
-        return released
-
-    def defer(self, keys: Iterable[str], seconds: float) -> list[str]:
-        """Keep rows out of :meth:`pending` and :meth:`claim` for ``seconds`` (a retry
-        back-off after a failure); return the keys deferred (rows done are left alone).
-
-        Raises:
-            JournalBusyError: other writers held the journal longer than the busy timeout.
-            JournalClosedError: the handle is closed.
-        """
-        self._ensure()
-        chosen, until = list(keys), time.time() + seconds
-        deferred: list[str] = self._write(  # type: ignore[assignment]
-            Action(lambda conn, _writer: defer_rows(conn, chosen, until))
-        )
-        return deferred
-
-    def retry(self, keys: Iterable[str] | None = None, *, status: str = "FAILED") -> list[str]:
-        """Give rows a fresh set of attempts (for ``claim(max_attempts=...)``): ``keys``,
-        or every row in ``status`` (default ``FAILED``) that was tried; return those keys.
-
-        Raises:
-            JournalBusyError: other writers held the journal longer than the busy timeout.
-            JournalClosedError: the handle is closed.
-        """
-        self._ensure()
-        chosen = None if keys is None else list(keys)
-        reset: list[str] = self._write(  # type: ignore[assignment]
-            Action(lambda conn, _writer: reset_attempts(conn, chosen, status))
-        )
-        return reset
-
-    def _holders(self, keys: Iterable[str]) -> list[tuple[str, str]]:
-        default = self._worker_name()
-        with self._held_lock:
-            return [(key, self._held.get(key, default)) for key in keys]
-
-    def work(
-        self,
-        *,
-        lease: float = 300.0,
-        worker: str | None = None,
-        max_attempts: int | None = 3,
-        success_status: str = "COMPLETED",
-        stop: threading.Event | None = None,
-    ) -> Iterator[Task]:
-        """Claim rows one at a time and yield each as a :class:`Task`; see
-        :func:`csvjournal._work.work` for the whole contract. Typical use::
-
-            for task in journal.work(lease=60):
-                with task:  # an exception records FAILED + ERROR_MESSAGE; the loop goes on
-                    task.record("COMPLETED", ATTACHMENTS_FOUND=download(task.key))
-
-        Records made in the loop's thread while it runs carry ``worker`` as well.
-
-        Raises:
-            JournalClosedError: the handle is closed.
-        """
-        name = worker or self._worker_name()
-
-        def loop() -> Iterator[Task]:
-            previous = getattr(self._local, "worker", None)
-            self._local.worker = name  # in the thread that iterates
-            try:
-                yield from work(
-                    self,
-                    lease=lease,
-                    worker=name,
-                    max_attempts=max_attempts,
-                    success_status=success_status,
-                    stop=stop,
-                )
-            finally:
-                self._local.worker = previous
-
-        return loop()
-
-    def next_lease_end(self, max_attempts: int | None = None) -> float | None:
-        """When (epoch seconds) the first live lease on a row that could still be claimed
-        again runs out; ``None`` when no such row is leased."""
-        with self._reading() as conn:
-            return _reads.next_lease_end(conn, time.time(), max_attempts)
 
     # -- recovery and backups ----------------------------------------------------------
 

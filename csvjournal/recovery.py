@@ -23,7 +23,8 @@ class RecoveryReport:
         expired: ``(key, lost worker)`` for every lease that had run out and was returned
             to ``PENDING``, in CSV order.
         temp_files_removed: temporary export files left by a killed exporter.
-        csv_was_stale: the CSV did not show every commit and was regenerated.
+        csv_was_stale: the CSV did not show every commit, or was missing, and was
+            regenerated.
         pending: how many rows are pending after recovery.
     """
 
@@ -64,6 +65,6 @@ def check_integrity(store: Store, csv_path: Path, *, full: bool) -> str:
     if problems != ["ok"]:
         raise JournalCorruptError(
             f"{store.path}: the journal fails SQLite's {pragma}"
-            f" ({'; '.join(problems[:3])}); {newest_backup_hint(csv_path)}"
+            f" ({'; '.join(problems[:3])}); {newest_backup_hint(csv_path, store.path.name)}"
         )
     return "ok"

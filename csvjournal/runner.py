@@ -135,6 +135,13 @@ class Runner:
     def __init__(self, journal: Journal, config: RunConfig) -> None:
         self._journal = journal
         self._config = config
+        terminal = journal.settings.terminal
+        if config.success_status not in terminal:
+            raise CommandError(
+                f"{journal.csv_path}: --success-status {config.success_status} is not a terminal"
+                f" status of this journal ({', '.join(sorted(terminal))}), so every row would run"
+                " again; pick a terminal one"
+            )
         self._template = Template(config.command, journal.columns)
         self._stop = threading.Event()
         self._kill = threading.Event()
@@ -222,11 +229,14 @@ class Runner:
     def _failed(self, key: str, outcome: _Outcome) -> None:
         failures = self._failures[key] = self._failures.get(key, 0) + 1
         delay = min(_BACKOFF_CAP_SECONDS, self._config.backoff * 2 ** (failures - 1))
+        # A row whose attempts are used up gets no back-off: nothing retries it here, and
+        # `pending` shows it at once (with --retry-failed a later run may start it at once).
+        spent = (self._journal.attempts(key) or 0) >= self._config.max_attempts
         with self._journal.batch():  # one commit: the failure and its back-off
             fields = {"ERROR_MESSAGE": outcome.message, "EXIT_CODE": str(outcome.code)}
             self._journal.record(key, "FAILED", fields=fields)
-            self._journal.defer([key], delay * random.uniform(0.5, 1.0))
-        spent = (self._journal.attempts(key) or 0) >= self._config.max_attempts
+            if not spent:
+                self._journal.defer([key], delay * random.uniform(0.5, 1.0))
         self.stats.add(failed=1, exhausted=int(spent))
         log.info("run_row_failed", key=key, code=outcome.code, error=outcome.message)
 

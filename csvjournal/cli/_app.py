@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ __all__ = [
     "csv_argument",
     "existing_journal",
     "json_option",
+    "log_json_wanted",
     "print_json",
     "stderr_console",
     "stdout_console",
@@ -47,17 +49,48 @@ class CliError(click.ClickException):
         click.echo(f"csvjournal: error: {self.format_message()}", err=True, file=file)
 
 
+# click >= 8.2 shows the help of `csvjournal` alone through this usage error
+_SHOWS_HELP: tuple[type[click.UsageError], ...] = tuple(
+    cls for cls in [getattr(click.exceptions, "NoArgsIsHelpError", None)] if cls is not None
+)
+
+
+def _one_line(exc: click.UsageError) -> click.ClickException:
+    """A usage error (a missing argument, an unknown option...) as one line, like the rest;
+    ``csvjournal`` alone keeps showing the help."""
+    if isinstance(exc, _SHOWS_HELP):
+        return exc
+    where = exc.ctx.command_path if exc.ctx is not None else "csvjournal"
+    return CliError(f"{exc.format_message().rstrip('.')} (see {where} --help)")
+
+
 class _Group(click.Group):
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from exc
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from exc
         except BrokenPipeError:  # `csvjournal pending x.csv | head`: the reader has enough
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return None
-        except (CsvJournalError, OSError) as exc:
+        except (CsvJournalError, OSError, sqlite3.Error) as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             message = " ".join(str(exc).split()) or type(exc).__name__
+            if isinstance(exc, sqlite3.Error) and not isinstance(exc, CsvJournalError):
+                message = f"SQLite: {message}"  # e.g. a damaged journal met outside open()
             raise CliError(message) from exc
 
 
@@ -79,7 +112,8 @@ def configure_logging(*, json_logs: bool, debug: bool) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.DEBUG if debug else logging.INFO if json_logs else logging.WARNING
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # one write per line: worker processes sharing stderr never splice their lines
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
 
@@ -96,7 +130,7 @@ def cli(ctx: click.Context, log_json: bool, debug: bool) -> None:
     works on a CSV that has a journal beside it (CSV.journal).
     """
     configure_logging(json_logs=log_json, debug=debug)
-    ctx.obj = {"debug": debug}
+    ctx.obj = {"debug": debug, "log_json": log_json}
 
 
 def csv_argument(func: Any) -> Any:
@@ -115,16 +149,27 @@ def journal_path_of(csv: Path) -> Path:
 
 
 @contextmanager
-def existing_journal(csv: Path, *, export: bool = False) -> Iterator[csvjournal.Journal]:
-    """Open the existing journal of ``csv`` (non-exporting unless asked).
+def existing_journal(
+    csv: Path, *, export: bool = False, keep_backups: int | None = None
+) -> Iterator[csvjournal.Journal]:
+    """Open the existing journal of ``csv`` (non-exporting unless asked; an exporting open
+    takes the automatic backup unless ``keep_backups`` is 0).
 
     Raises:
         CliError: there is no journal beside ``csv``.
     """
     if not journal_path_of(csv).exists():
         raise CliError(f"no journal for {csv}: run csvjournal init {csv} --key COLUMN")
-    with csvjournal.open(csv, export=export, keep_backups=0 if not export else 5) as journal:
+    keep = keep_backups if keep_backups is not None else 5 if export else 0
+    with csvjournal.open(csv, export=export, keep_backups=keep) as journal:
         yield journal
+
+
+def log_json_wanted() -> bool:
+    """Whether ``--log-json`` was given (then stderr carries JSON lines only)."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    return bool(root is not None and root.obj and root.obj.get("log_json"))
 
 
 def stdout_console() -> Console:

@@ -82,7 +82,9 @@ def record(
 ) -> None:
     """Record an update of row KEY (from a shell script), then bring the CSV up to date."""
     values = dict(_field(text) for text in fields)
-    with existing_journal(csv) as journal:
+    # Exporting (when no other process does, without the session's backup): a CSV edited
+    # by hand is refused at open, before anything is recorded.
+    with existing_journal(csv, export=True, keep_backups=0) as journal:
         if not allow_new and journal.get(key) is None:
             raise CliError(f"{csv}: no row with key {key!r} (pass --new to add one)")
         seq = journal.record(key, status, fields=values)
@@ -132,7 +134,9 @@ def history(csv: Path, key: str, as_json: bool) -> None:
 )
 def export(csv: Path, target: Path | None) -> None:
     """Regenerate the CSV from the journal now (or write it to --to)."""
-    with existing_journal(csv) as journal:
+    # Exporting (without the session's backup): the CSV is written even when the journal
+    # thinks it current (deleted meanwhile), and hand edits are refused, not overwritten.
+    with existing_journal(csv, export=target is None, keep_backups=0) as journal:
         journal.export(target)
     click.echo(f"wrote {target or csv}")
 

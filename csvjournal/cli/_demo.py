@@ -15,7 +15,7 @@ import click
 from rich.table import Table
 
 import csvjournal
-from csvjournal.cli._app import cli, configure_logging, stdout_console
+from csvjournal.cli._app import cli, configure_logging, log_json_wanted, stdout_console
 
 __all__: list[str] = []
 
@@ -69,9 +69,9 @@ def write_sheet(path: Path, rows: int = ROWS, seed: int = 7) -> None:
     path.write_bytes(b"\xef\xbb\xbf" + ("\r\n".join(lines) + "\r\n").encode())
 
 
-def demo_worker(journal: csvjournal.Journal, name: str, seed: int) -> None:
+def demo_worker(journal: csvjournal.Journal, name: str, seed: int, json_logs: bool = False) -> None:
     """One worker process: claim purchase orders and 'download their attachments'."""
-    configure_logging(json_logs=False, debug=False)  # a spawned process starts unconfigured
+    configure_logging(json_logs=json_logs, debug=False)  # a spawned process starts unconfigured
     rng = random.Random(seed)
     for task in journal.work(lease=LEASE, worker=name, max_attempts=3):
         with task:
@@ -96,7 +96,8 @@ def demo_worker(journal: csvjournal.Journal, name: str, seed: int) -> None:
 def _start(
     ctx: multiprocessing.context.SpawnContext, journal: csvjournal.Journal, name: str, seed: int
 ) -> multiprocessing.process.BaseProcess:
-    process = ctx.Process(target=demo_worker, args=(journal, name, seed), name=name)
+    args = (journal, name, seed, log_json_wanted())
+    process = ctx.Process(target=demo_worker, args=args, name=name)
     process.start()
     return process
 

@@ -15,8 +15,18 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import csvjournal
-from csvjournal.cli._app import CliError, cli, csv_argument, journal_path_of, stderr_console
-from csvjournal.runner import RunConfig, Runner, RunStats
+from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TERMINAL, DEFAULT_TIMESTAMP
+from csvjournal.cli._app import (
+    CliError,
+    cli,
+    csv_argument,
+    journal_path_of,
+    log_json_wanted,
+    stderr_console,
+)
+from csvjournal.cli._commands import _names
+from csvjournal.csvio import read_csv
+from csvjournal.runner import RunConfig, Runner, RunStats, Template
 
 __all__: list[str] = []
 
@@ -78,6 +88,38 @@ def _with_progress(runner: Runner, threads: list[threading.Thread]) -> None:
         tick()
 
 
+def _check_before_writing(
+    csv: Path,
+    key: str | None,
+    terminal: list[str] | None,
+    command: tuple[str, ...],
+    success_status: str,
+) -> None:
+    """Refuse a bad command line before the exporting open writes anything (its backup
+    would push an older one out; an import would create the journal).
+
+    Raises:
+        CommandError: a placeholder names no column.
+        CliError: --success-status is not a terminal status: every row would run again.
+    """
+    if journal_path_of(csv).exists():
+        with csvjournal.open(csv, export=False, keep_backups=0) as journal:
+            columns = journal.columns
+            stored = journal.settings.terminal
+    else:
+        header = read_csv(csv).header if csv.exists() else [key or ""]
+        extra = [name for name in (DEFAULT_STATUS, DEFAULT_TIMESTAMP) if name not in header]
+        columns, stored = [*header, *extra], DEFAULT_TERMINAL
+    Template(command, columns)
+    done = set(terminal) if terminal is not None else set(stored)
+    if success_status not in done:
+        raise CliError(
+            f"--success-status {success_status} is not a terminal status of {csv}"
+            f" ({', '.join(sorted(done))}): every row would run again; pass"
+            f" --terminal {','.join(sorted({*done, success_status}))}"
+        )
+
+
 def _exit_code(journal: csvjournal.Journal, stats: RunStats) -> int:
     if stats.interrupted:
         return EXIT_INTERRUPTED
@@ -125,7 +167,10 @@ def _exit_code(journal: csvjournal.Journal, stats: RunStats) -> int:
     help="Status recorded when a command exits 0.",
 )
 @click.option("--key", help="Create the journal with this key column if there is none.")
-@click.option("--terminal", help="With --key: statuses that mean done, comma-separated.")
+@click.option(
+    "--terminal",
+    help="Statuses that mean done, comma-separated (for a new journal, or to replace the set).",
+)
 @click.option(
     "--grace",
     type=click.FloatRange(min=0),
@@ -164,7 +209,8 @@ def run(  # noqa: PLR0917 - click passes every option by position
         raise CliError(
             f"no journal for {csv}: run csvjournal init {csv} --key COLUMN (or pass --key)"
         )
-    names = None if terminal is None else [t.strip() for t in terminal.split(",") if t.strip()]
+    names = _names(terminal)
+    _check_before_writing(csv, key, names, command, success_status)
     config = RunConfig(
         command=command,
         workers=workers,
@@ -180,7 +226,10 @@ def run(  # noqa: PLR0917 - click passes every option by position
         runner = Runner(journal, config)
         with _stop_on_signals(runner):
             threads = runner.start()
-            _with_progress(runner, threads)
+            if log_json_wanted():  # stderr carries JSON lines only: no progress bar
+                runner.wait(threads)
+            else:
+                _with_progress(runner, threads)
         code = _exit_code(journal, runner.stats)
     stats = runner.stats
     click.echo(

@@ -1,0 +1,219 @@
+"""Work distribution on a journal handle: claims, leases, back-off and the work loop.
+
+:class:`Claims` is the part of :class:`~csvjournal.journal.Journal` that hands rows out to
+workers; the SQL lives in :mod:`csvjournal._leases`, the loop in :mod:`csvjournal._work`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+
+from csvjournal import _reads
+from csvjournal._handle import Handle
+from csvjournal._leases import (
+    Action,
+    claim_rows,
+    defer_rows,
+    extend_leases,
+    release_rows,
+    reset_attempts,
+)
+from csvjournal._values import render_value, timestamp_now
+from csvjournal._work import Task, work
+
+__all__ = ["Claims"]
+
+
+class Claims(Handle):
+    """Claims, leases, attempts and :meth:`work` (mixed into :class:`Journal`)."""
+
+    def claim(
+        self,
+        n: int = 1,
+        *,
+        lease: float = 300.0,
+        worker: str | None = None,
+        max_attempts: int | None = None,
+    ) -> list[str]:
+        """Atomically take up to ``n`` pending rows, in CSV order: each becomes
+        ``IN_PROGRESS``, leased to ``worker`` (default ``host:pid:thread``) for ``lease``
+        seconds, its attempts counted up, with an event. Rows with ``max_attempts`` attempts
+        or more are skipped. No two claimers get one row while its lease lives; a row whose
+        lease ran out is pending again. Returns the keys taken (fewer, or none, when fewer
+        rows are pending).
+
+        Raises:
+            ValueError: ``n`` or ``max_attempts`` below 1, or ``lease`` not positive.
+            JournalBusyError: other writers held the journal longer than the busy timeout.
+            JournalClosedError: the handle is closed.
+        """
+        if n < 1 or not lease > 0 or (max_attempts is not None and max_attempts < 1):
+            raise ValueError(
+                f"claim needs n >= 1, lease > 0 and max_attempts >= 1 or None,"
+                f" not n={n}, lease={lease}, max_attempts={max_attempts}"
+            )
+        self._ensure()
+        name = worker or self._worker_name()
+        # The time is read inside the transaction, once the write lock is ours: a claim that
+        # waited for the lock must see the leases that ran out meanwhile, and get its whole lease.
+        keys: list[str] = self._write(  # type: ignore[assignment]
+            Action(
+                lambda conn, writer: claim_rows(
+                    conn,
+                    writer,
+                    n=n,
+                    now=time.time(),
+                    lease=lease,
+                    worker=name,
+                    at=timestamp_now(),
+                    max_attempts=max_attempts,
+                )
+            )
+        )
+        with self._held_lock:
+            self._held.update(dict.fromkeys(keys, name))
+        return keys
+
+    def extend(self, keys: Iterable[str], lease: float) -> list[str]:
+        """Renew the leases of rows claimed through this handle to ``lease`` seconds from
+        now; return the keys renewed. A row that another worker took over after its lease
+        ran out, or that was finished, is not renewed (and is left out).
+
+        Raises:
+            ValueError: ``lease`` not positive.
+            JournalBusyError: other writers held the journal longer than the busy timeout.
+            JournalClosedError: the handle is closed.
+        """
+        if not lease > 0:
+            raise ValueError(f"extend needs lease > 0, not {lease}")
+        self._ensure()
+        held = self._holders(keys)
+        renewed: list[str] = self._write(  # type: ignore[assignment]
+            Action(lambda conn, _writer: extend_leases(conn, held, time.time() + lease))
+        )
+        return renewed
+
+    def release(self, keys: Iterable[str], note: str = "released") -> list[str]:
+        """Give rows claimed through this handle back unfinished: ``PENDING``, lease ended,
+        the attempt not counted. Return the keys given back (rows no longer held by this
+        handle's worker are left alone).
+
+        Raises:
+            JournalBusyError: other writers held the journal longer than the busy timeout.
+            JournalClosedError: the handle is closed.
+        """
+        self._ensure()
+        held = self._holders(keys)
+        at, worker = timestamp_now(), self._worker_name()
+        released: list[str] = self._write(  # type: ignore[assignment]
+            Action(
+                lambda conn, writer: release_rows(
+                    conn, writer, held, at=at, worker=worker, note=f"{note} by {worker}"
+                )
+            )
+        )
+        with self._held_lock:
+            for key, _ in held:
+                self._held.pop(key, None)
+        return released
+
+    def defer(self, keys: Iterable[str], seconds: float) -> list[str]:
+        """Keep rows out of :meth:`pending` and :meth:`claim` for ``seconds`` (a retry
+        back-off after a failure); return the keys deferred (rows done or in progress are left
+        alone).
+
+        Raises:
+            JournalBusyError: other writers held the journal longer than the busy timeout.
+            JournalClosedError: the handle is closed.
+        """
+        self._ensure()
+        chosen, until = list(keys), time.time() + seconds
+        deferred: list[str] = self._write(  # type: ignore[assignment]
+            Action(lambda conn, _writer: defer_rows(conn, chosen, until))
+        )
+        return deferred
+
+    def retry(self, keys: Iterable[str] | None = None, *, status: str = "FAILED") -> list[str]:
+        """Give rows a fresh set of attempts (for ``claim(max_attempts=...)``): ``keys``,
+        or every row in ``status`` (default ``FAILED``) that was tried; return those keys.
+
+        Raises:
+            JournalBusyError: other writers held the journal longer than the busy timeout.
+            JournalClosedError: the handle is closed.
+        """
+        self._ensure()
+        chosen = None if keys is None else list(keys)
+        reset: list[str] = self._write(  # type: ignore[assignment]
+            Action(lambda conn, _writer: reset_attempts(conn, chosen, status))
+        )
+        return reset
+
+    def _holders(self, keys: Iterable[str]) -> list[tuple[str, str]]:
+        """``(key, worker)`` for each of ``keys`` claimed through this handle."""
+        with self._held_lock:
+            return [(key, self._held[key]) for key in keys if key in self._held]
+
+    def work(
+        self,
+        *,
+        lease: float = 300.0,
+        worker: str | None = None,
+        max_attempts: int | None = 3,
+        success_status: str = "COMPLETED",
+        stop: threading.Event | None = None,
+    ) -> Iterator[Task]:
+        """Claim rows one at a time and yield each as a :class:`Task`; see
+        :func:`csvjournal._work.work` for the whole contract. Typical use::
+
+            for task in journal.work(lease=60):
+                with task:  # an exception records FAILED + ERROR_MESSAGE; the loop goes on
+                    task.record("COMPLETED", ATTACHMENTS_FOUND=download(task.key))
+
+        Records made in the loop's thread while it runs carry ``worker`` as well.
+        ``success_status`` must be terminal, or every row would be taken again.
+
+        Raises:
+            ValueError: ``success_status`` is not one of the journal's terminal statuses.
+            JournalClosedError: the handle is closed.
+        """
+        if success_status not in self._settings.terminal:
+            raise ValueError(
+                f"success_status {success_status!r} is not terminal in this journal"
+                f" (terminal: {', '.join(sorted(self._settings.terminal))})"
+            )
+        name = worker or self._worker_name()
+
+        def loop() -> Iterator[Task]:
+            previous = getattr(self._local, "worker", None)
+            self._local.worker = name  # in the thread that iterates
+            try:
+                yield from work(
+                    self,  # type: ignore[arg-type]  # Journal, the subclass, adds record()
+                    lease=lease,
+                    worker=name,
+                    max_attempts=max_attempts,
+                    success_status=success_status,
+                    stop=stop,
+                )
+            finally:
+                self._local.worker = previous
+
+        return loop()
+
+    def next_lease_end(self, max_attempts: int | None = None) -> float | None:
+        """When (epoch seconds) the first live lease on a row that could still be claimed
+        again runs out; ``None`` when no such row is leased."""
+        with self._reading() as conn:
+            return _reads.next_lease_end(conn, time.time(), max_attempts)
+
+    def attempts(self, key: str) -> int | None:
+        """How many times the row ``key`` was claimed, not counting claims given back
+        unfinished (``None`` for an unknown key).
+
+        Raises:
+            JournalClosedError: the handle is closed.
+        """
+        with self._reading() as conn:
+            return _reads.attempts(conn, render_value(self._settings.key_column, key))
