@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -139,7 +140,10 @@ class Handle:
         A damaged journal is refused before its backup, which would push sound ones out."""
         check_integrity(self._store, self._options.csv_path, full=False)
         if self._options.keep_backups > 0:
-            self._backup_now()
+            try:
+                self._backup_now()
+            except (OSError, sqlite3.Error) as exc:  # the job goes on; the error is loud
+                log.error("session_backup_failed", path=str(self._options.csv_path), error=str(exc))
         lost = self._expire_leases()
         if lost:
             log.info(

@@ -87,6 +87,8 @@ class Exporter:
         self.leading = False
         self.exported_seq = -1
         self._failures = 0
+        self._forced = False
+        self.exports = 0  # how many exports this handle made
         self._warned_rows = False
         self._rendered = RenderedCsv(settings.dialect, formula_guard)
         self._thread: threading.Thread | None = None
@@ -179,7 +181,9 @@ class Exporter:
                 with self._gate.operation():  # no connection may be open across a fork
                     with self._store.read() as conn:
                         newest = _reads.last_seq(conn)
-                    if newest == seen and self._failures == 0:
+                    # A CSV deleted by hand is written anew, commits or not.
+                    idle = not self._forced and self._csv_path.exists()
+                    if newest == seen and self._failures == 0 and idle:
                         delay = _POLL_SECONDS
                         continue
                     seen = newest
@@ -234,6 +238,8 @@ class Exporter:
             write_value(conn, "csv_seq", rendered.seq)
         with self._changed:
             self.exported_seq = rendered.seq
+            self.exports += 1
+            self._forced = False
             self._changed.notify_all()
 
     def _save_lines(self, conn: Connection) -> None:
@@ -254,6 +260,21 @@ class Exporter:
         """Look for new commits now rather than at the next poll."""
         with self._changed:
             self._changed.notify_all()
+
+    def export_again(self, timeout: float | None = None) -> bool:
+        """Have the exporter thread export once more now, whatever changed; wait for it.
+        False if it did not within ``timeout`` (or stopped leading)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            target = self.exports + 1
+            self._forced = True
+            self._changed.notify_all()
+            while self.exports < target and self.leading:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._changed.wait(0.05 if remaining is None else min(0.05, remaining))
+        return self.exports >= target
 
     def wait_for(self, seq: int, timeout: float | None, alive: Callable[[], bool]) -> bool:
         """Wait until this exporter has written ``seq``; False on timeout or if it stopped."""

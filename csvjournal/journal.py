@@ -241,23 +241,19 @@ class Journal(Claims):
         missing = not self.csv_path.exists()  # deleted: an exporter writes after commits only
         stale = stale or missing
         if exporter is not None and exporter.leading:
-            removed = list(exporter.removed_temp_files)  # at this handle's take-over
-            if missing:  # its last export writes the CSV; then this handle leads anew
-                exporter.stop()
-                self._exporter = Exporter(
-                    self._store,
-                    self._settings,
-                    self.csv_path,
-                    self._options.formula_guard,
-                    self._gate,
-                )
-                self._exporter.start(self._exporter.try_lead())
+            # removed at this handle's take-over; reported once
+            removed, exporter.removed_temp_files = exporter.removed_temp_files, []
+            if missing and not exporter.export_again(timeout=60):
+                raise ExportError(f"{self.csv_path}: the exporter could not write the CSV")
         else:  # whoever exports removed them when taking over; if nobody does, we do
             helper = Exporter(
                 self._store, self._settings, self.csv_path, self._options.formula_guard
             )
             with self._gate.operation():
-                removed = helper.removed_temp_files if helper.try_lead() else []
+                try:
+                    removed = helper.removed_temp_files if helper.try_lead() else []
+                except OSError as exc:
+                    raise ExportError(f"{self.csv_path}: could not write the CSV: {exc}") from exc
                 helper.release()
         self.flush()
         with self._reading() as conn:
