@@ -24,6 +24,7 @@ import structlog
 from sqlalchemy import Connection
 
 from csvjournal import _forking
+from csvjournal._background import Background
 from csvjournal._batch import BatchState
 from csvjournal._groupcommit import GroupCommitter
 from csvjournal._importer import check_keys, import_rows
@@ -32,7 +33,7 @@ from csvjournal._options import Options
 from csvjournal._settings import Settings, settle
 from csvjournal._values import timestamp_now
 from csvjournal._writer import RecordOp, Writer
-from csvjournal.backup import take_backup
+from csvjournal.backup import PendingBackup, take_backup
 from csvjournal.csvio import read_csv
 from csvjournal.errors import JournalClosedError
 from csvjournal.exporter import Exporter
@@ -63,6 +64,9 @@ class Handle:
         # rows claimed through this handle: key -> the worker holding it
         self._held: dict[str, str] = {}
         self._held_lock = threading.Lock()
+        self._session_check: Background | None = None
+        self._session_backup: Background | None = None
+        self._checked_at: float | None = None
         self._attach()
         _forking.register(self)
 
@@ -127,7 +131,9 @@ class Handle:
             self._store, self._settings, options.csv_path, options.formula_guard, self._gate
         )
         try:
-            leading = exporter.try_lead(on_lead=self._begin_session)
+            leading = exporter.try_lead(
+                on_lead=self._begin_session, before_write=self._confirm_session
+            )
         except BaseException:
             self._store.close()
             raise
@@ -135,15 +141,24 @@ class Handle:
         self._exporter = exporter
 
     def _begin_session(self) -> None:
-        """This handle became the exporter at open: check, back up, then recover from any
-        crash (the exporter then removes stale temp files and brings the CSV up to date).
-        A damaged journal is refused before its backup, which would push sound ones out."""
-        check_integrity(self._store, self._options.csv_path, full=False)
+        """This handle became the exporter at open: start SQLite's full integrity check;
+        the exporter checks the CSV and renders it meanwhile (the check reads, so does it)."""
+        csv_path = self._options.csv_path
+        self._session_check = Background(
+            "csvjournal-check", lambda: check_integrity(self._store, csv_path, full=True)
+        )
+
+    def _confirm_session(self) -> None:
+        """Before the session's first write: the journal must have passed the check (a
+        damaged one is refused before its backup, which would push sound ones out); then
+        back it up in the background (a consistent snapshot, whenever it is taken) and give
+        the rows of workers whose leases ran out back to ``PENDING``."""
+        check, self._session_check = self._session_check, None
+        if check is not None:
+            check.result()
+            self._checked_at = time.monotonic()
         if self._options.keep_backups > 0:
-            try:
-                self._backup_now()
-            except (OSError, sqlite3.Error) as exc:  # the job goes on; the error is loud
-                log.error("session_backup_failed", path=str(self._options.csv_path), error=str(exc))
+            self._start_session_backup()
         lost = self._expire_leases()
         if lost:
             log.info(
@@ -152,6 +167,37 @@ class Handle:
                 rows=len(lost),
                 workers=sorted({worker for _, worker in lost}),
             )
+
+    def _start_session_backup(self) -> None:
+        options = self._options
+        try:
+            begun = PendingBackup(options.csv_path)  # the CSV as the session found it
+        except OSError as exc:  # the job goes on; the error is loud
+            log.error("session_backup_failed", path=str(options.csv_path), error=str(exc))
+            return
+
+        def finish() -> None:
+            try:
+                with self._gate.operation():  # no connection open across a fork
+                    begun.finish(
+                        options.journal_path,
+                        keep=options.keep_backups,
+                        busy_timeout=options.busy_timeout,
+                    )
+            except (OSError, sqlite3.Error) as exc:
+                log.error("session_backup_failed", path=str(options.csv_path), error=str(exc))
+
+        self._session_backup = Background("csvjournal-backup", finish)
+
+    def _wait_for_session_backup(self) -> None:
+        backup, self._session_backup = self._session_backup, None
+        if backup is not None:
+            backup.result()
+
+    def _recently_checked(self, seconds: float = 60.0) -> bool:
+        """Whether this handle's open passed the full integrity check ``seconds`` ago or
+        less (so recovery right after it need not read the whole journal again)."""
+        return self._checked_at is not None and time.monotonic() - self._checked_at <= seconds
 
     def _expire_leases(self) -> list[tuple[str, str]]:
         now, at, worker = time.time(), timestamp_now(), self._worker_name()
@@ -295,6 +341,7 @@ class Handle:
         """Stop the exporter (it writes the last commits first) and close the store."""
         _forking.unregister(self)
         if self._pid == os.getpid():
+            self._wait_for_session_backup()
             if self._exporter is not None:
                 self._exporter.stop()
             with self._gate.operation():

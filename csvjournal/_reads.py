@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sqlite3
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -85,9 +86,15 @@ def row_count(conn: Connection) -> int:
 def pending(conn: Connection, now: float, max_attempts: int | None = None) -> list[str]:
     """Keys of rows neither done nor held by a live lease at ``now``, in CSV order (and
     with fewer than ``max_attempts`` attempts, if given)."""
-    query = text(f"SELECT key FROM rows WHERE {OPEN_ROWS} AND attempts < :limit ORDER BY pos")
     limit = 2**62 if max_attempts is None else max_attempts
-    return list(conn.execute(query, {"now": now, "limit": limit}).scalars())
+    # The DBAPI cursor: a SQLAlchemy row per key costs twice the query on a big journal.
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, sqlite3.Connection)
+    found = raw.execute(
+        f"SELECT key FROM rows WHERE {OPEN_ROWS} AND attempts < :limit ORDER BY pos",
+        {"now": now, "limit": limit},
+    )
+    return [key for (key,) in found]
 
 
 def pending_count(conn: Connection, now: float) -> int:

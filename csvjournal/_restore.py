@@ -13,7 +13,7 @@ from csvjournal import _forking
 from csvjournal._options import Options
 from csvjournal._oslock import ExporterLock
 from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TIMESTAMP
-from csvjournal.backup import check_backup, copy_journal, prune_backups, take_backup
+from csvjournal.backup import PendingBackup, check_backup, copy_journal, prune_backups, take_backup
 from csvjournal.errors import JournalBusyError
 from csvjournal.exporter import lock_path
 from csvjournal.journal import Journal
@@ -89,6 +89,16 @@ def _put_in_place(source: Path, journal: Path) -> None:
         os.close(folder)
 
 
+def _save_current(csv: Path, journal: Path) -> Path:
+    """Back up the journal about to be replaced; a journal too damaged for SQLite to read
+    (the usual reason to restore) is kept as its files."""
+    try:
+        return take_backup(csv, journal, keep=0, busy_timeout=30.0)
+    except sqlite3.DatabaseError as exc:
+        log.warning("damaged_journal_saved_as_files", path=str(journal), error=str(exc))
+        return PendingBackup(csv).finish_as_files(journal)
+
+
 def restore(
     csv_path: str | os.PathLike[str],
     backup: str | os.PathLike[str],
@@ -108,6 +118,8 @@ def restore(
     """
     csv = Path(csv_path)
     journal = Path(journal_path) if journal_path is not None else Path(f"{csv}.journal")
+    if Path(backup).resolve() == journal.parent.resolve():
+        raise FileNotFoundError(f"{backup}: that is the journal's own folder, not a backup")
     source = check_backup(Path(backup), journal.name)
     if _open_here(journal):  # before touching the -shm: closing it drops SQLite's locks
         raise JournalBusyError(f"{journal}: this process has the journal open; close it first")
@@ -120,7 +132,7 @@ def restore(
             raise JournalBusyError(f"{journal}: another process has the journal open; stop it")
         safety = None
         if journal.exists():  # pruned only once restored: retention might drop ``backup``
-            safety = take_backup(csv, journal, keep=0, busy_timeout=30.0)
+            safety = _save_current(csv, journal)
         _put_in_place(source, journal)
     finally:
         lock.release()

@@ -28,6 +28,7 @@ import structlog
 from csvjournal.errors import JournalCorruptError
 
 __all__ = [
+    "PendingBackup",
     "backups_folder",
     "check_backup",
     "copy_journal",
@@ -143,37 +144,88 @@ def _rename_into_place(partial: Path, csv_path: Path) -> Path:
     raise OSError(errno.EEXIST, f"{partial.parent}: found no free backup name")
 
 
+class PendingBackup:
+    """A backup begun: its hidden folder already holds the CSV as it was when begun; the
+    journal goes in at :meth:`finish` (which may run in another thread, later)."""
+
+    def __init__(self, csv_path: Path) -> None:
+        self.csv_path = csv_path
+        folder = backups_folder(csv_path)
+        folder.mkdir(exist_ok=True)
+        _remove_leftovers(folder)
+        self.partial = folder / f"{_PARTIAL}{os.getpid()}-{secrets.token_hex(6)}"
+        self.partial.mkdir()
+        try:
+            if csv_path.exists():
+                shutil.copyfile(csv_path, self.partial / csv_path.name)
+                _fsync(self.partial / csv_path.name)
+        except BaseException:
+            self.abandon()
+            raise
+
+    def finish(self, journal_path: Path, *, keep: int, busy_timeout: float) -> Path:
+        """Copy the journal in, put the backup in place, keep the newest ``keep`` backups
+        (all when ``keep`` is 0); return the backup's folder.
+
+        Raises:
+            OSError: the backup could not be written (nothing half-written is left).
+            sqlite3.Error: the journal could not be read.
+        """
+        partial = self.partial
+        try:
+            source = sqlite3.connect(journal_path, timeout=busy_timeout)
+            try:
+                copy_journal(source, partial / journal_path.name)
+            finally:
+                source.close()
+            _fsync(partial)
+            final = _rename_into_place(partial, self.csv_path)
+            _fsync(partial.parent)
+        except BaseException:
+            self.abandon()
+            raise
+        log.info("backup_taken", path=str(final))
+        prune_backups(self.csv_path, keep)
+        return final
+
+    def finish_as_files(self, journal_path: Path) -> Path:
+        """Like :meth:`finish`, but copy the journal's files byte for byte (with its -wal):
+        for a journal SQLite cannot read any more, and only while nobody has it open.
+
+        Raises:
+            OSError: the backup could not be written (nothing half-written is left).
+        """
+        partial = self.partial
+        try:
+            for suffix in ("", "-wal"):
+                source = Path(f"{journal_path}{suffix}")
+                if source.exists():
+                    target = partial / f"{journal_path.name}{suffix}"
+                    shutil.copyfile(source, target)
+                    _fsync(target)
+            _fsync(partial)
+            final = _rename_into_place(partial, self.csv_path)
+            _fsync(partial.parent)
+        except BaseException:
+            self.abandon()
+            raise
+        log.info("backup_taken_as_files", path=str(final))
+        return final
+
+    def abandon(self) -> None:
+        """Remove what was begun."""
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+
 def take_backup(csv_path: Path, journal_path: Path, *, keep: int, busy_timeout: float) -> Path:
-    """Back up the journal and the CSV into a new folder; keep the newest ``keep`` backups
+    """Back up the CSV and the journal into a new folder; keep the newest ``keep`` backups
     (all when ``keep`` is 0). Return the new folder.
 
     Raises:
         OSError: the backup could not be written (nothing half-written is left).
         sqlite3.Error: the journal could not be read.
     """
-    folder = backups_folder(csv_path)
-    folder.mkdir(exist_ok=True)
-    _remove_leftovers(folder)
-    partial = folder / f"{_PARTIAL}{os.getpid()}-{secrets.token_hex(6)}"
-    partial.mkdir()
-    try:
-        source = sqlite3.connect(journal_path, timeout=busy_timeout)
-        try:
-            copy_journal(source, partial / journal_path.name)
-        finally:
-            source.close()
-        if csv_path.exists():
-            shutil.copyfile(csv_path, partial / csv_path.name)
-            _fsync(partial / csv_path.name)
-        _fsync(partial)
-        final = _rename_into_place(partial, csv_path)
-        _fsync(folder)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    log.info("backup_taken", path=str(final))
-    prune_backups(csv_path, keep)
-    return final
+    return PendingBackup(csv_path).finish(journal_path, keep=keep, busy_timeout=busy_timeout)
 
 
 def prune_backups(csv_path: Path, keep: int) -> list[Path]:

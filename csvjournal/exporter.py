@@ -24,7 +24,7 @@ from sqlalchemy import Connection
 from csvjournal import _reads
 from csvjournal._forking import ForkGate
 from csvjournal._oslock import ExporterLock
-from csvjournal._rendercache import RenderedCsv, stream_csv
+from csvjournal._rendercache import RenderedCsv, lines_format, stream_csv
 from csvjournal._settings import Settings, read_value, write_value
 from csvjournal.csvio import (
     EXCEL_MAX_ROWS,
@@ -88,6 +88,7 @@ class Exporter:
         self.exported_seq = -1
         self._failures = 0
         self._forced = False
+        self._before_write: Callable[[], object] | None = None
         self.exports = 0  # how many exports this handle made
         self._warned_rows = False
         self._rendered = RenderedCsv(settings.dialect, formula_guard)
@@ -96,16 +97,23 @@ class Exporter:
 
     # -- taking the role -------------------------------------------------------------------
 
-    def try_lead(self, on_lead: Callable[[], object] | None = None) -> bool:
+    def try_lead(
+        self,
+        on_lead: Callable[[], object] | None = None,
+        before_write: Callable[[], object] | None = None,
+    ) -> bool:
         """Become the exporter if no other handle is; check and refresh the CSV then.
-        ``on_lead`` runs first, once the lock is ours (the session's backup and recovery).
+        ``on_lead`` runs first, once the lock is ours; ``before_write`` runs once before
+        the first write to the journal or the CSV (the session's check, backup, recovery:
+        the export's rendering overlaps the check ``on_lead`` started).
 
         Raises:
             CsvChangedError: the CSV was edited by hand since the last export (the lock is
-                released again). Whatever ``on_lead`` raises, likewise.
+                released again). Whatever the hooks raise, likewise.
         """
         if not self._lock.acquire():
             return False
+        self._before_write = before_write
         try:
             if on_lead is not None:
                 on_lead()
@@ -113,8 +121,15 @@ class Exporter:
         except BaseException:
             self._lock.release()
             raise
+        finally:
+            self._before_write = None
         self.leading = True
         return True
+
+    def _first_write(self) -> None:
+        hook, self._before_write = self._before_write, None
+        if hook is not None:
+            hook()
 
     def release(self) -> None:
         """Give up the exporter role taken by :meth:`try_lead` without a thread."""
@@ -130,21 +145,36 @@ class Exporter:
         for leftover in remove_temp_files(self._csv_path):
             log.info("temp_file_removed", path=str(leftover))
             self.removed_temp_files.append(leftover)
-        self._check_hand_edits()
-        self.export_now()
+        current = self._check_hand_edits()
+        if current is None:
+            self.export_now()
+        else:  # the CSV already shows everything: render it when something changes
+            self._first_write()
+            self.exported_seq = current
 
-    def _check_hand_edits(self) -> None:
+    def _check_hand_edits(self) -> int | None:
+        """Refuse a CSV edited by hand; return the sequence number the CSV shows when it is
+        exactly the last export and nothing changed since (else ``None``)."""
         if not self._csv_path.exists():
-            return
+            return None
         with self._store.read() as conn:
-            known = {read_value(conn, "csv_digest"), read_value(conn, "csv_pending")}
-        known.discard(None)
-        if known and fingerprint(self._csv_path.read_bytes()) not in known:
+            digest, pending = read_value(conn, "csv_digest"), read_value(conn, "csv_pending")
+            exported, newest = _reads.exported_seq(conn), _reads.last_seq(conn)
+            stored_format = read_value(conn, "lines_format")
+            wanted_format = lines_format(len(_reads.column_names(conn)), self._formula_guard)
+        known = {digest, pending} - {None}
+        if not known:
+            return None
+        found = fingerprint(self._csv_path.read_bytes())
+        if found not in known:
             raise CsvChangedError(
                 f"{self._csv_path}: edited by hand since csvjournal last wrote it. Run"
                 f" `csvjournal import --merge {self._csv_path}` to bring the edits into the"
                 " journal, or delete the file to have it written anew from the journal"
             )
+        if found == digest and exported == newest and stored_format == wanted_format:
+            return exported
+        return None
 
     def start(self, leading: bool) -> None:
         """Run the exporter thread: exporting if ``leading``, else standing by."""
@@ -188,8 +218,11 @@ class Exporter:
                         continue
                     seen = newest
                     delay = self._export_or_back_off()
-            with self._gate.operation():
-                self._export_or_back_off()  # the last commits before close
+            with self._gate.operation():  # the last commits before close
+                with self._store.read() as conn:
+                    newest = _reads.last_seq(conn)
+                if newest != self.exported_seq or self._failures or not self._csv_path.exists():
+                    self._export_or_back_off()
         finally:
             self.release()
 
@@ -221,6 +254,7 @@ class Exporter:
             log.warning("excel_row_limit_exceeded", path=str(self._csv_path), rows=len(rendered))
         temp, written = write_temp(self._csv_path, rendered.chunks())
         try:
+            self._first_write()
             with self._store.write() as conn:
                 unchanged = read_value(conn, "csv_digest") == written and self._csv_path.exists()
                 if not unchanged:  # a CSV with this fingerprint is about to appear

@@ -224,7 +224,8 @@ class Journal(Claims):
     def recover(self) -> RecoveryReport:
         """After a crash: check the journal's integrity, return expired leases to
         ``PENDING`` (an event names each lost worker), remove leftover temporary files and
-        regenerate the CSV if it is behind. The exporting ``open()`` does the same itself.
+        regenerate the CSV if it is behind. The exporting ``open()`` does the same itself
+        (and its integrity check, if less than a minute old, stands for this one's).
 
         Raises:
             JournalCorruptError: the journal fails the integrity check (the message names
@@ -233,7 +234,10 @@ class Journal(Claims):
             JournalClosedError: the handle is closed.
         """
         self._ensure()
-        integrity = check_integrity(self._store, self.csv_path, full=True)
+        # This handle's exporting open ran the same check moments ago: not twice in a row.
+        if not self._recently_checked():
+            check_integrity(self._store, self.csv_path, full=True)
+        integrity = "ok"
         lost = self._expire_leases()
         exporter = self._exporter
         with self._reading() as conn:
@@ -272,10 +276,13 @@ class Journal(Claims):
             JournalClosedError: the handle is closed.
         """
         self._ensure()
+        self._wait_for_session_backup()
         return self._backup_now()
 
     def backups(self) -> list[Path]:
-        """Every backup folder of this journal, oldest first."""
+        """Every backup folder of this journal, oldest first (once this handle's session
+        backup, taken in the background at open, is done)."""
+        self._wait_for_session_backup()
         return list_backups(self.csv_path)
 
     # -- lifetime ------------------------------------------------------------------------

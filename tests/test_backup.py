@@ -655,3 +655,31 @@ def _dump_old(path: Path) -> list[tuple[object, ...]]:
             *c.execute("SELECT key, status, cells FROM rows ORDER BY pos"),
             *c.execute("SELECT seq, key, status, fields FROM events ORDER BY seq"),
         ]
+
+
+def test_restore_replaces_a_journal_sqlite_cannot_read_and_keeps_its_files(
+    tmp_path: Path,
+) -> None:
+    csv_path = tmp_path / "orders.csv"
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        good = journal.backup()
+        journal.record("b", "FAILED")
+    journal_path = Path(f"{csv_path}.journal")
+    damaged = b"not a database any more" + journal_path.read_bytes()[23:]
+    journal_path.write_bytes(damaged)
+    safety = csvjournal.restore(csv_path, good)
+    assert safety is not None
+    assert (safety / journal_path.name).read_bytes() == damaged  # kept as it was
+    with csvjournal.open(csv_path) as journal:
+        assert journal.get("a") is not None
+        assert journal.get("b") is None
+
+
+def test_restore_refuses_the_journals_own_folder(tmp_path: Path) -> None:
+    csv_path = tmp_path / "orders.csv"
+    csvjournal.open(csv_path, key="ID").close()
+    before = Path(f"{csv_path}.journal").read_bytes()
+    with pytest.raises(FileNotFoundError, match="own folder"):
+        csvjournal.restore(csv_path, tmp_path)
+    assert Path(f"{csv_path}.journal").read_bytes() == before

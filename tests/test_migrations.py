@@ -44,6 +44,10 @@ def test_migrations_build_exactly_the_tables_the_code_queries(csv_path: Path) ->
         assert {index.name for index in table.indexes} <= indexes, table.name
 
 
+def test_the_known_revisions_are_the_migration_scripts() -> None:
+    assert list(_migrate.KNOWN_REVISIONS) == _migrate.script_revisions()
+
+
 def test_there_is_a_fixture_for_the_head_revision() -> None:
     # Keep one journal per released revision: python tests/fixtures/make_journal_fixture.py
     assert any(path.stem == f"journal-{_migrate.head_revision()}" for path in FIXTURES)

@@ -508,17 +508,21 @@ def _break_index_definition(journal_path: Path) -> None:
         assert conn.execute("PRAGMA integrity_check").fetchall() != [("ok",)]
 
 
-def test_recover_names_the_newest_sound_backup_not_a_copy_of_the_damage(tmp_path: Path) -> None:
+def test_damage_quick_check_misses_is_refused_and_the_sound_backup_named(tmp_path: Path) -> None:
     csv_path = tmp_path / "orders.csv"
     journal_path = Path(f"{csv_path}.journal")
     _make_journal(csv_path, 50)
     with csvjournal.open(csv_path) as journal:
         good = journal.backup()
     _break_index_definition(journal_path)
-    # quick_check passes: the exporting open backs the damaged journal up
-    with csvjournal.open(csv_path) as journal:
-        damaged = journal.backups()[-1]
-        assert damaged != good
+    before = sorted(Path(f"{csv_path}.backups").iterdir())
+    # quick_check would pass this; the exporting open runs the full integrity_check and
+    # refuses the journal before its session backup could push a sound backup out
+    with pytest.raises(csvjournal.JournalCorruptError) as caught:
+        csvjournal.open(csv_path)
+    assert sorted(Path(f"{csv_path}.backups").iterdir()) == before
+    with csvjournal.open(csv_path, export=False) as journal:  # no check without a session
+        damaged = journal.backup()  # a copy of the damage
         with pytest.raises(csvjournal.JournalCorruptError) as caught:
             journal.recover()
     message = str(caught.value)

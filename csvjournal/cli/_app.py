@@ -94,9 +94,9 @@ class _Group(click.Group):
             raise CliError(message) from exc
 
 
-def configure_logging(*, json_logs: bool, debug: bool) -> None:
+def configure_logging(*, json_logs: bool, debug: bool, quiet: bool = False) -> None:
     """Send structlog's output to stderr: JSON lines or plain text, warnings and up
-    (everything with ``debug``)."""
+    (everything with ``debug``; errors only when ``quiet``)."""
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if json_logs
@@ -110,7 +110,13 @@ def configure_logging(*, json_logs: bool, debug: bool) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.DEBUG if debug else logging.INFO if json_logs else logging.WARNING
+            logging.DEBUG
+            if debug
+            else logging.ERROR
+            if quiet
+            else logging.INFO
+            if json_logs
+            else logging.WARNING
         ),
         # one write per line: worker processes sharing stderr never splice their lines
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
