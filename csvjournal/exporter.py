@@ -151,6 +151,10 @@ class Exporter:
         else:  # the CSV already shows everything: render it when something changes
             self._first_write()
             self.exported_seq = current
+        with self._store.read() as conn:
+            newest = _reads.last_seq(conn)
+        if newest > self.exported_seq:  # the first write (recovery) changed rows: show them
+            self.export_now()
 
     def _check_hand_edits(self) -> int | None:
         """Refuse a CSV edited by hand; return the sequence number the CSV shows when it is
