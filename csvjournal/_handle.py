@@ -33,7 +33,7 @@ from csvjournal._options import Options
 from csvjournal._settings import Settings, settle
 from csvjournal._values import timestamp_now
 from csvjournal._writer import RecordOp, Writer
-from csvjournal.backup import PendingBackup, take_backup
+from csvjournal.backup import PendingBackup, backups_folder, take_backup
 from csvjournal.csvio import read_csv
 from csvjournal.errors import JournalClosedError
 from csvjournal.exporter import Exporter
@@ -85,6 +85,7 @@ class Handle:
             busy_timeout=options.busy_timeout,
             allow_network_fs=options.allow_network_fs,
             before_upgrade=self._backup_now,
+            queue_path=backups_folder(options.csv_path) / "writer.lock",
         )
         try:
             with self._store.write() as conn:
@@ -294,7 +295,7 @@ class Handle:
 
     def _commit_group(self, items: Sequence[Item]) -> list[object]:
         writer = self._writer
-        with self._write_lock:
+        with self._write_lock, self._store.turn():
             conn = self._store.writer()
             self._store.begin_immediate(conn)
             mark = writer.begin()

@@ -29,9 +29,16 @@ __all__ = [
 OPEN_ROWS = "done = 0 AND (lease_until IS NULL OR lease_until <= :now)"
 _NO_LIMIT = 2**62
 
-_CLAIMABLE = """
-SELECT key, holder, lease_until FROM rows INDEXED BY rows_open
-WHERE done = 0 AND (lease_until IS NULL OR lease_until <= ?1) AND attempts < ?2
+# A claim takes the first open rows in CSV order: the first rows nobody leases, and the
+# first rows whose lease (or back-off) ran out, merged by position.
+_FREE = """
+SELECT pos, key, NULL, NULL FROM rows INDEXED BY rows_free
+WHERE done = 0 AND lease_until IS NULL AND attempts < ?2
+ORDER BY pos LIMIT ?3
+"""
+_LAPSED = """
+SELECT pos, key, holder, lease_until FROM rows INDEXED BY rows_leased
+WHERE lease_until IS NOT NULL AND lease_until <= ?1 AND done = 0 AND attempts < ?2
 ORDER BY pos LIMIT ?3
 """
 _TAKE = "UPDATE rows SET lease_until = ?, holder = ?, attempts = attempts + 1 WHERE key = ?"
@@ -56,6 +63,9 @@ class Action:
 
 
 def _write(conn: sqlite3.Connection, writer: Writer, ops: Sequence[RecordOp]) -> None:
+    if len(ops) == 1 and not writer.numbering:
+        writer.apply(conn, ops)  # SQLite numbers a lone event: no max(seq) query
+        return
     for op in ops:
         writer.allocate(conn, op)
     if ops:
@@ -77,7 +87,9 @@ def claim_rows(
     ``now + lease``, attempts + 1, an event each. Rows with ``max_attempts`` attempts or more
     are skipped. A row whose lease ran out says in its event whose lease it was."""
     limit = _NO_LIMIT if max_attempts is None else max_attempts
-    found = conn.execute(_CLAIMABLE, (now, limit, n)).fetchall()
+    params = (now, limit, n)
+    found = conn.execute(_FREE, params).fetchall() + conn.execute(_LAPSED, params).fetchall()
+    found.sort()
     ops = [
         RecordOp(
             key,
@@ -87,7 +99,7 @@ def claim_rows(
             worker,
             None if holder is None or until is None else f"lease of {holder} expired",
         )
-        for key, holder, until in found
+        for _, key, holder, until in found[:n]
     ]
     _write(conn, writer, ops)
     conn.executemany(_TAKE, [(now + lease, worker, op.key) for op in ops])

@@ -61,6 +61,16 @@ Index(
     rows.c.done,
     sqlite_where=text("done = 0"),
 )
+# Rows not done and not leased: where a claim looks first.
+Index(
+    "rows_free",
+    rows.c.pos,
+    rows.c.attempts,
+    rows.c.key,
+    rows.c.done,
+    rows.c.lease_until,
+    sqlite_where=text("done = 0 AND lease_until IS NULL"),
+)
 Index("rows_leased", rows.c.lease_until, sqlite_where=text("lease_until IS NOT NULL"))
 
 events = Table(

@@ -168,6 +168,12 @@ class Writer:
         self._next_seq = None
         return self.mark()
 
+    @property
+    def numbering(self) -> bool:
+        """Whether this transaction numbers events itself (then every op must be
+        :meth:`allocate`\\ d)."""
+        return self._next_seq is not None
+
     def allocate(self, conn: sqlite3.Connection, op: RecordOp) -> int:
         """Give ``op`` the next sequence number of this transaction (we hold the lock)."""
         if self._next_seq is None:

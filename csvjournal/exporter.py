@@ -271,7 +271,10 @@ class Exporter:
             temp.unlink()
         else:
             replace_with(temp, self._csv_path)
-        with self._store.write() as conn:
+        # Not synced: lost in a power cut, the CSV still matches csv_pending (synced before
+        # the rename), so it is known, not a hand edit; and csv_seq only makes flush() and
+        # the next exporter export once more.
+        with self._store.write(synced=False) as conn:
             write_value(conn, "csv_digest", written)
             write_value(conn, "csv_seq", rendered.seq)
         with self._changed:

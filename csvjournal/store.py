@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -26,6 +26,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from csvjournal import _migrate
 from csvjournal._fsinfo import NETWORK_FILESYSTEMS, filesystem_of
+from csvjournal._writerqueue import WriterQueue
 from csvjournal.errors import (
     CsvJournalError,
     JournalBusyError,
@@ -68,7 +69,8 @@ def remove_journal_files(path: Path) -> None:
 class Store:
     """One process's access to one journal file: an engine plus retry policy.
 
-    ``before_upgrade`` runs (a backup) before an existing journal's schema is upgraded.
+    ``before_upgrade`` runs (a backup) before an existing journal's schema is upgraded;
+    ``queue_path`` is the lock file that queues writers across processes.
 
     Raises (from the constructor):
         SchemaTooNewError: the journal was written by a newer csvjournal (nothing written).
@@ -85,6 +87,7 @@ class Store:
         busy_timeout: float,
         allow_network_fs: bool = False,
         before_upgrade: Callable[[], object] | None = None,
+        queue_path: Path | None = None,
     ) -> None:
         if durability not in _SYNCHRONOUS:
             raise SettingsError(f"durability must be 'full' or 'normal', not {durability!r}")
@@ -103,6 +106,7 @@ class Store:
         self._wal_fd: int | None = None
         self._writer_lock = threading.Lock()
         self._before_upgrade = before_upgrade
+        self._queue = None if queue_path is None else WriterQueue(queue_path, busy_timeout)
         try:
             self._precheck()
             self._migrate()
@@ -182,10 +186,32 @@ class Store:
                 yield conn
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A connection inside ``BEGIN IMMEDIATE``; committed unless the block raises."""
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
+    def write(self, *, synced: bool = True) -> Iterator[Connection]:
+        """A connection inside ``BEGIN IMMEDIATE`` (in this writer's turn); committed unless
+        the block raises. ``synced=False`` skips the fsync of a ``"full"`` journal's commit
+        (the commit survives a crash of the process; the next synced commit, or checkpoint,
+        puts it on disk): only for bookkeeping whose loss in a power cut does no harm."""
+        with self.turn(), self.engine.connect() as conn:
+            relaxed = not synced and self.durability == "full"
+            raw = conn.connection.driver_connection
+            assert isinstance(raw, sqlite3.Connection)
+            if relaxed:
+                raw.execute("PRAGMA synchronous = NORMAL")
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                if relaxed:
+                    raw.execute("PRAGMA synchronous = FULL")
+
+    def turn(self) -> AbstractContextManager[None]:
+        """This writer's turn among the journal's writers in every process (see
+        :mod:`csvjournal._writerqueue`); hold it around a short write transaction.
+
+        Raises:
+            JournalBusyError: other writers kept the journal busy past the busy timeout.
+        """
+        return nullcontext() if self._queue is None else self._queue.turn()
 
     def writer(self) -> sqlite3.Connection:
         """This handle's dedicated DBAPI write connection (autocommit; BEGIN it yourself)."""
@@ -243,6 +269,8 @@ class Store:
                 self._writer.close()
                 self._writer = None
         self.engine.dispose()
+        if self._queue is not None:
+            self._queue.close()
 
     def orphan(self) -> Any:
         """Forget every connection without closing it (in a forked child that inherited
@@ -252,6 +280,8 @@ class Store:
         self._writer = None
         self._wal_fd = None
         self._writer_lock = threading.Lock()
+        if self._queue is not None:
+            self._queue.forget()
         return kept
 
     # -- schema ------------------------------------------------------------------------

@@ -4,7 +4,9 @@
 the journal's terminal statuses recomputes it). ``rows_open`` indexes the rest in CSV order
 with what a claim filters on, so claiming and listing pending rows never walk the rows
 already done and never read the table (``done`` is in it too, or SQLite would not see the
-index as covering); ``rows_leased`` finds leases to expire without a scan.
+index as covering); ``rows_free`` holds the open rows no lease
+(live, expired or back-off) is on, so a claim finds the first of them without stepping over
+the rows other workers hold; ``rows_leased`` finds leases to expire without a scan.
 
 Revision ID: 0003
 Revises: 0002
@@ -38,12 +40,19 @@ def upgrade() -> None:
         sqlite_where=sa.text("done = 0"),
     )
     op.create_index(
+        "rows_free",
+        "rows",
+        ["pos", "attempts", "key", "done", "lease_until"],
+        sqlite_where=sa.text("done = 0 AND lease_until IS NULL"),
+    )
+    op.create_index(
         "rows_leased", "rows", ["lease_until"], sqlite_where=sa.text("lease_until IS NOT NULL")
     )
 
 
 def downgrade() -> None:
     op.drop_index("rows_leased", "rows")
+    op.drop_index("rows_free", "rows")
     op.drop_index("rows_open", "rows")
     with op.batch_alter_table("rows") as batch:
         batch.drop_column("done")
