@@ -195,7 +195,9 @@ def test_retention_keeps_the_newest_n_over_sessions_and_manual_backups(csv_path:
                 assert journal.backups() == made[-2:]
     assert len(set(made)) == 12
     assert [p.name for p in Path(f"{csv_path}.backups").iterdir() if NAME.match(p.name)] != []
-    assert _folder_listing(csv_path) == sorted([*(p.name for p in made[-2:]), "exporter.lock"])
+    assert _folder_listing(csv_path) == sorted(
+        [*(p.name for p in made[-2:]), "exporter.lock", "writer.lock"]
+    )
     assert all(not p.exists() for p in made[:-2])
     # the newest holds the last session's records
     keys = [row[1] for row in _dump(_journal_in(made[-1]))["rows"]]
@@ -294,7 +296,7 @@ def test_a_backup_killed_half_way_leaves_no_backup_and_no_leftover(tmp_path: Pat
             assert journal.backups()[-1] == newest
             # the next backup removed what the killed one left
             assert _folder_listing(csv_path) == sorted(
-                [*(p.name for p in journal.backups()), "exporter.lock"]
+                [*(p.name for p in journal.backups()), "exporter.lock", "writer.lock"]
             )
 
 
@@ -343,7 +345,9 @@ def test_backups_taken_by_several_processes_at_once_all_succeed(tmp_path: Path, 
     assert len(listed) == (12 if keep == 0 else keep)
     for backup in listed:
         check_backup(backup, "orders.csv.journal")
-    assert _folder_listing(csv_path) == sorted([*(p.name for p in listed), "exporter.lock"])
+    assert _folder_listing(csv_path) == sorted(
+        [*(p.name for p in listed), "exporter.lock", "writer.lock"]
+    )
 
 
 # -- a backup while workers record -------------------------------------------------------

@@ -100,7 +100,7 @@ def state_of(folder: Path) -> dict[str, bytes | None]:
     lock file: what 'nothing changed' compares."""
     state: dict[str, bytes | None] = {}
     for path in sorted(folder.rglob("*")):
-        if path.name == "exporter.lock" or path.name.endswith(("-wal", "-shm")):
+        if path.name in {"exporter.lock", "writer.lock"} or path.name.endswith(("-wal", "-shm")):
             continue
         state[str(path.relative_to(folder))] = path.read_bytes() if path.is_file() else None
     return state

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import json
 import os
 import re
 import subprocess
@@ -78,3 +79,40 @@ def test_shell_examples_print_what_the_readme_shows(block: str, tmp_path: Path) 
             check=False,
         )
         assert done.stdout.splitlines() == shown, (command, done.stderr)
+
+
+def _json_documents() -> dict[str, str]:
+    """The README's table of ``--json`` documents: command -> its documented shape."""
+    found = re.findall(r"^\| `(\w+) --json` \| `(.*)`", README.read_text(encoding="utf-8"), re.M)
+    return dict(found)
+
+
+def _top_level_keys(shape: str) -> set[str]:
+    """The quoted names at the outer level of a documented shape like ``{"a", "b": [...]}``."""
+    keys, depth = set(), 0
+    for token in re.finditer(r'[{}\[\]]|"(\w+)"', shape):
+        if token.group(1) is not None:
+            keys |= {token.group(1)} if depth == 1 else set()
+        else:
+            depth += 1 if token.group(0) in "{[" else -1
+    return keys
+
+
+def test_the_json_documents_are_as_the_readme_says(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    import csvjournal
+    from csvjournal.cli import cli
+
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("ID\na\nb\n")
+    with csvjournal.open(csv, key="ID") as journal:
+        journal.record("a", "COMPLETED", NOTE="x")
+    documented = _json_documents()
+    assert set(documented) == {"status", "pending", "history", "backups", "recover"}
+    for command, shape in documented.items():
+        args = [command, str(csv), *(["a"] if command == "history" else []), "--json"]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.output)
+        assert set(data) == _top_level_keys(shape), command
