@@ -178,13 +178,10 @@ class PendingBackup:
                 copy_journal(source, partial / journal_path.name)
             finally:
                 source.close()
-            _fsync(partial)
-            final = _rename_into_place(partial, self.csv_path)
-            _fsync(partial.parent)
         except BaseException:
             self.abandon()
             raise
-        log.info("backup_taken", path=str(final))
+        final = self._seal("backup_taken")
         prune_backups(self.csv_path, keep)
         return final
 
@@ -203,13 +200,21 @@ class PendingBackup:
                     target = partial / f"{journal_path.name}{suffix}"
                     shutil.copyfile(source, target)
                     _fsync(target)
-            _fsync(partial)
-            final = _rename_into_place(partial, self.csv_path)
-            _fsync(partial.parent)
         except BaseException:
             self.abandon()
             raise
-        log.info("backup_taken_as_files", path=str(final))
+        return self._seal("backup_taken_as_files")
+
+    def _seal(self, event: str) -> Path:
+        """Sync the whole backup and rename it into place under a new name."""
+        try:
+            _fsync(self.partial)
+            final = _rename_into_place(self.partial, self.csv_path)
+            _fsync(final.parent)
+        except BaseException:
+            self.abandon()
+            raise
+        log.info(event, path=str(final))
         return final
 
     def abandon(self) -> None:
