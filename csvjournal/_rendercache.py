@@ -38,7 +38,7 @@ class RenderedCsv:
         self._columns: list[str] = []
         self._header = ""
         self._lines: list[str] = []
-        self._index: dict[int, int] = {}  # rows.pos -> index in _lines
+        self._positions = _Positions(None)  # rows.pos -> index in _lines
         self.seq = -1
         # (line, pos, cells JSON) of records rendered here, to store in rows.line
         self.unsaved: list[tuple[str, int, str]] = []
@@ -76,22 +76,41 @@ class RenderedCsv:
         self._header = "".join(render_rows([columns], self._dialect))
         self.format = lines_format(len(columns), self._formula_guard)
         self.format_changed = read_value(conn, "lines_format") != self.format
-        # Through the DBAPI cursor, and the cells only of rows without a valid record:
-        # a SQLAlchemy row per record, or cells fetched for nothing, double the time.
-        cells = "cells" if self.format_changed else "CASE WHEN line IS NULL THEN cells END"
         raw = conn.connection.driver_connection
         assert isinstance(raw, sqlite3.Connection)
-        found = raw.execute(f"SELECT pos, line, {cells} FROM rows ORDER BY pos").fetchall()
-        self._index = {pos: index for index, (pos, _, _) in enumerate(found)}
-        lines: list[str | None] = [line for _, line, _ in found]
-        if self.format_changed:
-            lines = [None] * len(found)
-        slots = [index for index, line in enumerate(lines) if line is None]
-        missing = [(found[index][0], found[index][2]) for index in slots]
-        del found
+        first, last, count = raw.execute("SELECT min(pos), max(pos), count(*) FROM rows").fetchone()
+        if count and last - first + 1 == count and not self.format_changed:
+            # Positions without gaps (the usual case): a row's index is its position less
+            # the first, so only the stored records are read, then the cells of the rest.
+            self._positions = _Positions(first)
+            lines: list[str | None] = [
+                line for (line,) in raw.execute("SELECT line FROM rows ORDER BY pos")
+            ]
+            slots = [index for index, line in enumerate(lines) if line is None]
+            missing = self._cells_at(raw, [first + index for index in slots])
+        else:
+            # Through the DBAPI cursor, and the cells only of rows without a valid record:
+            # a SQLAlchemy row per record, or cells fetched for nothing, double the time.
+            cells = "cells" if self.format_changed else "CASE WHEN line IS NULL THEN cells END"
+            found = raw.execute(f"SELECT pos, line, {cells} FROM rows ORDER BY pos").fetchall()
+            self._positions = _Positions(None, {pos: i for i, (pos, _, _) in enumerate(found)})
+            lines = [None if self.format_changed else line for _, line, _ in found]
+            slots = [index for index, line in enumerate(lines) if line is None]
+            missing = [(found[index][0], found[index][2]) for index in slots]
+            del found
         for slot, line in zip(slots, self._render(missing, columns), strict=True):
             lines[slot] = line
         self._lines = lines  # type: ignore[assignment]  # every slot is filled now
+
+    @staticmethod
+    def _cells_at(raw: sqlite3.Connection, positions: list[int]) -> list[tuple[int, str]]:
+        found: list[tuple[int, str]] = []
+        for start in range(0, len(positions), 500):  # SQLite's limit on bound parameters
+            chunk = positions[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT pos, cells FROM rows WHERE pos IN ({marks}) ORDER BY pos"
+            found.extend(raw.execute(query, chunk).fetchall())
+        return found
 
     def _render_changed(self, conn: Connection, columns: list[str]) -> None:
         changed = select(t.events.c.key).where(t.events.c.seq > self.seq).distinct()
@@ -102,9 +121,9 @@ class RenderedCsv:
         )
         found = [(pos, cells_json) for pos, cells_json in conn.execute(query)]
         for (pos, _), line in zip(found, self._render(found, columns), strict=True):
-            index = self._index.get(pos)
+            index = self._positions.get(pos, len(self._lines))
             if index is None:  # a new row: rows only ever append, in pos order
-                self._index[pos] = len(self._lines)
+                self._positions.add(pos, len(self._lines))
                 self._lines.append(line)
             else:
                 self._lines[index] = line
@@ -114,6 +133,33 @@ class RenderedCsv:
         lines = self._lines
         texts = ("".join(lines[start : start + _CHUNK]) for start in range(0, len(lines), _CHUNK))
         return encode_chunks(self._header, texts, self._dialect)
+
+
+class _Positions:
+    """Where each row (by ``rows.pos``) is in the rendered lines: ``pos - first`` while the
+    positions have no gap (no million-entry dict to build), else a dict."""
+
+    def __init__(self, first: int | None, index: dict[int, int] | None = None) -> None:
+        self._first = first
+        self._index = index if index is not None else {}
+
+    def get(self, pos: int, count: int) -> int | None:
+        """The index of ``pos`` among ``count`` lines, ``None`` for a row not there yet."""
+        if self._first is not None:
+            index = pos - self._first
+            return index if 0 <= index < count else None
+        return self._index.get(pos)
+
+    def add(self, pos: int, index: int) -> None:
+        """A new row ``pos`` at ``index`` (the end)."""
+        if self._first is None:
+            self._index[pos] = index
+        elif pos - self._first != index:  # a gap: from now on, a dict
+            self._index = {self._first + i: i for i in range(index)}
+            self._index[pos] = index
+            self._first = None
+        elif index == 0:
+            self._first = pos
 
 
 def encode_chunks(header: str, texts: Iterable[str], dialect: CsvDialect) -> Iterator[bytes]:
