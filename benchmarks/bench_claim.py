@@ -96,7 +96,8 @@ class RawSqlite:
                 status TEXT NOT NULL, cells TEXT NOT NULL, seqs TEXT NOT NULL DEFAULT '[]',
                 line TEXT, lease_until FLOAT, holder TEXT,
                 attempts INTEGER NOT NULL DEFAULT 0, done INTEGER NOT NULL DEFAULT 0);
-            CREATE INDEX rows_open ON rows (pos, lease_until, attempts, key) WHERE done = 0;
+            CREATE INDEX rows_free ON rows (pos, attempts, key, done, lease_until)
+                WHERE done = 0 AND lease_until IS NULL;
             CREATE INDEX rows_leased ON rows (lease_until) WHERE lease_until IS NOT NULL;
             """
         )

@@ -3,8 +3,8 @@
 Every function runs on a raw DBAPI connection inside a write transaction the caller began,
 and writes its status changes through the :class:`~csvjournal._writer.Writer`, so each one is
 an event like any record. A row is *open* when it is not done (not in a terminal status) and
-no live lease holds it; :data:`OPEN_ROWS` is that test, shared by ``pending()`` and
-``claim()`` so the two agree at every instant. Lease times are epoch seconds.
+no live lease holds it: :data:`FREE_ROWS` or :data:`LAPSED_ROWS`, the tests shared by
+``pending()`` and ``claim()`` so the two agree at every instant. Lease times are epoch seconds.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from csvjournal._writer import IN_PROGRESS, PENDING, RecordOp, Writer
 
 __all__ = [
-    "OPEN_ROWS",
+    "FREE_ROWS",
+    "LAPSED_ROWS",
     "Action",
     "claim_rows",
     "defer_rows",
@@ -26,20 +27,21 @@ __all__ = [
     "reset_attempts",
 ]
 
-OPEN_ROWS = "done = 0 AND (lease_until IS NULL OR lease_until <= :now)"
+# An open row is free (no lease) or lapsed (its lease or back-off ran out); each kind has its
+# own index. ``pending()`` and ``claim()`` both ask these two, so they agree at every instant.
+FREE_ROWS = "done = 0 AND lease_until IS NULL AND attempts < :limit"
+LAPSED_ROWS = "lease_until IS NOT NULL AND lease_until <= :now AND done = 0 AND attempts < :limit"
 _NO_LIMIT = 2**62
 
 # A claim takes the first open rows in CSV order: the first rows nobody leases, and the
 # first rows whose lease (or back-off) ran out, merged by position.
-_FREE = """
-SELECT pos, key, NULL, NULL FROM rows INDEXED BY rows_free
-WHERE done = 0 AND lease_until IS NULL AND attempts < ?2
-ORDER BY pos LIMIT ?3
+_FREE = f"""
+SELECT pos, key, NULL, NULL FROM rows INDEXED BY rows_free WHERE {FREE_ROWS}
+ORDER BY pos LIMIT :n
 """
-_LAPSED = """
-SELECT pos, key, holder, lease_until FROM rows INDEXED BY rows_leased
-WHERE lease_until IS NOT NULL AND lease_until <= ?1 AND done = 0 AND attempts < ?2
-ORDER BY pos LIMIT ?3
+_LAPSED = f"""
+SELECT pos, key, holder, lease_until FROM rows INDEXED BY rows_leased WHERE {LAPSED_ROWS}
+ORDER BY pos LIMIT :n
 """
 _TAKE = "UPDATE rows SET lease_until = ?, holder = ?, attempts = attempts + 1 WHERE key = ?"
 _EXTEND = """
@@ -87,7 +89,7 @@ def claim_rows(
     ``now + lease``, attempts + 1, an event each. Rows with ``max_attempts`` attempts or more
     are skipped. A row whose lease ran out says in its event whose lease it was."""
     limit = _NO_LIMIT if max_attempts is None else max_attempts
-    params = (now, limit, n)
+    params = {"now": now, "limit": limit, "n": n}
     found = conn.execute(_FREE, params).fetchall() + conn.execute(_LAPSED, params).fetchall()
     found.sort()
     ops = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import heapq
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, func, select, text
 
 from csvjournal import _schema as t
-from csvjournal._leases import OPEN_ROWS
+from csvjournal._leases import FREE_ROWS, LAPSED_ROWS
 from csvjournal._values import parse_timestamp
 from csvjournal.events import Event
 
@@ -86,21 +87,28 @@ def row_count(conn: Connection) -> int:
 def pending(conn: Connection, now: float, max_attempts: int | None = None) -> list[str]:
     """Keys of rows neither done nor held by a live lease at ``now``, in CSV order (and
     with fewer than ``max_attempts`` attempts, if given)."""
-    limit = 2**62 if max_attempts is None else max_attempts
+    params = {"now": now, "limit": 2**62 if max_attempts is None else max_attempts}
     # The DBAPI cursor: a SQLAlchemy row per key costs twice the query on a big journal.
     raw = conn.connection.driver_connection
     assert isinstance(raw, sqlite3.Connection)
-    found = raw.execute(
-        f"SELECT key FROM rows WHERE {OPEN_ROWS} AND attempts < :limit ORDER BY pos",
-        {"now": now, "limit": limit},
-    )
-    return [key for (key,) in found]
+    lapsed = raw.execute(
+        f"SELECT pos, key FROM rows INDEXED BY rows_leased WHERE {LAPSED_ROWS}", params
+    ).fetchall()
+    free = f"FROM rows INDEXED BY rows_free WHERE {FREE_ROWS} ORDER BY pos"
+    if not lapsed:  # the usual case: the free rows, already in order
+        return [key for (key,) in raw.execute(f"SELECT key {free}", params)]
+    lapsed.sort()
+    merged = heapq.merge(raw.execute(f"SELECT pos, key {free}", params).fetchall(), lapsed)
+    return [key for _, key in merged]
 
 
 def pending_count(conn: Connection, now: float) -> int:
     """How many rows :func:`pending` would list."""
-    query = text(f"SELECT count(*) FROM rows WHERE {OPEN_ROWS}")
-    return int(conn.execute(query, {"now": now}).scalar_one())
+    query = text(
+        f"SELECT (SELECT count(*) FROM rows INDEXED BY rows_free WHERE {FREE_ROWS})"
+        f" + (SELECT count(*) FROM rows INDEXED BY rows_leased WHERE {LAPSED_ROWS})"
+    )
+    return int(conn.execute(query, {"now": now, "limit": 2**62}).scalar_one())
 
 
 def next_lease_end(conn: Connection, now: float, max_attempts: int | None) -> float | None:

@@ -51,16 +51,6 @@ rows = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("done", Integer, nullable=False, server_default="0"),
 )
-# Rows not done, in CSV order, with what claims filter on (an index-only scan).
-Index(
-    "rows_open",
-    rows.c.pos,
-    rows.c.lease_until,
-    rows.c.attempts,
-    rows.c.key,
-    rows.c.done,
-    sqlite_where=text("done = 0"),
-)
 # Rows not done and not leased: where a claim looks first.
 Index(
     "rows_free",

@@ -1188,3 +1188,34 @@ def test_demo_runs_a_whole_job_and_replaces_an_earlier_demo(tmp_path: Path) -> N
         failed = [row["PO_NUMBER"] for row in rows if row["STATUS"] == "FAILED"]
         assert journal.pending() == failed
     assert len(failed) >= 25
+
+
+@pytest.mark.slow
+def test_the_backup_and_repair_commands_from_the_console_script(tmp_path: Path) -> None:
+    csv = tmp_path / "orders.csv"
+    csv.write_text("ID,NOTE\na,x\nb,y\n", encoding="utf-8")
+    assert script("init", csv, "--key", "ID").returncode == 0
+    done = script("backup", csv)
+    assert done.returncode == 0, done.stderr
+    first = Path(done.stdout.strip())
+    assert first.is_dir()
+    listed = script("backups", csv, "--json")
+    assert json.loads(listed.stdout) == {"csv": str(csv), "backups": [str(first)]}
+    assert script("record", csv, "a", "--status", "COMPLETED").returncode == 0
+    copy = tmp_path / "copy.csv"
+    done = script("export", csv, "--to", copy)
+    assert (done.returncode, done.stdout) == (0, f"wrote {copy}\n"), done.stderr
+    assert read_rows(copy, ",")[0]["STATUS"] == "COMPLETED"
+    csv.write_text(csv.read_text(encoding="utf-8") + "c,new,,\n", encoding="utf-8")  # by hand
+    done = script("import", csv, "--merge")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"merged {csv}: 1 added, 0 updated")
+    done = script("restore", csv, first)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"restored {csv} from {first}")
+    assert [row["STATUS"] for row in read_rows(csv, ",")] == ["PENDING", "PENDING"]
+    done = script("upgrade", csv)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "already at schema" in done.stdout
+    done = script("restore", csv, tmp_path / "no-such-backup")
+    assert_one_error_line(done.stderr, done.returncode, "no-such-backup", stdout=done.stdout)

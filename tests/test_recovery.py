@@ -443,7 +443,7 @@ CORRUPT_ROWS = 3000
 
 @pytest.mark.parametrize(
     ("table", "export"),
-    [("rows", True), ("rows", False), ("events", True), ("rows_open", True)],
+    [("rows", True), ("rows", False), ("events", True), ("rows_free", True)],
     ids=["rows-exporting", "rows-non-exporting", "events-exporting", "index-exporting"],
 )
 def test_a_damaged_journal_is_refused_naming_a_backup_that_restores(
@@ -499,7 +499,7 @@ def _break_index_definition(journal_path: Path) -> None:
         conn.execute("PRAGMA writable_schema = ON")
         changed = conn.execute(
             "UPDATE sqlite_master SET sql = replace(sql, 'done = 0', 'done = 1')"
-            " WHERE name = 'rows_open'"
+            " WHERE name = 'rows_free'"
         ).rowcount
         conn.commit()
         assert changed == 1
@@ -527,7 +527,7 @@ def test_damage_quick_check_misses_is_refused_and_the_sound_backup_named(tmp_pat
             journal.recover()
     message = str(caught.value)
     assert "integrity_check" in message
-    assert "missing from index rows_open" in message
+    assert "missing from index rows_free" in message
     assert f"csvjournal restore {csv_path} {good}" in message
     assert str(damaged) not in message
     with pytest.raises(csvjournal.JournalCorruptError):

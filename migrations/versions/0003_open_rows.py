@@ -1,12 +1,12 @@
 """Find open rows and expired leases through indexes: claims, pending() and recovery.
 
 ``rows.done`` is 1 for a row whose status is terminal (the writer keeps it, and a change of
-the journal's terminal statuses recomputes it). ``rows_open`` indexes the rest in CSV order
-with what a claim filters on, so claiming and listing pending rows never walk the rows
-already done and never read the table (``done`` is in it too, or SQLite would not see the
-index as covering); ``rows_free`` holds the open rows no lease
-(live, expired or back-off) is on, so a claim finds the first of them without stepping over
-the rows other workers hold; ``rows_leased`` finds leases to expire without a scan.
+the journal's terminal statuses recomputes it). An open row (not done) is *free* when no lease
+is on it and *lapsed* when its lease (or retry back-off) ran out. ``rows_free`` indexes the
+free rows in CSV order with what a claim filters on (covering: ``done`` and ``lease_until``
+are in it too, or SQLite would read the table), so claims and ``pending()`` never walk the
+rows done or held; ``rows_leased`` finds the lapsed ones, and leases to expire, by time.
+Each index costs SQLite's integrity check a pass over it, hence only these two.
 
 Revision ID: 0003
 Revises: 0002
@@ -34,12 +34,6 @@ def upgrade() -> None:
         rows = sa.table("rows", sa.column("status"), sa.column("done"))
         op.execute(rows.update().where(rows.c.status.in_(terminal)).values(done=1))
     op.create_index(
-        "rows_open",
-        "rows",
-        ["pos", "lease_until", "attempts", "key", "done"],
-        sqlite_where=sa.text("done = 0"),
-    )
-    op.create_index(
         "rows_free",
         "rows",
         ["pos", "attempts", "key", "done", "lease_until"],
@@ -53,6 +47,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("rows_leased", "rows")
     op.drop_index("rows_free", "rows")
-    op.drop_index("rows_open", "rows")
     with op.batch_alter_table("rows") as batch:
         batch.drop_column("done")
