@@ -10,9 +10,8 @@ from pathlib import Path
 import structlog
 
 from csvjournal import _forking
-from csvjournal._options import Options
+from csvjournal._open import open as open_journal
 from csvjournal._oslock import ExporterLock
-from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TIMESTAMP
 from csvjournal.backup import PendingBackup, check_backup, copy_journal, prune_backups, take_backup
 from csvjournal.errors import JournalBusyError
 from csvjournal.exporter import lock_path
@@ -137,19 +136,7 @@ def restore(
     finally:
         lock.release()
     prune_backups(csv, keep_backups)
-    options = Options(
-        csv_path=csv,
-        journal_path=journal,
-        key=None,
-        export=True,
-        durability="full",
-        terminal=None,
-        status_column=DEFAULT_STATUS,
-        timestamp_column=DEFAULT_TIMESTAMP,
-        busy_timeout=30.0,
-        formula_guard=formula_guard,
-        keep_backups=0,
-    )
-    Journal(options).close()  # takes the exporter role and writes the CSV anew
+    # takes the exporter role and writes the CSV anew (just backed up: no session backup)
+    open_journal(csv, journal_path=journal, formula_guard=formula_guard, keep_backups=0).close()
     log.info("journal_restored", path=str(journal), backup=str(backup), safety=str(safety))
     return safety

@@ -147,7 +147,6 @@ class Runner:
         self._kill = threading.Event()
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._children_lock = threading.Lock()
-        self._failures: dict[str, int] = {}
         self.stats = RunStats()
 
     def stop(self) -> None:
@@ -227,11 +226,12 @@ class Runner:
                 task.finished = True
 
     def _failed(self, key: str, outcome: _Outcome) -> None:
-        failures = self._failures[key] = self._failures.get(key, 0) + 1
-        delay = min(_BACKOFF_CAP_SECONDS, self._config.backoff * 2 ** (failures - 1))
+        # The journal counts the attempts (across runs): the back-off doubles with each.
+        attempts = max(1, self._journal.attempts(key) or 0)
+        delay = min(_BACKOFF_CAP_SECONDS, self._config.backoff * 2 ** (attempts - 1))
         # A row whose attempts are used up gets no back-off: nothing retries it here, and
         # `pending` shows it at once (with --retry-failed a later run may start it at once).
-        spent = (self._journal.attempts(key) or 0) >= self._config.max_attempts
+        spent = attempts >= self._config.max_attempts
         with self._journal.batch():  # one commit: the failure and its back-off
             fields = {"ERROR_MESSAGE": outcome.message, "EXIT_CODE": str(outcome.code)}
             self._journal.record(key, "FAILED", fields=fields)
