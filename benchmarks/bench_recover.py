@@ -87,15 +87,16 @@ _MEASURE = textwrap.dedent(
     STEPS = [
         ("csvjournal._handle", "Store", "store open"),
         ("csvjournal._handle", "take_backup", "session backup"),
-        ("csvjournal._handle", "check_integrity", "quick_check"),
+        ("csvjournal._handle", "check_integrity", "integrity check (in a thread)"),
         ("csvjournal.journal", "check_integrity", "integrity_check"),
         ("csvjournal._handle.Handle", "_expire_leases", "expire leases"),
         ("csvjournal.exporter", "remove_temp_files", "remove temp files"),
         ("csvjournal.exporter.Exporter", "_check_hand_edits", "hand-edit check (hash CSV)"),
+        ("csvjournal._rendercache.RenderedCsv", "seed", "rendering seeded from the CSV"),
         ("csvjournal.exporter.Exporter", "export_now", "export"),
         ("csvjournal._rendercache.RenderedCsv", "refresh", "export: render rows"),
         ("csvjournal.exporter", "write_temp", "export: write temp CSV"),
-        ("csvjournal.exporter", "flush_csv", "flush"),
+        ("csvjournal._flush", "flush_csv", "flush"),
     ]
     phase = "open"
     steps = {}

@@ -17,22 +17,23 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 from sqlalchemy import Connection
 
-from csvjournal import _forking
+from csvjournal import _forking, _reads
 from csvjournal._background import Background
 from csvjournal._batch import BatchState
 from csvjournal._groupcommit import GroupCommitter
 from csvjournal._importer import check_keys, import_rows
-from csvjournal._leases import Action, expire_leases
+from csvjournal._leases import Action, expire_leases, expiring_rows
 from csvjournal._options import Options
 from csvjournal._settings import Settings, settle
-from csvjournal._values import timestamp_now
-from csvjournal._writer import RecordOp, Writer
+from csvjournal._values import format_timestamp, timestamp_now
+from csvjournal._writer import PENDING, RecordOp, Writer
 from csvjournal.backup import PendingBackup, backups_folder, take_backup
 from csvjournal.csvio import read_csv
 from csvjournal.errors import JournalClosedError
@@ -65,6 +66,8 @@ class Handle:
         self._held: dict[str, str] = {}
         self._held_lock = threading.Lock()
         self._session_check: Background | None = None
+        self._session_time = 0.0
+        self._session_stamp = ""
         self._session_backup: Background | None = None
         self._checked_at: float | None = None
         self._attach()
@@ -133,7 +136,9 @@ class Handle:
         )
         try:
             leading = exporter.try_lead(
-                on_lead=self._begin_session, before_write=self._confirm_session
+                on_lead=self._begin_session,
+                before_write=self._confirm_session,
+                preview=self._preview_session,
             )
         except BaseException:
             self._store.close()
@@ -145,11 +150,30 @@ class Handle:
         """This handle became the exporter at open: start SQLite's full integrity check;
         the exporter checks the CSV and renders it meanwhile (the check reads, so does it)."""
         csv_path = self._options.csv_path
+        # The leases the session returns are those lapsed now, stamped now: the export that
+        # the check overlaps can show them as the first write will leave them.
+        self._session_time = time.time()
+        self._session_stamp = format_timestamp(datetime.fromtimestamp(self._session_time, UTC))
         self._session_check = Background(
             "csvjournal-check", lambda: check_integrity(self._store, csv_path, full=True)
         )
 
-    def _confirm_session(self) -> None:
+    def _preview_session(self, conn: Connection) -> dict[int, tuple[str, list[str]]]:
+        """The rows the session's first write will change, as ``pos -> (key, cells
+        after)``: lapsed leases back to ``PENDING``, stamped with the session's time."""
+        columns = _reads.column_names(conn)
+        status = columns.index(self._settings.status_column)
+        stamp = columns.index(self._settings.timestamp_column)
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, sqlite3.Connection)
+        after: dict[int, tuple[str, list[str]]] = {}
+        for pos, key, cells_json in expiring_rows(raw, self._session_time):
+            cells = _reads.cells_of(columns, cells_json)
+            cells[status], cells[stamp] = PENDING, self._session_stamp
+            after[pos] = (key, cells)
+        return after
+
+    def _confirm_session(self) -> list[str]:
         """Before the session's first write: the journal must have passed the check (a
         damaged one is refused before its backup, which would push sound ones out); then
         back it up in the background (a consistent snapshot, whenever it is taken) and give
@@ -160,7 +184,7 @@ class Handle:
             self._checked_at = time.monotonic()
         if self._options.keep_backups > 0:
             self._start_session_backup()
-        lost = self._expire_leases()
+        lost = self._expire_leases(self._session_time, self._session_stamp)
         if lost:
             log.info(
                 "expired_leases_returned",
@@ -168,6 +192,7 @@ class Handle:
                 rows=len(lost),
                 workers=sorted({worker for _, worker in lost}),
             )
+        return [key for key, _ in lost]
 
     def _start_session_backup(self) -> None:
         options = self._options
@@ -200,8 +225,10 @@ class Handle:
         less (so recovery right after it need not read the whole journal again)."""
         return self._checked_at is not None and time.monotonic() - self._checked_at <= seconds
 
-    def _expire_leases(self) -> list[tuple[str, str]]:
-        now, at, worker = time.time(), timestamp_now(), self._worker_name()
+    def _expire_leases(
+        self, now: float | None = None, at: str | None = None
+    ) -> list[tuple[str, str]]:
+        now, at, worker = now or time.time(), at or timestamp_now(), self._worker_name()
         found = self._write(
             Action(lambda conn, w: expire_leases(conn, w, now=now, at=at, worker=worker))
         )

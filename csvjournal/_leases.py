@@ -133,6 +133,19 @@ def release_rows(
     return keys
 
 
+_EXPIRING = """
+SELECT pos, key, cells FROM rows INDEXED BY rows_leased
+WHERE lease_until IS NOT NULL AND lease_until <= ? AND status = 'IN_PROGRESS'
+ORDER BY pos
+"""
+
+
+def expiring_rows(conn: sqlite3.Connection, now: float) -> list[tuple[int, str, str]]:
+    """``(pos, key, cells JSON)`` of the rows :func:`expire_leases` at ``now`` would return
+    to ``PENDING`` (as they are before)."""
+    return [(int(pos), str(key), str(cells)) for pos, key, cells in conn.execute(_EXPIRING, (now,))]
+
+
 def expire_leases(
     conn: sqlite3.Connection, writer: Writer, *, now: float, at: str, worker: str
 ) -> list[tuple[str, str]]:

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, select
 
 from csvjournal import _reads
 from csvjournal import _schema as t
+from csvjournal._filelines import FileLines
 from csvjournal._settings import read_value
 from csvjournal.csvio import CsvDialect, bom_of, render_rows
 
@@ -37,7 +38,7 @@ class RenderedCsv:
         self._formula_guard = formula_guard
         self._columns: list[str] = []
         self._header = ""
-        self._lines: list[str] = []
+        self._lines: list[str] | FileLines = []
         self._positions = _Positions(None)  # rows.pos -> index in _lines
         self.seq = -1
         # (line, pos, cells JSON) of records rendered here, to store in rows.line
@@ -48,6 +49,34 @@ class RenderedCsv:
     def __len__(self) -> int:
         return len(self._lines)
 
+    def seed(self, conn: Connection, data: bytes, seq: int, rows: int) -> bool:
+        """Start from the CSV this journal's exporter wrote at ``seq`` (``data``, its bytes,
+        with ``rows`` records), so the next :meth:`refresh` renders only the rows changed
+        since and the next export rewrites the rest from the old bytes (see
+        :mod:`csvjournal._filelines`). Declined (``False``, nothing changed) unless each
+        physical line is exactly one record of the current columns.
+        """
+        columns = _reads.column_names(conn)
+        header = "".join(render_rows([columns], self._dialect))
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, sqlite3.Connection)
+        first, last, count = raw.execute("SELECT min(pos), max(pos), count(*) FROM rows").fetchone()
+        if (count and last - first + 1 != count) or rows > count:
+            return False
+        encoding = self._dialect.encoding
+        head = bom_of(self._dialect) + header.encode(encoding)
+        if not data.startswith(head):
+            return False
+        lines = FileLines.parse(data, len(head), rows, encoding, self._dialect.lineterminator)
+        if lines is None:
+            return False
+        self._columns, self._header, self._lines = columns, header, lines
+        self._positions = _Positions(first)
+        self.format = lines_format(len(columns), self._formula_guard)
+        self.format_changed = False
+        self.seq = seq
+        return True
+
     def refresh(self, conn: Connection) -> None:
         """Bring the rendering up to the journal's state in ``conn``'s snapshot."""
         seq = _reads.last_seq(conn)
@@ -57,6 +86,28 @@ class RenderedCsv:
         elif seq > self.seq:
             self._render_changed(conn, columns)
         self.seq = seq
+        lines = self._lines
+        if isinstance(lines, FileLines) and lines.changed > len(lines) // 8:
+            self._lines = lines.materialize()  # sliced so finely that text is cheaper
+
+    def show(self, cells: dict[int, list[str]]) -> dict[int, str]:
+        """Render rows (``pos -> cells``) as they are about to be, not yet in the journal;
+        return what :meth:`unshow` needs to take them back."""
+        if not cells:
+            return {}
+        lines = render_rows(cells.values(), self._dialect, formula_guard=self._formula_guard)
+        before: dict[int, str] = {}
+        for pos, line in zip(cells, lines, strict=True):
+            index = self._positions.get(pos, len(self._lines))
+            if index is not None:
+                before[index] = self._lines[index]
+                self._lines[index] = line
+        return before
+
+    def unshow(self, before: dict[int, str]) -> None:
+        """Take back what :meth:`show` rendered."""
+        for index, line in before.items():
+            self._lines[index] = line
 
     def _render(self, rows: list[tuple[int, str]], columns: list[str]) -> list[str]:
         lines = list(
@@ -131,6 +182,8 @@ class RenderedCsv:
     def chunks(self) -> Iterator[bytes]:
         """The whole file, in pieces (see :func:`encode_chunks`)."""
         lines = self._lines
+        if isinstance(lines, FileLines):
+            return _trim_final_newline(self._header, lines.pieces(), self._dialect)
         texts = ("".join(lines[start : start + _CHUNK]) for start in range(0, len(lines), _CHUNK))
         return encode_chunks(self._header, texts, self._dialect)
 
@@ -175,6 +228,22 @@ def encode_chunks(header: str, texts: Iterable[str], dialect: CsvDialect) -> Ite
     if not dialect.final_newline and held.endswith(end):
         held = held[: -len(end)]
     yield held.encode(dialect.encoding)
+
+
+def _trim_final_newline(
+    header: str, pieces: Iterable[bytes | memoryview], dialect: CsvDialect
+) -> Iterator[bytes]:
+    """BOM, header and records already encoded, the final line break dropped if the
+    original file had none (one non-empty piece is held back to know which is last)."""
+    end = dialect.lineterminator.encode(dialect.encoding)
+    held: bytes | memoryview = bom_of(dialect) + header.encode(dialect.encoding)
+    for piece in pieces:
+        if len(piece):
+            yield held  # type: ignore[misc]  # write() and crc32 take either
+            held = piece
+    if not dialect.final_newline and bytes(held[-len(end) :]) == end:
+        held = held[: -len(end)]
+    yield held  # type: ignore[misc]
 
 
 def stream_csv(conn: Connection, dialect: CsvDialect, formula_guard: bool) -> Iterator[bytes]:

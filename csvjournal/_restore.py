@@ -25,7 +25,13 @@ log = structlog.get_logger(__name__)
 # the -shm file while it is open ("dead man switch"), so an exclusive lock on it succeeds
 # only when no other process has the journal open.
 _SHM_DMS_BYTE = 128
-_EXPORT_STATE = ("csv_digest", "csv_pending", "csv_seq")
+_EXPORT_STATE = (
+    "csv_digest",
+    "csv_pending",
+    "csv_pending_seq",
+    "csv_pending_rows",
+    "csv_seq",
+)
 
 
 def _in_use_elsewhere(journal: Path) -> bool:

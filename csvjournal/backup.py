@@ -155,13 +155,36 @@ class PendingBackup:
         _remove_leftovers(folder)
         self.partial = folder / f"{_PARTIAL}{os.getpid()}-{secrets.token_hex(6)}"
         self.partial.mkdir()
+        self._linked = False
         try:
             if csv_path.exists():
-                shutil.copyfile(csv_path, self.partial / csv_path.name)
-                _fsync(self.partial / csv_path.name)
+                self._hold_csv(csv_path, self.partial / csv_path.name)
         except BaseException:
             self.abandon()
             raise
+
+    def _hold_csv(self, csv_path: Path, target: Path) -> None:
+        # A hard link holds the CSV as it is now at no cost (the exporter only ever renames
+        # a new file over it); the backup gets its own copy later, in finish(), off the
+        # path of the open that began it.
+        try:
+            os.link(csv_path, target)
+            self._linked = True
+        except OSError:  # a file system without hard links
+            shutil.copyfile(csv_path, target)
+            _fsync(target)
+
+    def _own_csv(self) -> None:
+        """Replace the hard-linked CSV by a copy of its own (an edit of the CSV in place,
+        later, must not reach the backup)."""
+        if not self._linked:
+            return
+        linked = self.partial / self.csv_path.name
+        copy = linked.with_name(f"{linked.name}.copy")
+        shutil.copyfile(linked, copy)
+        _fsync(copy)
+        os.replace(copy, linked)
+        self._linked = False
 
     def finish(self, journal_path: Path, *, keep: int, busy_timeout: float) -> Path:
         """Copy the journal in, put the backup in place, keep the newest ``keep`` backups
@@ -173,6 +196,7 @@ class PendingBackup:
         """
         partial = self.partial
         try:
+            self._own_csv()
             source = sqlite3.connect(journal_path, timeout=busy_timeout)
             try:
                 copy_journal(source, partial / journal_path.name)
@@ -194,6 +218,7 @@ class PendingBackup:
         """
         partial = self.partial
         try:
+            self._own_csv()
             for suffix in ("", "-wal"):
                 source = Path(f"{journal_path}{suffix}")
                 if source.exists():

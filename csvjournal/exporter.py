@@ -24,24 +24,26 @@ from sqlalchemy import Connection
 from csvjournal import _reads
 from csvjournal._forking import ForkGate
 from csvjournal._oslock import ExporterLock
-from csvjournal._rendercache import RenderedCsv, lines_format, stream_csv
+from csvjournal._rendercache import RenderedCsv, lines_format
 from csvjournal._settings import Settings, read_value, write_value
 from csvjournal.csvio import (
     EXCEL_MAX_ROWS,
-    atomic_write,
     fingerprint,
     remove_temp_files,
     replace_with,
     write_temp,
 )
-from csvjournal.errors import CsvChangedError, ExportError, FlushTimeoutError
+from csvjournal.errors import CsvChangedError
 from csvjournal.store import Store
 
-__all__ = ["Exporter", "export_to", "flush_csv", "lock_path"]
+__all__ = ["POLL_SECONDS", "Exporter", "Preview", "lock_path"]
 
 log = structlog.get_logger(__name__)
 
-_POLL_SECONDS = 0.02
+# The rows a session's first write will change, read in the export's snapshot.
+Preview = Callable[[Connection], dict[int, tuple[str, list[str]]]]
+
+POLL_SECONDS = 0.02
 _STANDBY_SECONDS = 0.5
 _BACKOFF_CAP_SECONDS = 30.0
 
@@ -49,18 +51,6 @@ _BACKOFF_CAP_SECONDS = 30.0
 def lock_path(csv_path: Path) -> Path:
     """The exporter lock of the journal of ``csv_path``."""
     return Path(f"{csv_path}.backups") / "exporter.lock"
-
-
-def export_to(store: Store, settings: Settings, path: Path, formula_guard: bool) -> int:
-    """Write the journal's CSV to another ``path`` now; return the sequence number it shows.
-
-    Raises:
-        OSError: the file could not be written.
-    """
-    with store.read() as conn:  # one snapshot, streamed to the file
-        seq = _reads.last_seq(conn)
-        atomic_write(path, stream_csv(conn, settings.dialect, formula_guard))
-    return seq
 
 
 class Exporter:
@@ -89,6 +79,7 @@ class Exporter:
         self._failures = 0
         self._forced = False
         self._before_write: Callable[[], object] | None = None
+        self._preview: Preview | None = None
         self.exports = 0  # how many exports this handle made
         self._warned_rows = False
         self._rendered = RenderedCsv(settings.dialect, formula_guard)
@@ -101,11 +92,14 @@ class Exporter:
         self,
         on_lead: Callable[[], object] | None = None,
         before_write: Callable[[], object] | None = None,
+        preview: Preview | None = None,
     ) -> bool:
         """Become the exporter if no other handle is; check and refresh the CSV then.
         ``on_lead`` runs first, once the lock is ours; ``before_write`` runs once before
         the first write to the journal or the CSV (the session's check, backup, recovery:
-        the export's rendering overlaps the check ``on_lead`` started).
+        the export's rendering overlaps the check ``on_lead`` started). ``preview`` says
+        which rows ``before_write`` will change and how (``pos -> (key, cells)``), so the
+        first export shows them; ``before_write`` returns the keys it changed.
 
         Raises:
             CsvChangedError: the CSV was edited by hand since the last export (the lock is
@@ -113,7 +107,7 @@ class Exporter:
         """
         if not self._lock.acquire():
             return False
-        self._before_write = before_write
+        self._before_write, self._preview = before_write, preview
         try:
             if on_lead is not None:
                 on_lead()
@@ -122,14 +116,13 @@ class Exporter:
             self._lock.release()
             raise
         finally:
-            self._before_write = None
+            self._before_write, self._preview = None, None
         self.leading = True
         return True
 
-    def _first_write(self) -> None:
+    def _first_write(self) -> object:
         hook, self._before_write = self._before_write, None
-        if hook is not None:
-            hook()
+        return None if hook is None else hook()
 
     def release(self) -> None:
         """Give up the exporter role taken by :meth:`try_lead` without a thread."""
@@ -158,26 +151,38 @@ class Exporter:
 
     def _check_hand_edits(self) -> int | None:
         """Refuse a CSV edited by hand; return the sequence number the CSV shows when it is
-        exactly the last export and nothing changed since (else ``None``)."""
+        exactly the last export and nothing changed since (else ``None``). A CSV that is the
+        last complete export but behind the journal seeds the rendering instead."""
         if not self._csv_path.exists():
             return None
         with self._store.read() as conn:
             digest, pending = read_value(conn, "csv_digest"), read_value(conn, "csv_pending")
             exported, newest = _reads.exported_seq(conn), _reads.last_seq(conn)
             stored_format = read_value(conn, "lines_format")
+            shown = read_value(conn, "csv_pending_seq"), read_value(conn, "csv_pending_rows")
             wanted_format = lines_format(len(_reads.column_names(conn)), self._formula_guard)
         known = {digest, pending} - {None}
         if not known:
             return None
-        found = fingerprint(self._csv_path.read_bytes())
+        data = self._csv_path.read_bytes()
+        found = fingerprint(data)
         if found not in known:
             raise CsvChangedError(
                 f"{self._csv_path}: edited by hand since csvjournal last wrote it. Run"
                 f" `csvjournal import --merge {self._csv_path}` to bring the edits into the"
                 " journal, or delete the file to have it written anew from the journal"
             )
-        if found == digest and exported == newest and stored_format == wanted_format:
+        if stored_format != wanted_format:
+            return None
+        if found == digest and exported == newest:
             return exported
+        seq, rows = shown
+        # The last export put in place (its bookkeeping perhaps lost with its process), in
+        # the stored format: the rendering can start from its bytes.
+        if found == pending and isinstance(seq, int) and isinstance(rows, int):
+            with self._store.read() as conn:
+                seeded = self._rendered.seed(conn, data, seq, rows)
+            log.debug("csv_rendering_seeded", path=str(self._csv_path), seeded=seeded, seq=seq)
         return None
 
     def start(self, leading: bool) -> None:
@@ -210,7 +215,7 @@ class Exporter:
     def _export_loop(self) -> None:
         try:
             seen = self.exported_seq
-            delay = _POLL_SECONDS
+            delay = POLL_SECONDS
             while not self._stopped(delay):
                 with self._gate.operation():  # no connection may be open across a fork
                     with self._store.read() as conn:
@@ -218,7 +223,7 @@ class Exporter:
                     # A CSV deleted by hand is written anew, commits or not.
                     idle = not self._forced and self._csv_path.exists()
                     if newest == seen and self._failures == 0 and idle:
-                        delay = _POLL_SECONDS
+                        delay = POLL_SECONDS
                         continue
                     seen = newest
                     delay = self._export_or_back_off()
@@ -237,12 +242,12 @@ class Exporter:
             self._failures += 1
             if self._failures == 1:
                 log.error("csv_export_failed", path=str(self._csv_path), error=str(exc))
-            wait = min(_BACKOFF_CAP_SECONDS, _POLL_SECONDS * 2**self._failures)
+            wait = min(_BACKOFF_CAP_SECONDS, POLL_SECONDS * 2**self._failures)
             return float(wait * random.uniform(0.5, 1.0))
         if self._failures:
             log.info("csv_export_recovered", path=str(self._csv_path), attempts=self._failures)
             self._failures = 0
-        return _POLL_SECONDS
+        return POLL_SECONDS
 
     def export_now(self) -> None:
         """Regenerate the CSV from the journal now (the caller holds the lock).
@@ -251,18 +256,29 @@ class Exporter:
             OSError: the CSV could not be written (the old one stays whole).
         """
         rendered = self._rendered
+        planned: dict[int, tuple[str, list[str]]] = {}
         with self._store.read() as conn:
             rendered.refresh(conn)
+            if self._preview is not None and self._before_write is not None:
+                planned = self._preview(conn)
+        shown = rendered.show({pos: cells for pos, (_, cells) in planned.items()})
         if len(rendered) + 1 > EXCEL_MAX_ROWS and not self._warned_rows:
             self._warned_rows = True
             log.warning("excel_row_limit_exceeded", path=str(self._csv_path), rows=len(rendered))
         temp, written = write_temp(self._csv_path, rendered.chunks())
         try:
-            self._first_write()
+            changed = self._first_write()
+            if planned and not self._went_as_planned(planned, changed):
+                temp.unlink()
+                rendered.unshow(shown)  # rendered again from the journal, as it now is
+                self.export_now()
+                return
             with self._store.write() as conn:
                 unchanged = read_value(conn, "csv_digest") == written and self._csv_path.exists()
                 if not unchanged:  # a CSV with this fingerprint is about to appear
                     write_value(conn, "csv_pending", written)
+                    write_value(conn, "csv_pending_seq", rendered.seq)
+                    write_value(conn, "csv_pending_rows", len(rendered))
                 self._save_lines(conn)
         except BaseException:
             temp.unlink(missing_ok=True)
@@ -282,6 +298,19 @@ class Exporter:
             self.exports += 1
             self._forced = False
             self._changed.notify_all()
+
+    def _went_as_planned(self, planned: dict[int, tuple[str, list[str]]], changed: object) -> bool:
+        """Whether the first write changed exactly the rows previewed and nothing else was
+        committed since the rendering's snapshot; then the rendering is current."""
+        keys = sorted(key for key, _ in planned.values())
+        if not isinstance(changed, list) or sorted(changed) != keys:
+            return False
+        with self._store.read() as conn:
+            newest = _reads.last_seq(conn)
+        if newest != self._rendered.seq + len(keys):  # one event per row, nothing else
+            return False
+        self._rendered.seq = newest
+        return True
 
     def _save_lines(self, conn: Connection) -> None:
         """Store the records rendered since the last export in rows.line, for the next
@@ -335,45 +364,3 @@ class Exporter:
             self._changed.notify_all()
         if self._thread is not None:
             self._thread.join()
-
-
-def flush_csv(
-    store: Store,
-    settings: Settings,
-    csv_path: Path,
-    exporter: Exporter | None,
-    *,
-    formula_guard: bool,
-    timeout: float | None,
-) -> None:
-    """Wait until the CSV shows every commit made so far, exporting here if nobody does.
-
-    Raises:
-        FlushTimeoutError: ``timeout`` seconds passed first.
-        ExportError: the CSV could not be written here and now.
-        CsvChangedError: exporting here found the CSV edited by hand.
-    """
-    with store.read() as conn:
-        target = _reads.last_seq(conn)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    if exporter is not None and exporter.leading:
-        exporter.wake()
-        if exporter.wait_for(target, timeout, lambda: exporter.leading):
-            return
-    while True:
-        with store.read() as conn:
-            if (_reads.exported_seq(conn) or 0) >= target:
-                return
-        helper = Exporter(store, settings, csv_path, formula_guard)
-        try:
-            exported = helper.try_lead()  # exports when it gets the lock: nobody else does
-        except OSError as exc:
-            raise ExportError(f"{csv_path}: could not write the CSV: {exc}") from exc
-        if exported:
-            helper.release()
-            continue
-        if deadline is not None and time.monotonic() >= deadline:
-            raise FlushTimeoutError(
-                f"{csv_path}: the CSV did not catch up with the journal in {timeout} s"
-            )
-        time.sleep(_POLL_SECONDS)

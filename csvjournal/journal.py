@@ -16,13 +16,14 @@ import structlog
 from csvjournal import _forking, _reads
 from csvjournal._batch import BatchState
 from csvjournal._claims import Claims
+from csvjournal._flush import export_to, flush_csv
 from csvjournal._options import Options
 from csvjournal._values import render_value
 from csvjournal._writer import IN_PROGRESS, RecordOp, prepare_record
 from csvjournal.backup import list_backups
 from csvjournal.csvio import EXCEL_MAX_CELL
 from csvjournal.errors import CsvJournalError, ExportError
-from csvjournal.exporter import Exporter, export_to, flush_csv
+from csvjournal.exporter import Exporter
 from csvjournal.recovery import RecoveryReport, check_integrity
 
 if TYPE_CHECKING:

@@ -48,6 +48,9 @@ class RecoveryReport:
         return out
 
 
+_CHECK_MMAP_BYTES = 1 << 30
+
+
 def check_integrity(store: Store, csv_path: Path, *, full: bool) -> str:
     """Run SQLite's ``integrity_check`` (``quick_check`` unless ``full``); return ``"ok"``.
 
@@ -57,7 +60,13 @@ def check_integrity(store: Store, csv_path: Path, *, full: bool) -> str:
     pragma = "integrity_check" if full else "quick_check"
     try:
         with store.read() as conn:
-            problems = [str(row[0]) for row in conn.exec_driver_sql(f"PRAGMA {pragma}")]
+            # Mapped pages spare the check a read() per page (a tenth of its time on a big
+            # journal); the mapping is given up again, as the pooled connection goes back.
+            conn.exec_driver_sql(f"PRAGMA mmap_size={_CHECK_MMAP_BYTES}")
+            try:
+                problems = [str(row[0]) for row in conn.exec_driver_sql(f"PRAGMA {pragma}")]
+            finally:
+                conn.exec_driver_sql("PRAGMA mmap_size=0")
     except DBAPIError as exc:  # damage SQLite meets before it can report it
         if is_busy(exc):
             raise

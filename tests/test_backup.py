@@ -258,6 +258,23 @@ def test_backup_folders_hold_a_self_contained_journal_and_the_csv(csv_path: Path
         assert (backup / "orders.csv").read_bytes() == csv_path.read_bytes()
 
 
+def test_a_backups_csv_is_its_own_file_untouched_by_later_edits_in_place(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        _record_some(journal, 0, 10)
+    with csvjournal.open(csv_path) as journal:
+        session = journal.backups()[-1]  # the CSV as this open found it
+        _record_some(journal, 10, 10)
+        journal.flush(timeout=30)
+        backup = journal.backup()
+    for folder in (session, backup):
+        assert (folder / "orders.csv").stat().st_nlink == 1
+    kept = (backup / "orders.csv").read_bytes()
+    with csv_path.open("r+b") as handle:  # an editor that writes in place
+        handle.write(b"XX")
+    assert (backup / "orders.csv").read_bytes() == kept
+    assert not kept.startswith(b"XX")
+
+
 # -- partial backups -----------------------------------------------------------------------
 
 BACKUP_LOOP = """

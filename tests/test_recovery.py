@@ -309,8 +309,57 @@ def test_an_exporting_open_returns_expired_leases_itself(tmp_path: Path) -> None
         on_disk = _csv_status(csv_path)
         _check_returned(journal, lost, worker)
         assert on_disk == dict.fromkeys(keys, "PENDING")
+        # shown by the open's one export, rendered before the leases were returned
+        assert journal._exporter is not None
+        assert journal._exporter.exports == 1
+        journal.export(tmp_path / "from-journal.csv")
+        assert (tmp_path / "from-journal.csv").read_bytes() == csv_path.read_bytes()
         assert journal.pending() == keys
         assert journal.recover().expired == ()  # the open did it already
+
+
+_RECORD_AND_DIE = """
+import os, sys, csvjournal
+journal = csvjournal.open(sys.argv[1], export=False)
+journal.record(sys.argv[2], "COMPLETED")
+os._exit(0)  # no close(): it would wait for the exporter, which waits for this
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("racer", ["a-lost-row", "another-row"])
+def test_a_commit_racing_the_opens_first_export_is_shown(
+    tmp_path: Path, racer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from csvjournal._handle import Handle
+
+    csv_path = tmp_path / "orders.csv"
+    keys = [f"k{n}" for n in range(8)]
+    _write_input(csv_path, keys)
+    csvjournal.open(csv_path, key="ID").close()
+    lost, _ = _lose_a_worker(tmp_path, csv_path, claimed=2)
+    key = lost[0] if racer == "a-lost-row" else keys[-1]
+    confirm = Handle._confirm_session
+
+    def raced(self: Handle) -> list[str]:  # another process commits before the open's write
+        done = subprocess.run(
+            [sys.executable, "-c", _RECORD_AND_DIE, str(csv_path), key],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return confirm(self)
+
+    monkeypatch.setattr(Handle, "_confirm_session", raced)
+    with csvjournal.open(csv_path) as journal:
+        on_disk = csv_path.read_bytes()
+        journal.export(tmp_path / "from-journal.csv")
+        assert (tmp_path / "from-journal.csv").read_bytes() == on_disk
+        assert journal.get(key)["STATUS"] == "COMPLETED"  # type: ignore[index]
+        assert _csv_status(csv_path)[key] == "COMPLETED"
+        assert _csv_status(csv_path)[lost[1]] == "PENDING"
 
 
 @pytest.mark.slow

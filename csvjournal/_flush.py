@@ -1,0 +1,71 @@
+"""Exports on request: :func:`flush_csv` (wait for the exporter, or export here when none
+is alive) and :func:`export_to` (the CSV written to another path, now)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from csvjournal import _reads
+from csvjournal._rendercache import stream_csv
+from csvjournal._settings import Settings
+from csvjournal.csvio import atomic_write
+from csvjournal.errors import ExportError, FlushTimeoutError
+from csvjournal.exporter import POLL_SECONDS, Exporter
+from csvjournal.store import Store
+
+__all__ = ["export_to", "flush_csv"]
+
+
+def export_to(store: Store, settings: Settings, path: Path, formula_guard: bool) -> int:
+    """Write the journal's CSV to another ``path`` now; return the sequence number it shows.
+
+    Raises:
+        OSError: the file could not be written.
+    """
+    with store.read() as conn:  # one snapshot, streamed to the file
+        seq = _reads.last_seq(conn)
+        atomic_write(path, stream_csv(conn, settings.dialect, formula_guard))
+    return seq
+
+
+def flush_csv(
+    store: Store,
+    settings: Settings,
+    csv_path: Path,
+    exporter: Exporter | None,
+    *,
+    formula_guard: bool,
+    timeout: float | None,
+) -> None:
+    """Wait until the CSV shows every commit made so far, exporting here if nobody does.
+
+    Raises:
+        FlushTimeoutError: ``timeout`` seconds passed first.
+        ExportError: the CSV could not be written here and now.
+        CsvChangedError: exporting here found the CSV edited by hand.
+    """
+    with store.read() as conn:
+        target = _reads.last_seq(conn)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if exporter is not None and exporter.leading:
+        exporter.wake()
+        if exporter.wait_for(target, timeout, lambda: exporter.leading):
+            return
+    while True:
+        with store.read() as conn:
+            if (_reads.exported_seq(conn) or 0) >= target:
+                return
+        helper = Exporter(store, settings, csv_path, formula_guard)
+        try:
+            exported = helper.try_lead()  # exports when it gets the lock: nobody else does
+        except OSError as exc:
+            raise ExportError(f"{csv_path}: could not write the CSV: {exc}") from exc
+        if exported:
+            helper.release()
+            continue
+        if deadline is not None and time.monotonic() >= deadline:
+            raise FlushTimeoutError(
+                f"{csv_path}: the CSV did not catch up with the journal in {timeout} s"
+            )
+        time.sleep(POLL_SECONDS)

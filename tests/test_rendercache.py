@@ -1,0 +1,141 @@
+"""The exporter's rendering after a crash: started from the CSV on disk when that is the
+last complete export, else from the journal; the file written is the same either way."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+import csvjournal
+
+# Records made by a worker that then dies with SIGKILL: the CSV is left behind them.
+_CRASHING_WORKER = textwrap.dedent(
+    """
+    import json, os, signal, sys, csvjournal
+    journal = csvjournal.open(sys.argv[1], export=False)
+    for key, status, fields in json.loads(sys.argv[2]):
+        journal.record(key, status, fields=fields)
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def _crash_after(csv_path: Path, records: list[tuple[str, str | None, dict[str, str]]]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _CRASHING_WORKER, str(csv_path), json.dumps(records)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == -9, done.stderr
+
+
+def _write_csv(
+    path: Path, rows: list[list[str]], sep: str, end: str, *, bom: bool, final: bool
+) -> None:
+    def cell(value: str) -> str:
+        if any(ch in value for ch in (sep, '"', "\n", "\r")):
+            return '"' + value.replace('"', '""') + '"'
+        return value
+
+    text = end.join(sep.join(cell(v) for v in row) for row in rows) + (end if final else "")
+    path.write_bytes(("\ufeff" if bom else "").encode() + text.encode())
+
+
+def _reopen_and_export(csv_path: Path, tmp_path: Path, **options: object) -> list[bool]:
+    """Open the journal as the exporter; return what seeding decided, and check the CSV
+    against a rendering made from the journal alone."""
+    with capture_logs() as logs, csvjournal.open(csv_path, **options) as journal:  # type: ignore[arg-type]
+        journal.export(tmp_path / "from-journal.csv")
+        assert csv_path.read_bytes() == (tmp_path / "from-journal.csv").read_bytes()
+    return [e["seeded"] for e in logs if e["event"] == "csv_rendering_seeded"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sep", [",", ";", "\t", "|"])
+@pytest.mark.parametrize(("end", "bom", "final"), [("\n", False, True), ("\r\n", True, False)])
+def test_a_crashed_jobs_csv_seeds_the_next_export(
+    tmp_path: Path, sep: str, end: str, bom: bool, final: bool
+) -> None:
+    csv_path = tmp_path / "orders.csv"
+    header = ["ID", "NOTE", "STATUS", "LAST_PROCESSED"]
+    rows = [header] + [[f"k{i}", f"note {i}, é", "PENDING", ""] for i in range(50)]
+    _write_csv(csv_path, rows, sep, end, bom=bom, final=final)
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("k1", "COMPLETED")
+    before = csv_path.read_bytes()
+    _crash_after(
+        csv_path,
+        [("k2", "COMPLETED", {}), ("k7", "FAILED", {"NOTE": 'a "quoted" note'})]
+        + [(f"new{i}", None, {"NOTE": "added"}) for i in range(3)],
+    )
+    assert csv_path.read_bytes() == before  # the crash left the CSV behind the journal
+    assert _reopen_and_export(csv_path, tmp_path) == [True]
+    with csvjournal.open(csv_path) as journal:
+        assert journal.get("k7")["NOTE"] == 'a "quoted" note'  # type: ignore[index]
+        assert journal.get("new2")["STATUS"] == "PENDING"  # type: ignore[index]
+    text = csv_path.read_bytes().decode("utf-8-sig")
+    assert text.endswith(end) == final
+    assert text.count(end) == 54 - (not final)  # header, 50 rows, 3 new
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("change", "options", "seeded"),
+    [
+        pytest.param({"NEW COLUMN": "x"}, {}, [], id="a-column-added-since"),
+        pytest.param({}, {"formula_guard": True}, [], id="formula-guard-changed"),
+    ],
+)
+def test_a_csv_that_cannot_seed_is_rendered_from_the_journal(
+    tmp_path: Path, change: dict[str, str], options: dict[str, object], seeded: list[bool]
+) -> None:
+    csv_path = tmp_path / "orders.csv"
+    rows = [["ID", "NOTE", "STATUS", "LAST_PROCESSED"]]
+    rows += [[f"k{i}", f"=note {i}", "PENDING", ""] for i in range(20)]
+    _write_csv(csv_path, rows, ",", "\n", bom=False, final=True)
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("k1", "COMPLETED")
+    _crash_after(csv_path, [("k3", "FAILED", change), ("k4", "COMPLETED", {})])
+    assert _reopen_and_export(csv_path, tmp_path, **options) == seeded
+    with csvjournal.open(csv_path) as journal:
+        assert journal.get("k4")["STATUS"] == "COMPLETED"  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_a_line_break_in_a_cell_declines_the_seed_but_not_the_export(tmp_path: Path) -> None:
+    csv_path = tmp_path / "orders.csv"
+    rows = [["ID", "STATUS", "LAST_PROCESSED"], ["a", "PENDING", ""]]
+    _write_csv(csv_path, rows, ",", "\n", bom=False, final=True)
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", NOTE="one\ntwo")
+        journal.record("b", NOTE="three")
+    _crash_after(csv_path, [("b", "COMPLETED", {})])
+    assert _reopen_and_export(csv_path, tmp_path) == [False]
+
+
+@pytest.mark.slow
+def test_an_export_whose_bookkeeping_was_lost_still_seeds(tmp_path: Path) -> None:
+    import sqlite3
+    from contextlib import closing
+
+    csv_path = tmp_path / "orders.csv"
+    rows = [["ID", "STATUS", "LAST_PROCESSED"]] + [[f"k{i}", "PENDING", ""] for i in range(30)]
+    _write_csv(csv_path, rows, ",", "\n", bom=False, final=True)
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("k1", "COMPLETED")
+    _crash_after(csv_path, [("k2", "COMPLETED", {})])
+    # What a power cut right after the rename leaves: the unsynced bookkeeping is gone,
+    # the CSV is known only as the export that was about to be put in place.
+    with closing(sqlite3.connect(f"{csv_path}.journal")) as conn, conn:
+        conn.execute("DELETE FROM settings WHERE name IN ('csv_digest', 'csv_seq')")
+    assert _reopen_and_export(csv_path, tmp_path) == [True]
+    with csvjournal.open(csv_path) as journal:
+        assert journal.get("k2")["STATUS"] == "COMPLETED"  # type: ignore[index]
