@@ -43,7 +43,7 @@ log = structlog.get_logger(__name__)
 # The rows a session's first write will change, read in the export's snapshot.
 Preview = Callable[[Connection], dict[int, tuple[str, list[str]]]]
 
-POLL_SECONDS = 0.02
+POLL_SECONDS = 0.01
 _STANDBY_SECONDS = 0.5
 _BACKOFF_CAP_SECONDS = 30.0
 
@@ -74,6 +74,7 @@ class Exporter:
         self._lock = ExporterLock(lock)
         self._changed = threading.Condition()
         self._stop = False
+        self._woken = False
         self.leading = False
         self.exported_seq = -1
         self._failures = 0
@@ -209,12 +210,14 @@ class Exporter:
         self._export_loop()
 
     def _stopped(self, seconds: float) -> bool:
+        """Wait ``seconds``, or less if woken or stopped; return whether stopped."""
         with self._changed:
-            return self._changed.wait_for(lambda: self._stop, seconds)
+            self._changed.wait_for(lambda: self._stop or self._woken, seconds)
+            self._woken = False
+            return self._stop
 
     def _export_loop(self) -> None:
         try:
-            seen = self.exported_seq
             delay = POLL_SECONDS
             while not self._stopped(delay):
                 with self._gate.operation():  # no connection may be open across a fork
@@ -222,10 +225,10 @@ class Exporter:
                         newest = _reads.last_seq(conn)
                     # A CSV deleted by hand is written anew, commits or not.
                     idle = not self._forced and self._csv_path.exists()
-                    if newest == seen and self._failures == 0 and idle:
+                    if newest <= self.exported_seq and self._failures == 0 and idle:
                         delay = POLL_SECONDS
                         continue
-                    seen = newest
+                    # Commits that came during an export go out at once, not a poll later.
                     delay = self._export_or_back_off()
             with self._gate.operation():  # the last commits before close
                 with self._store.read() as conn:
@@ -329,6 +332,7 @@ class Exporter:
     def wake(self) -> None:
         """Look for new commits now rather than at the next poll."""
         with self._changed:
+            self._woken = True
             self._changed.notify_all()
 
     def export_again(self, timeout: float | None = None) -> bool:
