@@ -347,9 +347,6 @@ class Handle:
                     conn.execute("ROLLBACK")
                 writer.restore(mark)
                 raise
-        exporter = self._exporter
-        if exporter is not None:  # this process's own commits need not wait for a poll
-            exporter.wake()
         return results
 
     def _apply_one(self, conn: Any, op: RecordOp) -> int:

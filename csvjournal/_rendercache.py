@@ -16,7 +16,7 @@ from sqlalchemy import Connection, select
 
 from csvjournal import _reads
 from csvjournal import _schema as t
-from csvjournal._filelines import FileLines
+from csvjournal._records import Records
 from csvjournal._settings import read_value
 from csvjournal.csvio import CsvDialect, bom_of, render_rows
 
@@ -38,7 +38,7 @@ class RenderedCsv:
         self._formula_guard = formula_guard
         self._columns: list[str] = []
         self._header = ""
-        self._lines: list[str] | FileLines = []
+        self._lines = Records(dialect.encoding)
         self._positions = _Positions(None)  # rows.pos -> index in _lines
         self.seq = -1
         # (line, pos, cells JSON) of records rendered here, to store in rows.line
@@ -53,7 +53,7 @@ class RenderedCsv:
         """Start from the CSV this journal's exporter wrote at ``seq`` (``data``, its bytes,
         with ``rows`` records), so the next :meth:`refresh` renders only the rows changed
         since and the next export rewrites the rest from the old bytes (see
-        :mod:`csvjournal._filelines`). Declined (``False``, nothing changed) unless each
+        :mod:`csvjournal._records`). Declined (``False``, nothing changed) unless each
         physical line is exactly one record of the current columns.
         """
         columns = _reads.column_names(conn)
@@ -67,7 +67,7 @@ class RenderedCsv:
         head = bom_of(self._dialect) + header.encode(encoding)
         if not data.startswith(head):
             return False
-        lines = FileLines.parse(data, len(head), rows, encoding, self._dialect.lineterminator)
+        lines = Records.from_file(data, len(head), rows, encoding, self._dialect.lineterminator)
         if lines is None:
             return False
         self._columns, self._header, self._lines = columns, header, lines
@@ -86,9 +86,6 @@ class RenderedCsv:
         elif seq > self.seq:
             self._render_changed(conn, columns)
         self.seq = seq
-        lines = self._lines
-        if isinstance(lines, FileLines) and lines.changed > len(lines) // 8:
-            self._lines = lines.materialize()  # sliced so finely that text is cheaper
 
     def show(self, cells: dict[int, list[str]]) -> dict[int, str]:
         """Render rows (``pos -> cells``) as they are about to be, not yet in the journal;
@@ -134,24 +131,45 @@ class RenderedCsv:
             # Positions without gaps (the usual case): a row's index is its position less
             # the first, so only the stored records are read, then the cells of the rest.
             self._positions = _Positions(first)
-            lines: list[str | None] = [
-                line for (line,) in raw.execute("SELECT line FROM rows ORDER BY pos")
-            ]
-            slots = [index for index, line in enumerate(lines) if line is None]
-            missing = self._cells_at(raw, [first + index for index in slots])
+            batches = self._stored_lines(raw, first, columns)
         else:
-            # Through the DBAPI cursor, and the cells only of rows without a valid record:
-            # a SQLAlchemy row per record, or cells fetched for nothing, double the time.
-            cells = "cells" if self.format_changed else "CASE WHEN line IS NULL THEN cells END"
-            found = raw.execute(f"SELECT pos, line, {cells} FROM rows ORDER BY pos").fetchall()
-            self._positions = _Positions(None, {pos: i for i, (pos, _, _) in enumerate(found)})
-            lines = [None if self.format_changed else line for _, line, _ in found]
+            self._positions = _Positions(None, {})
+            batches = self._lines_and_positions(raw, columns)
+        # Encoded as they are read: a million records never stand as a million strings.
+        self._lines = Records.from_texts(batches, self._dialect.encoding)
+
+    def _stored_lines(
+        self, raw: sqlite3.Connection, first: int, columns: list[str]
+    ) -> Iterator[list[str]]:
+        cursor = raw.execute("SELECT line FROM rows ORDER BY pos")
+        done = 0
+        while batch := cursor.fetchmany(_CHUNK):
+            lines: list[str | None] = [line for (line,) in batch]
             slots = [index for index, line in enumerate(lines) if line is None]
-            missing = [(found[index][0], found[index][2]) for index in slots]
-            del found
-        for slot, line in zip(slots, self._render(missing, columns), strict=True):
-            lines[slot] = line
-        self._lines = lines  # type: ignore[assignment]  # every slot is filled now
+            missing = self._cells_at(raw, [first + done + index for index in slots])
+            for slot, line in zip(slots, self._render(missing, columns), strict=True):
+                lines[slot] = line
+            done += len(batch)
+            yield lines  # type: ignore[misc]  # every slot is filled now
+
+    def _lines_and_positions(
+        self, raw: sqlite3.Connection, columns: list[str]
+    ) -> Iterator[list[str]]:
+        # Through the DBAPI cursor, and the cells only of rows without a valid record: a
+        # SQLAlchemy row per record, or cells fetched for nothing, double the time.
+        cells = "cells" if self.format_changed else "CASE WHEN line IS NULL THEN cells END"
+        cursor = raw.execute(f"SELECT pos, line, {cells} FROM rows ORDER BY pos")
+        done = 0
+        while batch := cursor.fetchmany(_CHUNK):
+            for index, (pos, _, _) in enumerate(batch, done):
+                self._positions.add(pos, index)
+            lines = [None if self.format_changed else line for _, line, _ in batch]
+            slots = [index for index, line in enumerate(lines) if line is None]
+            missing = [(batch[index][0], batch[index][2]) for index in slots]
+            for slot, line in zip(slots, self._render(missing, columns), strict=True):
+                lines[slot] = line
+            done += len(batch)
+            yield lines  # type: ignore[misc]  # every slot is filled now
 
     @staticmethod
     def _cells_at(raw: sqlite3.Connection, positions: list[int]) -> list[tuple[int, str]]:
@@ -180,12 +198,8 @@ class RenderedCsv:
                 self._lines[index] = line
 
     def chunks(self) -> Iterator[bytes]:
-        """The whole file, in pieces (see :func:`encode_chunks`)."""
-        lines = self._lines
-        if isinstance(lines, FileLines):
-            return _trim_final_newline(self._header, lines.pieces(), self._dialect)
-        texts = ("".join(lines[start : start + _CHUNK]) for start in range(0, len(lines), _CHUNK))
-        return encode_chunks(self._header, texts, self._dialect)
+        """The whole file, in pieces: BOM, header, then the records' bytes."""
+        return _trim_final_newline(self._header, self._lines.pieces(), self._dialect)
 
 
 class _Positions:

@@ -39,6 +39,7 @@ __all__ = [
     "render_csv",
     "render_rows",
     "replace_with",
+    "sync_file",
     "temp_prefix",
     "write_temp",
 ]
@@ -336,8 +337,22 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes]) -> None:
     replace_with(temp, path)
 
 
-def write_temp(path: Path, data: bytes | Iterable[bytes]) -> tuple[Path, str]:
-    """Write ``data`` to a new temporary file beside ``path`` and fsync it; return the file
+def sync_file(path: Path) -> None:
+    """fsync the file ``path``.
+
+    Raises:
+        OSError: opening or syncing failed.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_temp(path: Path, data: bytes | Iterable[bytes], *, sync: bool = True) -> tuple[Path, str]:
+    """Write ``data`` to a new temporary file beside ``path`` and fsync it (unless not
+    ``sync``: then the caller must :func:`sync_file` it before using it); return the file
     and the data's :func:`fingerprint`. The file is removed again if anything fails.
 
     Raises:
@@ -353,7 +368,8 @@ def write_temp(path: Path, data: bytes | Iterable[bytes]) -> tuple[Path, str]:
                 length += len(chunk)
                 crc = zlib.crc32(chunk, crc)
             handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                os.fsync(handle.fileno())
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)

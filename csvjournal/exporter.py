@@ -11,6 +11,7 @@ matches neither is a hand edit, never the trace of an exporter killed mid-export
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
 import threading
@@ -22,6 +23,7 @@ import structlog
 from sqlalchemy import Connection
 
 from csvjournal import _reads
+from csvjournal._background import Background
 from csvjournal._forking import ForkGate
 from csvjournal._oslock import ExporterLock
 from csvjournal._rendercache import RenderedCsv, lines_format
@@ -31,6 +33,7 @@ from csvjournal.csvio import (
     fingerprint,
     remove_temp_files,
     replace_with,
+    sync_file,
     write_temp,
 )
 from csvjournal.errors import CsvChangedError
@@ -268,10 +271,14 @@ class Exporter:
         if len(rendered) + 1 > EXCEL_MAX_ROWS and not self._warned_rows:
             self._warned_rows = True
             log.warning("excel_row_limit_exceeded", path=str(self._csv_path), rows=len(rendered))
-        temp, written = write_temp(self._csv_path, rendered.chunks())
+        temp, written = write_temp(self._csv_path, rendered.chunks(), sync=False)
+        # The file goes to disk while the journal notes that it is about to appear: two
+        # fsyncs at once, both done before the rename.
+        syncing = Background("csvjournal-fsync", lambda: sync_file(temp))
         try:
             changed = self._first_write()
             if planned and not self._went_as_planned(planned, changed):
+                syncing.result()
                 temp.unlink()
                 rendered.unshow(shown)  # rendered again from the journal, as it now is
                 self.export_now()
@@ -283,7 +290,10 @@ class Exporter:
                     write_value(conn, "csv_pending_seq", rendered.seq)
                     write_value(conn, "csv_pending_rows", len(rendered))
                 self._save_lines(conn)
+            syncing.result()
         except BaseException:
+            with contextlib.suppress(OSError):
+                syncing.result()
             temp.unlink(missing_ok=True)
             raise
         if unchanged:
@@ -341,7 +351,7 @@ class Exporter:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
             target = self.exports + 1
-            self._forced = True
+            self._forced = self._woken = True
             self._changed.notify_all()
             while self.exports < target and self.leading:
                 remaining = None if deadline is None else deadline - time.monotonic()

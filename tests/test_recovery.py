@@ -482,7 +482,9 @@ def test_recover_writes_a_deleted_csv_anew(csv_path: Path, export: bool) -> None
         report = journal.recover()
         assert csv_path.exists(), "recover() left the CSV missing"
         assert _csv_status(csv_path) == {"a": "COMPLETED"}
-        assert report.csv_was_stale
+        # An exporter thread notices a deleted CSV within a poll: it may have written it
+        # before recover() looked.
+        assert report.csv_was_stale or export
 
 
 # -- 3. a damaged journal ----------------------------------------------------------------
