@@ -188,6 +188,25 @@ def run(rows: int, rate: float, seconds: float, workers: int) -> list[float]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _cpu_times() -> list[int]:
+    """The machine's CPU time counters (user, nice, system, idle, iowait, irq, softirq,
+    steal, ...), or none off Linux."""
+    try:
+        with open("/proc/stat") as handle:
+            return [int(v) for v in handle.readline().split()[1:]]
+    except OSError:
+        return []
+
+
+def _stolen(before: list[int], after: list[int]) -> float:
+    """The share of CPU time the hypervisor took away between two readings: time a
+    program cannot use, and stalls that show as staleness."""
+    if len(before) < 8 or len(after) < 8:
+        return float("nan")
+    spent = [b - a for a, b in zip(before, after, strict=False)]
+    return spent[7] / max(1, sum(spent))
+
+
 def _percentiles(delays: list[float]) -> dict[str, float]:
     seen = sorted(d for d in delays if d != float("inf"))
     cuts = statistics.quantiles(seen, n=100)
@@ -204,8 +223,10 @@ def main() -> None:
     args = parser.parse_args()
     rounds = []
     for number in range(args.rounds):
+        before = _cpu_times()
         delays = run(args.rows, args.rate, args.seconds, args.workers)
         found = _percentiles(delays)
+        found["steal"] = _stolen(before, _cpu_times())
         found["rate"] = len(delays) / args.seconds
         found["never"] = sum(1 for d in delays if d == float("inf"))
         rounds.append(found)
@@ -213,7 +234,8 @@ def main() -> None:
             f"round {number + 1}: {found['rate']:,.0f} records/s; staleness ms p50"
             f" {found['p50'] * 1000:.0f}, p90 {found['p90'] * 1000:.0f}, p99"
             f" {found['p99'] * 1000:.0f}, max {found['max'] * 1000:.0f}; never seen (overwritten"
-            f" before an export showed them): {found['never']:.0f}",
+            f" before an export showed them): {found['never']:.0f}; CPU stolen by the"
+            f" hypervisor: {found['steal']:.1%}",
             flush=True,
         )
     print(f"{args.rows:,} rows, {args.rate:,.0f} records/s offered for {args.seconds:g} s")

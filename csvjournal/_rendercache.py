@@ -266,24 +266,41 @@ def stream_csv(conn: Connection, dialect: CsvDialect, formula_guard: bool) -> It
     columns = _reads.column_names(conn)
     valid = read_value(conn, "lines_format") == lines_format(len(columns), formula_guard)
     header = "".join(render_rows([columns], dialect))
-    # The cells only where no stored record will do (fetching them costs as much again),
-    # through the DBAPI cursor: a SQLAlchemy row per record would double the export's time.
-    cells = "cells" if not valid else "CASE WHEN line IS NULL THEN cells END"
     raw = conn.connection.driver_connection
     assert isinstance(raw, sqlite3.Connection)
-    cursor = raw.execute(f"SELECT line, {cells} FROM rows ORDER BY pos")
+
+    def rendered(start: int, stop: int) -> str:
+        # Through the DBAPI cursor, the cells only where no stored record will do.
+        cells = "cells" if not valid else "CASE WHEN line IS NULL THEN cells END"
+        query = f"SELECT line, {cells} FROM rows WHERE pos >= ? AND pos < ? ORDER BY pos"
+        texts: list[str] = []
+        for stored, cells_json in raw.execute(query, (start, stop)):
+            if stored is not None and valid:
+                texts.append(stored)
+            else:
+                row = _reads.cells_of(columns, cells_json)
+                texts.extend(render_rows([row], dialect, formula_guard=formula_guard))
+        return "".join(texts)
 
     def texts() -> Iterator[str]:
-        batch: list[str] = []
-        for stored, cells_json in cursor:
-            if stored is not None and valid:
-                batch.append(stored)
-            else:
-                cells = _reads.cells_of(columns, cells_json)
-                batch.extend(render_rows([cells], dialect, formula_guard=formula_guard))
-            if len(batch) == _CHUNK:
-                yield "".join(batch)
-                batch = []
-        yield "".join(batch)
+        first, last = raw.execute("SELECT min(pos), max(pos) FROM rows").fetchone()
+        if first is None:
+            return
+        for start in range(first, last + 1, _CHUNK):
+            stop = start + _CHUNK
+            if valid:
+                # SQLite joins a stretch of stored records itself (a rowid range is read
+                # in order): no Python object a record. A stretch with a record to render
+                # (NULL, skipped by group_concat, so fewer joined than rows) goes row by row.
+                joined, stored, rows = raw.execute(_JOINED, (start, stop)).fetchone()
+                if stored == rows:
+                    yield joined or ""
+                    continue
+            yield rendered(start, stop)
 
     return encode_chunks(header, texts(), dialect)
+
+
+_JOINED = (
+    "SELECT group_concat(line, ''), count(line), count(*) FROM rows WHERE pos >= ? AND pos < ?"
+)
