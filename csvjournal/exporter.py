@@ -47,6 +47,9 @@ log = structlog.get_logger(__name__)
 Preview = Callable[[Connection], dict[int, tuple[str, list[str]]]]
 
 POLL_SECONDS = 0.01
+# After an export, a pause before the next: under a stream of commits the exporter would
+# otherwise take a core (and in its own process the GIL) from the writers it exports for.
+_AFTER_EXPORT_SECONDS = 0.02
 _STANDBY_SECONDS = 0.5
 _BACKOFF_CAP_SECONDS = 30.0
 
@@ -253,7 +256,7 @@ class Exporter:
         if self._failures:
             log.info("csv_export_recovered", path=str(self._csv_path), attempts=self._failures)
             self._failures = 0
-        return POLL_SECONDS
+        return _AFTER_EXPORT_SECONDS
 
     def export_now(self) -> None:
         """Regenerate the CSV from the journal now (the caller holds the lock).
