@@ -51,6 +51,7 @@ POLL_SECONDS = 0.01
 # otherwise take a core (and in its own process the GIL) from the writers it exports for.
 _AFTER_EXPORT_SECONDS = 0.02
 _STANDBY_SECONDS = 0.5
+_BACKOFF_FIRST_SECONDS = 0.05  # the first retry of a failed export, doubling each time
 _BACKOFF_CAP_SECONDS = 30.0
 
 
@@ -251,7 +252,7 @@ class Exporter:
             self._failures += 1
             if self._failures == 1:
                 log.error("csv_export_failed", path=str(self._csv_path), error=str(exc))
-            wait = min(_BACKOFF_CAP_SECONDS, POLL_SECONDS * 2**self._failures)
+            wait = min(_BACKOFF_CAP_SECONDS, _BACKOFF_FIRST_SECONDS * 2 ** (self._failures - 1))
             return float(wait * random.uniform(0.5, 1.0))
         if self._failures:
             log.info("csv_export_recovered", path=str(self._csv_path), attempts=self._failures)
