@@ -1,8 +1,9 @@
 """The exporter's rendered CSV: each row's record, kept in memory and in ``rows.line``.
 
-A fresh exporter reads the records the journal keeps (rendering only rows whose record is
-NULL because they changed since), so it need not render every row; a running exporter
-re-renders only the rows changed since its last export and stores their records back.
+A fresh exporter starts from the CSV on disk when that is the last export, else reads the
+records the journal keeps (rendering only rows whose record is NULL because they changed
+since); a running exporter re-renders only the rows changed since its last export, splices
+them into its encoded records (:mod:`csvjournal._records`) and stores them back.
 Stored records are valid for one column count and one ``formula_guard`` setting, kept in
 the ``lines_format`` setting; when either differs, everything is rendered afresh.
 """
