@@ -200,7 +200,7 @@ class RenderedCsv:
 
     def chunks(self) -> Iterator[bytes]:
         """The whole file, in pieces: BOM, header, then the records' bytes."""
-        return _trim_final_newline(self._header, self._lines.pieces(), self._dialect)
+        return encode_chunks(self._header, self._lines.pieces(), self._dialect)
 
 
 class _Positions:
@@ -230,26 +230,11 @@ class _Positions:
             self._first = pos
 
 
-def encode_chunks(header: str, texts: Iterable[str], dialect: CsvDialect) -> Iterator[bytes]:
-    """BOM, header and records in the dialect's encoding, the final line break kept or
-    dropped as the original file had it (one piece is held back to know which is last)."""
-    end = dialect.lineterminator
-    yield bom_of(dialect)
-    held = header
-    for text in texts:
-        if text:
-            yield held.encode(dialect.encoding)
-            held = text
-    if not dialect.final_newline and held.endswith(end):
-        held = held[: -len(end)]
-    yield held.encode(dialect.encoding)
-
-
-def _trim_final_newline(
+def encode_chunks(
     header: str, pieces: Iterable[bytes | memoryview], dialect: CsvDialect
 ) -> Iterator[bytes]:
-    """BOM, header and records already encoded, the final line break dropped if the
-    original file had none (one non-empty piece is held back to know which is last)."""
+    """BOM, header, then the records' bytes, the final line break dropped if the original
+    file had none (one non-empty piece is held back to know which is last)."""
     end = dialect.lineterminator.encode(dialect.encoding)
     held: bytes | memoryview = bom_of(dialect) + header.encode(dialect.encoding)
     for piece in pieces:
@@ -299,7 +284,7 @@ def stream_csv(conn: Connection, dialect: CsvDialect, formula_guard: bool) -> It
                     continue
             yield rendered(start, stop)
 
-    return encode_chunks(header, texts(), dialect)
+    return encode_chunks(header, (text.encode(dialect.encoding) for text in texts()), dialect)
 
 
 _JOINED = (

@@ -26,13 +26,13 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from _jobs import KEY, TERMINAL
+from _jobs import open_journal as _open
+from _jobs import write_csv as _write_csv
 
-import csvjournal
 from csvjournal import Journal
 from csvjournal.events import Event
 
-KEY = "ID"
-TERMINAL = {"COMPLETED", "NO_ATTACHMENTS"}
 # Ten keys whose CSV order is not their sorted order, so "CSV order" is really tested.
 KEYS = [f"PO-{n:03d}" for n in random.Random(20261129).sample(range(1000), 10)]
 assert sorted(KEYS) != KEYS
@@ -45,21 +45,6 @@ CLOCK_SLACK = 0.05  # event times are truncated to the millisecond
 
 class _Rollback(Exception):
     pass
-
-
-def _write_csv(path: Path, keys: list[str]) -> None:
-    path.write_text(f"{KEY},NAME\n" + "".join(f"{key},name of {key}\n" for key in keys))
-
-
-def _open(csv_path: Path, **options: object) -> Journal:
-    return csvjournal.open(
-        csv_path,
-        key=KEY,
-        terminal=TERMINAL,
-        durability="normal",
-        keep_backups=0,
-        **options,  # type: ignore[arg-type]
-    )
 
 
 @pytest.fixture

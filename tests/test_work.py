@@ -21,14 +21,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _jobs import KEY
+from _jobs import open_journal as _open
+from _jobs import write_csv as _write_csv
 from structlog.testing import capture_logs
 
-import csvjournal
 from csvjournal import Journal
 from csvjournal.events import Event
 
-KEY = "ID"
-TERMINAL = {"COMPLETED", "NO_ATTACHMENTS"}
 KEYS = ["W-7", "W-3", "W-9", "W-1", "W-5"]  # CSV order, not sorted order
 
 LONG = 600.0  # a lease that does not run out during a test
@@ -39,21 +39,6 @@ RUNAWAY = 20  # a loop visiting more rows than this is not going to stop
 
 class _Boom(Exception):
     pass
-
-
-def _write_csv(path: Path, keys: list[str]) -> None:
-    path.write_text(f"{KEY},NAME\n" + "".join(f"{key},name of {key}\n" for key in keys))
-
-
-def _open(csv_path: Path, **options: object) -> Journal:
-    return csvjournal.open(
-        csv_path,
-        key=KEY,
-        terminal=TERMINAL,
-        durability="normal",
-        keep_backups=0,
-        **options,  # type: ignore[arg-type]
-    )
 
 
 @pytest.fixture
