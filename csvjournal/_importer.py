@@ -51,7 +51,8 @@ def import_rows(
     key_index = header.index(settings.key_column)
     status_cell = str(columns.index(settings.status_column))
     status_index = header.index(settings.status_column) if settings.status_column in header else -1
-    dumps = json.dumps
+    # compact: every byte of a row is read again by each integrity check
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
     values = []
     for row in parsed.rows:
         status = row[status_index] if status_index >= 0 else ""

@@ -322,6 +322,26 @@ def test_counts_len_and_pending(journal: Journal) -> None:
     assert journal.pending() == ["PO-2", "PO-3", "PO-5"]
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.text(min_size=1, max_size=12), st.sampled_from(["COMPLETED", "FAILED", None])),
+        max_size=30,
+        unique_by=lambda item: item[0],
+    )
+)
+def test_pending_lists_any_keys_in_csv_order(
+    tmp_path_factory: pytest.TempPathFactory, items: list[tuple[str, str | None]]
+) -> None:
+    # keys of every kind (control characters, quotes, non-ASCII) come back exactly
+    path = tmp_path_factory.mktemp("pending") / "orders.csv"
+    with csvjournal.open(path, key="PO_NUMBER", export=False) as journal:
+        with journal.batch():
+            for key, status in items:
+                journal.record(key, status)
+        assert journal.pending() == [key for key, status in items if status != "COMPLETED"]
+
+
 def test_history_is_the_audit_trail_oldest_first(journal: Journal) -> None:
     import os
     import threading
