@@ -30,6 +30,7 @@ _EXPORT_STATE = (
     "csv_pending",
     "csv_pending_seq",
     "csv_pending_rows",
+    "csv_rows",
     "csv_seq",
 )
 

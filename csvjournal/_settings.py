@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 
 from csvjournal import _schema as t
 from csvjournal.csvio import CsvDialect, ParsedCsv
@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_TERMINAL",
     "DEFAULT_TIMESTAMP",
     "Settings",
+    "forget_values",
     "read_value",
     "settle",
     "write_value",
@@ -83,6 +84,12 @@ def write_value(conn: Connection, name: str, value: object) -> None:
         == 0
     ):
         conn.execute(insert(t.settings).values(name=name, value=text))
+
+
+def forget_values(conn: Connection, *names: str) -> None:
+    """Remove stored settings written by :func:`write_value` (inside ``conn``'s write
+    transaction); a name never stored is ignored."""
+    conn.execute(delete(t.settings).where(t.settings.c.name.in_(names)))
 
 
 def _check_names(key: str, status_column: str, timestamp_column: str) -> None:

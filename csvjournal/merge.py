@@ -16,7 +16,7 @@ import structlog
 from csvjournal import _reads
 from csvjournal._importer import check_keys
 from csvjournal._open import open as open_journal
-from csvjournal._settings import write_value
+from csvjournal._settings import forget_values, write_value
 from csvjournal.csvio import fingerprint, read_csv
 from csvjournal.journal import Journal
 
@@ -70,6 +70,9 @@ def merge_csv(
             report.missing.extend(key for key in current if key not in seen)
         with journal._store.write() as conn:  # the edited file is now known, not foreign
             write_value(conn, "csv_digest", fingerprint(data))
+            # ... but it shows no state of the journal: the next open rewrites it, also
+            # when the merge changed nothing (rows deleted by hand come back)
+            forget_values(conn, "csv_seq", "csv_rows")
     log.info(
         "csv_merged",
         path=str(path),

@@ -43,6 +43,19 @@ def test_merge_adds_updates_and_never_moves_a_terminal_row_back(csv_path: Path) 
     assert "c,COMPLETED,z," in text
 
 
+def test_rows_deleted_by_hand_come_back_after_a_merge_that_changed_nothing(
+    csv_path: Path,
+) -> None:
+    _start(csv_path)
+    exported = csv_path.read_text(encoding="utf-8")
+    csv_path.write_text(exported.replace("b,COMPLETED,y,\n", ""), encoding="utf-8")
+    report = csvjournal.merge_csv(csv_path)
+    assert (report.added, report.updated, report.missing) == ([], [], ["b"])
+    with csvjournal.open(csv_path):  # the merged file is accepted, and written anew
+        pass
+    assert csv_path.read_text(encoding="utf-8") == exported
+
+
 def test_merging_a_bad_csv_changes_nothing(csv_path: Path) -> None:
     _start(csv_path)
     bad = csv_path.read_text(encoding="utf-8") + "a,PENDING,dup,\n"

@@ -139,3 +139,29 @@ def test_an_export_whose_bookkeeping_was_lost_still_seeds(tmp_path: Path) -> Non
     assert _reopen_and_export(csv_path, tmp_path) == [True]
     with csvjournal.open(csv_path) as journal:
         assert journal.get("k2")["STATUS"] == "COMPLETED"  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_the_export_before_one_that_died_unrenamed_still_seeds(tmp_path: Path) -> None:
+    import sqlite3
+    from contextlib import closing
+
+    csv_path = tmp_path / "orders.csv"
+    rows = [["ID", "STATUS", "LAST_PROCESSED"]] + [[f"k{i}", "PENDING", ""] for i in range(30)]
+    _write_csv(csv_path, rows, ",", "\n", bom=False, final=True)
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("k1", "COMPLETED")
+    _crash_after(csv_path, [("k2", "COMPLETED", {}), ("k3", "FAILED", {})])
+    # What an exporter killed between its synced note and the rename leaves: the note
+    # names a file that never appeared; the CSV on disk is the export before it.
+    with closing(sqlite3.connect(f"{csv_path}.journal")) as conn, conn:
+        (newest,) = conn.execute("SELECT max(seq) FROM events").fetchone()
+        for name, value in [
+            ("csv_pending", '"1:00000000"'),
+            ("csv_pending_seq", str(newest)),
+            ("csv_pending_rows", "30"),
+        ]:
+            conn.execute("UPDATE settings SET value = ? WHERE name = ?", (value, name))
+    assert _reopen_and_export(csv_path, tmp_path) == [True]
+    with csvjournal.open(csv_path) as journal:
+        assert journal.get("k3")["STATUS"] == "FAILED"  # type: ignore[index]
