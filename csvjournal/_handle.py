@@ -70,7 +70,6 @@ class Handle:
         self._session_stamp = ""
         self._session_backup: Background | None = None
         self._checked_at: float | None = None
-        self.local_writes = 0  # write transactions committed through this handle
         self._attach()
         _forking.register(self)
 
@@ -133,12 +132,7 @@ class Handle:
     def _start_exporter(self) -> None:
         options = self._options
         exporter = Exporter(
-            self._store,
-            self._settings,
-            options.csv_path,
-            options.formula_guard,
-            self._gate,
-            local_writes=lambda: self.local_writes,
+            self._store, self._settings, options.csv_path, options.formula_guard, self._gate
         )
         try:
             leading = exporter.try_lead(
@@ -348,7 +342,6 @@ class Handle:
                         for item in items
                     ]
                 conn.execute("COMMIT")
-                self.local_writes += 1
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")

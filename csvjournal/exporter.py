@@ -47,9 +47,9 @@ log = structlog.get_logger(__name__)
 Preview = Callable[[Connection], dict[int, tuple[str, list[str]]]]
 
 POLL_SECONDS = 0.01
-# After an export, a pause before the next while writers of the exporter's own process are
-# busy: under a stream of commits it would otherwise take the GIL and the disk from them
-# (record() lost a fifth of its rate). Writers in other processes wait for no pause.
+# After an export, a pause before the next: under a stream of commits the exporter would
+# otherwise take the disk (each export writes and syncs the whole CSV) and, in its own
+# process, the GIL from the writers it exports for.
 _AFTER_EXPORT_SECONDS = 0.02
 _STANDBY_SECONDS = 0.5
 _BACKOFF_FIRST_SECONDS = 0.05  # the first retry of a failed export, doubling each time
@@ -71,13 +71,8 @@ class Exporter:
         csv_path: Path,
         formula_guard: bool,
         gate: ForkGate | None = None,
-        *,
-        local_writes: Callable[[], int] | None = None,
     ) -> None:
         self._store = store
-        # how many write transactions this process's handle has committed so far
-        self._local_writes = local_writes
-        self._local_writes_seen = 0
         self._gate = gate or ForkGate()
         self._settings = settings
         self._csv_path = csv_path
@@ -271,9 +266,7 @@ class Exporter:
         if self._failures:
             log.info("csv_export_recovered", path=str(self._csv_path), attempts=self._failures)
             self._failures = 0
-        writes = self._local_writes() if self._local_writes is not None else 0
-        writing, self._local_writes_seen = writes != self._local_writes_seen, writes
-        return _AFTER_EXPORT_SECONDS if writing else 0.0
+        return _AFTER_EXPORT_SECONDS
 
     def export_now(self) -> None:
         """Regenerate the CSV from the journal now (the caller holds the lock).

@@ -128,7 +128,6 @@ class Journal(Claims):
                     yield self
             finally:
                 del self._batches[threading.get_ident()]
-                self.local_writes += 1
 
     # -- reading -------------------------------------------------------------------------
 

@@ -40,6 +40,8 @@ log = structlog.get_logger(__name__)
 
 Durability = Literal["full", "normal"]
 _SYNCHRONOUS: dict[str, str] = {"full": "FULL", "normal": "NORMAL"}
+# SQLite syncs its files with fdatasync where the system has it (macOS has not: fsync).
+_sync_data = getattr(os, "fdatasync", os.fsync)
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 # SQLite's own busy handler waits this long per attempt; tenacity spaces the attempts.
 _ATTEMPT_MS = 250
@@ -235,7 +237,9 @@ class Store:
         With ``synchronous=NORMAL`` a commit is written to the WAL but not synced; a sync of
         the WAL afterwards makes it exactly as durable as ``synchronous=FULL`` would (a
         checkpoint that moves frames to the database syncs the WAL first and the database
-        after). The folder is synced once too, as SQLite does for a new WAL file.
+        after). The folder is synced once too, as SQLite does for a new WAL file. Like
+        SQLite, it syncs the data (and the size) without the file's times: ``fsync`` would
+        commit a new mtime to the file system's own journal at every call.
         """
         fd = self._wal_fd
         if fd is None:
@@ -248,7 +252,7 @@ class Store:
                     finally:
                         os.close(folder)
                 fd = self._wal_fd
-        os.fsync(fd)
+        _sync_data(fd)
 
     def begin_immediate(self, conn: sqlite3.Connection) -> None:
         """``BEGIN IMMEDIATE`` on a DBAPI connection, retried while busy."""

@@ -304,36 +304,3 @@ def test_a_record_voids_the_rows_stored_line(csv_path: Path) -> None:
         assert _stored_lines(journal.journal_path)["k1"] is None
         journal.flush(timeout=30)  # no exporter alive: this handle exports, and stores it
         assert "FAILED" in str(_stored_lines(journal.journal_path)["k1"])
-
-
-def test_the_exporter_pauses_after_an_export_only_while_its_own_handle_writes(
-    csv_path: Path,
-) -> None:
-    from csvjournal.exporter import _AFTER_EXPORT_SECONDS, Exporter
-
-    with csvjournal.open(csv_path, key="PO_NUMBER", export=False) as journal:
-        writes = journal.local_writes
-        journal.record("PO-1", "COMPLETED")
-        with journal.batch():
-            journal.record("PO-2")
-        assert journal.local_writes == writes + 2  # a record and a batch: two commits
-
-        local = [0]
-        exporter = Exporter(
-            journal._store,
-            journal.settings,
-            csv_path,
-            False,
-            local_writes=lambda: local[0],
-        )
-        assert exporter.try_lead()
-        try:
-            # commits by other handles (here: `journal`) are exported back to back
-            journal.record("PO-3", "COMPLETED")
-            assert exporter._export_or_back_off() == 0.0
-            local[0] += 1  # the exporter's own handle committed: give its writers room
-            assert exporter._export_or_back_off() == _AFTER_EXPORT_SECONDS
-            assert exporter._export_or_back_off() == 0.0
-            assert "PO-3" in csv_path.read_text()
-        finally:
-            exporter.release()

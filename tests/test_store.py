@@ -37,16 +37,18 @@ def test_every_connection_is_wal_with_busy_timeout_and_synchronous(
 def test_a_full_record_returns_only_after_the_wal_is_fsynced(
     csv_path: Path, durability: str, synced: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    synced_files: list[str] = []
-    real_fsync = os.fsync
+    from csvjournal import store
 
-    def spying_fsync(fd: int) -> None:
-        real_fsync(fd)
+    synced_files: list[str] = []
+    real_sync = store._sync_data  # fdatasync, as SQLite's own (fsync where there is none)
+
+    def spying_sync(fd: int) -> None:
+        real_sync(fd)
         synced_files.append(os.readlink(f"/proc/self/fd/{fd}"))
 
     with csvjournal.open(csv_path, key="ID", durability=durability) as journal:  # type: ignore[arg-type]
         journal.record("warm-up")
-        monkeypatch.setattr(os, "fsync", spying_fsync)
+        monkeypatch.setattr(store, "_sync_data", spying_sync)
         for i in range(3):
             journal.record(f"k{i}", "COMPLETED")
             assert (f"{journal.journal_path}-wal" in synced_files) is synced
