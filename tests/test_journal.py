@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import pickle
 import sqlite3
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -340,6 +341,19 @@ def test_pending_lists_any_keys_in_csv_order(
             for key, status in items:
                 journal.record(key, status)
         assert journal.pending() == [key for key, status in items if status != "COMPLETED"]
+
+
+@pytest.mark.parametrize("lapsed", [False, True])
+def test_pending_keeps_keys_holding_separators_whole(csv_path: Path, lapsed: bool) -> None:
+    keys = ["a\x1fb", "plain", "c,d", "\x1f", "e\nf", 'say "hi"', "last"]
+    with csvjournal.open(csv_path, key="PO_NUMBER", export=False) as journal:
+        with journal.batch():
+            for key in keys:
+                journal.record(key)
+        if lapsed:  # rows whose lease ran out are merged in by position
+            assert journal.claim(3, lease=0.05) == keys[:3]
+            time.sleep(0.1)
+        assert journal.pending() == keys
 
 
 def test_history_is_the_audit_trail_oldest_first(journal: Journal) -> None:
