@@ -4,7 +4,9 @@ When SQLite finds the journal locked by another process's writer it sleeps 1, 2,
 milliseconds between attempts; our write transactions last a few hundred microseconds, so
 writers of several processes would spend most of their time asleep. Taking this lock first
 (an ``flock`` on a file in ``orders.csv.backups/``) turns that into a short queue: a waiter
-retries within tens of microseconds, backing off to a millisecond, and gives up with
+retries within microseconds, backing off to a tenth of a millisecond (a lock left idle
+while its waiters sleep longer costs more claims than their polling costs CPU; 4 processes
+claimed 1,750–2,000 rows/s at 50–200 µs against 1,000/s at 1 ms), and gives up with
 :class:`~csvjournal.errors.JournalBusyError` after the busy timeout as before. It belongs to
 the open file, so every :class:`WriterQueue` excludes the others, also in one process; a
 thread lock excludes the threads sharing one. The lock goes with its process when it dies.
@@ -24,8 +26,8 @@ from csvjournal.errors import JournalBusyError
 
 __all__ = ["WriterQueue"]
 
-_FIRST_WAIT = 20e-6
-_LONGEST_WAIT = 1e-3
+_FIRST_WAIT = 10e-6
+_LONGEST_WAIT = 1e-4
 
 
 class WriterQueue:
