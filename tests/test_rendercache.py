@@ -4,9 +4,11 @@ last complete export, else from the journal; the file written is the same either
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -121,17 +123,22 @@ def test_a_line_break_in_a_cell_declines_the_seed_but_not_the_export(tmp_path: P
     assert _reopen_and_export(csv_path, tmp_path) == [False]
 
 
-@pytest.mark.slow
-def test_an_export_whose_bookkeeping_was_lost_still_seeds(tmp_path: Path) -> None:
-    import sqlite3
-    from contextlib import closing
-
+def _crashed_thirty_rows(
+    tmp_path: Path, records: list[tuple[str, str | None, dict[str, str]]]
+) -> Path:
+    """A 30-row journal exported once, then ``records`` made by a worker killed with -9."""
     csv_path = tmp_path / "orders.csv"
     rows = [["ID", "STATUS", "LAST_PROCESSED"]] + [[f"k{i}", "PENDING", ""] for i in range(30)]
     _write_csv(csv_path, rows, ",", "\n", bom=False, final=True)
     with csvjournal.open(csv_path, key="ID") as journal:
         journal.record("k1", "COMPLETED")
-    _crash_after(csv_path, [("k2", "COMPLETED", {})])
+    _crash_after(csv_path, records)
+    return csv_path
+
+
+@pytest.mark.slow
+def test_an_export_whose_bookkeeping_was_lost_still_seeds(tmp_path: Path) -> None:
+    csv_path = _crashed_thirty_rows(tmp_path, [("k2", "COMPLETED", {})])
     # What a power cut right after the rename leaves: the unsynced bookkeeping is gone,
     # the CSV is known only as the export that was about to be put in place.
     with closing(sqlite3.connect(f"{csv_path}.journal")) as conn, conn:
@@ -143,15 +150,7 @@ def test_an_export_whose_bookkeeping_was_lost_still_seeds(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_the_export_before_one_that_died_unrenamed_still_seeds(tmp_path: Path) -> None:
-    import sqlite3
-    from contextlib import closing
-
-    csv_path = tmp_path / "orders.csv"
-    rows = [["ID", "STATUS", "LAST_PROCESSED"]] + [[f"k{i}", "PENDING", ""] for i in range(30)]
-    _write_csv(csv_path, rows, ",", "\n", bom=False, final=True)
-    with csvjournal.open(csv_path, key="ID") as journal:
-        journal.record("k1", "COMPLETED")
-    _crash_after(csv_path, [("k2", "COMPLETED", {}), ("k3", "FAILED", {})])
+    csv_path = _crashed_thirty_rows(tmp_path, [("k2", "COMPLETED", {}), ("k3", "FAILED", {})])
     # What an exporter killed between its synced note and the rename leaves: the note
     # names a file that never appeared; the CSV on disk is the export before it.
     with closing(sqlite3.connect(f"{csv_path}.journal")) as conn, conn:
