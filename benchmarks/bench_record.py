@@ -166,14 +166,17 @@ def raw_bulk_rate(folder: Path, n: int, durability: str) -> float:
     conn.executemany(
         _UPSERT_ROW,
         [
-            (f"PO-{i:07d}", None, "{}", f'{{"0":"PO-{i:07d}","1":"PENDING"}}', i, 0)
+            (f"PO-{i:07d}", None, "{}", f'{{"0":"PO-{i:07d}","1":"PENDING"}}', i, 0, None, "")
             for i in range(n)
         ],
     )
     conn.execute("COMMIT")
     events = [(n + i, f"PO-{i:07d}", "COMPLETED", '{"N":"1"}', at, "w", None, 1) for i in range(n)]
     upserts = [
-        (f"PO-{i:07d}", "COMPLETED", f'{{"1":"COMPLETED","2":"{at}","3":"1"}}', "{}", n + i, 1)
+        (
+            *(f"PO-{i:07d}", "COMPLETED", f'{{"1":"COMPLETED","2":"{at}","3":"1"}}', "{}"),
+            *(n + i, 1, None, "w"),
+        )
         for i in range(n)
     ]
     started = time.perf_counter()

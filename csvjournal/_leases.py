@@ -34,16 +34,19 @@ LAPSED_ROWS = "lease_until IS NOT NULL AND lease_until <= :now AND done = 0 AND 
 _NO_LIMIT = 2**62
 
 # A claim takes the first open rows in CSV order: the first rows nobody leases, and the
-# first rows whose lease (or back-off) ran out, merged by position.
-_FREE = f"""
-SELECT pos, key, NULL, NULL FROM rows INDEXED BY rows_free WHERE {FREE_ROWS}
-ORDER BY pos LIMIT :n
+# first rows whose lease (or back-off) ran out, merged by position (one statement: each
+# costs a claim ~20 µs).
+_OPEN = f"""
+SELECT * FROM (
+    SELECT pos, key, NULL, NULL FROM rows INDEXED BY rows_free WHERE {FREE_ROWS}
+    ORDER BY pos LIMIT :n
+)
+UNION ALL
+SELECT * FROM (
+    SELECT pos, key, holder, lease_until FROM rows INDEXED BY rows_leased WHERE {LAPSED_ROWS}
+    ORDER BY pos LIMIT :n
+)
 """
-_LAPSED = f"""
-SELECT pos, key, holder, lease_until FROM rows INDEXED BY rows_leased WHERE {LAPSED_ROWS}
-ORDER BY pos LIMIT :n
-"""
-_TAKE = "UPDATE rows SET lease_until = ?, holder = ?, attempts = attempts + 1 WHERE key = ?"
 _EXTEND = """
 UPDATE rows SET lease_until = ?
 WHERE key = ? AND holder = ? AND status = 'IN_PROGRESS' AND done = 0
@@ -90,8 +93,7 @@ def claim_rows(
     are skipped. A row whose lease ran out says in its event whose lease it was."""
     limit = _NO_LIMIT if max_attempts is None else max_attempts
     params = {"now": now, "limit": limit, "n": n}
-    found = conn.execute(_FREE, params).fetchall() + conn.execute(_LAPSED, params).fetchall()
-    found.sort()
+    found = sorted(conn.execute(_OPEN, params).fetchall())
     ops = [
         RecordOp(
             key,
@@ -100,11 +102,11 @@ def claim_rows(
             at,
             worker,
             None if holder is None or until is None else f"lease of {holder} expired",
+            lease_until=now + lease,
         )
         for _, key, holder, until in found[:n]
     ]
-    _write(conn, writer, ops)
-    conn.executemany(_TAKE, [(now + lease, worker, op.key) for op in ops])
+    _write(conn, writer, ops)  # the row's upsert takes the lease too
     return [op.key for op in ops]
 
 

@@ -40,6 +40,7 @@ VALUES (?1, ?2, coalesce(?3, (SELECT status FROM rows WHERE key = ?2), 'PENDING'
 # A new row's cells are the patch plus its key and PENDING status (?4); ?5 is the event.
 # A status other than IN_PROGRESS ends any lease on the row.
 # ?6 says whether the new status is terminal.
+# A claim (?7, the lease's end, not NULL) also leases the row to ?8 and counts an attempt.
 _UPSERT_ROW = """
 INSERT INTO rows (key, status, cells, seqs, done)
 VALUES (?1, coalesce(?2, 'PENDING'), ?4, json_array(?5), ?6)
@@ -49,8 +50,11 @@ ON CONFLICT (key) DO UPDATE SET
     cells = json_patch(cells, ?3),
     seqs = json_insert(seqs, '$[#]', ?5),
     line = NULL,
-    lease_until = CASE WHEN ?2 IS NULL OR ?2 = 'IN_PROGRESS' THEN lease_until END,
-    holder = CASE WHEN ?2 IS NULL OR ?2 = 'IN_PROGRESS' THEN holder END
+    lease_until = CASE WHEN ?7 IS NOT NULL THEN ?7
+        WHEN ?2 IS NULL OR ?2 = 'IN_PROGRESS' THEN lease_until END,
+    holder = CASE WHEN ?7 IS NOT NULL THEN ?8
+        WHEN ?2 IS NULL OR ?2 = 'IN_PROGRESS' THEN holder END,
+    attempts = attempts + (?7 IS NOT NULL)
 """
 
 
@@ -65,6 +69,7 @@ class RecordOp:
     worker: str
     note: str | None = None
     seq: int | None = None
+    lease_until: float | None = None  # a claim: the row is leased to ``worker`` until then
 
 
 def prepare_record(
@@ -199,7 +204,7 @@ class Writer:
             event, upsert = self._params(conn, ops[0])
             seq = conn.execute(_INSERT_EVENT, event).lastrowid
             ops[0].seq = seq
-            conn.execute(_UPSERT_ROW, (*upsert[:4], seq, upsert[5]))
+            conn.execute(_UPSERT_ROW, (*upsert[:4], seq, *upsert[5:]))
             return
         start = 0
         seen: set[str] = set()
@@ -258,5 +263,7 @@ class Writer:
                 f"{{{head},{patch_json}}}",
                 op.seq,
                 (op.status or PENDING) in self._terminal,
+                op.lease_until,
+                op.worker,
             ),
         )
