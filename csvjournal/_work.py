@@ -7,6 +7,8 @@ another worker takes the row over. Used as a context manager, a task finishes it
 that returns without recording records ``success_status``; a body that raises an
 ``Exception`` records ``FAILED`` with ``ERROR_MESSAGE`` (the exception is logged and the loop
 goes on); ``KeyboardInterrupt`` and the like give the row back to ``PENDING`` and propagate.
+A ``break`` or ``return`` inside the block leaves it normally, so it records
+``success_status`` too; :meth:`Task.release` first gives the row back instead.
 """
 
 from __future__ import annotations

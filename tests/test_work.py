@@ -415,6 +415,22 @@ def test_leaving_the_loop_gives_the_current_row_back(jr: Journal, how: str) -> N
     assert jr.claim(1, lease=LONG, max_attempts=1) == KEYS[:1]
 
 
+def test_a_break_inside_the_task_block_finishes_the_row_unless_released_first(
+    jr: Journal,
+) -> None:
+    # `break` leaves `with task:` normally: the block's contract records the success
+    for task in jr.work(lease=LONG):
+        with task:
+            break
+    assert jr.get(KEYS[0])["STATUS"] == "COMPLETED"  # type: ignore[index]
+    for task in jr.work(lease=LONG):
+        with task:
+            task.release()  # what to do to stop without finishing the row
+            break
+    assert jr.get(KEYS[1])["STATUS"] == "PENDING"  # type: ignore[index]
+    assert jr.pending() == KEYS[1:]
+
+
 def test_a_stop_event_ends_the_loop_after_the_current_task(jr: Journal) -> None:
     stop = threading.Event()
     seen: list[str] = []
