@@ -296,13 +296,17 @@ class Exporter:
                 rendered.unshow(shown)  # rendered again from the journal, as it now is
                 self.export_now()
                 return
-            with self._store.write() as conn:
+            # Synced after the write lock is let go, as group commits are: the writers of
+            # every process need not wait for this fsync.
+            with self._store.write(synced=False) as conn:
                 unchanged = read_value(conn, "csv_digest") == written and self._csv_path.exists()
                 if not unchanged:  # a CSV with this fingerprint is about to appear
                     write_value(conn, "csv_pending", written)
                     write_value(conn, "csv_pending_seq", rendered.seq)
                     write_value(conn, "csv_pending_rows", len(rendered))
                 self._save_lines(conn)
+            if not unchanged and self._store.durability == "full":
+                self._store.sync_wal()
             syncing.result()
         except BaseException:
             with contextlib.suppress(OSError):

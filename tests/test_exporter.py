@@ -304,3 +304,41 @@ def test_a_record_voids_the_rows_stored_line(csv_path: Path) -> None:
         assert _stored_lines(journal.journal_path)["k1"] is None
         journal.flush(timeout=30)  # no exporter alive: this handle exports, and stores it
         assert "FAILED" in str(_stored_lines(journal.journal_path)["k1"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+def test_the_note_of_the_next_csv_is_on_disk_before_the_csv_replaces_the_old(
+    csv_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A power cut right after the rename must find the new CSV known to the journal (else
+    # the next open would call it a hand edit): the WAL holding the note is synced first.
+    from csvjournal import store
+
+    steps: list[str] = []
+    real_sync, real_replace = store._sync_data, os.replace
+
+    def sync(fd: int) -> None:
+        real_sync(fd)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".journal-wal"):
+            steps.append("wal synced")
+
+    def replace(src: object, dst: object) -> None:
+        real_replace(src, dst)  # type: ignore[arg-type]
+        if str(dst) == str(csv_path):
+            steps.append("csv replaced")
+
+    # Records come through a handle that syncs nothing itself: only the exporter's own
+    # syncs are seen.
+    with (
+        csvjournal.open(csv_path, key="ID", durability="full") as exporting,
+        csvjournal.open(csv_path, export=False, durability="normal") as journal,
+    ):
+        monkeypatch.setattr(store, "_sync_data", sync)
+        monkeypatch.setattr(os, "replace", replace)
+        for i in range(3):
+            journal.record(f"k{i}", "COMPLETED")
+            exporting.flush(timeout=30)
+    replaced = [i for i, step in enumerate(steps) if step == "csv replaced"]
+    assert replaced
+    for before, at in zip([-1, *replaced], replaced, strict=False):
+        assert "wal synced" in steps[before + 1 : at]
