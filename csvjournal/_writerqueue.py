@@ -5,8 +5,9 @@ milliseconds between attempts; our write transactions last a few hundred microse
 writers of several processes would spend most of their time asleep. Taking this lock first
 (an ``flock`` on a file in ``orders.csv.backups/``) turns that into a short queue: a waiter
 retries within microseconds, backing off to a tenth of a millisecond (a lock left idle
-while its waiters sleep longer costs more claims than their polling costs CPU; 4 processes
-claimed 1,750–2,000 rows/s at 50–200 µs against 1,000/s at 1 ms), and gives up with
+while its waiters sleep longer costs more claims than their polling costs CPU: when fsync
+was fast, 4 processes claimed 1,750–2,000 rows/s at 50–200 µs against 1,000/s at 1 ms;
+when it was slow, the same either way), and gives up with
 :class:`~csvjournal.errors.JournalBusyError` after the busy timeout as before. It belongs to
 the open file, so every :class:`WriterQueue` excludes the others, also in one process; a
 thread lock excludes the threads sharing one. The lock goes with its process when it dies.
