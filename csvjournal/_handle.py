@@ -322,9 +322,10 @@ class Handle:
 
     def _commit_group(self, items: Sequence[Item]) -> list[object]:
         writer = self._writer
-        with self._write_lock, self._store.turn():
-            conn = self._store.writer()
-            self._store.begin_immediate(conn)
+        store = self._store
+        with self._write_lock:
+            conn = store.writer()
+            queued = store.begin_writer(conn)
             mark = writer.begin()
             try:
                 if all(type(item) is RecordOp for item in items):
@@ -347,6 +348,8 @@ class Handle:
                     conn.execute("ROLLBACK")
                 writer.restore(mark)
                 raise
+            finally:
+                store.end_writer(queued)
         return results
 
     def _apply_one(self, conn: Any, op: RecordOp) -> int:

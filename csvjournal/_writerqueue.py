@@ -11,6 +11,11 @@ when it was slow, the same either way), and gives up with
 :class:`~csvjournal.errors.JournalBusyError` after the busy timeout as before. It belongs to
 the open file, so every :class:`WriterQueue` excludes the others, also in one process; a
 thread lock excludes the threads sharing one. The lock goes with its process when it dies.
+
+A handle that has met no other writer for a second skips the queue (:meth:`WriterQueue.begin`):
+it tries SQLite's write lock at once, and only when that is taken does it queue, and keep
+queueing while it keeps meeting others. A lone writer then pays no ``flock`` at all; a writer
+that skips the queue can pass queued ones only at an instant when nobody holds the journal.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,6 +34,9 @@ __all__ = ["WriterQueue"]
 
 _FIRST_WAIT = 10e-6
 _LONGEST_WAIT = 1e-4
+# After meeting another writer, queue first for this long: under contention the queue orders
+# writers; without it, trying SQLite's lock first saves the two ``flock`` calls.
+_CONTENDED_SECONDS = 1.0
 
 
 class WriterQueue:
@@ -39,12 +47,80 @@ class WriterQueue:
         self._busy_timeout = busy_timeout
         self._threads = threading.Lock()
         self._fd: int | None = None
+        self._queue_until = 0.0  # monotonic time; before it, writers queue first
 
     def _file(self) -> int:
         if self._fd is None:
             self.path.parent.mkdir(exist_ok=True)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         return self._fd
+
+    def begin(self, attempt: Callable[[], bool]) -> bool:
+        """Start a write transaction with ``attempt`` (``BEGIN IMMEDIATE``: True once it
+        succeeded, False while the journal is busy) in this writer's turn.
+
+        Tries at once when this handle met no other writer lately; else, or when that
+        fails, waits for its turn in the queue and then retries quickly. Returns whether
+        the queue is held: pass it to :meth:`end` once the transaction is over.
+
+        Raises:
+            JournalBusyError: other writers kept the journal busy past the busy timeout.
+        """
+        if not self._threads.acquire(timeout=self._busy_timeout):
+            raise JournalBusyError(f"{self.path}: writers of this handle kept the journal busy")
+        try:
+            if time.monotonic() >= self._queue_until:
+                if attempt():
+                    return False
+                self._queue_until = time.monotonic() + _CONTENDED_SECONDS
+            deadline = time.monotonic() + self._busy_timeout
+            fd = self._file()
+            waited = self._lock(fd, deadline)
+            try:
+                wait = _FIRST_WAIT
+                while not attempt():
+                    waited = True
+                    if time.monotonic() >= deadline:
+                        raise self._busy()
+                    time.sleep(wait)
+                    wait = min(wait * 2, _LONGEST_WAIT)
+            except BaseException:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                raise
+            if waited:
+                self._queue_until = time.monotonic() + _CONTENDED_SECONDS
+            return True
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def end(self, queued: bool) -> None:
+        """End the turn that :meth:`begin` started (after its COMMIT or ROLLBACK)."""
+        try:
+            if queued and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+    def _lock(self, fd: int, deadline: float) -> bool:
+        """Take the queue's ``flock``; return whether we had to wait for it."""
+        wait = _FIRST_WAIT
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return waited
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise self._busy() from None
+                waited = True
+                time.sleep(wait)
+                wait = min(wait * 2, _LONGEST_WAIT)
+
+    def _busy(self) -> JournalBusyError:
+        return JournalBusyError(
+            f"{self.path}: journal still locked by other writers after {self._busy_timeout:g} s"
+        )
 
     @contextmanager
     def turn(self) -> Iterator[None]:
@@ -58,19 +134,7 @@ class WriterQueue:
             raise JournalBusyError(f"{self.path}: writers of this handle kept the journal busy")
         try:
             fd = self._file()
-            wait = _FIRST_WAIT
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise JournalBusyError(
-                            f"{self.path}: other writers kept the journal busy for longer"
-                            f" than {self._busy_timeout:g} s"
-                        ) from None
-                    time.sleep(wait)
-                    wait = min(wait * 2, _LONGEST_WAIT)
+            self._lock(fd, deadline)
             try:
                 yield
             finally:

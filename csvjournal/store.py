@@ -15,6 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -60,6 +61,17 @@ def is_busy(exc: BaseException) -> bool:
         return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
     text = str(exc)
     return "locked" in text or "busy" in text
+
+
+def _try_begin(conn: sqlite3.Connection) -> bool:
+    """``BEGIN IMMEDIATE``; False if another writer holds the journal."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if is_busy(exc):
+            return False
+        raise
+    return True
 
 
 def remove_journal_files(path: Path) -> None:
@@ -223,10 +235,14 @@ class Store:
         with self._writer_lock:
             if self._writer is None:
                 self._writer = self.engine.raw_connection()
+                cursor = self._writer.cursor()
                 if self.durability == "full":
                     # Group commits are made durable by sync_wal() after the write lock is
                     # released, so the next group's transaction overlaps this one's fsync.
-                    self._writer.cursor().execute("PRAGMA synchronous = NORMAL")
+                    cursor.execute("PRAGMA synchronous = NORMAL")
+                if self._queue is not None:
+                    # begin_writer() waits in the writers' queue, never in SQLite's sleeps.
+                    cursor.execute("PRAGMA busy_timeout = 0")
             dbapi_conn = self._writer.driver_connection
         assert isinstance(dbapi_conn, sqlite3.Connection)
         return dbapi_conn
@@ -253,6 +269,24 @@ class Store:
                         os.close(folder)
                 fd = self._wal_fd
         _sync_data(fd)
+
+    def begin_writer(self, conn: sqlite3.Connection) -> bool:
+        """``BEGIN IMMEDIATE`` on :meth:`writer`'s connection, in this writer's turn among
+        the journal's writers (see :mod:`csvjournal._writerqueue`). Returns a token for
+        :meth:`end_writer`, to be called once the transaction is committed or rolled back.
+
+        Raises:
+            JournalBusyError: other writers kept the journal busy past the busy timeout.
+        """
+        if self._queue is None:
+            self.begin_immediate(conn)
+            return False
+        return self._queue.begin(partial(_try_begin, conn))
+
+    def end_writer(self, queued: bool) -> None:
+        """End the turn :meth:`begin_writer` began (``queued`` is what it returned)."""
+        if self._queue is not None:
+            self._queue.end(queued)
 
     def begin_immediate(self, conn: sqlite3.Connection) -> None:
         """``BEGIN IMMEDIATE`` on a DBAPI connection, retried while busy."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import sys
@@ -25,7 +26,9 @@ def test_every_connection_is_wal_with_busy_timeout_and_synchronous(
         pooled = store.engine.raw_connection()
         for conn in (store.writer(), pooled.driver_connection):
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-            assert conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+        assert pooled.driver_connection.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+        # The group-commit writer waits in the writers' queue, never in SQLite's sleeps.
+        assert store.writer().execute("PRAGMA busy_timeout").fetchone()[0] == 0
         assert pooled.driver_connection.execute("PRAGMA synchronous").fetchone()[0] == synchronous
         # The group-commit writer commits with NORMAL and then fsyncs the WAL itself.
         assert store.writer().execute("PRAGMA synchronous").fetchone()[0] == 1
@@ -101,6 +104,49 @@ def test_a_writer_gives_up_with_journal_busy_error(csv_path: Path) -> None:
         assert journal.get("b") is None
         journal.record("after")  # the handle works again once the lock is free
         assert len(journal) == 2
+
+
+def _record_within(journal: csvjournal.Journal, key: str, seconds: float) -> bool:
+    """Whether ``record(key)`` returns within ``seconds`` (it goes on in a thread if not)."""
+    worker = threading.Thread(target=journal.record, args=(key,))
+    worker.start()
+    worker.join(seconds)
+    return not worker.is_alive()
+
+
+def test_a_lone_writer_skips_the_queue_and_queues_after_meeting_another(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID", busy_timeout=10, export=False) as journal:
+        journal.record("first")
+        queue_file = journal._store._queue.path  # type: ignore[union-attr]
+        # Another open file holding the queue's flock: a writer that queues must wait.
+        other = os.open(queue_file, os.O_RDWR)
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX)
+            assert _record_within(journal, "alone", 5)  # met nobody: tried SQLite at once
+            fcntl.flock(other, fcntl.LOCK_UN)
+
+            ready = threading.Event()
+            holder = threading.Thread(
+                target=_hold_write_lock, args=(journal.journal_path, 0.3, ready)
+            )
+            holder.start()
+            ready.wait()
+            journal.record("met-another")  # found SQLite locked: waited in the queue
+            holder.join()
+
+            fcntl.flock(other, fcntl.LOCK_EX)
+            assert not _record_within(journal, "queued", 0.3)  # queues now
+            fcntl.flock(other, fcntl.LOCK_UN)
+            time.sleep(0.2)
+            assert journal.get("queued") is not None  # and went on when its turn came
+
+            time.sleep(1.2)  # no other writer met for a while: back to trying at once
+            fcntl.flock(other, fcntl.LOCK_EX)
+            assert _record_within(journal, "alone-again", 5)
+            fcntl.flock(other, fcntl.LOCK_UN)
+        finally:
+            os.close(other)
+        assert len(journal) == 5
 
 
 def test_is_busy_recognises_sqlite_busy_and_locked_only() -> None:
