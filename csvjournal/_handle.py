@@ -328,7 +328,7 @@ class Handle:
             queued = store.begin_writer(conn)
             mark = writer.begin()
             try:
-                if all(type(item) is RecordOp for item in items):
+                if type(items[0]) is RecordOp and all(type(i) is RecordOp for i in items):
                     ops: Sequence[RecordOp] = items  # type: ignore[assignment]
                     if len(ops) > 1:
                         for op in ops:

@@ -19,7 +19,7 @@ from csvjournal._claims import Claims
 from csvjournal._flush import export_to, flush_csv
 from csvjournal._options import Options
 from csvjournal._values import render_value
-from csvjournal._writer import IN_PROGRESS, RecordOp, prepare_record
+from csvjournal._writer import IN_PROGRESS, prepare_record
 from csvjournal.backup import list_backups
 from csvjournal.csvio import EXCEL_MAX_CELL
 from csvjournal.errors import CsvJournalError, ExportError
@@ -83,8 +83,9 @@ class Journal(Claims):
             JournalClosedError: the handle is closed.
         """
         self._ensure()
-        op = self._prepare(key, status, fields, more)
-        if not self._warned_cells and any(len(v) > EXCEL_MAX_CELL for v in op.fields.values()):
+        op = prepare_record(self._settings, key, status, fields, more, worker=self._worker_name())
+        cells = op.fields
+        if cells and not self._warned_cells and max(map(len, cells.values())) > EXCEL_MAX_CELL:
             self._warned_cells = True
             log.warning("excel_cell_limit_exceeded", path=str(self.csv_path), key=op.key)
         seq: int = self._write(op)  # type: ignore[assignment]
@@ -92,15 +93,6 @@ class Journal(Claims):
             with self._held_lock:
                 self._held.pop(op.key, None)  # finished: nothing to give back at close
         return seq
-
-    def _prepare(
-        self,
-        key: object,
-        status: object,
-        fields: Mapping[str, object] | None,
-        more: Mapping[str, object],
-    ) -> RecordOp:
-        return prepare_record(self._settings, key, status, fields, more, worker=self._worker_name())
 
     @contextmanager
     def batch(self) -> Iterator[Journal]:

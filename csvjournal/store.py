@@ -119,6 +119,7 @@ class Store:
         self._writer: PoolProxiedConnection | None = None
         self._wal_fd: int | None = None
         self._writer_lock = threading.Lock()
+        self._attempt: partial[bool] | None = None  # BEGIN IMMEDIATE on the writer connection
         self._before_upgrade = before_upgrade
         self._queue = None if queue_path is None else WriterQueue(queue_path, busy_timeout)
         try:
@@ -281,7 +282,10 @@ class Store:
         if self._queue is None:
             self.begin_immediate(conn)
             return False
-        return self._queue.begin(partial(_try_begin, conn))
+        attempt = self._attempt
+        if attempt is None or attempt.args[0] is not conn:
+            attempt = self._attempt = partial(_try_begin, conn)
+        return self._queue.begin(attempt)
 
     def end_writer(self, queued: bool) -> None:
         """End the turn :meth:`begin_writer` began (``queued`` is what it returned)."""
@@ -306,6 +310,7 @@ class Store:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+            self._attempt = None
         self.engine.dispose()
         if self._queue is not None:
             self._queue.close()
@@ -316,6 +321,7 @@ class Store:
         keeps what this returns alive for the rest of the process."""
         kept = (self.engine, self._writer, self._wal_fd)
         self._writer = None
+        self._attempt = None
         self._wal_fd = None
         self._writer_lock = threading.Lock()
         if self._queue is not None:
