@@ -5,8 +5,9 @@ row) with one ``BEGIN IMMEDIATE`` ... ``COMMIT`` per record, WAL mode and the sa
 ``synchronous``. All contenders keep their files open and take turns in short chunks, round
 after round in a rotating order, so the disk's drifting fsync time hits them alike; a
 contender's ratio is its time-weighted rate over the raw rate of the same rounds, and
-per-round ratios give the spread (median, min, max). The journal core is measured as issue 2 defines it, on handles
-with ``export=False``; the same contenders with an exporter thread follow, for the record.
+per-round ratios give the spread (median, min, max). The journal core is measured as issue
+2 defines it, on handles with ``export=False``; the same contenders with an exporter thread
+follow, for the record.
 
     python benchmarks/bench_record.py [--rounds 45] [--chunk 100] [--batch 100000]
 """

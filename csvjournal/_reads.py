@@ -39,7 +39,7 @@ __all__ = [
 
 def column_names(conn: Connection) -> list[str]:
     """Every column of the CSV, in order."""
-    return list(conn.execute(select(t.columns.c.name).order_by(t.columns.c.pos)).scalars())
+    return [name for (name,) in t.driver(conn).execute("SELECT name FROM columns ORDER BY pos")]
 
 
 def cells_of(columns: list[str], cells_json: str) -> list[str]:
@@ -64,7 +64,8 @@ def get(conn: Connection, key: str) -> dict[str, str] | None:
 
 def last_seq(conn: Connection) -> int:
     """The sequence number of the newest event (0 for none)."""
-    return int(conn.execute(select(func.coalesce(func.max(t.events.c.seq), 0))).scalar_one())
+    (seq,) = t.driver(conn).execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+    return int(seq)
 
 
 def exported_seq(conn: Connection) -> int | None:

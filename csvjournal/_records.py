@@ -16,7 +16,6 @@ from __future__ import annotations
 import codecs
 from array import array
 from collections.abc import Iterable, Iterator
-from itertools import accumulate
 
 __all__ = ["PIECE", "Records"]
 
@@ -143,15 +142,16 @@ class Records:
             by_piece.setdefault(index // PIECE, []).append(index)
         for piece, indexes in by_piece.items():
             lengths = self._lengths[piece]
-            starts = [0, *accumulate(lengths)]
             view = memoryview(self._pieces[piece])
             parts: list[bytes | memoryview] = []
-            at = 0
+            at = 0  # in the old piece: the end of what is taken so far
+            done = 0  # slots before it
             for index in indexes:
                 slot = index - piece * PIECE
+                start = at + sum(lengths[done:slot])  # C-speed, unlike a list of every start
                 data, (length,) = self._encode([self._changed[index]])
-                parts += (view[at : starts[slot]], data)
-                at = starts[slot + 1]
+                parts += (view[at:start], data)
+                at, done = start + lengths[slot], slot + 1
                 lengths[slot] = length
             parts.append(view[at:])
             self._pieces[piece] = b"".join(parts)

@@ -13,17 +13,22 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from csvjournal import _reads
 from csvjournal import _schema as t
 from csvjournal._records import Records
-from csvjournal._settings import read_value
+from csvjournal._settings import read_value, write_value
 from csvjournal.csvio import CsvDialect, bom_of, render_rows
 
-__all__ = ["RenderedCsv", "encode_chunks", "lines_format", "stream_csv"]
+__all__ = ["SAVE_EVERY", "RenderedCsv", "encode_chunks", "lines_format", "stream_csv"]
 
 _CHUNK = 4096  # records encoded and written at a time
+SAVE_EVERY = 1.0  # seconds between the exporter's saves of rendered records
+# The rows changed by the events after a sequence number, in CSV order.
+_CHANGED_ROWS = """
+SELECT pos, cells FROM rows WHERE key IN (SELECT key FROM events WHERE seq > ?) ORDER BY pos
+"""
 
 
 def lines_format(column_count: int, formula_guard: bool) -> dict[str, object]:
@@ -46,9 +51,33 @@ class RenderedCsv:
         self.unsaved: list[tuple[str, int, str]] = []
         self.format: dict[str, object] = {}
         self.format_changed = False
+        self._save_after = 0.0  # monotonic seconds: before it, save_lines(now=) waits
 
     def __len__(self) -> int:
         return len(self._lines)
+
+    def save_lines(self, conn: Connection, *, now: float | None = None) -> None:
+        """Store the records rendered since the last save in ``rows.line``, for the next
+        exporter (a row that changed meanwhile keeps its NULL: its cells differ).
+
+        With ``now`` (monotonic seconds) it saves at most every :data:`SAVE_EVERY` seconds
+        unless the lines' format changed: inside the exporter's note before each rename,
+        it holds the journal's write lock, and a line missing after a crash only costs the
+        next exporter that record's rendering.
+        """
+        if not self.unsaved and not self.format_changed:
+            return
+        if now is not None and now < self._save_after and not self.format_changed:
+            return
+        t.driver(conn).executemany(
+            "UPDATE rows SET line = ? WHERE pos = ? AND cells = ?", self.unsaved
+        )
+        self.unsaved.clear()
+        if self.format_changed:
+            write_value(conn, "lines_format", self.format)
+            self.format_changed = False
+        if now is not None:
+            self._save_after = now + SAVE_EVERY
 
     def seed(self, conn: Connection, data: bytes, seq: int, rows: int) -> bool:
         """Start from the CSV this journal's exporter wrote at ``seq`` (``data``, its bytes,
@@ -183,13 +212,7 @@ class RenderedCsv:
         return found
 
     def _render_changed(self, conn: Connection, columns: list[str]) -> None:
-        changed = select(t.events.c.key).where(t.events.c.seq > self.seq).distinct()
-        query = (
-            select(t.rows.c.pos, t.rows.c.cells)
-            .where(t.rows.c.key.in_(changed))
-            .order_by(t.rows.c.pos)
-        )
-        found = [(pos, cells_json) for pos, cells_json in conn.execute(query)]
+        found = t.driver(conn).execute(_CHANGED_ROWS, (self.seq,)).fetchall()
         for (pos, _), line in zip(found, self._render(found, columns), strict=True):
             index = self._positions.get(pos, len(self._lines))
             if index is None:  # a new row: rows only ever append, in pos order

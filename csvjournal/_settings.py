@@ -70,20 +70,19 @@ def _store(conn: Connection, values: dict[str, object], *, new: bool) -> None:
 
 def read_value(conn: Connection, name: str) -> object:
     """A stored setting outside :class:`Settings` (e.g. the exporter's state), or None."""
-    text = conn.execute(select(t.settings.c.value).where(t.settings.c.name == name)).scalar()
-    return None if text is None else json.loads(text)
+    row = t.driver(conn).execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+    return None if row is None else json.loads(row[0])
+
+
+_UPSERT_VALUE = """
+INSERT INTO settings (name, value) VALUES (?, ?)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value
+"""
 
 
 def write_value(conn: Connection, name: str, value: object) -> None:
     """Store a setting outside :class:`Settings` (inside ``conn``'s write transaction)."""
-    text = json.dumps(value, ensure_ascii=False)
-    if (
-        conn.execute(
-            update(t.settings).where(t.settings.c.name == name).values(value=text)
-        ).rowcount
-        == 0
-    ):
-        conn.execute(insert(t.settings).values(name=name, value=text))
+    t.driver(conn).execute(_UPSERT_VALUE, (name, json.dumps(value, ensure_ascii=False)))
 
 
 def forget_values(conn: Connection, *names: str) -> None:

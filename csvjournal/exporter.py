@@ -21,6 +21,7 @@ from pathlib import Path
 
 import structlog
 from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from csvjournal import _reads
 from csvjournal._background import Background
@@ -36,7 +37,7 @@ from csvjournal.csvio import (
     sync_file,
     write_temp,
 )
-from csvjournal.errors import CsvChangedError
+from csvjournal.errors import CsvChangedError, CsvJournalError
 from csvjournal.store import Store
 
 __all__ = ["POLL_SECONDS", "Exporter", "Preview", "lock_path"]
@@ -251,8 +252,20 @@ class Exporter:
                     newest = _reads.last_seq(conn)
                 if newest != self.exported_seq or self._failures or not self._csv_path.exists():
                     self._export_or_back_off()
+                self._save_lines_now()
         finally:
             self.release()
+
+    def _save_lines_now(self) -> None:
+        """Store the records rendered since the last save. Best effort: a line not saved
+        costs the next exporter only that record's rendering."""
+        if not self._rendered.unsaved:
+            return
+        try:
+            with self._store.write(synced=False) as conn:
+                self._rendered.save_lines(conn)
+        except (CsvJournalError, SQLAlchemyError, sqlite3.Error) as exc:
+            log.warning("rendered_lines_not_saved", path=str(self._csv_path), error=str(exc))
 
     def _export_or_back_off(self) -> float:
         try:
@@ -304,7 +317,7 @@ class Exporter:
                     write_value(conn, "csv_pending", written)
                     write_value(conn, "csv_pending_seq", rendered.seq)
                     write_value(conn, "csv_pending_rows", len(rendered))
-                self._save_lines(conn)
+                rendered.save_lines(conn, now=time.monotonic())
             if not unchanged and self._store.durability == "full":
                 self._store.sync_wal()
             syncing.result()
@@ -342,18 +355,6 @@ class Exporter:
             return False
         self._rendered.seq = newest
         return True
-
-    def _save_lines(self, conn: Connection) -> None:
-        """Store the records rendered since the last export in rows.line, for the next
-        exporter; a row that changed meanwhile keeps its NULL (its cells differ)."""
-        rendered = self._rendered
-        raw = conn.connection.driver_connection
-        assert isinstance(raw, sqlite3.Connection)
-        raw.executemany("UPDATE rows SET line = ? WHERE pos = ? AND cells = ?", rendered.unsaved)
-        rendered.unsaved.clear()
-        if rendered.format_changed:
-            write_value(conn, "lines_format", rendered.format)
-            rendered.format_changed = False
 
     # -- flush and stop --------------------------------------------------------------------
 

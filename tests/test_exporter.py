@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -286,9 +287,13 @@ def test_rendered_records_are_kept_for_the_next_exporter(csv_path: Path, tmp_pat
         assert "COMPLETED" in before
         assert stored["k4"] == f'k4,COMPLETED,{journal.get("k4")["LAST_PROCESSED"]},"note, 4"\n'  # type: ignore[index]
         journal.flush(timeout=10)
-        assert _stored_lines(journal.journal_path)["k3"] is not None
         journal.export(tmp_path / "fresh.csv")  # a fresh rendering from the stored records
         assert (tmp_path / "fresh.csv").read_bytes() == csv_path.read_bytes()
+        journal.record("k7", "FAILED")  # records rendered within a second of the last save
+        journal.flush(timeout=10)
+        # ... are saved with a later export, or at the latest when the exporter closes
+    assert "FAILED" in str(_stored_lines(Path(f"{csv_path}.journal"))["k3"])
+    assert "FAILED" in str(_stored_lines(Path(f"{csv_path}.journal"))["k7"])
     with csvjournal.open(csv_path, formula_guard=True) as journal:
         journal.record("k5", NOTE="=cmd()")
     assert _rows(csv_path)["k5"]["NOTE"] == "'=cmd()"
@@ -342,3 +347,18 @@ def test_the_note_of_the_next_csv_is_on_disk_before_the_csv_replaces_the_old(
     assert replaced
     for before, at in zip([-1, *replaced], replaced, strict=False):
         assert "wal synced" in steps[before + 1 : at]
+
+
+@pytest.mark.parametrize("size", [0, 10, 300_000])
+@pytest.mark.parametrize("given", ["bytes", "list", "generator"])
+def test_a_temp_file_holds_the_data_and_its_fingerprint(
+    tmp_path: Path, size: int, given: str
+) -> None:
+    from csvjournal._atomicfile import fingerprint, write_temp
+
+    data = os.urandom(size)
+    pieces = [data[i : i + 65536] for i in range(0, size, 65536)]
+    source = {"bytes": data, "list": pieces, "generator": iter(pieces)}[given]
+    temp, digest = write_temp(tmp_path / "x.csv", source)
+    assert temp.read_bytes() == data
+    assert digest == fingerprint(data) == f"{size}:{zlib.crc32(data):08x}"
