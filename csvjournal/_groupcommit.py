@@ -1,8 +1,8 @@
 """Group commit: concurrent callers share one transaction and one fsync.
 
 Leader/follower: a caller queues its item; if nobody is committing, it becomes the leader,
-waits up to a few hundred microseconds for as many callers as the last group had, takes every
-queued item and commits them together; the others sleep until their group is done. Each
+waits for as many callers as the last group had (up to 100 µs for each one missing), takes
+every queued item and commits them together; the others sleep until their group is done. Each
 caller returns only after the commit holding its own item. When a leader is done and callers
 are queued, the first of them is woken to lead the next group. A group whose commit fails
 fails every caller in it with the same exception.
@@ -47,6 +47,11 @@ class GroupCommitter(Generic[_Item, _Result]):
     result per item, in order, or raise. ``sync``, if given, makes the last commit durable
     (an fsync): it runs after the next group's leader was let go, so one group's fsync
     overlaps the next group's transaction, and callers return only after it.
+
+    A leader waits up to ``gather_seconds`` for each caller of the last group that has not
+    come back yet: after a group's fsync its callers return and come back one at a time
+    (under the GIL, ~40 µs each), so 8 threads need ~300 µs to queue again; a fixed 200 µs
+    cut groups short and cost ~8% of their rate.
     """
 
     def __init__(
@@ -54,7 +59,7 @@ class GroupCommitter(Generic[_Item, _Result]):
         commit: Callable[[Sequence[_Item]], Sequence[_Result]],
         sync: Callable[[], None] | None = None,
         *,
-        gather_seconds: float = 0.0002,
+        gather_seconds: float = 0.0001,
     ) -> None:
         self._commit = commit
         self._sync = sync
@@ -102,11 +107,12 @@ class GroupCommitter(Generic[_Item, _Result]):
     def _lead(self) -> None:
         with self._mutex:
             gathering = None
-            if len(self._queue) < self._expected and self.gather_seconds > 0:
+            missing = self._expected - len(self._queue)
+            if missing > 0 and self.gather_seconds > 0:
                 gathering = self._gathering = threading.Lock()
                 gathering.acquire()
         if gathering is not None:
-            gathering.acquire(timeout=self.gather_seconds)
+            gathering.acquire(timeout=self.gather_seconds * missing)
         with self._mutex:
             self._gathering = None
             group, self._queue = self._queue, []

@@ -102,3 +102,24 @@ def test_a_failed_group_fails_every_caller_in_it_and_only_them() -> None:
         else:
             assert results[n] == n * 10
     assert committer.submit(99) == 990  # the committer goes on after a failure
+
+
+def test_a_leader_waits_longer_the_more_callers_of_the_last_group_are_missing() -> None:
+    # After a group of 3, the next leader waits up to 0.1 s for each of the 2 missing: the
+    # others coming back 60 ms apart (as threads do, one at a time) still share its commit.
+    commit = Committer(seconds=0.02)  # callers that come during a commit queue for the next
+    committer = GroupCommitter(commit, gather_seconds=0.1)
+    barrier = threading.Barrier(4)
+
+    def together(n: int) -> None:
+        barrier.wait()
+        committer.submit(n)
+
+    def staggered(n: int) -> None:
+        time.sleep(0.06 * n)
+        committer.submit(100 + n)
+
+    assert run_threads(together, 4) == []  # a lone first caller, then the other three
+    assert len(commit.groups[-1]) == 3
+    assert run_threads(staggered, 3) == []
+    assert sorted(commit.groups[-1]) == [100, 101, 102]
