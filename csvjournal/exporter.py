@@ -48,10 +48,11 @@ log = structlog.get_logger(__name__)
 Preview = Callable[[Connection], dict[int, tuple[str, list[str]]]]
 
 POLL_SECONDS = 0.01
-# After an export, a pause before the next: under a stream of commits the exporter would
-# otherwise take the disk (each export writes and syncs the whole CSV) and, in its own
-# process, the GIL from the writers it exports for.
+# After an export, a pause, and exports at most every 50 ms: back to back, exports would
+# take the disk from the writers (each writes and syncs the whole CSV, the journal's note
+# and the folder: a small CSV many times a second) and, in its process, their GIL.
 _AFTER_EXPORT_SECONDS = 0.02
+_EVERY_SECONDS = 0.05
 _STANDBY_SECONDS = 0.5
 _BACKOFF_FIRST_SECONDS = 0.05  # the first retry of a failed export, doubling each time
 _BACKOFF_CAP_SECONDS = 30.0
@@ -268,6 +269,7 @@ class Exporter:
             log.warning("rendered_lines_not_saved", path=str(self._csv_path), error=str(exc))
 
     def _export_or_back_off(self) -> float:
+        started = time.monotonic()
         try:
             self.export_now()
         except OSError as exc:
@@ -279,7 +281,7 @@ class Exporter:
         if self._failures:
             log.info("csv_export_recovered", path=str(self._csv_path), attempts=self._failures)
             self._failures = 0
-        return _AFTER_EXPORT_SECONDS
+        return max(_AFTER_EXPORT_SECONDS, _EVERY_SECONDS - (time.monotonic() - started))
 
     def export_now(self) -> None:
         """Regenerate the CSV from the journal now (the caller holds the lock).

@@ -84,6 +84,25 @@ def test_one_exporter_at_a_time_and_a_standby_takes_over(csv_path: Path) -> None
         second.close()
 
 
+def test_under_a_stream_of_commits_a_small_csv_is_exported_at_most_every_50_ms(
+    csv_path: Path,
+) -> None:
+    with csvjournal.open(csv_path, key="ID", durability="normal") as journal:
+        exporter = journal._exporter
+        assert exporter is not None
+        journal.flush(timeout=10)
+        before = exporter.exports
+        started = time.monotonic()
+        n = 0
+        while time.monotonic() - started < 2.0:  # thousands of commits, none waiting
+            journal.record(f"k{n % 50}", "COMPLETED", N=n)
+            n += 1
+        exports = exporter.exports - before
+        assert 2 <= exports <= 2.0 / 0.05 + 1  # it kept up, and no more often than that
+        journal.flush(timeout=10)
+    assert _rows(csv_path)[f"k{(n - 1) % 50}"]["N"] == str(n - 1)
+
+
 def test_export_to_another_path_leaves_the_csv_alone(csv_path: Path, tmp_path: Path) -> None:
     with csvjournal.open(csv_path, key="ID") as journal:
         journal.record("a", "COMPLETED")
