@@ -7,13 +7,13 @@ same thread, and at commit.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 
+from csvjournal._schema import driver
 from csvjournal._writer import RecordOp, Writer
 
 if TYPE_CHECKING:
@@ -30,9 +30,7 @@ class BatchState:
     def __init__(self, conn: Connection, writer: Writer) -> None:
         self.conn = conn
         self._writer = writer
-        raw = conn.connection.driver_connection
-        assert isinstance(raw, sqlite3.Connection)
-        self._raw = raw
+        self._raw = driver(conn)
         self._buffer: list[RecordOp] = []
 
     def add(self, op: RecordOp) -> int:

@@ -31,6 +31,7 @@ from csvjournal._groupcommit import GroupCommitter
 from csvjournal._importer import check_keys, import_rows
 from csvjournal._leases import Action, expire_leases, expiring_rows
 from csvjournal._options import Options
+from csvjournal._schema import driver
 from csvjournal._settings import Settings, settle
 from csvjournal._values import format_timestamp, timestamp_now
 from csvjournal._writer import PENDING, RecordOp, Writer
@@ -164,8 +165,7 @@ class Handle:
         columns = _reads.column_names(conn)
         status = columns.index(self._settings.status_column)
         stamp = columns.index(self._settings.timestamp_column)
-        raw = conn.connection.driver_connection
-        assert isinstance(raw, sqlite3.Connection)
+        raw = driver(conn)
         after: dict[int, tuple[str, list[str]]] = {}
         for pos, key, cells_json in expiring_rows(raw, self._session_time):
             cells = _reads.cells_of(columns, cells_json)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 from sqlalchemy import Connection
 
+from csvjournal._schema import driver
 from csvjournal._settings import Settings
 from csvjournal._writer import PENDING
 from csvjournal.csvio import ParsedCsv
@@ -45,8 +45,7 @@ def import_rows(
 
     Cells stay as written; only an empty (or absent) status becomes ``PENDING``.
     """
-    raw = conn.connection.driver_connection
-    assert isinstance(raw, sqlite3.Connection)
+    raw = driver(conn)
     header = parsed.header
     key_index = header.index(settings.key_column)
     status_cell = str(columns.index(settings.status_column))

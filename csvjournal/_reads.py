@@ -89,8 +89,7 @@ def pending(conn: Connection, now: float, max_attempts: int | None = None) -> li
     """Keys of rows neither done nor held by a live lease at ``now``, in CSV order (and
     with fewer than ``max_attempts`` attempts, if given)."""
     params = {"now": now, "limit": 2**62 if max_attempts is None else max_attempts}
-    raw = conn.connection.driver_connection
-    assert isinstance(raw, sqlite3.Connection)
+    raw = t.driver(conn)
     lapsed = raw.execute(
         f"SELECT pos, key FROM rows INDEXED BY rows_leased WHERE {LAPSED_ROWS}", params
     ).fetchall()

@@ -88,8 +88,7 @@ class RenderedCsv:
         """
         columns = _reads.column_names(conn)
         header = "".join(render_rows([columns], self._dialect))
-        raw = conn.connection.driver_connection
-        assert isinstance(raw, sqlite3.Connection)
+        raw = t.driver(conn)
         first, last, count = raw.execute("SELECT min(pos), max(pos), count(*) FROM rows").fetchone()
         if (count and last - first + 1 != count) or rows > count:
             return False
@@ -154,8 +153,7 @@ class RenderedCsv:
         self._header = "".join(render_rows([columns], self._dialect))
         self.format = lines_format(len(columns), self._formula_guard)
         self.format_changed = read_value(conn, "lines_format") != self.format
-        raw = conn.connection.driver_connection
-        assert isinstance(raw, sqlite3.Connection)
+        raw = t.driver(conn)
         first, last, count = raw.execute("SELECT min(pos), max(pos), count(*) FROM rows").fetchone()
         if count and last - first + 1 == count and not self.format_changed:
             # Positions without gaps (the usual case): a row's index is its position less
@@ -275,8 +273,7 @@ def stream_csv(conn: Connection, dialect: CsvDialect, formula_guard: bool) -> It
     columns = _reads.column_names(conn)
     valid = read_value(conn, "lines_format") == lines_format(len(columns), formula_guard)
     header = "".join(render_rows([columns], dialect))
-    raw = conn.connection.driver_connection
-    assert isinstance(raw, sqlite3.Connection)
+    raw = t.driver(conn)
 
     def rendered(start: int, stop: int) -> str:
         # Through the DBAPI cursor, the cells only where no stored record will do.
