@@ -77,13 +77,7 @@ class WriterQueue:
             fd = self._file()
             waited = self._lock(fd, deadline)
             try:
-                wait = _FIRST_WAIT
-                while not attempt():
-                    waited = True
-                    if time.monotonic() >= deadline:
-                        raise self._busy()
-                    time.sleep(wait)
-                    wait = min(wait * 2, _LONGEST_WAIT)
+                waited = self._poll(attempt, deadline) or waited
             except BaseException:
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 raise
@@ -104,18 +98,28 @@ class WriterQueue:
 
     def _lock(self, fd: int, deadline: float) -> bool:
         """Take the queue's ``flock``; return whether we had to wait for it."""
-        wait = _FIRST_WAIT
-        waited = False
-        while True:
+
+        def take() -> bool:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return waited
             except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise self._busy() from None
-                waited = True
-                time.sleep(wait)
-                wait = min(wait * 2, _LONGEST_WAIT)
+                return False
+            return True
+
+        return self._poll(take, deadline)
+
+    def _poll(self, attempt: Callable[[], bool], deadline: float) -> bool:
+        """Retry ``attempt`` at 10 µs backing off to 100 µs until it succeeds; return
+        whether it had to wait. Raises :class:`JournalBusyError` past ``deadline``."""
+        wait = _FIRST_WAIT
+        waited = False
+        while not attempt():
+            if time.monotonic() >= deadline:
+                raise self._busy()
+            waited = True
+            time.sleep(wait)
+            wait = min(wait * 2, _LONGEST_WAIT)
+        return waited
 
     def _busy(self) -> JournalBusyError:
         return JournalBusyError(
