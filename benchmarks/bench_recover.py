@@ -91,7 +91,7 @@ _MEASURE = textwrap.dedent(
         ("csvjournal.journal", "check_integrity", "integrity_check"),
         ("csvjournal._handle.Handle", "_expire_leases", "expire leases"),
         ("csvjournal.exporter", "remove_temp_files", "remove temp files"),
-        ("csvjournal.exporter.Exporter", "_check_hand_edits", "hand-edit check (hash CSV)"),
+        ("csvjournal.exporter", "check_csv", "hand-edit check (hash CSV)"),
         ("csvjournal._rendercache.RenderedCsv", "seed", "rendering seeded from the CSV"),
         ("csvjournal.exporter.Exporter", "export_now", "export"),
         ("csvjournal._rendercache.RenderedCsv", "refresh", "export: render rows"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator
+from itertools import islice
 
 from sqlalchemy import Connection
 
@@ -21,10 +22,12 @@ from csvjournal._records import Records
 from csvjournal._settings import read_value, write_value
 from csvjournal.csvio import CsvDialect, bom_of, render_rows
 
-__all__ = ["SAVE_EVERY", "RenderedCsv", "encode_chunks", "lines_format", "stream_csv"]
+__all__ = ["SAVE_CHUNK", "RenderedCsv", "encode_chunks", "lines_format", "stream_csv"]
 
 _CHUNK = 4096  # records encoded and written at a time
-SAVE_EVERY = 1.0  # seconds between the exporter's saves of rendered records
+# Records stored per save_lines(limit=): each is a random row of the journal, so a page of
+# it written to the WAL; a few milliseconds of the journal's write lock.
+SAVE_CHUNK = 256
 # The rows changed by the events after a sequence number, in CSV order.
 _CHANGED_ROWS = """
 SELECT pos, cells FROM rows WHERE key IN (SELECT key FROM events WHERE seq > ?) ORDER BY pos
@@ -47,37 +50,35 @@ class RenderedCsv:
         self._lines = Records(dialect.encoding)
         self._positions = _Positions(None)  # rows.pos -> index in _lines
         self.seq = -1
-        # (line, pos, cells JSON) of records rendered here, to store in rows.line
-        self.unsaved: list[tuple[str, int, str]] = []
+        # pos -> (record, cells JSON it was rendered from): records to store in rows.line
+        self.unsaved: dict[int, tuple[str, str]] = {}
         self.format: dict[str, object] = {}
         self.format_changed = False
-        self._save_after = 0.0  # monotonic seconds: before it, save_lines(now=) waits
 
     def __len__(self) -> int:
         return len(self._lines)
 
-    def save_lines(self, conn: Connection, *, now: float | None = None) -> None:
-        """Store the records rendered since the last save in ``rows.line``, for the next
-        exporter (a row that changed meanwhile keeps its NULL: its cells differ).
-
-        With ``now`` (monotonic seconds) it saves at most every :data:`SAVE_EVERY` seconds
-        unless the lines' format changed: inside the exporter's note before each rename,
-        it holds the journal's write lock, and a line missing after a crash only costs the
-        next exporter that record's rendering.
+    def save_lines(self, conn: Connection, *, limit: int | None = None) -> None:
+        """Store records rendered here in ``rows.line`` for the next exporter (a row that
+        changed meanwhile keeps its NULL: its cells differ): all of them, or the ``limit``
+        rendered first. Best effort: a record never saved costs the next exporter only its
+        rendering. When the records' format changed, every stored record is voided first.
         """
         if not self.unsaved and not self.format_changed:
             return
-        if now is not None and now < self._save_after and not self.format_changed:
-            return
-        t.driver(conn).executemany(
-            "UPDATE rows SET line = ? WHERE pos = ? AND cells = ?", self.unsaved
-        )
-        self.unsaved.clear()
+        raw = t.driver(conn)
         if self.format_changed:
+            raw.execute("UPDATE rows SET line = NULL WHERE line IS NOT NULL")
             write_value(conn, "lines_format", self.format)
             self.format_changed = False
-        if now is not None:
-            self._save_after = now + SAVE_EVERY
+        unsaved = self.unsaved
+        positions = list(unsaved if limit is None else islice(unsaved, limit))
+        raw.executemany(
+            "UPDATE rows SET line = ? WHERE pos = ? AND cells = ?",
+            [(unsaved[pos][0], pos, unsaved[pos][1]) for pos in positions],
+        )
+        for pos in positions:
+            del unsaved[pos]
 
     def seed(self, conn: Connection, data: bytes, seq: int, rows: int) -> bool:
         """Start from the CSV this journal's exporter wrote at ``seq`` (``data``, its bytes,
@@ -143,9 +144,10 @@ class RenderedCsv:
                 formula_guard=self._formula_guard,
             )
         )
-        self.unsaved.extend(
-            (line, pos, cells_json) for line, (pos, cells_json) in zip(lines, rows, strict=True)
-        )
+        unsaved = self.unsaved  # a row once, with its newest record, in the order rendered
+        for line, (pos, cells_json) in zip(lines, rows, strict=True):
+            unsaved.pop(pos, None)
+            unsaved[pos] = (line, cells_json)
         return lines
 
     def _render_all(self, conn: Connection, columns: list[str]) -> None:

@@ -26,12 +26,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from csvjournal import _reads
 from csvjournal._background import Background
 from csvjournal._forking import ForkGate
+from csvjournal._handedits import check_csv
 from csvjournal._oslock import ExporterLock
-from csvjournal._rendercache import RenderedCsv, lines_format
+from csvjournal._rendercache import SAVE_CHUNK, RenderedCsv
 from csvjournal._settings import Settings, read_value, write_value
 from csvjournal.csvio import (
     EXCEL_MAX_ROWS,
-    fingerprint,
     remove_temp_files,
     replace_with,
     sync_file,
@@ -136,7 +136,10 @@ class Exporter:
         return None if hook is None else hook()
 
     def release(self) -> None:
-        """Give up the exporter role taken by :meth:`try_lead` without a thread."""
+        """Give up the exporter role taken by :meth:`try_lead` without a thread (storing
+        the records it rendered first)."""
+        if self.leading:
+            self._save_lines()
         self.leading = False
         self._lock.release()
 
@@ -149,7 +152,7 @@ class Exporter:
         for leftover in remove_temp_files(self._csv_path):
             log.info("temp_file_removed", path=str(leftover))
             self.removed_temp_files.append(leftover)
-        current = self._check_hand_edits()
+        current = check_csv(self._store, self._csv_path, self._rendered, self._formula_guard)
         if current is None:
             self.export_now()
         else:  # the CSV already shows everything: render it when something changes
@@ -159,50 +162,6 @@ class Exporter:
             newest = _reads.last_seq(conn)
         if newest > self.exported_seq:  # the first write (recovery) changed rows: show them
             self.export_now()
-
-    def _check_hand_edits(self) -> int | None:
-        """Refuse a CSV edited by hand; return the sequence number the CSV shows when it is
-        exactly the last export and nothing changed since (else ``None``). A CSV that is one
-        of the last two exports but behind the journal seeds the rendering instead."""
-        if not self._csv_path.exists():
-            return None
-        with self._store.read() as conn:
-            digest, pending = read_value(conn, "csv_digest"), read_value(conn, "csv_pending")
-            exported, newest = _reads.exported_seq(conn), _reads.last_seq(conn)
-            stored_format = read_value(conn, "lines_format")
-            # what each known CSV shows: (sequence number, rows)
-            shows = {
-                pending: (
-                    read_value(conn, "csv_pending_seq"),
-                    read_value(conn, "csv_pending_rows"),
-                ),
-                digest: (exported, read_value(conn, "csv_rows")),
-            }
-            wanted_format = lines_format(len(_reads.column_names(conn)), self._formula_guard)
-        known = {digest, pending} - {None}
-        if not known:
-            return None
-        data = self._csv_path.read_bytes()
-        found = fingerprint(data)
-        if found not in known:
-            raise CsvChangedError(
-                f"{self._csv_path}: edited by hand since csvjournal last wrote it. Run"
-                f" `csvjournal import --merge {self._csv_path}` to bring the edits into the"
-                " journal, or delete the file to have it written anew from the journal"
-            )
-        if stored_format != wanted_format:
-            return None
-        if found == digest and exported == newest:
-            return exported
-        seq, rows = shows[found]
-        # The last export put in place (its bookkeeping perhaps lost with its process), or
-        # the one before it (its successor died before the rename), in the stored format:
-        # the rendering can start from its bytes.
-        if isinstance(seq, int) and isinstance(rows, int):
-            with self._store.read() as conn:
-                seeded = self._rendered.seed(conn, data, seq, rows)
-            log.debug("csv_rendering_seeded", path=str(self._csv_path), seeded=seeded, seq=seq)
-        return None
 
     def start(self, leading: bool) -> None:
         """Run the exporter thread: exporting if ``leading``, else standing by."""
@@ -244,6 +203,7 @@ class Exporter:
                     # A CSV deleted by hand is written anew, commits or not.
                     idle = not self._forced and self._csv_path.exists()
                     if newest <= self.exported_seq and self._failures == 0 and idle:
+                        self._save_lines(SAVE_CHUNK)  # quiet now: a chunk a poll
                         delay = POLL_SECONDS
                         continue
                     # Commits that came during an export go out at once, not a poll later.
@@ -253,18 +213,20 @@ class Exporter:
                     newest = _reads.last_seq(conn)
                 if newest != self.exported_seq or self._failures or not self._csv_path.exists():
                     self._export_or_back_off()
-                self._save_lines_now()
+                self._save_lines()
         finally:
             self.release()
 
-    def _save_lines_now(self) -> None:
-        """Store the records rendered since the last save. Best effort: a line not saved
-        costs the next exporter only that record's rendering."""
-        if not self._rendered.unsaved:
+    def _save_lines(self, limit: int | None = None) -> None:
+        """Store records rendered here (all, or the first ``limit``) for the next exporter,
+        after an export, never inside one: the next CSV need not wait for it. Best effort:
+        a record not saved costs the next exporter only its rendering."""
+        rendered = self._rendered
+        if not rendered.unsaved and not rendered.format_changed:
             return
         try:
             with self._store.write(synced=False) as conn:
-                self._rendered.save_lines(conn)
+                rendered.save_lines(conn, limit=limit)
         except (CsvJournalError, SQLAlchemyError, sqlite3.Error) as exc:
             log.warning("rendered_lines_not_saved", path=str(self._csv_path), error=str(exc))
 
@@ -281,7 +243,10 @@ class Exporter:
         if self._failures:
             log.info("csv_export_recovered", path=str(self._csv_path), attempts=self._failures)
             self._failures = 0
-        return max(_AFTER_EXPORT_SECONDS, _EVERY_SECONDS - (time.monotonic() - started))
+        pause = max(_AFTER_EXPORT_SECONDS, _EVERY_SECONDS - (time.monotonic() - started))
+        saving = time.monotonic()
+        self._save_lines(SAVE_CHUNK)  # within the pause
+        return max(0.0, pause - (time.monotonic() - saving))
 
     def export_now(self) -> None:
         """Regenerate the CSV from the journal now (the caller holds the lock).
@@ -319,7 +284,6 @@ class Exporter:
                     write_value(conn, "csv_pending", written)
                     write_value(conn, "csv_pending_seq", rendered.seq)
                     write_value(conn, "csv_pending_rows", len(rendered))
-                rendered.save_lines(conn, now=time.monotonic())
             if not unchanged and self._store.durability == "full":
                 self._store.sync_wal()
             syncing.result()

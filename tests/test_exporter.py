@@ -292,12 +292,21 @@ def _stored_lines(journal_path: Path) -> dict[str, str | None]:
         return dict(conn.execute("SELECT key, line FROM rows"))
 
 
+def _stored_line_soon(journal_path: Path, key: str, timeout: float = 10.0) -> str | None:
+    """The row's stored record, waiting up to ``timeout`` for the exporter to save it (it
+    does so after an export, in the pause before the next)."""
+    deadline = time.monotonic() + timeout
+    while (line := _stored_lines(journal_path)[key]) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return line
+
+
 def test_rendered_records_are_kept_for_the_next_exporter(csv_path: Path, tmp_path: Path) -> None:
     with csvjournal.open(csv_path, key="ID") as journal:
         for i in range(20):
             journal.record(f"k{i}", "COMPLETED", NOTE=f"note, {i}")
         journal.flush(timeout=10)
-        before = _stored_lines(journal.journal_path)["k3"]
+        before = _stored_line_soon(journal.journal_path, "k3")
         journal.record("k3", "FAILED")  # changed since the export: its record is void
         stored = _stored_lines(journal.journal_path)
         # void, or already the new one (the exporter wakes at this process's commits)
@@ -308,9 +317,9 @@ def test_rendered_records_are_kept_for_the_next_exporter(csv_path: Path, tmp_pat
         journal.flush(timeout=10)
         journal.export(tmp_path / "fresh.csv")  # a fresh rendering from the stored records
         assert (tmp_path / "fresh.csv").read_bytes() == csv_path.read_bytes()
-        journal.record("k7", "FAILED")  # records rendered within a second of the last save
+        journal.record("k7", "FAILED")
         journal.flush(timeout=10)
-        # ... are saved with a later export, or at the latest when the exporter closes
+        # ... saved after a later export, or at the latest when the exporter closes
     assert "FAILED" in str(_stored_lines(Path(f"{csv_path}.journal"))["k3"])
     assert "FAILED" in str(_stored_lines(Path(f"{csv_path}.journal"))["k7"])
     with csvjournal.open(csv_path, formula_guard=True) as journal:

@@ -15,6 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 import csvjournal
+from csvjournal._rendercache import RenderedCsv
 
 # Records made by a worker that then dies with SIGKILL: the CSV is left behind them.
 _CRASHING_WORKER = textwrap.dedent(
@@ -164,3 +165,59 @@ def test_the_export_before_one_that_died_unrenamed_still_seeds(tmp_path: Path) -
     assert _reopen_and_export(csv_path, tmp_path) == [True]
     with csvjournal.open(csv_path) as journal:
         assert journal.get("k3")["STATUS"] == "FAILED"  # type: ignore[index]
+
+
+def _stored(journal_path: Path) -> dict[str, str | None]:
+    with closing(sqlite3.connect(journal_path)) as conn:
+        return dict(conn.execute("SELECT key, line FROM rows ORDER BY pos"))
+
+
+def _rendering(journal: csvjournal.Journal) -> RenderedCsv:
+    rendered = RenderedCsv(journal._settings.dialect, formula_guard=False)
+    with journal._store.read() as conn:
+        rendered.refresh(conn)
+    return rendered
+
+
+def _save(journal: csvjournal.Journal, rendered: RenderedCsv, limit: int | None) -> None:
+    with journal._store.write() as conn:
+        rendered.save_lines(conn, limit=limit)
+
+
+def test_records_are_saved_a_chunk_at_a_time_in_the_order_rendered(tmp_path: Path) -> None:
+    with csvjournal.open(tmp_path / "orders.csv", key="ID", export=False) as journal:
+        with journal.batch():
+            for i in range(10):
+                journal.record(f"k{i}", NOTE=f"n{i}")
+        rendered = _rendering(journal)
+        assert len(rendered.unsaved) == 10
+        _save(journal, rendered, limit=4)
+        stored = _stored(journal.journal_path)
+        assert [key for key, line in stored.items() if line is not None] == ["k0", "k1", "k2", "k3"]
+        assert stored["k2"] == f"k2,PENDING,{journal.get('k2')['LAST_PROCESSED']},n2\n"  # type: ignore[index]
+        journal.record("k5", "DONE")  # changed since rendered: its record is not stored
+        _save(journal, rendered, limit=None)
+        assert not rendered.unsaved
+        stored = _stored(journal.journal_path)
+        assert stored["k5"] is None
+        assert all(line is not None for key, line in stored.items() if key != "k5")
+
+
+def test_a_new_column_voids_every_stored_record_at_the_next_save(tmp_path: Path) -> None:
+    csv_path = tmp_path / "orders.csv"
+    with csvjournal.open(csv_path, key="ID") as journal:
+        for i in range(5):
+            journal.record(f"k{i}", "DONE")
+    assert all(line is not None for line in _stored(Path(f"{csv_path}.journal")).values())
+    with csvjournal.open(csv_path, export=False) as journal:
+        journal.record("k1", NOTE="new column")  # every record gains a cell
+        rendered = _rendering(journal)
+        assert rendered.format_changed
+        _save(journal, rendered, limit=1)  # one saved now; none left in the old format
+        stored = _stored(journal.journal_path)
+        assert stored["k0"] == f"k0,DONE,{journal.get('k0')['LAST_PROCESSED']},\n"  # type: ignore[index]
+        assert [stored[f"k{i}"] for i in range(1, 5)] == [None] * 4
+    with csvjournal.open(csv_path) as journal:
+        journal.export(tmp_path / "fresh.csv")
+    assert csv_path.read_bytes() == (tmp_path / "fresh.csv").read_bytes()
+    assert b"k1,DONE," in csv_path.read_bytes()
