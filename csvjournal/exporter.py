@@ -162,6 +162,9 @@ class Exporter:
             newest = _reads.last_seq(conn)
         if newest > self.exported_seq:  # the first write (recovery) changed rows: show them
             self.export_now()
+        # A first rendering may be all of the CSV (an import, a new column): stored at once,
+        # the next exporter need not render it again, nor wait for the chunks.
+        self._save_lines()
 
     def start(self, leading: bool) -> None:
         """Run the exporter thread: exporting if ``leading``, else standing by."""

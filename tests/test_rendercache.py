@@ -221,3 +221,15 @@ def test_a_new_column_voids_every_stored_record_at_the_next_save(tmp_path: Path)
         journal.export(tmp_path / "fresh.csv")
     assert csv_path.read_bytes() == (tmp_path / "fresh.csv").read_bytes()
     assert b"k1,DONE," in csv_path.read_bytes()
+
+
+def test_an_imported_csv_is_stored_record_by_record_at_open(tmp_path: Path) -> None:
+    csv_path = tmp_path / "orders.csv"
+    rows = [["ID", "STATUS", "NOTE"]] + [[f"k{i:04d}", "PENDING", f"n, {i}"] for i in range(5000)]
+    _write_csv(csv_path, rows, ",", "\n", bom=False, final=True)
+    with csvjournal.open(csv_path, key="ID") as journal:
+        # stored by the exporting open itself, not 256 at a time by its thread afterwards
+        stored = _stored(journal.journal_path)
+        assert len(stored) == 5000
+        assert stored["k0007"] == 'k0007,PENDING,"n, 7",\n'  # LAST_PROCESSED added, empty
+        assert all(line is not None for line in stored.values())
