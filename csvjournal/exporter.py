@@ -198,6 +198,7 @@ class Exporter:
 
     def _export_loop(self) -> None:
         try:
+            self._warm_up()
             delay = POLL_SECONDS
             while not self._stopped(delay):
                 with self._gate.operation():  # no connection may be open across a fork
@@ -219,6 +220,15 @@ class Exporter:
                 self._save_lines()
         finally:
             self.release()
+
+    def _warm_up(self) -> None:
+        """Render the CSV now if the take-over found it current and left it unrendered:
+        else the first commit would wait for the whole rendering (seconds at a million
+        rows) before its export."""
+        if self._rendered.seq >= 0:
+            return
+        with self._gate.operation(), self._store.read() as conn:
+            self._rendered.refresh(conn)
 
     def _save_lines(self, limit: int | None = None) -> None:
         """Store records rendered here (all, or the first ``limit``) for the next exporter,

@@ -390,3 +390,22 @@ def test_a_temp_file_holds_the_data_and_its_fingerprint(
     temp, digest = write_temp(tmp_path / "x.csv", source)
     assert temp.read_bytes() == data
     assert digest == fingerprint(data) == f"{size}:{zlib.crc32(data):08x}"
+
+
+def test_an_exporter_that_found_the_csv_current_renders_it_before_the_next_commit(
+    csv_path: Path,
+) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        for i in range(30):
+            journal.record(f"k{i}", "DONE")
+    with csvjournal.open(csv_path) as journal:  # the CSV shows everything: nothing to export
+        exporter = journal._exporter
+        assert exporter is not None
+        deadline = time.monotonic() + 10
+        while exporter._rendered.seq < 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(exporter._rendered) == 30  # rendered by its thread, without a commit
+        assert exporter.exports == 0
+        journal.record("k3", "FAILED")
+        journal.flush(timeout=10)
+    assert "k3,FAILED," in csv_path.read_text()
