@@ -5,8 +5,10 @@ The naive design is what people write by hand: for every update, ``pandas.read_c
 sheet, change one row, ``to_csv`` to a temporary file, fsync, and rename it over the sheet.
 csvjournal: ``record()`` (durability "full") from 4 threads while its exporter keeps the
 CSV current; the time includes the final ``flush()``, so every update is in the CSV.
+The two take turns, round after round, each on a fresh sheet; a round's ratio is its
+csvjournal rate over its naive rate, and the medians are reported.
 
-    python benchmarks/bench_naive.py [--rows 100000] [--naive-updates 5] [--seconds 10]
+    python benchmarks/bench_naive.py [--rows 100000] [--naive-updates 5] [--seconds 10] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import os
 import random
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -77,21 +80,34 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--naive-updates", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    base = Path(tempfile.mkdtemp(prefix="csvj-naive-", dir=os.environ.get("BENCH_DIR")))
-    try:
-        make_csv(base / "naive.csv", args.rows)
-        make_csv(base / "orders.csv", args.rows)
-        naive = naive_rate(base / "naive.csv", args.rows, args.naive_updates)
-        ours = csvjournal_rate(base / "orders.csv", args.rows, args.seconds)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    naive, ours = [], []
+    for round_no in range(args.rounds):
+        base = Path(tempfile.mkdtemp(prefix="csvj-naive-", dir=os.environ.get("BENCH_DIR")))
+        try:
+            make_csv(base / "naive.csv", args.rows)
+            make_csv(base / "orders.csv", args.rows)
+            naive.append(naive_rate(base / "naive.csv", args.rows, args.naive_updates))
+            ours.append(csvjournal_rate(base / "orders.csv", args.rows, args.seconds))
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        print(
+            f"round {round_no + 1}: naive {naive[-1]:.2f}/s, csvjournal {ours[-1]:,.0f}/s,"
+            f" {ours[-1] / naive[-1]:,.0f}x",
+            flush=True,
+        )
+    ratios = [o / n for o, n in zip(ours, naive, strict=True)]
     print(f"{args.rows:,} rows; durable updates per second with the CSV kept current")
+    print(f"medians of {args.rounds} rounds (min-max)")
     print("| design | updates/s | × naive |")
     print("|---|---:|---:|")
-    print(f"| naive pandas read-modify-write | {naive:,.2f} | 1 |")
-    print(f"| csvjournal, 4 threads, full durability | {ours:,.0f} | {ours / naive:,.0f} |")
+    print(f"| naive pandas read-modify-write | {statistics.median(naive):,.2f} | 1 |")
+    print(
+        f"| csvjournal, 4 threads, full durability | {statistics.median(ours):,.0f}"
+        f" | {statistics.median(ratios):,.0f} ({min(ratios):,.0f}-{max(ratios):,.0f}) |"
+    )
 
 
 if __name__ == "__main__":

@@ -256,10 +256,8 @@ class Exporter:
         if self._failures:
             log.info("csv_export_recovered", path=str(self._csv_path), attempts=self._failures)
             self._failures = 0
-        pause = max(_AFTER_EXPORT_SECONDS, _EVERY_SECONDS - (time.monotonic() - started))
-        saving = time.monotonic()
-        self._save_lines(SAVE_CHUNK)  # within the pause
-        return max(0.0, pause - (time.monotonic() - saving))
+        self._save_lines(SAVE_CHUNK)  # after the rename: the CSV need not wait for it
+        return max(_AFTER_EXPORT_SECONDS, _EVERY_SECONDS - (time.monotonic() - started))
 
     def export_now(self) -> None:
         """Regenerate the CSV from the journal now (the caller holds the lock).
