@@ -139,7 +139,8 @@ class Exporter:
         """Give up the exporter role taken by :meth:`try_lead` without a thread (storing
         the records it rendered first)."""
         if self.leading:
-            self._save_lines()
+            with self._gate.operation():
+                self._save_lines()
         self.leading = False
         self._lock.release()
 
@@ -227,8 +228,12 @@ class Exporter:
         rows) before its export."""
         if self._rendered.seq >= 0:
             return
-        with self._gate.operation(), self._store.read() as conn:
-            self._rendered.refresh(conn)
+        try:
+            with self._gate.operation(), self._store.read() as conn:
+                self._rendered.refresh(conn)
+        except (CsvJournalError, SQLAlchemyError, sqlite3.Error) as exc:
+            # The first export renders it instead, from scratch.
+            log.warning("csv_rendering_deferred", path=str(self._csv_path), error=str(exc))
 
     def _save_lines(self, limit: int | None = None) -> None:
         """Store records rendered here (all, or the first ``limit``) for the next exporter,
