@@ -153,10 +153,18 @@ def attempts(conn: Connection, key: str) -> int | None:
     return None if value is None else int(value)
 
 
+# From the row's newest event back along each event's link to the row's one before it.
 _HISTORY = text(
-    "SELECT seq, key, status, fields, at, worker, pid, note FROM events"
-    " WHERE seq IN (SELECT value FROM json_each((SELECT seqs FROM rows WHERE key = :key)))"
-    " ORDER BY seq"
+    """
+    WITH RECURSIVE chain(seq) AS (
+        SELECT last FROM rows WHERE key = :key
+        UNION ALL
+        SELECT events.prev FROM events JOIN chain ON events.seq = chain.seq
+        WHERE events.prev IS NOT NULL
+    )
+    SELECT seq, key, status, fields, at, worker, pid, note FROM events
+    WHERE seq IN chain ORDER BY seq
+    """
 )
 
 

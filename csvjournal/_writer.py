@@ -31,24 +31,25 @@ IN_PROGRESS = "IN_PROGRESS"
 
 # An event keeps the row's status after it; when the record leaves the status alone, that is
 # the row's current one (looked up only then: coalesce stops at the first non-NULL).
-# ?1 NULL lets SQLite number the event (max + 1).
+# ?1 NULL lets SQLite number the event (max + 1). The event links to the row's newest one
+# before it (the row's upsert comes after the event and makes this event its newest).
 _INSERT_EVENT = """
-INSERT INTO events (seq, key, status, fields, at, worker, note, pid)
+INSERT INTO events (seq, key, status, fields, at, worker, note, pid, prev)
 VALUES (?1, ?2, coalesce(?3, (SELECT status FROM rows WHERE key = ?2), 'PENDING'),
-        ?4, ?5, ?6, ?7, ?8)
+        ?4, ?5, ?6, ?7, ?8, (SELECT last FROM rows WHERE key = ?2))
 """
 # A new row's cells are the patch plus its key and PENDING status (?4); ?5 is the event.
 # A status other than IN_PROGRESS ends any lease on the row.
 # ?6 says whether the new status is terminal.
 # A claim (?7, the lease's end, not NULL) also leases the row to ?8 and counts an attempt.
 _UPSERT_ROW = """
-INSERT INTO rows (key, status, cells, seqs, done)
-VALUES (?1, coalesce(?2, 'PENDING'), ?4, json_array(?5), ?6)
+INSERT INTO rows (key, status, cells, last, done)
+VALUES (?1, coalesce(?2, 'PENDING'), ?4, ?5, ?6)
 ON CONFLICT (key) DO UPDATE SET
     status = coalesce(?2, status),
     done = CASE WHEN ?2 IS NULL THEN done ELSE ?6 END,
     cells = json_patch(cells, ?3),
-    seqs = json_insert(seqs, '$[#]', ?5),
+    last = ?5,
     line = NULL,
     lease_until = CASE WHEN ?7 IS NOT NULL THEN ?7
         WHEN ?2 IS NULL OR ?2 = 'IN_PROGRESS' THEN lease_until END,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import os
 import re
 import shutil
@@ -113,7 +112,7 @@ def _dump(journal_path: Path) -> dict[str, list[tuple[object, ...]]]:
     with closing(sqlite3.connect(journal_path)) as c:
         return {
             "rows": c.execute(
-                "SELECT pos, key, status, cells, seqs, lease_until, holder, attempts, done"
+                "SELECT pos, key, status, cells, last, lease_until, holder, attempts, done"
                 " FROM rows ORDER BY pos"
             ).fetchall(),
             "events": c.execute("SELECT * FROM events ORDER BY seq").fetchall(),
@@ -393,17 +392,21 @@ def _check_consistent(journal_path: Path) -> dict[int, int]:
     with closing(sqlite3.connect(f"{journal_path.resolve().as_uri()}?mode=ro", uri=True)) as c:
         assert c.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         events = {
-            seq: (key, status)
-            for seq, key, status in c.execute("SELECT seq, key, status FROM events")
+            seq: (key, status, prev)
+            for seq, key, status, prev in c.execute("SELECT seq, key, status, prev FROM events")
         }
-        in_rows = [int(v) for (v,) in c.execute("SELECT j.value FROM rows, json_each(rows.seqs) j")]
         rows = dict(c.execute("SELECT key, status FROM rows").fetchall())
         trails: dict[str, list[int]] = {}
-        for key, seqs in c.execute("SELECT key, seqs FROM rows"):
-            trails[key] = json.loads(seqs)
+        for key, last in c.execute("SELECT key, last FROM rows"):
+            trail, seq = [], last
+            while seq is not None:  # each row's events, newest first, along their links
+                trail.append(seq)
+                seq = events[seq][2]
+            trails[key] = trail[::-1]
+        in_rows = [seq for trail in trails.values() for seq in trail]
     # every event seq in the rows is in the events and vice versa; none missing in between
     assert sorted(in_rows) == sorted(events) == list(range(1, len(events) + 1))
-    assert {key for key, _ in events.values()} == set(rows)
+    assert {key for key, _, _ in events.values()} == set(rows)
     for key, trail in trails.items():
         assert all(events[seq][0] == key for seq in trail)
         assert events[trail[-1]][1] == rows[key]  # the row shows its last event

@@ -380,6 +380,66 @@ def test_history_is_the_audit_trail_oldest_first(journal: Journal) -> None:
         events[0].status = "x"  # type: ignore[misc]
 
 
+def test_history_follows_a_row_through_batches_threads_and_undone_savepoints(
+    journal: Journal,
+) -> None:
+    import threading
+
+    expected: dict[str, list[str]] = {"PO-1": [], "PO-2": []}
+
+    def note(key: str, label: str) -> None:
+        journal.record(key, NOTE=label)
+        expected[key].append(label)
+
+    note("PO-1", "single")
+    with journal.batch():
+        for i in range(3):  # a key twice in one group of statements
+            note("PO-1", f"batch {i}")
+            note("PO-2", f"batch {i}")
+        with pytest.raises(KeyError), journal.batch():
+            journal.record("PO-1", NOTE="undone")
+            journal.record("PO-3", NOTE="undone")
+            raise KeyError("inner")
+        note("PO-2", "after the savepoint")
+    threads = [
+        threading.Thread(
+            target=lambda t=t: [note(f"PO-{1 + t % 2}", f"t{t} {i}") for i in range(20)]
+        )
+        for t in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for key, labels in expected.items():
+        events = journal.history(key)
+        assert sorted(e.fields["NOTE"] for e in events) == sorted(labels)
+        assert [e.seq for e in events] == sorted(e.seq for e in events)
+        assert {e.key for e in events} == {key}
+    assert journal.history("PO-3") == []
+    assert len(_events(journal)) == sum(map(len, expected.values()))
+
+
+def test_a_rows_stored_record_does_not_grow_with_its_history(journal: Journal) -> None:
+    # Each record would otherwise rewrite the row's whole past, and slow down with it.
+    def stored_bytes() -> int:
+        conn = sqlite3.connect(journal.journal_path)
+        try:
+            names = [row[1] for row in conn.execute("PRAGMA table_info(rows)")]
+            total = " + ".join(f'coalesce(length(CAST("{n}" AS BLOB)), 0)' for n in names)
+            return int(conn.execute(f"SELECT {total} FROM rows WHERE key = 'PO-1'").fetchone()[0])
+        finally:
+            conn.close()
+
+    journal.record("PO-1", "RUNNING", N=1)
+    first = stored_bytes()
+    with journal.batch():
+        for _ in range(2_000):
+            journal.record("PO-1", "RUNNING", N=1)
+    assert stored_bytes() - first <= 8  # the newest event's number: a few bytes more at most
+    assert len(journal.history("PO-1")) == 2_001
+
+
 def test_to_dataframe_is_all_text_in_csv_order(journal: Journal) -> None:
     journal.record("PO-2", "COMPLETED", CODE="00123", MISSING="NA")
     journal.record("PO-1", AMOUNT=1e5)
