@@ -93,9 +93,10 @@ class RawSqlite:
         self.conn.executescript(
             """
             CREATE TABLE rows (pos INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,
-                status TEXT NOT NULL, cells TEXT NOT NULL, seqs TEXT NOT NULL DEFAULT '[]',
+                status TEXT NOT NULL, cells TEXT NOT NULL,
                 line TEXT, lease_until FLOAT, holder TEXT,
-                attempts INTEGER NOT NULL DEFAULT 0, done INTEGER NOT NULL DEFAULT 0);
+                attempts INTEGER NOT NULL DEFAULT 0, done INTEGER NOT NULL DEFAULT 0,
+                last INTEGER);
             CREATE INDEX rows_free ON rows (pos, attempts, key, done, lease_until)
                 WHERE done = 0 AND lease_until IS NULL;
             CREATE INDEX rows_leased ON rows (lease_until) WHERE lease_until IS NOT NULL;
