@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -109,3 +110,54 @@ def test_migrations_are_found_from_the_package() -> None:
     location = _migrate._script_location()
     assert (location / "env.py").is_file()
     assert any((location / "versions").glob("0001_*.py"))
+
+
+def _migrate_to(path: Path, revision: str, *, down: bool) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            cfg = Config(attributes={"connection": conn})
+            cfg.set_main_option("script_location", str(_migrate._script_location()))
+            (command.downgrade if down else command.upgrade)(cfg, revision)
+    finally:
+        engine.dispose()
+
+
+def test_the_event_chain_survives_a_trip_through_the_event_lists_of_revision_0003(
+    csv_path: Path,
+) -> None:
+    # 0003 kept each row's events as a JSON array; 0004 links each event to the row's one
+    # before it. Down to 0003 and up again must give every row the same history.
+    with csvjournal.open(csv_path, key="ID", export=False) as journal:
+        for i in range(300):  # interleaved keys, some recorded once, some many times
+            journal.record(f"k{(i * 7) % 23}", "COMPLETED" if i % 5 == 0 else None, N=i)
+        with journal.batch():
+            for i in range(40):
+                journal.record(f"k{i % 3}", N=f"batch {i}")
+        keys = [f"k{i}" for i in range(23)]
+        before = {
+            key: [(e.seq, e.status, dict(e.fields)) for e in journal.history(key)] for key in keys
+        }
+        path = journal.journal_path
+    _migrate_to(path, "0003", down=True)
+    conn = sqlite3.connect(path)
+    try:
+        arrays = dict(conn.execute("SELECT key, seqs FROM rows"))
+    finally:
+        conn.close()
+    assert {key: [seq for seq, _, _ in trail] for key, trail in before.items()} == {
+        key: json.loads(arrays[key]) for key in keys
+    }
+    _migrate_to(path, "0004", down=False)
+    with csvjournal.open(csv_path, export=False) as journal:
+        after = {
+            key: [(e.seq, e.status, dict(e.fields)) for e in journal.history(key)] for key in keys
+        }
+        journal.record("k1", N="after the trip")
+        assert journal.history("k1")[-1].fields == {"N": "after the trip"}
+        assert [e.seq for e in journal.history("k1")][:-1] == [seq for seq, _, _ in before["k1"]]
+    assert after == before
+    assert sum(map(len, before.values())) == 340
