@@ -40,7 +40,7 @@ from csvjournal.csvio import (
 from csvjournal.errors import CsvChangedError, CsvJournalError
 from csvjournal.store import Store
 
-__all__ = ["POLL_SECONDS", "Exporter", "Preview", "lock_path", "pause_after"]
+__all__ = ["POLL_SECONDS", "Exporter", "Preview", "lock_path"]
 
 log = structlog.get_logger(__name__)
 
@@ -56,18 +56,6 @@ _EVERY_SECONDS = 0.05
 _STANDBY_SECONDS = 0.5
 _BACKOFF_FIRST_SECONDS = 0.05  # the first retry of a failed export, doubling each time
 _BACKOFF_CAP_SECONDS = 30.0
-
-
-def pause_after(took: float) -> float:
-    """Seconds to wait after an export that took ``took`` seconds, before the next one.
-
-    At least 20 ms, and exports at most every 50 ms. A slow export means a busy disk (its
-    own megabytes, the writers' fsyncs): it is followed by a pause nearly as long, so the
-    exporter takes little more than half of a slow disk's time from the writers. Without
-    it, 16 writers on a slow disk kept 1,190-1,320 records/s against 1,720-1,820/s with it,
-    at 100,000 rows; staleness p99 went from 90-113 to 125-136 ms on a normal disk.
-    """
-    return max(_AFTER_EXPORT_SECONDS, _EVERY_SECONDS - took, took - _AFTER_EXPORT_SECONDS)
 
 
 def lock_path(csv_path: Path) -> Path:
@@ -274,7 +262,7 @@ class Exporter:
             log.info("csv_export_recovered", path=str(self._csv_path), attempts=self._failures)
             self._failures = 0
         self._save_lines(SAVE_CHUNK)  # after the rename: the CSV need not wait for it
-        return pause_after(time.monotonic() - started)
+        return max(_AFTER_EXPORT_SECONDS, _EVERY_SECONDS - (time.monotonic() - started))
 
     def export_now(self) -> None:
         """Regenerate the CSV from the journal now (the caller holds the lock).

@@ -409,21 +409,3 @@ def test_an_exporter_that_found_the_csv_current_renders_it_before_the_next_commi
         journal.record("k3", "FAILED")
         journal.flush(timeout=10)
     assert "k3,FAILED," in csv_path.read_text()
-
-
-@pytest.mark.parametrize(
-    ("took", "pause"),
-    [
-        (0.001, 0.049),  # a small CSV: exports at most every 50 ms
-        (0.03, 0.02),  # then at least 20 ms after each
-        (0.04, 0.02),
-        (0.1, 0.08),  # a slow export, a busy disk: the writers get about as long
-        (0.5, 0.48),
-    ],
-)
-def test_the_pause_after_an_export_leaves_a_busy_disk_to_the_writers(
-    took: float, pause: float
-) -> None:
-    from csvjournal.exporter import pause_after
-
-    assert pause_after(took) == pytest.approx(pause)
