@@ -107,8 +107,10 @@ def _journal_in(backup: Path) -> Path:
 
 
 def _dump(journal_path: Path) -> dict[str, list[tuple[object, ...]]]:
-    """The journal's content straight from SQLite (rows without the exporter's line cache).
-    Read-write, not ``mode=ro``: a read-only connection leaves a WAL journal's -wal/-shm."""
+    """The journal's content straight from SQLite, without the exporter's notes and its cache
+    of rendered records (``rows.line`` and ``lines_format``, which an exporter may save at any
+    idle moment). Read-write, not ``mode=ro``: a read-only connection leaves a WAL journal's
+    -wal/-shm."""
     with closing(sqlite3.connect(journal_path)) as c:
         return {
             "rows": c.execute(
@@ -118,7 +120,8 @@ def _dump(journal_path: Path) -> dict[str, list[tuple[object, ...]]]:
             "events": c.execute("SELECT * FROM events ORDER BY seq").fetchall(),
             "columns": c.execute("SELECT * FROM columns ORDER BY pos").fetchall(),
             "settings": c.execute(
-                "SELECT * FROM settings WHERE name NOT LIKE 'csv%' ORDER BY name"
+                "SELECT * FROM settings WHERE name NOT LIKE 'csv%' AND name != 'lines_format'"
+                " ORDER BY name"
             ).fetchall(),
         }
 
