@@ -112,7 +112,8 @@ def test_migrations_are_found_from_the_package() -> None:
     assert any((location / "versions").glob("0001_*.py"))
 
 
-def _migrate_to(path: Path, revision: str, *, down: bool) -> None:
+def _downgrade(path: Path, revision: str) -> None:
+    """Down to ``revision`` (csvjournal itself only ever upgrades, at open)."""
     from alembic import command
     from alembic.config import Config
 
@@ -121,7 +122,7 @@ def _migrate_to(path: Path, revision: str, *, down: bool) -> None:
         with engine.begin() as conn:
             cfg = Config(attributes={"connection": conn})
             cfg.set_main_option("script_location", str(_migrate._script_location()))
-            (command.downgrade if down else command.upgrade)(cfg, revision)
+            command.downgrade(cfg, revision)
     finally:
         engine.dispose()
 
@@ -142,7 +143,7 @@ def test_the_event_chain_survives_a_trip_through_the_event_lists_of_revision_000
             key: [(e.seq, e.status, dict(e.fields)) for e in journal.history(key)] for key in keys
         }
         path = journal.journal_path
-    _migrate_to(path, "0003", down=True)
+    _downgrade(path, "0003")
     conn = sqlite3.connect(path)
     try:
         arrays = dict(conn.execute("SELECT key, seqs FROM rows"))
@@ -151,8 +152,7 @@ def test_the_event_chain_survives_a_trip_through_the_event_lists_of_revision_000
     assert {key: [seq for seq, _, _ in trail] for key, trail in before.items()} == {
         key: json.loads(arrays[key]) for key in keys
     }
-    _migrate_to(path, "0004", down=False)
-    with csvjournal.open(csv_path, export=False) as journal:
+    with csvjournal.open(csv_path, export=False) as journal:  # upgrades it, as for a user
         after = {
             key: [(e.seq, e.status, dict(e.fields)) for e in journal.history(key)] for key in keys
         }
