@@ -593,6 +593,7 @@ csv_path, report_path, export = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 journal = csvjournal.open(csv_path, export=export)
 journal.record("held", "COMPLETED")
 journal.flush(timeout=60)
+journal._wait_for_session_backup()  # its folder would appear under the test's eyes
 with open(report_path, "wb", buffering=0) as report:
     report.write(b"ready\\n")
     time.sleep(600)
