@@ -2,10 +2,10 @@
 
 The baseline is hand-written ``sqlite3`` in one process: WAL, ``synchronous=FULL``, one
 ``BEGIN IMMEDIATE`` ... ``COMMIT`` per claim, each an ``UPDATE`` of one row by key that does
-what a claim does to it (status, lease, holder, attempts) on a table shaped and indexed like
-the journal's. csvjournal runs as a job does: the benchmark process holds the exporting
-handle (so the CSV is re-exported after commits), worker processes open non-exporting
-handles with ``durability="full"`` and loop until nothing is left:
+what a claim does to it (status, lease, holder, attempts) on a table made by the journal's
+own SQL (its indexes and triggers too). csvjournal runs as a job does: the benchmark
+process holds the exporting handle (so the CSV is re-exported after commits), worker
+processes open non-exporting handles with ``durability="full"`` and loop until nothing is left:
 
 - ``claim(1)`` only: claims/s (the number the issue's target is about; the turn's rows
   stay leased until it ends, and a claim steps over the live leases before the first free
@@ -81,6 +81,23 @@ _WORKER = _QUIET + textwrap.dedent(
 )
 
 
+def journal_schema(folder: Path) -> list[str]:
+    """The SQL that makes a journal's ``rows`` and ``free_rows`` (tables, indexes, triggers)."""
+    path = Path(tempfile.mkdtemp(dir=folder)) / "shape.csv"
+    csvjournal.open(path, key="PO_NUMBER", export=False, keep_backups=0).close()
+    conn = sqlite3.connect(f"{path}.journal")
+    try:
+        return [
+            sql
+            for (sql,) in conn.execute(
+                "SELECT sql FROM sqlite_master WHERE tbl_name IN ('rows', 'free_rows')"
+                " AND sql IS NOT NULL ORDER BY type = 'trigger', rowid"
+            )
+        ]
+    finally:
+        conn.close()
+
+
 class RawSqlite:
     """Hand-written sqlite3, one process, one UPDATE per commit: the baseline."""
 
@@ -90,18 +107,8 @@ class RawSqlite:
         self.conn = sqlite3.connect(folder / "raw.db", isolation_level=None)
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = FULL")
-        self.conn.executescript(
-            """
-            CREATE TABLE rows (pos INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,
-                status TEXT NOT NULL, cells TEXT NOT NULL,
-                line TEXT, lease_until FLOAT, holder TEXT,
-                attempts INTEGER NOT NULL DEFAULT 0, done INTEGER NOT NULL DEFAULT 0,
-                last INTEGER);
-            CREATE INDEX rows_free ON rows (pos, attempts, key, done, lease_until)
-                WHERE done = 0 AND lease_until IS NULL;
-            CREATE INDEX rows_leased ON rows (lease_until) WHERE lease_until IS NOT NULL;
-            """
-        )
+        for statement in journal_schema(folder):  # the journal's rows, indexes and triggers
+            self.conn.execute(statement)
         self.conn.execute("BEGIN")
         self.conn.executemany(
             "INSERT INTO rows (key, status, cells) VALUES (?, 'PENDING', ?)",

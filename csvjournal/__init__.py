@@ -12,6 +12,7 @@ from csvjournal._open import open  # noqa: A004 - the spec names it open
 from csvjournal._restore import restore
 from csvjournal._work import Task
 from csvjournal.errors import (
+    BatchOpenError,
     CommandError,
     CsvChangedError,
     CsvFormatError,
@@ -37,6 +38,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "BatchOpenError",
     "CommandError",
     "CsvChangedError",
     "CsvFormatError",

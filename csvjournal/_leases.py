@@ -27,9 +27,10 @@ __all__ = [
     "reset_attempts",
 ]
 
-# An open row is free (no lease) or lapsed (its lease or back-off ran out); each kind has its
-# own index. ``pending()`` and ``claim()`` both ask these two, so they agree at every instant.
-FREE_ROWS = "done = 0 AND lease_until IS NULL AND attempts < :limit"
+# An open row is free (no lease) or lapsed (its lease or back-off ran out): the free ones are
+# listed in ``free_rows``, the lapsed ones found through the ``rows_leased`` index.
+# ``pending()`` and ``claim()`` both ask these two, so they agree at every instant.
+FREE_ROWS = "attempts < :limit"
 LAPSED_ROWS = "lease_until IS NOT NULL AND lease_until <= :now AND done = 0 AND attempts < :limit"
 _NO_LIMIT = 2**62
 
@@ -38,7 +39,7 @@ _NO_LIMIT = 2**62
 # costs a claim ~20 µs).
 _OPEN = f"""
 SELECT * FROM (
-    SELECT pos, key, NULL, NULL FROM rows INDEXED BY rows_free WHERE {FREE_ROWS}
+    SELECT pos, key, NULL, NULL FROM free_rows WHERE {FREE_ROWS}
     ORDER BY pos LIMIT :n
 )
 UNION ALL

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["KNOWN_REVISIONS", "check_revision", "current_revision", "head_revision", "upgrade"]
 
 # Every revision in migrations/versions, oldest first.
-KNOWN_REVISIONS = ("0001", "0002", "0003", "0004")
+KNOWN_REVISIONS = ("0001", "0002", "0003", "0004", "0005")
 
 
 def _script_location() -> Path:

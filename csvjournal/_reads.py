@@ -106,7 +106,7 @@ def pending(conn: Connection, now: float, max_attempts: int | None = None) -> li
 # joined by the unit separator; if a key holds one, the count disagrees, and the keys come
 # as a JSON array instead (exact for any text, a little slower).
 _SEPARATOR = "\x1f"
-_FREE = f"FROM rows INDEXED BY rows_free WHERE {FREE_ROWS}"
+_FREE = f"FROM (SELECT key, pos FROM free_rows WHERE {FREE_ROWS} ORDER BY pos)"
 
 
 def _free_rows(
@@ -129,7 +129,7 @@ def _free_rows(
 def pending_count(conn: Connection, now: float) -> int:
     """How many rows :func:`pending` would list."""
     query = text(
-        f"SELECT (SELECT count(*) FROM rows INDEXED BY rows_free WHERE {FREE_ROWS})"
+        f"SELECT (SELECT count(*) FROM free_rows WHERE {FREE_ROWS})"
         f" + (SELECT count(*) FROM rows INDEXED BY rows_leased WHERE {LAPSED_ROWS})"
     )
     return int(conn.execute(query, {"now": now, "limit": 2**62}).scalar_one())

@@ -11,8 +11,10 @@ no second index on ``events`` to update and to check. ``events`` is the append-o
 (``seq`` is SQLite's rowid: max + 1, so it only grows). ``line`` is the row's rendered CSV
 record as the exporter last wrote it, NULL once the row changes. ``done`` is 1 for a row in
 a terminal status; ``lease_until`` (epoch seconds), ``holder`` and ``attempts`` are the
-claim state, kept here and never in the CSV. ``columns`` is the CSV's column order and
-``settings`` the journal's JSON-encoded settings.
+claim state, kept here and never in the CSV. ``free_rows`` lists the rows neither done nor
+leased, kept by triggers on ``rows``: a table, not an index, so that the integrity check at
+every restart reads it without looking each row up in it. ``columns`` is the CSV's column
+order and ``settings`` the journal's JSON-encoded settings.
 
 Migrations in ``migrations/`` create these tables; this module is what queries use.
 """
@@ -23,7 +25,7 @@ import sqlite3
 
 from sqlalchemy import Column, Connection, Float, Index, Integer, MetaData, Table, Text, text
 
-__all__ = ["columns", "driver", "events", "metadata", "rows", "settings"]
+__all__ = ["columns", "driver", "events", "free_rows", "metadata", "rows", "settings"]
 
 
 def driver(conn: Connection) -> sqlite3.Connection:
@@ -64,17 +66,17 @@ rows = Table(
     Column("done", Integer, nullable=False, server_default="0"),
     Column("last", Integer),
 )
-# Rows not done and not leased: where a claim looks first.
-Index(
-    "rows_free",
-    rows.c.pos,
-    rows.c.attempts,
-    rows.c.key,
-    rows.c.done,
-    rows.c.lease_until,
-    sqlite_where=text("done = 0 AND lease_until IS NULL"),
-)
 Index("rows_leased", rows.c.lease_until, sqlite_where=text("lease_until IS NOT NULL"))
+
+# The rows neither done nor leased, in CSV order, with what a claim filters on: where claims
+# and pending() look first. Triggers on ``rows`` keep it (see migration 0005).
+free_rows = Table(
+    "free_rows",
+    metadata,
+    Column("pos", Integer, primary_key=True, autoincrement=False),
+    Column("key", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+)
 
 events = Table(
     "events",

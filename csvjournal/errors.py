@@ -64,6 +64,11 @@ class JournalClosedError(CsvJournalError, RuntimeError):
     """The journal handle was used after ``close()``."""
 
 
+class BatchOpenError(CsvJournalError, RuntimeError):
+    """A call that needs other writers to commit (``flush()``, ``recover()``) came from
+    inside an open ``batch()`` block of the same thread, whose write lock they would wait for."""
+
+
 class FlushTimeoutError(CsvJournalError, TimeoutError):
     """``flush(timeout)`` ran out before the CSV showed every earlier commit."""
 

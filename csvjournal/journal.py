@@ -22,7 +22,7 @@ from csvjournal._values import render_value
 from csvjournal._writer import IN_PROGRESS, prepare_record
 from csvjournal.backup import list_backups
 from csvjournal.csvio import EXCEL_MAX_CELL
-from csvjournal.errors import CsvJournalError, ExportError
+from csvjournal.errors import BatchOpenError, CsvJournalError, ExportError
 from csvjournal.exporter import Exporter
 from csvjournal.recovery import RecoveryReport, check_integrity
 
@@ -121,6 +121,15 @@ class Journal(Claims):
             finally:
                 del self._batches[threading.get_ident()]
 
+    def _refuse_in_batch(self, name: str) -> None:
+        # The exporter writes to the journal too: waiting for it under our own write lock
+        # would wait for ever (or for the busy timeout).
+        if threading.get_ident() in self._batches:
+            raise BatchOpenError(
+                f"{self.csv_path}: {name}() inside a batch() block would wait for the block's"
+                " own write lock; call it after the block"
+            )
+
     # -- reading -------------------------------------------------------------------------
 
     def get(self, key: str) -> dict[str, str] | None:
@@ -183,9 +192,11 @@ class Journal(Claims):
             FlushTimeoutError: ``timeout`` seconds passed first.
             ExportError: the CSV could not be written here and now.
             CsvChangedError: exporting here found the CSV edited by hand.
+            BatchOpenError: called inside a ``batch()`` block of this thread.
             JournalClosedError: the handle is closed.
         """
         self._ensure()
+        self._refuse_in_batch("flush")
         with self._gate.operation():
             flush_csv(
                 self._store,
@@ -202,9 +213,12 @@ class Journal(Claims):
 
         Raises:
             ExportError: the file could not be written.
+            BatchOpenError: the journal's own CSV, asked for inside a ``batch()`` block of
+                this thread.
         """
         self._ensure()
         if path is None:
+            self._refuse_in_batch("export")
             self.flush()
             return
         try:
@@ -224,9 +238,11 @@ class Journal(Claims):
             JournalCorruptError: the journal fails the integrity check (the message names
                 the newest backup).
             ExportError: the CSV could not be written.
+            BatchOpenError: called inside a ``batch()`` block of this thread.
             JournalClosedError: the handle is closed.
         """
         self._ensure()
+        self._refuse_in_batch("recover")
         # This handle's exporting open ran the same check moments ago: not twice in a row.
         if not self._recently_checked():
             check_integrity(self._store, self.csv_path, full=True)

@@ -283,6 +283,23 @@ def test_a_batch_sees_its_own_records_and_others_see_them_after_commit(
         other.close()
 
 
+@pytest.mark.parametrize("call", ["flush", "recover", "export"])
+def test_waiting_for_other_writers_inside_a_batch_is_refused_at_once(
+    journal: Journal, call: str
+) -> None:
+    # The exporter writes to the journal too: flush() or recover() under the block's own
+    # write lock would wait for ever (flush) or for the whole busy timeout (recover).
+    journal.record("PO-1")
+    started = time.monotonic()
+    with pytest.raises(csvjournal.BatchOpenError, match=call), journal.batch():
+        journal.record("PO-2", "COMPLETED")
+        getattr(journal, call)()
+    assert time.monotonic() - started < 5
+    assert journal.get("PO-2") is None  # the block raised: undone
+    getattr(journal, call)()  # after the block, it works
+    assert journal.pending() == ["PO-1"]
+
+
 def test_repeated_keys_in_one_batch_keep_their_order(journal: Journal) -> None:
     with journal.batch():
         journal.record("PO-1", "FAILED", A=1)

@@ -161,3 +161,51 @@ def test_the_event_chain_survives_a_trip_through_the_event_lists_of_revision_000
         assert [e.seq for e in journal.history("k1")][:-1] == [seq for seq, _, _ in before["k1"]]
     assert after == before
     assert sum(map(len, before.values())) == 340
+
+
+def _free_and_listed(path: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    conn = sqlite3.connect(path)
+    try:
+        free = conn.execute(
+            "SELECT pos, key, attempts FROM rows WHERE done = 0 AND lease_until IS NULL"
+            " ORDER BY pos"
+        ).fetchall()
+        listed = conn.execute("SELECT pos, key, attempts FROM free_rows ORDER BY pos").fetchall()
+    finally:
+        conn.close()
+    return free, listed
+
+
+def test_the_free_rows_survive_a_trip_through_the_index_of_revision_0004(csv_path: Path) -> None:
+    # 0004 found free rows through a partial index; 0005 lists them in a table that
+    # triggers keep. Down and up again: the same rows pending, claimable, with their attempts.
+    with csvjournal.open(csv_path, key="ID", terminal={"COMPLETED"}, export=False) as journal:
+        for i in range(60):
+            journal.record(f"k{i:02d}", "COMPLETED" if i % 4 == 0 else None)
+        journal.claim(5, lease=600, worker="held")  # leased: not free
+        journal.claim(3, lease=600, worker="failed")
+        for key in ("k05", "k06", "k07"):
+            journal.record(key, "FAILED")  # free again, one attempt each
+        pending = journal.pending()
+        path = journal.journal_path
+        # close() gives the held rows back, then the trip
+    free, listed = _free_and_listed(path)
+    assert listed == free
+    assert len(free) == 45
+    assert {attempts for _, _, attempts in free} == {0, 1}
+    _downgrade(path, "0004")
+    conn = sqlite3.connect(path)
+    try:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    finally:
+        conn.close()
+    assert "rows_free" in tables
+    assert "free_rows" not in tables
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert _free_and_listed(path) == (free, free)
+        assert journal.pending() == [key for _, key, _ in free]
+        assert set(pending) <= set(journal.pending())
+        taken = journal.claim(2, lease=600, max_attempts=1)
+        assert taken == [key for _, key, attempts in free if attempts == 0][:2]
+        now_free, now_listed = _free_and_listed(path)  # the triggers came back up too
+        assert now_listed == now_free == [row for row in free if row[1] not in taken]
