@@ -30,22 +30,27 @@ __all__ = [
 # An open row is free (no lease) or lapsed (its lease or back-off ran out): the free ones are
 # listed in ``free_rows``, the lapsed ones found through the ``rows_leased`` index.
 # ``pending()`` and ``claim()`` both ask these two, so they agree at every instant.
-FREE_ROWS = "attempts < :limit"
-LAPSED_ROWS = "lease_until IS NOT NULL AND lease_until <= :now AND done = 0 AND attempts < :limit"
+# Parameters by number (binding by name costs a claim ~3 µs): ?1 now, ?2 the attempts limit.
+FREE_ROWS = "attempts < ?2"
+LAPSED_ROWS = "lease_until IS NOT NULL AND lease_until <= ?1 AND done = 0 AND attempts < ?2"
 _NO_LIMIT = 2**62
 
-# A claim takes the first open rows in CSV order: the first rows nobody leases, and the
+# A claim takes the first ?3 open rows in CSV order: the first rows nobody leases, and the
 # first rows whose lease (or back-off) ran out, merged by position (one statement: each
-# costs a claim ~20 µs).
+# costs a claim ~10 µs). The lapsed rows are sorted by position only if there are any: an
+# empty sort still costs 7 µs.
 _OPEN = f"""
 SELECT * FROM (
     SELECT pos, key, NULL, NULL FROM free_rows WHERE {FREE_ROWS}
-    ORDER BY pos LIMIT :n
+    ORDER BY pos LIMIT ?3
 )
 UNION ALL
 SELECT * FROM (
     SELECT pos, key, holder, lease_until FROM rows INDEXED BY rows_leased WHERE {LAPSED_ROWS}
-    ORDER BY pos LIMIT :n
+    ORDER BY pos LIMIT ?3
+)
+WHERE EXISTS (
+    SELECT 1 FROM rows INDEXED BY rows_leased WHERE lease_until IS NOT NULL AND lease_until <= ?1
 )
 """
 _EXTEND = """
@@ -93,8 +98,7 @@ def claim_rows(
     ``now + lease``, attempts + 1, an event each. Rows with ``max_attempts`` attempts or more
     are skipped. A row whose lease ran out says in its event whose lease it was."""
     limit = _NO_LIMIT if max_attempts is None else max_attempts
-    params = {"now": now, "limit": limit, "n": n}
-    found = sorted(conn.execute(_OPEN, params).fetchall())
+    found = sorted(conn.execute(_OPEN, (now, limit, n)).fetchall())
     ops = [
         RecordOp(
             key,

@@ -88,7 +88,7 @@ def row_count(conn: Connection) -> int:
 def pending(conn: Connection, now: float, max_attempts: int | None = None) -> list[str]:
     """Keys of rows neither done nor held by a live lease at ``now``, in CSV order (and
     with fewer than ``max_attempts`` attempts, if given)."""
-    params = {"now": now, "limit": 2**62 if max_attempts is None else max_attempts}
+    params = (now, 2**62 if max_attempts is None else max_attempts)
     raw = t.driver(conn)
     lapsed = raw.execute(
         f"SELECT pos, key FROM rows INDEXED BY rows_leased WHERE {LAPSED_ROWS}", params
@@ -112,7 +112,7 @@ _FREE = f"FROM free_rows WHERE {FREE_ROWS}"
 
 
 def _free_rows(
-    raw: sqlite3.Connection, params: dict[str, float], *, positions: bool
+    raw: sqlite3.Connection, params: tuple[float, int], *, positions: bool
 ) -> tuple[list[str], list[int]]:
     """The free rows' keys in CSV order, and their positions if asked (else ``[]``)."""
     also = ", group_concat(pos)" if positions else ""
@@ -130,11 +130,16 @@ def _free_rows(
 
 def pending_count(conn: Connection, now: float) -> int:
     """How many rows :func:`pending` would list."""
-    query = text(
-        f"SELECT (SELECT count(*) FROM free_rows WHERE {FREE_ROWS})"
-        f" + (SELECT count(*) FROM rows INDEXED BY rows_leased WHERE {LAPSED_ROWS})"
+    (count,) = (
+        t.driver(conn)
+        .execute(
+            f"SELECT (SELECT count(*) FROM free_rows WHERE {FREE_ROWS})"
+            f" + (SELECT count(*) FROM rows INDEXED BY rows_leased WHERE {LAPSED_ROWS})",
+            (now, 2**62),
+        )
+        .fetchone()
     )
-    return int(conn.execute(query, {"now": now, "limit": 2**62}).scalar_one())
+    return int(count)
 
 
 def next_lease_end(conn: Connection, now: float, max_attempts: int | None) -> float | None:
