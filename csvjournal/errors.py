@@ -65,8 +65,9 @@ class JournalClosedError(CsvJournalError, RuntimeError):
 
 
 class BatchOpenError(CsvJournalError, RuntimeError):
-    """A call that needs other writers to commit (``flush()``, ``recover()``) came from
-    inside an open ``batch()`` block of the same thread, whose write lock they would wait for."""
+    """A call that waits for the exporter (``flush()``, ``recover()``, ``close()``) came
+    from inside an open ``batch()`` block of the same thread, whose write lock it would wait
+    for."""
 
 
 class FlushTimeoutError(CsvJournalError, TimeoutError):

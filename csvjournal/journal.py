@@ -298,9 +298,15 @@ class Journal(Claims):
 
     def close(self) -> None:
         """Give the rows this handle still holds back (``PENDING``), wait until the CSV
-        shows every record if this handle exports, and close; closing twice is harmless."""
+        shows every record if this handle exports, and close; closing twice is harmless.
+
+        Raises:
+            BatchOpenError: called inside a ``batch()`` block of this thread (the block's
+                records are not committed yet; close after it).
+        """
         if self._closed:
             return
+        self._refuse_in_batch("close")
         if self._held and self._pid == os.getpid():
             try:
                 self.release(list(self._held))

@@ -283,21 +283,22 @@ def test_a_batch_sees_its_own_records_and_others_see_them_after_commit(
         other.close()
 
 
-@pytest.mark.parametrize("call", ["flush", "recover", "export"])
+@pytest.mark.parametrize("call", ["flush", "recover", "export", "close"])
 def test_waiting_for_other_writers_inside_a_batch_is_refused_at_once(
     journal: Journal, call: str
 ) -> None:
-    # The exporter writes to the journal too: flush() or recover() under the block's own
-    # write lock would wait for ever (flush) or for the whole busy timeout (recover).
+    # The exporter writes to the journal too: flush(), recover() or close() under the
+    # block's own write lock would wait for ever or for the whole busy timeout.
     journal.record("PO-1")
     started = time.monotonic()
     with pytest.raises(csvjournal.BatchOpenError, match=call), journal.batch():
         journal.record("PO-2", "COMPLETED")
         getattr(journal, call)()
     assert time.monotonic() - started < 5
-    assert journal.get("PO-2") is None  # the block raised: undone
     getattr(journal, call)()  # after the block, it works
-    assert journal.pending() == ["PO-1"]
+    with csvjournal.open(journal.csv_path, export=False) as again:
+        assert again.pending() == ["PO-1"]
+        assert again.get("PO-2") is None  # the block raised: undone
 
 
 def test_repeated_keys_in_one_batch_keep_their_order(journal: Journal) -> None:
