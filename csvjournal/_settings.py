@@ -142,18 +142,7 @@ def settle(
             wanted_terminal or DEFAULT_TERMINAL,
             source.dialect if source is not None else CsvDialect(),
         )
-        _store(
-            conn,
-            {
-                "key_column": key,
-                "status_column": status_column,
-                "timestamp_column": timestamp_column,
-                "terminal": sorted(created.terminal),
-                "dialect": created.dialect.to_dict(),
-            },
-            new=True,
-        )
-        conn.execute(insert(t.columns), [{"pos": i, "name": n} for i, n in enumerate(columns)])
+        _create(conn, created, columns)
         log.info("journal_created", path=str(path), key_column=key)
         return created, columns
     for given, default, have, what in (
@@ -164,11 +153,7 @@ def settle(
         if given is not None and given not in (default, have):
             raise SettingsError(f"{path}: {what}={given!r} conflicts with the journal's {have!r}")
     if wanted_terminal is not None and wanted_terminal != stored.terminal:
-        _store(conn, {"terminal": sorted(wanted_terminal)}, new=False)
-        done = t.rows.c.status.in_(sorted(wanted_terminal))
-        # Only the rows whose flag changes: rewriting the others would cost seconds on a
-        # million rows (and fire free_rows' triggers for each).
-        conn.execute(update(t.rows).where(t.rows.c.done != done).values(done=done))
+        _replace_terminal(conn, wanted_terminal)
         log.info(
             "terminal_statuses_replaced",
             path=str(path),
@@ -177,3 +162,28 @@ def settle(
         )
         return replace(stored, terminal=wanted_terminal), None
     return stored, None
+
+
+def _create(conn: Connection, settings: Settings, columns: list[str]) -> None:
+    """Store a new journal's settings and its columns."""
+    _store(
+        conn,
+        {
+            "key_column": settings.key_column,
+            "status_column": settings.status_column,
+            "timestamp_column": settings.timestamp_column,
+            "terminal": sorted(settings.terminal),
+            "dialect": settings.dialect.to_dict(),
+        },
+        new=True,
+    )
+    conn.execute(insert(t.columns), [{"pos": i, "name": n} for i, n in enumerate(columns)])
+
+
+def _replace_terminal(conn: Connection, terminal: frozenset[str]) -> None:
+    """Store a new set of terminal statuses and set each row's ``done`` flag by it."""
+    _store(conn, {"terminal": sorted(terminal)}, new=False)
+    done = t.rows.c.status.in_(sorted(terminal))
+    # Only the rows whose flag changes: rewriting the others would cost seconds on a
+    # million rows (and fire free_rows' triggers for each).
+    conn.execute(update(t.rows).where(t.rows.c.done != done).values(done=done))

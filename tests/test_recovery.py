@@ -1,5 +1,5 @@
-"""Recovery after a crash: kill -9 of a whole job, expired leases, leftover temp files, a
-stale CSV, and a damaged journal (refused, naming the backup to restore).
+"""Recovery after a crash: a whole job killed with kill -9 resumes with exactly its unfinished
+rows, and the expired leases of killed workers go back to PENDING, naming the lost worker.
 
 Child processes are real Python processes running scripts written into ``tmp_path``; they
 log to stderr (structlog prints to stdout by default) and report on files of their own,
@@ -8,8 +8,6 @@ one unbuffered line at a time, written only after the call they report returned.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import signal
@@ -22,10 +20,10 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from _recovery import csv_rows as _csv_rows
+from _recovery import csv_status as _csv_status
 
 import csvjournal
-from csvjournal.backup import check_backup
-from csvjournal.csvio import temp_prefix
 
 READY_TIMEOUT = 60.0  # seconds a child may take to start, import and open the journal
 
@@ -94,53 +92,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _csv_rows(path: Path, key: str = "ID") -> list[dict[str, str]]:
-    text = path.read_bytes().decode("utf-8-sig")
-    rows = list(csv.DictReader(io.StringIO(text, newline="")))
-    assert all(None not in row and None not in row.values() for row in rows), "ragged CSV"
-    assert len({row[key] for row in rows}) == len(rows)
-    return rows
-
-
-def _csv_status(path: Path) -> dict[str, str]:
-    return {row["ID"]: row["STATUS"] for row in _csv_rows(path)}
-
-
 def _write_input(path: Path, keys: list[str]) -> None:
     path.write_text("ID,NAME\n" + "".join(f"{key},name of {key}\n" for key in keys))
-
-
-def _leaf_page_of(journal_path: Path, table: str) -> tuple[int, int]:
-    """(page number, page size) of a leaf page of ``table`` in the middle of its b-tree."""
-    with closing(sqlite3.connect(journal_path)) as conn:
-        size = conn.execute("PRAGMA page_size").fetchone()[0]
-        leaves = [
-            n
-            for (n,) in conn.execute(
-                "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno",
-                (table,),
-            )
-        ]
-    assert len(leaves) >= 3, f"{table} is too small to damage in the middle"
-    return leaves[len(leaves) // 2], size
-
-
-def _damage(journal_path: Path, table: str = "rows") -> None:
-    """Overwrite one leaf page of ``table`` in the middle of a closed journal with junk."""
-    assert not Path(f"{journal_path}-wal").exists(), "the journal must be closed"
-    page, size = _leaf_page_of(journal_path, table)
-    with journal_path.open("r+b") as file:
-        file.seek((page - 1) * size)
-        file.write(bytes(range(7, 256)) * (size // 249) + b"\xa5" * (size % 249))
-
-
-def _make_journal(csv_path: Path, rows: int, **options: object) -> None:
-    """A closed journal of ``rows`` rows with a few fields each."""
-    journal = csvjournal.open(csv_path, key="ID", **options)  # type: ignore[arg-type]
-    with journal, journal.batch():
-        for n in range(rows):
-            status = "COMPLETED" if n % 3 else "FAILED"
-            journal.record(f"k{n:05d}", status, NOTE=f"note {n} " * 4, N=n)
 
 
 # -- 1. the job killed at item 200 -------------------------------------------------------
@@ -385,217 +338,3 @@ def test_recover_ignores_live_leases(csv_path: Path) -> None:
         assert report.expired == ()
         assert report.pending == 2
         assert [journal.get(k)["STATUS"] for k in claimed] == ["IN_PROGRESS"] * 2  # type: ignore[index]
-
-
-# -- 2. leftover temporary files ---------------------------------------------------------
-
-
-def _leftover(csv_path: Path, name: str = "killed1") -> Path:
-    path = csv_path.parent / f"{temp_prefix(csv_path)}{name}"
-    path.write_bytes(b"ID,STATUS\nhalf an expo")
-    return path
-
-
-def test_recover_removes_leftover_temp_files_when_no_exporter_is_alive(csv_path: Path) -> None:
-    csvjournal.open(csv_path, key="ID").close()
-    with csvjournal.open(csv_path, export=False) as journal:
-        leftovers = [_leftover(csv_path, "a1"), _leftover(csv_path, "b2")]
-        unrelated = csv_path.parent / "orders.csv.tmp"  # not ours: left alone
-        unrelated.write_bytes(b"x")
-        report = journal.recover()
-        assert sorted(report.temp_files_removed) == sorted(leftovers)
-        assert not any(path.exists() for path in leftovers)
-        assert unrelated.exists()
-        assert "temporary files removed: 2" in report.lines()
-        assert journal.recover().temp_files_removed == ()
-
-
-def test_recover_leaves_temp_files_to_a_live_exporter(csv_path: Path) -> None:
-    # A temp file beside the CSV may be the live exporter's export in progress.
-    with csvjournal.open(csv_path, key="ID") as exporter:
-        exporter.record("a", "COMPLETED")
-        with csvjournal.open(csv_path, export=False) as journal:
-            leftover = _leftover(csv_path)
-            report = journal.recover()
-            assert report.temp_files_removed == ()
-            assert leftover.exists()
-            assert _csv_status(csv_path) == {"a": "COMPLETED"}
-    leftover.unlink()
-
-
-def test_an_exporting_open_removes_leftover_temp_files_and_recover_reports_them(
-    csv_path: Path,
-) -> None:
-    csvjournal.open(csv_path, key="ID").close()
-    leftover = _leftover(csv_path)
-    with csvjournal.open(csv_path) as journal:
-        assert not leftover.exists()
-        assert journal.recover().temp_files_removed == (leftover,)
-    assert sorted(p.name for p in csv_path.parent.iterdir()) == [
-        "orders.csv",
-        "orders.csv.backups",
-        "orders.csv.journal",
-    ]
-
-
-# -- 2. a stale CSV ----------------------------------------------------------------------
-
-
-def test_recover_regenerates_a_stale_csv_and_only_then(csv_path: Path) -> None:
-    csvjournal.open(csv_path, key="ID").close()
-    with csvjournal.open(csv_path, export=False) as journal:  # nobody exports
-        journal.record("a", "COMPLETED")
-        journal.record("b", "FAILED")
-        assert _csv_status(csv_path) == {}
-        report = journal.recover()
-        assert report.csv_was_stale
-        assert "CSV: regenerated" in report.lines()
-        assert _csv_status(csv_path) == {"a": "COMPLETED", "b": "FAILED"}
-        assert report.pending == 1
-
-        before = csv_path.read_bytes()
-        inode = csv_path.stat().st_ino
-        report = journal.recover()
-        assert not report.csv_was_stale
-        assert "CSV: already current" in report.lines()
-        assert csv_path.read_bytes() == before
-        assert csv_path.stat().st_ino == inode  # not even rewritten
-
-
-def test_recover_on_the_exporter_after_flush_finds_the_csv_current(csv_path: Path) -> None:
-    with csvjournal.open(csv_path, key="ID") as journal:
-        journal.record("a", "COMPLETED")
-        journal.flush(timeout=30)
-        report = journal.recover()
-        assert not report.csv_was_stale
-        assert report.pending == 0
-        assert report.expired == ()
-
-
-@pytest.mark.parametrize("export", [True, False], ids=["exporting", "non-exporting"])
-def test_recover_writes_a_deleted_csv_anew(csv_path: Path, export: bool) -> None:
-    csvjournal.open(csv_path, key="ID").close()
-    with csvjournal.open(csv_path, export=export) as journal:
-        journal.record("a", "COMPLETED")
-        journal.flush(timeout=30)
-        csv_path.unlink()
-        report = journal.recover()
-        assert csv_path.exists(), "recover() left the CSV missing"
-        assert _csv_status(csv_path) == {"a": "COMPLETED"}
-        # An exporter thread notices a deleted CSV within a poll: it may have written it
-        # before recover() looked.
-        assert report.csv_was_stale or export
-
-
-# -- 3. a damaged journal ----------------------------------------------------------------
-
-CORRUPT_ROWS = 3000
-
-
-@pytest.mark.parametrize(
-    ("table", "export"),
-    [
-        ("rows", True),
-        ("rows", False),
-        ("events", True),
-        ("sqlite_autoindex_rows_1", True),  # the keys' index
-        ("free_rows", True),
-    ],
-    ids=[
-        "rows-exporting",
-        "rows-non-exporting",
-        "events-exporting",
-        "index-exporting",
-        "free-rows-exporting",
-    ],
-)
-def test_a_damaged_journal_is_refused_naming_a_backup_that_restores(
-    tmp_path: Path, table: str, export: bool
-) -> None:
-    csv_path = tmp_path / "orders.csv"
-    journal_path = Path(f"{csv_path}.journal")
-    _make_journal(csv_path, CORRUPT_ROWS, keep_backups=3)
-    with csvjournal.open(csv_path, keep_backups=3) as journal:  # a second session
-        journal.record("k00001", "COMPLETED")
-        good = journal.backup()
-    assert check_backup(good, journal_path.name)
-    _damage(journal_path, table)
-    listing = sorted(p.name for p in Path(f"{csv_path}.backups").iterdir())
-
-    for _ in range(2):  # and again: the refusal released the exporter lock
-        with pytest.raises(csvjournal.JournalCorruptError) as caught:
-            if export:
-                csvjournal.open(csv_path, keep_backups=3)
-            else:
-                with csvjournal.open(csv_path, export=False) as journal:
-                    journal.recover()
-        error = caught.value
-        assert isinstance(error, RuntimeError)
-        assert isinstance(error, csvjournal.CsvJournalError)
-        message = str(error)
-        assert str(journal_path) in message
-        assert str(good) in message, message  # the newest backup, and a sound one
-        assert f"csvjournal restore {csv_path} {good}" in message
-        # a damaged journal is not backed up: its copy would push sound backups out
-        assert sorted(p.name for p in Path(f"{csv_path}.backups").iterdir()) == listing
-
-    safety = csvjournal.restore(csv_path, good, keep_backups=3)
-    assert safety is not None
-    with csvjournal.open(csv_path) as journal:
-        assert journal.recover().integrity == "ok"
-        assert len(journal) == CORRUPT_ROWS
-        assert journal.get("k00001")["STATUS"] == "COMPLETED"  # type: ignore[index]
-
-
-def test_a_damaged_journal_without_backups_says_so(tmp_path: Path) -> None:
-    csv_path = tmp_path / "orders.csv"
-    _make_journal(csv_path, CORRUPT_ROWS, keep_backups=0)
-    _damage(Path(f"{csv_path}.journal"))
-    with pytest.raises(csvjournal.JournalCorruptError, match=r"no backup of .* exists"):
-        csvjournal.open(csv_path, keep_backups=0)
-
-
-def _break_index_definition(journal_path: Path) -> None:
-    """Damage that quick_check misses and integrity_check finds: rows missing from an
-    index (its definition no longer matches its content)."""
-    with closing(sqlite3.connect(journal_path)) as conn:
-        conn.execute("PRAGMA writable_schema = ON")
-        changed = conn.execute(
-            "UPDATE sqlite_master SET sql = replace(sql, 'IS NOT NULL', 'IS NULL')"
-            " WHERE name = 'rows_leased'"
-        ).rowcount
-        conn.commit()
-        assert changed == 1
-    with closing(sqlite3.connect(journal_path)) as conn:  # reads the schema anew
-        assert conn.execute("PRAGMA quick_check").fetchall() == [("ok",)]
-        assert conn.execute("PRAGMA integrity_check").fetchall() != [("ok",)]
-
-
-def test_damage_quick_check_misses_is_refused_and_the_sound_backup_named(tmp_path: Path) -> None:
-    csv_path = tmp_path / "orders.csv"
-    journal_path = Path(f"{csv_path}.journal")
-    _make_journal(csv_path, 50)
-    with csvjournal.open(csv_path) as journal:
-        good = journal.backup()
-    _break_index_definition(journal_path)
-    before = sorted(Path(f"{csv_path}.backups").iterdir())
-    # quick_check would pass this; the exporting open runs the full integrity_check and
-    # refuses the journal before its session backup could push a sound backup out
-    with pytest.raises(csvjournal.JournalCorruptError) as caught:
-        csvjournal.open(csv_path)
-    assert sorted(Path(f"{csv_path}.backups").iterdir()) == before
-    with csvjournal.open(csv_path, export=False) as journal:  # no check without a session
-        damaged = journal.backup()  # a copy of the damage
-        with pytest.raises(csvjournal.JournalCorruptError) as caught:
-            journal.recover()
-    message = str(caught.value)
-    assert "integrity_check" in message
-    assert "missing from index rows_leased" in message
-    assert f"csvjournal restore {csv_path} {good}" in message
-    assert str(damaged) not in message
-    with pytest.raises(csvjournal.JournalCorruptError):
-        csvjournal.restore(csv_path, damaged)
-    csvjournal.restore(csv_path, good)
-    with csvjournal.open(csv_path) as journal:
-        assert journal.recover().integrity == "ok"
-        assert len(journal) == 50

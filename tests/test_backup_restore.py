@@ -1,0 +1,302 @@
+"""Restore: round trips, refusals that change nothing, and the backup before a schema upgrade."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import shutil
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from _backup import NAME
+from _backup import dump as _dump
+from _backup import folder_listing as _folder_listing
+from _backup import journal_in as _journal_in
+from _backup import record_some as _record_some
+from _backup import script as _script
+from _backup import start as _start
+from _backup import stop as _stop
+from _backup import wait_for_line as _wait_for_line
+
+import csvjournal
+from csvjournal import _migrate
+from csvjournal.backup import check_backup
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _revision(journal_path: Path) -> str:
+    with closing(sqlite3.connect(journal_path)) as c:
+        return str(c.execute("SELECT version_num FROM alembic_version").fetchone()[0])
+
+
+def _damage(journal_path: Path) -> None:
+    """Overwrite a leaf page in the middle of the rows b-tree of a closed journal."""
+    with closing(sqlite3.connect(journal_path)) as conn:
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        leaves = [
+            n
+            for (n,) in conn.execute(
+                "SELECT pageno FROM dbstat WHERE name = 'rows' AND pagetype = 'leaf'"
+                " ORDER BY pageno"
+            )
+        ]
+    assert len(leaves) >= 5
+    with journal_path.open("r+b") as file:
+        file.seek((leaves[len(leaves) // 2] - 1) * size)
+        file.write(b"\xde\xad\xbe\xef" * (size // 4))
+
+
+def _csv_keys(path: Path) -> list[str]:
+    text = path.read_bytes().decode("utf-8-sig")
+    return [row["ID"] for row in csv.DictReader(io.StringIO(text, newline=""))]
+
+
+# -- restore -----------------------------------------------------------------------------
+
+
+def test_restore_round_trip(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID", keep_backups=10) as journal:
+        _record_some(journal, 0, 300)
+        journal.record("k00007", "RETRIED", EXTRA="only before the backup")
+        journal.flush(timeout=30)
+        backup = journal.backup()
+        _record_some(journal, 250, 100)  # changes rows and adds some
+        journal.record("k00008", "FAILED", LATER="a column the backup does not know")
+    saved = _dump(Path(f"{csv_path}.journal"))
+    saved_csv = csv_path.read_bytes()
+    with csvjournal.open(csv_path, export=False) as journal:
+        before = set(journal.backups())
+
+    safety = csvjournal.restore(csv_path, backup)
+
+    assert safety is not None
+    assert NAME.match(safety.name)
+    assert safety.parent == backup.parent
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert set(journal.backups()) == before | {safety}
+        assert journal.backups()[-1] == safety
+    # the journal is the backed-up one, the CSV byte for byte the backup's copy
+    assert _dump(Path(f"{csv_path}.journal")) == _dump(_journal_in(backup))
+    assert csv_path.read_bytes() == (backup / "orders.csv").read_bytes()
+    assert "LATER" not in csv_path.read_text()
+    # the state before the restore is in the safety backup
+    assert _dump(_journal_in(safety)) == saved
+    assert (safety / "orders.csv").read_bytes() == saved_csv
+    assert sorted(p.name for p in csv_path.parent.iterdir()) == [
+        "orders.csv",
+        "orders.csv.backups",
+        "orders.csv.journal",
+    ]
+    # and the restored journal works on: new records number on from the backup's
+    with csvjournal.open(csv_path) as journal:
+        last = max(e[0] for e in _dump(_journal_in(backup))["events"])  # type: ignore[type-var]
+        assert journal.record("after", "COMPLETED") == last + 1  # type: ignore[operator]
+        assert len(journal) == 301
+    assert _csv_keys(csv_path)[-1] == "after"
+    # restoring the safety backup undoes the restore
+    csvjournal.restore(csv_path, safety)
+    assert _dump(Path(f"{csv_path}.journal")) == saved
+    assert csv_path.read_bytes() == saved_csv
+
+
+def test_restore_of_the_oldest_backup_survives_retention(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID", keep_backups=2) as journal:
+        journal.record("a", "COMPLETED")
+        journal.flush(timeout=30)
+        oldest = journal.backup()
+        journal.record("b", "COMPLETED")
+        journal.backup()
+        assert journal.backups()[0] == oldest
+    expected = _dump(_journal_in(oldest))
+    safety = csvjournal.restore(csv_path, oldest, keep_backups=2)
+    assert safety is not None
+    assert safety.exists()
+    assert _dump(Path(f"{csv_path}.journal")) == expected
+    assert _csv_keys(csv_path) == ["a"]
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert len(journal.backups()) == 2
+        assert journal.backups()[-1] == safety
+
+
+def test_restore_without_a_journal_puts_the_backup_in_place(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED", N=1)
+        journal.flush(timeout=30)
+        backup = journal.backup()
+    Path(f"{csv_path}.journal").unlink()
+    csv_path.unlink()
+    assert csvjournal.restore(csv_path, backup) is None
+    assert _dump(Path(f"{csv_path}.journal")) == _dump(_journal_in(backup))
+    assert csv_path.read_bytes() == (backup / "orders.csv").read_bytes()
+
+
+def test_restore_refuses_a_damaged_backup_and_changes_nothing(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        _record_some(journal, 0, 3000)
+        journal.flush(timeout=30)
+        backup = journal.backup()
+        journal.record("later", "COMPLETED")
+    _damage(_journal_in(backup))
+    journal_path = Path(f"{csv_path}.journal")
+    digests = (_digest(journal_path), _digest(csv_path))
+    listing = sorted(p.name for p in csv_path.parent.iterdir())
+    backups = _folder_listing(csv_path)
+
+    with pytest.raises(csvjournal.JournalCorruptError, match="integrity") as caught:
+        csvjournal.restore(csv_path, backup)
+
+    assert isinstance(caught.value, RuntimeError)
+    assert str(_journal_in(backup)) in str(caught.value)
+    assert (_digest(journal_path), _digest(csv_path)) == digests
+    assert sorted(p.name for p in csv_path.parent.iterdir()) == listing
+    assert _folder_listing(csv_path) == backups
+    with csvjournal.open(csv_path) as journal:
+        assert journal.get("later") is not None
+
+
+def test_restore_refuses_a_folder_that_is_not_a_backup(csv_path: Path, tmp_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a")
+    digest = _digest(Path(f"{csv_path}.journal"))
+    with pytest.raises(FileNotFoundError):
+        csvjournal.restore(csv_path, tmp_path / "nowhere")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "orders.csv.journal").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(csvjournal.JournalCorruptError):
+        csvjournal.restore(csv_path, tmp_path / "junk")
+    assert _digest(Path(f"{csv_path}.journal")) == digest
+
+
+HOLDER = """
+csv_path, report_path, export = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+journal = csvjournal.open(csv_path, export=export)
+journal.record("held", "COMPLETED")
+journal.flush(timeout=60)
+journal._wait_for_session_backup()  # its folder would appear under the test's eyes
+with open(report_path, "wb", buffering=0) as report:
+    report.write(b"ready\\n")
+    time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("export", [True, False], ids=["exporting", "non-exporting"])
+def test_restore_is_refused_while_another_process_has_the_journal(
+    tmp_path: Path, export: bool
+) -> None:
+    csv_path = tmp_path / "orders.csv"
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        journal.flush(timeout=30)
+        backup = journal.backup()
+    report, log = tmp_path / "report.txt", tmp_path / "stderr.txt"
+    proc = _start(_script(tmp_path, "holder", HOLDER), csv_path, report, int(export), log=log)
+    try:
+        _wait_for_line(proc, report, "ready", log)
+        journal_path = Path(f"{csv_path}.journal")
+        state = (_dump(journal_path), csv_path.read_bytes(), _folder_listing(csv_path))
+        with pytest.raises(csvjournal.JournalBusyError) as caught:
+            csvjournal.restore(csv_path, backup)
+        assert isinstance(caught.value, TimeoutError)
+        assert str(csv_path) in str(caught.value)
+        assert (_dump(journal_path), csv_path.read_bytes(), _folder_listing(csv_path)) == state
+        assert proc.poll() is None
+    finally:
+        _stop(proc)
+    # once it is gone, the restore goes ahead
+    assert csvjournal.restore(csv_path, backup) is not None
+    assert _csv_keys(csv_path) == ["a"]
+
+
+@pytest.mark.parametrize("export", [True, False], ids=["exporting", "non-exporting"])
+def test_restore_is_refused_while_this_process_has_the_journal_open(
+    csv_path: Path, export: bool
+) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        journal.flush(timeout=30)
+        backup = journal.backup()
+    with csvjournal.open(csv_path, export=export) as journal:
+        journal.record("b", "COMPLETED")
+        with pytest.raises(csvjournal.JournalBusyError):
+            csvjournal.restore(csv_path, backup)
+        # the handle's records still land in the journal
+        journal.record("c", "COMPLETED")
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert [journal.get(k) is not None for k in "abc"] == [True, True, True]
+
+
+def test_restore_replaces_a_journal_sqlite_cannot_read_and_keeps_its_files(
+    tmp_path: Path,
+) -> None:
+    csv_path = tmp_path / "orders.csv"
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        good = journal.backup()
+        journal.record("b", "FAILED")
+    journal_path = Path(f"{csv_path}.journal")
+    damaged = b"not a database any more" + journal_path.read_bytes()[23:]
+    journal_path.write_bytes(damaged)
+    safety = csvjournal.restore(csv_path, good)
+    assert safety is not None
+    assert (safety / journal_path.name).read_bytes() == damaged  # kept as it was
+    with csvjournal.open(csv_path) as journal:
+        assert journal.get("a") is not None
+        assert journal.get("b") is None
+
+
+def test_restore_refuses_the_journals_own_folder(tmp_path: Path) -> None:
+    csv_path = tmp_path / "orders.csv"
+    csvjournal.open(csv_path, key="ID").close()
+    before = Path(f"{csv_path}.journal").read_bytes()
+    with pytest.raises(FileNotFoundError, match="own folder"):
+        csvjournal.restore(csv_path, tmp_path)
+    assert Path(f"{csv_path}.journal").read_bytes() == before
+
+
+# -- before a schema upgrade -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("export", [True, False], ids=["exporting", "non-exporting"])
+def test_an_old_journal_is_backed_up_before_its_schema_upgrade(
+    csv_path: Path, export: bool
+) -> None:
+    fixture = FIXTURES / "journal-0001.sqlite"
+    journal_path = Path(f"{csv_path}.journal")
+    shutil.copyfile(fixture, journal_path)
+    old = _dump_old(journal_path)  # the copy: reading a WAL file leaves -wal/-shm beside it
+    with csvjournal.open(csv_path, export=export) as journal:
+        found = journal.backups()
+        assert len(found) == (2 if export else 1)  # the upgrade's, then the session's
+        upgrade_backup = found[0]
+        assert check_backup(upgrade_backup, journal_path.name)
+        assert _revision(_journal_in(upgrade_backup)) == "0001"
+        assert _dump_old(_journal_in(upgrade_backup)) == old
+        if export:
+            assert _revision(_journal_in(found[1])) == _migrate.head_revision()
+        assert journal.get("PO-1") is not None
+    assert _revision(journal_path) == _migrate.head_revision()
+    # and that backup restores: the old journal comes back and is upgraded again
+    csvjournal.restore(csv_path, upgrade_backup)
+    with csvjournal.open(csv_path) as journal:
+        assert [e.status for e in journal.history("PO-2")] == ["FAILED", "NO_ATTACHMENTS"]
+        assert journal.pending() == ["PO-3"]
+
+
+def _dump_old(path: Path) -> list[tuple[object, ...]]:
+    """Rows and events in a form every revision shares."""
+    with closing(sqlite3.connect(path)) as c:
+        return [
+            *c.execute("SELECT key, status, cells FROM rows ORDER BY pos"),
+            *c.execute("SELECT seq, key, status, fields FROM events ORDER BY seq"),
+        ]

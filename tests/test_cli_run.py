@@ -1,0 +1,397 @@
+"""The run command: a command per row, its outcome recorded, timeouts, placeholders, signals."""
+
+from __future__ import annotations
+
+import csv as csvmod
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _cli import (
+    CONSOLE_SCRIPT,
+    SUBPROCESS_TIMEOUT,
+    _json_lines,
+    assert_error,
+    events,
+    invoke,
+    ok,
+    read_rows,
+    state_of,
+    statuses,
+    wait_for,
+)
+
+
+def claims(csv: Path, key: str) -> int:
+    return sum(1 for event in events(csv, key) if event["status"] == "IN_PROGRESS")
+
+
+def python_script(path: Path, body: str) -> list[str]:
+    """A small Python program for `run` to call: its argv prefix."""
+    path.write_text(body, encoding="utf-8")
+    return [sys.executable, str(path)]
+
+
+def process_gone(pid: int) -> bool:
+    """No such process, or only its zombie left (an orphan's zombie awaits its reaper)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in {"Z", "X"}
+
+
+@pytest.fixture
+def rows8(tmp_path: Path) -> Path:
+    """jobs.csv with a journal: eight rows keyed by ID."""
+    path = tmp_path / "jobs.csv"
+    path.write_text("ID,NAME\n" + "".join(f"{n},name {n}\n" for n in range(1, 9)))
+    ok(invoke("init", path, "--key", "ID"))
+    return path
+
+
+def _summary(succeeded: int, exhausted: int, failed: int, given_back: int, csv: Path) -> str:
+    return (
+        f"{succeeded} succeeded, {exhausted} failed after their last attempt"
+        f" ({failed} failed attempts), {given_back} given back; CSV: {csv}"
+    )
+
+
+def test_run_records_success_and_failure(rows8: Path, tmp_path: Path) -> None:
+    calls = tmp_path / "calls.log"
+    command = python_script(
+        tmp_path / "cmd.py",
+        "import sys\n"
+        "key = sys.argv[1]\n"
+        f"open({str(calls)!r}, 'a').write(key + '\\n')\n"
+        "if int(key) % 3 == 0:\n"
+        "    sys.stderr.write('warming up\\n   no such order: ' + key + '   \\n\\n  \\n')\n"
+        "    sys.exit(int(key))\n",
+    )
+    result = invoke("run", rows8, "--workers", "3", "--max-attempts", "2", "--", *command, "{ID}")
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert result.stdout == _summary(6, 2, 4, 0, rows8) + "\n"
+    rows = {row["ID"]: row for row in read_rows(rows8)}  # the CSV is current at exit
+    for key, row in rows.items():
+        if int(key) % 3 == 0:
+            assert row["STATUS"] == "FAILED"
+            assert row["ERROR_MESSAGE"] == f"no such order: {key}"
+            assert row["EXIT_CODE"] == key
+            assert claims(rows8, key) == 2
+            assert [e["status"] for e in events(rows8, key)] == ["IN_PROGRESS", "FAILED"] * 2
+        else:
+            assert row["STATUS"] == "COMPLETED"
+            assert row["ERROR_MESSAGE"] == ""
+            assert row["EXIT_CODE"] == "0"
+            assert claims(rows8, key) == 1
+    assert sorted(calls.read_text().split(), key=int) == [
+        "1", "2", "3", "3", "4", "5", "6", "6", "7", "8"
+    ]  # fmt: skip
+    assert ok(invoke("pending", rows8)).split() == ["3", "6"]
+
+
+def test_run_exits_0_when_every_row_is_done(rows8: Path) -> None:
+    result = invoke("run", rows8, "-j", "4", "--", sys.executable, "-c", "pass")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == _summary(8, 0, 0, 0, rows8) + "\n"
+    assert set(statuses(rows8).values()) == {"COMPLETED"}
+    again = invoke("run", rows8, "--", sys.executable, "-c", "raise SystemExit(1)")
+    assert again.exit_code == 0  # nothing left to do: nothing runs
+    assert again.stdout == _summary(0, 0, 0, 0, rows8) + "\n"
+
+
+def test_run_kills_a_command_past_its_timeout(tmp_path: Path) -> None:
+    csv = tmp_path / "hang.csv"
+    csv.write_text("ID\nfast\nslow\n")
+    pids = tmp_path / "pids"
+    command = python_script(
+        tmp_path / "hang.py",
+        "import os, subprocess, sys, time\n"
+        "if sys.argv[1] == 'fast':\n"
+        "    sys.exit(0)\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+        "time.sleep(600)\n",
+    )
+    result = invoke(
+        "run", csv, "--key", "ID", "--timeout", "1.5", "--max-attempts", "1", "--",
+        *command, "{ID}",
+    )  # fmt: skip
+    assert result.exit_code == 1, result.stderr
+    rows = {row["ID"]: row for row in read_rows(csv)}
+    assert rows["fast"]["STATUS"] == "COMPLETED"
+    assert rows["slow"]["STATUS"] == "FAILED"
+    assert "timed out" in rows["slow"]["ERROR_MESSAGE"]
+    assert "1.5 s" in rows["slow"]["ERROR_MESSAGE"]
+    assert rows["slow"]["EXIT_CODE"] != "0"
+    for pid in map(int, pids.read_text().split()):  # the command and its own child
+        wait_for(lambda pid=pid: process_gone(pid), timeout=30)
+
+
+WEIRD_VALUES = [
+    "two words",
+    "single ' and double \" quotes",
+    "a; touch pwned-semicolon; b",
+    "$(touch pwned-dollar)",
+    "`touch pwned-backtick`",
+    "| touch pwned-pipe && touch pwned-and",
+    "$HOME ${PATH} * ~ ?",
+    "  padded  ",
+    "",
+    "-n",
+    "line one\nline two",
+    "{ID} {{x}}",
+    "Tanaka 田中 Trading",
+    "back\\slash",
+]
+
+
+def test_run_passes_values_literally_as_single_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    csv = tmp_path / "weird.csv"
+    with csv.open("w", newline="", encoding="utf-8") as handle:
+        writer = csvmod.writer(handle, lineterminator="\n")
+        writer.writerow(["ID", "VALUE"])
+        writer.writerows([str(n), value] for n, value in enumerate(WEIRD_VALUES))
+    ok(invoke("init", csv, "--key", "ID"))
+    out = tmp_path / "argv"
+    out.mkdir()
+    command = python_script(
+        tmp_path / "argv.py",
+        "import json, sys\n"
+        f"open({str(out)!r} + '/' + sys.argv[1] + '.json', 'w').write(json.dumps(sys.argv[1:]))\n",
+    )
+    result = invoke("run", csv, "--", *command, "{ID}", "{VALUE}", "--value={VALUE}")
+    assert result.exit_code == 0, result.stderr
+    for n, value in enumerate(WEIRD_VALUES):
+        argv = json.loads((out / f"{n}.json").read_text())
+        assert argv == [str(n), value, f"--value={value}"]
+    assert not list(tmp_path.rglob("pwned*"))
+
+
+def test_run_puts_every_column_in_the_environment(tmp_path: Path) -> None:
+    csv = tmp_path / "env.csv"
+    csv.write_bytes(
+        "po number;supplier name;Größe;l1-uu;x.y\nPO 1;ACME; XL ;$(id);\n".encode("utf-8-sig")
+    )
+    ok(invoke("init", csv, "--key", "po number"))
+    out = tmp_path / "env.json"
+    command = python_script(
+        tmp_path / "env.py",
+        "import json, os\n"
+        "env = {k: v for k, v in os.environ.items() if k.startswith(('CSVJ_', 'OUTER_'))}\n"
+        f"open({str(out)!r}, 'w').write(json.dumps(env))\n",
+    )
+    result = invoke("run", csv, "--", *command, env={"OUTER_SETTING": "kept"})
+    assert result.exit_code == 0, result.stderr
+    env = json.loads(out.read_text())
+    stamp = env.pop("CSVJ_LAST_PROCESSED")
+    assert env == {
+        "CSVJ_PO_NUMBER": "PO 1",
+        "CSVJ_SUPPLIER_NAME": "ACME",
+        "CSVJ_GR_SSE": " XL ",
+        "CSVJ_L1_UU": "$(id)",
+        "CSVJ_X_Y": "",
+        "CSVJ_STATUS": "IN_PROGRESS",
+        "OUTER_SETTING": "kept",
+    }
+    assert stamp.endswith("Z")
+
+
+def test_run_success_status(rows8: Path, tmp_path: Path) -> None:
+    calls = tmp_path / "calls.log"
+    command = python_script(
+        tmp_path / "cmd.py", f"import sys\nopen({str(calls)!r}, 'a').write(sys.argv[1] + '\\n')\n"
+    )
+    before = state_of(tmp_path)
+    refused = invoke("run", rows8, "--success-status", "DOWNLOADED", "--", *command, "{ID}")
+    assert_error(refused, "--success-status DOWNLOADED", "--terminal COMPLETED,DOWNLOADED")
+    assert state_of(tmp_path) == before  # not even a backup
+    result = invoke(
+        "run", rows8, "--success-status", "DOWNLOADED", "--terminal", "COMPLETED,DOWNLOADED",
+        "--", *command, "{ID}",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert set(statuses(rows8).values()) == {"DOWNLOADED"}
+    assert sorted(calls.read_text().split(), key=int) == [str(n) for n in range(1, 9)]
+
+
+def test_run_retry_failed_gives_exhausted_rows_new_attempts(rows8: Path, tmp_path: Path) -> None:
+    calls, fixed = tmp_path / "calls.log", tmp_path / "fixed"
+    command = python_script(
+        tmp_path / "cmd.py",
+        "import os, sys\n"
+        f"open({str(calls)!r}, 'a').write(sys.argv[1] + '\\n')\n"
+        f"if sys.argv[1] in ('2', '5') and not os.path.exists({str(fixed)!r}):\n"
+        "    sys.exit('not yet')\n",
+    )
+    first = invoke("run", rows8, "--max-attempts", "1", "--", *command, "{ID}")
+    assert first.exit_code == 1
+    assert {k: v for k, v in statuses(rows8).items() if v != "COMPLETED"} == {
+        "2": "FAILED", "5": "FAILED"
+    }  # fmt: skip
+    assert read_rows(rows8)[1]["ERROR_MESSAGE"] == "not yet"
+    fixed.touch()
+    calls.write_text("")
+    second = invoke("run", rows8, "--max-attempts", "1", "--", *command, "{ID}")
+    assert second.exit_code == 1  # their attempts are used up: nothing ran
+    assert calls.read_text() == ""
+    third = invoke("run", rows8, "--max-attempts", "1", "--retry-failed", "--", *command, "{ID}")
+    assert third.exit_code == 0, third.stderr
+    assert third.stdout == _summary(2, 0, 0, 0, rows8) + "\n"
+    assert sorted(calls.read_text().split()) == ["2", "5"]
+    assert set(statuses(rows8).values()) == {"COMPLETED"}
+    assert [e["status"] for e in events(rows8, "2")] == [
+        "IN_PROGRESS", "FAILED", "IN_PROGRESS", "COMPLETED"
+    ]  # fmt: skip
+
+
+def test_run_show_output_lets_stdout_through(
+    rows8: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    code = "import sys; print('out-of-' + sys.argv[1])"
+    quiet = invoke(
+        "run", rows8, "-j", "1", "--max-attempts", "1", "--", sys.executable, "-c", code, "{ID}"
+    )
+    assert quiet.exit_code == 0
+    assert "out-of-" not in capfd.readouterr().out + quiet.stdout
+    ok(invoke("record", rows8, "1", "--status", "AGAIN"))
+    shown = invoke("run", rows8, "--show-output", "--", sys.executable, "-c", code, "{ID}")
+    assert shown.exit_code == 0
+    assert "out-of-1" in capfd.readouterr().out
+    assert shown.stdout == _summary(1, 0, 0, 0, rows8) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["echo", "{NOPE}"], "placeholder {NOPE}"),
+        (["echo", "--name={name}"], "placeholder {name}"),  # names are case-sensitive
+    ],
+)
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "with-key"])
+def test_run_refuses_an_unknown_placeholder_and_changes_nothing(
+    tmp_path: Path, argv: list[str], fragment: str, journal: bool
+) -> None:
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("ID,NAME\n1,a\n")
+    if journal:
+        ok(invoke("init", csv, "--key", "ID"))
+    before = state_of(tmp_path)
+    result = invoke("run", csv, *([] if journal else ["--key", "ID"]), "--", *argv)
+    line = assert_error(result, fragment)
+    assert "ID, NAME, STATUS, LAST_PROCESSED" in line
+    assert state_of(tmp_path) == before
+
+
+def test_run_with_key_creates_the_journal(tmp_path: Path) -> None:
+    csv = tmp_path / "new.csv"
+    csv.write_text("ID;CITY\n1;Zürich\n2;Oslo\n")
+    result = invoke(
+        "run", csv, "--key", "ID", "--terminal", "COMPLETED", "--max-attempts", "1", "--",
+        sys.executable, "-c", "import sys; sys.exit(sys.argv[1] == 'Oslo')", "{CITY}",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert Path(f"{csv}.journal").exists()
+    assert csv.read_text(encoding="utf-8").splitlines()[0].startswith("ID;CITY;STATUS;")
+    rows = {row["ID"]: row for row in read_rows(csv, ";")}
+    assert rows["1"]["STATUS"] == "COMPLETED"
+    assert rows["2"]["STATUS"] == "FAILED"
+    assert rows["2"]["EXIT_CODE"] == "1"
+
+
+JOB = """\
+import os, sys, time
+from pathlib import Path
+key, folder = sys.argv[1], Path(sys.argv[2])
+with open(folder / "calls.log", "a") as log:
+    log.write(f"start {key} {os.getpid()}\\n")
+if int(key) > 4:
+    deadline = time.time() + 600
+    while not (folder / "release").exists() and time.time() < deadline:
+        time.sleep(0.05)
+with open(folder / "calls.log", "a") as log:
+    log.write(f"end {key}\\n")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signals", "grace", "release"),
+    [
+        (["SIGINT"], 1.0, False),  # the hung commands are killed, their rows given back
+        (["SIGINT"], 300.0, True),  # the running commands finish within the grace period
+        (["SIGTERM", "SIGINT"], 300.0, False),  # a second signal kills at once
+    ],
+    ids=["sigint-kill", "sigint-grace", "second-signal"],
+)
+def test_run_stops_on_a_signal_and_resumes(
+    rows8: Path, tmp_path: Path, signals: list[str], grace: float, release: bool
+) -> None:
+    job = tmp_path / "job.py"
+    job.write_text(JOB)
+    log = tmp_path / "calls.log"
+    err_path = tmp_path / "run.err"
+    argv = [
+        str(CONSOLE_SCRIPT), "--log-json", "run", str(rows8), "--workers", "2",
+        "--grace", str(grace), "--", sys.executable, str(job), "{ID}", str(tmp_path),
+    ]  # fmt: skip
+    with err_path.open("w") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+
+            def started() -> list[str]:
+                return log.read_text().splitlines() if log.exists() else []
+
+            wait_for(lambda: {"start 5", "start 6"} <= {" ".join(s.split()[:2]) for s in started()})
+            wait_for(lambda: {f"end {n}" for n in range(1, 5)} <= set(started()))
+            hung = [
+                int(s.split()[2])
+                for s in started()
+                if s.split()[:2] in (["start", "5"], ["start", "6"])
+            ]
+            for number, name in enumerate(signals):
+                proc.send_signal(getattr(signal, name))
+                if number == 0:  # the run noticed: it claims nothing more from here on
+                    wait_for(lambda: "run_stopping" in err_path.read_text())
+            if release:
+                (tmp_path / "release").touch()
+            out, _ = proc.communicate(timeout=SUBPROCESS_TIMEOUT)
+        finally:
+            proc.kill()
+            proc.wait()
+    stderr = err_path.read_text()
+    assert proc.returncode == 130, stderr
+    logged = _json_lines(stderr)
+    assert "run_stopping" in [entry["event"] for entry in logged]
+    first_run = started()
+    assert not any(line.split()[1] in {"7", "8"} for line in first_run)  # no claim after the stop
+    after = statuses(rows8)  # the CSV, exported at exit
+    finished = {"1", "2", "3", "4", "5", "6"} if release else {"1", "2", "3", "4"}
+    assert after == {str(n): "COMPLETED" if str(n) in finished else "PENDING" for n in range(1, 9)}
+    given_back = 0 if release else 2
+    assert out.strip() == _summary(len(finished), 0, 0, given_back, rows8)
+    for pid in hung:
+        wait_for(lambda pid=pid: process_gone(pid), timeout=30)
+    if not release:
+        last = events(rows8, "5")[-1]
+        assert last["status"] == "PENDING"
+        assert "released" in str(last["note"])
+
+    (tmp_path / "release").touch()
+    resumed = invoke(
+        "run", rows8, "--workers", "2", "--", sys.executable, str(job), "{ID}", tmp_path
+    )
+    assert resumed.exit_code == 0, resumed.stderr
+    second_run = [
+        line.split()[1] for line in started()[len(first_run) :] if line.startswith("start")
+    ]
+    assert sorted(second_run) == sorted(set(map(str, range(1, 9))) - finished)  # each once
+    assert set(statuses(rows8).values()) == {"COMPLETED"}
+    for key in finished:
+        assert claims(rows8, key) == 1  # never run again once terminal

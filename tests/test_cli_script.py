@@ -1,0 +1,167 @@
+"""The installed console script end to end: commands in their own processes, and the demo."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from _cli import (
+    CONSOLE_SCRIPT,
+    SUBPROCESS_TIMEOUT,
+    _json_lines,
+    assert_one_error_line,
+    finish,
+    read_rows,
+    start,
+)
+
+import csvjournal
+from csvjournal.cli._demo import write_sheet
+from csvjournal.csvio import temp_prefix
+
+
+def script(*args: object, timeout: float = SUBPROCESS_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script."""
+    return subprocess.run(
+        [str(CONSOLE_SCRIPT), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+# -- the console script ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_console_script_end_to_end(tmp_path: Path) -> None:
+    csv = tmp_path / "orders.csv"
+    csv.write_text("PO_NUMBER;SUPPLIER\nPO-1;ACME\nPO-2;Tanaka\n", encoding="utf-8")
+    code, out, err = finish(start("init", csv, "--key", "PO_NUMBER"))
+    assert code == 0, err
+    assert out == f"created {csv}.journal: 2 rows, key column PO_NUMBER\n"
+    with csvjournal.open(csv) as journal:  # this process exports: the others see it
+        status = start("status", csv, "--json")
+        record = start("record", csv, "PO-2", "--status", "COMPLETED", "NOTE=via the script")
+        unknown = start("history", csv, "PO-404")
+        missing = start("pending", tmp_path / "nope.csv")
+        version = start("--version")
+        code, out, err = finish(status)
+        assert code == 0, err
+        data = json.loads(out)
+        assert data["exporter_alive"] is True
+        assert data["rows"] == 2
+        code, out, err = finish(record)
+        assert code == 0, err
+        assert re.fullmatch(r"recorded #\d+\n", out)
+        assert journal.get("PO-2")["NOTE"] == "via the script"  # type: ignore[index]
+    assert read_rows(csv, ";")[1]["NOTE"] == "via the script"  # flushed by our exporter
+    code, out, err = finish(unknown)
+    assert_one_error_line(err, code, "no row with key 'PO-404'", stdout=out)
+    code, out, err = finish(missing)
+    assert_one_error_line(err, code, f"no journal for {tmp_path / 'nope.csv'}", stdout=out)
+    code, out, err = finish(version)
+    assert (code, out, err) == (0, f"csvjournal, version {csvjournal.__version__}\n", "")
+
+
+@pytest.mark.slow
+def test_the_backup_and_repair_commands_from_the_console_script(tmp_path: Path) -> None:
+    csv = tmp_path / "orders.csv"
+    csv.write_text("ID,NOTE\na,x\nb,y\n", encoding="utf-8")
+    assert script("init", csv, "--key", "ID").returncode == 0
+    done = script("backup", csv)
+    assert done.returncode == 0, done.stderr
+    first = Path(done.stdout.strip())
+    assert first.is_dir()
+    listed = json.loads(script("backups", csv, "--json").stdout)
+    assert listed["csv"] == str(csv)
+    assert len(listed["backups"]) == 2  # init's session backup, then this one
+    assert listed["backups"][-1] == str(first)
+    assert script("record", csv, "a", "--status", "COMPLETED").returncode == 0
+    copy = tmp_path / "copy.csv"
+    done = script("export", csv, "--to", copy)
+    assert (done.returncode, done.stdout) == (0, f"wrote {copy}\n"), done.stderr
+    assert read_rows(copy, ",")[0]["STATUS"] == "COMPLETED"
+    csv.write_text(csv.read_text(encoding="utf-8") + "c,new,,\n", encoding="utf-8")  # by hand
+    done = script("import", csv, "--merge")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"merged {csv}: 1 added, 0 updated")
+    done = script("restore", csv, first)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"restored {csv} from {first}")
+    assert [row["STATUS"] for row in read_rows(csv, ",")] == ["PENDING", "PENDING"]
+    done = script("upgrade", csv)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "already at schema" in done.stdout
+    done = script("restore", csv, tmp_path / "no-such-backup")
+    assert_one_error_line(done.stderr, done.returncode, "no-such-backup", stdout=done.stdout)
+
+
+# -- demo ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_runs_a_whole_job_and_replaces_an_earlier_demo(tmp_path: Path) -> None:
+    # An earlier demo's files in the folder (built quickly here rather than by a second
+    # 20-40 s demo): its journal, events, backups, a temp file; and a file of the user's.
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    csv = folder / "orders.csv"
+    write_sheet(csv, rows=40)
+    with csvjournal.open(csv, key="PO_NUMBER", terminal={"COMPLETED", "NO_ATTACHMENTS"}) as old:
+        for n in range(1, 41):
+            old.record(f"PO-2026-{n:05d}", "COMPLETED", NOTE="earlier demo")
+        old_backups = {old.backup(), *old.backups()}
+    temp = folder / f"{temp_prefix(csv)}leftover"
+    temp.write_text("half")
+    (folder / "notes.txt").write_text("mine")
+    started = time.time()
+
+    done = script("--log-json", "demo", folder)
+    assert done.returncode == 0, done.stderr
+    assert _json_lines(done.stderr)  # the worker processes log JSON lines too
+    out = done.stdout
+    assert f"1. wrote {csv}: 2,500 purchase orders" in out
+    assert "kill -9 of worker demo-2" in out
+    assert "4. recover(): integrity check: ok" in out
+    assert re.search(r"COMPLETED\s*│\s*[\d,]+", out)
+    assert re.search(r"NO_ATTACHMENTS\s*│\s*[\d,]+", out)
+    assert re.search(r"FAILED\s*│\s*2[5-9]", out)
+    assert "history of PO-2026-00097:" in out
+    assert re.search(r"#\d+ \d\d:\d\d:\d\d\.\d{3} demo-\d: FAILED .*not found in the ERP", out)
+    assert f"The status sheet: {csv}" in out
+
+    data = csv.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf")
+    header = data[3:].split(b"\r\n")[0].decode()
+    assert header.split(";")[:3] == ["PO_NUMBER", "STATUS", "SUPPLIER"]
+    assert "NOTE" not in header
+    rows = read_rows(csv, ";")
+    assert [row["PO_NUMBER"] for row in rows] == [f"PO-2026-{n:05d}" for n in range(1, 2501)]
+    for row in rows:
+        if int(row["PO_NUMBER"].rsplit("-", 1)[1]) % 97 == 0:
+            assert row["STATUS"] == "FAILED"
+            assert "not found in the ERP" in row["ERROR_MESSAGE"]
+        elif row["STATUS"] == "FAILED":  # a rare row whose three tries all timed out
+            assert "timed out" in row["ERROR_MESSAGE"]
+        else:
+            assert row["STATUS"] in {"COMPLETED", "NO_ATTACHMENTS"}
+
+    # afresh: nothing of the earlier demo is left but the user's own file
+    assert not temp.exists()
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert not old_backups & set(Path(f"{csv}.backups").iterdir())
+    with csvjournal.open(csv, export=False) as journal:
+        assert journal.settings.terminal == {"COMPLETED", "NO_ATTACHMENTS"}
+        for key in ["PO-2026-00001", "PO-2026-00040", "PO-2026-00097"]:
+            history = journal.history(key)
+            assert history
+            assert all(event.at.timestamp() >= started for event in history)
+        failed = [row["PO_NUMBER"] for row in rows if row["STATUS"] == "FAILED"]
+        assert journal.pending() == failed
+    assert len(failed) >= 25

@@ -1,0 +1,114 @@
+"""The status and pending commands: progress, its JSON, --watch, and the pending rows."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+from _cli import (
+    finish,
+    invoke,
+    ok,
+    orders_fixture,  # noqa: F401
+    start,
+    wait_for,
+)
+
+import csvjournal
+from csvjournal.progress import Progress
+
+# -- status ----------------------------------------------------------------------------
+
+
+def test_status_shows_counts_percent_rate_and_freshness(orders: Path) -> None:
+    out = ok(invoke("status", orders))
+    assert "PENDING" in out
+    assert "0 of 3 rows done (0.0 %), 3 pending, 0 in progress" in out
+    assert "rate: no rows finished in the last minute; ETA: unknown" in out
+    assert "exporter: none running; CSV: current" in out
+    ok(invoke("record", orders, "PO-1", "--status", "COMPLETED"))
+    ok(invoke("record", orders, "PO-2", "--status", "FAILED"))
+    out = ok(invoke("status", orders))
+    assert re.search(r"COMPLETED \(done\)\s*│\s*1", out), out
+    assert re.search(r"FAILED\s*│\s*1", out), out
+    assert "1 of 3 rows done (33.3 %), 2 pending, 0 in progress" in out
+    assert "rows/s" in out
+
+
+def test_status_json_has_the_progress_fields(orders: Path) -> None:
+    data = json.loads(ok(invoke("status", orders, "--json")))
+    assert set(data) == {"csv"} | {field.name for field in dataclasses.fields(Progress)}
+    assert data["csv"] == str(orders)
+    assert data["rows"] == 3
+    assert data["counts"] == {"PENDING": 3}
+    assert (data["done"], data["pending"], data["in_progress"]) == (0, 3, 0)
+    assert data["percent_done"] == 0.0
+    assert data["rate"] is None
+    assert data["eta_seconds"] is None
+    assert data["csv_current"] is True
+    assert data["exporter_alive"] is False
+    ok(invoke("record", orders, "PO-1", "--status", "COMPLETED"))
+    ok(invoke("record", orders, "PO-2", "--status", "NO_ATTACHMENTS"))
+    with csvjournal.open(orders, export=False) as journal:
+        assert journal.claim(1, lease=60, worker="w") == ["PO-3"]
+        data = json.loads(ok(invoke("status", orders, "--json")))
+        assert "CSV: 1 events behind" in ok(invoke("status", orders))
+    assert data["counts"] == {"COMPLETED": 1, "IN_PROGRESS": 1, "NO_ATTACHMENTS": 1}
+    assert (data["done"], data["pending"], data["in_progress"]) == (2, 0, 1)
+    assert data["percent_done"] == 66.67
+    assert data["rate"] > 0
+    assert data["eta_seconds"] >= 0
+    assert (data["last_seq"], data["exported_seq"]) == (3, 2)  # the claim is not exported yet
+    assert data["csv_current"] is False
+
+
+def test_status_watch_returns_once_the_job_is_done(orders: Path) -> None:
+    for key in ["PO-1", "PO-2", "PO-3"]:
+        ok(invoke("record", orders, key, "--status", "COMPLETED"))
+    out = ok(invoke("status", orders, "--watch", "--interval", "0.1"))
+    assert "3 of 3 rows done (100.0 %)" in out
+
+
+def has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open (Linux)."""
+    try:
+        links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+    except (FileNotFoundError, PermissionError):
+        return False
+    return str(path.resolve()) in links
+
+
+@pytest.mark.slow
+def test_status_watch_follows_the_job_until_it_is_done(orders: Path) -> None:
+    proc = start("status", orders, "--watch", "--interval", "0.1")
+    try:
+        wait_for(lambda: has_open(proc.pid, Path(f"{orders}.journal")) or proc.poll() is not None)
+        with csvjournal.open(orders, export=False) as journal:
+            for key in ["PO-1", "PO-2"]:
+                journal.record(key, "COMPLETED")
+            time.sleep(0.5)
+            assert proc.poll() is None  # 2 of 3 done: still watching
+            journal.record("PO-3", "NO_ATTACHMENTS")
+    finally:
+        code, out, err = finish(proc)
+    assert code == 0, err
+    assert "3 of 3 rows done (100.0 %)" in out
+
+
+# -- pending ---------------------------------------------------------------------------
+
+
+def test_pending_lists_rows_neither_terminal_nor_leased(orders: Path) -> None:
+    assert ok(invoke("pending", orders)) == "PO-1\nPO-2\nPO-3\n"
+    ok(invoke("record", orders, "PO-2", "--status", "NO_ATTACHMENTS"))
+    ok(invoke("record", orders, "PO-3", "--status", "FAILED"))
+    assert ok(invoke("pending", orders)) == "PO-1\nPO-3\n"
+    with csvjournal.open(orders, export=False) as journal:
+        journal.claim(1, lease=60, worker="w")
+        data = json.loads(ok(invoke("pending", orders, "--json")))
+    assert data == {"csv": str(orders), "count": 1, "pending": ["PO-3"]}

@@ -1,0 +1,298 @@
+"""``Journal.work()`` and leases: renewal, rows other workers hold, threads, a stopped worker."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import _work
+import pytest
+from _jobs import KEY
+from _jobs import open_journal as _open
+from _jobs import write_csv as _write_csv
+from _work import KEYS, LONG, WAIT
+from _work import finish_all_but_first as _finish_all_but_first
+from _work import me as _me
+from _work import trail as _trail
+from _work import wait_for as _wait_for
+
+from csvjournal import Journal
+from csvjournal.events import Event
+
+CLOCK_SLACK = 0.05  # event times are truncated to the millisecond
+
+# The fixtures of the five-row CSV and its exporting journal (assigned, not imported by name,
+# so that the test parameters naming them do not shadow an import).
+csv_path = _work.csv_path
+jr = _work.jr
+
+
+def _claims(events: list[Event]) -> list[Event]:
+    return [e for e in events if e.status == "IN_PROGRESS"]
+
+
+# -- leases: renewal, waiting for others ------------------------------------------------------
+
+
+def test_the_lease_is_renewed_while_a_long_body_runs(csv_path: Path, jr: Journal) -> None:
+    lease = 1.5
+    _finish_all_but_first(jr)
+    stolen: list[str] = []
+    seen_pending: list[list[str]] = []
+    stop = threading.Event()
+
+    def thief() -> None:
+        with _open(csv_path, export=False) as other:
+            while not stop.is_set():
+                stolen.extend(other.claim(1, lease=LONG, worker="thief"))
+                seen_pending.append(other.pending())
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=thief)
+    tasks = []
+    started = time.monotonic()
+    for task in jr.work(lease=lease):
+        tasks.append(task)
+        with task:
+            thread.start()
+            time.sleep(3 * lease)  # the body outlives its lease three times over
+    stop.set()
+    thread.join(WAIT)
+    assert time.monotonic() - started >= 3 * lease
+    assert [(t.key, t.lost) for t in tasks] == [(KEYS[0], False)]
+    assert stolen == []
+    assert len(seen_pending) > 10
+    assert all(pending == [] for pending in seen_pending)
+    assert _trail(jr, KEYS[0]) == [("IN_PROGRESS", None), ("COMPLETED", None)]
+
+
+def test_the_loop_waits_for_rows_leased_by_others_and_takes_over_lost_ones(jr: Journal) -> None:
+    lease = 1.0
+    assert jr.claim(1, lease=lease, worker="ghost") == KEYS[:1]
+    seen = [task.key for task in jr.work(lease=LONG)]
+    assert seen[0] == KEYS[1]  # not the leased row first
+    assert sorted(seen) == sorted(KEYS)  # then, once its lease ran out, that one too
+    lost, taker = _claims(jr.history(KEYS[0]))
+    assert (lost.worker, taker.worker) == ("ghost", _me())
+    assert taker.note == "lease of ghost expired"
+    assert (taker.at - lost.at).total_seconds() >= lease - CLOCK_SLACK
+    assert jr.counts() == {"COMPLETED": len(KEYS)}
+
+
+def test_the_loop_ends_once_the_rows_others_hold_are_finished(csv_path: Path, jr: Journal) -> None:
+    finished_at: list[float] = []
+
+    def other_worker() -> None:
+        with _open(csv_path, export=False) as other:
+            assert other.claim(1, lease=LONG, worker="other") == KEYS[:1]
+            claimed.set()
+            time.sleep(1.0)
+            other.record(KEYS[0], "COMPLETED")
+            finished_at.append(time.monotonic())
+
+    claimed = threading.Event()
+    thread = threading.Thread(target=other_worker)
+    thread.start()
+    assert claimed.wait(WAIT)
+    seen = [task.key for task in jr.work(lease=LONG)]
+    ended_at = time.monotonic()
+    thread.join(WAIT)
+    assert seen == KEYS[1:]
+    assert finished_at
+    assert ended_at >= finished_at[0]  # it waited for the other worker, then ended
+    claim, record = jr.history(KEYS[0])
+    assert (claim.status, claim.worker, record.status) == ("IN_PROGRESS", "other", "COMPLETED")
+
+
+def test_the_loop_takes_a_row_whose_lease_ran_out_while_it_waited_for_the_lock(
+    jr: Journal,
+) -> None:
+    lease = 0.5
+    _finish_all_but_first(jr)
+    assert jr.claim(1, lease=lease, worker="ghost") == KEYS[:1]
+    conn = sqlite3.connect(jr.journal_path, isolation_level=None, check_same_thread=False)
+    conn.execute("BEGIN IMMEDIATE")  # the loop's first claim waits for this lock
+
+    def unlock() -> None:
+        time.sleep(lease + 1.0)
+        conn.execute("COMMIT")
+        conn.close()
+
+    thread = threading.Thread(target=unlock)
+    thread.start()
+    seen = [task.key for task in jr.work(lease=LONG)]
+    thread.join(WAIT)
+    assert seen == KEYS[:1]
+    assert _trail(jr, KEYS[0])[-2:] == [
+        ("IN_PROGRESS", "lease of ghost expired"),
+        ("COMPLETED", None),
+    ]
+
+
+# -- several loops at once -------------------------------------------------------------------
+
+
+def test_loops_in_several_threads_share_the_rows(tmp_path: Path) -> None:
+    keys = [f"T-{n:04d}" for n in range(300)]
+    path = tmp_path / "many.csv"
+    _write_csv(path, keys)
+    seen: dict[str, list[str]] = {}
+    errors: list[BaseException] = []
+    with _open(path) as journal:
+
+        def loop(name: str) -> None:
+            try:
+                for task in journal.work(lease=LONG, worker=name):
+                    with task:
+                        seen.setdefault(name, []).append(task.key)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=loop, args=(f"w{n}",)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert errors == []
+        taken = [key for keys_of in seen.values() for key in keys_of]
+        assert sorted(taken) == keys
+        assert journal.counts() == {"COMPLETED": len(keys)}
+        for name, keys_of in seen.items():
+            for key in keys_of:
+                assert [(e.status, e.worker) for e in journal.history(key)] == [
+                    ("IN_PROGRESS", name),
+                    ("COMPLETED", name),
+                ]
+
+
+# -- a worker stopped with SIGSTOP past its lease --------------------------------------------
+
+# Runs journal.work() over the journal; in each task, reports "claimed KEY", waits for the
+# file "go", records COMPLETED with BY=stopped and reports "recorded KEY lost=<task.lost>".
+STOPPABLE_WORKER = """\
+import sys
+import time
+from pathlib import Path
+
+import structlog
+
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+import csvjournal
+
+csv_path, out, lease = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
+journal = csvjournal.open(csv_path, export=False, durability="normal")
+with open(out / "report.txt", "wb", buffering=0) as report:
+    for task in journal.work(lease=lease):
+        with task:
+            report.write(f"claimed {task.key}\\n".encode())
+            while not (out / "go").exists():
+                time.sleep(0.01)
+            lost = task.lost
+            task.record("COMPLETED", BY="stopped")
+        report.write(f"recorded {task.key} lost={lost}\\n".encode())
+journal.close()
+"""
+
+
+def _lines(path: Path) -> list[str]:
+    return [line.decode() for line in path.read_bytes().split(b"\n")[:-1]] if path.exists() else []
+
+
+def _state(pid: int) -> str:
+    """The process state letter from /proc (T: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first", ["stopped", "reclaimer"])
+def test_a_worker_stopped_past_its_lease_loses_the_row_and_records_after_resuming(
+    tmp_path: Path, csv_path: Path, jr: Journal, first: str
+) -> None:
+    lease = 1.5
+    _finish_all_but_first(jr)
+    out = tmp_path / "out"
+    out.mkdir()
+    script = tmp_path / "stoppable_worker.py"
+    script.write_text(STOPPABLE_WORKER)
+    report, log = out / "report.txt", out / "stderr.txt"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(csv_path), str(out), str(lease)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+
+        def running(lines: list[str]) -> Callable[[], bool]:
+            def check() -> bool:
+                assert proc.poll() is None, f"worker ended ({proc.returncode}):\n{log.read_text()}"
+                return all(line in _lines(report) for line in lines)
+
+            return check
+
+        _wait_for("the worker to claim the row", running([f"claimed {KEYS[0]}"]), 60.0)
+        stopped_worker = f"{socket.gethostname()}:{proc.pid}:MainThread"
+        # Stop it just after a renewal (none is under way then, so it holds no lock).
+        first_end = jr.next_lease_end()
+        _wait_for("a renewal", lambda: jr.next_lease_end() != first_end)
+        os.kill(proc.pid, signal.SIGSTOP)
+        _wait_for("the worker to stop", lambda: _state(proc.pid) == "T")
+        lease_end = jr.next_lease_end()
+        assert lease_end is not None
+
+        taken: list[str] = []
+
+        def reclaimed() -> bool:
+            taken.extend(jr.claim(1, lease=LONG, worker="reclaimer"))
+            return bool(taken)
+
+        _wait_for("the lease to run out", reclaimed)
+        assert taken == KEYS[:1]
+        assert time.time() >= lease_end
+        assert _state(proc.pid) == "T"
+
+        if first == "reclaimer":
+            jr.record(KEYS[0], "COMPLETED", BY="reclaimer")
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(2.0)  # its renewer wakes and finds the row gone
+        (out / "go").touch()
+        _wait_for("the stopped worker to record", running([f"recorded {KEYS[0]} lost=True"]))
+        if first == "stopped":
+            jr.record(KEYS[0], "COMPLETED", BY="reclaimer")
+        assert proc.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+            proc.wait()
+
+    events = jr.history(KEYS[0])
+    claims = [(e.worker, e.note) for e in events if e.status == "IN_PROGRESS"]
+    assert claims == [
+        (stopped_worker, None),
+        ("reclaimer", f"lease of {stopped_worker} expired"),
+    ]
+    lost_claim, taking = _claims(events)
+    assert taking.at.timestamp() >= lease_end - CLOCK_SLACK
+    assert (taking.at - lost_claim.at).total_seconds() >= lease - CLOCK_SLACK
+    records = [(e.worker, e.fields.get("BY")) for e in events if e.status == "COMPLETED"]
+    order = ["stopped", "reclaimer"] if first == "stopped" else ["reclaimer", "stopped"]
+    workers = {"stopped": stopped_worker, "reclaimer": _me()}  # jr.record(): this thread
+    assert records == [(workers[who], who) for who in order]
+    assert [e.status for e in events] == ["IN_PROGRESS", "IN_PROGRESS", "COMPLETED", "COMPLETED"]
+    row = jr.get(KEYS[0])
+    assert row is not None
+    assert (row["STATUS"], row["BY"]) == ("COMPLETED", order[-1])
+    assert jr.pending() == []
+    jr.flush(timeout=WAIT)
+    with jr.csv_path.open(newline="") as f:
+        assert {r[KEY]: r["STATUS"] for r in csv.DictReader(f)} == dict.fromkeys(KEYS, "COMPLETED")
