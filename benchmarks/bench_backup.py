@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
-import logging
 import os
 import shutil
 import statistics
@@ -30,20 +29,16 @@ import textwrap
 import time
 from pathlib import Path
 from subprocess import Popen
+from typing import Any
 
-import structlog
+from _common import QUIET, quiet_logs
 from bench_recover import cached_journal, copy_journal_folder
 
 import csvjournal
 
-_QUIET = (
-    "import structlog, logging\n"
-    "structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))\n"
-)
-
 # A worker: record into random rows until the stop file appears, then write down when
 # each record() returned (CLOCK_MONOTONIC: one clock for every process of the machine).
-_WORKER = _QUIET + textwrap.dedent(
+_WORKER = QUIET + textwrap.dedent(
     """
     import os, random, sys, time, csvjournal
     path, rows, stop, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -117,17 +112,9 @@ def run_windows(
     return busy, windows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--cache", type=Path, help="where bench_recover.py keeps the journal")
-    parser.add_argument("--workers", type=int, default=4, help="recording worker processes")
-    parser.add_argument("--idle-backups", type=int, default=2, help="backups with no writer")
-    parser.add_argument("--gap", type=float, default=1.0, help="seconds between windows")
-    parser.add_argument("--json", type=Path, help="also write every measurement here")
-    args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+def _measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Time backups with no writer, then alternate backup and quiet windows while the
+    workers record; return the times, the windows and the workers' record times."""
     base = Path(tempfile.mkdtemp(prefix="csvj-backup-", dir=os.environ.get("BENCH_DIR")))
     idle: list[float] = []
     procs: list[Popen[str]] = []
@@ -158,6 +145,23 @@ def main() -> None:
             if proc.poll() is None:
                 proc.kill()
         shutil.rmtree(base, ignore_errors=True)
+    return {"idle": idle, "busy": busy, "windows": windows, "stamps": stamps, "size": size}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cache", type=Path, help="where bench_recover.py keeps the journal")
+    parser.add_argument("--workers", type=int, default=4, help="recording worker processes")
+    parser.add_argument("--idle-backups", type=int, default=2, help="backups with no writer")
+    parser.add_argument("--gap", type=float, default=1.0, help="seconds between windows")
+    parser.add_argument("--json", type=Path, help="also write every measurement here")
+    args = parser.parse_args()
+    quiet_logs()
+    measured = _measure(args)
+    idle, busy, windows = measured["idle"], measured["busy"], measured["windows"]
+    stamps, size = measured["stamps"], measured["size"]
 
     def rate(start: float, end: float) -> float:
         count = bisect.bisect_right(stamps, end) - bisect.bisect_left(stamps, start)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import sqlite3
@@ -41,20 +40,16 @@ import textwrap
 import time
 from pathlib import Path
 
-import structlog
+from _common import QUIET, quiet_logs
 
 import csvjournal
 
 TARGET_RATIO = 0.5
 
-_QUIET = (
-    "import structlog, logging\n"
-    "structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))\n"
-)
 
 # One worker process: opens every contender's journal once, then runs a command per line
 # of stdin ("claim PATH" or "cycle PATH") until no row is left, answering "count seconds".
-_WORKER = _QUIET + textwrap.dedent(
+_WORKER = QUIET + textwrap.dedent(
     """
     import sys, time, csvjournal
     journals = {}
@@ -212,19 +207,13 @@ class OnJournal:
         return done, seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--rows", type=int, default=2000, help="rows a contender's turn")
-    parser.add_argument("--workers", type=int, default=4, help="worker processes")
-    parser.add_argument("--json", type=Path, help="also write every measurement here")
-    args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+def _run_rounds(args: argparse.Namespace) -> dict[str, list[float]]:
+    """Every contender's seconds for its turn of ``args.rows`` rows, round by round."""
     base = Path(tempfile.mkdtemp(prefix="csvj-claim-", dir=os.environ.get("BENCH_DIR")))
     workers = Workers(args.workers)
     try:
         w = args.workers
-        contenders = [
+        contenders: list[RawSqlite | OnJournal] = [
             RawSqlite(base, args.rounds * args.rows),
             OnJournal(base, f"csvjournal claim(1), {w} processes", workers, w, "claim"),
             OnJournal(base, "csvjournal claim(1), 1 process", workers, 1, "claim"),
@@ -251,6 +240,18 @@ def main() -> None:
     finally:
         workers.close()
         shutil.rmtree(base, ignore_errors=True)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rows", type=int, default=2000, help="rows a contender's turn")
+    parser.add_argument("--workers", type=int, default=4, help="worker processes")
+    parser.add_argument("--json", type=Path, help="also write every measurement here")
+    args = parser.parse_args()
+    quiet_logs()
+    seconds = _run_rounds(args)
     raw = seconds[RawSqlite.name]
     print(
         f"durability=full (raw: synchronous=FULL); {args.rounds} rounds of {args.rows:,} rows"

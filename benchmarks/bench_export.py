@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import logging
 import os
 import random
 import shutil
@@ -25,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import structlog
+from _common import quiet_logs
 
 import csvjournal
 
@@ -125,7 +124,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    quiet_logs()
     base = Path(tempfile.mkdtemp(prefix="csvj-export-", dir=os.environ.get("BENCH_DIR")))
     try:
         csv_path = base / "orders.csv"

@@ -20,7 +20,6 @@ ratio is its csvjournal rate over its naive rate, and the medians are reported.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import random
 import shutil
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import structlog
+from _common import quiet_logs
 
 import csvjournal
 
@@ -90,7 +89,7 @@ def main() -> None:
     parser.add_argument("--threads", default="4,8,16", help="writer threads, comma-separated")
     args = parser.parse_args()
     shapes = [int(n) for n in args.threads.split(",")]
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    quiet_logs()
     naive: list[float] = []
     ours: dict[int, list[float]] = {n: [] for n in shapes}
     for round_no in range(args.rounds):

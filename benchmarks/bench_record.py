@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import sqlite3
@@ -26,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-import structlog
+from _common import quiet_logs
 
 import csvjournal
 
@@ -199,7 +198,7 @@ def main() -> None:
     parser.add_argument("--durability", default="full", choices=sorted(SYNCHRONOUS))
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    quiet_logs()
     base = Path(tempfile.mkdtemp(prefix="csvj-bench-", dir=os.environ.get("BENCH_DIR")))
     try:
         d = args.durability

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import signal
@@ -30,11 +29,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
-import structlog
+from _common import quiet_logs
+from _recover_scripts import EXPORTER, FLOOR, MEASURE, WORKER
 from bench_export import make_csv
 
 import csvjournal
@@ -42,143 +41,6 @@ import csvjournal
 KEY = "ID"
 CSV_NAME = "orders.csv"
 TARGET_SECONDS = 3.0
-
-_QUIET = (
-    "import structlog, logging\n"
-    "structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))\n"
-)
-
-# The job that gets killed: one exporting process, and workers that claim and record.
-_EXPORTER = _QUIET + textwrap.dedent(
-    """
-    import sys, time, csvjournal
-    journal = csvjournal.open(sys.argv[1])
-    print("ready", flush=True)
-    while True:
-        time.sleep(60)
-    """
-)
-_WORKER = _QUIET + textwrap.dedent(
-    """
-    import os, sys, csvjournal
-    path, lease = sys.argv[1], float(sys.argv[2])
-    journal = csvjournal.open(path, export=False, durability="full")
-    print("ready", flush=True)
-    n = 0
-    while True:
-        for key in journal.claim(10, lease=lease):
-            journal.record(key, "COMPLETED", NOTE=f"done by {os.getpid()}", ERROR_MESSAGE="")
-            n += 1
-            if n % 500 == 0:
-                print(n, flush=True)
-    """
-)
-
-# The measurement, in a fresh process: the three calls, and inside them the steps that
-# matter, timed by wrapping csvjournal's internals (a name that moved is just not timed).
-_MEASURE = textwrap.dedent(
-    """
-    import time
-    t_start = time.perf_counter()
-    import importlib, json, logging, sys, structlog
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    import csvjournal
-    t_import = time.perf_counter()
-    STEPS = [
-        ("csvjournal._handle", "Store", "store open"),
-        ("csvjournal._handle", "take_backup", "session backup"),
-        ("csvjournal._handle", "check_integrity", "integrity check (in a thread)"),
-        ("csvjournal.journal", "check_integrity", "integrity_check"),
-        ("csvjournal._handle.Handle", "_expire_leases", "expire leases"),
-        ("csvjournal.exporter", "remove_temp_files", "remove temp files"),
-        ("csvjournal.exporter", "check_csv", "hand-edit check (hash CSV)"),
-        ("csvjournal._rendercache.RenderedCsv", "seed", "rendering seeded from the CSV"),
-        ("csvjournal.exporter.Exporter", "export_now", "export"),
-        ("csvjournal._rendercache.RenderedCsv", "refresh", "export: render rows"),
-        ("csvjournal.exporter", "write_temp", "export: write temp CSV"),
-        ("csvjournal._flush", "flush_csv", "flush"),
-    ]
-    phase = "open"
-    steps = {}
-
-    def timed(label, func):
-        def wrapper(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return func(*args, **kwargs)
-            finally:
-                key = f"{phase}: {label}"
-                steps[key] = steps.get(key, 0.0) + time.perf_counter() - started
-        return wrapper
-
-    def resolve(where):
-        parts = where.split(".")
-        for cut in range(len(parts), 0, -1):
-            try:
-                owner = importlib.import_module(".".join(parts[:cut]))
-            except ImportError:
-                continue
-            for attr in parts[cut:]:
-                owner = getattr(owner, attr, None)
-            return owner
-        return None
-
-    for where, name, label in STEPS:
-        owner = resolve(where)
-        if owner is not None and hasattr(owner, name):
-            setattr(owner, name, timed(label, getattr(owner, name)))
-
-    csv_path, keep = sys.argv[1], int(sys.argv[2])
-    t0 = time.perf_counter()
-    journal = csvjournal.open(csv_path, keep_backups=keep)
-    t1 = time.perf_counter()
-    phase = "recover"
-    report = journal.recover()
-    t2 = time.perf_counter()
-    phase = "pending"
-    keys = journal.pending()
-    t3 = time.perf_counter()
-    phase = "close"
-    journal.close()
-    t4 = time.perf_counter()
-    print(json.dumps({
-        "import": t_import - t_start, "open": t1 - t0, "recover": t2 - t1,
-        "pending": t3 - t2, "close": t4 - t3, "total": t3 - t0, "steps": steps,
-        "pending_rows": len(keys), "expired": len(report.expired),
-        "temp_files_removed": len(report.temp_files_removed),
-        "csv_was_stale": report.csv_was_stale,
-    }))
-    """
-)
-
-
-# The floor: what the same work costs in Python's sqlite3 alone, in a fresh process.
-_FLOOR = textwrap.dedent(
-    """
-    import json, sqlite3, sys, time
-    conn = sqlite3.connect(sys.argv[1])
-    out = {}
-    for name, sql in (
-        ("open + count(*)", "SELECT count(*) FROM rows"),
-        ("PRAGMA quick_check", "PRAGMA quick_check"),
-        ("PRAGMA integrity_check", "PRAGMA integrity_check"),
-        ("SELECT line ORDER BY pos (an export's reading)", "SELECT line FROM rows ORDER BY pos"),
-        (
-            "SELECT pos, line, cells ORDER BY pos (what open's export reads)",
-            "SELECT pos, line, cells FROM rows ORDER BY pos",
-        ),
-    ):
-        started = time.perf_counter()
-        conn.execute(sql).fetchall()
-        out[name] = time.perf_counter() - started
-    started = time.perf_counter()
-    keys = [k for (k,) in conn.execute(
-        "SELECT key FROM rows WHERE done = 0 AND (lease_until IS NULL OR lease_until <= ?)"
-        " ORDER BY pos", (time.time(),))]
-    out["pending keys as a list"] = time.perf_counter() - started
-    print(json.dumps(out))
-    """
-)
 
 
 def _schema_head() -> str:
@@ -236,7 +98,7 @@ def crash_a_job(csv_path: Path, workers: int, seconds: float, lease: float) -> d
     """Run a job on ``csv_path`` for ``seconds`` once its exporter is up, then SIGKILL every
     one of its processes at once (one process group); return what the workers reported."""
     exporter = subprocess.Popen(
-        [sys.executable, "-c", _EXPORTER, str(csv_path)],
+        [sys.executable, "-c", EXPORTER, str(csv_path)],
         stdout=subprocess.PIPE,
         text=True,
         process_group=0,  # a new group, the job's: killed as one
@@ -250,7 +112,7 @@ def crash_a_job(csv_path: Path, workers: int, seconds: float, lease: float) -> d
         for _ in range(workers):
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-c", _WORKER, str(csv_path), str(lease)],
+                    [sys.executable, "-c", WORKER, str(csv_path), str(lease)],
                     stdout=subprocess.PIPE,
                     text=True,
                     process_group=group,
@@ -307,7 +169,7 @@ def cli_count(journal: Path) -> float:
 
 def floor(journal: Path) -> dict[str, float]:
     done = subprocess.run(
-        [sys.executable, "-c", _FLOOR, str(journal)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", FLOOR, str(journal)], capture_output=True, text=True, check=True
     )
     result: dict[str, float] = json.loads(done.stdout)
     return result
@@ -316,7 +178,7 @@ def floor(journal: Path) -> dict[str, float]:
 def measure(csv_path: Path, keep: int) -> dict[str, object]:
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", _MEASURE, str(csv_path), str(keep)],
+        [sys.executable, "-c", MEASURE, str(csv_path), str(keep)],
         capture_output=True,
         text=True,
         check=True,
@@ -343,19 +205,10 @@ def _cell(value: float | None, base: float | None = None) -> str:
     return f"{value:.2f}" if base is None else f"{value:.2f} ({value / base:.0f}×)"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--cache", type=Path, help="keep the built journal here for reruns")
-    parser.add_argument("--workers", type=int, default=3, help="worker processes of the job")
-    parser.add_argument("--job-seconds", type=float, default=10.0)
-    parser.add_argument("--lease", type=float, default=5.0, help="the job's claim lease, s")
-    parser.add_argument("--json", type=Path, help="also write every measurement here")
-    args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+def _run_rounds(args: argparse.Namespace, variants: dict[str, int]) -> dict[str, object]:
+    """Build the journal, crash a job on a copy, then time every contender round by round
+    on fresh copies of the crashed files."""
     base = Path(tempfile.mkdtemp(prefix="csvj-recover-", dir=os.environ.get("BENCH_DIR")))
-    variants = {"keep_backups=5 (default)": 5, "keep_backups=0": 0}
     results: dict[str, list[dict[str, object]]] = {name: [] for name in variants}
     cli: list[float] = []
     floors: list[dict[str, float]] = []
@@ -382,21 +235,18 @@ def main() -> None:
             print(f"round {round_no + 1} of {args.rounds} done", file=sys.stderr)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    cli_s = statistics.median(cli)
-    first = next(iter(results.values()))[0]
-    print(
-        f"{args.rows:,} rows; job of {args.workers} workers (claim(10) + record, lease"
-        f" {args.lease:g} s) and an exporter, SIGKILLed {args.job_seconds:g} s after the"
-        f" exporter was up; crashed files: "
-        + ", ".join(f"{name} {size / 1e6:,.1f} MB" for name, size in sorted(files.items()))
-    )
-    print(f"crashed state: {state}; after recovery: {first['pending_rows']:,} pending; job: {job}")
-    print(
-        f"medians of {args.rounds} rounds, each on a fresh copy of the crashed files (warm"
-        f" page cache); {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the"
-        f" end; baseline `sqlite3 journal 'SELECT count(*) FROM rows'`: {cli_s:.3f} s"
-    )
-    names = list(variants)
+    return {
+        "cli": cli,
+        "floor": floors,
+        "results": results,
+        "job": job,
+        "state": state,
+        "files": files,
+    }
+
+
+def _print_table(results: dict[str, list[dict[str, object]]], cli_s: float) -> None:
+    names = list(results)
     print(f"| seconds (× sqlite3 count) | {' | '.join(names)} |")
     print("|---|" + "---:|" * len(names))
     rows = [
@@ -428,17 +278,48 @@ def main() -> None:
             f"{n}: {'met' if (v or 0) <= TARGET_SECONDS else 'MISSED'}" for n, v in verdict.items()
         )
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cache", type=Path, help="keep the built journal here for reruns")
+    parser.add_argument("--workers", type=int, default=3, help="worker processes of the job")
+    parser.add_argument("--job-seconds", type=float, default=10.0)
+    parser.add_argument("--lease", type=float, default=5.0, help="the job's claim lease, s")
+    parser.add_argument("--json", type=Path, help="also write every measurement here")
+    args = parser.parse_args()
+    quiet_logs()
+    variants = {"keep_backups=5 (default)": 5, "keep_backups=0": 0}
+    run = _run_rounds(args, variants)
+    results: dict[str, list[dict[str, object]]] = run["results"]  # type: ignore[assignment]
+    floors: list[dict[str, float]] = run["floor"]  # type: ignore[assignment]
+    files: dict[str, int] = run.pop("files")  # type: ignore[assignment]
+    cli_s = statistics.median(run["cli"])  # type: ignore[arg-type]
+    first = next(iter(results.values()))[0]
+    print(
+        f"{args.rows:,} rows; job of {args.workers} workers (claim(10) + record, lease"
+        f" {args.lease:g} s) and an exporter, SIGKILLed {args.job_seconds:g} s after the"
+        f" exporter was up; crashed files: "
+        + ", ".join(f"{name} {size / 1e6:,.1f} MB" for name, size in sorted(files.items()))
+    )
+    print(
+        f"crashed state: {run['state']}; after recovery: {first['pending_rows']:,} pending;"
+        f" job: {run['job']}"
+    )
+    print(
+        f"medians of {args.rounds} rounds, each on a fresh copy of the crashed files (warm"
+        f" page cache); {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the"
+        f" end; baseline `sqlite3 journal 'SELECT count(*) FROM rows'`: {cli_s:.3f} s"
+    )
+    _print_table(results, cli_s)
     print("| floor: Python sqlite3 alone on the same crashed copy, fresh process | seconds |")
     print("|---|---:|")
     for name in floors[0]:
         print(f"| {name} | {statistics.median(f[name] for f in floors):.2f} |")
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"cli": cli, "floor": floors, "results": results, "job": job, "state": state},
-                indent=2,
-            )
-        )
+        args.json.write_text(json.dumps(run, indent=2))
 
 
 if __name__ == "__main__":

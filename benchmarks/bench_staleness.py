@@ -22,13 +22,11 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
-_QUIET = (
-    "import structlog, logging\n"
-    "structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))\n"
-)
+from _common import QUIET
 
-_EXPORTER = _QUIET + textwrap.dedent(
+_EXPORTER = QUIET + textwrap.dedent(
     """
     import sys, time, csvjournal
     journal = csvjournal.open(sys.argv[1])
@@ -37,7 +35,7 @@ _EXPORTER = _QUIET + textwrap.dedent(
     journal.close()
     """
 )
-_WORKER = _QUIET + textwrap.dedent(
+_WORKER = QUIET + textwrap.dedent(
     """
     import random, sys, time, csvjournal
     path, name, rows, rate, seconds, out = sys.argv[1:7]
@@ -113,9 +111,41 @@ def _read(path: Path) -> dict[str, float]:
     }
 
 
+def _start_exporter_and_watcher(
+    csv_path: Path, base: Path, procs: list[subprocess.Popen[Any]]
+) -> tuple[subprocess.Popen[str], subprocess.Popen[bytes], Path]:
+    """Start the exporting process and the watcher of the CSV's versions (added to
+    ``procs``); return both, and the file whose creation stops the watcher."""
+    exporter = subprocess.Popen(
+        [sys.executable, "-c", _EXPORTER, str(csv_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    procs.append(exporter)
+    assert exporter.stdout is not None
+    assert exporter.stdout.readline().strip() == "ready"
+    stop = base / "stop"
+    versions = base / "versions"
+    versions.mkdir()
+    watcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _WATCHER,
+            str(csv_path),
+            str(stop),
+            str(base / "seen"),
+            str(versions),
+        ]
+    )
+    procs.append(watcher)
+    return exporter, watcher, stop
+
+
 def run(rows: int, rate: float, seconds: float, workers: int) -> list[float]:
     base = Path(tempfile.mkdtemp(prefix="csvj-stale-", dir=os.environ.get("BENCH_DIR")))
-    procs: list[subprocess.Popen[str]] = []
+    procs: list[subprocess.Popen[Any]] = []
     try:
         csv_path = base / "orders.csv"
         make_csv(csv_path, rows)
@@ -123,34 +153,11 @@ def run(rows: int, rate: float, seconds: float, workers: int) -> list[float]:
             [
                 sys.executable,
                 "-c",
-                _QUIET + f"import csvjournal; csvjournal.open({str(csv_path)!r}, key='ID').close()",
+                QUIET + f"import csvjournal; csvjournal.open({str(csv_path)!r}, key='ID').close()",
             ],
             check=True,
         )
-        exporter = subprocess.Popen(
-            [sys.executable, "-c", _EXPORTER, str(csv_path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(exporter)
-        assert exporter.stdout is not None
-        assert exporter.stdout.readline().strip() == "ready"
-        stop = base / "stop"
-        versions = base / "versions"
-        versions.mkdir()
-        watcher = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _WATCHER,
-                str(csv_path),
-                str(stop),
-                str(base / "seen"),
-                str(versions),
-            ]
-        )
-        procs.append(watcher)
+        exporter, watcher, stop = _start_exporter_and_watcher(csv_path, base, procs)
         outs = [base / f"done-{w}" for w in range(workers)]
         runners = [
             subprocess.Popen(

@@ -1,0 +1,105 @@
+"""Journal.batch(): one commit at the end, nested savepoints, visibility, calls refused inside."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from _journal import stored_events as _events
+
+import csvjournal
+from csvjournal import Journal
+
+
+def test_a_batch_commits_everything_at_the_end(journal: Journal) -> None:
+    with journal.batch():
+        seqs = [journal.record(f"PO-{i}", "COMPLETED", N=i) for i in range(20_000)]
+    assert seqs == list(range(seqs[0], seqs[0] + 20_000))
+    assert len(journal) == 20_000
+    assert journal.get("PO-19999")["N"] == "19999"  # type: ignore[index]
+    assert journal.counts() == {"COMPLETED": 20_000}
+
+
+def test_a_batch_that_raises_leaves_no_row_column_or_event(journal: Journal) -> None:
+    journal.record("PO-0", "COMPLETED")
+    with pytest.raises(RuntimeError), journal.batch():
+        for i in range(7000):  # more than one internal flush
+            journal.record(f"PO-{i + 1}", "FAILED", NEW_COLUMN=i)
+        journal.record("PO-0", "FAILED")
+        raise RuntimeError("worker crashed")
+    assert len(journal) == 1
+    assert journal.get("PO-0")["STATUS"] == "COMPLETED"  # type: ignore[index]
+    assert journal.columns == ["PO_NUMBER", "STATUS", "LAST_PROCESSED"]
+    assert len(_events(journal)) == 1
+    seq = journal.record("PO-1", NEW_COLUMN="x")  # numbering and columns carry on cleanly
+    assert seq == 2
+    assert journal.columns[-1] == "NEW_COLUMN"
+
+
+def test_a_nested_batch_that_raises_undoes_only_its_own_records(journal: Journal) -> None:
+    with journal.batch():
+        journal.record("PO-1", "COMPLETED", OUTER=1)
+        with pytest.raises(KeyError), journal.batch():
+            journal.record("PO-2", "FAILED", INNER=1)
+            journal.record("PO-1", "FAILED")
+            assert journal.get("PO-2") is not None  # visible inside, to this thread
+            raise KeyError("inner")
+        journal.record("PO-3", "COMPLETED", AFTER=1)
+        with journal.batch():
+            journal.record("PO-4", NESTED_OK=1)
+    assert journal.get("PO-1")["STATUS"] == "COMPLETED"  # type: ignore[index]
+    assert journal.get("PO-2") is None
+    assert journal.get("PO-3") is not None
+    assert journal.get("PO-4")["NESTED_OK"] == "1"  # type: ignore[index]
+    assert "INNER" not in journal.columns
+    assert journal.columns[3:] == ["OUTER", "AFTER", "NESTED_OK"]
+    assert [key for _, key in _events(journal)] == ["PO-1", "PO-3", "PO-4"]
+
+
+def test_a_batch_sees_its_own_records_and_others_see_them_after_commit(
+    journal: Journal,
+) -> None:
+    other = csvjournal.open(journal.csv_path, export=False)
+    try:
+        with journal.batch():
+            journal.record("PO-1", "COMPLETED")
+            assert journal.get("PO-1") is not None
+            assert other.get("PO-1") is None
+        assert other.get("PO-1") is not None
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("call", ["flush", "recover", "export", "close"])
+def test_waiting_for_other_writers_inside_a_batch_is_refused_at_once(
+    journal: Journal, call: str
+) -> None:
+    # The exporter writes to the journal too: flush(), recover() or close() under the
+    # block's own write lock would wait for ever or for the whole busy timeout.
+    journal.record("PO-1")
+    started = time.monotonic()
+    with pytest.raises(csvjournal.BatchOpenError, match=call), journal.batch():
+        journal.record("PO-2", "COMPLETED")
+        getattr(journal, call)()
+    assert time.monotonic() - started < 5
+    getattr(journal, call)()  # after the block, it works
+    with csvjournal.open(journal.csv_path, export=False) as again:
+        assert again.pending() == ["PO-1"]
+        assert again.get("PO-2") is None  # the block raised: undone
+
+
+def test_repeated_keys_in_one_batch_keep_their_order(journal: Journal) -> None:
+    with journal.batch():
+        journal.record("PO-1", "FAILED", A=1)
+        journal.record("PO-1", B=2)
+        journal.record("PO-1", "COMPLETED", A=3)
+        journal.record("PO-1", C=4)
+    row = journal.get("PO-1")
+    assert row is not None
+    assert (row["STATUS"], row["A"], row["B"], row["C"]) == ("COMPLETED", "3", "2", "4")
+    assert [e.status for e in journal.history("PO-1")] == [
+        "FAILED",
+        "FAILED",
+        "COMPLETED",
+        "COMPLETED",
+    ]
