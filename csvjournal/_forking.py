@@ -78,9 +78,9 @@ class ForkGate:
 class ForkAware(Protocol):
     """What a registered object does around ``fork()``."""
 
-    def before_fork(self) -> None: ...
-    def after_fork_in_parent(self) -> None: ...
-    def after_fork_in_child(self) -> None: ...
+    def _before_fork(self) -> None: ...
+    def _after_fork_in_parent(self) -> None: ...
+    def _after_fork_in_child(self) -> None: ...
 
 
 _registered: weakref.WeakSet[ForkAware] = weakref.WeakSet()
@@ -103,17 +103,17 @@ def unregister(obj: ForkAware) -> None:
 
 def _before() -> None:
     for obj in list(_registered):
-        obj.before_fork()
+        obj._before_fork()
 
 
 def _in_parent() -> None:
     for obj in list(_registered):
-        obj.after_fork_in_parent()
+        obj._after_fork_in_parent()
 
 
 def _in_child() -> None:
     for obj in list(_registered):
-        obj.after_fork_in_child()
+        obj._after_fork_in_child()
 
 
 os.register_at_fork(before=_before, after_in_parent=_in_parent, after_in_child=_in_child)

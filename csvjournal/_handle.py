@@ -236,7 +236,7 @@ class Handle:
 
     # -- forks -----------------------------------------------------------------------------
 
-    def before_fork(self) -> None:
+    def _before_fork(self) -> None:
         """Close every connection before ``fork()`` (see :mod:`csvjournal._forking`)."""
         if self._closed or self._pid != os.getpid():
             return
@@ -247,11 +247,11 @@ class Handle:
         else:
             log.warning("journal_busy_across_fork", path=str(self._options.journal_path))
 
-    def after_fork_in_parent(self) -> None:
+    def _after_fork_in_parent(self) -> None:
         """Let operations run again; connections reopen when next used."""
         self._gate.reopen()
 
-    def after_fork_in_child(self) -> None:
+    def _after_fork_in_child(self) -> None:
         """Become a non-exporting handle that reopens the journal on first use."""
         self._gate = _forking.ForkGate()
         self._attach_lock = threading.Lock()
