@@ -6,36 +6,12 @@ import re
 import sqlite3
 import subprocess
 import sys
-import time
 from contextlib import closing
 from pathlib import Path
 
 import csvjournal
 
-READY_TIMEOUT = 60.0  # seconds a child may take to start, import and open the journal
 NAME = re.compile(r"^\d{8}T\d{6}\.\d{6}Z$")
-
-# Child processes are real Python processes running scripts written into ``tmp_path``; they
-# log to stderr (structlog prints to stdout by default) and report on files of their own.
-PRELUDE = """\
-import json
-import os
-import sys
-import time
-from pathlib import Path
-
-import structlog
-
-structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-
-import csvjournal
-"""
-
-
-def script(tmp_path: Path, name: str, body: str) -> Path:
-    path = tmp_path / f"{name}.py"
-    path.write_text(PRELUDE + body)
-    return path
 
 
 def start(script: Path, *args: object, log: Path) -> subprocess.Popen[bytes]:
@@ -45,20 +21,6 @@ def start(script: Path, *args: object, log: Path) -> subprocess.Popen[bytes]:
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
-
-
-def lines(report: Path) -> list[str]:
-    if not report.exists():
-        return []
-    return [line.decode() for line in report.read_bytes().split(b"\n")[:-1]]
-
-
-def wait_for_line(proc: subprocess.Popen[bytes], report: Path, line: str, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while line not in lines(report):
-        assert proc.poll() is None, f"child ended early ({proc.returncode}):\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"child never reported {line!r}"
-        time.sleep(0.01)
 
 
 def finish(proc: subprocess.Popen[bytes], log: Path) -> None:

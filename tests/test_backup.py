@@ -17,17 +17,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from _backup import NAME, READY_TIMEOUT
+from _backup import NAME
 from _backup import dump as _dump
 from _backup import finish as _finish
 from _backup import folder_listing as _folder_listing
 from _backup import journal_in as _journal_in
-from _backup import lines as _lines
 from _backup import record_some as _record_some
-from _backup import script as _script
 from _backup import start as _start
 from _backup import stop as _stop
-from _backup import wait_for_line as _wait_for_line
+from _children import READY_TIMEOUT
+from _children import lines as _lines
+from _children import script as _script
+from _children import wait_for_line as _wait_for_line
 
 import csvjournal
 from csvjournal.backup import check_backup

@@ -16,10 +16,10 @@ from _backup import dump as _dump
 from _backup import folder_listing as _folder_listing
 from _backup import journal_in as _journal_in
 from _backup import record_some as _record_some
-from _backup import script as _script
 from _backup import start as _start
 from _backup import stop as _stop
-from _backup import wait_for_line as _wait_for_line
+from _children import script as _script
+from _children import wait_for_line as _wait_for_line
 
 import csvjournal
 from csvjournal import _migrate

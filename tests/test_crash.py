@@ -19,6 +19,8 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from _children import lines as _lines
+from _children import wait_for_line as _wait_for_line
 
 import csvjournal
 
@@ -27,7 +29,6 @@ pytestmark = pytest.mark.slow
 KEY = "ID"
 KILLS = 20
 SEED = 20261128
-READY_TIMEOUT = 60.0  # seconds a worker may take to start and open the journal
 API_LAST = 50  # the last keys reported before each kill are read back through the API,
 API_SAMPLE = 100  # and this many random keys of all reported (all are checked with SQL)
 
@@ -89,13 +90,6 @@ with open(report_path, "wb", buffering=0) as report:
 # -- helpers -----------------------------------------------------------------------------
 
 
-def _lines(report: Path) -> list[str]:
-    """The complete lines of a report; a last line without its newline is ignored."""
-    if not report.exists():
-        return []
-    return [line.decode() for line in report.read_bytes().split(b"\n")[:-1]]
-
-
 def _start(script: Path, *args: object, log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as stderr:
         return subprocess.Popen(
@@ -103,14 +97,6 @@ def _start(script: Path, *args: object, log: Path) -> subprocess.Popen[bytes]:
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
-
-
-def _wait_for_line(proc: subprocess.Popen[bytes], report: Path, line: str, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while line not in _lines(report):
-        assert proc.poll() is None, f"worker ended early ({proc.returncode}):\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"worker never reported {line!r}"
-        time.sleep(0.01)
 
 
 def _kill(proc: subprocess.Popen[bytes], log: Path) -> None:

@@ -20,32 +20,15 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from _children import READY_TIMEOUT
+from _children import lines as _lines
+from _children import script as _script
 from _recovery import csv_rows as _csv_rows
 from _recovery import csv_status as _csv_status
 
 import csvjournal
 
-READY_TIMEOUT = 60.0  # seconds a child may take to start, import and open the journal
-
 # -- helpers -----------------------------------------------------------------------------
-
-PRELUDE = """\
-import json
-import sys
-import time
-
-import structlog
-
-structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-
-import csvjournal
-"""
-
-
-def _script(tmp_path: Path, name: str, body: str) -> Path:
-    path = tmp_path / f"{name}.py"
-    path.write_text(PRELUDE + body)
-    return path
 
 
 def _start(
@@ -59,13 +42,6 @@ def _start(
             stderr=stderr,
             start_new_session=True,  # its own process group: the whole job is killed
         )
-
-
-def _lines(report: Path) -> list[str]:
-    """The complete lines of a report; a last line without its newline is ignored."""
-    if not report.exists():
-        return []
-    return [line.decode() for line in report.read_bytes().split(b"\n")[:-1]]
 
 
 def _wait_for_lines(
