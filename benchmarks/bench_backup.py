@@ -31,7 +31,7 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
-from _common import QUIET, quiet_logs
+from _common import QUIET, Steal, quiet_logs
 from bench_recover import cached_journal, copy_journal_folder
 
 import csvjournal
@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args()
     quiet_logs()
+    steal = Steal()
     measured = _measure(args)
     idle, busy, windows = measured["idle"], measured["busy"], measured["windows"]
     stamps, size = measured["stamps"], measured["size"]
@@ -194,6 +195,7 @@ def main() -> None:
         f"backup throughput with writers: {size / 1e6 / statistics.median(busy):,.0f} MB/s"
         f" (idle: {size / 1e6 / statistics.median(idle):,.0f} MB/s)"
     )
+    print(steal.report())
     if args.json:
         args.json.write_text(
             json.dumps(

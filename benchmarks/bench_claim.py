@@ -40,7 +40,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from _common import QUIET, quiet_logs
+from _common import QUIET, Steal, quiet_logs
 
 import csvjournal
 
@@ -251,6 +251,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args()
     quiet_logs()
+    steal = Steal()
     seconds = _run_rounds(args)
     raw = seconds[RawSqlite.name]
     print(
@@ -279,6 +280,7 @@ def main() -> None:
     if target is not None:
         verdict = "met" if target >= TARGET_RATIO else "MISSED"
         print(f"target claims/s >= {TARGET_RATIO}x raw (median per-round ratio): {verdict}")
+    print(steal.report())
     if args.json:
         args.json.write_text(json.dumps({"seconds": seconds, "args": vars(args)}, default=str))
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import quiet_logs
+from _common import Steal, quiet_logs
 
 import csvjournal
 
@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     quiet_logs()
+    steal = Steal()
     base = Path(tempfile.mkdtemp(prefix="csvj-export-", dir=os.environ.get("BENCH_DIR")))
     try:
         csv_path = base / "orders.csv"
@@ -155,6 +156,7 @@ def main() -> None:
         seconds = statistics.median(times)
         print(f"| {name} | {seconds:.2f} | {seconds / base_s:.2f} |")
     print(f"cold export peak memory: {max(peaks) / 1e6:.0f} MB = {max(peaks) / size:.1f}x the CSV")
+    print(steal.report())
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from _common import quiet_logs
+from _common import Steal, quiet_logs
 
 import csvjournal
 
@@ -90,6 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     shapes = [int(n) for n in args.threads.split(",")]
     quiet_logs()
+    steal = Steal()
     naive: list[float] = []
     ours: dict[int, list[float]] = {n: [] for n in shapes}
     for round_no in range(args.rounds):
@@ -128,6 +129,7 @@ def main() -> None:
         f" | {statistics.median(peaks):,.0f}"
         f" | {statistics.median(ratios):,.0f} ({min(ratios):,.0f}-{max(ratios):,.0f}) |"
     )
+    print(steal.report())
 
 
 if __name__ == "__main__":

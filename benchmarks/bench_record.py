@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import quiet_logs
+from _common import Steal, quiet_logs
 
 import csvjournal
 
@@ -199,6 +199,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args()
     quiet_logs()
+    steal = Steal()
     base = Path(tempfile.mkdtemp(prefix="csvj-bench-", dir=os.environ.get("BENCH_DIR")))
     try:
         d = args.durability
@@ -246,6 +247,7 @@ def main() -> None:
         f"| raw sqlite3 executemany of the same 2 statements (floor) |"
         f" {statistics.median(floors):,.0f} | | |"
     )
+    print(steal.report())
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import quiet_logs
+from _common import Steal, quiet_logs
 from _recover_scripts import EXPORTER, FLOOR, MEASURE, WORKER
 from bench_export import make_csv
 
@@ -291,6 +291,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args()
     quiet_logs()
+    steal = Steal()
     variants = {"keep_backups=5 (default)": 5, "keep_backups=0": 0}
     run = _run_rounds(args, variants)
     results: dict[str, list[dict[str, object]]] = run["results"]  # type: ignore[assignment]
@@ -318,6 +319,7 @@ def main() -> None:
     print("|---|---:|")
     for name in floors[0]:
         print(f"| {name} | {statistics.median(f[name] for f in floors):.2f} |")
+    print(steal.report())
     if args.json:
         args.json.write_text(json.dumps(run, indent=2))
 

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import Steal
+
 
 def _script(name: str) -> str:
     beside = Path(sys.executable).parent / name
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--demos", type=int, default=3)
     args = parser.parse_args()
+    steal = Steal()
     if shutil.which("parallel") is None:
         sys.exit("GNU parallel is not installed (Debian: apt-get install parallel)")
     ours, theirs, ratios = [], [], []
@@ -118,6 +121,7 @@ def main() -> None:
         f"`csvjournal demo` wall time: median {statistics.median(demos):.1f} s"
         f" (min {min(demos):.1f}, max {max(demos):.1f}, {len(demos)} runs)"
     )
+    print(steal.report())
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import QUIET
+from _common import QUIET, Steal, cpu_times, stolen
 
 _EXPORTER = QUIET + textwrap.dedent(
     """
@@ -195,25 +195,6 @@ def run(rows: int, rate: float, seconds: float, workers: int) -> list[float]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _cpu_times() -> list[int]:
-    """The machine's CPU time counters (user, nice, system, idle, iowait, irq, softirq,
-    steal, ...), or none off Linux."""
-    try:
-        with open("/proc/stat") as handle:
-            return [int(v) for v in handle.readline().split()[1:]]
-    except OSError:
-        return []
-
-
-def _stolen(before: list[int], after: list[int]) -> float:
-    """The share of CPU time the hypervisor took away between two readings: time a
-    program cannot use, and stalls that show as staleness."""
-    if len(before) < 8 or len(after) < 8:
-        return float("nan")
-    spent = [b - a for a, b in zip(before, after, strict=False)]
-    return spent[7] / max(1, sum(spent))
-
-
 def _percentiles(delays: list[float]) -> dict[str, float]:
     seen = sorted(d for d in delays if d != float("inf"))
     cuts = statistics.quantiles(seen, n=100)
@@ -228,12 +209,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    steal = Steal()
     rounds = []
     for number in range(args.rounds):
-        before = _cpu_times()
+        before = cpu_times()
         delays = run(args.rows, args.rate, args.seconds, args.workers)
         found = _percentiles(delays)
-        found["steal"] = _stolen(before, _cpu_times())
+        found["steal"] = stolen(before, cpu_times())
         found["rate"] = len(delays) / args.seconds
         found["never"] = sum(1 for d in delays if d == float("inf"))
         rounds.append(found)
@@ -256,6 +238,7 @@ def main() -> None:
     rates = [r["rate"] for r in rounds]
     spread = f"{min(rates):,.0f}–{max(rates):,.0f}"
     print(f"| records/s reached | {statistics.median(rates):,.0f} ({spread}) |")
+    print(steal.report())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,140 @@
+"""The exporter under failure: a refused replace, a full disk, kill -9, no close()."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from _exporter import exported_rows as _rows
+from structlog.testing import capture_logs
+
+import csvjournal
+from csvjournal.csvio import temp_prefix
+
+
+def test_a_failing_replace_keeps_the_old_csv_and_is_retried(
+    csv_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        journal.flush(timeout=10)
+        before = csv_path.read_bytes()
+        real_replace = os.replace
+
+        def locked_by_excel(src: str, dst: str) -> None:
+            raise PermissionError(13, "The process cannot access the file", str(dst))
+
+        with capture_logs() as logs:
+            monkeypatch.setattr(os, "replace", locked_by_excel)
+            for i in range(5):
+                journal.record(f"b{i}", "COMPLETED")  # recording goes on meanwhile
+            time.sleep(0.5)
+            assert csv_path.read_bytes() == before
+            # Each retry writes a temp file and removes it when the replace fails: one may
+            # be there at any instant, none stays.
+            leftovers = []
+            for _ in range(20):
+                leftovers.append(list(csv_path.parent.glob(temp_prefix(csv_path) + "*")))
+                time.sleep(0.005)
+            assert [] in leftovers
+            assert all(len(found) <= 1 for found in leftovers)
+            monkeypatch.setattr(os, "replace", real_replace)
+            journal.flush(timeout=30)
+        failures = [e for e in logs if e["event"] == "csv_export_failed"]
+        assert len(failures) == 1  # logged once, not once per retry
+        assert str(csv_path) in failures[0]["path"]
+        assert "cannot access" in failures[0]["error"]
+        assert any(e["event"] == "csv_export_recovered" for e in logs)
+        assert {f"b{i}" for i in range(5)} <= set(_rows(csv_path))
+
+
+def _mount_tmpfs(target: Path, size: str) -> bool:
+    target.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)],
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+@pytest.mark.slow
+def test_disk_full_keeps_the_old_csv_and_recovers_when_space_is_freed(tmp_path: Path) -> None:
+    mount = tmp_path / "tiny"
+    if not _mount_tmpfs(mount, "1m"):
+        pytest.skip("mounting a tmpfs needs root and a kernel that allows it")
+    try:
+        csv_path = mount / "orders.csv"
+        journal_path = tmp_path / "orders.csv.journal"  # the journal has room; the CSV not
+        with csvjournal.open(csv_path, key="ID", journal_path=journal_path) as journal:
+            journal.record("a", "COMPLETED")
+            journal.flush(timeout=10)
+            before = csv_path.read_bytes()
+            filler = mount / "filler"
+            free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
+            filler.write_bytes(b"\0" * (free - 4096))
+            with capture_logs() as logs:
+                journal.record("big", "COMPLETED", BLOB="x" * 200_000)
+                time.sleep(0.5)
+                assert csv_path.read_bytes() == before
+                assert not list(mount.glob(temp_prefix(csv_path) + "*"))
+                assert journal.get("big") is not None  # the journal is intact
+                filler.unlink()
+                journal.flush(timeout=30)
+            assert any(e["event"] == "csv_export_failed" for e in logs)
+            assert "big" in _rows(csv_path)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+_EXPORTER = textwrap.dedent(
+    """
+    import sys, time
+    import structlog
+    import csvjournal
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    journal = csvjournal.open(sys.argv[1])
+    print("ready", flush=True)
+    i = 0
+    while True:
+        journal.record(f"{sys.argv[2]}-{i}", "COMPLETED", N=i)
+        i += 1
+    """
+)
+
+
+@pytest.mark.slow
+def test_killing_the_exporter_never_looks_like_a_hand_edit(csv_path: Path) -> None:
+    csvjournal.open(csv_path, key="ID").close()
+    for round_no in range(12):
+        worker = subprocess.Popen(
+            [sys.executable, "-c", _EXPORTER, str(csv_path), f"r{round_no}"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert worker.stdout is not None
+        assert worker.stdout.readline().strip() == "ready"
+        time.sleep(0.05 + 0.07 * (round_no % 5))
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        with csvjournal.open(csv_path) as journal:  # must not raise CsvChangedError
+            journal.flush(timeout=30)
+            assert set(_rows(csv_path)) == set(journal.to_dataframe()["ID"])
+
+
+def test_a_program_that_never_closes_still_gets_its_last_records_exported(
+    csv_path: Path,
+) -> None:
+    script = (
+        "import sys, csvjournal\n"
+        "journal = csvjournal.open(sys.argv[1], key='ID')\n"
+        "journal.record('unclosed', 'COMPLETED')\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(csv_path)], check=True, timeout=60)
+    assert _rows(csv_path)["unclosed"]["STATUS"] == "COMPLETED"
