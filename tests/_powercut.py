@@ -1,16 +1,18 @@
-"""Power cuts, simulated: a folder that loses every write not yet synced.
+"""Power cuts, simulated: a folder that keeps only what was synced.
 
 A child process runs with ``powercut/shim.c`` preloaded: each time it syncs a file under
-the folder (``fsync``/``fdatasync``, from Python or from SQLite), the shim copies the file
-to a shadow folder. When the child has been killed, :meth:`Disk.cut` puts the shadow
-folder in the real one's place: what a power cut at that instant would leave, in the worst
-case for data (the shim's comment says what it does with names).
+the folder, the shim keeps a copy of the file's data; each time it syncs a folder, the
+folder's entries. When the child has been killed, :meth:`Disk.cut` rebuilds the folder from
+those records: every name as of its folder's last sync, every file's data as of its own last
+sync (empty if it never was). That is what a power cut at that instant may leave: POSIX
+promises no more, and a real disk can lose exactly that much.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -45,10 +47,23 @@ class Disk:
 
     def settle(self) -> None:
         """Count everything in the folder now as synced (no process may have it open):
-        the state a power cut goes back to, at the least."""
+        the least that a power cut goes back to."""
         os.sync()
         shutil.rmtree(self.shadow, ignore_errors=True)
-        shutil.copytree(self.root, self.shadow)
+        (self.shadow / "inodes").mkdir(parents=True)
+        (self.shadow / "dirs").mkdir()
+        for folder, dirs, files in os.walk(self.root):
+            entries = []
+            for name in sorted(dirs + files):
+                st = os.lstat(os.path.join(folder, name))
+                kind = "d" if stat.S_ISDIR(st.st_mode) else "f" if stat.S_ISREG(st.st_mode) else "-"
+                entries.append(f"{kind} {st.st_ino} {name}\n")
+                if kind == "f":
+                    shutil.copyfile(
+                        os.path.join(folder, name), self.shadow / "inodes" / str(st.st_ino)
+                    )
+            (self.shadow / "dirs" / str(os.stat(folder).st_ino)).write_text("".join(entries))
+        (self.shadow / "root").write_text(str(self.root.stat().st_ino))
 
     def env(self) -> dict[str, str]:
         """The environment of a child process on this disk."""
@@ -63,7 +78,21 @@ class Disk:
         """Lose power (every process writing here must be dead): the folder now holds what
         was synced, and nothing else."""
         self.cuts += 1
-        lost = self.root.with_name(f"{self.root.name}.lost{self.cuts}")
-        self.root.rename(lost)
-        self.shadow.rename(self.root)
-        Path(f"{self.shadow}.lock").unlink(missing_ok=True)
+        self.root.rename(self.root.with_name(f"{self.root.name}.lost{self.cuts}"))
+        self._build(self.root, int((self.shadow / "root").read_text()))
+        shutil.rmtree(self.shadow)
+
+    def _build(self, folder: Path, inode: int) -> None:
+        folder.mkdir()
+        listing = self.shadow / "dirs" / str(inode)
+        if not listing.exists():
+            return  # a folder never synced: its entries are not on disk
+        for line in listing.read_text().splitlines():
+            kind, number, name = line.split(" ", 2)
+            data = self.shadow / "inodes" / number
+            if kind == "d":
+                self._build(folder / name, int(number))
+            elif kind == "f" and data.exists():
+                shutil.copyfile(data, folder / name)
+            elif kind == "f":
+                (folder / name).touch()  # its name was synced, its data never

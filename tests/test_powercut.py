@@ -1,10 +1,11 @@
 """Power cuts: with ``durability="full"`` a record or a claim that returned is never lost.
 
-Each round a child process records (or claims) as fast as it can and reports every key
-once the call returned; it is killed with -9, and the folder is put back to what its files
-held when they were last synced (:mod:`_powercut`): a power cut at that instant, in the
-worst case for data. Reopened, the journal must hold every reported key. The same harness
-shows ``durability="normal"`` losing records, so it can tell.
+Each round a child process records (or claims, or backs up) as fast as it can and reports
+every key once the call returned; it is killed with -9, and the folder is rebuilt from what
+was synced (:mod:`_powercut`): each name as of its folder's last sync, each file's data as
+of its own. That is what a power cut at that instant may leave. Reopened, the journal must
+hold every reported key. The same harness shows ``durability="normal"`` losing records, so
+it can tell.
 """
 
 from __future__ import annotations
