@@ -238,3 +238,12 @@ def test_every_backup_that_returned_is_whole_after_a_power_cut(disk: Disk, tmp_p
             list(csv.reader(io.StringIO(text, newline=""), strict=True))
         with csvjournal.open(csv_path, export=False) as journal:
             assert journal.backups() == found
+
+
+def test_the_first_backup_survives_a_power_cut(disk: Disk, tmp_path: Path) -> None:
+    # No exporter syncs the CSV's folder meanwhile: the backup's own syncs (and the
+    # journal's, when it made the folder of backups) must keep it.
+    csv_path = disk.root / "orders.csv"
+    assert not list_backups(csv_path)
+    taken = _run_and_cut(disk, tmp_path, "first", mode="backup", limit=1, after=1)
+    assert [Path(path) for path in taken] == list_backups(csv_path)
