@@ -247,3 +247,65 @@ def test_the_first_backup_survives_a_power_cut(disk: Disk, tmp_path: Path) -> No
     assert not list_backups(csv_path)
     taken = _run_and_cut(disk, tmp_path, "first", mode="backup", limit=1, after=1)
     assert [Path(path) for path in taken] == list_backups(csv_path)
+
+
+_RESTORER = """
+csv_path, report_path, backup = sys.argv[1:4]
+with open(report_path, "a", buffering=1) as report:
+    report.write("start\\n")
+    safety = csvjournal.restore(csv_path, backup, keep_backups=0)
+    report.write(f"{safety}\\n")
+    report.write("done\\n")
+time.sleep(3600)
+"""
+
+
+def _keys(journal_path: Path) -> set[str]:
+    with closing(sqlite3.connect(journal_path)) as conn:
+        return {key for (key,) in conn.execute("SELECT key FROM rows")}
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1])
+def test_a_power_cut_during_a_restore_leaves_one_journal_or_the_other(
+    tmp_path: Path, shim: Path, delay: float
+) -> None:
+    disk = Disk(tmp_path / "disk", shim)
+    csv_path = disk.root / "orders.csv"
+    with csvjournal.open(csv_path, key="ID", keep_backups=0) as journal:
+        for i in range(20):
+            journal.record(f"old-{i}", "COMPLETED")
+        backup = journal.backup()
+        for i in range(20):
+            journal.record(f"new-{i}", "COMPLETED")
+        before, restored = set(journal.to_dataframe()["ID"]), {f"old-{i}" for i in range(20)}
+    disk.settle()
+    report = tmp_path / "report.txt"
+    child = script(tmp_path, "restorer", _RESTORER)
+    with (tmp_path / "restorer.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(child), str(csv_path), str(report), str(backup)],
+            env=disk.env(),
+            stderr=log,
+        )
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while "start" not in lines(report):
+            assert proc.poll() is None, (tmp_path / "restorer.log").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        time.sleep(delay)
+    finally:
+        proc.kill()
+        proc.wait()
+    disk.cut()
+    journal_path = Path(f"{csv_path}.journal")
+    assert _integrity(journal_path) == "ok"
+    found = _keys(journal_path)
+    assert found in (before, restored)
+    if found == restored:  # the journal it replaced is in a backup, whole
+        saved = [b for b in list_backups(csv_path) if _keys(b / "orders.csv.journal") == before]
+        assert saved
+    with csvjournal.open(csv_path, keep_backups=0) as journal:  # no hand-edit alarm
+        journal.flush(timeout=60)
+    shown = {row["ID"] for row in csv.DictReader(csv_path.open(newline=""))}
+    assert shown == found
