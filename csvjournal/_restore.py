@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import structlog
 
 from csvjournal import _forking
+from csvjournal._atomicfile import fingerprint
 from csvjournal._open import open as open_journal
 from csvjournal._oslock import ExporterLock
 from csvjournal.backup import PendingBackup, check_backup, copy_journal, prune_backups, take_backup
@@ -65,7 +67,15 @@ def _open_here(journal: Path) -> bool:
     )
 
 
-def _put_in_place(source: Path, journal: Path) -> None:
+def _csv_fingerprint(csv: Path) -> str | None:
+    try:
+        with csv.open("rb") as handle:
+            return fingerprint(iter(lambda: handle.read(1 << 20), b""))
+    except FileNotFoundError:
+        return None
+
+
+def _put_in_place(source: Path, journal: Path, csv: Path) -> None:
     temp = journal.with_name(f".{journal.name}.restoring-{os.getpid()}")
     try:
         reader = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
@@ -76,6 +86,15 @@ def _put_in_place(source: Path, journal: Path) -> None:
         conn = sqlite3.connect(temp)
         try:  # the CSV is rewritten from this journal: forget what it last exported
             conn.executemany("DELETE FROM settings WHERE name = ?", [(n,) for n in _EXPORT_STATE])
+            # ... but know the CSV now in place as csvjournal's own (what it shows unknown):
+            # an export killed or cut off by a power loss before its rename must not leave
+            # the old CSV looking like a hand edit.
+            digest = _csv_fingerprint(csv)
+            if digest is not None:
+                conn.execute(
+                    "INSERT INTO settings (name, value) VALUES ('csv_digest', ?)",
+                    (json.dumps(digest),),
+                )
             conn.commit()
         finally:
             conn.close()
@@ -139,7 +158,7 @@ def restore(
         safety = None
         if journal.exists():  # pruned only once restored: retention might drop ``backup``
             safety = _save_current(csv, journal)
-        _put_in_place(source, journal)
+        _put_in_place(source, journal, csv)
     finally:
         lock.release()
     prune_backups(csv, keep_backups)

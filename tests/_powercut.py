@@ -65,14 +65,20 @@ class Disk:
             (self.shadow / "dirs" / str(os.stat(folder).st_ino)).write_text("".join(entries))
         (self.shadow / "root").write_text(str(self.root.stat().st_ino))
 
-    def env(self) -> dict[str, str]:
-        """The environment of a child process on this disk."""
-        return {
+    def env(self, *, kill_at: int | None = None, tally: Path | None = None) -> dict[str, str]:
+        """The environment of a child process on this disk: one that kills itself right
+        after its ``kill_at``-th sync here, if given, and adds a byte to ``tally`` at each."""
+        env = {
             **os.environ,
             "LD_PRELOAD": str(self.shim),
             "POWERCUT_ROOT": str(self.root),
             "POWERCUT_SHADOW": str(self.shadow),
         }
+        if kill_at is not None:
+            env["POWERCUT_KILL_AT"] = str(kill_at)
+        if tally is not None:
+            env["POWERCUT_TALLY"] = str(tally)
+        return env
 
     def cut(self) -> None:
         """Lose power (every process writing here must be dead): the folder now holds what
