@@ -28,7 +28,7 @@ from csvjournal import _forking, _reads
 from csvjournal._background import Background
 from csvjournal._batch import BatchState
 from csvjournal._groupcommit import GroupCommitter
-from csvjournal._importer import check_keys, import_rows
+from csvjournal._importer import check_keys, import_rows, unfinished
 from csvjournal._leases import Action, expire_leases, expiring_rows
 from csvjournal._options import Options
 from csvjournal._schema import driver
@@ -79,8 +79,10 @@ class Handle:
         self._pid = os.getpid()
         created = not options.journal_path.exists()
         # A new journal imports an existing CSV: read and check it before anything exists.
+        # So does one whose creation never finished (if another process is creating it
+        # right now, it finishes first, and this open finds the journal made).
         source = None
-        if created and options.csv_path.exists():
+        if (created or unfinished(options.journal_path)) and options.csv_path.exists():
             source = read_csv(options.csv_path, encoding=options.encoding)
             check_keys(options.csv_path, source, options.key or "")
         self._store = Store(

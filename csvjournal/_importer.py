@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from sqlalchemy import Connection
 
 from csvjournal._schema import driver
-from csvjournal._settings import Settings
+from csvjournal._settings import Settings, write_value
 from csvjournal._writer import PENDING
 from csvjournal.csvio import ParsedCsv
 from csvjournal.errors import CsvFormatError
 
-__all__ = ["check_keys", "import_rows"]
+__all__ = ["check_keys", "import_rows", "unfinished"]
+
+
+def unfinished(journal_path: Path) -> bool:
+    """Whether the journal at ``journal_path`` was never finished: its creation (the schema,
+    then the settings with the import, two transactions) was killed, or cut off by a power
+    loss, before the second committed. Opened as it is, it would be an empty journal, and
+    its exporter would write the CSV's rows away; it must import the CSV again instead."""
+    try:
+        with closing(sqlite3.connect(journal_path)) as conn:
+            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+            if not tables:
+                return True  # the file was made, its schema never committed
+            if "settings" not in tables:
+                return False  # not a journal (or a damaged one): the store says which
+            found = conn.execute("SELECT 1 FROM settings WHERE name = 'key_column'").fetchone()
+            return found is None
+    except sqlite3.Error:
+        return False
 
 
 def check_keys(path: Path, parsed: ParsedCsv, key: str) -> None:
@@ -61,3 +81,8 @@ def import_rows(
             cells[status_cell] = PENDING
         values.append((row[key_index], status, dumps(cells), status in settings.terminal))
     raw.executemany("INSERT INTO rows (key, status, cells, done) VALUES (?, ?, ?, ?)", values)
+    # The CSV stays in place until the first export replaces it: known as csvjournal's own,
+    # so that an export killed (or cut off by a power loss) before its rename does not make
+    # it look like a hand edit. What it shows stays unknown: the exporter renders it anew.
+    if parsed.digest:
+        write_value(conn, "csv_digest", parsed.digest)

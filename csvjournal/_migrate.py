@@ -8,6 +8,7 @@ every worker process does, costs no alembic import (a third of a second).
 from __future__ import annotations
 
 import functools
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,10 @@ __all__ = ["KNOWN_REVISIONS", "check_revision", "current_revision", "head_revisi
 
 # Every revision in migrations/versions, oldest first.
 KNOWN_REVISIONS = ("0001", "0002", "0003", "0004", "0005")
+
+# alembic keeps the running migration's context in module globals (``alembic.context``,
+# ``alembic.op``): two journals created or upgraded at once by two threads would share it.
+_ONE_AT_A_TIME = threading.Lock()
 
 
 def _script_location() -> Path:
@@ -100,4 +105,5 @@ def upgrade(conn: Connection) -> None:
 
     cfg = Config(attributes={"connection": conn})
     cfg.set_main_option("script_location", str(_script_location()))
-    command.upgrade(cfg, "head")
+    with _ONE_AT_A_TIME:
+        command.upgrade(cfg, "head")

@@ -83,12 +83,14 @@ class CsvDialect:
 
 @dataclass(slots=True)
 class ParsedCsv:
-    """A CSV file read as text: its dialect, header, rows and each row's first line."""
+    """A CSV file read as text: its dialect, header, rows and each row's first line, and
+    the :func:`fingerprint` of the file's bytes."""
 
     dialect: CsvDialect
     header: list[str]
     rows: list[list[str]]
     lines: list[int]
+    digest: str = ""
 
 
 def _decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str, bool]:
@@ -172,7 +174,7 @@ def read_csv(path: Path, *, encoding: str | None = None) -> ParsedCsv:
     )
     header, rows, lines = _parse(path, text, dialect)
     _check_header(path, text, header, dialect)
-    return ParsedCsv(dialect, header, rows, lines)
+    return ParsedCsv(dialect, header, rows, lines, fingerprint(data))
 
 
 def _parse(

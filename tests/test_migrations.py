@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,22 @@ def test_the_free_rows_survive_a_trip_through_the_index_of_revision_0004(csv_pat
         assert taken == [key for _, key, attempts in free if attempts == 0][:2]
         now_free, now_listed = _free_and_listed(path)  # the triggers came back up too
         assert now_listed == now_free == [row for row in free if row[1] not in taken]
+
+
+def test_journals_are_created_and_upgraded_from_several_threads_at_once(tmp_path: Path) -> None:
+    # alembic keeps its migration context in module globals: two migrations at once in
+    # one process must take turns.
+    old = FIXTURES[0]
+    paths = [tmp_path / f"old{i}.csv" for i in range(4)] + [
+        tmp_path / f"new{i}.csv" for i in range(4)
+    ]
+    for path in paths[:4]:
+        shutil.copyfile(old, f"{path}.journal")
+
+    def open_and_close(path: Path) -> str:
+        csvjournal.open(path, key="PO_NUMBER", export=False, keep_backups=0).close()
+        return _revision(Path(f"{path}.journal"))
+
+    with ThreadPoolExecutor(8) as pool:
+        revisions = list(pool.map(open_and_close, paths))
+    assert revisions == [_migrate.head_revision()] * 8

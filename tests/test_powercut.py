@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 
@@ -281,12 +282,16 @@ def _cut_after_every_sync(
         assert done.returncode in expected, done.stderr.decode()
         return disk, tally.stat().st_size if tally.exists() else 0
 
-    _, syncs = run(tmp_path / "whole", None)
-    assert syncs > 0
-    for n in range(1, syncs + 1):
+    def cut_after(n: int) -> None:
         disk, _ = run(tmp_path / f"cut{n}", n)
         disk.cut()
         check(disk)
+
+    _, syncs = run(tmp_path / "whole", None)
+    assert syncs > 0
+    with ThreadPoolExecutor(2) as pool:  # two cuts at a time: the children mostly start up
+        for done in pool.map(cut_after, range(1, syncs + 1)):
+            assert done is None
     return syncs
 
 
@@ -366,4 +371,28 @@ def test_a_power_cut_at_any_point_of_a_schema_upgrade_loses_nothing(
         assert _revision(journal_path) != "0001"
 
     child = script(tmp_path, "opener", _OPENER)
+    assert _cut_after_every_sync(tmp_path, shim, child, prepare, check) > 3
+
+
+_IMPORTER = """
+csvjournal.open(sys.argv[1], key="ID").close()  # imports the CSV into a new journal
+"""
+
+
+def test_a_power_cut_at_any_point_of_an_import_leaves_a_csv_to_import_again(
+    tmp_path: Path, shim: Path
+) -> None:
+    def prepare(disk: Disk) -> list[str]:
+        csv_path = disk.root / "orders.csv"
+        csv_path.write_text("ID,NAME\n" + "".join(f"k{i},name {i}\n" for i in range(50)))
+        return [str(csv_path)]
+
+    def check(disk: Disk) -> None:
+        csv_path = disk.root / "orders.csv"
+        with csvjournal.open(csv_path, key="ID", keep_backups=0) as journal:
+            assert len(journal) == 50
+            assert journal.get("k7")["NAME"] == "name 7"  # type: ignore[index]
+            assert journal.pending()[:2] == ["k0", "k1"]
+
+    child = script(tmp_path, "importer", _IMPORTER)
     assert _cut_after_every_sync(tmp_path, shim, child, prepare, check) > 3
