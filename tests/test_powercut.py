@@ -396,3 +396,34 @@ def test_a_power_cut_at_any_point_of_an_import_leaves_a_csv_to_import_again(
 
     child = script(tmp_path, "importer", _IMPORTER)
     assert _cut_after_every_sync(tmp_path, shim, child, prepare, check) > 3
+
+
+_MERGER = """
+csvjournal.merge_csv(sys.argv[1])  # brings the hand edits of the CSV into the journal
+"""
+
+
+def test_a_power_cut_at_any_point_of_a_merge_is_undone_by_merging_again(
+    tmp_path: Path, shim: Path
+) -> None:
+    def prepare(disk: Disk) -> list[str]:
+        csv_path = disk.root / "orders.csv"
+        csv_path.write_text("ID,NAME\n" + "".join(f"k{i},name {i}\n" for i in range(30)))
+        with csvjournal.open(csv_path, key="ID", keep_backups=0) as journal:
+            journal.record("k1", "COMPLETED")
+        text = csv_path.read_text().replace("k2,name 2,", "k2,renamed,") + "added,new row,,\n"
+        csv_path.write_text(text)  # edited by hand
+        return [str(csv_path)]
+
+    def check(disk: Disk) -> None:
+        csv_path = disk.root / "orders.csv"
+        assert _integrity(Path(f"{csv_path}.journal")) == "ok"
+        csvjournal.merge_csv(csv_path)  # what a user does after the crash: merge again
+        with csvjournal.open(csv_path, keep_backups=0) as journal:  # no hand-edit alarm
+            assert len(journal) == 31
+            assert journal.get("k2")["NAME"] == "renamed"  # type: ignore[index]
+            assert journal.get("added")["NAME"] == "new row"  # type: ignore[index]
+            assert journal.get("k1")["STATUS"] == "COMPLETED"  # type: ignore[index]
+
+    child = script(tmp_path, "merger", _MERGER)
+    assert _cut_after_every_sync(tmp_path, shim, child, prepare, check) > 1
