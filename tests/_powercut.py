@@ -5,17 +5,25 @@ the folder, the shim keeps a copy of the file's data; each time it syncs a folde
 folder's entries. When the child has been killed, :meth:`Disk.cut` rebuilds the folder from
 those records: every name as of its folder's last sync, every file's data as of its own last
 sync (empty if it never was). That is what a power cut at that instant may leave: POSIX
-promises no more, and a real disk can lose exactly that much.
+promises no more, and a real disk can lose exactly that much. :func:`cut_after_every_sync`
+cuts a whole operation after each of its syncs in turn: every state a power cut can leave.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import sqlite3
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
+
+from _children import READY_TIMEOUT
 
 SHIM_SOURCE = Path(__file__).parent / "powercut" / "shim.c"
 
@@ -102,3 +110,52 @@ class Disk:
                 shutil.copyfile(data, folder / name)
             elif kind == "f":
                 (folder / name).touch()  # its name was synced, its data never
+
+
+def integrity(journal_path: Path) -> str:
+    """SQLite's ``integrity_check`` of the journal: "ok" or its first problem."""
+    with closing(sqlite3.connect(journal_path)) as conn:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def cut_after_every_sync(
+    tmp_path: Path,
+    shim: Path,
+    child: Path,
+    prepare: Callable[[Disk], list[str]],
+    check: Callable[[Disk], None],
+) -> int:
+    """Run ``child`` (with the arguments ``prepare`` returns, having set up a fresh disk)
+    once whole to count its syncs, then once per sync, cutting the power right after it,
+    and ``check`` the disk each time: every state a power cut can leave. Return the count.
+    """
+
+    def run(folder: Path, kill_at: int | None) -> tuple[Disk, int]:
+        disk = Disk(folder / "disk", shim)
+        argv = prepare(disk)
+        disk.settle()
+        tally = folder / "tally"
+        done = subprocess.run(
+            [sys.executable, str(child), *argv],
+            env=disk.env(kill_at=kill_at, tally=tally),
+            capture_output=True,
+            timeout=READY_TIMEOUT,
+            check=False,
+        )
+        # Background threads make the count differ a little from run to run: a run may
+        # end before its ``kill_at``-th sync.
+        expected = (0,) if kill_at is None else (0, -signal.SIGKILL)
+        assert done.returncode in expected, done.stderr.decode()
+        return disk, tally.stat().st_size if tally.exists() else 0
+
+    def cut_after(n: int) -> None:
+        disk, _ = run(tmp_path / f"cut{n}", n)
+        disk.cut()
+        check(disk)
+
+    _, syncs = run(tmp_path / "whole", None)
+    assert syncs > 0
+    with ThreadPoolExecutor(2) as pool:  # two cuts at a time: the children mostly start up
+        for done in pool.map(cut_after, range(1, syncs + 1)):
+            assert done is None
+    return syncs

@@ -1,4 +1,5 @@
-"""Shared fixtures: a journal in a temporary folder, quiet logs that tests can inspect."""
+"""Shared fixtures: a journal in a temporary folder, quiet logs that tests can inspect, the
+power-cut shim."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from _powercut import build_shim
 
 import csvjournal
 
@@ -30,3 +32,12 @@ def journal(csv_path: Path) -> Iterator[csvjournal.Journal]:
     """A new journal keyed by PO_NUMBER, closed after the test."""
     with csvjournal.open(csv_path, key="PO_NUMBER", terminal={"COMPLETED", "NO_ATTACHMENTS"}) as j:
         yield j
+
+
+@pytest.fixture(scope="session")
+def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The power-cut shim (tests/powercut/shim.c), compiled once for the session."""
+    built = build_shim(tmp_path_factory.mktemp("powercut"))
+    if built is None:
+        pytest.skip("simulating a power cut preloads a shim: it needs Linux and a C compiler")
+    return built
