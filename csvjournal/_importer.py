@@ -84,5 +84,4 @@ def import_rows(
     # The CSV stays in place until the first export replaces it: known as csvjournal's own,
     # so that an export killed (or cut off by a power loss) before its rename does not make
     # it look like a hand edit. What it shows stays unknown: the exporter renders it anew.
-    if parsed.digest:
-        write_value(conn, "csv_digest", parsed.digest)
+    write_value(conn, "csv_digest", parsed.digest)

@@ -90,7 +90,7 @@ class ParsedCsv:
     header: list[str]
     rows: list[list[str]]
     lines: list[int]
-    digest: str = ""
+    digest: str
 
 
 def _decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str, bool]:
