@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -123,3 +124,49 @@ def test_a_leader_waits_longer_the_more_callers_of_the_last_group_are_missing() 
     assert len(commit.groups[-1]) == 3
     assert run_threads(staggered, 3) == []
     assert sorted(commit.groups[-1]) == [100, 101, 102]
+
+
+def _interrupt_main_thread() -> None:
+    # The signal reaches the main thread itself and cuts its wait short.
+    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+
+def _interrupt_from_this_thread() -> None:
+    # The signal reaches this thread; the main thread runs the handler only once it wakes.
+    signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.parametrize("interrupt", [_interrupt_main_thread, _interrupt_from_this_thread])
+def test_an_interrupted_caller_still_wakes_the_rest_of_its_group(
+    interrupt: Callable[[], None],
+) -> None:
+    # Callers of a finished group are woken in a chain, each by the one before. Ctrl-C in
+    # the main thread while it waits must not break the chain: the main thread raises
+    # KeyboardInterrupt once its group is done, and the caller after it still returns.
+    commit = Committer(seconds=0.3)
+    committer = GroupCommitter(commit, gather_seconds=0.0)
+    results: dict[int, object] = {}
+
+    def later(n: int, delay: float) -> threading.Thread:
+        def run() -> None:
+            time.sleep(delay)
+            results[n] = committer.submit(n)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    first = later(1, 0.0)  # commits alone, 0.0-0.3 s
+    leader = later(2, 0.05)  # queued first: leads the next group, 0.3-0.6 s
+    last = later(4, 0.15)  # the caller the main thread wakes
+    timer = threading.Timer(0.25, interrupt)
+    time.sleep(0.1)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        committer.submit(3)
+    assert 3 in commit.durable  # raised only after its group's commit
+    for thread in (first, leader, last):
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+    assert results == {1: 10, 2: 20, 4: 40}
+    assert [sorted(group) for group in commit.groups] == [[1], [2, 3, 4]]
