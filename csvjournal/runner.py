@@ -221,6 +221,7 @@ class Runner:
             elif outcome.code == 0:
                 task.record(config.success_status, fields={"ERROR_MESSAGE": "", "EXIT_CODE": "0"})
                 self.stats.add(succeeded=1)
+                log.debug("run_row_done", key=task.key)  # committed: never runs again
             else:
                 self._failed(task.key, outcome)
                 task.finished = True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import random
 import subprocess
 import sys
@@ -232,3 +233,64 @@ def test_the_first_backup_survives_a_power_cut(disk: Disk, tmp_path: Path) -> No
     assert not list_backups(csv_path)
     taken = _run_and_cut(disk, tmp_path, "first", mode="backup", limit=1, after=1)
     assert [Path(path) for path in taken] == list_backups(csv_path)
+
+
+def test_a_run_cut_by_power_resumes_and_runs_no_finished_row_again(
+    disk: Disk, tmp_path: Path
+) -> None:
+    # `csvjournal run` (its worker threads, its commands, its exporter) loses power midway.
+    # Every row it logged as done (after its record returned) must stay done; run again, it
+    # must finish every other row, running each once and no row the journal kept as done.
+    # The commands log their keys outside the disk: what they did in the world survives.
+    csv_path = disk.root / "orders.csv"
+    rows = [f"{i:03d}" for i in range(120)]
+    with csvjournal.open(csv_path, keep_backups=0) as journal, journal.batch():
+        for key in rows:
+            journal.record(key)
+    ran = tmp_path / "ran.log"
+    command = ["--", "sh", "-c", 'echo "$1" >> "$2"', "sh", "{ID}", str(ran)]
+    console = Path(sys.executable).parent / "csvjournal"
+    run = ["run", str(csv_path), "--workers", "3", "--lease", "1", *command]
+    disk.settle()
+    err_path = tmp_path / "run.err"
+    with err_path.open("wb") as err:
+        job = subprocess.Popen(
+            [str(console), "--log-json", "--debug", *run],
+            env=disk.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        target = random.randint(10, 60)
+        while len(lines(ran)) < target:
+            assert job.poll() is None, err_path.read_text()
+            assert time.monotonic() < deadline, "the job ran too few commands in time"
+            time.sleep(0.005)
+    finally:
+        job.kill()
+        job.wait()
+    before = lines(ran)
+    while True:  # its commands run in sessions of their own, not killed: they end at once
+        time.sleep(0.3)
+        if lines(ran) == before:
+            break
+        before = lines(ran)
+    disk.cut()
+    assert integrity(Path(f"{csv_path}.journal")) == "ok"
+    logged = [json.loads(line) for line in lines(err_path) if line.startswith("{")]
+    done = {entry["key"] for entry in logged if entry["event"] == "run_row_done"}
+    kept = {key for key, status in _statuses(csv_path, rows).items() if status == "COMPLETED"}
+    assert done <= kept <= set(before)  # done stays done; done only if its command ran
+
+    resumed = subprocess.run(
+        [str(console), *run], capture_output=True, timeout=READY_TIMEOUT, check=False
+    )
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    again = lines(ran)[len(before) :]
+    assert sorted(again) == sorted(set(rows) - kept)  # each unfinished row once, no done one
+    assert set(_statuses(csv_path, rows).values()) == {"COMPLETED"}
+    with csv_path.open(newline="", encoding="utf-8") as file:
+        assert {row["ID"]: row["STATUS"] for row in csv.DictReader(file)} == dict.fromkeys(
+            rows, "COMPLETED"
+        )
