@@ -54,6 +54,10 @@ POLL_SECONDS = 0.01
 _AFTER_EXPORT_SECONDS = 0.02
 _EVERY_SECONDS = 0.05
 _STANDBY_SECONDS = 0.5
+# Rendered records are stored after an export at most once a second, unless more than this
+# many wait (see _export_or_back_off); else only while no commits come, and at close.
+_SAVE_EVERY_SECONDS = 1.0
+_SAVE_BACKLOG = 100_000
 _BACKOFF_FIRST_SECONDS = 0.05  # the first retry of a failed export, doubling each time
 _BACKOFF_CAP_SECONDS = 30.0
 
@@ -88,6 +92,7 @@ class Exporter:
         self.leading = False
         self.exported_seq = -1
         self._failures = 0
+        self._saved_at = 0.0  # monotonic time of the last records stored after an export
         self._forced = False
         self._before_write: Callable[[], object] | None = None
         self._preview: Preview | None = None
@@ -261,7 +266,13 @@ class Exporter:
         if self._failures:
             log.info("csv_export_recovered", path=str(self._csv_path), attempts=self._failures)
             self._failures = 0
-        self._save_lines(SAVE_CHUNK)  # after the rename: the CSV need not wait for it
+        # After the rename (the CSV need not wait for it), but rarely: each stored record is
+        # a page of WAL, and under load the writers need the disk more than the next exporter
+        # needs the records. The backlog is held in memory, so a large one goes out sooner.
+        backlog = len(self._rendered.unsaved)
+        if backlog > _SAVE_BACKLOG or time.monotonic() - self._saved_at >= _SAVE_EVERY_SECONDS:
+            self._save_lines(SAVE_CHUNK)
+            self._saved_at = time.monotonic()
         return max(_AFTER_EXPORT_SECONDS, _EVERY_SECONDS - (time.monotonic() - started))
 
     def export_now(self) -> None:
