@@ -269,11 +269,12 @@ class Exporter:
         # After the rename (the CSV need not wait for it), but rarely: each stored record is
         # a page of WAL, and under load the writers need the disk more than the next exporter
         # needs the records. The backlog is held in memory, so a large one goes out sooner.
+        now = time.monotonic()
         backlog = len(self._rendered.unsaved)
-        if backlog > _SAVE_BACKLOG or time.monotonic() - self._saved_at >= _SAVE_EVERY_SECONDS:
+        if backlog > _SAVE_BACKLOG or now - self._saved_at >= _SAVE_EVERY_SECONDS:
             self._save_lines(SAVE_CHUNK)
-            self._saved_at = time.monotonic()
-        return max(_AFTER_EXPORT_SECONDS, _EVERY_SECONDS - (time.monotonic() - started))
+            self._saved_at = now = time.monotonic()
+        return max(_AFTER_EXPORT_SECONDS, _EVERY_SECONDS - (now - started))
 
     def export_now(self) -> None:
         """Regenerate the CSV from the journal now (the caller holds the lock).

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from _children import READY_TIMEOUT, lines, script
+from _cli import CONSOLE_SCRIPT
 from _powercut import Disk, integrity
 
 import csvjournal
@@ -249,13 +250,12 @@ def test_a_run_cut_by_power_resumes_and_runs_no_finished_row_again(
             journal.record(key)
     ran = tmp_path / "ran.log"
     command = ["--", "sh", "-c", 'echo "$1" >> "$2"', "sh", "{ID}", str(ran)]
-    console = Path(sys.executable).parent / "csvjournal"
     run = ["run", str(csv_path), "--workers", "3", "--lease", "1", *command]
     disk.settle()
     err_path = tmp_path / "run.err"
     with err_path.open("wb") as err:
         job = subprocess.Popen(
-            [str(console), "--log-json", "--debug", *run],
+            [str(CONSOLE_SCRIPT), "--log-json", "--debug", *run],
             env=disk.env(),
             stdout=subprocess.DEVNULL,
             stderr=err,
@@ -284,7 +284,7 @@ def test_a_run_cut_by_power_resumes_and_runs_no_finished_row_again(
     assert done <= kept <= set(before)  # done stays done; done only if its command ran
 
     resumed = subprocess.run(
-        [str(console), *run], capture_output=True, timeout=READY_TIMEOUT, check=False
+        [str(CONSOLE_SCRIPT), *run], capture_output=True, timeout=READY_TIMEOUT, check=False
     )
     assert resumed.returncode == 0, resumed.stderr.decode()
     again = lines(ran)[len(before) :]

@@ -102,6 +102,10 @@ def test_a_power_cut_at_any_point_of_a_schema_upgrade_loses_nothing(
     assert cut_after_every_sync(tmp_path, shim, child, prepare, check) > 3
 
 
+def _write_sheet(csv_path: Path, rows: int) -> None:
+    csv_path.write_text("ID,NAME\n" + "".join(f"k{i},name {i}\n" for i in range(rows)))
+
+
 _IMPORTER = """
 csvjournal.open(sys.argv[1], key="ID").close()  # imports the CSV into a new journal
 """
@@ -112,7 +116,7 @@ def test_a_power_cut_at_any_point_of_an_import_leaves_a_csv_to_import_again(
 ) -> None:
     def prepare(disk: Disk) -> list[str]:
         csv_path = disk.root / "orders.csv"
-        csv_path.write_text("ID,NAME\n" + "".join(f"k{i},name {i}\n" for i in range(50)))
+        _write_sheet(csv_path, 50)
         return [str(csv_path)]
 
     def check(disk: Disk) -> None:
@@ -136,7 +140,7 @@ def test_a_power_cut_at_any_point_of_a_merge_is_undone_by_merging_again(
 ) -> None:
     def prepare(disk: Disk) -> list[str]:
         csv_path = disk.root / "orders.csv"
-        csv_path.write_text("ID,NAME\n" + "".join(f"k{i},name {i}\n" for i in range(30)))
+        _write_sheet(csv_path, 30)
         with csvjournal.open(csv_path, key="ID", keep_backups=0) as journal:
             journal.record("k1", "COMPLETED")
         text = csv_path.read_text().replace("k2,name 2,", "k2,renamed,") + "added,new row,,\n"
