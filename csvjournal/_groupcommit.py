@@ -23,10 +23,20 @@ from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import Generic, TypeVar
 
-__all__ = ["GroupCommitter"]
+__all__ = ["GroupCommitter", "Refused"]
 
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
+
+
+class Refused:
+    """A result of ``commit`` that fails its own caller alone (the item was not committed;
+    the rest of the group was): :meth:`GroupCommitter.submit` raises ``error``."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 class _Slot(Generic[_Item, _Result]):
@@ -65,16 +75,23 @@ class _Slot(Generic[_Item, _Result]):
     def outcome(self) -> _Result:
         if self.error is not None:
             raise self.error
-        return self.result  # type: ignore[return-value]
+        return _unwrap(self.result)
+
+
+def _unwrap(result: _Result | None) -> _Result:
+    if isinstance(result, Refused):
+        raise result.error
+    return result  # type: ignore[return-value]  # set from commit's results by now
 
 
 class GroupCommitter(Generic[_Item, _Result]):
     """Batch concurrent :meth:`submit` calls into calls of ``commit(items) -> results``.
 
     ``commit`` must run one transaction for all the items it is given and return one
-    result per item, in order, or raise. ``sync``, if given, makes the last commit durable
-    (an fsync): it runs after the next group's leader was let go, so one group's fsync
-    overlaps the next group's transaction, and callers return only after it.
+    result per item, in order, or raise (failing every caller of the group). A result may
+    be a :class:`Refused`: that caller alone fails. ``sync``, if given, makes the last
+    commit durable (an fsync): it runs after the next group's leader was let go, so one
+    group's fsync overlaps the next group's transaction, and callers return only after it.
 
     A leader waits up to ``gather_seconds`` for each caller of the last group that has not
     come back yet: after a group's fsync its callers return and come back one at a time
@@ -115,7 +132,7 @@ class GroupCommitter(Generic[_Item, _Result]):
                 self._hand_over(1)
             if self._sync is not None:
                 self._sync()
-            return result
+            return _unwrap(result)
         slot: _Slot[_Item, _Result] = _Slot(item)
         with self._mutex:
             self._queue.append(slot)

@@ -27,16 +27,16 @@ from sqlalchemy import Connection
 from csvjournal import _forking, _reads
 from csvjournal._background import Background
 from csvjournal._batch import BatchState
-from csvjournal._groupcommit import GroupCommitter
+from csvjournal._groupcommit import GroupCommitter, Refused
 from csvjournal._importer import check_keys, import_rows, unfinished
 from csvjournal._leases import Action, expire_leases, expiring_rows
 from csvjournal._options import Options
 from csvjournal._schema import driver
 from csvjournal._settings import Settings, settle
 from csvjournal._values import format_timestamp, timestamp_now
-from csvjournal._writer import PENDING, RecordOp, Writer
+from csvjournal._writer import IN_PROGRESS, PENDING, RecordCall, RecordOp, Writer, prepare_record
 from csvjournal.backup import PendingBackup, backups_folder, take_backup
-from csvjournal.csvio import read_csv
+from csvjournal.csvio import EXCEL_MAX_CELL, read_csv
 from csvjournal.errors import JournalClosedError
 from csvjournal.exporter import Exporter
 from csvjournal.recovery import check_integrity
@@ -51,7 +51,7 @@ _HOST = socket.gethostname()
 # there; they are kept here, unused, until the process ends.
 _fork_orphans: list[object] = []
 
-Item = RecordOp | Action
+Item = RecordCall | Action
 
 
 class Handle:
@@ -66,6 +66,7 @@ class Handle:
         # rows claimed through this handle: key -> the worker holding it
         self._held: dict[str, str] = {}
         self._held_lock = threading.Lock()
+        self._warned_cells = False
         self._session_check: Background | None = None
         self._session_time = 0.0
         self._session_stamp = ""
@@ -313,8 +314,10 @@ class Handle:
         """Commit ``item``: in this thread's open batch, else in a group commit."""
         batch: BatchState | None = self._batches.get(threading.get_ident())
         if batch is not None:
-            if isinstance(item, RecordOp):
-                return batch.add(item)
+            if isinstance(item, RecordCall):
+                op = self._prepare(item)
+                self._finished([op])
+                return batch.add(op)
             return batch.run(item)
         self._gate.enter()
         try:
@@ -322,7 +325,44 @@ class Handle:
         finally:
             self._gate.exit()
 
-    def _commit_group(self, items: Sequence[Item]) -> list[object]:
+    def _prepare(self, call: RecordCall) -> RecordOp:
+        """Validate a ``record()`` call (see :func:`prepare_record` for what it raises)."""
+        key, status, fields, more, worker = call
+        op = prepare_record(self._settings, key, status, fields, more, worker=worker)
+        cells = op.fields
+        if cells and not self._warned_cells and max(map(len, cells.values())) > EXCEL_MAX_CELL:
+            self._warned_cells = True
+            log.warning("excel_cell_limit_exceeded", path=str(self.csv_path), key=op.key)
+        return op
+
+    def _finished(self, ops: Sequence[RecordOp]) -> None:
+        """Forget the claims of this handle that ``ops`` finish (nothing to give back)."""
+        if self._held:
+            with self._held_lock:
+                for op in ops:
+                    if op.status not in (None, IN_PROGRESS):
+                        self._held.pop(op.key, None)
+
+    def _commit_group(self, calls: Sequence[Item]) -> list[object]:
+        # Each record call is validated here, not in its caller (see RecordCall); one that
+        # fails is refused alone and the others commit.
+        results: list[object] = []
+        items: list[RecordOp | Action] = []
+        for call in calls:
+            try:
+                item = call if isinstance(call, Action) else self._prepare(call)
+            except Exception as exc:
+                results.append(Refused(exc))
+            else:
+                results.append(None)
+                items.append(item)
+        if items:
+            done = iter(self._commit_items(items))
+            results = [next(done) if r is None else r for r in results]
+            self._finished([item for item in items if type(item) is RecordOp])
+        return results
+
+    def _commit_items(self, items: Sequence[RecordOp | Action]) -> list[object]:
         writer = self._writer
         store = self._store
         with self._write_lock:

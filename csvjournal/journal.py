@@ -17,11 +17,9 @@ from csvjournal import _forking, _reads
 from csvjournal._batch import BatchState
 from csvjournal._claims import Claims
 from csvjournal._flush import export_to, flush_csv
-from csvjournal._options import Options
 from csvjournal._values import render_value
-from csvjournal._writer import IN_PROGRESS, prepare_record
+from csvjournal._writer import RecordCall
 from csvjournal.backup import list_backups
-from csvjournal.csvio import EXCEL_MAX_CELL
 from csvjournal.errors import BatchOpenError, CsvJournalError, ExportError
 from csvjournal.exporter import Exporter
 from csvjournal.recovery import RecoveryReport, check_integrity
@@ -44,10 +42,6 @@ class Journal(Claims):
     Create it with :func:`csvjournal.open`. It is safe to share between threads; passed to
     a worker process (fork or spawn) it reopens there as a non-exporting handle.
     """
-
-    def __init__(self, options: Options) -> None:
-        self._warned_cells = False
-        super().__init__(options)
 
     @property
     def columns(self) -> list[str]:
@@ -83,15 +77,8 @@ class Journal(Claims):
             JournalClosedError: the handle is closed.
         """
         self._ensure()
-        op = prepare_record(self._settings, key, status, fields, more, worker=self._worker_name())
-        cells = op.fields
-        if cells and not self._warned_cells and max(map(len, cells.values())) > EXCEL_MAX_CELL:
-            self._warned_cells = True
-            log.warning("excel_cell_limit_exceeded", path=str(self.csv_path), key=op.key)
-        seq: int = self._write(op)  # type: ignore[assignment]
-        if self._held and op.status not in (None, IN_PROGRESS) and op.key in self._held:
-            with self._held_lock:
-                self._held.pop(op.key, None)  # finished: nothing to give back at close
+        call = RecordCall(key, status, fields, more, self._worker_name())
+        seq: int = self._write(call)  # type: ignore[assignment]
         return seq
 
     @contextmanager

@@ -162,6 +162,53 @@ def test_threads_share_one_handle(tmp_path: Path) -> None:
         journal.close()
 
 
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [({"SET": {1}}, TypeError), ({"": "empty name"}, csvjournal.RecordError)],
+)
+def test_a_bad_record_among_concurrent_ones_fails_alone(
+    tmp_path: Path, bad: dict[str, object], error: type[Exception]
+) -> None:
+    # Group commits validate their callers' records together: a bad one must fail its own
+    # caller with its own error and leave no trace, and its group must commit the rest.
+    journal = csvjournal.open(tmp_path / "orders.csv", key=KEY, export=False)
+    barrier = threading.Barrier(THREADS, timeout=GATE_TIMEOUT)
+    refused: list[str] = []
+    problems: list[str] = []
+
+    def work(worker: str) -> None:
+        barrier.wait()
+        for i in range(150):
+            key = _key(worker, i)
+            try:
+                if i % 3 == 1:
+                    journal.record(f"bad-{key}", "FAILED", fields=bad)
+                    problems.append(f"{key}: a bad record was accepted")
+                else:
+                    journal.record(key, "COMPLETED", N=i)
+            except error:
+                refused.append(key)
+            except BaseException:
+                problems.append(traceback.format_exc())
+
+    threads = [threading.Thread(target=work, args=(f"t{n}",)) for n in range(THREADS)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(JOIN_TIMEOUT)
+        assert problems == []
+        assert len(refused) == THREADS * 50
+        assert len(journal) == THREADS * 100
+        assert journal.counts() == {"COMPLETED": THREADS * 100}
+        assert journal.columns == [KEY, "STATUS", "LAST_PROCESSED", "N"]
+        assert all(journal.get(f"bad-{key}") is None for key in refused)
+    finally:
+        journal.close()
+    with closing(sqlite3.connect(tmp_path / "orders.csv.journal")) as conn:
+        assert conn.execute("SELECT count(*) FROM events WHERE key LIKE 'bad-%'").fetchone() == (0,)
+
+
 # -- processes ---------------------------------------------------------------------------
 # Worker functions live at module level so that spawn can pickle them by reference.
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from csvjournal._groupcommit import GroupCommitter
+from csvjournal._groupcommit import GroupCommitter, Refused
 
 
 class Committer:
@@ -103,6 +103,42 @@ def test_a_failed_group_fails_every_caller_in_it_and_only_them() -> None:
         else:
             assert results[n] == n * 10
     assert committer.submit(99) == 990  # the committer goes on after a failure
+
+
+@pytest.mark.parametrize("together", [1, 8])
+def test_a_refused_item_fails_its_own_caller_and_the_rest_of_its_group_commits(
+    together: int,
+) -> None:
+    committed: list[list[int]] = []
+    release = threading.Event()
+
+    def commit(items: Sequence[int]) -> list[object]:
+        release.wait(5)  # the first group holds the others back until all have queued
+        committed.append(list(items))
+        return [item * 10 if item % 2 == 0 else Refused(ValueError(item)) for item in items]
+
+    committer: GroupCommitter[int, object] = GroupCommitter(commit, gather_seconds=0.001)
+    results: dict[int, object] = {}
+
+    def work(n: int) -> None:
+        if n == 0:
+            time.sleep(0.05)  # the others queue behind the first commit meanwhile
+            release.set()
+        try:
+            results[n] = committer.submit(n)
+        except ValueError as exc:
+            results[n] = exc
+
+    assert run_threads(work, together) == []
+    mixed = [group for group in committed if {n % 2 for n in group} == {0, 1}]
+    assert mixed or together == 1  # a refused and a committed item shared a group
+    for n in range(together):
+        if n % 2:
+            assert isinstance(results[n], ValueError)
+            assert results[n].args == (n,)  # its own error
+        else:
+            assert results[n] == n * 10
+    assert committer.submit(4) == 40  # the committer goes on
 
 
 def test_a_leader_waits_longer_the_more_callers_of_the_last_group_are_missing() -> None:
