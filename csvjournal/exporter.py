@@ -206,13 +206,15 @@ class Exporter:
         try:
             self._warm_up()
             delay = POLL_SECONDS
+            version = None
             while not self._stopped(delay):
                 with self._gate.operation():  # no connection may be open across a fork
-                    with self._store.read() as conn:
-                        newest = _reads.last_seq(conn)
                     # A CSV deleted by hand is written anew, commits or not.
-                    idle = not self._forced and self._csv_path.exists()
-                    if newest <= self.exported_seq and self._failures == 0 and idle:
+                    idle = not self._forced and self._failures == 0 and self._csv_path.exists()
+                    # The newest event is read only when someone committed since the last
+                    # poll: an idle exporter polls a hundred times a second.
+                    seen, version = version, self._store.data_version()
+                    if idle and (seen == version or self._newest() <= self.exported_seq):
                         self._save_lines(SAVE_CHUNK)  # quiet now: a chunk a poll
                         delay = POLL_SECONDS
                         continue
@@ -226,6 +228,10 @@ class Exporter:
                 self._save_lines()
         finally:
             self.release()
+
+    def _newest(self) -> int:
+        with self._store.read() as conn:
+            return _reads.last_seq(conn)
 
     def _warm_up(self) -> None:
         """Render the CSV now if the take-over found it current and left it unrendered:

@@ -191,3 +191,20 @@ def test_another_sqlite_database_is_refused_and_left_alone(csv_path: Path) -> No
     with pytest.raises(csvjournal.SettingsError, match="not a csvjournal journal"):
         csvjournal.open(csv_path, key="ID")
     assert journal_path.read_bytes() == before
+
+
+def test_the_change_token_moves_with_every_commit_of_any_connection(csv_path: Path) -> None:
+    # The exporter reads the newest event only when this token moved since its last poll.
+    with csvjournal.open(csv_path, key="ID", export=False) as journal:
+        store: Store = journal._store
+        quiet = store.data_version()
+        assert store.data_version() == quiet
+        journal.record("a")  # this handle's own writer connection
+        after_record = store.data_version()
+        assert after_record != quiet
+        with sqlite3.connect(f"{csv_path}.journal") as other:  # any other connection
+            other.execute("INSERT INTO settings (name, value) VALUES ('marker', '1')")
+        after_other = store.data_version()
+        assert after_other != after_record
+        store.close()  # as before a fork: a new connection counts anew
+        assert store.data_version() != after_other
