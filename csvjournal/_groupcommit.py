@@ -90,8 +90,9 @@ class GroupCommitter(Generic[_Item, _Result]):
     ``commit`` must run one transaction for all the items it is given and return one
     result per item, in order, or raise (failing every caller of the group). A result may
     be a :class:`Refused`: that caller alone fails. ``sync``, if given, makes the last
-    commit durable (an fsync): it runs after the next group's leader was let go, so one
-    group's fsync overlaps the next group's transaction, and callers return only after it.
+    commit durable (an fsync; none when every item was refused): it runs after the next
+    group's leader was let go, so one group's fsync overlaps the next group's transaction,
+    and callers return only after it.
 
     A leader waits up to ``gather_seconds`` for each caller of the last group that has not
     come back yet: after a group's fsync its callers return and come back one at a time
@@ -130,7 +131,7 @@ class GroupCommitter(Generic[_Item, _Result]):
                 result = self._commit((item,))[0]
             finally:
                 self._hand_over(1)
-            if self._sync is not None:
+            if self._sync is not None and type(result) is not Refused:
                 self._sync()
             return _unwrap(result)
         slot: _Slot[_Item, _Result] = _Slot(item)
@@ -173,7 +174,7 @@ class GroupCommitter(Generic[_Item, _Result]):
                 results = self._commit([slot.item for slot in group])
             finally:
                 self._hand_over(len(group))
-            if self._sync is not None:
+            if self._sync is not None and not all(type(r) is Refused for r in results):
                 self._sync()
         except BaseException as exc:
             for slot in group:

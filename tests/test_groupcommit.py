@@ -141,6 +141,24 @@ def test_a_refused_item_fails_its_own_caller_and_the_rest_of_its_group_commits(
     assert committer.submit(4) == 40  # the committer goes on
 
 
+def test_a_commit_that_refused_every_item_is_not_synced() -> None:
+    syncs: list[list[int]] = []
+    groups: list[list[int]] = []
+
+    def commit(items: Sequence[int]) -> list[object]:
+        groups.append(list(items))
+        return [Refused(ValueError(item)) if item < 0 else item for item in items]
+
+    committer: GroupCommitter[int, object] = GroupCommitter(
+        commit, lambda: syncs.append(groups[-1])
+    )
+    with pytest.raises(ValueError, match="-1"):
+        committer.submit(-1)
+    assert syncs == []  # nothing was committed: no fsync
+    assert committer.submit(1) == 1
+    assert syncs == [[1]]
+
+
 def test_a_leader_waits_longer_the_more_callers_of_the_last_group_are_missing() -> None:
     # After a group of 3, the next leader waits up to 0.1 s for each of the 2 missing: the
     # others coming back 60 ms apart (as threads do, one at a time) still share its commit.
