@@ -7,7 +7,8 @@ after round in a rotating order, so the disk's drifting fsync time hits them ali
 contender's ratio is its time-weighted rate over the raw rate of the same rounds, and
 per-round ratios give the spread (median, min, max). The journal core is measured as issue
 2 defines it, on handles with ``export=False``; the same contenders with an exporter thread
-follow, for the record.
+follow, for the record, and then issue 2's prototype (``_prototype.py``: the bare design the
+issue's targets came from), the ceiling of the design on the day's machine.
 
     python benchmarks/bench_record.py [--rounds 45] [--chunk 100] [--batch 100000]
 """
