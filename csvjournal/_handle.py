@@ -14,7 +14,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -27,16 +27,17 @@ from sqlalchemy import Connection
 from csvjournal import _forking, _reads
 from csvjournal._background import Background
 from csvjournal._batch import BatchState
-from csvjournal._groupcommit import GroupCommitter, Refused
+from csvjournal._commits import Commits, Item
+from csvjournal._groupcommit import GroupCommitter
 from csvjournal._importer import check_keys, import_rows, unfinished
 from csvjournal._leases import Action, expire_leases, expiring_rows
 from csvjournal._options import Options
 from csvjournal._schema import driver
 from csvjournal._settings import Settings, settle
 from csvjournal._values import format_timestamp, timestamp_now
-from csvjournal._writer import IN_PROGRESS, PENDING, RecordCall, RecordOp, Writer, prepare_record
+from csvjournal._writer import PENDING, RecordCall, Writer
 from csvjournal.backup import PendingBackup, backups_folder, take_backup
-from csvjournal.csvio import EXCEL_MAX_CELL, read_csv
+from csvjournal.csvio import read_csv
 from csvjournal.errors import JournalClosedError
 from csvjournal.exporter import Exporter
 from csvjournal.recovery import check_integrity
@@ -51,8 +52,6 @@ _HOST = socket.gethostname()
 # there; they are kept here, unused, until the process ends.
 _fork_orphans: list[object] = []
 
-Item = RecordCall | Action
-
 
 class Handle:
     """Open files, exporter, fork handling and the write paths of one journal handle."""
@@ -66,7 +65,6 @@ class Handle:
         # rows claimed through this handle: key -> the worker holding it
         self._held: dict[str, str] = {}
         self._held_lock = threading.Lock()
-        self._warned_cells = False
         self._session_check: Background | None = None
         self._session_time = 0.0
         self._session_stamp = ""
@@ -118,8 +116,19 @@ class Handle:
         # thread id -> that thread's open batch (a dict: a missing attribute of a
         # threading.local costs more than a record's whole validation)
         self._batches: dict[int, BatchState] = {}
+        self._commits = Commits(
+            self._store,
+            self._settings,
+            self._writer,
+            write_lock=self._write_lock,
+            held=self._held,
+            held_lock=self._held_lock,
+            csv_path=options.csv_path,
+        )
         sync = self._store.sync_wal if options.durability == "full" else None
-        self._committer: GroupCommitter[Item, object] = GroupCommitter(self._commit_group, sync)
+        self._committer: GroupCommitter[Item, object] = GroupCommitter(
+            self._commits.commit_group, sync
+        )
         self._exporter: Exporter | None = None
         if options.export:
             self._start_exporter()
@@ -315,8 +324,8 @@ class Handle:
         batch: BatchState | None = self._batches.get(threading.get_ident())
         if batch is not None:
             if isinstance(item, RecordCall):
-                op = self._prepare(item)
-                self._finished([op])
+                op = self._commits.prepare(item)
+                self._commits.finished([op])
                 return batch.add(op)
             return batch.run(item)
         self._gate.enter()
@@ -324,80 +333,6 @@ class Handle:
             return self._committer.submit(item)
         finally:
             self._gate.exit()
-
-    def _prepare(self, call: RecordCall) -> RecordOp:
-        """Validate a ``record()`` call (see :func:`prepare_record` for what it raises)."""
-        key, status, fields, more, worker = call
-        op = prepare_record(self._settings, key, status, fields, more, worker=worker)
-        cells = op.fields
-        if cells and not self._warned_cells and max(map(len, cells.values())) > EXCEL_MAX_CELL:
-            self._warned_cells = True
-            log.warning("excel_cell_limit_exceeded", path=str(self.csv_path), key=op.key)
-        return op
-
-    def _finished(self, ops: Sequence[RecordOp]) -> None:
-        """Forget the claims of this handle that ``ops`` finish (nothing to give back)."""
-        if self._held:
-            with self._held_lock:
-                for op in ops:
-                    if op.status not in (None, IN_PROGRESS):
-                        self._held.pop(op.key, None)
-
-    def _commit_group(self, calls: Sequence[Item]) -> list[object]:
-        # Each record call is validated here, not in its caller (see RecordCall); one that
-        # fails is refused alone and the others commit.
-        results: list[object] = []
-        items: list[RecordOp | Action] = []
-        for call in calls:
-            try:
-                item = call if isinstance(call, Action) else self._prepare(call)
-            except Exception as exc:
-                results.append(Refused(exc))
-            else:
-                results.append(None)
-                items.append(item)
-        if items:
-            done = iter(self._commit_items(items))
-            results = [next(done) if r is None else r for r in results]
-            self._finished([item for item in items if type(item) is RecordOp])
-        return results
-
-    def _commit_items(self, items: Sequence[RecordOp | Action]) -> list[object]:
-        writer = self._writer
-        store = self._store
-        with self._write_lock:
-            conn = store.writer()
-            queued = store.begin_writer(conn)
-            mark = writer.begin()
-            try:
-                if type(items[0]) is RecordOp and all(type(i) is RecordOp for i in items):
-                    ops: Sequence[RecordOp] = items  # type: ignore[assignment]
-                    if len(ops) > 1:
-                        for op in ops:
-                            writer.allocate(conn, op)
-                    writer.apply(conn, ops)
-                    results: list[object] = [op.seq for op in ops]
-                else:
-                    results = [
-                        item.run(conn, writer)
-                        if isinstance(item, Action)
-                        else self._apply_one(conn, item)
-                        for item in items
-                    ]
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                writer.restore(mark)
-                raise
-            finally:
-                store.end_writer(queued)
-        return results
-
-    def _apply_one(self, conn: Any, op: RecordOp) -> int:
-        seq = self._writer.allocate(conn, op)
-        self._writer.apply(conn, [op])
-        return seq
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:

@@ -1,0 +1,133 @@
+"""What a group commit commits: record() calls validated by the group's leader, claims and
+other :class:`~csvjournal._leases.Action`\\ s, in one write transaction.
+
+:class:`Commits` belongs to one attached handle (a forked child attaches anew). The group's
+leader validates every ``record()`` call of its group in one loop (see
+:class:`~csvjournal._writer.RecordCall`); a call that fails validation is refused alone and
+the rest of the group commits.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from csvjournal._groupcommit import Refused
+from csvjournal._leases import Action
+from csvjournal._settings import Settings
+from csvjournal._writer import IN_PROGRESS, RecordCall, RecordOp, Writer, prepare_record
+from csvjournal.csvio import EXCEL_MAX_CELL
+from csvjournal.store import Store
+
+__all__ = ["Commits", "Item"]
+
+log = structlog.get_logger(__name__)
+
+Item = RecordCall | Action
+
+
+class Commits:
+    """Validation of ``record()`` calls and the write transaction of a group commit."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        writer: Writer,
+        *,
+        write_lock: threading.Lock,
+        held: dict[str, str],
+        held_lock: threading.Lock,
+        csv_path: Path,
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._writer = writer
+        self._write_lock = write_lock
+        self._held = held  # rows claimed through the handle: key -> the worker holding it
+        self._held_lock = held_lock
+        self._csv_path = csv_path
+        self._warned_cells = False
+
+    def prepare(self, call: RecordCall) -> RecordOp:
+        """Validate a ``record()`` call (see :func:`prepare_record` for what it raises)."""
+        key, status, fields, more, worker = call
+        op = prepare_record(self._settings, key, status, fields, more, worker=worker)
+        cells = op.fields
+        if cells and not self._warned_cells and max(map(len, cells.values())) > EXCEL_MAX_CELL:
+            self._warned_cells = True
+            log.warning("excel_cell_limit_exceeded", path=str(self._csv_path), key=op.key)
+        return op
+
+    def finished(self, ops: Sequence[RecordOp]) -> None:
+        """Forget the claims of the handle that ``ops`` finish (nothing to give back)."""
+        if self._held:
+            with self._held_lock:
+                for op in ops:
+                    if op.status not in (None, IN_PROGRESS):
+                        self._held.pop(op.key, None)
+
+    def commit_group(self, calls: Sequence[Item]) -> list[object]:
+        """Commit a group's items in one transaction; return one result per item, a
+        :class:`Refused` for a call that failed validation.
+
+        Raises:
+            JournalBusyError: other writers held the journal past the busy timeout.
+            BaseException: whatever the transaction raised (the whole group failed).
+        """
+        results: list[object] = []
+        items: list[RecordOp | Action] = []
+        for call in calls:
+            try:
+                item = call if isinstance(call, Action) else self.prepare(call)
+            except Exception as exc:  # this call's own error: TypeError, RecordError
+                results.append(Refused(exc))
+            else:
+                results.append(None)
+                items.append(item)
+        if items:
+            done = iter(self._commit(items))
+            results = [next(done) if r is None else r for r in results]
+            self.finished([item for item in items if type(item) is RecordOp])
+        return results
+
+    def _commit(self, items: Sequence[RecordOp | Action]) -> list[object]:
+        writer = self._writer
+        store = self._store
+        with self._write_lock:
+            conn = store.writer()
+            queued = store.begin_writer(conn)
+            mark = writer.begin()
+            try:
+                if type(items[0]) is RecordOp and all(type(i) is RecordOp for i in items):
+                    ops: Sequence[RecordOp] = items  # type: ignore[assignment]
+                    if len(ops) > 1:
+                        for op in ops:
+                            writer.allocate(conn, op)
+                    writer.apply(conn, ops)
+                    results: list[object] = [op.seq for op in ops]
+                else:
+                    results = [
+                        item.run(conn, writer)
+                        if isinstance(item, Action)
+                        else self._apply_one(conn, item)
+                        for item in items
+                    ]
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                writer.restore(mark)
+                raise
+            finally:
+                store.end_writer(queued)
+        return results
+
+    def _apply_one(self, conn: Any, op: RecordOp) -> int:
+        seq = self._writer.allocate(conn, op)
+        self._writer.apply(conn, [op])
+        return seq
