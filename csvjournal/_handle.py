@@ -325,7 +325,8 @@ class Handle:
         if batch is not None:
             if isinstance(item, RecordCall):
                 op = self._commits.prepare(item)
-                self._commits.finished([op])
+                if self._held:
+                    self._commits.finished([op])
                 return batch.add(op)
             return batch.run(item)
         self._gate.enter()
