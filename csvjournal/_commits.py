@@ -10,7 +10,8 @@ the rest of the group commits.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +75,13 @@ class Commits:
 
     def commit_group(self, calls: Sequence[Item]) -> list[object]:
         """Commit a group's items in one transaction; return one result per item, a
-        :class:`Refused` for a call that failed validation.
+        :class:`Refused` for a call that failed validation (and, when the transaction
+        fails, for the others too, with its error).
 
         Raises:
-            JournalBusyError: other writers held the journal past the busy timeout.
-            BaseException: whatever the transaction raised (the whole group failed).
+            JournalBusyError: other writers held the journal past the busy timeout (when
+                no call was refused).
+            BaseException: whatever else the transaction raised (the whole group failed).
         """
         results: list[object] = []
         items: list[RecordOp | Action] = []
@@ -91,9 +94,16 @@ class Commits:
                 results.append(None)
                 items.append(item)
         if items:
-            done = iter(self._commit(items))
+            try:
+                done: Iterator[object] = iter(self._commit(items))
+            except Exception as exc:
+                if len(items) == len(calls):
+                    raise  # the whole group fails with it
+                # Calls refused already keep their own error (a TypeError stays one).
+                done = repeat(Refused(exc))
+            else:
+                self.finished([item for item in items if type(item) is RecordOp])
             results = [next(done) if r is None else r for r in results]
-            self.finished([item for item in items if type(item) is RecordOp])
         return results
 
     def _commit(self, items: Sequence[RecordOp | Action]) -> list[object]:
