@@ -18,17 +18,32 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["Prototype"]
+__all__ = ["INSERT_EVENT", "UPSERT_ROW", "Prototype", "raw_connection"]
 
 GATHER_SECONDS = 300e-6  # "a few hundred microseconds"
 
-_INSERT_EVENT = (
-    "INSERT INTO events (key, status, fields, at, worker, pid) VALUES (?, ?, ?, ?, ?, ?)"
-)
-_UPSERT_ROW = (
+# Raw sqlite3's work per record, the baseline's and the prototype's alike.
+INSERT_EVENT = "INSERT INTO events (key, status, fields, at, worker, pid) VALUES (?, ?, ?, ?, ?, ?)"
+UPSERT_ROW = (
     "INSERT INTO rows (key, status, cells) VALUES (?, ?, ?) ON CONFLICT (key)"
     " DO UPDATE SET status = excluded.status, cells = excluded.cells"
 )
+
+
+def raw_connection(path: Path, synchronous: str) -> sqlite3.Connection:
+    """A new database in WAL mode with raw sqlite3's two tables (autocommit, any thread)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute(
+        "CREATE TABLE rows (pos INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,"
+        " status TEXT NOT NULL, cells TEXT NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, status TEXT,"
+        " fields TEXT NOT NULL, at TEXT NOT NULL, worker TEXT NOT NULL, pid INTEGER)"
+    )
+    return conn
 
 
 class _Waiter:
@@ -46,17 +61,7 @@ class Prototype:
     """Minimal group commit over one raw ``sqlite3`` connection shared by threads."""
 
     def __init__(self, path: Path, synchronous: str) -> None:
-        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.execute(f"PRAGMA synchronous = {synchronous}")
-        self.conn.execute(
-            "CREATE TABLE rows (pos INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,"
-            " status TEXT NOT NULL, cells TEXT NOT NULL)"
-        )
-        self.conn.execute(
-            "CREATE TABLE events (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, status TEXT,"
-            " fields TEXT NOT NULL, at TEXT NOT NULL, worker TEXT NOT NULL, pid INTEGER)"
-        )
+        self.conn = raw_connection(path, synchronous)
         self._mutex = threading.Lock()
         self._arrived = threading.Condition(self._mutex)
         self._queue: list[_Waiter] = []
@@ -108,8 +113,8 @@ class Prototype:
         try:
             for waiter in group:
                 key, status, cells = waiter.params
-                conn.execute(_INSERT_EVENT, (key, status, cells, at, "prototype", pid))
-                conn.execute(_UPSERT_ROW, (key, status, cells))
+                conn.execute(INSERT_EVENT, (key, status, cells, at, "prototype", pid))
+                conn.execute(UPSERT_ROW, (key, status, cells))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

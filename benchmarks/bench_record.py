@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from _common import Steal, quiet_logs
-from _prototype import Prototype
+from _prototype import INSERT_EVENT, UPSERT_ROW, Prototype, raw_connection
 
 import csvjournal
 
@@ -46,17 +46,7 @@ class RawSqlite:
     """Hand-written sqlite3: the baseline."""
 
     def __init__(self, folder: Path, durability: str) -> None:
-        self.conn = sqlite3.connect(folder / "raw.db", isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")
-        self.conn.execute(
-            "CREATE TABLE rows (pos INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,"
-            " status TEXT NOT NULL, cells TEXT NOT NULL)"
-        )
-        self.conn.execute(
-            "CREATE TABLE events (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, status TEXT,"
-            " fields TEXT NOT NULL, at TEXT NOT NULL, worker TEXT NOT NULL, pid INTEGER)"
-        )
+        self.conn = raw_connection(folder / "raw.db", SYNCHRONOUS[durability])
         self.next = 0
 
     def run(self, n: int) -> float:
@@ -67,16 +57,8 @@ class RawSqlite:
             at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             fields = json.dumps({"ATTACHMENTS_FOUND": str(i % 5)})
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "INSERT INTO events (key, status, fields, at, worker, pid)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (key, "COMPLETED", fields, at, "raw", pid),
-            )
-            conn.execute(
-                "INSERT INTO rows (key, status, cells) VALUES (?, ?, ?) ON CONFLICT (key)"
-                " DO UPDATE SET status = excluded.status, cells = excluded.cells",
-                (key, "COMPLETED", fields),
-            )
+            conn.execute(INSERT_EVENT, (key, "COMPLETED", fields, at, "raw", pid))
+            conn.execute(UPSERT_ROW, (key, "COMPLETED", fields))
             conn.execute("COMMIT")
         self.next += n
         return time.perf_counter() - started
