@@ -90,6 +90,22 @@ def test_under_a_stream_of_commits_a_small_csv_is_exported_at_most_every_50_ms(
     assert _rows(csv_path)[f"k{(n - 1) % 50}"]["N"] == str(n - 1)
 
 
+def test_after_a_quiet_spell_the_exporter_still_notices_a_commit_by_itself(
+    csv_path: Path,
+) -> None:
+    # A quiet exporter polls less often; a commit must still reach the CSV without flush().
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("early", "COMPLETED")
+        journal.flush(timeout=10)
+        time.sleep(1.5)  # longer than the exporter's quiet threshold
+        with csvjournal.open(csv_path, export=False) as other:
+            other.record("late", "COMPLETED")
+        deadline = time.monotonic() + 10
+        while "late" not in _rows(csv_path) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _rows(csv_path)["late"]["STATUS"] == "COMPLETED"
+
+
 def test_export_to_another_path_leaves_the_csv_alone(csv_path: Path, tmp_path: Path) -> None:
     with csvjournal.open(csv_path, key="ID") as journal:
         journal.record("a", "COMPLETED")
