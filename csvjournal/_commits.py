@@ -56,9 +56,7 @@ class Commits:
 
     def prepare(self, call: RecordCall) -> RecordOp:
         """Validate a ``record()`` call (see :func:`prepare_record` for what it raises)."""
-        op = prepare_record(
-            self._settings, call.key, call.status, call.fields, call.more, worker=call.worker
-        )
+        op = prepare_record(self._settings, call)
         cells = op.fields
         if cells and not self._warned_cells and max(map(len, cells.values())) > EXCEL_MAX_CELL:
             self._warned_cells = True

@@ -95,15 +95,7 @@ class RecordOp:
     lease_until: float | None = None  # a claim: the row is leased to ``worker`` until then
 
 
-def prepare_record(
-    settings: Settings,
-    key: object,
-    status: object,
-    fields: Mapping[str, object] | None,
-    more: Mapping[str, object],
-    *,
-    worker: str,
-) -> RecordOp:
+def prepare_record(settings: Settings, call: RecordCall) -> RecordOp:
     """Validate one ``record()`` call and render its values to text.
 
     Raises:
@@ -111,6 +103,7 @@ def prepare_record(
         RecordError: an empty key, field name or status, or fields contradicting the key.
     """
     s = settings
+    key, status, fields, more = call.key, call.status, call.fields, call.more
     key_text = key if type(key) is str else render_value(s.key_column, key)
     if not key_text:
         raise RecordError("a key must not be empty")
@@ -134,7 +127,7 @@ def prepare_record(
         raise RecordError(f"key {key_text!r}: status must not be empty")
     if s.key_column in named and named.pop(s.key_column) != key_text:
         raise RecordError(f"key {key_text!r}: field {s.key_column!r} contradicts the key")
-    return RecordOp(key_text, status_text, named, timestamp_now(), worker)
+    return RecordOp(key_text, status_text, named, timestamp_now(), call.worker)
 
 
 @dataclass(slots=True)
