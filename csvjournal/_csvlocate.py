@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["locate_field", "locate_open_quote"]
+__all__ = ["locate_field", "locate_offset", "locate_open_quote"]
 
 
 def _line_start(text: str, line: int) -> int:
@@ -34,6 +34,12 @@ def _position(text: str, offset: int) -> tuple[int, int]:
         index = end + (2 if text.startswith("\r\n", end) and end + 1 < offset else 1)
         line += 1
         start = index
+
+
+def locate_offset(text: str, offset: int) -> tuple[int, int]:
+    """(line, column), both from 1, of ``offset`` in ``text``: lines end as the csv module
+    ends them (CRLF, LF or a lone CR), columns count characters."""
+    return _position(text, offset)
 
 
 def locate_field(

@@ -63,7 +63,9 @@ def import_rows(
 ) -> None:
     """Insert every row of ``parsed`` in CSV order inside ``conn``'s write transaction.
 
-    Cells stay as written; only an empty (or absent) status becomes ``PENDING``.
+    Cells stay as written: a row with an empty status cell counts as ``PENDING`` (its
+    status) while its cell stays empty until a record sets the status. Only a status column
+    the CSV lacks, appended at import, shows ``PENDING``.
     """
     raw = driver(conn)
     header = parsed.header
@@ -74,11 +76,12 @@ def import_rows(
     dumps = json.JSONEncoder(separators=(",", ":")).encode
     values = []
     for row in parsed.rows:
-        status = row[status_index] if status_index >= 0 else ""
+        # rows.status (counts, pending(), claims) and rows.cells (what the CSV shows) are
+        # kept apart: "import changes no value", so an empty cell stays empty.
         cells = {str(pos): value for pos, value in enumerate(row) if value}
-        if not status:
-            status = PENDING
-            cells[status_cell] = PENDING
+        if status_index < 0:
+            cells[status_cell] = PENDING  # no cell to keep: the appended column shows it
+        status = (row[status_index] if status_index >= 0 else "") or PENDING
         values.append((row[key_index], status, dumps(cells), status in settings.terminal))
     raw.executemany("INSERT INTO rows (key, status, cells, done) VALUES (?, ?, ?, ?)", values)
     # The CSV stays in place until the first export replaces it: known as csvjournal's own,

@@ -13,15 +13,17 @@ STATUS = "STATUS"
 STAMP = "LAST_PROCESSED"
 
 
-def _field(value: str, delimiter: str) -> str:
+def _field(value: str, delimiter: str, quote: str = '"') -> str:
     """Minimal quoting: quoted iff the value holds the delimiter, the quote, CR or LF."""
-    if any(char in value for char in (delimiter, '"', "\r", "\n")):
-        return '"' + value.replace('"', '""') + '"'
+    if any(char in value for char in (delimiter, quote, "\r", "\n")):
+        return quote + value.replace(quote, quote * 2) + quote
     return value
 
 
-def record_text(values: list[str], delimiter: str = ",", terminator: str = "\n") -> str:
-    return delimiter.join(_field(value, delimiter) for value in values) + terminator
+def record_text(
+    values: list[str], delimiter: str = ",", terminator: str = "\n", quote: str = '"'
+) -> str:
+    return delimiter.join(_field(value, delimiter, quote) for value in values) + terminator
 
 
 def csv_text(
@@ -31,14 +33,18 @@ def csv_text(
     delimiter: str = ",",
     terminator: str = "\n",
     final_newline: bool = True,
+    quote: str = '"',
 ) -> str:
-    text = "".join(record_text(record, delimiter, terminator) for record in [header, *rows])
+    text = "".join(record_text(record, delimiter, terminator, quote) for record in [header, *rows])
     return text if final_newline else text[: -len(terminator)]
 
 
-def parse(data: bytes, *, delimiter: str = ",", encoding: str = "utf-8-sig") -> list[list[str]]:
+def parse(
+    data: bytes, *, delimiter: str = ",", encoding: str = "utf-8-sig", quote: str = '"'
+) -> list[list[str]]:
     """Every record of a CSV file as the csv module reads it (BOM dropped)."""
-    return list(csv.reader(io.StringIO(data.decode(encoding), newline=""), delimiter=delimiter))
+    text = io.StringIO(data.decode(encoding), newline="")
+    return list(csv.reader(text, delimiter=delimiter, quotechar=quote))
 
 
 def names(folder: Path) -> list[str]:

@@ -1,9 +1,11 @@
-"""CSV import: bad input refused with file, line and column named; status columns added."""
+"""CSV import: bad input refused with file, line and column named; status columns added;
+the dialect detected from the first records."""
 
 from __future__ import annotations
 
 import codecs
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,11 @@ from _csvio import STAMP, STATUS
 from _csvio import csv_text as _csv_text
 from _csvio import names as _names
 from _csvio import parse as _parse
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import csvjournal
+from csvjournal.csvio import read_csv, render_csv
 
 # -- 1. bad input ----------------------------------------------------------------------------
 
@@ -87,6 +92,15 @@ BAD_COLUMNS = [
     pytest.param(
         "k,v\n1,a\n2,«é»\n".encode() + b"3,caf\xe9\n", "line 4, column 6", id="undecodable"
     ),
+    # lines end as the csv reader ends them: CRLF, LF or a lone CR
+    pytest.param(b"k,v\r1,a\r2,caf\xe9\r", "line 3, column 6", id="undecodable-cr"),
+    pytest.param(b"k,v\r\n1,a\r\n2,caf\xe9\r\n", "line 3, column 6", id="undecodable-crlf"),
+    pytest.param(b'k,v\r1,"a\rb"\r\n2,\xe9\r', "line 4, column 3", id="undecodable-mixed"),
+    pytest.param(
+        codecs.BOM_UTF16_LE + "k,v\r1,a\r2,caf".encode("utf-16-le") + b"\x00\xd8\r\x00",
+        "line 3, column 6",
+        id="undecodable-utf16-cr",
+    ),
 ]
 
 
@@ -140,18 +154,21 @@ def test_missing_status_and_timestamp_columns_are_appended(
     path.write_bytes(
         _csv_text(header, [[row.get(name, "") for name in header] for row in rows]).encode()
     )
+    # an appended status column shows PENDING; an empty status cell stays empty
+    shown = "" if STATUS in header else "PENDING"
     with csvjournal.open(path, key="PO_NUMBER") as journal:
         assert journal.columns == columns
-        assert journal.get("A") == {"PO_NUMBER": "A", "SUPPLIER": "x", STATUS: "PENDING", STAMP: ""}
+        assert journal.get("A") == {"PO_NUMBER": "A", "SUPPLIER": "x", STATUS: shown, STAMP: ""}
         assert journal.pending() == ["A", "B"]
+        assert journal.counts() == {"PENDING": 2}
     expected = [{"PO_NUMBER": "A", "SUPPLIER": "x"}, {"PO_NUMBER": "B", "SUPPLIER": ""}]
     assert _parse(path.read_bytes()) == [
         columns,
-        *[[{**row, STATUS: "PENDING", STAMP: ""}[name] for name in columns] for row in expected],
+        *[[{**row, STATUS: shown, STAMP: ""}[name] for name in columns] for row in expected],
     ]
 
 
-def test_empty_statuses_become_pending_and_pending_keeps_csv_order(tmp_path: Path) -> None:
+def test_empty_statuses_count_as_pending_and_pending_keeps_csv_order(tmp_path: Path) -> None:
     path = tmp_path / "orders.csv"
     header = ["PO_NUMBER", STATUS, "NOTE"]
     rows = [
@@ -172,9 +189,184 @@ def test_empty_statuses_become_pending_and_pending_keeps_csv_order(tmp_path: Pat
             "IN_PROGRESS": 1,
             "NO_ATTACHMENTS": 1,
         }
-        assert journal.get("B") == {"PO_NUMBER": "B", STATUS: "PENDING", "NOTE": "n", STAMP: ""}
+        assert journal.get("B") == {"PO_NUMBER": "B", STATUS: "", "NOTE": "n", STAMP: ""}
         assert journal.get("Z")[STATUS] == "COMPLETED"  # type: ignore[index]
     with csvjournal.open(path, terminal={"COMPLETED", "NO_ATTACHMENTS", "FAILED"}) as journal:
         assert journal.pending() == ["B", "A", "X"]
-    filled = [[key, status or "PENDING", note, ""] for key, status, note in rows]
-    assert _parse(path.read_bytes()) == [[*header, STAMP], *filled]
+    kept = [[key, status, note, ""] for key, status, note in rows]
+    assert _parse(path.read_bytes()) == [[*header, STAMP], *kept]
+
+
+@pytest.mark.parametrize("terminator", ["\n", "\r\n"])
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"])
+def test_an_empty_status_cell_stays_empty_until_a_status_is_recorded(
+    tmp_path: Path, delimiter: str, terminator: str
+) -> None:
+    path = tmp_path / "orders.csv"
+    header = ["ID", "NAME", STATUS, STAMP]
+    rows = [["1", "", "", ""], ["2", "b", "", ""], ["3", "", "FAILED", ""]]
+    original = _csv_text(header, rows, delimiter=delimiter, terminator=terminator).encode()
+    path.write_bytes(original)
+    with csvjournal.open(path, key="ID") as journal:
+        assert journal.counts() == {"PENDING": 2, "FAILED": 1}
+        assert journal.pending() == ["1", "2", "3"]
+    assert path.read_bytes() == original  # not "1,,PENDING,"
+
+    with csvjournal.open(path) as journal:
+        journal.record("1", NAME="a")  # no status given: the cell stays as it is
+        journal.record("2", "COMPLETED")
+        journal.flush()
+        stamps = [journal.get(key)[STAMP] for key in "12"]  # type: ignore[index]
+        assert _parse(path.read_bytes(), delimiter=delimiter) == [
+            header,
+            ["1", "a", "", stamps[0]],
+            ["2", "b", "COMPLETED", stamps[1]],
+            rows[2],
+        ]
+        assert journal.pending() == ["1", "3"]
+        assert journal.claim() == ["1"]
+        assert journal.get("1")[STATUS] == "IN_PROGRESS"  # type: ignore[index]
+    # given back at close: now a recorded status
+    assert [row[2] for row in _parse(path.read_bytes(), delimiter=delimiter)[1:]] == [
+        "PENDING",
+        "COMPLETED",
+        "FAILED",
+    ]
+
+
+# -- 3. dialect detection ----------------------------------------------------------------------
+
+SNIFFED = [
+    # (bytes, delimiter, quote character, the rows as read)
+    pytest.param(
+        b"ID;Menge, Stk;Preis, EUR\n1;3;4,50\n", ";", '"', [["1", "3", "4,50"]], id="semicolon"
+    ),
+    pytest.param(
+        b"ID\tName, first\tCity, State\n1\tA\tB\n", "\t", '"', [["1", "A", "B"]], id="tab"
+    ),
+    pytest.param(b"ID|a;b|c,d\n1|x|y,z\n", "|", '"', [["1", "x", "y,z"]], id="pipe"),
+    pytest.param(  # the header alone says ";", the records say ","
+        b"A,B;C;D\n1,2\n3,4\n", ",", '"', [["1", "2"], ["3", "4"]], id="records-decide"
+    ),
+    pytest.param(b'ID;NOTE\n1;"a;b"\n2;x,y\n', ";", '"', [["1", "a;b"], ["2", "x,y"]], id="quoted"),
+    pytest.param(b"A;B,C\n", ",", '"', [], id="header-only-tie-goes-to-comma"),
+    pytest.param(
+        b"ID,NOTE\n1,'a, b'\n2,plain\n", ",", "'", [["1", "a, b"], ["2", "plain"]], id="single"
+    ),
+    pytest.param(
+        b"ID;NOTE\r\n1;'two\r\nlines'\r\n", ";", "'", [["1", "two\r\nlines"]], id="single-lines"
+    ),
+    pytest.param(  # quotes that need not be there are data: the file may mean them
+        b"ID,NOTE\n1,'urgent'\n", ",", '"', [["1", "'urgent'"]], id="single-unneeded"
+    ),
+    pytest.param(  # "," splits the records consistently into 3 fields: ambiguous
+        b"ID,NOTE,X\n1,'a,b'\n", ",", '"', [["1", "'a", "b'"]], id="single-ambiguous"
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "delimiter", "quote", "rows"), SNIFFED)
+def test_the_dialect_is_detected_from_the_first_records(
+    tmp_path: Path, data: bytes, delimiter: str, quote: str, rows: list[list[str]]
+) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_bytes(data)
+    parsed = read_csv(path)
+    assert (parsed.dialect.delimiter, parsed.dialect.quotechar) == (delimiter, quote)
+    assert parsed.rows == rows
+    assert render_csv(parsed.header, parsed.rows, parsed.dialect) == data
+
+
+def test_a_double_quote_anywhere_rules_out_the_single_quote(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    data = b"ID,NOTE\n1,'a,b'\n2,say \"hi\"\n"
+    path.write_bytes(data)
+    with pytest.raises(csvjournal.CsvFormatError, match="line 2, column 6: 3 fields where"):
+        csvjournal.open(path, key="ID")
+    assert path.read_bytes() == data
+    assert _names(tmp_path) == ["orders.csv"]
+
+
+def test_only_the_first_records_are_sampled(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    # ";" gives 3 fields, "," 2; a bad row past the sample is named in the sampled dialect
+    # (sampled too, it would make "," the only consistent delimiter, and the file "valid")
+    rows = [[str(n), f"{n},5", "x"] for n in range(30)]
+    rows[25].append("9")
+    path.write_bytes(_csv_text(["ID", "PREIS, EUR", "X"], rows, delimiter=";").encode())
+    with pytest.raises(csvjournal.CsvFormatError, match="line 27, column 11: 4 fields where"):
+        read_csv(path)
+
+
+def test_a_record_cut_off_by_the_sampled_prefix_is_not_counted(tmp_path: Path) -> None:
+    # Records of 5,000 characters: the first 64 KiB end inside one; counted, its 2 fields
+    # would make ";" inconsistent, and the header alone says "," (3 of them against 2).
+    path = tmp_path / "orders.csv"
+    header = ["ID", "A, B", "C, D, E"]
+    rows = [[str(n), "x" * 5000, "v"] for n in range(30)]
+    path.write_bytes(_csv_text(header, rows, delimiter=";").encode())
+    parsed = read_csv(path)
+    assert parsed.dialect.delimiter == ";"
+    assert (parsed.header, parsed.rows) == (header, rows)
+
+
+def test_a_single_quoted_sheet_round_trips_and_is_exported_in_its_quoting(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "orders.csv"
+    header = ["ID", "NOTE", STATUS, STAMP]
+    rows = [["1", "a, b", "PENDING", ""], ["2", "two\nlines", "FAILED", ""]]
+    original = _csv_text(header, rows, quote="'").encode()
+    assert b"'a, b'" in original
+    path.write_bytes(original)
+    with csvjournal.open(path, key="ID") as journal:
+        assert journal.get("1") == dict(zip(header, rows[0], strict=True))
+    assert path.read_bytes() == original
+    with csvjournal.open(path) as journal:
+        journal.record("3", NOTE="O'Brien, Jr.")
+        stamp = journal.get("3")[STAMP]  # type: ignore[index]
+    data = path.read_bytes()
+    assert data.startswith(original)
+    assert data[len(original) :] == f"3,'O''Brien, Jr.',PENDING,{stamp}\n".encode()
+    assert _parse(data, quote="'")[1:] == [*rows, ["3", "O'Brien, Jr.", "PENDING", stamp]]
+
+
+# Cells for single-quoted tables: anything but the double quote (which would rule out the
+# single quote); header names without a delimiter or a quote.
+_sq_cells = st.lists(
+    st.sampled_from(["'", ",", ";", "\t", "|", "\n", "\r\n", " ", "é"])
+    | st.text(st.characters(exclude_categories=["Cs"], exclude_characters='"'), max_size=3),
+    max_size=4,
+).map("".join)
+_sq_names = st.text(
+    st.characters(exclude_categories=["Cs"], exclude_characters="\"',;\t|\r\n\ufeff"),
+    min_size=1,
+    max_size=6,
+).filter(lambda name: name not in {STATUS, STAMP})
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    names=st.lists(_sq_names, min_size=1, max_size=3, unique=True),
+    cells=st.lists(st.lists(_sq_cells, min_size=5, max_size=5), max_size=4),
+    delimiter=st.sampled_from([",", ";", "\t", "|"]),
+    terminator=st.sampled_from(["\n", "\r\n"]),
+)
+def test_single_quoted_tables_round_trip(
+    names: list[str], cells: list[list[str]], delimiter: str, terminator: str
+) -> None:
+    header = [*names, STATUS, STAMP]
+    width = len(header)
+    # The first row needs its quotes (a delimiter in a field) and holds no line break, so
+    # that the double quote cannot read the table consistently: the evidence is there.
+    first = ["k0", f"a{delimiter}b", *["x"] * (width - 2)]
+    rows = [first, *[[f"k{n + 1}", *row[: width - 1]] for n, row in enumerate(cells)]]
+    data = _csv_text(header, rows, delimiter=delimiter, terminator=terminator, quote="'")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "table.csv"
+        path.write_bytes(data.encode())
+        parsed = read_csv(path)
+        assert (parsed.dialect.delimiter, parsed.dialect.quotechar) == (delimiter, "'")
+        assert (parsed.header, parsed.rows) == (header, rows)
+        csvjournal.open(path, key=names[0]).close()
+        assert path.read_bytes() == data.encode()
