@@ -17,7 +17,7 @@ from csvjournal import _reads
 from csvjournal._importer import check_keys
 from csvjournal._open import open as open_journal
 from csvjournal._settings import forget_values, write_value
-from csvjournal.csvio import fingerprint, read_csv
+from csvjournal.csvio import read_csv
 from csvjournal.journal import Journal
 
 __all__ = ["MergeReport", "merge_csv"]
@@ -43,16 +43,20 @@ def merge_csv(
 ) -> MergeReport:
     """Merge the rows of the (hand-edited) CSV into its journal, in one transaction.
 
+    The CSV is read in the encoding the journal stored at import (the one its exports are
+    written in), unless ``encoding`` names another.
+
     Raises:
         CsvFormatError: the CSV is not valid input (nothing is changed).
         SettingsError: there is no journal for this CSV.
     """
     path = Path(csv_path)
-    data = path.read_bytes()
-    parsed = read_csv(path, encoding=encoding)
     report = MergeReport()
     with open_journal(path, journal_path=journal_path, export=False) as journal:
         settings = journal.settings
+        # the file was written by the exporter in the stored encoding, then edited by hand:
+        # reading it as UTF-8 would refuse the very file the hand-edit error says to merge
+        parsed = read_csv(path, encoding=encoding or settings.dialect.encoding)
         check_keys(path, parsed, settings.key_column)
         with journal.batch():
             with journal._reading() as conn:  # inside the batch: under the write lock
@@ -69,7 +73,8 @@ def merge_csv(
                 _merge_row(journal, row, current.get(row[settings.key_column]), report)
             report.missing.extend(key for key in current if key not in seen)
         with journal._store.write() as conn:  # the edited file is now known, not foreign
-            write_value(conn, "csv_digest", fingerprint(data))
+            # the digest of the bytes parsed (a second read could see a later edit)
+            write_value(conn, "csv_digest", parsed.digest)
             # ... but it shows no state of the journal: the next open rewrites it, also
             # when the merge changed nothing (rows deleted by hand come back)
             forget_values(conn, "csv_seq", "csv_rows")

@@ -32,8 +32,9 @@ class Progress:
 
     ``rate`` is rows finished (a terminal status recorded) per second over the last minute,
     ``eta_seconds`` the time left at that rate (``None`` when nothing finished lately);
-    ``csv_current`` tells whether the CSV shows every commit, ``csv_age_seconds`` how long
-    ago it was last written.
+    ``csv_exists`` tells whether the CSV is on disk at all (a deleted one is written anew
+    by the next exporting open), ``csv_current`` whether it shows every commit (never when
+    it is missing), ``csv_age_seconds`` how long ago it was last written.
     """
 
     rows: int
@@ -47,6 +48,7 @@ class Progress:
     eta_seconds: float | None
     last_seq: int
     exported_seq: int | None
+    csv_exists: bool
     csv_current: bool
     csv_age_seconds: float | None
     exporter_alive: bool
@@ -104,7 +106,9 @@ def progress(journal: Journal) -> Progress:
         eta_seconds=round(left / rate, 1) if rate else (0.0 if left == 0 else None),
         last_seq=last,
         exported_seq=exported,
-        csv_current=exported is not None and exported >= last,
+        csv_exists=age is not None,
+        # the journal's note of the last export says nothing of a file deleted since
+        csv_current=age is not None and exported is not None and exported >= last,
         csv_age_seconds=None if age is None else round(age, 3),
         exporter_alive=exporter_alive(journal.csv_path),
     )

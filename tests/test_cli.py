@@ -185,3 +185,38 @@ def test_plain_logs_show_warnings_only(tmp_path: Path) -> None:
     result = invoke("init", csv, "--key", "ID")
     ok(result)
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before-command", "after-command"])
+def test_log_json_is_taken_before_or_after_the_command(tmp_path: Path, after: bool) -> None:
+    csv = tmp_path / "t.csv"
+    csv.write_text("ID\n1\n2\n")
+
+    def args(*command: object) -> list[object]:
+        return [*command, "--log-json"] if after else ["--log-json", *command]
+
+    result = invoke(*args("init", csv, "--key", "ID"))
+    ok(result)
+    assert "journal_created" in [entry["event"] for entry in _json_lines(result.stderr)]
+    result = invoke(*args("record", csv, "1", "--status", "COMPLETED"))
+    assert ok(result) == "recorded #1\n"
+    _json_lines(result.stderr)
+    result = invoke(*args("run", csv, "--max-attempts", "1"), "--", "false")
+    assert result.exit_code == 1, result.stderr
+    failed = [e for e in _json_lines(result.stderr) if e["event"] == "run_row_failed"]
+    assert [str(entry["key"]) for entry in failed] == ["2"]  # and no progress bar
+
+
+def test_debug_is_taken_after_the_command_too(tmp_path: Path) -> None:
+    csv = tmp_path / "x.csv"
+    Path(f"{csv}.journal").write_bytes(b"not a database " * 100)
+    result = invoke("status", csv, "--debug")
+    assert isinstance(result.exception, csvjournal.SettingsError)
+    assert "csvjournal: error:" not in result.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_lists_the_late_flags_in_its_help(command: str) -> None:
+    out = ok(invoke(command, "--help"))
+    assert "--log-json" in out
+    assert "--debug" in out

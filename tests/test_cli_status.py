@@ -51,6 +51,7 @@ def test_status_json_has_the_progress_fields(orders: Path) -> None:
     assert data["rate"] is None
     assert data["eta_seconds"] is None
     assert data["csv_current"] is True
+    assert data["csv_exists"] is True
     assert data["exporter_alive"] is False
     ok(invoke("record", orders, "PO-1", "--status", "COMPLETED"))
     ok(invoke("record", orders, "PO-2", "--status", "NO_ATTACHMENTS"))
@@ -65,6 +66,23 @@ def test_status_json_has_the_progress_fields(orders: Path) -> None:
     assert data["eta_seconds"] >= 0
     assert (data["last_seq"], data["exported_seq"]) == (3, 2)  # the claim is not exported yet
     assert data["csv_current"] is False
+
+
+def test_status_reports_a_deleted_csv_as_missing_until_an_export(orders: Path) -> None:
+    ok(invoke("record", orders, "PO-1", "--status", "COMPLETED"))
+    exported = orders.read_bytes()
+    orders.unlink()
+    out = ok(invoke("status", orders))
+    assert "CSV: missing" in out
+    assert "current" not in out
+    data = json.loads(ok(invoke("status", orders, "--json")))
+    assert (data["csv_exists"], data["csv_current"]) == (False, False)
+    assert data["csv_age_seconds"] is None
+    with csvjournal.open(orders, keep_backups=0):  # the next exporting open writes it anew
+        pass
+    assert orders.read_bytes() == exported
+    data = json.loads(ok(invoke("status", orders, "--json")))
+    assert (data["csv_exists"], data["csv_current"]) == (True, True)
 
 
 def test_status_watch_returns_once_the_job_is_done(orders: Path) -> None:

@@ -65,3 +65,35 @@ def test_merging_a_bad_csv_changes_nothing(csv_path: Path) -> None:
     with csvjournal.open(csv_path, export=False) as journal:
         assert journal.get("a")["NOTE"] == "x"  # type: ignore[index]
     assert csv_path.read_text(encoding="utf-8") == bad
+
+
+def _latin1_journal(csv_path: Path) -> None:
+    csv_path.write_bytes("ID,NAME\n1,Müller\n".encode("latin-1"))
+    with csvjournal.open(csv_path, key="ID", encoding="latin-1"):
+        pass
+
+
+def test_merge_reads_the_csv_in_the_journals_encoding(csv_path: Path) -> None:
+    _latin1_journal(csv_path)
+    with csv_path.open("ab") as handle:
+        handle.write("2,Gérard,PENDING,\n".encode("latin-1"))
+    with pytest.raises(csvjournal.CsvChangedError):
+        csvjournal.open(csv_path)
+    report = csvjournal.merge_csv(csv_path)
+    assert (report.added, report.updated) == (["2"], [])
+    with csvjournal.open(csv_path) as journal:  # accepted, and written anew in latin-1
+        assert journal.get("2")["NAME"] == "Gérard"  # type: ignore[index]
+    lines = csv_path.read_bytes().decode("latin-1").splitlines()
+    assert lines[1] == "1,Müller,PENDING,"
+    assert lines[2].startswith("2,Gérard,PENDING,20")  # recorded by the merge: a timestamp
+
+
+def test_merge_encoding_given_wins_over_the_journals(csv_path: Path) -> None:
+    _latin1_journal(csv_path)
+    text = csv_path.read_bytes().decode("latin-1")
+    csv_path.write_bytes((text + "2,Gérard,PENDING,\n").encode("utf-8"))  # saved as UTF-8
+    report = csvjournal.merge_csv(csv_path, encoding="utf-8")
+    assert (report.added, report.updated) == (["2"], [])
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.get("1")["NAME"] == "Müller"  # type: ignore[index]
+        assert journal.get("2")["NAME"] == "Gérard"  # type: ignore[index]

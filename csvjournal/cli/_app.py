@@ -12,14 +12,16 @@ import logging
 import os
 import sqlite3
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import click
 import structlog
+from rich import filesize
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 import csvjournal
 from csvjournal.errors import CsvJournalError
@@ -29,7 +31,9 @@ __all__ = [
     "cli",
     "configure_logging",
     "csv_argument",
+    "encoding_option",
     "existing_journal",
+    "importing",
     "json_option",
     "log_json_wanted",
     "print_json",
@@ -38,6 +42,8 @@ __all__ = [
 ]
 
 EXIT_BAD_INPUT = 2
+_LOG_JSON_HELP = "Write logs as JSON lines on stderr."
+_DEBUG_HELP = "Show debug logs, and tracebacks on errors."
 
 
 class CliError(click.ClickException):
@@ -64,7 +70,38 @@ def _one_line(exc: click.UsageError) -> click.ClickException:
     return CliError(f"{exc.format_message().rstrip('.')} (see {where} --help)")
 
 
+def _late_flag(name: str, what: str) -> click.Option:
+    """``--log-json``/``--debug`` after the command name: the same flag as before it."""
+
+    def remember(ctx: click.Context, _param: click.Parameter, given: bool) -> None:
+        root = ctx.find_root()
+        if root.obj is None:  # a command run on its own, without the group's callback
+            root.obj = {"debug": False, "log_json": False}
+        flags: dict[str, bool] = root.obj
+        if given and not flags.get(what):
+            # the group already configured logging without the flag: configure it again
+            # before the command runs, exactly as if the flag had come first
+            flags[what] = True
+            configure_logging(json_logs=flags["log_json"], debug=flags["debug"])
+
+    helps = {"log_json": _LOG_JSON_HELP, "debug": _DEBUG_HELP}
+    return click.Option(
+        [name], is_flag=True, expose_value=False, callback=remember, help=helps[what]
+    )
+
+
+class _Command(click.Command):
+    """Every command: also takes the group's ``--log-json`` and ``--debug`` after its name
+    (``csvjournal record x.csv 1 --log-json``), since scripts add them at the end."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params += [_late_flag("--log-json", "log_json"), _late_flag("--debug", "debug")]
+
+
 class _Group(click.Group):
+    command_class = _Command
+
     def make_context(
         self,
         info_name: str | None,
@@ -126,8 +163,8 @@ def configure_logging(*, json_logs: bool, debug: bool, quiet: bool = False) -> N
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(csvjournal.__version__, prog_name="csvjournal")
-@click.option("--log-json", is_flag=True, help="Write logs as JSON lines on stderr.")
-@click.option("--debug", is_flag=True, help="Show debug logs, and tracebacks on errors.")
+@click.option("--log-json", is_flag=True, help=_LOG_JSON_HELP)
+@click.option("--debug", is_flag=True, help=_DEBUG_HELP)
 @click.pass_context
 def cli(ctx: click.Context, log_json: bool, debug: bool) -> None:
     """Keep a batch job's CSV status sheet correct, current and crash-safe.
@@ -147,6 +184,44 @@ def csv_argument(func: Any) -> Any:
 def json_option(func: Any) -> Any:
     """``--json``: print one JSON document instead of text."""
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")(func)
+
+
+def _known_encoding(_ctx: click.Context, _param: click.Parameter, name: str | None) -> str | None:
+    if name is None:
+        return None
+    try:  # both ways: a codec that is no text encoding (e.g. base64) fails here too
+        "".encode(name)
+        b"".decode(name)
+    except LookupError:
+        raise click.BadParameter(f"unknown encoding {name!r}") from None
+    return name
+
+
+def encoding_option(help_text: str) -> Callable[[Any], Any]:
+    """``--encoding NAME``: the CSV's encoding when it is not UTF-8 (or has a BOM); an
+    unknown name is refused before anything is read or written."""
+    return click.option("--encoding", metavar="NAME", callback=_known_encoding, help=help_text)
+
+
+@contextmanager
+def importing(csv: Path) -> Iterator[None]:
+    """Show that ``csv`` is being imported (a spinner and the time so far) while the block
+    runs, when stderr is a terminal and carries no JSON logs.
+
+    The import reads, checks and inserts the whole file in one call that reports nothing
+    on the way: an elapsed time, not a bar, is what can be shown.
+    """
+    console = stderr_console()
+    if log_json_wanted() or not console.is_terminal:
+        yield
+        return
+    size = csv.stat().st_size if csv.exists() else 0
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(
+        *columns, console=console, transient=True, redirect_stdout=False, redirect_stderr=False
+    ) as bar:
+        bar.add_task(f"importing {csv} ({filesize.decimal(size)})", total=None)
+        yield
 
 
 def journal_path_of(csv: Path) -> Path:

@@ -16,7 +16,9 @@ from csvjournal.cli._app import (
     CliError,
     cli,
     csv_argument,
+    encoding_option,
     existing_journal,
+    importing,
     journal_path_of,
     json_option,
     print_json,
@@ -39,13 +41,17 @@ def _names(text: str | None) -> list[str] | None:
 @csv_argument
 @click.option("--key", required=True, help="The column whose value identifies a row.")
 @click.option("--terminal", help="Statuses that mean done, comma-separated [COMPLETED].")
-def init(csv: Path, key: str, terminal: str | None) -> None:
+@encoding_option("The CSV's encoding (e.g. latin-1, cp1252) if not UTF-8; kept for exports.")
+def init(csv: Path, key: str, terminal: str | None, encoding: str | None) -> None:
     """Create the journal of CSV (importing its rows) and add the status columns."""
     if journal_path_of(csv).exists():
         raise CliError(f"{journal_path_of(csv)} already exists: the journal is there")
     if not csv.exists():
         raise CliError(f"{csv}: no such file (init imports an existing CSV)")
-    with csvjournal.open(csv, key=key, terminal=_names(terminal)) as journal:
+    names = _names(terminal)
+    with importing(csv):
+        journal = csvjournal.open(csv, key=key, terminal=names, encoding=encoding)
+    with journal:
         rows = len(journal)
     click.echo(f"created {journal_path_of(csv)}: {rows} rows, key column {key}")
 
@@ -144,12 +150,13 @@ def export(csv: Path, target: Path | None) -> None:
 @cli.command(name="import")
 @csv_argument
 @click.option("--merge", is_flag=True, required=True, help="Merge the CSV's rows into the journal.")
-def import_(csv: Path, merge: bool) -> None:
+@encoding_option("Read the CSV in this encoding [the journal's, from init].")
+def import_(csv: Path, merge: bool, encoding: str | None) -> None:
     """Bring hand edits of the CSV into the journal (new rows added, changed fields updated;
     a terminal row never moves back), then rewrite the CSV."""
     if not journal_path_of(csv).exists():
         raise CliError(f"no journal for {csv}: run csvjournal init {csv} --key COLUMN")
-    report = csvjournal.merge_csv(csv)
+    report = csvjournal.merge_csv(csv, encoding=encoding)
     with existing_journal(csv) as journal:
         journal.flush()
     click.echo(

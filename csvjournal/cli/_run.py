@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import FrameType
 
@@ -20,6 +20,8 @@ from csvjournal.cli._app import (
     CliError,
     cli,
     csv_argument,
+    encoding_option,
+    importing,
     journal_path_of,
     log_json_wanted,
     stderr_console,
@@ -94,6 +96,8 @@ def _check_before_writing(
     terminal: list[str] | None,
     command: tuple[str, ...],
     success_status: str,
+    *,
+    encoding: str | None,
 ) -> None:
     """Refuse a bad command line before the exporting open writes anything (its backup
     would push an older one out; an import would create the journal).
@@ -107,7 +111,7 @@ def _check_before_writing(
             columns = journal.columns
             stored = journal.settings.terminal
     else:
-        header = read_csv(csv).header if csv.exists() else [key or ""]
+        header = read_csv(csv, encoding=encoding).header if csv.exists() else [key or ""]
         extra = [name for name in (DEFAULT_STATUS, DEFAULT_TIMESTAMP) if name not in header]
         columns, stored = [*header, *extra], DEFAULT_TERMINAL
     Template(command, columns)
@@ -126,6 +130,32 @@ def _exit_code(journal: csvjournal.Journal, stats: RunStats) -> int:
     terminal = journal.settings.terminal
     undone = sum(n for status, n in journal.counts().items() if status not in terminal)
     return EXIT_SOME_FAILED if undone else 0
+
+
+def _run_job(
+    csv: Path,
+    config: RunConfig,
+    *,
+    key: str | None,
+    terminal: list[str] | None,
+    encoding: str | None,
+) -> tuple[RunStats, int]:
+    """Open the journal (importing the CSV when there is none), run the pending rows with
+    a progress bar, close; return the run's counts and the exit status."""
+    # a journal that exists keeps the encoding stored when it was created
+    creating = not journal_path_of(csv).exists()
+    with importing(csv) if creating else nullcontext():
+        journal = csvjournal.open(csv, key=key, terminal=terminal, encoding=encoding)
+    with journal:
+        runner = Runner(journal, config)
+        with _stop_on_signals(runner):
+            threads = runner.start()
+            if log_json_wanted():  # stderr carries JSON lines only: no progress bar
+                runner.wait(threads)
+            else:
+                _with_progress(runner, threads)
+        code = _exit_code(journal, runner.stats)
+    return runner.stats, code
 
 
 @cli.command()
@@ -167,6 +197,7 @@ def _exit_code(journal: csvjournal.Journal, stats: RunStats) -> int:
     help="Status recorded when a command exits 0.",
 )
 @click.option("--key", help="Create the journal with this key column if there is none.")
+@encoding_option("The CSV's encoding if not UTF-8 (only when --key creates the journal).")
 @click.option(
     "--terminal",
     help="Statuses that mean done, comma-separated (for a new journal, or to replace the set).",
@@ -194,6 +225,7 @@ def run(  # noqa: PLR0917 - click passes every option by position
     terminal: str | None,
     grace: float,
     show_output: bool,
+    encoding: str | None,
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND once per pending row, in parallel: `run orders.csv -- fetch {PO_NUMBER}`.
@@ -210,7 +242,7 @@ def run(  # noqa: PLR0917 - click passes every option by position
             f"no journal for {csv}: run csvjournal init {csv} --key COLUMN (or pass --key)"
         )
     names = _names(terminal)
-    _check_before_writing(csv, key, names, command, success_status)
+    _check_before_writing(csv, key, names, command, success_status, encoding=encoding)
     config = RunConfig(
         command=command,
         workers=workers,
@@ -222,16 +254,7 @@ def run(  # noqa: PLR0917 - click passes every option by position
         grace=grace,
         show_output=show_output,
     )
-    with csvjournal.open(csv, key=key, terminal=names) as journal:
-        runner = Runner(journal, config)
-        with _stop_on_signals(runner):
-            threads = runner.start()
-            if log_json_wanted():  # stderr carries JSON lines only: no progress bar
-                runner.wait(threads)
-            else:
-                _with_progress(runner, threads)
-        code = _exit_code(journal, runner.stats)
-    stats = runner.stats
+    stats, code = _run_job(csv, config, key=key, terminal=names, encoding=encoding)
     click.echo(
         f"{stats.succeeded} succeeded, {stats.exhausted} failed after their last attempt"
         f" ({stats.failed} failed attempts), {stats.given_back} given back; CSV: {csv}"

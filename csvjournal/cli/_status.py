@@ -46,7 +46,9 @@ def render(csv: Path, snap: Progress) -> Group:
     )
     lag = snap.last_seq - (snap.exported_seq or 0)
     freshness = "current" if snap.csv_current else f"{lag:,} events behind"
-    if snap.csv_age_seconds is not None:
+    if not snap.csv_exists:
+        freshness = "missing (the next exporting open writes it anew)"
+    elif snap.csv_age_seconds is not None:
         freshness += f", written {snap.csv_age_seconds:.1f} s ago"
     lines = [
         f"{snap.done:,} of {snap.rows:,} rows done ({snap.percent_done:.1f} %),"
