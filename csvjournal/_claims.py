@@ -22,6 +22,7 @@ from csvjournal._leases import (
 )
 from csvjournal._values import render_value, timestamp_now
 from csvjournal._work import Task, work
+from csvjournal.errors import SettingsError
 
 __all__ = ["Claims"]
 
@@ -45,12 +46,12 @@ class Claims(Handle):
         rows are pending).
 
         Raises:
-            ValueError: ``n`` or ``max_attempts`` below 1, or ``lease`` not positive.
+            SettingsError: ``n`` or ``max_attempts`` below 1, or ``lease`` not positive.
             JournalBusyError: other writers held the journal longer than the busy timeout.
             JournalClosedError: the handle is closed.
         """
         if n < 1 or not lease > 0 or (max_attempts is not None and max_attempts < 1):
-            raise ValueError(
+            raise SettingsError(
                 f"claim needs n >= 1, lease > 0 and max_attempts >= 1 or None,"
                 f" not n={n}, lease={lease}, max_attempts={max_attempts}"
             )
@@ -82,12 +83,12 @@ class Claims(Handle):
         ran out, or that was finished, is not renewed (and is left out).
 
         Raises:
-            ValueError: ``lease`` not positive.
+            SettingsError: ``lease`` not positive.
             JournalBusyError: other writers held the journal longer than the busy timeout.
             JournalClosedError: the handle is closed.
         """
         if not lease > 0:
-            raise ValueError(f"extend needs lease > 0, not {lease}")
+            raise SettingsError(f"extend needs lease > 0, not {lease}")
         self._ensure()
         held = self._holders(keys)
         renewed: list[str] = self._write(  # type: ignore[assignment]
@@ -175,11 +176,12 @@ class Claims(Handle):
         ``success_status`` must be terminal, or every row would be taken again.
 
         Raises:
-            ValueError: ``success_status`` is not one of the journal's terminal statuses.
+            SettingsError: ``success_status`` is not one of the journal's terminal
+                statuses.
             JournalClosedError: the handle is closed.
         """
         if success_status not in self._settings.terminal:
-            raise ValueError(
+            raise SettingsError(
                 f"success_status {success_status!r} is not terminal in this journal"
                 f" (terminal: {', '.join(sorted(self._settings.terminal))})"
             )

@@ -1,20 +1,25 @@
 """Exports on request: :func:`flush_csv` (wait for the exporter, or export here when none
-is alive) and :func:`export_to` (the CSV written to another path, now)."""
+is alive), :func:`catch_up` (the same at close, never raising) and :func:`export_to` (the
+CSV written to another path, now)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import structlog
+
 from csvjournal import _reads
 from csvjournal._rendercache import stream_csv
 from csvjournal._settings import Settings
 from csvjournal.csvio import atomic_write
-from csvjournal.errors import ExportError, FlushTimeoutError
+from csvjournal.errors import CsvJournalError, ExportError, FlushTimeoutError
 from csvjournal.exporter import POLL_SECONDS, Exporter
 from csvjournal.store import Store
 
-__all__ = ["export_to", "flush_csv"]
+__all__ = ["catch_up", "export_to", "flush_csv"]
+
+log = structlog.get_logger(__name__)
 
 
 def export_to(store: Store, settings: Settings, path: Path, formula_guard: bool) -> int:
@@ -69,3 +74,17 @@ def flush_csv(
                 f"{csv_path}: the CSV did not catch up with the journal in {timeout} s"
             )
         time.sleep(POLL_SECONDS)
+
+
+def catch_up(
+    store: Store, settings: Settings, csv_path: Path, *, formula_guard: bool, timeout: float
+) -> None:
+    """At the close of an exporting handle: wait until the CSV shows every commit. A
+    handle standing by leaves it to another handle's exporter, or exports itself if that
+    one is gone (its records would otherwise wait for the next exporting open). Best
+    effort, logged when it fails: the records are safe in the journal whatever happens to
+    the CSV."""
+    try:
+        flush_csv(store, settings, csv_path, None, formula_guard=formula_guard, timeout=timeout)
+    except CsvJournalError as exc:  # FlushTimeoutError, ExportError, CsvChangedError
+        log.warning("csv_behind_at_close", path=str(csv_path), error=str(exc))

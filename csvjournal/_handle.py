@@ -9,6 +9,7 @@ the group committer, so concurrent records, claims and releases share commits an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
@@ -28,16 +29,17 @@ from csvjournal import _forking, _reads
 from csvjournal._background import Background
 from csvjournal._batch import BatchState
 from csvjournal._commits import Commits, Item
+from csvjournal._flush import catch_up
 from csvjournal._groupcommit import GroupCommitter
 from csvjournal._importer import check_keys, import_rows, unfinished
 from csvjournal._leases import Action, expire_leases, expiring_rows
 from csvjournal._options import Options
 from csvjournal._schema import driver
-from csvjournal._settings import Settings, settle
+from csvjournal._settings import Settings, settle, settled
 from csvjournal._values import format_timestamp, timestamp_now
 from csvjournal._writer import PENDING, RecordCall, Writer
 from csvjournal.backup import PendingBackup, backups_folder, take_backup
-from csvjournal.csvio import read_csv
+from csvjournal.csvio import ParsedCsv, read_csv
 from csvjournal.errors import JournalClosedError
 from csvjournal.exporter import Exporter
 from csvjournal.recovery import check_integrity
@@ -51,6 +53,17 @@ _HOST = socket.gethostname()
 # Connections that a forked child inherited open (see _forking) must never be closed
 # there; they are kept here, unused, until the process ends.
 _fork_orphans: list[object] = []
+
+
+def _remove(paths: list[Path]) -> None:
+    """Remove these files, then folders. Best effort: SQLite's own lock, not the writers'
+    lock file, keeps writers apart, so a lock file removed under another opener is harmless."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            if path.is_dir():
+                path.rmdir()
+            else:
+                path.unlink()
 
 
 class Handle:
@@ -84,31 +97,24 @@ class Handle:
         if (created or unfinished(options.journal_path)) and options.csv_path.exists():
             source = read_csv(options.csv_path, encoding=options.encoding)
             check_keys(options.csv_path, source, options.key or "")
+        folder = backups_folder(options.csv_path)
+        # What a failed creation must remove again (the writers' queue makes its lock file).
+        made = [path for path in (folder / "writer.lock", folder) if not path.exists()]
         self._store = Store(
             options.journal_path,
             durability=options.durability,
             busy_timeout=options.busy_timeout,
             allow_network_fs=options.allow_network_fs,
             before_upgrade=self._backup_now,
-            queue_path=backups_folder(options.csv_path) / "writer.lock",
+            queue_path=folder / "writer.lock",
         )
         try:
-            with self._store.write() as conn:
-                self._settings, columns = settle(
-                    conn,
-                    options.journal_path,
-                    key=options.key,
-                    terminal=options.terminal,
-                    status_column=options.status_column,
-                    timestamp_column=options.timestamp_column,
-                    source=source,
-                )
-                if source is not None and columns is not None:
-                    import_rows(conn, source, self._settings, columns)
+            self._settle(source)
         except BaseException:
             self._store.close()
             if created:  # leave nothing behind, as if open() had never been called
                 remove_journal_files(options.journal_path)
+                _remove(made)
             raise
         self._writer = Writer(self._settings)
         self._write_lock = threading.Lock()
@@ -141,6 +147,20 @@ class Handle:
             keep=options.keep_backups,
             busy_timeout=options.busy_timeout,
         )
+
+    def _settle(self, source: ParsedCsv | None) -> None:
+        """Load the journal's settings; create the journal (importing ``source``) or
+        store new terminal statuses in a write transaction only when there is any."""
+        if source is None:
+            with self._store.read() as conn:
+                stored = settled(conn, self._options)
+            if stored is not None:
+                self._settings = stored
+                return
+        with self._store.write() as conn:
+            self._settings, columns = settle(conn, self._options, source)
+            if source is not None and columns is not None:
+                import_rows(conn, source, self._settings, columns)
 
     def _start_exporter(self) -> None:
         options = self._options
@@ -347,11 +367,23 @@ class Handle:
             yield conn
 
     def _shut(self) -> None:
-        """Stop the exporter (it writes the last commits first) and close the store."""
+        """Stop the exporter (it writes the last commits first), see the CSV catch up if
+        another handle exports, and close the store."""
         _forking.unregister(self)
         if self._pid == os.getpid():
             self._wait_for_session_backup()
             if self._exporter is not None:
                 self._exporter.stop()
+                self._catch_up()  # if another handle exports, or should now
             with self._gate.operation():
                 self._store.close()
+
+    def _catch_up(self) -> None:
+        with self._gate.operation():
+            catch_up(
+                self._store,
+                self._settings,
+                self.csv_path,
+                formula_guard=self._options.formula_guard,
+                timeout=self._options.busy_timeout,
+            )

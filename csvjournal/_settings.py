@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import structlog
 from sqlalchemy import Connection, delete, insert, select, update
 
 from csvjournal import _schema as t
+from csvjournal._options import Options
 from csvjournal.csvio import CsvDialect, ParsedCsv
 from csvjournal.errors import SettingsError
 
@@ -111,14 +110,7 @@ def _columns_for(
 
 
 def settle(
-    conn: Connection,
-    path: Path,
-    *,
-    key: str | None,
-    terminal: Iterable[str] | None,
-    status_column: str,
-    timestamp_column: str,
-    source: ParsedCsv | None = None,
+    conn: Connection, options: Options, source: ParsedCsv | None = None
 ) -> tuple[Settings, list[str] | None]:
     """Return the journal's settings, creating them for a new journal (in ``conn``'s write
     transaction) or reconciling the ``open()`` arguments with the stored ones. For a new
@@ -128,8 +120,9 @@ def settle(
         SettingsError: a new journal without ``key``, or arguments that contradict the
             stored settings.
     """
+    path, key, wanted_terminal = options.journal_path, options.key, options.terminal
+    status_column, timestamp_column = options.status_column, options.timestamp_column
     stored = _load(conn)
-    wanted_terminal = frozenset(terminal) if terminal is not None else None
     if stored is None:
         if key is None:
             raise SettingsError(f"{path}: key= is required to create a journal")
@@ -145,13 +138,7 @@ def settle(
         _create(conn, created, columns)
         log.info("journal_created", path=str(path), key_column=key)
         return created, columns
-    for given, default, have, what in (
-        (key, None, stored.key_column, "key"),
-        (status_column, DEFAULT_STATUS, stored.status_column, "status_column"),
-        (timestamp_column, DEFAULT_TIMESTAMP, stored.timestamp_column, "timestamp_column"),
-    ):
-        if given is not None and given not in (default, have):
-            raise SettingsError(f"{path}: {what}={given!r} conflicts with the journal's {have!r}")
+    _check_against(stored, options)
     if wanted_terminal is not None and wanted_terminal != stored.terminal:
         _replace_terminal(conn, wanted_terminal)
         log.info(
@@ -162,6 +149,36 @@ def settle(
         )
         return replace(stored, terminal=wanted_terminal), None
     return stored, None
+
+
+def settled(conn: Connection, options: Options) -> Settings | None:
+    """The journal's settings if opening it with these arguments writes nothing (it exists
+    and ``terminal`` is not a new set); else None: call :func:`settle` in a write
+    transaction. Needs only a read transaction, so an open that changes nothing never
+    waits for the journal's writers.
+
+    Raises:
+        SettingsError: arguments that contradict the stored settings.
+    """
+    stored = _load(conn)
+    if stored is None:
+        return None
+    _check_against(stored, options)
+    if options.terminal is not None and options.terminal != stored.terminal:
+        return None
+    return stored
+
+
+def _check_against(stored: Settings, options: Options) -> None:
+    for given, default, have, what in (
+        (options.key, None, stored.key_column, "key"),
+        (options.status_column, DEFAULT_STATUS, stored.status_column, "status_column"),
+        (options.timestamp_column, DEFAULT_TIMESTAMP, stored.timestamp_column, "timestamp_column"),
+    ):
+        if given is not None and given not in (default, have):
+            raise SettingsError(
+                f"{options.journal_path}: {what}={given!r} conflicts with the journal's {have!r}"
+            )
 
 
 def _create(conn: Connection, settings: Settings, columns: list[str]) -> None:

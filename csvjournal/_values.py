@@ -8,24 +8,30 @@ from decimal import Decimal
 
 __all__ = ["format_timestamp", "parse_timestamp", "render_value", "timestamp_now"]
 
-_SCALARS = (int, float, Decimal)
-
 
 def render_value(name: str, value: object) -> str:
     """Return the cell text for ``value`` of the field ``name``.
 
     ``str`` stays as is, ``None`` is empty, ``int``/``float``/``bool``/``Decimal`` go through
-    ``str()``, ``date``/``datetime``/``time`` through ``isoformat()``.
+    ``str()``, ``date``/``datetime``/``time`` through ``isoformat()``. A subclass renders as
+    its base type's value: an enum mixed with ``str`` or ``int`` (``class Status(str,
+    Enum)``) writes its value, not ``Status.DONE`` as its own ``str()`` would.
 
     Raises:
         TypeError: for any other type, naming the field.
     """
     if isinstance(value, str):
-        return str(value)  # str() turns str subclasses (StrEnum) into their plain value
+        return str.__str__(value)
     if value is None:
         return ""
-    if isinstance(value, _SCALARS):  # bool is an int subclass: str(True) == "True"
-        return str(value)
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        return float.__repr__(value)
+    if isinstance(value, Decimal):
+        return Decimal.__str__(value)
     if isinstance(value, (dt.date, dt.time)):  # datetime is a date subclass
         return value.isoformat()
     raise TypeError(

@@ -100,7 +100,8 @@ def prepare_record(settings: Settings, call: RecordCall) -> RecordOp:
 
     Raises:
         TypeError: a value of an unsupported type.
-        RecordError: an empty key, field name or status, or fields contradicting the key.
+        RecordError: an empty key, field name or status, fields contradicting the key, or
+            a value for the timestamp column (record() stamps it).
     """
     s = settings
     key, status, fields, more = call.key, call.status, call.fields, call.more
@@ -127,6 +128,8 @@ def prepare_record(settings: Settings, call: RecordCall) -> RecordOp:
         raise RecordError(f"key {key_text!r}: status must not be empty")
     if s.key_column in named and named.pop(s.key_column) != key_text:
         raise RecordError(f"key {key_text!r}: field {s.key_column!r} contradicts the key")
+    if s.timestamp_column in named:  # the spec's promise: the time of the last record
+        raise RecordError(f"key {key_text!r}: field {s.timestamp_column!r} is set by record()")
     return RecordOp(key_text, status_text, named, timestamp_now(), call.worker)
 
 

@@ -37,7 +37,9 @@ class CsvChangedError(CsvJournalError, ValueError):
 
 
 class SettingsError(CsvJournalError, ValueError):
-    """Arguments to :func:`csvjournal.open` conflict with each other or with the journal."""
+    """Arguments to :func:`csvjournal.open` conflict with each other or with the journal, or
+    an argument is out of its range (``claim(n=0)``, a lease that is not positive, a success
+    status that is not terminal)."""
 
 
 class RecordError(CsvJournalError, ValueError):

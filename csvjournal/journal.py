@@ -72,7 +72,8 @@ class Journal(Claims):
 
         Raises:
             TypeError: a value of an unsupported type (the message names the field).
-            RecordError: an empty key, field name or status, or fields contradicting the key.
+            RecordError: an empty key, field name or status, fields contradicting the key,
+                or a value for the timestamp column (it is always the time of the record).
             JournalBusyError: other writers held the journal longer than the busy timeout.
             JournalClosedError: the handle is closed.
         """
@@ -285,7 +286,12 @@ class Journal(Claims):
 
     def close(self) -> None:
         """Give the rows this handle still holds back (``PENDING``), wait until the CSV
-        shows every record if this handle exports, and close; closing twice is harmless.
+        shows every record, and close; closing twice is harmless.
+
+        The wait is for a handle opened with ``export=True``: its exporter writes the last
+        records; a handle standing by waits for the exporter of another handle (up to
+        ``busy_timeout``, then logs ``csv_behind_at_close``), or exports them itself if
+        none is left. A handle opened with ``export=False`` does not wait.
 
         Raises:
             BatchOpenError: called inside a ``batch()`` block of this thread (the block's

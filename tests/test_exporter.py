@@ -71,6 +71,42 @@ def test_one_exporter_at_a_time_and_a_standby_takes_over(csv_path: Path) -> None
         second.close()
 
 
+def test_closing_a_standby_handle_waits_until_the_exporter_shows_its_records(
+    csv_path: Path,
+) -> None:
+    with csvjournal.open(csv_path, key="ID") as exporter:
+        standby = csvjournal.open(csv_path)
+        assert standby._exporter is not None
+        assert not standby._exporter.leading
+        with standby.batch():
+            for i in range(200):
+                standby.record(f"s{i}", "COMPLETED", N=i)
+        standby.close()  # the spec: leaving the block waits until the CSV shows every record
+        rows = _rows(csv_path)
+        assert len(rows) == 200
+        assert rows["s199"]["N"] == "199"
+        assert exporter._exporter is not None
+        assert exporter._exporter.leading
+
+
+def test_a_standby_handle_closing_after_the_exporter_left_exports_its_records(
+    csv_path: Path,
+) -> None:
+    first = csvjournal.open(csv_path, key="ID")
+    second = csvjournal.open(csv_path)
+    first.record("a", "COMPLETED")
+    first.close()
+    # At once: the standby would take over only at its next look, up to 0.5 s later.
+    second.record("b", "COMPLETED")
+    second.close()
+    rows = _rows(csv_path)
+    assert (rows["a"]["STATUS"], rows["b"]["STATUS"]) == ("COMPLETED", "COMPLETED")
+    before = csv_path.read_bytes()
+    with csvjournal.open(csv_path) as again:  # nothing left to catch up: the file stays
+        assert again.get("b") is not None
+    assert csv_path.read_bytes() == before
+
+
 def test_under_a_stream_of_commits_a_small_csv_is_exported_at_most_every_50_ms(
     csv_path: Path,
 ) -> None:

@@ -7,7 +7,9 @@ are in test_journal_reads.py.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import pickle
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -114,6 +116,23 @@ def test_values_are_rendered_as_the_spec_says(journal: Journal) -> None:
     assert (row["DAY"], row["AT"]) == ("2026-11-28", "2026-11-28T12:00:00+00:00")
 
 
+class _Status(str, enum.Enum):  # noqa: UP042 - the idiom whose str() is "_Status.DONE"
+    DONE = "COMPLETED"
+
+
+class _Key(int, enum.Enum):
+    ONE = 1
+
+
+def test_enum_members_mixed_with_str_or_int_record_their_values(journal: Journal) -> None:
+    journal.record(_Key.ONE, _Status.DONE, NOTE=_Status.DONE)  # type: ignore[arg-type]
+    row = journal.get("1")
+    assert row is not None
+    assert (row["PO_NUMBER"], row["STATUS"], row["NOTE"]) == ("1", "COMPLETED", "COMPLETED")
+    assert journal.counts() == {"COMPLETED": 1}
+    assert journal.pending() == []
+
+
 @pytest.mark.parametrize("value", [{1, 2}, [1], b"bytes", object()])
 def test_an_unsupported_value_is_a_type_error_and_records_nothing(
     journal: Journal, value: object
@@ -135,6 +154,8 @@ def test_an_unsupported_value_is_a_type_error_and_records_nothing(
         (("PO-1", "COMPLETED"), {"STATUS": "FAILED"}, "two different statuses"),
         (("PO-1", ""), {}, "status must not be empty"),
         (("PO-1",), {"PO_NUMBER": "PO-2"}, "contradicts the key"),
+        (("PO-1",), {"LAST_PROCESSED": "2001-01-01T00:00:00.000Z"}, "set by record"),
+        (("PO-1",), {"fields": {"LAST_PROCESSED": None}}, "set by record"),
     ],
 )
 def test_invalid_records_are_record_errors_and_change_nothing(
@@ -268,6 +289,30 @@ def test_conflicting_settings_at_reopen_are_refused(csv_path: Path, kwargs: dict
 def test_clashing_column_names_are_refused(csv_path: Path, kwargs: dict[str, str]) -> None:
     with pytest.raises(csvjournal.SettingsError):
         csvjournal.open(csv_path, **kwargs)  # type: ignore[arg-type]
+    assert list(csv_path.parent.iterdir()) == []  # not even the writers' lock file
+
+
+def test_a_refused_open_leaves_an_existing_backups_folder_alone(csv_path: Path) -> None:
+    folder = Path(f"{csv_path}.backups")
+    (folder / "2026-11-30T00-00-00.000000").mkdir(parents=True)
+    with pytest.raises(csvjournal.SettingsError):
+        csvjournal.open(csv_path, key="ID", timestamp_column="ID")
+    assert sorted(p.name for p in csv_path.parent.iterdir()) == [folder.name]
+    assert [p.name for p in folder.iterdir()] == ["2026-11-30T00-00-00.000000"]
+
+
+def test_an_open_that_changes_nothing_does_not_wait_for_a_writer(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="PO_NUMBER", export=False) as writer:
+        writer.record("PO-1", "COMPLETED")
+        with writer.batch():  # holds the journal's write lock until the block ends
+            writer.record("PO-2")
+            started = time.monotonic()
+            with csvjournal.open(csv_path, export=False, busy_timeout=2) as reader:
+                assert time.monotonic() - started < 1.5
+                assert reader.counts() == {"COMPLETED": 1}  # the batch is not committed yet
+            with pytest.raises(csvjournal.JournalBusyError):  # a new terminal set writes
+                csvjournal.open(csv_path, export=False, terminal={"X"}, busy_timeout=0.2)
+        assert writer.get("PO-2") is not None
 
 
 def test_a_closed_journal_refuses_use_and_closes_twice(journal: Journal) -> None:

@@ -25,6 +25,7 @@ from _leases import claims as _claims
 from _leases import csv_statuses as _csv_statuses
 from _leases import wait_for as _wait_for
 
+import csvjournal
 from csvjournal import Journal
 
 # The fixtures of the ten-row CSV and its exporting journal (assigned, not imported by name,
@@ -113,11 +114,26 @@ def test_the_default_worker_is_host_pid_thread(jr: Journal) -> None:
     ("n", "lease"), [(0, 10.0), (-1, 10.0), (1, 0.0), (1, -5.0), (1, math.nan), (0, 0.0)]
 )
 def test_claim_refuses_bad_arguments_and_changes_nothing(jr: Journal, n: int, lease: float) -> None:
-    with pytest.raises(ValueError, match="claim"):
+    with pytest.raises(csvjournal.SettingsError, match="claim") as caught:
         jr.claim(n, lease=lease)
+    assert isinstance(caught.value, ValueError)
     assert jr.pending() == KEYS
     assert jr.counts() == {"PENDING": len(KEYS)}
     assert all(jr.history(key) == [] for key in KEYS)
+
+
+@pytest.mark.parametrize("lease", [0.0, -1.0, math.nan])
+def test_extend_refuses_a_lease_that_is_not_positive(jr: Journal, lease: float) -> None:
+    taken = jr.claim(1, lease=LONG)
+    with pytest.raises(csvjournal.SettingsError, match="extend"):
+        jr.extend(taken, lease)
+    assert jr.counts() == {"IN_PROGRESS": 1, "PENDING": len(KEYS) - 1}
+
+
+def test_work_refuses_a_success_status_that_is_not_terminal(jr: Journal) -> None:
+    with pytest.raises(csvjournal.SettingsError, match="not terminal"):
+        jr.work(success_status="DONE-ISH")
+    assert jr.pending() == KEYS
 
 
 def test_max_attempts_skips_rows_claimed_that_often(jr: Journal) -> None:

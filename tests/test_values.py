@@ -18,6 +18,26 @@ class Colour(enum.StrEnum):
     RED = "red"
 
 
+class Status(str, enum.Enum):  # noqa: UP042 - the older idiom: str() is "Status.DONE"
+    DONE = "DONE"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+class Size(int, enum.Enum):
+    BIG = 7
+
+
+class Ratio(float, enum.Enum):
+    HALF = 0.5
+
+
+class Flag(enum.IntFlag):
+    ONE = 1
+
+
 @pytest.mark.parametrize(
     ("value", "text"),
     [
@@ -35,6 +55,13 @@ class Colour(enum.StrEnum):
         (dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC), "2026-01-02T03:04:05+00:00"),
         (dt.time(7, 8), "07:08:00"),
         (Colour.RED, "red"),
+        (Status.DONE, "DONE"),
+        (Level.HIGH, "3"),
+        (Size.BIG, "7"),
+        (Ratio.HALF, "0.5"),
+        (Flag.ONE, "1"),
+        (Decimal("1E+2"), "1E+2"),
+        (float("nan"), "nan"),
     ],
 )
 def test_render_value(value: object, text: str) -> None:
