@@ -10,10 +10,11 @@ from pathlib import Path
 import structlog
 
 from csvjournal import _reads
+from csvjournal._handedits import blocked_by
 from csvjournal._rendercache import stream_csv
 from csvjournal._settings import Settings
 from csvjournal.csvio import atomic_write
-from csvjournal.errors import CsvJournalError, ExportError, FlushTimeoutError
+from csvjournal.errors import CsvChangedError, CsvJournalError, ExportError, FlushTimeoutError
 from csvjournal.exporter import POLL_SECONDS, Exporter
 from csvjournal.store import Store
 
@@ -48,7 +49,7 @@ def flush_csv(
     Raises:
         FlushTimeoutError: ``timeout`` seconds passed first.
         ExportError: the CSV could not be written here and now.
-        CsvChangedError: exporting here found the CSV edited by hand.
+        CsvChangedError: the CSV was edited by hand (the exporter leaves it as it is).
     """
     with store.read() as conn:
         target = _reads.last_seq(conn)
@@ -57,10 +58,15 @@ def flush_csv(
         exporter.wake()
         if exporter.wait_for(target, timeout, lambda: exporter.leading):
             return
+        if exporter.blocked is not None:
+            raise CsvChangedError(str(exporter.blocked))
     while True:
         with store.read() as conn:
             if (_reads.exported_seq(conn) or 0) >= target:
                 return
+            blocked = blocked_by(conn, csv_path)
+        if blocked is not None:  # the exporter of another handle waits for the edit's fate
+            raise CsvChangedError(blocked)
         helper = Exporter(store, settings, csv_path, formula_guard)
         try:
             exported = helper.try_lead()  # exports when it gets the lock: nobody else does

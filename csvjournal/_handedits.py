@@ -10,15 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import structlog
+from sqlalchemy import Connection
 
 from csvjournal import _reads
 from csvjournal._rendercache import RenderedCsv, lines_format
-from csvjournal._settings import read_value
+from csvjournal._settings import read_value, write_value
 from csvjournal.csvio import fingerprint
 from csvjournal.errors import CsvChangedError
 from csvjournal.store import Store
 
-__all__ = ["check_csv"]
+__all__ = ["CsvGuard", "block", "blocked_by", "check_csv"]
 
 log = structlog.get_logger(__name__)
 
@@ -68,3 +69,84 @@ def check_csv(
             seeded = rendered.seed(conn, data, seq, rows)
         log.debug("csv_rendering_seeded", path=str(csv_path), seeded=seeded, seq=seq)
     return None
+
+
+_CHANGED_WHILE_RUNNING = (
+    "{path}: edited by hand while csvjournal kept it; the CSV is not updated until the"
+    " edits are in the journal. Run `csvjournal import --merge {path}` to bring them in, or"
+    " delete the file to have it written anew from the journal"
+)
+
+
+class CsvGuard:
+    """The CSV an exporter put in place, so that a hand edit made while it runs is not
+    overwritten by its next export (an edit is refused at open; this refuses it later).
+
+    A ``stat`` a check tells the file this exporter left from any other (inode, size and
+    modification time); only another file is read, and it passes when its fingerprint is
+    one the journal knows (the last export, the one about to appear, or an edited file
+    that ``merge_csv`` brought in). A file refused is not read again while neither it nor
+    the journal's known fingerprints change.
+    """
+
+    def __init__(self, store: Store, csv_path: Path) -> None:
+        self._store = store
+        self._csv_path = csv_path
+        self._placed: tuple[int, ...] | None = None
+        self._refused: tuple[tuple[int, ...], frozenset[object]] | None = None
+
+    def placed(self) -> None:
+        """The CSV on disk now is one csvjournal wrote or checked (or there is none)."""
+        self._placed = self._identity()
+        self._refused = None
+
+    def check(self) -> None:
+        """Refuse to replace the CSV on disk if it was edited by hand since :meth:`placed`.
+
+        Raises:
+            CsvChangedError: the CSV is neither the one placed nor one the journal knows.
+        """
+        identity = self._identity()
+        if identity is None or identity == self._placed:
+            return
+        with self._store.read() as conn:
+            known = frozenset({read_value(conn, "csv_digest"), read_value(conn, "csv_pending")})
+        if self._refused != (identity, known):
+            with self._csv_path.open("rb") as file:
+                found = fingerprint(iter(lambda: file.read(1 << 20), b""))
+            if found in known:
+                self._placed, self._refused = identity, None
+                return
+            self._refused = (identity, known)
+        raise CsvChangedError(_CHANGED_WHILE_RUNNING.format(path=self._csv_path))
+
+    def _identity(self) -> tuple[int, ...] | None:
+        return _identity(self._csv_path)
+
+
+def block(conn: Connection, csv_path: Path, error: str) -> None:
+    """Note that a hand edit of the CSV on disk stops the exports (inside ``conn``'s write
+    transaction), for :func:`blocked_by` in any process."""
+    write_value(conn, "csv_blocked", {"file": _identity(csv_path), "error": error})
+
+
+def blocked_by(conn: Connection, csv_path: Path) -> str | None:
+    """The error of the hand edit that stops the exports, while the CSV is still that file
+    (a note left by an exporter that died, or about a file since deleted or replaced, is
+    void); else None."""
+    note = read_value(conn, "csv_blocked")
+    if not isinstance(note, dict):
+        return None
+    current = _identity(csv_path)
+    if current is None or list(current) != note.get("file"):
+        return None
+    return str(note.get("error"))
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """What tells one file from another at a path without reading it, or None if none."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns

@@ -6,7 +6,9 @@ handles stand by and one takes over within about a second. The exporter notices 
 any process by polling the newest sequence number, coalesces bursts, and writes the CSV with
 :func:`~csvjournal.csvio.atomic_write`. Before each rename it records which export it is
 about to put in place, and after it which sequence number the CSV reflects; so a CSV that
-matches neither is a hand edit, never the trace of an exporter killed mid-export.
+matches neither is a hand edit, never the trace of an exporter killed mid-export. A hand
+edit made while it runs is never overwritten: the exports stop, saying what to do, until the
+edit is merged or the file deleted (:class:`~csvjournal._handedits.CsvGuard`).
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from csvjournal import _reads
 from csvjournal._background import Background
+from csvjournal._exportsignals import ExportSignals
 from csvjournal._forking import ForkGate
-from csvjournal._handedits import check_csv
+from csvjournal._handedits import CsvGuard, block, check_csv
 from csvjournal._oslock import ExporterLock
 from csvjournal._rendercache import SAVE_CHUNK, RenderedCsv
-from csvjournal._settings import Settings, read_value, write_value
+from csvjournal._settings import Settings, forget_values, read_value, write_value
 from csvjournal.csvio import (
     EXCEL_MAX_ROWS,
     remove_temp_files,
@@ -64,6 +67,8 @@ _SAVE_EVERY_SECONDS = 1.0
 _SAVE_BACKLOG = 100_000
 _BACKOFF_FIRST_SECONDS = 0.05  # the first retry of a failed export, doubling each time
 _BACKOFF_CAP_SECONDS = 30.0
+# While a hand edit blocks the exports, how often the CSV is looked at again (a stat).
+_BLOCKED_SECONDS = 0.5
 
 
 def lock_path(csv_path: Path) -> Path:
@@ -71,7 +76,7 @@ def lock_path(csv_path: Path) -> Path:
     return Path(f"{csv_path}.backups") / "exporter.lock"
 
 
-class Exporter:
+class Exporter(ExportSignals):
     """The exporting side of one handle: the lock, the thread, and the export itself."""
 
     def __init__(
@@ -82,6 +87,7 @@ class Exporter:
         formula_guard: bool,
         gate: ForkGate | None = None,
     ) -> None:
+        super().__init__()
         self._store = store
         self._gate = gate or ForkGate()
         self._settings = settings
@@ -90,17 +96,11 @@ class Exporter:
         lock = lock_path(csv_path)
         lock.parent.mkdir(exist_ok=True)
         self._lock = ExporterLock(lock)
-        self._changed = threading.Condition()
-        self._stop = False
-        self._woken = False
-        self.leading = False
-        self.exported_seq = -1
         self._failures = 0
+        self._guard = CsvGuard(store, csv_path)
         self._saved_at = 0.0  # monotonic time of the last records stored after an export
-        self._forced = False
         self._before_write: Callable[[], object] | None = None
         self._preview: Preview | None = None
-        self.exports = 0  # how many exports this handle made
         self._warned_rows = False
         self._rendered = RenderedCsv(settings.dialect, formula_guard)
         self._thread: threading.Thread | None = None
@@ -163,6 +163,7 @@ class Exporter:
             log.info("temp_file_removed", path=str(leftover))
             self.removed_temp_files.append(leftover)
         current = check_csv(self._store, self._csv_path, self._rendered, self._formula_guard)
+        self._guard.placed()
         if current is None:
             self.export_now()
         else:  # the CSV already shows everything: render it when something changes
@@ -197,13 +198,6 @@ class Exporter:
                 log.info("exporter_took_over", path=str(self._csv_path))
         self._export_loop()
 
-    def _stopped(self, seconds: float) -> bool:
-        """Wait ``seconds``, or less if woken or stopped; return whether stopped."""
-        with self._changed:
-            self._changed.wait_for(lambda: self._stop or self._woken, seconds)
-            self._woken = False
-            return self._stop
-
     def _export_loop(self) -> None:
         try:
             self._warm_up()
@@ -213,7 +207,8 @@ class Exporter:
             while not self._stopped(delay):
                 with self._gate.operation():  # no connection may be open across a fork
                     # A CSV deleted by hand is written anew, commits or not.
-                    idle = not self._forced and self._failures == 0 and self._csv_path.exists()
+                    idle = not (self._forced or self._failures or self.blocked)
+                    idle = idle and self._csv_path.exists()
                     # The newest event is read only if someone committed since the last poll.
                     seen, version = version, self._store.data_version()
                     if idle and (seen == version or self._newest() <= self.exported_seq):
@@ -269,6 +264,13 @@ class Exporter:
         started = time.monotonic()
         try:
             self.export_now()
+        except CsvChangedError as exc:  # a hand edit while we run: keep it, say what to do
+            if self.blocked is None:
+                log.error("csv_changed_by_hand", path=str(self._csv_path), error=str(exc))
+                with self._store.write(synced=False) as conn:
+                    block(conn, self._csv_path, str(exc))
+            self._refused(exc)
+            return _BLOCKED_SECONDS
         except OSError as exc:
             self._failures += 1
             if self._failures == 1:
@@ -278,6 +280,9 @@ class Exporter:
         if self._failures:
             log.info("csv_export_recovered", path=str(self._csv_path), attempts=self._failures)
             self._failures = 0
+        if self.blocked is not None:
+            log.info("csv_exports_resumed", path=str(self._csv_path))
+            self.blocked = None
         # After the rename (the CSV need not wait for it), but rarely: each stored record is
         # a page of WAL, and under load the writers need the disk more than the next exporter
         # needs the records. The backlog is held in memory, so a large one goes out sooner.
@@ -293,7 +298,10 @@ class Exporter:
 
         Raises:
             OSError: the CSV could not be written (the old one stays whole).
+            CsvChangedError: the CSV was edited by hand while this exporter ran (left as
+                it is).
         """
+        self._guard.check()
         rendered = self._rendered
         planned: dict[int, tuple[str, list[str]]] = {}
         with self._store.read() as conn:
@@ -327,15 +335,23 @@ class Exporter:
             if not unchanged and self._store.durability == "full":
                 self._store.sync_wal()
             syncing.result()
+            self._guard.check()  # once more: the fsyncs took a while
         except BaseException:
             with contextlib.suppress(OSError):
                 syncing.result()
             temp.unlink(missing_ok=True)
             raise
+        self._put_in_place(temp, written, unchanged)
+
+    def _put_in_place(self, temp: Path, written: str, unchanged: bool) -> None:
+        """Rename the export ``temp`` over the CSV (unless the CSV has these bytes already)
+        and note what the CSV now shows."""
+        rendered = self._rendered
         if unchanged:
             temp.unlink()
         else:
             replace_with(temp, self._csv_path)
+            self._guard.placed()
         # Not synced: lost in a power cut, the CSV still matches csv_pending (synced before
         # the rename), so it is known, not a hand edit; and csv_seq only makes flush() and
         # the next exporter export once more.
@@ -343,11 +359,9 @@ class Exporter:
             write_value(conn, "csv_digest", written)
             write_value(conn, "csv_seq", rendered.seq)
             write_value(conn, "csv_rows", len(rendered))
-        with self._changed:
-            self.exported_seq = rendered.seq
-            self.exports += 1
-            self._forced = False
-            self._changed.notify_all()
+            if self.blocked is not None:
+                forget_values(conn, "csv_blocked")
+        self._exported(rendered.seq)
 
     def _went_as_planned(self, planned: dict[int, tuple[str, list[str]]], changed: object) -> bool:
         """Whether the first write changed exactly the rows previewed and nothing else was
@@ -361,44 +375,10 @@ class Exporter:
         self._rendered.seq = newest
         return True
 
-    # -- flush and stop --------------------------------------------------------------------
-
-    def wake(self) -> None:
-        """Look for new commits now rather than at the next poll."""
-        with self._changed:
-            self._woken = True
-            self._changed.notify_all()
-
-    def export_again(self, timeout: float | None = None) -> bool:
-        """Have the exporter thread export once more now, whatever changed; wait for it.
-        False if it did not within ``timeout`` (or stopped leading)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._changed:
-            target = self.exports + 1
-            self._forced = self._woken = True
-            self._changed.notify_all()
-            while self.exports < target and self.leading:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._changed.wait(0.05 if remaining is None else min(0.05, remaining))
-        return self.exports >= target
-
-    def wait_for(self, seq: int, timeout: float | None, alive: Callable[[], bool]) -> bool:
-        """Wait until this exporter has written ``seq``; False on timeout or if it stopped."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._changed:
-            while self.exported_seq < seq and alive():
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._changed.wait(min(0.05, remaining) if remaining is not None else 0.05)
-        return self.exported_seq >= seq
+    # -- stop ----------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Export what is left (if leading), stop the thread and release the lock."""
-        with self._changed:
-            self._stop = True
-            self._changed.notify_all()
+        self._ask_to_stop()
         if self._thread is not None:
             self._thread.join()

@@ -76,8 +76,9 @@ def merge_csv(
             # the digest of the bytes parsed (a second read could see a later edit)
             write_value(conn, "csv_digest", parsed.digest)
             # ... but it shows no state of the journal: the next open rewrites it, also
-            # when the merge changed nothing (rows deleted by hand come back)
-            forget_values(conn, "csv_seq", "csv_rows")
+            # when the merge changed nothing (rows deleted by hand come back); a running
+            # exporter that the edit stopped resumes (it knows the file now)
+            forget_values(conn, "csv_seq", "csv_rows", "csv_blocked")
     log.info(
         "csv_merged",
         path=str(path),

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import text
 
 from csvjournal import _reads
+from csvjournal._handedits import blocked_by
 from csvjournal._oslock import ExporterLock
 from csvjournal._values import parse_timestamp
 from csvjournal.exporter import lock_path
@@ -34,7 +35,9 @@ class Progress:
     ``eta_seconds`` the time left at that rate (``None`` when nothing finished lately);
     ``csv_exists`` tells whether the CSV is on disk at all (a deleted one is written anew
     by the next exporting open), ``csv_current`` whether it shows every commit (never when
-    it is missing), ``csv_age_seconds`` how long ago it was last written.
+    it is missing), ``csv_age_seconds`` how long ago it was last written, and
+    ``csv_edited_by_hand`` whether a hand edit made while the exporter ran stopped its
+    exports (until ``csvjournal import --merge`` or the file's deletion).
     """
 
     rows: int
@@ -51,6 +54,7 @@ class Progress:
     csv_exists: bool
     csv_current: bool
     csv_age_seconds: float | None
+    csv_edited_by_hand: bool
     exporter_alive: bool
 
     def to_dict(self) -> dict[str, object]:
@@ -86,6 +90,7 @@ def progress(journal: Journal) -> Progress:
         exported = _reads.exported_seq(conn)
         found = conn.execute(text(_RECENT), {"first": max(0, last - _RATE_EVENTS)})
         recent = [(str(at), str(status)) for at, status in found]
+        edited = blocked_by(conn, journal.csv_path) is not None
     rows = sum(counts.values())
     done = sum(n for status, n in counts.items() if status in terminal)
     rate = _rate(recent, terminal, now)
@@ -110,6 +115,7 @@ def progress(journal: Journal) -> Progress:
         # the journal's note of the last export says nothing of a file deleted since
         csv_current=age is not None and exported is not None and exported >= last,
         csv_age_seconds=None if age is None else round(age, 3),
+        csv_edited_by_hand=edited,
         exporter_alive=exporter_alive(journal.csv_path),
     )
 

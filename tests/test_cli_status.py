@@ -52,6 +52,7 @@ def test_status_json_has_the_progress_fields(orders: Path) -> None:
     assert data["eta_seconds"] is None
     assert data["csv_current"] is True
     assert data["csv_exists"] is True
+    assert data["csv_edited_by_hand"] is False
     assert data["exporter_alive"] is False
     ok(invoke("record", orders, "PO-1", "--status", "COMPLETED"))
     ok(invoke("record", orders, "PO-2", "--status", "NO_ATTACHMENTS"))
@@ -83,6 +84,26 @@ def test_status_reports_a_deleted_csv_as_missing_until_an_export(orders: Path) -
     assert orders.read_bytes() == exported
     data = json.loads(ok(invoke("status", orders, "--json")))
     assert (data["csv_exists"], data["csv_current"]) == (True, True)
+
+
+def test_status_says_when_a_hand_edit_stopped_the_exports(orders: Path) -> None:
+    with csvjournal.open(orders) as journal:
+        width = len(orders.read_text(encoding="utf-8").splitlines()[0].split(","))
+        with orders.open("a", encoding="utf-8", newline="") as file:
+            file.write("PO-9" + "," * (width - 1) + "\n")  # a row typed in by hand
+        journal.record("PO-1", "COMPLETED")
+        with pytest.raises(csvjournal.CsvChangedError):
+            journal.flush(timeout=10)
+        out = ok(invoke("status", orders))
+        assert "CSV: edited by hand" in out
+        assert "import --merge" in out
+        assert json.loads(ok(invoke("status", orders, "--json")))["csv_edited_by_hand"] is True
+        ok(invoke("import", orders, "--merge"))
+        journal.flush(timeout=10)
+        data = json.loads(ok(invoke("status", orders, "--json")))
+        assert (data["csv_edited_by_hand"], data["csv_current"]) == (False, True)
+        assert journal.get("PO-9") is not None
+    assert "PO-9" in orders.read_text(encoding="utf-8")
 
 
 def test_status_watch_returns_once_the_job_is_done(orders: Path) -> None:

@@ -48,6 +48,10 @@ def render(csv: Path, snap: Progress) -> Group:
     freshness = "current" if snap.csv_current else f"{lag:,} events behind"
     if not snap.csv_exists:
         freshness = "missing (the next exporting open writes it anew)"
+    elif snap.csv_edited_by_hand:
+        freshness = (
+            "edited by hand, not updated until `csvjournal import --merge` brings the edits in"
+        )
     elif snap.csv_age_seconds is not None:
         freshness += f", written {snap.csv_age_seconds:.1f} s ago"
     lines = [

@@ -1,0 +1,89 @@
+"""What an exporter thread and the threads waiting on it tell each other: wake-ups, stops,
+exports made, and exports a hand edit stopped (see :class:`ExportSignals`)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from csvjournal.errors import CsvChangedError
+
+__all__ = ["ExportSignals"]
+
+
+class ExportSignals:
+    """The exporter's state that other threads wait on, under one condition."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._stop = False
+        self._woken = False
+        self._forced = False  # export once more, whatever changed
+        self.leading = False
+        self.exported_seq = -1
+        self.exports = 0  # how many exports this handle made
+        # Set while a hand edit made during the run stops the exports (see CsvGuard).
+        self.blocked: CsvChangedError | None = None
+        self.refusals = 0  # exports the edit stopped
+
+    def wake(self) -> None:
+        """Look for new commits now rather than at the next poll."""
+        with self._changed:
+            self._woken = True
+            self._changed.notify_all()
+
+    def export_again(self, timeout: float | None = None) -> bool:
+        """Have the exporter thread export once more now, whatever changed; wait for it.
+        False if it did not within ``timeout`` (or stopped leading)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            target = self.exports + 1
+            self._forced = self._woken = True
+            self._changed.notify_all()
+            while self.exports < target and self.leading:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._changed.wait(0.05 if remaining is None else min(0.05, remaining))
+        return self.exports >= target
+
+    def wait_for(self, seq: int, timeout: float | None, alive: Callable[[], bool]) -> bool:
+        """Wait until this exporter has written ``seq``; False on timeout, if it stopped,
+        or if a hand edit (:attr:`blocked`) stopped an export it tried meanwhile."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            refusals = self.refusals
+            while self.exported_seq < seq and alive() and self.refusals == refusals:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._changed.wait(min(0.05, remaining) if remaining is not None else 0.05)
+        return self.exported_seq >= seq
+
+    def _stopped(self, seconds: float) -> bool:
+        """Wait ``seconds``, or less if woken or stopped; return whether stopped."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._stop or self._woken, seconds)
+            self._woken = False
+            return self._stop
+
+    def _ask_to_stop(self) -> None:
+        with self._changed:
+            self._stop = True
+            self._changed.notify_all()
+
+    def _exported(self, seq: int) -> None:
+        """An export showing ``seq`` is in place."""
+        with self._changed:
+            self.exported_seq = seq
+            self.exports += 1
+            self._forced = False
+            self._changed.notify_all()
+
+    def _refused(self, error: CsvChangedError) -> None:
+        """An export was not put in place: the CSV was edited by hand."""
+        with self._changed:
+            self.blocked = error
+            self.refusals += 1
+            self._changed.notify_all()

@@ -1,0 +1,134 @@
+"""Hand edits made while an exporter runs: kept, never overwritten, until merged or deleted.
+
+(A hand edit found at open is refused there: see test_exporter.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from _exporter import exported_rows as _rows
+from structlog.testing import capture_logs
+
+import csvjournal
+
+HAND_ROW = "hand,,\n"  # a row typed in by someone: key, empty status and timestamp
+
+
+def _edit_in_place(path: Path) -> None:
+    with path.open("a", encoding="utf-8", newline="") as file:
+        file.write(HAND_ROW)
+
+
+def _edit_like_an_editor(path: Path) -> None:  # a new file renamed over the old one
+    temp = path.with_name("edited.tmp")
+    temp.write_bytes(path.read_bytes() + HAND_ROW.encode())
+    os.replace(temp, path)
+
+
+EDITS = {"in place": _edit_in_place, "renamed over": _edit_like_an_editor}
+
+
+def _flushed(journal: csvjournal.Journal) -> None:
+    journal.flush(timeout=10)
+
+
+@pytest.fixture
+def running(csv_path: Path) -> csvjournal.Journal:
+    journal = csvjournal.open(csv_path, key="ID")
+    journal.record("a", "COMPLETED")
+    _flushed(journal)
+    return journal
+
+
+@pytest.mark.parametrize("edit", EDITS.values(), ids=EDITS.keys())
+def test_an_edit_made_while_exporting_is_kept_until_merged(
+    running: csvjournal.Journal, csv_path: Path, edit: Callable[[Path], None]
+) -> None:
+    with capture_logs() as logs:
+        edit(csv_path)
+        edited = csv_path.read_bytes()
+        running.record("b", "COMPLETED")
+        started = time.monotonic()
+        with pytest.raises(csvjournal.CsvChangedError, match="import --merge"):
+            running.flush(timeout=10)
+        assert time.monotonic() - started < 5  # said at once, not after the timeout
+        time.sleep(0.3)
+        running.record("c", "COMPLETED")
+        time.sleep(0.3)
+        assert csv_path.read_bytes() == edited  # never overwritten
+    assert [entry["event"] for entry in logs].count("csv_changed_by_hand") == 1
+    csvjournal.merge_csv(csv_path)
+    _flushed(running)
+    rows = _rows(csv_path)
+    assert sorted(rows) == ["a", "b", "c", "hand"]  # the edit is in, and nothing is lost
+    assert rows["c"]["STATUS"] == "COMPLETED"
+    assert running.pending() == ["hand"]
+    running.close()
+
+
+def test_deleting_the_edited_csv_has_it_written_anew(
+    running: csvjournal.Journal, csv_path: Path
+) -> None:
+    _edit_in_place(csv_path)
+    running.record("b", "COMPLETED")
+    with pytest.raises(csvjournal.CsvChangedError):
+        running.flush(timeout=10)
+    csv_path.unlink()
+    _flushed(running)
+    assert sorted(_rows(csv_path)) == ["a", "b"]  # the journal's rows, the edit dropped
+    running.record("c", "COMPLETED")
+    _flushed(running)  # exporting as before
+    assert "c" in _rows(csv_path)
+    running.close()
+
+
+def test_other_handles_learn_of_the_edit_instead_of_waiting(
+    running: csvjournal.Journal, csv_path: Path
+) -> None:
+    worker = csvjournal.open(csv_path, export=False)
+    standby = csvjournal.open(csv_path, busy_timeout=30)
+    _edit_in_place(csv_path)
+    worker.record("w", "COMPLETED")
+    deadline = time.monotonic() + 10
+    while running._exporter is not None and running._exporter.blocked is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    with pytest.raises(csvjournal.CsvChangedError, match="import --merge"):
+        worker.flush(timeout=10)
+    started = time.monotonic()
+    with capture_logs() as logs:
+        standby.close()  # does not wait busy_timeout for an export that cannot come
+    assert time.monotonic() - started < 5
+    assert any(entry["event"] == "csv_behind_at_close" for entry in logs)
+    csv_path.unlink()
+    worker.flush(timeout=10)  # the note about the edited file is void once it is gone
+    assert "w" in _rows(csv_path)
+    worker.close()
+    running.close()
+
+
+def test_a_touched_but_unchanged_csv_goes_on_being_exported(
+    running: csvjournal.Journal, csv_path: Path
+) -> None:
+    os.utime(csv_path, (1_000_000_000, 1_000_000_000))  # a backup tool, `touch`, a copy back
+    running.record("b", "COMPLETED")
+    _flushed(running)
+    assert _rows(csv_path)["b"]["STATUS"] == "COMPLETED"
+    running.close()
+
+
+def test_an_edit_at_close_is_kept_and_refused_at_the_next_open(
+    running: csvjournal.Journal, csv_path: Path
+) -> None:
+    running.record("b", "COMPLETED")
+    _edit_in_place(csv_path)
+    edited = csv_path.read_bytes()
+    running.close()  # its last export would have overwritten the edit
+    assert csv_path.read_bytes() == edited
+    with pytest.raises(csvjournal.CsvChangedError):
+        csvjournal.open(csv_path)
