@@ -9,10 +9,11 @@ locks do not exclude handles of the same process, so a process-wide registry doe
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 from pathlib import Path
+
+from csvjournal._posix import fcntl
 
 __all__ = ["ExporterLock"]
 

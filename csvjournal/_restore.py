@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sqlite3
@@ -14,6 +13,7 @@ from csvjournal import _forking
 from csvjournal._atomicfile import fingerprint
 from csvjournal._open import open as open_journal
 from csvjournal._oslock import ExporterLock
+from csvjournal._posix import fcntl
 from csvjournal.backup import PendingBackup, check_backup, copy_journal, prune_backups, take_backup
 from csvjournal.errors import JournalBusyError
 from csvjournal.exporter import lock_path

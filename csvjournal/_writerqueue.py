@@ -20,7 +20,6 @@ that skips the queue can pass queued ones only at an instant when nobody holds t
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 import time
@@ -28,6 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from csvjournal._posix import fcntl
 from csvjournal.errors import JournalBusyError
 
 __all__ = ["WriterQueue"]
