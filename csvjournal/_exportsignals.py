@@ -26,6 +26,8 @@ class ExportSignals:
         # Set while a hand edit made during the run stops the exports (see CsvGuard).
         self.blocked: CsvChangedError | None = None
         self.refusals = 0  # exports the edit stopped
+        self.failures = 0  # exports that failed (disk full, a read-only folder, ...)
+        self.last_failure: Exception | None = None
 
     def wake(self) -> None:
         """Look for new commits now rather than at the next poll."""
@@ -50,11 +52,12 @@ class ExportSignals:
 
     def wait_for(self, seq: int, timeout: float | None, alive: Callable[[], bool]) -> bool:
         """Wait until this exporter has written ``seq``; False on timeout, if it stopped,
-        or if a hand edit (:attr:`blocked`) stopped an export it tried meanwhile."""
+        or if an export it tried meanwhile failed (:attr:`last_failure`) or a hand edit
+        stopped it (:attr:`blocked`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
-            refusals = self.refusals
-            while self.exported_seq < seq and alive() and self.refusals == refusals:
+            tried = self.refusals + self.failures
+            while self.exported_seq < seq and alive() and self.refusals + self.failures == tried:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -79,6 +82,13 @@ class ExportSignals:
             self.exported_seq = seq
             self.exports += 1
             self._forced = False
+            self._changed.notify_all()
+
+    def _failed(self, error: Exception) -> None:
+        """An export failed; the exporter tries again later."""
+        with self._changed:
+            self.last_failure = error
+            self.failures += 1
             self._changed.notify_all()
 
     def _refused(self, error: CsvChangedError) -> None:

@@ -48,7 +48,8 @@ def flush_csv(
 
     Raises:
         FlushTimeoutError: ``timeout`` seconds passed first.
-        ExportError: the CSV could not be written here and now.
+        ExportError: the CSV could not be written, here or by ``exporter`` while this
+            waited (it tries again).
         CsvChangedError: the CSV was edited by hand (the exporter leaves it as it is).
     """
     with store.read() as conn:
@@ -56,10 +57,16 @@ def flush_csv(
     deadline = None if timeout is None else time.monotonic() + timeout
     if exporter is not None and exporter.leading:
         exporter.wake()
+        failures = exporter.failures
         if exporter.wait_for(target, timeout, lambda: exporter.leading):
             return
         if exporter.blocked is not None:
             raise CsvChangedError(str(exporter.blocked))
+        if exporter.failures != failures:  # it retries; the caller hears now, not never
+            raise ExportError(
+                f"{csv_path}: could not write the CSV: {exporter.last_failure}"
+                " (the exporter tries again; every record is safe in the journal)"
+            )
     while True:
         with store.read() as conn:
             if (_reads.exported_seq(conn) or 0) >= target:
@@ -70,7 +77,7 @@ def flush_csv(
         helper = Exporter(store, settings, csv_path, formula_guard)
         try:
             exported = helper.try_lead()  # exports when it gets the lock: nobody else does
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:
             raise ExportError(f"{csv_path}: could not write the CSV: {exc}") from exc
         if exported:
             helper.release()

@@ -42,7 +42,7 @@ from csvjournal.backup import PendingBackup, backups_folder, take_backup
 from csvjournal.csvio import ParsedCsv, read_csv
 from csvjournal.errors import JournalClosedError
 from csvjournal.exporter import Exporter
-from csvjournal.recovery import check_integrity
+from csvjournal.recovery import check_integrity, damage_is_corruption
 from csvjournal.store import Store, remove_journal_files
 
 __all__ = ["Handle"]
@@ -109,7 +109,8 @@ class Handle:
             queue_path=folder / "writer.lock",
         )
         try:
-            self._settle(source)
+            with damage_is_corruption(self._store, options.csv_path):
+                self._settle(source)
         except BaseException:
             self._store.close()
             if created:  # leave nothing behind, as if open() had never been called

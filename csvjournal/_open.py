@@ -49,7 +49,7 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
     session: it backs the journal and CSV up into ``orders.csv.backups/`` (keeping the newest
     ``keep_backups``; 0 turns these automatic backups off, which is unsafe: a damaged journal
     then has nothing to be restored from), then recovers from any crash (see
-    :meth:`Journal.recover`; the integrity check here is SQLite's quicker ``quick_check``).
+    :meth:`Journal.recover`, with SQLite's full ``integrity_check``).
 
     Raises:
         SettingsError: missing or conflicting arguments, or a file that is not a journal.

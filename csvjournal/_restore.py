@@ -161,7 +161,8 @@ def restore(
         _put_in_place(source, journal, csv)
     finally:
         lock.release()
-    prune_backups(csv, keep_backups)
+    # not the backup just restored, even the oldest: it may be wanted again
+    prune_backups(csv, keep_backups, spare=Path(backup))
     # takes the exporter role and writes the CSV anew (just backed up: no session backup)
     open_journal(csv, journal_path=journal, formula_guard=formula_guard, keep_backups=0).close()
     log.info("journal_restored", path=str(journal), backup=str(backup), safety=str(safety))

@@ -100,8 +100,9 @@ def prepare_record(settings: Settings, call: RecordCall) -> RecordOp:
 
     Raises:
         TypeError: a value of an unsupported type.
-        RecordError: an empty key, field name or status, fields contradicting the key, or
-            a value for the timestamp column (record() stamps it).
+        RecordError: an empty key, field name or status, fields contradicting the key, a
+            value for the timestamp column (record() stamps it), or text the CSV's
+            encoding cannot write.
     """
     s = settings
     key, status, fields, more = call.key, call.status, call.fields, call.more
@@ -130,7 +131,27 @@ def prepare_record(settings: Settings, call: RecordCall) -> RecordOp:
         raise RecordError(f"key {key_text!r}: field {s.key_column!r} contradicts the key")
     if s.timestamp_column in named:  # the spec's promise: the time of the last record
         raise RecordError(f"key {key_text!r}: field {s.timestamp_column!r} is set by record()")
+    texts = f"{key_text}{status_text or ''}{''.join(named)}{''.join(named.values())}"
+    if not texts.isascii():  # ASCII is in every encoding the CSV may have: checked at once
+        _check_encodable(key_text, status_text, named, s.dialect.encoding)
     return RecordOp(key_text, status_text, named, timestamp_now(), call.worker)
+
+
+def _check_encodable(key: str, status: str | None, named: dict[str, str], encoding: str) -> None:
+    """Refuse text the CSV's encoding cannot write (a lone surrogate even in UTF-8, e.g.
+    from an undecodable command-line argument; a Chinese name in latin-1): accepted, it
+    would stop every export of the CSV for good."""
+    parts = [("the key", key), ("the status", status or "")]
+    parts += [(f"field name {name!r}", name) for name in named]
+    parts += [(f"field {name!r}", value) for name, value in named.items()]
+    for what, text in parts:
+        try:
+            text.encode(encoding)
+        except UnicodeEncodeError as exc:
+            raise RecordError(
+                f"key {key!r}: {what} holds {text[exc.start : exc.end]!r}, which the CSV's"
+                f" encoding ({encoding}) cannot write"
+            ) from None
 
 
 @dataclass(slots=True)

@@ -258,11 +258,13 @@ def take_backup(csv_path: Path, journal_path: Path, *, keep: int, busy_timeout: 
     return PendingBackup(csv_path).finish(journal_path, keep=keep, busy_timeout=busy_timeout)
 
 
-def prune_backups(csv_path: Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` backups (none when ``keep`` is 0); return them."""
+def prune_backups(csv_path: Path, keep: int, *, spare: Path | None = None) -> list[Path]:
+    """Delete all but the newest ``keep`` backups (none when ``keep`` is 0), leaving out
+    of the count, and never deleting, the folder ``spare``; return them."""
     if keep <= 0:
         return []
-    old = list_backups(csv_path)[:-keep]
+    spared = None if spare is None else spare.resolve()
+    old = [path for path in list_backups(csv_path) if path.resolve() != spared][:-keep]
     removed = []
     for path in old:
         # out of sight first: a prune killed half-way leaves no half a backup listed

@@ -271,7 +271,8 @@ class Exporter(ExportSignals):
                     block(conn, self._csv_path, str(exc))
             self._refused(exc)
             return _BLOCKED_SECONDS
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # a value the CSV's encoding lacks, too
+            self._failed(exc)
             self._failures += 1
             if self._failures == 1:
                 log.error("csv_export_failed", path=str(self._csv_path), error=str(exc))

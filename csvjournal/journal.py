@@ -178,8 +178,10 @@ class Journal(Claims):
 
         Raises:
             FlushTimeoutError: ``timeout`` seconds passed first.
-            ExportError: the CSV could not be written here and now.
-            CsvChangedError: exporting here found the CSV edited by hand.
+            ExportError: the CSV could not be written (here, or by this handle's exporter
+                while the call waited; it tries again, the records are safe).
+            CsvChangedError: the CSV was edited by hand (found at the export here, or it
+                stopped the exporter's exports: see ``csvjournal import --merge``).
             BatchOpenError: called inside a ``batch()`` block of this thread.
             JournalClosedError: the handle is closed.
         """

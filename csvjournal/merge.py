@@ -3,20 +3,29 @@
 New rows are added, changed input fields updated, and a terminal row is never moved back
 to another status. Rows missing from the CSV stay in the journal. Afterwards the edited file
 counts as seen, so the next exporting open accepts it and rewrites it from the journal.
+
+The edit is measured against the export it was made to (the journal's ``csv_seq``), not
+against the journal as it is now: a field or status that a record changed after that export
+(the job kept running while someone edited, or a crash left records unexported) keeps the
+journal's newer value, where the file still shows the old one.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
+from sqlalchemy import Connection
 
 from csvjournal import _reads
+from csvjournal import _schema as t
 from csvjournal._importer import check_keys
 from csvjournal._open import open as open_journal
 from csvjournal._settings import forget_values, write_value
+from csvjournal._writer import PENDING
 from csvjournal.csvio import read_csv
 from csvjournal.journal import Journal
 
@@ -33,6 +42,8 @@ class MergeReport:
     updated: list[str] = field(default_factory=list)
     terminal_kept: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    # rows where the journal's records newer than the edited file won over its old values
+    newer_kept: list[str] = field(default_factory=list)
 
 
 def merge_csv(
@@ -65,12 +76,14 @@ def merge_csv(
                     dict(zip(columns, cells, strict=True))
                     for cells in _reads.all_cells(conn, columns)
                 ]
+                newer = _changed_since(conn, _reads.exported_seq(conn), settings.status_column)
             current = {row[settings.key_column]: row for row in rows}
             seen: set[str] = set()
             for values in parsed.rows:
                 row = dict(zip(parsed.header, values, strict=True))
-                seen.add(row[settings.key_column])
-                _merge_row(journal, row, current.get(row[settings.key_column]), report)
+                key = row[settings.key_column]
+                seen.add(key)
+                _merge_row(journal, row, current.get(key), newer.get(key, set()), report)
             report.missing.extend(key for key in current if key not in seen)
         with journal._store.write() as conn:  # the edited file is now known, not foreign
             # the digest of the bytes parsed (a second read could see a later edit)
@@ -86,12 +99,38 @@ def merge_csv(
         updated=len(report.updated),
         terminal_kept=len(report.terminal_kept),
         missing=len(report.missing),
+        newer_kept=len(report.newer_kept),
     )
     return report
 
 
+def _changed_since(conn: Connection, base: int | None, status_column: str) -> dict[str, set[str]]:
+    """Per key, the fields that records after event ``base`` changed (``status_column`` for
+    a change of status); nothing when the export ``base`` is unknown."""
+    if base is None:
+        return {}
+    changed: dict[str, set[str]] = {}
+    for key, status, fields, before in t.driver(conn).execute(_CHANGED_SINCE, (base,)):
+        names = changed.setdefault(key, set())
+        names.update(json.loads(fields))
+        if status != (before or PENDING):
+            names.add(status_column)
+    return changed
+
+
+# Each later event with the status of the row's event before it (PENDING before the first).
+_CHANGED_SINCE = """
+SELECT e.key, e.status, e.fields, p.status FROM events AS e LEFT JOIN events AS p ON p.seq = e.prev
+WHERE e.seq > ? ORDER BY e.seq
+"""
+
+
 def _merge_row(
-    journal: Journal, row: dict[str, str], known: dict[str, str] | None, report: MergeReport
+    journal: Journal,
+    row: dict[str, str],
+    known: dict[str, str] | None,
+    newer: set[str],
+    report: MergeReport,
 ) -> None:
     settings = journal.settings
     key = row[settings.key_column]
@@ -103,6 +142,13 @@ def _merge_row(
         report.added.append(key)
         return
     changed = {name: value for name, value in fields.items() if known.get(name, "") != value}
+    stale = {name for name in changed if name in newer}
+    if status != known[settings.status_column] and settings.status_column in newer:
+        stale.add(settings.status_column)
+        status = None  # the journal's status is newer than the file's
+    if stale:
+        report.newer_kept.append(key)
+        changed = {name: value for name, value in changed.items() if name not in stale}
     if status == known[settings.status_column]:
         status = None
     elif status is not None and known[settings.status_column] in settings.terminal:

@@ -233,8 +233,11 @@ class Runner:
         # A row whose attempts are used up gets no back-off: nothing retries it here, and
         # `pending` shows it at once (with --retry-failed a later run may start it at once).
         spent = attempts >= self._config.max_attempts
+        # The command's words in what the CSV can write ("→" has no place in cp1252): '?'
+        encoding = self._journal.settings.dialect.encoding
+        message = outcome.message.encode(encoding, "replace").decode(encoding)
         with self._journal.batch():  # one commit: the failure and its back-off
-            fields = {"ERROR_MESSAGE": outcome.message, "EXIT_CODE": str(outcome.code)}
+            fields = {"ERROR_MESSAGE": message, "EXIT_CODE": str(outcome.code)}
             self._journal.record(key, "FAILED", fields=fields)
             if not spent:
                 self._journal.defer([key], delay * random.uniform(0.5, 1.0))

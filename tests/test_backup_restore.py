@@ -110,6 +110,7 @@ def test_restore_round_trip(csv_path: Path) -> None:
 
 
 def test_restore_of_the_oldest_backup_survives_retention(csv_path: Path) -> None:
+    # Restored, the oldest backup stays too: it was chosen, and may be wanted again.
     with csvjournal.open(csv_path, key="ID", keep_backups=2) as journal:
         journal.record("a", "COMPLETED")
         journal.flush(timeout=30)
@@ -124,7 +125,8 @@ def test_restore_of_the_oldest_backup_survives_retention(csv_path: Path) -> None
     assert _dump(Path(f"{csv_path}.journal")) == expected
     assert _csv_keys(csv_path) == ["a"]
     with csvjournal.open(csv_path, export=False) as journal:
-        assert len(journal.backups()) == 2
+        assert journal.backups()[0] == oldest
+        assert len(journal.backups()) == 3  # the newest 2, and the one restored
         assert journal.backups()[-1] == safety
 
 

@@ -137,3 +137,41 @@ def test_init_shows_no_import_without_a_terminal_or_with_json_logs(
     ok(result)
     assert "importing" not in result.stderr
     assert all(line.startswith("{") for line in result.stderr.splitlines())
+
+
+def test_a_failure_message_the_encoding_lacks_is_written_with_question_marks(
+    tmp_path: Path,
+) -> None:
+    csv = tmp_path / "prices.csv"
+    csv.write_bytes("ID;PRICE\n1;5 €\n".encode("cp1252"))
+    fail = "import sys; print('error → retry later', file=sys.stderr); sys.exit(4)"
+    argv = ["--", sys.executable, "-c", fail]
+    result = invoke("run", csv, "--key", "ID", "--encoding", "cp1252", "--max-attempts", "1", *argv)
+    assert result.exit_code == 1, result.stderr  # some rows failed: no crash, no traceback
+    row = csv.read_bytes().decode("cp1252").splitlines()[1].split(";")
+    assert row[:3] == ["1", "5 €", "FAILED"]
+    assert "error ? retry later" in row
+    assert "4" in row
+
+
+@pytest.mark.parametrize(
+    ("encoding", "value"),
+    [("latin-1", "東京"), ("cp1252", "→"), ("utf-8", "caf\udce9")],  # the last: argv's \xe9
+)
+def test_record_refuses_text_the_csv_cannot_hold_and_the_csv_stays_current(
+    tmp_path: Path, encoding: str, value: str
+) -> None:
+    csv = tmp_path / "sheet.csv"
+    csv.write_bytes("ID,NAME\n1,Müller\n".encode(encoding))
+    with csvjournal.open(csv, key="ID", encoding=encoding) as journal:
+        for fields in ({"NAME": value}, {value: "x"}):
+            with pytest.raises(csvjournal.RecordError, match=encoding):
+                journal.record("1", "COMPLETED", fields=fields)
+        with pytest.raises(csvjournal.RecordError, match="the key"):
+            journal.record(value, "COMPLETED")
+        assert journal.get("1")["STATUS"] == "PENDING"  # type: ignore[index]
+        journal.record("1", "COMPLETED", NAME="Gérard")  # the exports go on
+        journal.flush(timeout=10)
+    assert csv.read_bytes().decode(encoding).splitlines()[1].startswith("1,Gérard,COMPLETED,")
+    result = invoke("record", csv, "1", f"NAME={value}")
+    assert_error(result, "cannot write")

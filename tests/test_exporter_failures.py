@@ -15,6 +15,7 @@ from _exporter import exported_rows as _rows
 from structlog.testing import capture_logs
 
 import csvjournal
+from csvjournal import _writer
 from csvjournal.csvio import temp_prefix
 
 
@@ -138,3 +139,43 @@ def test_a_program_that_never_closes_still_gets_its_last_records_exported(
     )
     subprocess.run([sys.executable, "-c", script, str(csv_path)], check=True, timeout=60)
     assert _rows(csv_path)["unclosed"]["STATUS"] == "COMPLETED"
+
+
+def test_flush_says_when_the_exporter_cannot_write_instead_of_waiting(
+    csv_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        journal.flush(timeout=10)
+
+        def read_only(src: str, dst: str) -> None:
+            raise PermissionError(13, "Read-only file system", str(dst))
+
+        real_replace = os.replace
+        monkeypatch.setattr(os, "replace", read_only)
+        journal.record("b", "COMPLETED")
+        started = time.monotonic()
+        with pytest.raises(csvjournal.ExportError, match="Read-only file system"):
+            journal.flush()  # no timeout: it would wait for good
+        assert time.monotonic() - started < 5
+        monkeypatch.setattr(os, "replace", real_replace)
+        journal.flush(timeout=30)  # the exporter kept trying
+        assert "b" in _rows(csv_path)
+
+
+def test_a_stored_value_the_encoding_cannot_write_fails_exports_not_the_exporter(
+    csv_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED", NOTE="x")
+        journal.flush(timeout=10)
+        # A journal from before record() refused such values: a lone surrogate (what an
+        # undecodable command-line argument becomes) recorded unchecked.
+        monkeypatch.setattr(_writer, "_check_encodable", lambda *args: None)
+        journal.record("a", NOTE="caf\udce9")
+        monkeypatch.undo()
+        with pytest.raises(csvjournal.ExportError, match="encode"):
+            journal.flush(timeout=30)
+        journal.record("a", NOTE="café")  # the bad value replaced: exports resume
+        journal.flush(timeout=30)
+        assert _rows(csv_path)["a"]["NOTE"] == "café"

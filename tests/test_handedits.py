@@ -132,3 +132,42 @@ def test_an_edit_at_close_is_kept_and_refused_at_the_next_open(
     assert csv_path.read_bytes() == edited
     with pytest.raises(csvjournal.CsvChangedError):
         csvjournal.open(csv_path)
+
+
+def test_a_merge_while_the_job_runs_keeps_the_records_made_after_the_edit(
+    csv_path: Path,
+) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        for key in ("x", "y", "z"):
+            journal.record(key, NOTE="before")
+        _flushed(journal)
+        # Someone edits the sheet: a note on x, a status and note on y, a new row.
+        text = csv_path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        header = lines[0].split(",")
+        note, status = header.index("NOTE"), header.index("STATUS")
+        edited = []
+        for line in lines[1:]:
+            cells = line.split(",")
+            if cells[0] == "x":
+                cells[note] = "fixed by hand"
+            if cells[0] == "y":
+                cells[note], cells[status] = "hand", "SKIPPED"
+            edited.append(",".join(cells))
+        new_row = ["hand"] + [""] * (len(header) - 1)
+        csv_path.write_text("\n".join([lines[0], *edited, ",".join(new_row)]) + "\n")
+        # ... while the job goes on: y fails, z finishes with a new note.
+        journal.record("y", "FAILED", NOTE="boom")
+        journal.record("z", "COMPLETED", NOTE="after")
+        with pytest.raises(csvjournal.CsvChangedError):
+            journal.flush(timeout=10)
+        report = csvjournal.merge_csv(csv_path)
+        _flushed(journal)
+        assert report.added == ["hand"]
+        assert sorted(report.newer_kept) == ["y", "z"]
+        assert report.updated == ["x"]
+        rows = _rows(csv_path)
+    assert rows["x"]["NOTE"] == "fixed by hand"  # the edit, where nothing newer came
+    assert (rows["y"]["STATUS"], rows["y"]["NOTE"]) == ("FAILED", "boom")  # newer than it
+    assert (rows["z"]["STATUS"], rows["z"]["NOTE"]) == ("COMPLETED", "after")
+    assert "hand" in rows

@@ -7,9 +7,11 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import csvjournal
 from csvjournal.backup import check_backup
+from csvjournal.cli import cli
 
 # -- helpers -----------------------------------------------------------------------------
 
@@ -159,3 +161,28 @@ def test_damage_quick_check_misses_is_refused_and_the_sound_backup_named(tmp_pat
     with csvjournal.open(csv_path) as journal:
         assert journal.recover().integrity == "ok"
         assert len(journal) == 50
+
+
+def test_a_journal_sqlite_cannot_read_at_open_is_refused_naming_a_backup(
+    tmp_path: Path,
+) -> None:
+    csv_path = tmp_path / "orders.csv"
+    journal_path = Path(f"{csv_path}.journal")
+    _make_journal(csv_path, 50, keep_backups=3)
+    with csvjournal.open(csv_path, keep_backups=3) as journal:
+        good = journal.backup()
+    with closing(sqlite3.connect(journal_path)) as conn:
+        ((page,),) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'settings'")
+        (size,) = conn.execute("PRAGMA page_size").fetchone()
+    with journal_path.open("r+b") as file:  # the page every open reads first
+        file.seek((page - 1) * size)
+        file.write(b"\xa5" * size)
+    # Every open, not only an exporting one, and every command that opens the journal.
+    with pytest.raises(csvjournal.JournalCorruptError) as caught:
+        csvjournal.open(csv_path, export=False)
+    assert f"csvjournal restore {csv_path} {good}" in str(caught.value)
+    assert isinstance(caught.value, RuntimeError)
+    result = CliRunner().invoke(cli, ["status", str(csv_path)])
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "restore" in result.stderr

@@ -22,11 +22,13 @@ import structlog
 from rich import filesize
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from sqlalchemy.exc import DBAPIError
 
 import csvjournal
 from csvjournal.errors import CsvJournalError
 
 __all__ = [
+    "FLUSH_SECONDS",
     "CliError",
     "cli",
     "configure_logging",
@@ -42,6 +44,9 @@ __all__ = [
 ]
 
 EXIT_BAD_INPUT = 2
+# How long a command waits for the CSV to show its records: an exporter that cannot write
+# (a full disk, another process's exporter failing) must not hang a shell script for good.
+FLUSH_SECONDS = 60.0
 _LOG_JSON_HELP = "Write logs as JSON lines on stderr."
 _DEBUG_HELP = "Show debug logs, and tracebacks on errors."
 
@@ -122,9 +127,11 @@ class _Group(click.Group):
         except BrokenPipeError:  # `csvjournal pending x.csv | head`: the reader has enough
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return None
-        except (CsvJournalError, OSError, sqlite3.Error) as exc:
+        except (CsvJournalError, OSError, sqlite3.Error, DBAPIError) as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
+            if isinstance(exc, DBAPIError):  # SQLAlchemy's wrapping: SQLite's own words
+                exc = exc.orig if isinstance(exc.orig, sqlite3.Error) else exc
             message = " ".join(str(exc).split()) or type(exc).__name__
             if isinstance(exc, sqlite3.Error) and not isinstance(exc, CsvJournalError):
                 message = f"SQLite: {message}"  # e.g. a damaged journal met outside open()

@@ -13,6 +13,7 @@ from csvjournal import _migrate
 from csvjournal._values import format_timestamp
 from csvjournal.backup import list_backups, prune_backups
 from csvjournal.cli._app import (
+    FLUSH_SECONDS,
     CliError,
     cli,
     csv_argument,
@@ -94,7 +95,7 @@ def record(
         if not allow_new and journal.get(key) is None:
             raise CliError(f"{csv}: no row with key {key!r} (pass --new to add one)")
         seq = journal.record(key, status, fields=values)
-        journal.flush()
+        journal.flush(timeout=FLUSH_SECONDS)
     click.echo(f"recorded #{seq}")
 
 
@@ -158,11 +159,12 @@ def import_(csv: Path, merge: bool, encoding: str | None) -> None:
         raise CliError(f"no journal for {csv}: run csvjournal init {csv} --key COLUMN")
     report = csvjournal.merge_csv(csv, encoding=encoding)
     with existing_journal(csv) as journal:
-        journal.flush()
+        journal.flush(timeout=FLUSH_SECONDS)
     click.echo(
         f"merged {csv}: {len(report.added)} added, {len(report.updated)} updated,"
         f" {len(report.terminal_kept)} terminal rows kept,"
-        f" {len(report.missing)} missing from the CSV"
+        f" {len(report.missing)} missing from the CSV,"
+        f" {len(report.newer_kept)} kept newer records over the file's"
     )
 
 

@@ -15,7 +15,13 @@ import click
 from rich.table import Table
 
 import csvjournal
-from csvjournal.cli._app import cli, configure_logging, log_json_wanted, stdout_console
+from csvjournal.cli._app import (
+    FLUSH_SECONDS,
+    cli,
+    configure_logging,
+    log_json_wanted,
+    stdout_console,
+)
 
 __all__: list[str] = []
 
@@ -166,7 +172,7 @@ def demo(directory: Path | None) -> None:
             process.join()
         report = journal.recover()
         out.print("4. recover(): " + "; ".join(report.lines()))
-        journal.flush()
+        journal.flush(timeout=FLUSH_SECONDS)
         table = Table("status", "rows", title="rows per status", title_justify="left")
         for status, count in sorted(journal.counts().items()):
             table.add_row(status, f"{count:,}")
