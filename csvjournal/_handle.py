@@ -166,7 +166,7 @@ class Handle:
     def _start_exporter(self) -> None:
         options = self._options
         exporter = Exporter(
-            self._store, self._settings, options.csv_path, options.formula_guard, self._gate
+            self._store, self._settings, options.csv_path, self._settings.formula_guard, self._gate
         )
         try:
             leading = exporter.try_lead(
@@ -385,6 +385,6 @@ class Handle:
                 self._store,
                 self._settings,
                 self.csv_path,
-                formula_guard=self._options.formula_guard,
+                formula_guard=self._settings.formula_guard,
                 timeout=self._options.busy_timeout,
             )

@@ -30,7 +30,7 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
     terminal: Iterable[str] | None = None,
     status_column: str = DEFAULT_STATUS,
     timestamp_column: str = DEFAULT_TIMESTAMP,
-    formula_guard: bool = False,
+    formula_guard: bool | None = None,
     encoding: str | None = None,
     busy_timeout: float = 30.0,
     allow_network_fs: bool = False,
@@ -44,12 +44,14 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
     a crash of the process. ``busy_timeout`` bounds how long a write waits for other
     writers. An existing CSV without a journal is imported (``encoding`` names its encoding
     when it is not UTF-8/UTF-16 with BOM). With ``export=True`` this handle volunteers as
-    the one exporter that keeps the CSV current (``formula_guard`` neutralises cells a
-    spreadsheet would run as formulas). When it becomes the exporter, the open starts a
-    session: it backs the journal and CSV up into ``orders.csv.backups/`` (keeping the newest
-    ``keep_backups``; 0 turns these automatic backups off, which is unsafe: a damaged journal
-    then has nothing to be restored from), then recovers from any crash (see
-    :meth:`Journal.recover`, with SQLite's full ``integrity_check``).
+    the one exporter that keeps the CSV current (``formula_guard=True`` neutralises cells a
+    spreadsheet would run as formulas; the choice is stored in the journal, so every later
+    exporter, in any process, keeps it until an open passes ``formula_guard`` again).
+    When it becomes the exporter, the open starts a session: it backs the journal and CSV
+    up into ``orders.csv.backups/`` (keeping the newest ``keep_backups``; 0 turns these
+    automatic backups off, which is unsafe: a damaged journal then has nothing to be
+    restored from), then recovers from any crash (see :meth:`Journal.recover`, with
+    SQLite's full ``integrity_check``).
 
     Raises:
         SettingsError: missing or conflicting arguments, or a file that is not a journal.

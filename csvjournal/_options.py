@@ -24,6 +24,6 @@ class Options:
     timestamp_column: str
     busy_timeout: float
     encoding: str | None = None
-    formula_guard: bool = False
+    formula_guard: bool | None = None  # None: as the journal stored it
     allow_network_fs: bool = False
     keep_backups: int = 5

@@ -130,7 +130,7 @@ def restore(
     *,
     journal_path: str | os.PathLike[str] | None = None,
     keep_backups: int = 5,
-    formula_guard: bool = False,
+    formula_guard: bool | None = None,
 ) -> Path | None:
     """Restore the journal of ``csv_path`` from the backup folder ``backup`` and rewrite
     the CSV from it. The current journal and CSV are backed up first; that backup's folder

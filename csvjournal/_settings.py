@@ -40,6 +40,8 @@ class Settings:
     timestamp_column: str
     terminal: frozenset[str]
     dialect: CsvDialect
+    # Stored, so that every exporter of the journal (another process, the CLI) guards alike.
+    formula_guard: bool = False
 
 
 def _load(conn: Connection) -> Settings | None:
@@ -55,6 +57,7 @@ def _load(conn: Connection) -> Settings | None:
         timestamp_column=stored["timestamp_column"],
         terminal=frozenset(stored["terminal"]),
         dialect=CsvDialect.from_dict(stored.get("dialect", {})),
+        formula_guard=bool(stored.get("formula_guard", False)),
     )
 
 
@@ -134,6 +137,7 @@ def settle(
             timestamp_column,
             wanted_terminal or DEFAULT_TERMINAL,
             source.dialect if source is not None else CsvDialect(),
+            bool(options.formula_guard),
         )
         _create(conn, created, columns)
         log.info("journal_created", path=str(path), key_column=key)
@@ -147,7 +151,12 @@ def settle(
             old=sorted(stored.terminal),
             new=sorted(wanted_terminal),
         )
-        return replace(stored, terminal=wanted_terminal), None
+        stored = replace(stored, terminal=wanted_terminal)
+    guard = options.formula_guard
+    if guard is not None and guard != stored.formula_guard:
+        write_value(conn, "formula_guard", guard)
+        log.info("formula_guard_changed", path=str(path), formula_guard=guard)
+        stored = replace(stored, formula_guard=guard)
     return stored, None
 
 
@@ -165,6 +174,8 @@ def settled(conn: Connection, options: Options) -> Settings | None:
         return None
     _check_against(stored, options)
     if options.terminal is not None and options.terminal != stored.terminal:
+        return None
+    if options.formula_guard is not None and options.formula_guard != stored.formula_guard:
         return None
     return stored
 
@@ -191,6 +202,7 @@ def _create(conn: Connection, settings: Settings, columns: list[str]) -> None:
             "timestamp_column": settings.timestamp_column,
             "terminal": sorted(settings.terminal),
             "dialect": settings.dialect.to_dict(),
+            "formula_guard": settings.formula_guard,
         },
         new=True,
     )

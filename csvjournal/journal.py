@@ -193,7 +193,7 @@ class Journal(Claims):
                 self._settings,
                 self.csv_path,
                 self._exporter,
-                formula_guard=self._options.formula_guard,
+                formula_guard=self._settings.formula_guard,
                 timeout=timeout,
             )
 
@@ -212,7 +212,7 @@ class Journal(Claims):
             self.flush()
             return
         try:
-            export_to(self._store, self._settings, Path(path), self._options.formula_guard)
+            export_to(self._store, self._settings, Path(path), self._settings.formula_guard)
         except OSError as exc:
             raise ExportError(f"{path}: could not write the CSV: {exc}") from exc
 
@@ -250,7 +250,7 @@ class Journal(Claims):
                 raise ExportError(f"{self.csv_path}: the exporter could not write the CSV")
         else:  # whoever exports removed them when taking over; if nobody does, we do
             helper = Exporter(
-                self._store, self._settings, self.csv_path, self._options.formula_guard
+                self._store, self._settings, self.csv_path, self._settings.formula_guard
             )
             with self._gate.operation():
                 try:

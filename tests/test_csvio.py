@@ -22,10 +22,12 @@ from _csvio import csv_text as _csv_text
 from _csvio import names as _names
 from _csvio import parse as _parse
 from _csvio import record_text as _record
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import csvjournal
+from csvjournal.cli import cli
 from csvjournal.csvio import read_csv, render_csv
 
 # The shared corpora sit beside the repository: <parent>/main (or any clone) and
@@ -367,3 +369,31 @@ def test_formula_guard_prefixes_only_the_exported_formulas(tmp_path: Path, guard
     else:
         assert exported == values
     assert [row[0] for row in records[1:]] == [f"PO-{i}" for i in range(len(values))]
+
+
+def test_the_formula_guard_is_the_journals_every_exporter_keeps_it(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    with csvjournal.open(path, key="PO_NUMBER", formula_guard=True) as journal:
+        journal.record("PO-1", NOTE="=HYPERLINK(1)")
+    # Another process exporting without the option: the command line, a worker, run.
+    result = CliRunner().invoke(cli, ["record", str(path), "PO-2", "--new", "NOTE=@x"])
+    assert result.exit_code == 0, result.stderr
+    notes = [row[-1] for row in _parse(path.read_bytes())[1:]]
+    assert notes == ["'=HYPERLINK(1)", "'@x"]
+    with csvjournal.open(path, formula_guard=False):  # turned off, and stored so
+        pass
+    with csvjournal.open(path) as journal:
+        journal.record("PO-3", NOTE="=1")
+    notes = [row[-1] for row in _parse(path.read_bytes())[1:]]
+    assert notes == ["=HYPERLINK(1)", "@x", "=1"]
+
+
+def test_init_formula_guard_sets_the_guard_from_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text("ID,NOTE\n1,=cmd\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["init", str(path), "--key", "ID", "--formula-guard"])
+    assert result.exit_code == 0, result.stderr
+    with csvjournal.open(path) as journal:
+        assert journal.settings.formula_guard
+        journal.record("1", "COMPLETED")
+    assert _parse(path.read_bytes())[1][:2] == ["1", "'=cmd"]

@@ -43,7 +43,14 @@ def _names(text: str | None) -> list[str] | None:
 @click.option("--key", required=True, help="The column whose value identifies a row.")
 @click.option("--terminal", help="Statuses that mean done, comma-separated [COMPLETED].")
 @encoding_option("The CSV's encoding (e.g. latin-1, cp1252) if not UTF-8; kept for exports.")
-def init(csv: Path, key: str, terminal: str | None, encoding: str | None) -> None:
+@click.option(
+    "--formula-guard",
+    is_flag=True,
+    help="Prefix cells a spreadsheet would run as formulas with ' (stored: every export).",
+)
+def init(
+    csv: Path, key: str, terminal: str | None, encoding: str | None, formula_guard: bool
+) -> None:
     """Create the journal of CSV (importing its rows) and add the status columns."""
     if journal_path_of(csv).exists():
         raise CliError(f"{journal_path_of(csv)} already exists: the journal is there")
@@ -51,7 +58,9 @@ def init(csv: Path, key: str, terminal: str | None, encoding: str | None) -> Non
         raise CliError(f"{csv}: no such file (init imports an existing CSV)")
     names = _names(terminal)
     with importing(csv):
-        journal = csvjournal.open(csv, key=key, terminal=names, encoding=encoding)
+        journal = csvjournal.open(
+            csv, key=key, terminal=names, encoding=encoding, formula_guard=formula_guard
+        )
     with journal:
         rows = len(journal)
     click.echo(f"created {journal_path_of(csv)}: {rows} rows, key column {key}")
