@@ -82,7 +82,7 @@ class CsvGuard:
     """The CSV an exporter put in place, so that a hand edit made while it runs is not
     overwritten by its next export (an edit is refused at open; this refuses it later).
 
-    A ``stat`` a check tells the file this exporter left from any other (inode, size and
+    One ``stat`` per check tells the file this exporter left from any other (inode, size and
     modification time); only another file is read, and it passes when its fingerprint is
     one the journal knows (the last export, the one about to appear, or an edited file
     that ``merge_csv`` brought in). A file refused is not read again while neither it nor
@@ -97,7 +97,7 @@ class CsvGuard:
 
     def placed(self) -> None:
         """The CSV on disk now is one csvjournal wrote or checked (or there is none)."""
-        self._placed = self._identity()
+        self._placed = _identity(self._csv_path)
         self._refused = None
 
     def check(self) -> None:
@@ -106,7 +106,7 @@ class CsvGuard:
         Raises:
             CsvChangedError: the CSV is neither the one placed nor one the journal knows.
         """
-        identity = self._identity()
+        identity = _identity(self._csv_path)
         if identity is None or identity == self._placed:
             return
         with self._store.read() as conn:
@@ -119,9 +119,6 @@ class CsvGuard:
                 return
             self._refused = (identity, known)
         raise CsvChangedError(_CHANGED_WHILE_RUNNING.format(path=self._csv_path))
-
-    def _identity(self) -> tuple[int, ...] | None:
-        return _identity(self._csv_path)
 
 
 def block(conn: Connection, csv_path: Path, error: str) -> None:
