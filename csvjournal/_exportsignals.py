@@ -25,9 +25,8 @@ class ExportSignals:
         self.exports = 0  # how many exports this handle made
         # Set while a hand edit made during the run stops the exports (see CsvGuard).
         self.blocked: CsvChangedError | None = None
-        self.refusals = 0  # exports the edit stopped
-        self.failures = 0  # exports that failed (disk full, a read-only folder, ...)
-        self.last_failure: Exception | None = None
+        self.last_failure: Exception | None = None  # disk full, a read-only folder, ...
+        self.missed = 0  # exports tried and not put in place: failed, or stopped by an edit
 
     def wake(self) -> None:
         """Look for new commits now rather than at the next poll."""
@@ -56,8 +55,8 @@ class ExportSignals:
         stopped it (:attr:`blocked`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
-            tried = self.refusals + self.failures
-            while self.exported_seq < seq and alive() and self.refusals + self.failures == tried:
+            missed = self.missed
+            while self.exported_seq < seq and alive() and self.missed == missed:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -84,16 +83,13 @@ class ExportSignals:
             self._forced = False
             self._changed.notify_all()
 
-    def _failed(self, error: Exception) -> None:
-        """An export failed; the exporter tries again later."""
+    def _missed(self, error: Exception) -> None:
+        """An export was not put in place: it failed (the exporter tries again later), or
+        the CSV was edited by hand (:class:`CsvChangedError`: :attr:`blocked`)."""
         with self._changed:
-            self.last_failure = error
-            self.failures += 1
-            self._changed.notify_all()
-
-    def _refused(self, error: CsvChangedError) -> None:
-        """An export was not put in place: the CSV was edited by hand."""
-        with self._changed:
-            self.blocked = error
-            self.refusals += 1
+            if isinstance(error, CsvChangedError):
+                self.blocked = error
+            else:
+                self.last_failure = error
+            self.missed += 1
             self._changed.notify_all()

@@ -57,12 +57,12 @@ def flush_csv(
     deadline = None if timeout is None else time.monotonic() + timeout
     if exporter is not None and exporter.leading:
         exporter.wake()
-        failures = exporter.failures
+        missed = exporter.missed
         if exporter.wait_for(target, timeout, lambda: exporter.leading):
             return
         if exporter.blocked is not None:
             raise CsvChangedError(str(exporter.blocked))
-        if exporter.failures != failures:  # it retries; the caller hears now, not never
+        if exporter.missed != missed:  # it retries; the caller hears now, not never
             raise ExportError(
                 f"{csv_path}: could not write the CSV: {exporter.last_failure}"
                 " (the exporter tries again; every record is safe in the journal)"

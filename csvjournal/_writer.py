@@ -131,8 +131,12 @@ def prepare_record(settings: Settings, call: RecordCall) -> RecordOp:
         raise RecordError(f"key {key_text!r}: field {s.key_column!r} contradicts the key")
     if s.timestamp_column in named:  # the spec's promise: the time of the last record
         raise RecordError(f"key {key_text!r}: field {s.timestamp_column!r} is set by record()")
-    texts = f"{key_text}{status_text or ''}{''.join(named)}{''.join(named.values())}"
-    if not texts.isascii():  # ASCII is in every encoding the CSV may have: checked at once
+    # ASCII is in every encoding the CSV may have: only other text is tried (a loop costs
+    # half what joining the texts to test them at once does, on every record)
+    plain = key_text.isascii() and (status_text is None or status_text.isascii())
+    for name, text in named.items():
+        plain = plain and name.isascii() and text.isascii()
+    if not plain:
         _check_encodable(key_text, status_text, named, s.dialect.encoding)
     return RecordOp(key_text, status_text, named, timestamp_now(), call.worker)
 

@@ -269,10 +269,10 @@ class Exporter(ExportSignals):
                 log.error("csv_changed_by_hand", path=str(self._csv_path), error=str(exc))
                 with self._store.write(synced=False) as conn:
                     block(conn, self._csv_path, str(exc))
-            self._refused(exc)
+            self._missed(exc)
             return _BLOCKED_SECONDS
         except (OSError, UnicodeError) as exc:  # a value the CSV's encoding lacks, too
-            self._failed(exc)
+            self._missed(exc)
             self._failures += 1
             if self._failures == 1:
                 log.error("csv_export_failed", path=str(self._csv_path), error=str(exc))
