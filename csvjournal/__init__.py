@@ -12,6 +12,7 @@ from csvjournal._open import open  # noqa: A004 - the spec names it open
 from csvjournal._restore import restore
 from csvjournal._work import Task
 from csvjournal.errors import (
+    BackupNotFoundError,
     BatchOpenError,
     CommandError,
     CsvChangedError,
@@ -22,6 +23,7 @@ from csvjournal.errors import (
     JournalBusyError,
     JournalClosedError,
     JournalCorruptError,
+    JournalIOError,
     NetworkFilesystemError,
     RecordError,
     SchemaTooNewError,
@@ -38,6 +40,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "BackupNotFoundError",
     "BatchOpenError",
     "CommandError",
     "CsvChangedError",
@@ -50,6 +53,7 @@ __all__ = [
     "JournalBusyError",
     "JournalClosedError",
     "JournalCorruptError",
+    "JournalIOError",
     "MergeReport",
     "NetworkFilesystemError",
     "RecordError",

@@ -7,8 +7,8 @@ same thread, and at commit.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
@@ -25,11 +25,22 @@ _FLUSH_EVERY = 5000
 
 
 class BatchState:
-    """The transaction of one thread's outermost ``batch()`` block and its nested ones."""
+    """The transaction of one thread's outermost ``batch()`` block and its nested ones.
 
-    def __init__(self, conn: Connection, writer: Writer) -> None:
+    ``errors`` makes SQLite's errors met by csvjournal's own statements csvjournal's (see
+    :func:`~csvjournal._dberrors.journal_errors`); an error raised by the block itself,
+    whatever it is, passes as it is.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        writer: Writer,
+        errors: Callable[[], AbstractContextManager[None]],
+    ) -> None:
         self.conn = conn
         self._writer = writer
+        self._errors = errors
         self._raw = driver(conn)
         self._buffer: list[RecordOp] = []
 
@@ -55,29 +66,36 @@ class BatchState:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """The outermost block: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (or rollback if it raises)."""
-        with self.conn.begin() as tx:
-            mark = self._writer.begin()
-            try:
-                yield
+        with self._errors():
+            tx = self.conn.begin()
+        mark = self._writer.begin()
+        try:
+            yield
+            with self._errors():
                 self.flush()
-            except BaseException:
-                self._buffer.clear()
+                tx.commit()
+        except BaseException:
+            self._buffer.clear()
+            if tx.is_active:
                 tx.rollback()
-                self._writer.restore(mark)
-                raise
+            self._writer.restore(mark)
+            raise
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """A nested block: a SAVEPOINT whose records alone are undone if it raises."""
-        self.flush()
+        with self._errors():
+            self.flush()
+            savepoint = self.conn.begin_nested()
         mark = self._writer.mark()
-        savepoint = self.conn.begin_nested()
         try:
             yield
-            self.flush()
+            with self._errors():
+                self.flush()
         except BaseException:
             self._buffer.clear()
             savepoint.rollback()
             self._writer.restore(mark)
             raise
-        savepoint.commit()
+        with self._errors():
+            savepoint.commit()

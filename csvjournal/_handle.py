@@ -12,37 +12,34 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 from sqlalchemy import Connection
 
-from csvjournal import _forking, _reads
-from csvjournal._background import Background
+from csvjournal import _forking
 from csvjournal._batch import BatchState
 from csvjournal._commits import Commits, Item
+from csvjournal._dberrors import DB_ERRORS, journal_errors, translate
 from csvjournal._flush import catch_up
 from csvjournal._groupcommit import GroupCommitter
 from csvjournal._importer import check_keys, import_rows, unfinished
-from csvjournal._leases import Action, expire_leases, expiring_rows
+from csvjournal._leases import Action, expire_leases
 from csvjournal._options import Options
-from csvjournal._schema import driver
+from csvjournal._session import Session
 from csvjournal._settings import Settings, settle, settled
-from csvjournal._values import format_timestamp, timestamp_now
-from csvjournal._writer import PENDING, RecordCall, Writer
-from csvjournal.backup import PendingBackup, backups_folder, take_backup
+from csvjournal._values import timestamp_now
+from csvjournal._writer import RecordCall, Writer
+from csvjournal.backup import backups_folder, take_backup
 from csvjournal.csvio import ParsedCsv, read_csv
-from csvjournal.errors import JournalClosedError
+from csvjournal.errors import JournalClosedError, JournalIOError
 from csvjournal.exporter import Exporter
-from csvjournal.recovery import check_integrity, damage_is_corruption
 from csvjournal.store import Store, remove_journal_files
 
 __all__ = ["Handle"]
@@ -78,11 +75,7 @@ class Handle:
         # rows claimed through this handle: key -> the worker holding it
         self._held: dict[str, str] = {}
         self._held_lock = threading.Lock()
-        self._session_check: Background | None = None
-        self._session_time = 0.0
-        self._session_stamp = ""
-        self._session_backup: Background | None = None
-        self._checked_at: float | None = None
+        self._session: Session | None = None  # begun if this handle exports
         self._attach()
         _forking.register(self)
 
@@ -100,16 +93,22 @@ class Handle:
         folder = backups_folder(options.csv_path)
         # What a failed creation must remove again (the writers' queue makes its lock file).
         made = [path for path in (folder / "writer.lock", folder) if not path.exists()]
-        self._store = Store(
-            options.journal_path,
-            durability=options.durability,
-            busy_timeout=options.busy_timeout,
-            allow_network_fs=options.allow_network_fs,
-            before_upgrade=self._backup_now,
-            queue_path=folder / "writer.lock",
-        )
         try:
-            with damage_is_corruption(self._store, options.csv_path):
+            self._store = Store(
+                options.journal_path,
+                durability=options.durability,
+                busy_timeout=options.busy_timeout,
+                allow_network_fs=options.allow_network_fs,
+                before_upgrade=self._backup_now,
+                queue_path=folder / "writer.lock",
+            )
+        except JournalIOError:  # a full disk: SQLite made the file and wrote nothing in
+            if created:
+                remove_journal_files(options.journal_path)
+                _remove(made)
+            raise
+        try:
+            with journal_errors(options.journal_path, options.csv_path):
                 self._settle(source)
         except BaseException:
             self._store.close()
@@ -142,12 +141,13 @@ class Handle:
 
     def _backup_now(self) -> Path:
         options = self._options
-        return take_backup(
-            options.csv_path,
-            options.journal_path,
-            keep=options.keep_backups,
-            busy_timeout=options.busy_timeout,
-        )
+        with journal_errors(options.journal_path, options.csv_path, "back up the journal"):
+            return take_backup(
+                options.csv_path,
+                options.journal_path,
+                keep=options.keep_backups,
+                busy_timeout=options.busy_timeout,
+            )
 
     def _settle(self, source: ParsedCsv | None) -> None:
         """Load the journal's settings; create the journal (importing ``source``) or
@@ -168,11 +168,12 @@ class Handle:
         exporter = Exporter(
             self._store, self._settings, options.csv_path, self._settings.formula_guard, self._gate
         )
+        session = self._session = Session(self._store, options, self._gate, self._expire_leases)
         try:
             leading = exporter.try_lead(
-                on_lead=self._begin_session,
+                on_lead=session.begin,
                 before_write=self._confirm_session,
-                preview=self._preview_session,
+                preview=lambda conn: session.preview(conn, self._settings),
             )
         except BaseException:
             self._store.close()
@@ -180,83 +181,16 @@ class Handle:
         exporter.start(leading)
         self._exporter = exporter
 
-    def _begin_session(self) -> None:
-        """This handle became the exporter at open: start SQLite's full integrity check;
-        the exporter checks the CSV and renders it meanwhile (the check reads, so does it)."""
-        csv_path = self._options.csv_path
-        # The leases the session returns are those lapsed now, stamped now: the export that
-        # the check overlaps can show them as the first write will leave them.
-        self._session_time = time.time()
-        self._session_stamp = format_timestamp(datetime.fromtimestamp(self._session_time, UTC))
-        self._session_check = Background(
-            "csvjournal-check", lambda: check_integrity(self._store, csv_path, full=True)
-        )
-
-    def _preview_session(self, conn: Connection) -> dict[int, tuple[str, list[str]]]:
-        """The rows the session's first write will change, as ``pos -> (key, cells
-        after)``: lapsed leases back to ``PENDING``, stamped with the session's time."""
-        columns = _reads.column_names(conn)
-        status = columns.index(self._settings.status_column)
-        stamp = columns.index(self._settings.timestamp_column)
-        raw = driver(conn)
-        after: dict[int, tuple[str, list[str]]] = {}
-        for pos, key, cells_json in expiring_rows(raw, self._session_time):
-            cells = _reads.cells_of(columns, cells_json)
-            cells[status], cells[stamp] = PENDING, self._session_stamp
-            after[pos] = (key, cells)
-        return after
-
     def _confirm_session(self) -> list[str]:
-        """Before the session's first write: the journal must have passed the check (a
-        damaged one is refused before its backup, which would push sound ones out); then
-        back it up in the background (a consistent snapshot, whenever it is taken) and give
-        the rows of workers whose leases ran out back to ``PENDING``."""
-        check, self._session_check = self._session_check, None
-        if check is not None:
-            check.result()
-            self._checked_at = time.monotonic()
-        if self._options.keep_backups > 0:
-            self._start_session_backup()
-        lost = self._expire_leases(self._session_time, self._session_stamp)
-        if lost:
-            log.info(
-                "expired_leases_returned",
-                path=str(self._options.csv_path),
-                rows=len(lost),
-                workers=sorted({worker for _, worker in lost}),
-            )
-        return [key for key, _ in lost]
-
-    def _start_session_backup(self) -> None:
-        options = self._options
-        try:
-            begun = PendingBackup(options.csv_path)  # the CSV as the session found it
-        except OSError as exc:  # the job goes on; the error is loud
-            log.error("session_backup_failed", path=str(options.csv_path), error=str(exc))
-            return
-
-        def finish() -> None:
-            try:
-                with self._gate.operation():  # no connection open across a fork
-                    begun.finish(
-                        options.journal_path,
-                        keep=options.keep_backups,
-                        busy_timeout=options.busy_timeout,
-                    )
-            except (OSError, sqlite3.Error) as exc:
-                log.error("session_backup_failed", path=str(options.csv_path), error=str(exc))
-
-        self._session_backup = Background("csvjournal-backup", finish)
+        assert self._session is not None  # begun when this handle began leading
+        return self._session.confirm()
 
     def _wait_for_session_backup(self) -> None:
-        backup, self._session_backup = self._session_backup, None
-        if backup is not None:
-            backup.result()
+        if self._session is not None:
+            self._session.wait_for_backup()
 
-    def _recently_checked(self, seconds: float = 60.0) -> bool:
-        """Whether this handle's open passed the full integrity check ``seconds`` ago or
-        less (so recovery right after it need not read the whole journal again)."""
-        return self._checked_at is not None and time.monotonic() - self._checked_at <= seconds
+    def _recently_checked(self) -> bool:
+        return self._session is not None and self._session.recently_checked()
 
     def _expire_leases(
         self, now: float | None = None, at: str | None = None
@@ -343,29 +277,41 @@ class Handle:
     def _write(self, item: Item) -> object:
         """Commit ``item``: in this thread's open batch, else in a group commit."""
         batch: BatchState | None = self._batches.get(threading.get_ident())
-        if batch is not None:
-            if isinstance(item, RecordCall):
-                op = self._commits.prepare(item)
-                if self._held:
-                    self._commits.finished([op])
-                return batch.add(op)
-            return batch.run(item)
-        self._gate.enter()
         try:
-            return self._committer.submit(item)
-        finally:
-            self._gate.exit()
+            if batch is not None:
+                if isinstance(item, RecordCall):
+                    op = self._commits.prepare(item)
+                    if self._held:
+                        self._commits.finished([op])
+                    return batch.add(op)
+                return batch.run(item)
+            self._gate.enter()
+            try:
+                return self._committer.submit(item)
+            finally:
+                self._gate.exit()
+        except DB_ERRORS as exc:  # a full disk, say: not a bare sqlite3 error (no with:
+            # a context manager costs more than a record's validation)
+            error = translate(exc, self._options.journal_path, self._options.csv_path)
+            if error is exc:
+                raise
+            raise error from exc
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
         self._ensure()
         batch: BatchState | None = self._batches.get(threading.get_ident())
-        if batch is not None:  # this thread's own uncommitted records are visible to it
-            batch.flush()
-            yield batch.conn
-            return
-        with self._gate.operation(), self._store.read() as conn:
-            yield conn
+        with self._errors():
+            if batch is not None:  # this thread's own uncommitted records are visible to it
+                batch.flush()
+                yield batch.conn
+                return
+            with self._gate.operation(), self._store.read() as conn:
+                yield conn
+
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        """SQLite's errors met inside the block, raised as csvjournal's."""
+        return journal_errors(self._options.journal_path, self._options.csv_path)
 
     def _shut(self) -> None:
         """Stop the exporter (it writes the last commits first), see the CSV catch up if
@@ -380,7 +326,7 @@ class Handle:
                 self._store.close()
 
     def _catch_up(self) -> None:
-        with self._gate.operation():
+        with self._gate.operation(), self._errors():
             catch_up(
                 self._store,
                 self._settings,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -59,12 +61,22 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
         JournalBusyError: the journal stayed locked for longer than ``busy_timeout``.
         NetworkFilesystemError: the journal would be on a network file system.
         CsvFormatError: the CSV to import is not valid input (nothing is created).
+        JournalIOError: the journal or the CSV to import could not be read or written.
         CsvChangedError: the CSV was edited by hand since the last export.
         JournalCorruptError: the journal fails SQLite's integrity check.
     """
     if keep_backups < 0:
         raise SettingsError(f"keep_backups must be 0 or more, not {keep_backups}")
+    if not busy_timeout >= 0 or math.isinf(busy_timeout):  # NaN fails the first test
+        raise SettingsError(f"busy_timeout must be a number of seconds, not {busy_timeout}")
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise SettingsError(f"unknown encoding {encoding!r}") from None
     csv = Path(csv_path)
+    if csv.is_dir():
+        raise SettingsError(f"{csv}: a folder, not a CSV file")
     path = Path(journal_path) if journal_path is not None else Path(f"{csv}.journal")
     if url is not None:
         raise SettingsError("url= (a journal in a database server) is not supported yet")

@@ -11,11 +11,12 @@ import structlog
 
 from csvjournal import _forking
 from csvjournal._atomicfile import fingerprint
+from csvjournal._dberrors import journal_errors
 from csvjournal._open import open as open_journal
 from csvjournal._oslock import ExporterLock
 from csvjournal._posix import fcntl
 from csvjournal.backup import PendingBackup, check_backup, copy_journal, prune_backups, take_backup
-from csvjournal.errors import JournalBusyError
+from csvjournal.errors import BackupNotFoundError, JournalBusyError
 from csvjournal.exporter import lock_path
 from csvjournal.journal import Journal
 
@@ -137,15 +138,23 @@ def restore(
     is returned (``None`` when there was no journal). Stop every worker first.
 
     Raises:
-        FileNotFoundError: ``backup`` is not a backup folder of this journal.
+        BackupNotFoundError: ``backup`` is not a backup folder of this journal.
         JournalCorruptError: the backup fails SQLite's integrity check (nothing changed).
         JournalBusyError: another process exports or has the journal open (nothing changed).
+        JournalIOError: a file could not be read or written (the disk is full, say).
     """
     csv = Path(csv_path)
     journal = Path(journal_path) if journal_path is not None else Path(f"{csv}.journal")
-    if Path(backup).resolve() == journal.parent.resolve():
-        raise FileNotFoundError(f"{backup}: that is the journal's own folder, not a backup")
-    source = check_backup(Path(backup), journal.name)
+    with journal_errors(journal, csv, f"restore {backup}"):
+        return _restore(csv, Path(backup), journal, keep_backups, formula_guard)
+
+
+def _restore(
+    csv: Path, backup: Path, journal: Path, keep_backups: int, formula_guard: bool | None
+) -> Path | None:
+    if backup.resolve() == journal.parent.resolve():
+        raise BackupNotFoundError(f"{backup}: that is the journal's own folder, not a backup")
+    source = check_backup(backup, journal.name)
     if _open_here(journal):  # before touching the -shm: closing it drops SQLite's locks
         raise JournalBusyError(f"{journal}: this process has the journal open; close it first")
     lock_path(csv).parent.mkdir(exist_ok=True)
@@ -162,7 +171,7 @@ def restore(
     finally:
         lock.release()
     # not the backup just restored, even the oldest: it may be wanted again
-    prune_backups(csv, keep_backups, spare=Path(backup))
+    prune_backups(csv, keep_backups, spare=backup)
     # takes the exporter role and writes the CSV anew (just backed up: no session backup)
     open_journal(csv, journal_path=journal, formula_guard=formula_guard, keep_backups=0).close()
     log.info("journal_restored", path=str(journal), backup=str(backup), safety=str(safety))

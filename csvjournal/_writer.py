@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _quote  # C; json.dumps costs 3x more
 from typing import TYPE_CHECKING
@@ -20,8 +20,6 @@ from csvjournal._values import render_value, timestamp_now
 from csvjournal.errors import RecordError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from csvjournal._settings import Settings
 
 __all__ = [
@@ -99,7 +97,7 @@ def prepare_record(settings: Settings, call: RecordCall) -> RecordOp:
     """Validate one ``record()`` call and render its values to text.
 
     Raises:
-        TypeError: a value of an unsupported type.
+        TypeError: a value of an unsupported type, or ``fields`` not a mapping.
         RecordError: an empty key, field name or status, fields contradicting the key, a
             value for the timestamp column (record() stamps it), or text the CSV's
             encoding cannot write.
@@ -109,14 +107,7 @@ def prepare_record(settings: Settings, call: RecordCall) -> RecordOp:
     key_text = key if type(key) is str else render_value(s.key_column, key)
     if not key_text:
         raise RecordError("a key must not be empty")
-    named: dict[str, str] = {}
-    for source in (fields, more) if fields else (more,):
-        for name, value in source.items():
-            if name in named or not name or type(name) is not str:
-                raise RecordError(
-                    f"key {key_text!r}: field {name!r} is empty, not text or given twice"
-                )
-            named[name] = value if type(value) is str else render_value(name, value)
+    named = _render_fields(key_text, fields, more)
     status_text = (
         status if type(status) is str or status is None else render_value(s.status_column, status)
     )
@@ -139,6 +130,28 @@ def prepare_record(settings: Settings, call: RecordCall) -> RecordOp:
     if not plain:
         _check_encodable(key_text, status_text, named, s.dialect.encoding)
     return RecordOp(key_text, status_text, named, timestamp_now(), call.worker)
+
+
+def _render_fields(
+    key: str, fields: Mapping[str, object] | None, more: Mapping[str, object]
+) -> dict[str, str]:
+    """``fields`` and ``more`` as one dict of texts (see :func:`prepare_record`)."""
+    named: dict[str, str] = {}
+    try:
+        for source in (fields, more) if fields else (more,):
+            for name, value in source.items():
+                if name in named or not name or type(name) is not str:
+                    raise RecordError(
+                        f"key {key!r}: field {name!r} is empty, not text or given twice"
+                    )
+                named[name] = value if type(value) is str else render_value(name, value)
+    except AttributeError:
+        if isinstance(fields, Mapping):
+            raise
+        raise TypeError(
+            f"key {key!r}: fields must be a mapping of names to values, not {type(fields).__name__}"
+        ) from None
+    return named
 
 
 def _check_encodable(key: str, status: str | None, named: dict[str, str], encoding: str) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import structlog
 
-from csvjournal.errors import JournalCorruptError
+from csvjournal.errors import BackupNotFoundError, JournalCorruptError
 
 __all__ = [
     "PendingBackup",
@@ -283,12 +283,12 @@ def check_backup(backup: Path, journal_name: str) -> Path:
     """Return the journal file inside ``backup`` once it passed SQLite's integrity check.
 
     Raises:
-        FileNotFoundError: ``backup`` holds no journal named ``journal_name``.
+        BackupNotFoundError: ``backup`` holds no journal named ``journal_name``.
         JournalCorruptError: the journal copy fails the integrity check.
     """
     journal = backup / journal_name
     if not journal.is_file():
-        raise FileNotFoundError(f"{backup}: not a csvjournal backup (no {journal_name} in it)")
+        raise BackupNotFoundError(f"{backup}: not a csvjournal backup (no {journal_name} in it)")
     try:
         conn = sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True)
         try:

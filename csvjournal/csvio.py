@@ -26,7 +26,7 @@ from csvjournal._atomicfile import (
     write_temp,
 )
 from csvjournal._csvlocate import locate_field, locate_offset, locate_open_quote
-from csvjournal.errors import CsvFormatError
+from csvjournal.errors import CsvFormatError, JournalIOError
 
 __all__ = [
     "EXCEL_MAX_CELL",
@@ -246,8 +246,12 @@ def read_csv(path: Path, *, encoding: str | None = None) -> ParsedCsv:
     Raises:
         CsvFormatError: undecodable bytes, no header, empty or duplicate header names, an
             unclosed quote, a blank line or a row with the wrong number of fields.
+        JournalIOError: the file could not be read (missing, a folder, no permission).
     """
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise JournalIOError(f"{path}: could not read the CSV ({exc.strerror or exc})") from exc
     text, encoding_name, bom = _decode(path, data, encoding)
     if not text.strip("\r\n"):
         raise CsvFormatError(f"{path}: line 1, column 1: the file is empty (no header line)")

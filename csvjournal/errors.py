@@ -8,6 +8,7 @@ know csvjournal. This module imports nothing of the package.
 from __future__ import annotations
 
 __all__ = [
+    "BackupNotFoundError",
     "CommandError",
     "CsvChangedError",
     "CsvFormatError",
@@ -17,6 +18,7 @@ __all__ = [
     "JournalBusyError",
     "JournalClosedError",
     "JournalCorruptError",
+    "JournalIOError",
     "NetworkFilesystemError",
     "RecordError",
     "SchemaTooNewError",
@@ -79,6 +81,17 @@ class FlushTimeoutError(CsvJournalError, TimeoutError):
 class JournalCorruptError(CsvJournalError, RuntimeError):
     """The journal (or a backup) failed SQLite's integrity check; the message names the
     newest backup to restore."""
+
+
+class JournalIOError(CsvJournalError, OSError):
+    """A file of the journal could not be read or written: SQLite's journal file (the disk
+    is full, an I/O error, a read-only file), a backup, the CSV to import or merge (missing,
+    a folder, unreadable). The message names the file. The call that met it committed
+    nothing; the journal is whole, and the next call succeeds once the cause is gone."""
+
+
+class BackupNotFoundError(CsvJournalError, FileNotFoundError):
+    """The folder given as a backup is not a backup of this journal."""
 
 
 class CommandError(CsvJournalError, ValueError):

@@ -20,7 +20,7 @@ from csvjournal._flush import export_to, flush_csv
 from csvjournal._values import render_value
 from csvjournal._writer import RecordCall
 from csvjournal.backup import list_backups
-from csvjournal.errors import BatchOpenError, CsvJournalError, ExportError
+from csvjournal.errors import BatchOpenError, CsvJournalError, ExportError, SettingsError
 from csvjournal.exporter import Exporter
 from csvjournal.recovery import RecoveryReport, check_integrity
 
@@ -71,10 +71,13 @@ class Journal(Claims):
         with the block instead.
 
         Raises:
-            TypeError: a value of an unsupported type (the message names the field).
+            TypeError: a value of an unsupported type (the message names the field), or
+                ``fields`` not a mapping.
             RecordError: an empty key, field name or status, fields contradicting the key,
                 or a value for the timestamp column (it is always the time of the record).
             JournalBusyError: other writers held the journal longer than the busy timeout.
+            JournalIOError: SQLite could not write the journal (a full disk, say); the
+                record was not committed.
             JournalClosedError: the handle is closed.
         """
         self._ensure()
@@ -92,6 +95,8 @@ class Journal(Claims):
 
         Raises:
             JournalBusyError: other writers held the journal longer than the busy timeout.
+            JournalIOError: SQLite could not write the journal (a full disk, say); nothing
+                of the block was committed.
             JournalClosedError: the handle is closed.
         """
         self._ensure()
@@ -101,7 +106,7 @@ class Journal(Claims):
                 yield self
             return
         with self._gate.operation(), self._write_lock, self._store.engine.connect() as conn:
-            state = BatchState(conn, self._writer)
+            state = BatchState(conn, self._writer, self._errors)
             self._batches[threading.get_ident()] = state
             try:
                 with state.transaction():
@@ -147,8 +152,11 @@ class Journal(Claims):
         (with ``max_attempts``: only those :meth:`claim` with it could still take).
 
         Raises:
+            SettingsError: ``max_attempts`` below 1.
             JournalClosedError: the handle is closed.
         """
+        if max_attempts is not None and max_attempts < 1:
+            raise SettingsError(f"pending needs max_attempts >= 1 or None, not {max_attempts}")
         with self._reading() as conn:
             return _reads.pending(conn, time.time(), max_attempts)
 
@@ -187,7 +195,7 @@ class Journal(Claims):
         """
         self._ensure()
         self._refuse_in_batch("flush")
-        with self._gate.operation():
+        with self._gate.operation(), self._errors():
             flush_csv(
                 self._store,
                 self._settings,
@@ -211,10 +219,11 @@ class Journal(Claims):
             self._refuse_in_batch("export")
             self.flush()
             return
-        try:
-            export_to(self._store, self._settings, Path(path), self._settings.formula_guard)
-        except OSError as exc:
-            raise ExportError(f"{path}: could not write the CSV: {exc}") from exc
+        with self._errors():  # outermost: a JournalIOError is an OSError too
+            try:
+                export_to(self._store, self._settings, Path(path), self._settings.formula_guard)
+            except OSError as exc:
+                raise ExportError(f"{path}: could not write the CSV: {exc}") from exc
 
     # -- recovery and backups ----------------------------------------------------------
 
@@ -233,6 +242,10 @@ class Journal(Claims):
         """
         self._ensure()
         self._refuse_in_batch("recover")
+        with self._errors():
+            return self._recover()
+
+    def _recover(self) -> RecoveryReport:
         # This handle's exporting open ran the same check moments ago: not twice in a row.
         if not self._recently_checked():
             check_integrity(self._store, self.csv_path, full=True)
@@ -271,7 +284,8 @@ class Journal(Claims):
         newest ``keep_backups`` backups are kept.
 
         Raises:
-            OSError: the backup could not be written (nothing half-written is left).
+            JournalIOError: the backup could not be written, the disk is full, say (nothing
+                half-written is left).
             JournalClosedError: the handle is closed.
         """
         self._ensure()

@@ -60,6 +60,7 @@ def merge_csv(
     Raises:
         CsvFormatError: the CSV is not valid input (nothing is changed).
         SettingsError: there is no journal for this CSV.
+        JournalIOError: the CSV could not be read (deleted, say).
     """
     path = Path(csv_path)
     report = MergeReport()

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,31 +11,7 @@ from csvjournal.backup import newest_backup_hint
 from csvjournal.errors import JournalCorruptError
 from csvjournal.store import Store, is_busy
 
-__all__ = ["RecoveryReport", "check_integrity", "damage_is_corruption"]
-
-# SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB.
-_DAMAGED = {11, 26}
-
-
-@contextmanager
-def damage_is_corruption(store: Store, csv_path: Path) -> Iterator[None]:
-    """Raise SQLite's report of a damaged journal, met by whatever the block reads, as
-    :class:`JournalCorruptError` naming the newest backup to restore.
-
-    Raises:
-        JournalCorruptError: SQLite found the journal's file damaged.
-    """
-    try:
-        yield
-    except (sqlite3.DatabaseError, DBAPIError) as exc:
-        orig = exc.orig if isinstance(exc, DBAPIError) else exc
-        code = getattr(orig, "sqlite_errorcode", None)
-        if code is None or code & 0xFF not in _DAMAGED:
-            raise
-        raise JournalCorruptError(
-            f"{store.path}: SQLite cannot read the journal ({orig});"
-            f" {newest_backup_hint(csv_path, store.path.name)}"
-        ) from exc
+__all__ = ["RecoveryReport", "check_integrity"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -203,6 +203,20 @@ def test_run_puts_every_column_in_the_environment(tmp_path: Path) -> None:
     assert stamp.endswith("Z")
 
 
+def test_run_two_columns_of_one_environment_name_the_later_wins(tmp_path: Path) -> None:
+    csv = tmp_path / "clash.csv"
+    csv.write_text("ID,Order id,ORDER_ID\n1,first,second\n")
+    ok(invoke("init", csv, "--key", "ID"))
+    out = tmp_path / "env.txt"
+    command = python_script(
+        tmp_path / "env.py",
+        f"import os\nopen({str(out)!r}, 'w').write(os.environ['CSVJ_ORDER_ID'])\n",
+    )
+    result = invoke("run", csv, "--", *command)
+    assert result.exit_code == 0, result.stderr
+    assert out.read_text() == "second"  # as the README says: the later column's value
+
+
 def test_run_success_status(rows8: Path, tmp_path: Path) -> None:
     calls = tmp_path / "calls.log"
     command = python_script(

@@ -145,6 +145,13 @@ def test_an_unsupported_value_is_a_type_error_and_records_nothing(
     assert len(_events(journal)) == 1
 
 
+@pytest.mark.parametrize("fields", [[("OK", 1)], "OK=1", 5])
+def test_fields_that_are_not_a_mapping_are_a_type_error(journal: Journal, fields: object) -> None:
+    with pytest.raises(TypeError, match="fields must be a mapping"):
+        journal.record("PO-1", fields=fields)  # type: ignore[arg-type]
+    assert journal.get("PO-1") is None
+
+
 @pytest.mark.parametrize(
     ("args", "kwargs", "match"),
     [
@@ -346,6 +353,36 @@ def test_a_pickled_journal_reopens_as_a_working_handle(journal: Journal) -> None
         copy.close()
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"busy_timeout": -1}, "busy_timeout"),
+        ({"busy_timeout": float("nan")}, "busy_timeout"),
+        ({"busy_timeout": float("inf")}, "busy_timeout"),
+        ({"encoding": "no-such-codec"}, "unknown encoding"),
+    ],
+)
+def test_bad_open_arguments_are_settings_errors_and_create_nothing(
+    csv_path: Path, kwargs: dict[str, object], match: str
+) -> None:
+    with pytest.raises(csvjournal.SettingsError, match=match):
+        csvjournal.open(csv_path, key="ID", **kwargs)  # type: ignore[arg-type]
+    assert list(csv_path.parent.iterdir()) == []
+
+
+def test_a_folder_given_as_the_csv_is_a_settings_error(tmp_path: Path) -> None:
+    with pytest.raises(csvjournal.SettingsError, match="a folder, not a CSV file"):
+        csvjournal.open(tmp_path, key="ID")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pending_refuses_max_attempts_below_one(journal: Journal) -> None:
+    journal.record("PO-1")
+    assert journal.pending(max_attempts=1) == ["PO-1"]
+    with pytest.raises(csvjournal.SettingsError, match="max_attempts"):
+        journal.pending(max_attempts=0)
+
+
 def test_a_database_url_is_not_supported_yet(csv_path: Path) -> None:
     with pytest.raises(csvjournal.SettingsError, match="url"):
         csvjournal.open(csv_path, key="ID", url="postgresql://localhost/x")
@@ -362,6 +399,8 @@ def test_every_error_is_a_csvjournal_error_and_its_builtin() -> None:
         csvjournal.JournalBusyError: TimeoutError,
         csvjournal.ExportError: OSError,
         csvjournal.JournalClosedError: RuntimeError,
+        csvjournal.JournalIOError: OSError,
+        csvjournal.BackupNotFoundError: FileNotFoundError,
     }
     for error, builtin in pairs.items():
         assert issubclass(error, csvjournal.CsvJournalError)

@@ -97,3 +97,13 @@ def test_merge_encoding_given_wins_over_the_journals(csv_path: Path) -> None:
     with csvjournal.open(csv_path, export=False) as journal:
         assert journal.get("1")["NAME"] == "Müller"  # type: ignore[index]
         assert journal.get("2")["NAME"] == "Gérard"  # type: ignore[index]
+
+
+def test_merging_a_deleted_csv_is_a_journal_io_error_naming_it(csv_path: Path) -> None:
+    _start(csv_path)
+    csv_path.unlink()
+    with pytest.raises(csvjournal.JournalIOError, match="could not read the CSV") as raised:
+        csvjournal.merge_csv(csv_path)
+    assert str(csv_path) in str(raised.value)
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.counts() == {"PENDING": 1, "COMPLETED": 2}

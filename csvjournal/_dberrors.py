@@ -1,0 +1,103 @@
+"""SQLite's run-time errors as csvjournal's: every error the package raises is a
+:class:`~csvjournal.errors.CsvJournalError`.
+
+SQLite reports a full disk, an I/O error, a locked or a damaged file as a bare
+``sqlite3.OperationalError`` or ``DatabaseError`` (wrapped in SQLAlchemy's ``DBAPIError``
+when it came through the engine), naming no file. The public calls pass them through
+:func:`translate`; errors that mean a bug in csvjournal (a ``ProgrammingError``, a
+constraint) are left as they are.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy.exc import DBAPIError
+
+from csvjournal.backup import newest_backup_hint
+from csvjournal.errors import (
+    CsvJournalError,
+    JournalBusyError,
+    JournalCorruptError,
+    JournalIOError,
+)
+
+__all__ = ["DB_ERRORS", "io_error", "journal_errors", "translate"]
+
+DB_ERRORS = (sqlite3.DatabaseError, DBAPIError)
+
+# SQLite's primary result codes
+_BUSY = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
+_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+# SQLITE_PERM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN
+_IO = {3, 8, 10, 13, 14}
+
+
+def translate(
+    exc: BaseException, journal: Path, csv_path: Path, doing: str | None = None
+) -> BaseException:
+    """The csvjournal error standing for SQLite's ``exc`` met on ``journal`` (whose CSV is
+    ``csv_path``) while ``doing`` something other than reading or writing the journal, or
+    ``exc`` itself when it is not one SQLite raises at run time."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    code = getattr(orig, "sqlite_errorcode", None)
+    if not isinstance(orig, sqlite3.DatabaseError) or code is None:
+        return exc
+    if code & 0xFF in _BUSY:
+        return JournalBusyError(f"{journal}: journal locked by another writer ({orig})")
+    if code & 0xFF in _DAMAGED:
+        return JournalCorruptError(
+            f"{journal}: SQLite cannot read the journal ({orig});"
+            f" {newest_backup_hint(csv_path, journal.name)}"
+        )
+    if code & 0xFF in _IO:
+        return _io_error(orig, journal, csv_path, doing)
+    return exc
+
+
+def io_error(exc: BaseException, journal: Path) -> JournalIOError | None:
+    """:class:`JournalIOError` when SQLite's ``exc`` says the disk is full, an I/O error or
+    a read-only file; else ``None``."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    code = getattr(orig, "sqlite_errorcode", None)
+    if not isinstance(orig, sqlite3.DatabaseError) or code is None or code & 0xFF not in _IO:
+        return None
+    return _io_error(orig, journal, journal, None)
+
+
+def _io_error(
+    orig: BaseException, journal: Path, csv_path: Path, doing: str | None
+) -> JournalIOError:
+    if doing is not None:
+        return JournalIOError(f"{csv_path}: could not {doing} ({orig})")
+    return JournalIOError(f"{journal}: SQLite could not read or write the journal ({orig})")
+
+
+@contextmanager
+def journal_errors(journal: Path, csv_path: Path, doing: str | None = None) -> Iterator[None]:
+    """Raise SQLite's errors met inside the block as csvjournal's (see :func:`translate`);
+    with ``doing`` (a backup, a restore), an ``OSError`` too, as a :class:`JournalIOError`
+    saying what it was doing.
+
+    Raises:
+        JournalBusyError: the journal was locked.
+        JournalCorruptError: SQLite found the journal's file damaged (the message names the
+            newest sound backup to restore).
+        JournalIOError: the disk is full, an I/O error, a read-only file.
+    """
+    try:
+        yield
+    except CsvJournalError:
+        raise
+    except DB_ERRORS as exc:
+        error = translate(exc, journal, csv_path, doing)
+        if error is exc:
+            raise
+        raise error from exc
+    except OSError as exc:
+        if doing is None:
+            raise
+        raise JournalIOError(f"{csv_path}: could not {doing} ({exc})") from exc
