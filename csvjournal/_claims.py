@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 
 from csvjournal import _reads
 from csvjournal._handle import Handle
@@ -164,7 +164,7 @@ class Claims(Handle):
         max_attempts: int | None = 3,
         success_status: str = "COMPLETED",
         stop: threading.Event | None = None,
-    ) -> Iterator[Task]:
+    ) -> Generator[Task, None, None]:
         """Claim rows one at a time and yield each as a :class:`Task`; see
         :func:`csvjournal._work.work` for the whole contract. Typical use::
 
@@ -187,7 +187,7 @@ class Claims(Handle):
             )
         name = worker or self._worker_name()
 
-        def loop() -> Iterator[Task]:
+        def loop() -> Generator[Task, None, None]:
             previous = getattr(self._local, "worker", None)
             self._local.worker = name  # in the thread that iterates
             try:

@@ -36,13 +36,15 @@ class ExportSignals:
 
     def export_again(self, timeout: float | None = None) -> bool:
         """Have the exporter thread export once more now, whatever changed; wait for it.
-        False if it did not within ``timeout`` (or stopped leading)."""
+        False if it did not within ``timeout``, if the export failed (:attr:`last_failure`,
+        :attr:`blocked`), or if it stopped leading."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
             target = self.exports + 1
+            missed = self.missed
             self._forced = self._woken = True
             self._changed.notify_all()
-            while self.exports < target and self.leading:
+            while self.exports < target and self.leading and self.missed == missed:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False

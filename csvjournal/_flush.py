@@ -59,7 +59,11 @@ def flush_csv(
         exporter.wake()
         missed = exporter.missed
         if exporter.wait_for(target, timeout, lambda: exporter.leading):
-            return
+            if csv_path.exists():
+                return
+            # deleted: written anew (the thread would notice, in a while)
+            if exporter.export_again(None if deadline is None else deadline - time.monotonic()):
+                return
         if exporter.blocked is not None:
             raise CsvChangedError(str(exporter.blocked))
         if exporter.missed != missed:  # it retries; the caller hears now, not never
@@ -69,7 +73,7 @@ def flush_csv(
             )
     while True:
         with store.read() as conn:
-            if (_reads.exported_seq(conn) or 0) >= target:
+            if (_reads.exported_seq(conn) or 0) >= target and csv_path.exists():
                 return
             blocked = blocked_by(conn, csv_path)
         if blocked is not None:  # the exporter of another handle waits for the edit's fate

@@ -76,6 +76,11 @@ def lock_path(csv_path: Path) -> Path:
     return Path(f"{csv_path}.backups") / "exporter.lock"
 
 
+# What makes an export fail, to be tried again later: the CSV's disk or folder, a value the
+# CSV's encoding lacks, the journal's disk (a full disk fails the note of what was written).
+_FAILURES = (OSError, UnicodeError, SQLAlchemyError, sqlite3.Error)
+
+
 class Exporter(ExportSignals):
     """The exporting side of one handle: the lock, the thread, and the export itself."""
 
@@ -102,6 +107,7 @@ class Exporter(ExportSignals):
         self._before_write: Callable[[], object] | None = None
         self._preview: Preview | None = None
         self._warned_rows = False
+        self._saving_failed = False  # said once until the records are stored again
         self._rendered = RenderedCsv(settings.dialect, formula_guard)
         self._thread: threading.Thread | None = None
         self.removed_temp_files: list[Path] = []
@@ -210,8 +216,12 @@ class Exporter(ExportSignals):
                     idle = not (self._forced or self._failures or self.blocked)
                     idle = idle and self._csv_path.exists()
                     # The newest event is read only if someone committed since the last poll.
-                    seen, version = version, self._store.data_version()
-                    if idle and (seen == version or self._newest() <= self.exported_seq):
+                    try:
+                        seen, version = version, self._store.data_version()
+                        idle = idle and (seen == version or self._newest() <= self.exported_seq)
+                    except _FAILURES:  # a full disk, say: the export fails and backs off
+                        version, idle = None, False
+                    if idle:
                         self._save_lines(SAVE_CHUNK)  # quiet now: a chunk a poll
                         delay = self._quiet_delay(exported_at)
                         continue
@@ -219,12 +229,18 @@ class Exporter(ExportSignals):
                     delay = self._export_or_back_off()
                     exported_at = time.monotonic()
             with self._gate.operation():  # the last commits before close
-                newest = self._newest()
-                if newest != self.exported_seq or self._failures or not self._csv_path.exists():
-                    self._export_or_back_off()
-                self._save_lines()
+                self._export_last()
         finally:
             self.release()
+
+    def _export_last(self) -> None:
+        try:
+            newest = self._newest()
+        except _FAILURES:
+            newest = None
+        if newest != self.exported_seq or self._failures or not self._csv_path.exists():
+            self._export_or_back_off()
+        self._save_lines()
 
     def _quiet_delay(self, exported_at: float) -> float:
         quiet = time.monotonic() - exported_at >= _QUIET_AFTER_SECONDS
@@ -258,7 +274,11 @@ class Exporter(ExportSignals):
             with self._store.write(synced=False) as conn:
                 rendered.save_lines(conn, limit=limit)
         except (CsvJournalError, SQLAlchemyError, sqlite3.Error) as exc:
-            log.warning("rendered_lines_not_saved", path=str(self._csv_path), error=str(exc))
+            if not self._saving_failed:
+                log.warning("rendered_lines_not_saved", path=str(self._csv_path), error=str(exc))
+            self._saving_failed = True
+        else:
+            self._saving_failed = False
 
     def _export_or_back_off(self) -> float:
         started = time.monotonic()
@@ -267,11 +287,14 @@ class Exporter(ExportSignals):
         except CsvChangedError as exc:  # a hand edit while we run: keep it, say what to do
             if self.blocked is None:
                 log.error("csv_changed_by_hand", path=str(self._csv_path), error=str(exc))
-                with self._store.write(synced=False) as conn:
-                    block(conn, self._csv_path, str(exc))
+                try:
+                    with self._store.write(synced=False) as conn:
+                        block(conn, self._csv_path, str(exc))
+                except _FAILURES as error:  # a full disk: other processes see no note
+                    log.warning("csv_block_not_noted", path=str(self._csv_path), error=str(error))
             self._missed(exc)
             return _BLOCKED_SECONDS
-        except (OSError, UnicodeError) as exc:  # a value the CSV's encoding lacks, too
+        except _FAILURES as exc:
             self._missed(exc)
             self._failures += 1
             if self._failures == 1:

@@ -13,6 +13,7 @@ finish for a grace period, kills what is left and gives those rows back to ``PEN
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -21,12 +22,13 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
-from csvjournal.errors import CommandError
+from csvjournal._work import Task
+from csvjournal.errors import CommandError, CsvJournalError
 from csvjournal.journal import Journal
 
 __all__ = ["RunConfig", "RunStats", "Runner", "Template", "env_name"]
@@ -148,6 +150,8 @@ class Runner:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._children_lock = threading.Lock()
         self.stats = RunStats()
+        # what stopped the run, if the journal failed it (a full disk): the first error
+        self.error: CsvJournalError | None = None
 
     def stop(self) -> None:
         """Claim no more rows; running commands get the grace period (thread-safe)."""
@@ -199,6 +203,18 @@ class Runner:
                 on_tick()
 
     def _worker(self, index: int) -> None:
+        try:
+            self._work(index)
+        except CsvJournalError as exc:  # the journal cannot go on (a full disk): nor can we
+            with self.stats.lock:
+                first = self.error is None
+                if first:
+                    self.error = exc
+            if first:  # the caller raises it (the CLI's error line): no louder here
+                log.info("run_failed", error=str(exc))
+            self._stop.set()  # claim no more; running commands finish their rows
+
+    def _work(self, index: int) -> None:
         worker = f"{socket.gethostname()}:{os.getpid()}:run-{index}"
         config = self._config
         tasks = self._journal.work(
@@ -208,6 +224,11 @@ class Runner:
             success_status=config.success_status,
             stop=self._stop,
         )
+        with contextlib.closing(tasks):  # left by an error: the row is given back at once
+            self._run_tasks(index, tasks)
+
+    def _run_tasks(self, index: int, tasks: Iterator[Task]) -> None:
+        config = self._config
         for task in tasks:
             row = self._journal.get(task.key) or {}
             self.stats.add(running=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv as csvmod
 import json
+import resource
 import signal
 import subprocess
 import sys
@@ -409,3 +410,40 @@ def test_run_stops_on_a_signal_and_resumes(
     assert set(statuses(rows8).values()) == {"COMPLETED"}
     for key in finished:
         assert claims(rows8, key) == 1  # never run again once terminal
+
+
+def _disk_full_after(limit: int) -> None:
+    """In the child, before it runs: no file may grow past ``limit`` bytes (the write
+    fails, as on a full disk, instead of the kernel's SIGXFSZ killing the process)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+def test_run_on_a_full_disk_stops_with_one_error_and_loses_nothing(tmp_path: Path) -> None:
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("ID,X\n" + "".join(f"{n},x\n" for n in range(400)))
+    ok(invoke("init", csv, "--key", "ID"))
+    journal = Path(f"{csv}.journal")
+    command = python_script(
+        tmp_path / "fail.py", "import sys\nsys.stderr.write('y' * 3000 + '\\n')\nsys.exit(1)\n"
+    )
+    limit = journal.stat().st_size + 150_000
+    done = subprocess.run(
+        [str(CONSOLE_SCRIPT), "run", str(csv), "-j", "4", "--", *command],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        preexec_fn=lambda: _disk_full_after(limit),
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "Exception" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("csvjournal: error: "), done.stderr
+    assert f"{journal}: SQLite could not read or write the journal" in last
+    # the disk has room again: nothing is lost, nothing half-written
+    status = json.loads(ok(invoke("status", csv, "--json")))
+    assert status["rows"] == 400
+    assert status["counts"].get("FAILED", 0) > 0
+    ok(invoke("recover", csv))

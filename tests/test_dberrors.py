@@ -8,12 +8,15 @@ from __future__ import annotations
 import resource
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 import csvjournal
 from csvjournal._dberrors import translate
@@ -123,6 +126,48 @@ def test_threads_on_a_full_disk_either_commit_or_raise_journal_io_error(
     assert all(quiet_journal.get(key) is not None for key in committed)
     assert len(quiet_journal) == len(committed) + 1
     assert _integrity(quiet_journal) == "ok"
+
+
+def _no_file_size_limit() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+
+
+def test_a_full_disk_fails_the_exporters_exports_not_the_exporter(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="K", keep_backups=0) as journal:
+        journal.record("a", "DONE")
+        journal.flush(timeout=10)
+        with capture_logs() as logs:
+            # Room for the CSV, not for a page of the journal: another process, with room,
+            # records; our exporter writes the CSV, then cannot note that in the journal.
+            with disk_full_after(1000):
+                subprocess.run(
+                    [sys.executable, "-c", _RECORD_B, str(csv_path)],
+                    preexec_fn=_no_file_size_limit,
+                    check=True,
+                    timeout=120,
+                )
+                # at once, not at the timeout: the export failed, or flush's own read did
+                with pytest.raises((csvjournal.ExportError, JournalIOError)):
+                    journal.flush(timeout=30)
+            journal.record("c", "DONE")
+            journal.flush(timeout=30)  # by the same exporter thread, still alive
+        events = [entry["event"] for entry in logs]
+        assert "csv_export_failed" in events
+        assert "csv_export_recovered" in events
+    assert [line.split(",")[:2] for line in csv_path.read_text().splitlines()] == [
+        ["K", "STATUS"],
+        ["a", "DONE"],
+        ["b", "DONE"],
+        ["c", "DONE"],
+    ]
+
+
+_RECORD_B = """
+import sys, csvjournal
+with csvjournal.open(sys.argv[1], export=False) as journal:
+    journal.record("b", "DONE")
+"""
 
 
 def test_a_users_own_sqlite_error_inside_a_batch_passes_unchanged(

@@ -154,6 +154,8 @@ def _run_job(
                 runner.wait(threads)
             else:
                 _with_progress(runner, threads)
+        if runner.error is not None:  # the journal failed the run (a full disk, say)
+            raise runner.error
         code = _exit_code(journal, runner.stats)
     return runner.stats, code
 
