@@ -108,3 +108,16 @@ def test_recover_writes_a_deleted_csv_anew(csv_path: Path, export: bool) -> None
         # An exporter thread notices a deleted CSV within a poll: it may have written it
         # before recover() looked.
         assert report.csv_was_stale or export
+
+
+@pytest.mark.parametrize("export", [True, False], ids=["exporting", "non-exporting"])
+def test_flush_writes_a_deleted_csv_anew(csv_path: Path, export: bool) -> None:
+    csvjournal.open(csv_path, key="ID").close()
+    with csvjournal.open(csv_path, export=export) as journal:
+        journal.record("a", "COMPLETED")
+        journal.flush(timeout=30)
+        for _ in range(20):  # the exporter thread may notice first: either way, flush waits
+            csv_path.unlink()
+            journal.flush(timeout=30)
+            assert csv_path.exists(), "flush() returned with the CSV missing"
+            assert _csv_status(csv_path) == {"a": "COMPLETED"}
