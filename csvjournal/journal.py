@@ -19,7 +19,7 @@ from csvjournal._claims import Claims
 from csvjournal._flush import export_to, flush_csv
 from csvjournal._values import render_value
 from csvjournal._writer import RecordCall
-from csvjournal.backup import list_backups
+from csvjournal.backup import backups_folder, list_backups
 from csvjournal.errors import BatchOpenError, CsvJournalError, ExportError, SettingsError
 from csvjournal.exporter import Exporter
 from csvjournal.recovery import RecoveryReport, check_integrity
@@ -211,6 +211,8 @@ class Journal(Claims):
 
         Raises:
             ExportError: the file could not be written.
+            SettingsError: ``path`` is one of the journal's own files (its CSV, the journal
+                and its -wal/-shm, a backup): they are never overwritten by a copy.
             BatchOpenError: the journal's own CSV, asked for inside a ``batch()`` block of
                 this thread.
         """
@@ -219,11 +221,24 @@ class Journal(Claims):
             self._refuse_in_batch("export")
             self.flush()
             return
+        self._refuse_own_file(Path(path))
         with self._errors():  # outermost: a JournalIOError is an OSError too
             try:
                 export_to(self._store, self._settings, Path(path), self._settings.formula_guard)
             except OSError as exc:
                 raise ExportError(f"{path}: could not write the CSV: {exc}") from exc
+
+    def _refuse_own_file(self, path: Path) -> None:
+        target = path.resolve()
+        journal = self.journal_path.resolve()
+        own = {self.csv_path.resolve(), journal}
+        own |= {journal.with_name(journal.name + suffix) for suffix in ("-wal", "-shm", "-journal")}
+        backups = backups_folder(self.csv_path).resolve()
+        if target in own or target == backups or backups in target.parents:
+            raise SettingsError(
+                f"{path}: one of the journal's own files; export() writes a copy elsewhere"
+                " (export() without a path brings the journal's own CSV up to date)"
+            )
 
     # -- recovery and backups ----------------------------------------------------------
 

@@ -162,6 +162,16 @@ def test_demo_into_a_file_is_an_error(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
 
 
+def test_demo_never_replaces_a_job_it_did_not_write(tmp_path: Path) -> None:
+    csv = tmp_path / "orders.csv"
+    csv.write_text("PO_NUMBER,NOTE\nMINE-1,precious\n")
+    ok(invoke("init", csv, "--key", "PO_NUMBER"))
+    ok(invoke("record", csv, "MINE-1", "--status", "COMPLETED"))
+    before = state_of(tmp_path)
+    assert_error(invoke("demo", tmp_path), "not written by an earlier demo")
+    assert state_of(tmp_path) == before
+
+
 # -- log output ------------------------------------------------------------------------
 
 

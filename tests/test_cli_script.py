@@ -20,7 +20,7 @@ from _cli import (
 )
 
 import csvjournal
-from csvjournal.cli._demo import write_sheet
+from csvjournal.cli._demo import DEMO_MARK, write_sheet
 from csvjournal.csvio import temp_prefix
 
 
@@ -111,6 +111,7 @@ def test_demo_runs_a_whole_job_and_replaces_an_earlier_demo(tmp_path: Path) -> N
     # 20-40 s demo): its journal, events, backups, a temp file; and a file of the user's.
     folder = tmp_path / "demo"
     folder.mkdir()
+    (folder / DEMO_MARK).write_text("an earlier demo's")
     csv = folder / "orders.csv"
     write_sheet(csv, rows=40)
     with csvjournal.open(csv, key="PO_NUMBER", terminal={"COMPLETED", "NO_ATTACHMENTS"}) as old:

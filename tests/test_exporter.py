@@ -199,3 +199,29 @@ def test_a_hand_edit_is_refused_at_open_with_what_to_do(csv_path: Path) -> None:
     with csvjournal.open(csv_path) as journal:
         journal.flush(timeout=10)
     assert set(_rows(csv_path)) == {"a", "b"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "orders.csv",
+        "orders.csv.journal",
+        "orders.csv.journal-wal",
+        "orders.csv.journal-shm",
+        "orders.csv.backups",
+        "orders.csv.backups/copy.csv",
+    ],
+)
+def test_export_to_a_path_never_writes_over_the_journals_own_files(
+    journal: csvjournal.Journal, csv_path: Path, name: str
+) -> None:
+    journal.record("PO-1", "COMPLETED")
+    journal.flush(timeout=30)
+    target = csv_path.parent / name
+    existed = target.exists()
+    with pytest.raises(csvjournal.SettingsError, match="one of the journal's own files"):
+        journal.export(target)
+    assert target.exists() == existed
+    journal.close()
+    with csvjournal.open(csv_path) as again:  # the journal is whole
+        assert again.get("PO-1") is not None

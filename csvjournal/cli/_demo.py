@@ -17,6 +17,7 @@ from rich.table import Table
 import csvjournal
 from csvjournal.cli._app import (
     FLUSH_SECONDS,
+    CliError,
     cli,
     configure_logging,
     log_json_wanted,
@@ -110,13 +111,28 @@ def _start(
     return process
 
 
+# Marks a folder whose orders.csv files a demo wrote (and the next demo may replace).
+DEMO_MARK = ".csvjournal-demo"
+
+
 def _prepare(directory: Path | None) -> Path:
     folder = directory or Path(tempfile.mkdtemp(prefix="csvjournal-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     csv_path = folder / "orders.csv"
-    for leftover in [csv_path, *folder.glob("orders.csv.journal*")]:  # an earlier demo's
-        leftover.unlink(missing_ok=True)
-    shutil.rmtree(folder / "orders.csv.backups", ignore_errors=True)
+    files = [csv_path, *folder.glob("orders.csv.journal*"), folder / "orders.csv.backups"]
+    found = [path for path in files if path.exists()]
+    mark = folder / DEMO_MARK
+    if found and not mark.exists():  # someone's own job: never replaced
+        raise CliError(
+            f"{found[0]}: not written by an earlier demo (no {DEMO_MARK} beside it);"
+            " the demo writes orders.csv and its journal: choose another folder"
+        )
+    for leftover in found:  # an earlier demo's
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    mark.write_text("csvjournal demo: the next demo here replaces orders.csv and its journal\n")
     write_sheet(csv_path)
     return csv_path
 
