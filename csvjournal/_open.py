@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from csvjournal._importer import unfinished
 from csvjournal._options import Options
 from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TIMESTAMP
 from csvjournal.errors import SettingsError
@@ -82,6 +83,11 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
         raise SettingsError("url= (a journal in a database server) is not supported yet")
     if key is None and not path.exists():
         raise SettingsError(f"{path}: no journal here yet, and key= is required to create one")
+    if key is None and unfinished(path):
+        raise SettingsError(
+            f"{path}: the journal's creation never finished (interrupted); create it again"
+            " with key= (csvjournal init CSV --key COLUMN), which imports the CSV anew"
+        )
     options = Options(
         csv_path=csv,
         journal_path=path,

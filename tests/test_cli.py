@@ -162,6 +162,16 @@ def test_demo_into_a_file_is_an_error(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
 
 
+def test_an_init_that_never_finished_is_said_so_and_can_be_done_again(tmp_path: Path) -> None:
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("ID,NAME\n1,a\n2,b\n")
+    Path(f"{csv}.journal").write_bytes(b"")  # SQLite made the file; init was killed then
+    for command in (["pending"], ["recover"], ["run", "--", "true"]):
+        assert_error(invoke(command[0], csv, *command[1:]), "never finished")
+    assert "created" in ok(invoke("init", csv, "--key", "ID"))
+    assert ok(invoke("pending", csv)).split() == ["1", "2"]
+
+
 def test_demo_never_replaces_a_job_it_did_not_write(tmp_path: Path) -> None:
     csv = tmp_path / "orders.csv"
     csv.write_text("PO_NUMBER,NOTE\nMINE-1,precious\n")

@@ -244,3 +244,50 @@ def test_kill_9_inside_batch_leaves_no_trace(tmp_path: Path, mode: str) -> None:
         assert seq > max(seq for seq, _ in pre.values())
         assert journal.get("after") is not None
     assert _integrity(journal_path) == "ok"
+
+
+CREATE = """\
+import sys
+
+import csvjournal
+
+print("started", flush=True)
+csvjournal.open(sys.argv[1], key="ID", export=False).close()
+"""
+
+
+def test_kill_9_while_a_journal_is_created_never_blocks_the_job(tmp_path: Path) -> None:
+    """Killed at any moment of its creation, the journal is either whole or known as
+    unfinished: an open without ``key=`` says so (not a CSV error), and an open with it
+    imports the CSV anew, every row once."""
+    script = tmp_path / "create.py"
+    script.write_text(CREATE)
+    rows = 5000
+    outcomes = set()
+    for attempt in range(12):
+        csv_path = tmp_path / f"jobs-{attempt}.csv"
+        csv_path.write_text("ID,NAME\n" + "".join(f"{n},n{n}\n" for n in range(rows)))
+        child = subprocess.Popen(
+            [sys.executable, str(script), str(csv_path)], stdout=subprocess.PIPE, text=True
+        )
+        assert child.stdout is not None
+        assert child.stdout.readline() == "started\n"  # imports done: the open begins
+        time.sleep(attempt * 0.02)  # a different moment of the creation each time
+        child.kill()
+        child.wait()
+        try:
+            with csvjournal.open(csv_path, export=False) as journal:
+                outcomes.add("whole")
+                assert len(journal) == rows
+        except csvjournal.SettingsError as exc:
+            text = str(exc)
+            if "never finished" in text:
+                outcomes.add("unfinished")
+            elif "no journal here yet" in text:
+                outcomes.add("not begun")
+            else:
+                outcomes.add(text)
+        with csvjournal.open(csv_path, key="ID") as journal:  # the job goes on
+            assert len(journal) == rows
+            assert journal.pending()[:2] == ["0", "1"]
+    assert outcomes <= {"not begun", "unfinished", "whole"}, outcomes

@@ -10,6 +10,7 @@ import click
 
 import csvjournal
 from csvjournal import _migrate
+from csvjournal._importer import unfinished
 from csvjournal._values import format_timestamp
 from csvjournal.backup import list_backups, prune_backups
 from csvjournal.cli._app import (
@@ -52,7 +53,7 @@ def init(
     csv: Path, key: str, terminal: str | None, encoding: str | None, formula_guard: bool
 ) -> None:
     """Create the journal of CSV (importing its rows) and add the status columns."""
-    if journal_path_of(csv).exists():
+    if journal_path_of(csv).exists() and not unfinished(journal_path_of(csv)):
         raise CliError(f"{journal_path_of(csv)} already exists: the journal is there")
     if not csv.exists():
         raise CliError(f"{csv}: no such file (init imports an existing CSV)")

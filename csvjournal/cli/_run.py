@@ -15,6 +15,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import csvjournal
+from csvjournal._importer import unfinished
 from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TERMINAL, DEFAULT_TIMESTAMP
 from csvjournal.cli._app import (
     CliError,
@@ -106,7 +107,8 @@ def _check_before_writing(
         CommandError: a placeholder names no column.
         CliError: --success-status is not a terminal status: every row would run again.
     """
-    if journal_path_of(csv).exists():
+    journal_path = journal_path_of(csv)
+    if journal_path.exists() and (key is None or not unfinished(journal_path)):
         with csvjournal.open(csv, export=False, keep_backups=0) as journal:
             columns = journal.columns
             stored = journal.settings.terminal
@@ -143,7 +145,7 @@ def _run_job(
     """Open the journal (importing the CSV when there is none), run the pending rows with
     a progress bar, close; return the run's counts and the exit status."""
     # a journal that exists keeps the encoding stored when it was created
-    creating = not journal_path_of(csv).exists()
+    creating = not journal_path_of(csv).exists() or unfinished(journal_path_of(csv))
     with importing(csv) if creating else nullcontext():
         journal = csvjournal.open(csv, key=key, terminal=terminal, encoding=encoding)
     with journal:
