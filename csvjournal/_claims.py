@@ -24,7 +24,15 @@ from csvjournal._values import render_value, timestamp_now
 from csvjournal._work import Task, work
 from csvjournal.errors import SettingsError
 
-__all__ = ["Claims"]
+__all__ = ["MAX_LEASE_SECONDS", "Claims"]
+
+# A lease is how long a dead worker's row stays taken: past a month, a typo (and infinity
+# overflows the clock).
+MAX_LEASE_SECONDS = 30 * 86_400
+
+
+def _valid_lease(lease: float) -> bool:
+    return 0 < lease <= MAX_LEASE_SECONDS  # NaN is neither
 
 
 class Claims(Handle):
@@ -46,14 +54,15 @@ class Claims(Handle):
         rows are pending).
 
         Raises:
-            SettingsError: ``n`` or ``max_attempts`` below 1, or ``lease`` not positive.
+            SettingsError: ``n`` or ``max_attempts`` below 1, or ``lease`` not a number of
+                seconds above 0 and at most :data:`MAX_LEASE_SECONDS` (30 days).
             JournalBusyError: other writers held the journal longer than the busy timeout.
             JournalClosedError: the handle is closed.
         """
-        if n < 1 or not lease > 0 or (max_attempts is not None and max_attempts < 1):
+        if n < 1 or not _valid_lease(lease) or (max_attempts is not None and max_attempts < 1):
             raise SettingsError(
-                f"claim needs n >= 1, lease > 0 and max_attempts >= 1 or None,"
-                f" not n={n}, lease={lease}, max_attempts={max_attempts}"
+                f"claim needs n >= 1, 0 < lease <= {MAX_LEASE_SECONDS:,} (30 days) and"
+                f" max_attempts >= 1 or None, not n={n}, lease={lease}, max_attempts={max_attempts}"
             )
         self._ensure()
         name = worker or self._worker_name()
@@ -83,12 +92,15 @@ class Claims(Handle):
         ran out, or that was finished, is not renewed (and is left out).
 
         Raises:
-            SettingsError: ``lease`` not positive.
+            SettingsError: ``lease`` not a number of seconds above 0 and at most
+                :data:`MAX_LEASE_SECONDS` (30 days).
             JournalBusyError: other writers held the journal longer than the busy timeout.
             JournalClosedError: the handle is closed.
         """
-        if not lease > 0:
-            raise SettingsError(f"extend needs lease > 0, not {lease}")
+        if not _valid_lease(lease):
+            raise SettingsError(
+                f"extend needs 0 < lease <= {MAX_LEASE_SECONDS:,} (30 days), not {lease}"
+            )
         self._ensure()
         held = self._holders(keys)
         renewed: list[str] = self._write(  # type: ignore[assignment]

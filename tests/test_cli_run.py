@@ -283,6 +283,27 @@ def test_run_show_output_lets_stdout_through(
 
 
 @pytest.mark.parametrize(
+    "option",
+    [
+        ["--timeout", "nan"],
+        ["--timeout", "inf"],
+        ["--timeout", "3000000"],
+        ["--lease", "inf"],
+        ["--lease", "nan"],
+        ["--lease", "1e12"],
+        ["--grace", "nan"],
+        ["--grace", "inf"],
+    ],
+)
+def test_run_refuses_seconds_that_are_not_finite_or_too_many(
+    rows8: Path, tmp_path: Path, option: list[str]
+) -> None:
+    before = state_of(tmp_path)
+    assert_error(invoke("run", rows8, *option, "--", "true"), option[0])
+    assert state_of(tmp_path) == before
+
+
+@pytest.mark.parametrize(
     ("argv", "fragment"),
     [
         (["echo", "{NOPE}"], "placeholder {NOPE}"),

@@ -27,6 +27,7 @@ from _leases import wait_for as _wait_for
 
 import csvjournal
 from csvjournal import Journal
+from csvjournal._claims import MAX_LEASE_SECONDS
 
 # The fixtures of the ten-row CSV and its exporting journal (assigned, not imported by name,
 # so that the test parameters naming them do not shadow an import).
@@ -111,7 +112,17 @@ def test_the_default_worker_is_host_pid_thread(jr: Journal) -> None:
 
 
 @pytest.mark.parametrize(
-    ("n", "lease"), [(0, 10.0), (-1, 10.0), (1, 0.0), (1, -5.0), (1, math.nan), (0, 0.0)]
+    ("n", "lease"),
+    [
+        (0, 10.0),
+        (-1, 10.0),
+        (1, 0.0),
+        (1, -5.0),
+        (1, math.nan),
+        (0, 0.0),
+        (1, math.inf),
+        (1, MAX_LEASE_SECONDS + 1),
+    ],
 )
 def test_claim_refuses_bad_arguments_and_changes_nothing(jr: Journal, n: int, lease: float) -> None:
     with pytest.raises(csvjournal.SettingsError, match="claim") as caught:
@@ -122,7 +133,7 @@ def test_claim_refuses_bad_arguments_and_changes_nothing(jr: Journal, n: int, le
     assert all(jr.history(key) == [] for key in KEYS)
 
 
-@pytest.mark.parametrize("lease", [0.0, -1.0, math.nan])
+@pytest.mark.parametrize("lease", [0.0, -1.0, math.nan, math.inf, 1e12])
 def test_extend_refuses_a_lease_that_is_not_positive(jr: Journal, lease: float) -> None:
     taken = jr.claim(1, lease=LONG)
     with pytest.raises(csvjournal.SettingsError, match="extend"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -10,11 +11,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import csvjournal
+from csvjournal._claims import MAX_LEASE_SECONDS
 from csvjournal._importer import unfinished
 from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TERMINAL, DEFAULT_TIMESTAMP
 from csvjournal.cli._app import (
@@ -162,6 +165,22 @@ def _run_job(
     return runner.stats, code
 
 
+# Python's waits for a child process take at most 2**31 milliseconds (24.8 days).
+MAX_WAIT_SECONDS = 2_000_000
+
+
+class Seconds(click.FloatRange):
+    """A number of seconds in a range; NaN, which every comparison lets through, too."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
 @cli.command()
 @csv_argument
 @click.option(
@@ -181,12 +200,12 @@ def _run_job(
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(min=0, min_open=True, max=MAX_WAIT_SECONDS),
     help="Seconds before a command is killed and its row FAILED.",
 )
 @click.option(
     "--lease",
-    type=click.FloatRange(min=1),
+    type=Seconds(min=1, max=MAX_LEASE_SECONDS),
     default=300.0,
     show_default=True,
     help="Seconds a row stays claimed (renewed while its command runs).",
@@ -208,7 +227,7 @@ def _run_job(
 )
 @click.option(
     "--grace",
-    type=click.FloatRange(min=0),
+    type=Seconds(min=0, max=MAX_WAIT_SECONDS),
     default=10.0,
     show_default=True,
     help="Seconds running commands get after Ctrl-C.",
