@@ -17,7 +17,6 @@ import contextlib
 import os
 import random
 import re
-import signal
 import socket
 import subprocess
 import threading
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from csvjournal._process import Outcome, kill_group, start, wait
 from csvjournal._work import Task
 from csvjournal.errors import CommandError, CsvJournalError
 from csvjournal.journal import Journal
@@ -38,8 +38,6 @@ log = structlog.get_logger(__name__)
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 _SPACE = re.compile(r"\s")
 _BACKOFF_CAP_SECONDS = 60.0
-_TERM_SECONDS = 2.0
-_STDERR_TAIL = 64 * 1024
 
 
 def env_name(column: str) -> str:
@@ -123,12 +121,6 @@ class RunStats:
         with self.lock:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
-
-
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    code: int | None  # None: stopped by us, not the row's fault
-    message: str
 
 
 class Runner:
@@ -247,7 +239,7 @@ class Runner:
                 self._failed(task.key, outcome)
                 task.finished = True
 
-    def _failed(self, key: str, outcome: _Outcome) -> None:
+    def _failed(self, key: str, outcome: Outcome) -> None:
         # The journal counts the attempts (across runs): the back-off doubles with each.
         attempts = max(1, self._journal.attempts(key) or 0)
         delay = min(_BACKOFF_CAP_SECONDS, self._config.backoff * 2 ** (attempts - 1))
@@ -265,69 +257,24 @@ class Runner:
         self.stats.add(failed=1, exhausted=int(spent))
         log.info("run_row_failed", key=key, code=outcome.code, error=outcome.message)
 
-    def _execute(self, index: int, argv: list[str], row: dict[str, str]) -> _Outcome:
+    def _execute(self, index: int, argv: list[str], row: dict[str, str]) -> Outcome:
         if self._kill.is_set():
-            return _Outcome(None, "")
+            return Outcome(None, "")
         env = dict(os.environ)
         env.update({env_name(name): value for name, value in row.items()})
-        try:
-            child = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=None if self._config.show_output else subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env=env,
-                start_new_session=True,  # Ctrl-C reaches run, which decides what to do
-            )
-        except OSError as exc:
-            return _Outcome(127, f"cannot run {argv[0]!r}: {exc.strerror or exc}")
+        child = start(argv, env, show_output=self._config.show_output)
+        if isinstance(child, Outcome):
+            return child
         with self._children_lock:
             self._children[index] = child
         try:
-            return self._wait_for(child)
+            return wait(child, self._config.timeout, self._kill)
         finally:
             with self._children_lock:
                 self._children.pop(index, None)
-
-    def _wait_for(self, child: subprocess.Popen[bytes]) -> _Outcome:
-        timeout = self._config.timeout
-        try:
-            _, err = child.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(child)
-            child.communicate()
-            if self._kill.is_set():
-                return _Outcome(None, "")
-            return _Outcome(child.returncode, f"timed out after {timeout:g} s")
-        if self._kill.is_set() and child.returncode < 0:
-            return _Outcome(None, "")  # we killed it: the row is given back
-        return _Outcome(child.returncode, _last_line(err) if child.returncode else "")
 
     def _terminate_children(self) -> None:
         with self._children_lock:
             children = list(self._children.values())
         for child in children:
-            _kill_group(child)
-
-
-def _last_line(err: bytes) -> str:
-    for line in reversed(err[-_STDERR_TAIL:].decode(errors="replace").splitlines()):
-        if line.strip():
-            return line.strip()
-    return ""
-
-
-def _kill_group(child: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the command's process group, SIGKILL it if it is still there shortly after."""
-    for sig, wait in ((signal.SIGTERM, _TERM_SECONDS), (signal.SIGKILL, None)):
-        try:
-            os.killpg(child.pid, sig)
-        except ProcessLookupError:
-            return
-        if wait is None:
-            return
-        try:
-            child.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            kill_group(child)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv as csvmod
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -24,6 +25,8 @@ from _cli import (
     statuses,
     wait_for,
 )
+
+from csvjournal.csvio import EXCEL_MAX_CELL
 
 
 def claims(csv: Path, key: str) -> int:
@@ -468,3 +471,45 @@ def test_run_on_a_full_disk_stops_with_one_error_and_loses_nothing(tmp_path: Pat
     assert status["rows"] == 400
     assert status["counts"].get("FAILED", 0) > 0
     ok(invoke("recover", csv))
+
+
+def test_a_command_that_leaves_a_background_process_is_done_when_it_exits(
+    tmp_path: Path,
+) -> None:
+    csv = tmp_path / "bg.csv"
+    csv.write_text("ID\n1\n")
+    ok(invoke("init", csv, "--key", "ID"))
+    pid_file = tmp_path / "bg.pid"
+    # The background process keeps the command's stderr open for a minute.
+    command = ["sh", "-c", f'sleep 60 & echo $! > "{pid_file}"; echo started >&2; exit 0']
+    result = invoke("run", csv, "--", *command)
+    try:
+        assert result.exit_code == 0, result.stderr
+        assert statuses(csv) == {"1": "COMPLETED"}
+        assert not process_gone(int(pid_file.read_text())), "run waited for it to end"
+    finally:
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_a_command_ended_by_a_signal_says_which(tmp_path: Path) -> None:
+    csv = tmp_path / "sig.csv"
+    csv.write_text("ID\n1\n")
+    ok(invoke("init", csv, "--key", "ID"))
+    result = invoke("run", csv, "--max-attempts", "1", "--", "sh", "-c", "kill -9 $$")
+    assert result.exit_code == 1, result.stderr
+    (row,) = read_rows(csv)
+    assert (row["STATUS"], row["EXIT_CODE"]) == ("FAILED", "-9")
+    assert row["ERROR_MESSAGE"] == "killed by signal 9 (SIGKILL)"
+
+
+def test_an_error_line_longer_than_a_spreadsheet_cell_is_cut_to_fit(tmp_path: Path) -> None:
+    csv = tmp_path / "long.csv"
+    csv.write_text("ID\n1\n")
+    ok(invoke("init", csv, "--key", "ID"))
+    command = python_script(
+        tmp_path / "long.py", "import sys\nsys.stderr.write('x' * 40_000 + '\\n')\nsys.exit(3)\n"
+    )
+    result = invoke("run", csv, "--max-attempts", "1", "--", *command)
+    assert result.exit_code == 1, result.stderr
+    (row,) = read_rows(csv)
+    assert row["ERROR_MESSAGE"] == "x" * (EXCEL_MAX_CELL - 1) + "…"

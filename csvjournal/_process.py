@@ -1,0 +1,143 @@
+"""One command of ``csvjournal run``: started in a session of its own, waited for with a
+timeout, its outcome (exit code and the last line it wrote on stderr) read back.
+
+The command is done when its own process exits, not when its stderr closes: a background
+process it left running (``sleep 30 &``, a daemon, an ssh master) keeps the pipe open,
+and waiting for that would hold its row, and the run, for as long as it lives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from csvjournal.csvio import EXCEL_MAX_CELL
+
+__all__ = ["Outcome", "kill_group", "start", "wait"]
+
+_TERM_SECONDS = 2.0
+_STDERR_TAIL = 64 * 1024
+_POLL_SECONDS = 0.05  # how soon an exit is seen while a background process holds stderr
+_DRAIN_SECONDS = 0.1  # what is still in the pipe after the exit is read this long
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a command ended: ``code`` is its exit status (negative: the signal that ended
+    it), or ``None`` when it was stopped by us, not through any fault of its row."""
+
+    code: int | None
+    message: str
+
+
+def start(
+    argv: list[str], env: Mapping[str, str], *, show_output: bool
+) -> subprocess.Popen[bytes] | Outcome:
+    """Start ``argv`` (stdin empty, stdout discarded unless ``show_output``); an
+    :class:`Outcome` (127) when it cannot be started."""
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=None if show_output else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches run, which decides what to do
+        )
+    except OSError as exc:
+        return Outcome(127, f"cannot run {argv[0]!r}: {exc.strerror or exc}")
+
+
+def wait(
+    child: subprocess.Popen[bytes], timeout: float | None, stopped: threading.Event
+) -> Outcome:
+    """Wait for ``child`` to exit (its process group is killed after ``timeout`` seconds);
+    ``stopped`` set means we killed it (the row is given back: ``code`` ``None``)."""
+    assert child.stderr is not None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    tail = bytearray()
+    with selectors.DefaultSelector() as selector, child.stderr:
+        os.set_blocking(child.stderr.fileno(), False)
+        selector.register(child.stderr, selectors.EVENT_READ)
+        while child.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                kill_group(child)
+                if stopped.is_set():
+                    return Outcome(None, "")
+                return Outcome(child.wait(), f"timed out after {timeout:g} s")
+            wait_for = _POLL_SECONDS if deadline is None else deadline - time.monotonic()
+            if not _read(selector, child, tail, min(_POLL_SECONDS, max(0.0, wait_for))):
+                _wait_a_little(child, deadline)  # stderr closed: only the exit is left
+        drain = time.monotonic() + _DRAIN_SECONDS
+        while time.monotonic() < drain and _read(selector, child, tail, drain - time.monotonic()):
+            pass
+    code = child.returncode
+    if stopped.is_set() and code < 0:
+        return Outcome(None, "")  # we killed it: the row is given back
+    return Outcome(code, _message(code, bytes(tail)) if code else "")
+
+
+def _read(
+    selector: selectors.BaseSelector,
+    child: subprocess.Popen[bytes],
+    tail: bytearray,
+    seconds: float,
+) -> bool:
+    """Read what ``child`` wrote on stderr within ``seconds`` into ``tail`` (its last
+    bytes); False once the pipe is closed."""
+    assert child.stderr is not None
+    if not selector.get_map():
+        return False
+    if selector.select(seconds):
+        data = child.stderr.read(_STDERR_TAIL)
+        if data == b"":  # closed: every writer is gone
+            selector.unregister(child.stderr)
+            return False
+        tail += data or b""
+        del tail[:-_STDERR_TAIL]
+    return True
+
+
+def _wait_a_little(child: subprocess.Popen[bytes], deadline: float | None) -> None:
+    seconds = _POLL_SECONDS if deadline is None else max(0.0, deadline - time.monotonic())
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(min(seconds, _POLL_SECONDS))
+
+
+def _message(code: int, err: bytes) -> str:
+    """The last non-empty line of ``err``, cut to what a spreadsheet cell holds; for a
+    command that a signal ended without a word, which signal."""
+    for line in reversed(err.decode(errors="replace").splitlines()):
+        if line.strip():
+            text = line.strip()
+            return text if len(text) <= EXCEL_MAX_CELL else text[: EXCEL_MAX_CELL - 1] + "…"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            return f"killed by signal {-code}"
+        return f"killed by signal {-code} ({name})"
+    return ""
+
+
+def kill_group(child: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the command's process group, SIGKILL it if it is still there shortly after."""
+    for sig, wait_seconds in ((signal.SIGTERM, _TERM_SECONDS), (signal.SIGKILL, None)):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            return
+        if wait_seconds is None:
+            return
+        try:
+            child.wait(wait_seconds)
+            return
+        except subprocess.TimeoutExpired:
+            continue
