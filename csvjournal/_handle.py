@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from csvjournal._dberrors import DB_ERRORS, journal_errors, translate
 from csvjournal._flush import catch_up
 from csvjournal._groupcommit import GroupCommitter
 from csvjournal._importer import check_keys, import_rows, unfinished
+from csvjournal._interrupts import HeldInterrupts
 from csvjournal._leases import Action, expire_leases
 from csvjournal._options import Options
 from csvjournal._session import Session
@@ -63,6 +65,28 @@ def _remove(paths: list[Path]) -> None:
                 path.unlink()
 
 
+# Per journal, the tags of this process's open handles (see _take_tag).
+_tags: dict[Path, set[str]] = {}
+_tags_lock = threading.Lock()
+
+
+def _take_tag(journal: Path) -> str:
+    """What sets the default worker names of a new handle apart from those of the other
+    handles of ``journal`` open in this process: nothing for the first, then ``#2``... A
+    claim belongs to its worker name: two handles used from one thread must not share one,
+    or one would renew and give back rows the other took over."""
+    with _tags_lock:
+        taken = _tags.setdefault(journal.resolve(), set())
+        tag = next(t for n in count(1) if (t := "" if n == 1 else f"#{n}") not in taken)
+        taken.add(tag)
+        return tag
+
+
+def _give_tag(journal: Path, tag: str) -> None:
+    with _tags_lock:
+        _tags.get(journal.resolve(), set()).discard(tag)
+
+
 class Handle:
     """Open files, exporter, fork handling and the write paths of one journal handle."""
 
@@ -76,7 +100,12 @@ class Handle:
         self._held: dict[str, str] = {}
         self._held_lock = threading.Lock()
         self._session: Session | None = None  # begun if this handle exports
-        self._attach()
+        self._tag = _take_tag(options.journal_path)
+        try:
+            self._attach()
+        except BaseException:
+            _give_tag(options.journal_path, self._tag)
+            raise
         _forking.register(self)
 
     def _attach(self) -> None:
@@ -270,7 +299,7 @@ class Handle:
     def _worker_name(self) -> str:
         name: str | None = getattr(self._local, "worker", None)
         if name is None:
-            name = f"{_HOST}:{self._pid}:{threading.current_thread().name}"
+            name = f"{_HOST}:{self._pid}:{threading.current_thread().name}{self._tag}"
             self._local.worker = name
         return name
 
@@ -285,11 +314,12 @@ class Handle:
                         self._commits.finished([op])
                     return batch.add(op)
                 return batch.run(item)
-            self._gate.enter()
-            try:
-                return self._committer.submit(item)
-            finally:
-                self._gate.exit()
+            with HeldInterrupts():  # no Ctrl-C inside the commit: it would leave locks held
+                self._gate.enter()
+                try:
+                    return self._committer.submit(item)
+                finally:
+                    self._gate.exit()
         except DB_ERRORS as exc:  # a full disk, say: not a bare sqlite3 error (no with:
             # a context manager costs more than a record's validation)
             error = translate(exc, self._options.journal_path, self._options.csv_path)
@@ -317,6 +347,7 @@ class Handle:
         """Stop the exporter (it writes the last commits first), see the CSV catch up if
         another handle exports, and close the store."""
         _forking.unregister(self)
+        _give_tag(self._options.journal_path, self._tag)
         if self._pid == os.getpid():
             self._wait_for_session_backup()
             if self._exporter is not None:

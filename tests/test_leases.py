@@ -284,7 +284,8 @@ def test_close_gives_held_rows_back_and_leaves_recorded_rows_alone(
     csv_path: Path, jr: Journal
 ) -> None:
     k = KEYS
-    worker = _open(csv_path, export=False)
+    worker = _open(csv_path, export=False)  # a second handle of this thread: its own name
+    me = f"{_me()}#2"
     assert worker.claim(6, lease=LONG) == k[:6]
     assert jr.claim(1, lease=LONG, worker="parent") == k[6:7]  # another worker's row
     assert worker.claim(1, lease=SHORT) == k[7:8]
@@ -310,14 +311,14 @@ def test_close_gives_held_rows_back_and_leaves_recorded_rows_alone(
     }
     assert jr.get(k[4])["ATTACHMENTS"] == "2"  # type: ignore[index]
     for key in (k[0], k[4], k[5]):
-        assert jr.history(key)[-1].note == f"released by {_me()}"
+        assert jr.history(key)[-1].note == f"released by {me}"
     for key in (k[1], k[2], k[3]):  # recorded: nothing given back
         assert [e.note for e in jr.history(key)] == [None, None]
     assert [e.worker for e in jr.history(k[6])] == ["parent"]
-    assert [e.worker for e in jr.history(k[7])] == [_me(), "taker"]
+    assert [e.worker for e in jr.history(k[7])] == [me, "taker"]
     assert jr.pending() == [k[0], k[3], k[4], k[5], k[8], k[9]]
     worker.close()  # twice: harmless
-    assert jr.history(k[0])[-1].note == f"released by {_me()}"
+    assert jr.history(k[0])[-1].note == f"released by {me}"
     assert len(jr.history(k[0])) == 2
 
 
@@ -329,3 +330,20 @@ def test_closing_the_exporting_handle_gives_its_rows_back(csv_path: Path) -> Non
         assert journal.pending() == KEYS[1:]
         assert _csv_statuses(journal)[KEYS[1]] == "PENDING"
         assert journal.get(KEYS[0])["STATUS"] == "COMPLETED"  # type: ignore[index]
+
+
+def test_two_handles_used_from_one_thread_never_act_on_each_others_claims(
+    csv_path: Path, jr: Journal, other: Journal
+) -> None:
+    mine = jr.claim(1, lease=SHORT)
+    time.sleep(SHORT + 0.2)
+    theirs = other.claim(1, lease=LONG)  # the lapsed row, taken over in the same thread
+    assert theirs == mine
+    assert jr.extend(mine, LONG) == []  # not ours any more: not renewed
+    assert jr.release(mine) == []  # nor given back
+    jr.close()  # nor given back at close
+    assert other.get(mine[0])["STATUS"] == "IN_PROGRESS"  # type: ignore[index]
+    with _open(csv_path, export=False) as third:
+        assert mine[0] not in third.claim(len(KEYS), lease=LONG)
+    workers = [event.worker for event in other.history(mine[0])]
+    assert len(set(workers)) == 2, workers  # the two handles' default names differ
