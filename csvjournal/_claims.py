@@ -47,11 +47,11 @@ class Claims(Handle):
         max_attempts: int | None = None,
     ) -> list[str]:
         """Atomically take up to ``n`` pending rows, in CSV order: each becomes
-        ``IN_PROGRESS``, leased to ``worker`` (default ``host:pid:thread``, ``#2``... for further handles of the journal in this process) for ``lease``
-        seconds, its attempts counted up, with an event. Rows with ``max_attempts`` attempts
-        or more are skipped. No two claimers get one row while its lease lives; a row whose
-        lease ran out is pending again. Returns the keys taken (fewer, or none, when fewer
-        rows are pending).
+        ``IN_PROGRESS``, leased to ``worker`` (default ``host:pid:thread``; ``#2``... for
+        further handles of the journal in this process) for ``lease`` seconds, its attempts
+        counted up, with an event. Rows with ``max_attempts`` attempts or more are skipped.
+        No two claimers get one row while its lease lives; a row whose lease ran out is
+        pending again. Returns the keys taken (fewer, or none, when fewer rows are pending).
 
         Raises:
             SettingsError: ``n`` or ``max_attempts`` below 1, or ``lease`` not a number of

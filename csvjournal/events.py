@@ -20,7 +20,8 @@ class Event:
         fields: the fields this event set (name to cell text), the status and
             timestamp columns excluded.
         at: when the event was recorded (aware UTC).
-        worker: who recorded it (``host:pid:thread`` unless named; ``#2``... for further handles of the journal in one process).
+        worker: who recorded it (``host:pid:thread`` unless named; ``#2``... for further
+            handles of the journal in one process).
         pid: the recording process's id.
         note: a remark added by csvjournal itself (e.g. an expired lease), or ``None``.
     """
