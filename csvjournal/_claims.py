@@ -20,7 +20,7 @@ from csvjournal._leases import (
     release_rows,
     reset_attempts,
 )
-from csvjournal._values import render_value, timestamp_now
+from csvjournal._values import render_value, storable, timestamp_now
 from csvjournal._work import Task, work
 from csvjournal.errors import SettingsError
 
@@ -138,11 +138,16 @@ class Claims(Handle):
         alone).
 
         Raises:
+            SettingsError: ``seconds`` not a number from 0 to :data:`MAX_LEASE_SECONDS`.
             JournalBusyError: other writers held the journal longer than the busy timeout.
             JournalClosedError: the handle is closed.
         """
+        if not 0 <= seconds <= MAX_LEASE_SECONDS:  # NaN is neither
+            raise SettingsError(
+                f"defer needs 0 <= seconds <= {MAX_LEASE_SECONDS:,} (30 days), not {seconds}"
+            )
         self._ensure()
-        chosen, until = list(keys), time.time() + seconds
+        chosen, until = [key for key in keys if storable(key)], time.time() + seconds
         deferred: list[str] = self._write(  # type: ignore[assignment]
             Action(lambda conn, _writer: defer_rows(conn, chosen, until))
         )
@@ -157,7 +162,7 @@ class Claims(Handle):
             JournalClosedError: the handle is closed.
         """
         self._ensure()
-        chosen = None if keys is None else list(keys)
+        chosen = None if keys is None else [key for key in keys if storable(key)]
         reset: list[str] = self._write(  # type: ignore[assignment]
             Action(lambda conn, _writer: reset_attempts(conn, chosen, status))
         )
@@ -229,5 +234,6 @@ class Claims(Handle):
         Raises:
             JournalClosedError: the handle is closed.
         """
+        text = render_value(self._settings.key_column, key)
         with self._reading() as conn:
-            return _reads.attempts(conn, render_value(self._settings.key_column, key))
+            return _reads.attempts(conn, text) if storable(text) else None

@@ -6,7 +6,7 @@ import datetime as dt
 import time
 from decimal import Decimal
 
-__all__ = ["format_timestamp", "parse_timestamp", "render_value", "timestamp_now"]
+__all__ = ["format_timestamp", "parse_timestamp", "render_value", "storable", "timestamp_now"]
 
 
 def render_value(name: str, value: object) -> str:
@@ -38,6 +38,18 @@ def render_value(name: str, value: object) -> str:
         f"field {name!r}: unsupported value of type {type(value).__name__}"
         " (use str, int, float, bool, Decimal, date, datetime or None)"
     )
+
+
+def storable(text: object) -> bool:
+    """Whether SQLite can hold ``text`` (a lone surrogate, e.g. from an undecodable command
+    line argument, cannot be UTF-8): no row can have a key that is not."""
+    if not isinstance(text, str) or text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def format_timestamp(moment: dt.datetime) -> str:

@@ -13,6 +13,7 @@ A ``break`` or ``return`` inside the block leaves it normally, so it records
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from csvjournal._writer import IN_PROGRESS
+from csvjournal.errors import JournalClosedError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -159,6 +161,8 @@ class _Renewer:
                     continue
                 try:
                     renewed = self._journal.extend([task.key], self._lease)
+                except JournalClosedError:  # a loop left unfinished, its journal closed
+                    return
                 except Exception as exc:  # the next round tries again
                     log.warning("lease_renewal_failed", key=task.key, error=str(exc))
                     continue
@@ -217,4 +221,6 @@ def work(
     finally:
         renewer.stop()
         if task is not None and not task.finished:
-            task.release()
+            # closed first: close() gave the row back already
+            with contextlib.suppress(JournalClosedError):
+                task.release()

@@ -42,8 +42,9 @@ _CONTENDED_SECONDS = 1.0
 class WriterQueue:
     """Exclusive access for one write transaction at a time, across processes."""
 
-    def __init__(self, path: Path, busy_timeout: float) -> None:
+    def __init__(self, path: Path, busy_timeout: float, journal: Path) -> None:
         self.path = path
+        self._journal = journal  # named in errors: the file the user knows
         self._busy_timeout = busy_timeout
         self._threads = threading.Lock()
         self._fd: int | None = None
@@ -67,7 +68,10 @@ class WriterQueue:
             JournalBusyError: other writers kept the journal busy past the busy timeout.
         """
         if not self._threads.acquire(timeout=self._busy_timeout):
-            raise JournalBusyError(f"{self.path}: writers of this handle kept the journal busy")
+            raise JournalBusyError(
+                f"{self._journal}: other threads of this process kept the journal busy"
+                f" for {self._busy_timeout:g} s"
+            )
         try:
             if time.monotonic() >= self._queue_until:
                 if attempt():
@@ -123,7 +127,7 @@ class WriterQueue:
 
     def _busy(self) -> JournalBusyError:
         return JournalBusyError(
-            f"{self.path}: journal still locked by other writers after {self._busy_timeout:g} s"
+            f"{self._journal}: journal still locked by other writers after {self._busy_timeout:g} s"
         )
 
     @contextmanager
@@ -135,7 +139,10 @@ class WriterQueue:
         """
         deadline = time.monotonic() + self._busy_timeout
         if not self._threads.acquire(timeout=self._busy_timeout):
-            raise JournalBusyError(f"{self.path}: writers of this handle kept the journal busy")
+            raise JournalBusyError(
+                f"{self._journal}: other threads of this process kept the journal busy"
+                f" for {self._busy_timeout:g} s"
+            )
         try:
             fd = self._file()
             self._lock(fd, deadline)

@@ -17,7 +17,7 @@ from csvjournal import _forking, _reads
 from csvjournal._batch import BatchState
 from csvjournal._claims import Claims
 from csvjournal._flush import export_to, flush_csv
-from csvjournal._values import render_value
+from csvjournal._values import render_value, storable
 from csvjournal._writer import RecordCall
 from csvjournal.backup import backups_folder, list_backups
 from csvjournal.errors import BatchOpenError, CsvJournalError, ExportError, SettingsError
@@ -112,7 +112,8 @@ class Journal(Claims):
                 with state.transaction():
                     yield self
             finally:
-                del self._batches[threading.get_ident()]
+                # (a forked child that left the block reattached: a new dict of its own)
+                self._batches.pop(threading.get_ident(), None)
 
     def _refuse_in_batch(self, name: str) -> None:
         # The exporter writes to the journal too: waiting for it under our own write lock
@@ -131,8 +132,9 @@ class Journal(Claims):
         Raises:
             JournalClosedError: the handle is closed.
         """
+        text = render_value(self._settings.key_column, key)
         with self._reading() as conn:
-            return _reads.get(conn, render_value(self._settings.key_column, key))
+            return _reads.get(conn, text) if storable(text) else None
 
     def counts(self) -> dict[str, int]:
         """The number of rows per status.
@@ -166,8 +168,9 @@ class Journal(Claims):
         Raises:
             JournalClosedError: the handle is closed.
         """
+        text = render_value(self._settings.key_column, key)
         with self._reading() as conn:
-            return _reads.history(conn, render_value(self._settings.key_column, key))
+            return _reads.history(conn, text) if storable(text) else []
 
     def to_dataframe(self) -> pd.DataFrame:
         """Every row as a pandas DataFrame of text, columns and rows in CSV order.
@@ -336,8 +339,18 @@ class Journal(Claims):
                 self.release(list(self._held))
             except CsvJournalError as exc:  # their leases run out instead
                 log.warning("claims_not_released", path=str(self.csv_path), error=str(exc))
-        self._closed = True
+        self._closed = True  # no new record, batch or claim from here on
+        if self._pid == os.getpid():
+            self._wait_for_writes()
         self._shut()
+
+    def _wait_for_writes(self) -> None:
+        """Let the batches and commits of other threads that began before the close end:
+        their records must reach the CSV too (up to ``busy_timeout``)."""
+        if self._write_lock.acquire(timeout=self._options.busy_timeout):
+            self._write_lock.release()
+        else:
+            log.warning("writes_in_flight_at_close", path=str(self.csv_path))
 
     def __enter__(self) -> Journal:
         return self

@@ -124,7 +124,7 @@ class Store:
         self._writer_lock = threading.Lock()
         self._attempt: partial[bool] | None = None  # BEGIN IMMEDIATE on the writer connection
         self._before_upgrade = before_upgrade
-        self._queue = None if queue_path is None else WriterQueue(queue_path, busy_timeout)
+        self._queue = None if queue_path is None else WriterQueue(queue_path, busy_timeout, path)
         try:
             self._precheck()
             self._migrate()

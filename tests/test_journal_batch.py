@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from _journal import stored_events as _events
@@ -102,4 +104,33 @@ def test_repeated_keys_in_one_batch_keep_their_order(journal: Journal) -> None:
         "FAILED",
         "COMPLETED",
         "COMPLETED",
+    ]
+
+
+def test_close_waits_for_another_threads_batch_whose_records_reach_the_csv(
+    csv_path: Path,
+) -> None:
+    journal = csvjournal.open(csv_path, key="K")
+    inside = threading.Event()
+    outcome: list[str] = []
+
+    def batch() -> None:
+        with journal.batch():
+            for n in range(3):
+                journal.record(f"b{n}", "DONE")
+            inside.set()
+            time.sleep(0.3)  # close() is called meanwhile
+        outcome.append("committed")
+
+    thread = threading.Thread(target=batch)
+    thread.start()
+    inside.wait(30)
+    journal.close()
+    thread.join()
+    assert outcome == ["committed"]
+    assert [line.split(",")[0] for line in csv_path.read_text().splitlines()] == [
+        "K",
+        "b0",
+        "b1",
+        "b2",
     ]

@@ -176,3 +176,13 @@ def test_to_dataframe_of_an_empty_journal_has_the_columns(journal: Journal) -> N
     frame = journal.to_dataframe()
     assert list(frame.columns) == ["PO_NUMBER", "STATUS", "LAST_PROCESSED"]
     assert len(frame) == 0
+
+
+def test_a_key_no_row_can_have_reads_as_unknown(journal: Journal) -> None:
+    journal.record("PO-1", "FAILED")
+    bad = "PO-\udcff"  # a lone surrogate: record() refuses it, so no row has it
+    assert journal.get(bad) is None
+    assert journal.history(bad) == []
+    assert journal.attempts(bad) is None
+    assert journal.defer([bad, "PO-1"], 5) == ["PO-1"]
+    assert journal.retry([bad]) == []

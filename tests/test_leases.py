@@ -347,3 +347,10 @@ def test_two_handles_used_from_one_thread_never_act_on_each_others_claims(
         assert mine[0] not in third.claim(len(KEYS), lease=LONG)
     workers = [event.worker for event in other.history(mine[0])]
     assert len(set(workers)) == 2, workers  # the two handles' default names differ
+
+
+@pytest.mark.parametrize("seconds", [-1.0, math.nan, math.inf, MAX_LEASE_SECONDS + 1])
+def test_defer_refuses_seconds_that_are_not_a_back_off(jr: Journal, seconds: float) -> None:
+    with pytest.raises(csvjournal.SettingsError, match="defer"):
+        jr.defer(KEYS[:1], seconds)
+    assert jr.pending() == KEYS
