@@ -25,7 +25,7 @@ from csvjournal.errors import (
     JournalIOError,
 )
 
-__all__ = ["DB_ERRORS", "io_error", "journal_errors", "translate"]
+__all__ = ["DB_ERRORS", "io_error", "is_damaged", "journal_errors", "translate"]
 
 DB_ERRORS = (sqlite3.DatabaseError, DBAPIError)
 
@@ -56,6 +56,14 @@ def translate(
     if code & 0xFF in _IO:
         return _io_error(orig, journal, csv_path, doing)
     return exc
+
+
+def is_damaged(exc: BaseException) -> bool:
+    """Whether SQLite's ``exc`` says the file is a damaged database (``SQLITE_CORRUPT``;
+    a file that is no database at all is ``SQLITE_NOTADB``)."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    code = getattr(orig, "sqlite_errorcode", None)
+    return isinstance(orig, sqlite3.DatabaseError) and code is not None and code & 0xFF == 11
 
 
 def io_error(exc: BaseException, journal: Path) -> JournalIOError | None:

@@ -123,14 +123,15 @@ class Handle:
         # What a failed creation must remove again (the writers' queue makes its lock file).
         made = [path for path in (folder / "writer.lock", folder) if not path.exists()]
         try:
-            self._store = Store(
-                options.journal_path,
-                durability=options.durability,
-                busy_timeout=options.busy_timeout,
-                allow_network_fs=options.allow_network_fs,
-                before_upgrade=self._backup_now,
-                queue_path=folder / "writer.lock",
-            )
+            with self._errors():  # a damaged journal: the message names the backup
+                self._store = Store(
+                    options.journal_path,
+                    durability=options.durability,
+                    busy_timeout=options.busy_timeout,
+                    allow_network_fs=options.allow_network_fs,
+                    before_upgrade=self._backup_now,
+                    queue_path=folder / "writer.lock",
+                )
         except JournalIOError:  # a full disk: SQLite made the file and wrote nothing in
             if created:
                 remove_journal_files(options.journal_path)

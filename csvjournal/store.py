@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from csvjournal import _migrate
-from csvjournal._dberrors import io_error
+from csvjournal._dberrors import io_error, is_damaged
 from csvjournal._fsinfo import NETWORK_FILESYSTEMS, filesystem_of
 from csvjournal._writerqueue import WriterQueue
 from csvjournal.errors import (
@@ -135,6 +135,8 @@ class Store:
             error = io_error(exc, path)  # a full disk, say, is not a foreign file
             if error is not None:
                 raise error from exc
+            if is_damaged(exc):  # a journal, damaged: the handle names the backup to restore
+                raise
             cause = exc.orig if isinstance(exc, DBAPIError) else exc
             raise SettingsError(f"{path}: not a csvjournal journal ({cause})") from exc
         except BaseException:

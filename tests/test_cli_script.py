@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -166,3 +167,25 @@ def test_demo_runs_a_whole_job_and_replaces_an_earlier_demo(tmp_path: Path) -> N
         failed = [row["PO_NUMBER"] for row in rows if row["STATUS"] == "FAILED"]
         assert journal.pending() == failed
     assert len(failed) >= 25
+
+
+def test_ctrl_c_during_a_command_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    csv = tmp_path / "big.csv"
+    csv.write_text("ID,NAME\n" + "".join(f"{n},name {n}\n" for n in range(200_000)))
+    child = subprocess.Popen(
+        [str(CONSOLE_SCRIPT), "init", str(csv), "--key", "ID"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    journal = Path(f"{csv}.journal")
+    deadline = time.monotonic() + SUBPROCESS_TIMEOUT
+    while not journal.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)  # the import has begun: the program is running, not starting
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=SUBPROCESS_TIMEOUT)
+    assert child.returncode == 130, err
+    assert err.splitlines() == ["csvjournal: interrupted"], err
+    assert out == ""
+    again = script("init", csv, "--key", "ID")  # the import begun is done again
+    assert again.returncode == 0, again.stderr

@@ -186,3 +186,19 @@ def test_a_journal_sqlite_cannot_read_at_open_is_refused_naming_a_backup(
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "restore" in result.stderr
+
+
+@pytest.mark.parametrize("export", [True, False], ids=["exporting", "non-exporting"])
+def test_a_truncated_journal_is_refused_as_damaged_naming_a_backup(
+    tmp_path: Path, export: bool
+) -> None:
+    csv_path = tmp_path / "orders.csv"
+    journal_path = Path(f"{csv_path}.journal")
+    _make_journal(csv_path, 3000, keep_backups=3)
+    with csvjournal.open(csv_path, keep_backups=3) as journal:
+        good = journal.backup()
+    with journal_path.open("r+b") as file:  # a copy cut short, a disk that lost its tail
+        file.truncate(journal_path.stat().st_size // 2)
+    with pytest.raises(csvjournal.JournalCorruptError) as caught:
+        csvjournal.open(csv_path, export=export)
+    assert f"csvjournal restore {csv_path} {good}" in str(caught.value)

@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
 # How long a command waits for the CSV to show its records: an exporter that cannot write
 # (a full disk, another process's exporter failing) must not hang a shell script for good.
 FLUSH_SECONDS = 60.0
@@ -58,6 +59,15 @@ class CliError(click.ClickException):
 
     def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"csvjournal: error: {self.format_message()}", err=True, file=file)
+
+
+class Interrupted(CliError):
+    """Ctrl-C stopped a command: one line on stderr, exit status 130."""
+
+    exit_code = EXIT_INTERRUPTED
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"csvjournal: {self.format_message()}", err=True, file=file)
 
 
 # click >= 8.2 shows the help of `csvjournal` alone through this usage error
@@ -124,6 +134,8 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except click.UsageError as exc:
             raise _one_line(exc) from exc
+        except KeyboardInterrupt as exc:  # Ctrl-C: one line and 130, not click's "Aborted!"
+            raise Interrupted("interrupted") from exc
         except BrokenPipeError:  # `csvjournal pending x.csv | head`: the reader has enough
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return None

@@ -21,6 +21,7 @@ from csvjournal._claims import MAX_LEASE_SECONDS
 from csvjournal._importer import unfinished
 from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TERMINAL, DEFAULT_TIMESTAMP
 from csvjournal.cli._app import (
+    EXIT_INTERRUPTED,
     CliError,
     cli,
     csv_argument,
@@ -37,7 +38,6 @@ from csvjournal.runner import RunConfig, Runner, RunStats, Template
 __all__: list[str] = []
 
 EXIT_SOME_FAILED = 1
-EXIT_INTERRUPTED = 130
 
 
 @contextmanager
