@@ -6,11 +6,14 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from _cli import (
+    CONSOLE_SCRIPT,
+    SUBPROCESS_TIMEOUT,
     finish,
     invoke,
     ok,
@@ -151,3 +154,21 @@ def test_pending_lists_rows_neither_terminal_nor_leased(orders: Path) -> None:
         journal.claim(1, lease=60, worker="w")
         data = json.loads(ok(invoke("pending", orders, "--json")))
     assert data == {"csv": str(orders), "count": 1, "pending": ["PO-3"]}
+
+
+def test_status_watch_into_a_pipe_writes_a_snapshot_each_refresh(tmp_path: Path) -> None:
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("ID\n1\n2\n")
+    ok(invoke("init", csv, "--key", "ID"))
+    child = subprocess.Popen(
+        [str(CONSOLE_SCRIPT), "status", str(csv), "--watch", "--interval", "0.1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        seen = [child.stdout.readline() for _ in range(40)]  # several snapshots, as they come
+        assert sum("0 of 2 rows done" in line for line in seen) >= 2, seen
+    finally:
+        child.terminate()
+        child.wait(SUBPROCESS_TIMEOUT)

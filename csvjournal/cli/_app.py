@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import sys
@@ -148,6 +149,18 @@ class _Group(click.Group):
             if isinstance(exc, sqlite3.Error) and not isinstance(exc, CsvJournalError):
                 message = f"SQLite: {message}"  # e.g. a damaged journal met outside open()
             raise CliError(message) from exc
+
+
+class Seconds(click.FloatRange):
+    """A number of seconds in a range; NaN, which every comparison lets through, too."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
 
 
 def configure_logging(*, json_logs: bool, debug: bool, quiet: bool = False) -> None:

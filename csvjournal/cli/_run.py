@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
@@ -11,7 +10,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -23,6 +21,7 @@ from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TERMINAL, DEFAULT_TIMES
 from csvjournal.cli._app import (
     EXIT_INTERRUPTED,
     CliError,
+    Seconds,
     cli,
     csv_argument,
     encoding_option,
@@ -167,18 +166,6 @@ def _run_job(
 
 # Python's waits for a child process take at most 2**31 milliseconds (24.8 days).
 MAX_WAIT_SECONDS = 2_000_000
-
-
-class Seconds(click.FloatRange):
-    """A number of seconds in a range; NaN, which every comparison lets through, too."""
-
-    name = "seconds"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        seconds = super().convert(value, param, ctx)
-        if math.isnan(seconds):
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        return seconds
 
 
 @cli.command()

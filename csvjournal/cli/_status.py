@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +12,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+import csvjournal
 from csvjournal.cli._app import (
+    Seconds,
     cli,
     csv_argument,
     existing_journal,
@@ -71,7 +74,7 @@ def render(csv: Path, snap: Progress) -> Group:
 )
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.1),
+    type=Seconds(min=0.1, max=3600),
     default=1.0,
     show_default=True,
     help="Seconds between refreshes with --watch.",
@@ -88,6 +91,9 @@ def status(csv: Path, as_json: bool, watch: bool, interval: float) -> None:
             console.print(render(csv, snap))
             return
         try:
+            if not console.is_terminal:  # a file or a pipe: one snapshot a refresh, as it comes
+                _print_snapshots(csv, journal, snap, interval)
+                return
             with Live(render(csv, snap), console=console, auto_refresh=False) as live:
                 while snap.done < snap.rows:
                     time.sleep(interval)
@@ -95,3 +101,16 @@ def status(csv: Path, as_json: bool, watch: bool, interval: float) -> None:
                     live.update(render(csv, snap), refresh=True)
         except KeyboardInterrupt:
             pass
+
+
+def _print_snapshots(
+    csv: Path, journal: csvjournal.Journal, snap: Progress, interval: float
+) -> None:
+    console = stdout_console()
+    while True:
+        console.print(render(csv, snap))
+        sys.stdout.flush()
+        if snap.done >= snap.rows:
+            return
+        time.sleep(interval)
+        snap = progress(journal)
