@@ -22,6 +22,7 @@ from csvjournal._leases import Action
 from csvjournal._settings import Settings
 from csvjournal._writer import IN_PROGRESS, RecordCall, RecordOp, Writer, prepare_record
 from csvjournal.csvio import EXCEL_MAX_CELL
+from csvjournal.errors import RecordError
 from csvjournal.store import Store
 
 __all__ = ["Commits", "Item"]
@@ -55,8 +56,12 @@ class Commits:
         self._warned_cells = False
 
     def prepare(self, call: RecordCall) -> RecordOp:
-        """Validate a ``record()`` call (see :func:`prepare_record` for what it raises)."""
-        op = prepare_record(self._settings, call)
+        """Validate a ``record()`` call (see :func:`prepare_record` for what it raises; a
+        :class:`RecordError` names the CSV)."""
+        try:
+            op = prepare_record(self._settings, call)
+        except RecordError as exc:
+            raise RecordError(f"{self._csv_path}: {exc}") from None
         cells = op.fields
         if cells and not self._warned_cells and max(map(len, cells.values())) > EXCEL_MAX_CELL:
             self._warned_cells = True

@@ -287,6 +287,8 @@ def check_backup(backup: Path, journal_name: str) -> Path:
         JournalCorruptError: the journal copy fails the integrity check.
     """
     journal = backup / journal_name
+    if not backup.is_dir():
+        raise BackupNotFoundError(f"{backup}: no such folder (a backup is a folder)")
     if not journal.is_file():
         raise BackupNotFoundError(f"{backup}: not a csvjournal backup (no {journal_name} in it)")
     try:

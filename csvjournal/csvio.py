@@ -113,7 +113,8 @@ def _decode_as(path: Path, data: bytes, encoding: str, offset: int) -> str:
         line, column = locate_offset(before, len(before))
         raise CsvFormatError(
             f"{path}: line {line}, column {column}: bytes that are not {encoding}"
-            f" ({data[exc.start : exc.end]!r}); name the file's encoding with encoding="
+            f" ({data[exc.start : exc.end]!r}); name the file's encoding (encoding=, or"
+            " --encoding on the command line)"
         ) from None
     except LookupError:
         raise CsvFormatError(f"{path}: unknown encoding {encoding!r}") from None

@@ -204,6 +204,8 @@ def test_restore_of_a_folder_that_is_no_backup_raises_backup_not_found(
         csvjournal.restore(quiet_journal.csv_path, empty)
     assert isinstance(raised.value, FileNotFoundError)
     assert str(empty) in str(raised.value)
+    with pytest.raises(BackupNotFoundError, match="no such folder"):
+        csvjournal.restore(quiet_journal.csv_path, tmp_path / "nowhere")
 
 
 def test_opening_a_new_journal_on_a_full_disk_is_journal_io_error(tmp_path: Path) -> None:

@@ -171,6 +171,7 @@ def test_invalid_records_are_record_errors_and_change_nothing(
     with pytest.raises(csvjournal.RecordError, match=match) as caught:
         journal.record(*args, **kwargs)  # type: ignore[arg-type]
     assert isinstance(caught.value, ValueError)
+    assert str(caught.value).startswith(f"{journal.csv_path}: ")  # names the file
     assert len(journal) == 0
     assert _events(journal) == []
 

@@ -154,7 +154,8 @@ def _run_job(
         runner = Runner(journal, config)
         with _stop_on_signals(runner):
             threads = runner.start()
-            if log_json_wanted():  # stderr carries JSON lines only: no progress bar
+            # a progress bar only for a person: JSON lines, a file or a pipe get none
+            if log_json_wanted() or not stderr_console().is_terminal:
                 runner.wait(threads)
             else:
                 _with_progress(runner, threads)
