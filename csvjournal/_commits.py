@@ -9,6 +9,8 @@ the rest of the group commits.
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from itertools import repeat
@@ -22,7 +24,7 @@ from csvjournal._leases import Action
 from csvjournal._settings import Settings
 from csvjournal._writer import IN_PROGRESS, RecordCall, RecordOp, Writer, prepare_record
 from csvjournal.csvio import EXCEL_MAX_CELL
-from csvjournal.errors import RecordError
+from csvjournal.errors import JournalIOError, RecordError
 from csvjournal.store import Store
 
 __all__ = ["Commits", "Item"]
@@ -30,6 +32,14 @@ __all__ = ["Commits", "Item"]
 log = structlog.get_logger(__name__)
 
 Item = RecordCall | Action
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 class Commits:
@@ -54,6 +64,7 @@ class Commits:
         self._held_lock = held_lock
         self._csv_path = csv_path
         self._warned_cells = False
+        self._identity = _identity(store.path)  # the file this handle writes to
 
     def prepare(self, call: RecordCall) -> RecordOp:
         """Validate a ``record()`` call (see :func:`prepare_record` for what it raises; a
@@ -132,14 +143,32 @@ class Commits:
                         for item in items
                     ]
                 conn.execute("COMMIT")
-            except BaseException:
+                self.check_journal()
+            except BaseException as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 writer.restore(mark)
+                if isinstance(exc, sqlite3.Error):  # a new, empty file in its place, say
+                    self.check_journal()
                 raise
             finally:
                 store.end_writer(queued)
         return results
+
+    def check_journal(self) -> None:
+        """After a commit: the journal at its path must still be the file this handle has
+        open. Deleted or replaced meanwhile (by hand, by a copied backup), the commit went
+        into a file no one will read again: its callers must hear that it is lost.
+
+        Raises:
+            JournalIOError: the journal file is not there, or is another file.
+        """
+        if _identity(self._store.path) != self._identity:
+            raise JournalIOError(
+                f"{self._store.path}: the journal was deleted or replaced while this process"
+                " had it open; what was recorded since is not in it (stop every worker, then"
+                " restore a backup or open the journal anew)"
+            )
 
     def _apply_one(self, conn: Any, op: RecordOp) -> int:
         seq = self._writer.allocate(conn, op)

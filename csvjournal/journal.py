@@ -105,12 +105,14 @@ class Journal(Claims):
             with state.savepoint():
                 yield self
             return
+        self._commits.check_journal()  # a connection would make a new, empty file there
         with self._gate.operation(), self._write_lock, self._store.engine.connect() as conn:
             state = BatchState(conn, self._writer, self._errors)
             self._batches[threading.get_ident()] = state
             try:
                 with state.transaction():
                     yield self
+                self._commits.check_journal()
             finally:
                 # (a forked child that left the block reattached: a new dict of its own)
                 self._batches.pop(threading.get_ident(), None)

@@ -224,3 +224,20 @@ def test_only_sqlites_run_time_errors_are_translated(tmp_path: Path) -> None:
     conn.close()
     bug = raised.value
     assert translate(bug, tmp_path / "db", tmp_path / "x.csv") is bug  # a bug stays one
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_journal_deleted_or_replaced_under_a_handle_fails_its_writes(
+    quiet_journal: csvjournal.Journal, how: str
+) -> None:
+    path = quiet_journal.journal_path
+    if how == "deleted":
+        path.unlink()
+    else:  # a copy put in its place, as a backup copied over it would be
+        copy = path.with_name("copy")
+        copy.write_bytes(path.read_bytes())
+        copy.replace(path)
+    with pytest.raises(JournalIOError, match="deleted or replaced"):
+        quiet_journal.record("after", "DONE")
+    with pytest.raises(JournalIOError, match="deleted or replaced"), quiet_journal.batch():
+        quiet_journal.record("after-batch", "DONE")
