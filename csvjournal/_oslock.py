@@ -15,7 +15,13 @@ from pathlib import Path
 
 from csvjournal._posix import fcntl
 
-__all__ = ["ExporterLock"]
+__all__ = ["ExporterLock", "lock_path"]
+
+
+def lock_path(csv_path: Path) -> Path:
+    """The exporter lock of the journal of ``csv_path``."""
+    return Path(f"{csv_path}.backups") / "exporter.lock"
+
 
 _registry_lock = threading.Lock()
 _held: dict[Path, ExporterLock] = {}  # lock file -> the handle of this process holding it

@@ -13,11 +13,10 @@ from csvjournal import _forking
 from csvjournal._atomicfile import fingerprint
 from csvjournal._dberrors import journal_errors
 from csvjournal._open import open as open_journal
-from csvjournal._oslock import ExporterLock
+from csvjournal._oslock import ExporterLock, lock_path
 from csvjournal._posix import fcntl
 from csvjournal.backup import PendingBackup, check_backup, copy_journal, prune_backups, take_backup
 from csvjournal.errors import BackupNotFoundError, JournalBusyError
-from csvjournal.exporter import lock_path
 from csvjournal.journal import Journal
 
 __all__ = ["restore"]

@@ -30,7 +30,7 @@ from csvjournal._background import Background
 from csvjournal._exportsignals import ExportSignals
 from csvjournal._forking import ForkGate
 from csvjournal._handedits import CsvGuard, block, check_csv
-from csvjournal._oslock import ExporterLock
+from csvjournal._oslock import ExporterLock, lock_path
 from csvjournal._rendercache import SAVE_CHUNK, RenderedCsv
 from csvjournal._settings import Settings, forget_values, read_value, write_value
 from csvjournal.csvio import (
@@ -43,7 +43,7 @@ from csvjournal.csvio import (
 from csvjournal.errors import CsvChangedError, CsvJournalError
 from csvjournal.store import Store
 
-__all__ = ["POLL_SECONDS", "Exporter", "Preview", "lock_path"]
+__all__ = ["POLL_SECONDS", "Exporter", "Preview"]
 
 log = structlog.get_logger(__name__)
 
@@ -69,11 +69,6 @@ _BACKOFF_FIRST_SECONDS = 0.05  # the first retry of a failed export, doubling ea
 _BACKOFF_CAP_SECONDS = 30.0
 # While a hand edit blocks the exports, how often the CSV is looked at again (a stat).
 _BLOCKED_SECONDS = 0.5
-
-
-def lock_path(csv_path: Path) -> Path:
-    """The exporter lock of the journal of ``csv_path``."""
-    return Path(f"{csv_path}.backups") / "exporter.lock"
 
 
 # What makes an export fail, to be tried again later: the CSV's disk or folder, a value the

@@ -10,9 +10,8 @@ from sqlalchemy import text
 
 from csvjournal import _reads
 from csvjournal._handedits import blocked_by
-from csvjournal._oslock import ExporterLock
+from csvjournal._oslock import ExporterLock, lock_path
 from csvjournal._values import parse_timestamp
-from csvjournal.exporter import lock_path
 
 if TYPE_CHECKING:
     from pathlib import Path
