@@ -294,7 +294,7 @@ def test_backup_keep_prunes_the_oldest(orders: Path) -> None:
 def test_restore_refuses_a_folder_that_is_no_backup(orders: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     before = state_of(orders.parent)
-    assert_error(invoke("restore", orders, tmp_path / "nowhere"), "not a csvjournal backup")
+    assert_error(invoke("restore", orders, tmp_path / "nowhere"), "no such folder")
     assert_error(invoke("restore", orders, tmp_path / "empty"), "not a csvjournal backup")
     assert state_of(orders.parent) == before
 
