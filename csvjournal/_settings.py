@@ -9,6 +9,7 @@ import structlog
 from sqlalchemy import Connection, delete, insert, select, update
 
 from csvjournal import _schema as t
+from csvjournal._csvbytes import writing_encoding
 from csvjournal._options import Options
 from csvjournal.csvio import CsvDialect, ParsedCsv
 from csvjournal.errors import SettingsError
@@ -112,6 +113,11 @@ def _columns_for(
     return [*source.header, *extra]
 
 
+def _new_dialect(encoding: str | None) -> CsvDialect:
+    """The dialect of a journal made without a CSV: the default one, in ``encoding``."""
+    return CsvDialect() if encoding is None else CsvDialect(encoding=writing_encoding(encoding))
+
+
 def settle(
     conn: Connection, options: Options, source: ParsedCsv | None = None
 ) -> tuple[Settings, list[str] | None]:
@@ -136,7 +142,7 @@ def settle(
             status_column,
             timestamp_column,
             wanted_terminal or DEFAULT_TERMINAL,
-            source.dialect if source is not None else CsvDialect(),
+            source.dialect if source is not None else _new_dialect(options.encoding),
             bool(options.formula_guard),
         )
         _create(conn, created, columns)

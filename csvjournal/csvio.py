@@ -8,7 +8,6 @@ physical line (the header is line 1) and the column (characters, from 1).
 
 from __future__ import annotations
 
-import codecs
 import csv
 import io
 import re
@@ -25,7 +24,8 @@ from csvjournal._atomicfile import (
     temp_prefix,
     write_temp,
 )
-from csvjournal._csvlocate import locate_field, locate_offset, locate_open_quote
+from csvjournal._csvbytes import BOM_OF, decode
+from csvjournal._csvlocate import locate_field, locate_open_quote
 from csvjournal.errors import CsvFormatError, JournalIOError
 
 __all__ = [
@@ -54,12 +54,6 @@ EXCEL_MAX_CELL = 32_767
 _SNIFF_RECORDS = 20  # records (the header included) the dialect is detected from
 _SNIFF_CHARS = 1 << 16  # ...within this many characters at the start of the file
 _FIELD_LIMIT = 2**31 - 1  # the csv module's default of 131,072 characters is too small
-_BOMS = (
-    (codecs.BOM_UTF8, "utf-8"),
-    (codecs.BOM_UTF16_LE, "utf-16-le"),
-    (codecs.BOM_UTF16_BE, "utf-16-be"),
-)
-_BOM_OF = {name: bom for bom, name in _BOMS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,31 +87,6 @@ class ParsedCsv:
     rows: list[list[str]]
     lines: list[int]
     digest: str
-
-
-def _decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str, bool]:
-    for bom, name in _BOMS:
-        if data.startswith(bom):
-            return _decode_as(path, data[len(bom) :], name, len(bom)), name, True
-    name = encoding or "utf-8"
-    return _decode_as(path, data, name, 0), name, False
-
-
-def _decode_as(path: Path, data: bytes, encoding: str, offset: int) -> str:
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as exc:
-        # Counted in the decoded text, as the csv reader counts lines: CRLF, LF or a lone CR
-        # (a CR-only file is one line to a count of LF bytes, and so is UTF-16).
-        before = data[: exc.start].decode(encoding, "replace")
-        line, column = locate_offset(before, len(before))
-        raise CsvFormatError(
-            f"{path}: line {line}, column {column}: bytes that are not {encoding}"
-            f" ({data[exc.start : exc.end]!r}); name the file's encoding (encoding=, or"
-            " --encoding on the command line)"
-        ) from None
-    except LookupError:
-        raise CsvFormatError(f"{path}: unknown encoding {encoding!r}") from None
 
 
 def _first_record_end(text: str, quotechar: str) -> int:
@@ -253,7 +222,7 @@ def read_csv(path: Path, *, encoding: str | None = None) -> ParsedCsv:
         data = path.read_bytes()
     except OSError as exc:
         raise JournalIOError(f"{path}: could not read the CSV ({exc.strerror or exc})") from exc
-    text, encoding_name, bom = _decode(path, data, encoding)
+    text, encoding_name, bom = decode(path, data, encoding)
     if not text.strip("\r\n"):
         raise CsvFormatError(f"{path}: line 1, column 1: the file is empty (no header line)")
     delimiter, quotechar, terminator = _sniff(text)
@@ -392,4 +361,4 @@ def encode_csv(text: str, dialect: CsvDialect) -> bytes:
 
 def bom_of(dialect: CsvDialect) -> bytes:
     """The byte-order mark the file starts with (empty for none)."""
-    return _BOM_OF[dialect.encoding] if dialect.bom else b""
+    return BOM_OF[dialect.encoding] if dialect.bom else b""

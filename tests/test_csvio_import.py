@@ -370,3 +370,56 @@ def test_single_quoted_tables_round_trip(
         assert (parsed.header, parsed.rows) == (header, rows)
         csvjournal.open(path, key=names[0]).close()
         assert path.read_bytes() == data.encode()
+
+
+# -- encodings named by hand ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("encoding", "raw"),
+    [
+        ("utf-16", "utf-16-le"),  # no BOM: Python reads "utf-16" as little-endian
+        ("utf-8-sig", "utf-8"),
+        ("utf-32", "utf-32-le"),
+    ],
+)
+def test_a_bom_codec_named_for_a_file_without_bom_writes_no_bom_per_record(
+    tmp_path: Path, encoding: str, raw: str
+) -> None:
+    path = tmp_path / "sheet.csv"
+    data = "ID,NAME,STATUS,LAST_PROCESSED\n1,a,PENDING,\n2,b,PENDING,\n".encode(raw)
+    path.write_bytes(data)
+    with csvjournal.open(path, key="ID", encoding=encoding):
+        pass
+    assert path.read_bytes() == data  # no BOM came in: one per record would change every key
+    with csvjournal.open(path) as journal:
+        journal.record("2", "COMPLETED")
+    text = path.read_bytes().decode(raw)
+    assert "\ufeff" not in text
+    assert [line.split(",")[0] for line in text.splitlines()] == ["ID", "1", "2"]
+
+
+def test_a_named_encoding_wins_over_bytes_that_look_like_another_ones_bom(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sheet.csv"
+    data = "ÿþID,NAME\n1,é\n".encode("cp1252")  # begins with the bytes of UTF-16 LE's BOM
+    path.write_bytes(data)
+    with csvjournal.open(path, key="ÿþID", encoding="cp1252", export=False) as journal:
+        assert journal.get("1") == {"ÿþID": "1", "NAME": "é", STATUS: "PENDING", STAMP: ""}
+
+
+def test_a_utf_32_file_with_its_bom_is_read_as_utf_32(tmp_path: Path) -> None:
+    path = tmp_path / "sheet.csv"
+    path.write_bytes(codecs.BOM_UTF32_LE + "ID,V\n1,x\n".encode("utf-32-le"))
+    for encoding in (None, "utf-32"):
+        with csvjournal.open(path, key="ID", encoding=encoding, export=False) as journal:
+            assert journal.get("1") == {"ID": "1", "V": "x", STATUS: "PENDING", STAMP: ""}
+        Path(f"{path}.journal").unlink()
+
+
+def test_a_journal_made_without_a_csv_writes_in_the_encoding_named(tmp_path: Path) -> None:
+    path = tmp_path / "new.csv"
+    with csvjournal.open(path, key="ID", encoding="cp1252") as journal:
+        journal.record("1", "COMPLETED", PRICE="5 €")
+    assert "5 €" in path.read_bytes().decode("cp1252")

@@ -1,0 +1,90 @@
+"""A CSV file's bytes as text: its encoding, its byte-order mark, and where undecodable
+bytes are (the line and column a person finds them at)."""
+
+from __future__ import annotations
+
+import codecs
+from pathlib import Path
+
+from csvjournal._csvlocate import locate_offset
+from csvjournal.errors import CsvFormatError
+
+__all__ = ["BOM_OF", "decode", "writing_encoding"]
+
+_BOMS = (  # UTF-32 LE's before UTF-16 LE's, which begins it
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+# Codecs that write a BOM each time they encode (each record, here): the same without it.
+# Read without a BOM, "utf-16" and "utf-32" are little-endian in Python.
+_NO_BOM = {"utf-8-sig": "utf-8", "utf-16": "utf-16-le", "utf-32": "utf-32-le"}
+BOM_OF = {name: bom for bom, name in _BOMS}
+
+
+def _family(encoding: str) -> str:
+    """``utf-16`` for every UTF-16 codec name, and so on; other names as codecs knows them."""
+    name = codecs.lookup(encoding).name
+    return name.removesuffix("-sig").removesuffix("-le").removesuffix("-be")
+
+
+def decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str, bool]:
+    """The text of ``data``, the encoding to write it back in, and whether it had a BOM.
+
+    A BOM is honoured unless ``encoding`` names another encoding (a cp1252 file may begin
+    with the bytes of one); a codec that would write a BOM before every record is replaced
+    by the same without.
+
+    Raises:
+        CsvFormatError: bytes that are not in the encoding (the line and column named).
+    """
+    for bom, name in _BOMS:
+        if data.startswith(bom) and (encoding is None or _bom_fits(name, encoding)):
+            return _decode_as(path, data[len(bom) :], name, len(bom)), name, True
+    _lookup(path, encoding or "utf-8")
+    name = writing_encoding(encoding or "utf-8")
+    return _decode_as(path, data, name, 0), name, False
+
+
+def writing_encoding(encoding: str) -> str:
+    """The codec to write a file without a BOM in ``encoding`` with, record by record:
+    ``encoding`` itself, but ``utf-16`` would put a BOM before every record."""
+    return _NO_BOM.get(codecs.lookup(encoding).name, encoding)
+
+
+def _bom_fits(bom_encoding: str, encoding: str) -> bool:
+    """Whether a file said to be in ``encoding`` may start with the BOM of ``bom_encoding``
+    (``utf-16`` takes either byte order, ``utf-16-le`` only its own)."""
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        return False
+    return name in (bom_encoding, _family(bom_encoding)) or (
+        name == "utf-8-sig" and bom_encoding == "utf-8"
+    )
+
+
+def _lookup(path: Path, encoding: str) -> str:
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:
+        raise CsvFormatError(f"{path}: unknown encoding {encoding!r}") from None
+
+
+def _decode_as(path: Path, data: bytes, encoding: str, offset: int) -> str:
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        # Counted in the decoded text, as the csv reader counts lines: CRLF, LF or a lone CR
+        # (a CR-only file is one line to a count of LF bytes, and so is UTF-16).
+        before = data[: exc.start].decode(encoding, "replace")
+        line, column = locate_offset(before, len(before))
+        raise CsvFormatError(
+            f"{path}: line {line}, column {column}: bytes that are not {encoding}"
+            f" ({data[exc.start : exc.end]!r}); name the file's encoding (encoding=, or"
+            " --encoding on the command line)"
+        ) from None
+    except LookupError:
+        raise CsvFormatError(f"{path}: unknown encoding {encoding!r}") from None
