@@ -308,6 +308,13 @@ def guard_formula(value: str) -> str:
     return value
 
 
+def unguard_formula(value: str) -> str:
+    """The value that :func:`guard_formula` showed as ``value`` (itself if not guarded)."""
+    if value.startswith("'") and guard_formula(value[1:]) == value:
+        return value[1:]
+    return value
+
+
 def render_rows(
     rows: Iterable[Sequence[str]], dialect: CsvDialect, *, formula_guard: bool = False
 ) -> Iterable[str]:

@@ -4,10 +4,16 @@ New rows are added, changed input fields updated, and a terminal row is never mo
 to another status. Rows missing from the CSV stay in the journal. Afterwards the edited file
 counts as seen, so the next exporting open accepts it and rewrites it from the journal.
 
-The edit is measured against the export it was made to (the journal's ``csv_seq``), not
-against the journal as it is now: a field or status that a record changed after that export
-(the job kept running while someone edited, or a crash left records unexported) keeps the
-journal's newer value, where the file still shows the old one.
+The edit is measured against the version of each row that the file shows, not against the
+journal as it is now: a field or status that a record changed after it (the job kept running
+while someone edited, the sheet was saved from an older export, a crash left records
+unexported) keeps the journal's newer value where the file still shows the old one. A row's
+version is its timestamp cell (the time of its last record when exported); without that
+column, the last export (``csv_seq``). A merge's own records carry the file's values: a
+later merge of the same file does not count them as newer.
+
+With the formula guard on, the file shows guarded values (``'=SUM(A1)``): they are compared
+as shown, and a guarded value the edit brings in is recorded without its ``'``.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ from sqlalchemy import Connection
 from csvjournal import _reads
 from csvjournal import _schema as t
 from csvjournal._importer import check_keys
+from csvjournal._leases import Action
 from csvjournal._open import open as open_journal
-from csvjournal._settings import forget_values, write_value
+from csvjournal._settings import Settings, forget_values, write_value
 from csvjournal._writer import PENDING
-from csvjournal.csvio import read_csv
+from csvjournal.csvio import ParsedCsv, guard_formula, read_csv, unguard_formula
 from csvjournal.journal import Journal
 
 __all__ = ["MergeReport", "merge_csv"]
@@ -44,6 +51,12 @@ class MergeReport:
     missing: list[str] = field(default_factory=list)
     # rows where the journal's records newer than the edited file won over its old values
     newer_kept: list[str] = field(default_factory=list)
+    # columns the edit added (kept even while every cell is empty)
+    added_columns: list[str] = field(default_factory=list)
+
+
+# The worker of a merge's records: they hold the file's values, not newer ones.
+MERGE_WORKER = "csvjournal-merge"
 
 
 def merge_csv(
@@ -65,27 +78,13 @@ def merge_csv(
     path = Path(csv_path)
     report = MergeReport()
     with open_journal(path, journal_path=journal_path, export=False) as journal:
-        settings = journal.settings
         # the file was written by the exporter in the stored encoding, then edited by hand:
         # reading it as UTF-8 would refuse the very file the hand-edit error says to merge
-        parsed = read_csv(path, encoding=encoding or settings.dialect.encoding)
-        check_keys(path, parsed, settings.key_column)
+        parsed = read_csv(path, encoding=encoding or journal.settings.dialect.encoding)
+        check_keys(path, parsed, journal.settings.key_column)
+        journal._local.worker = MERGE_WORKER  # this handle is the merge's own
         with journal.batch():
-            with journal._reading() as conn:  # inside the batch: under the write lock
-                columns = _reads.column_names(conn)
-                rows = [
-                    dict(zip(columns, cells, strict=True))
-                    for cells in _reads.all_cells(conn, columns)
-                ]
-                newer = _changed_since(conn, _reads.exported_seq(conn), settings.status_column)
-            current = {row[settings.key_column]: row for row in rows}
-            seen: set[str] = set()
-            for values in parsed.rows:
-                row = dict(zip(parsed.header, values, strict=True))
-                key = row[settings.key_column]
-                seen.add(key)
-                _merge_row(journal, row, current.get(key), newer.get(key, set()), report)
-            report.missing.extend(key for key in current if key not in seen)
+            _merge_rows(journal, parsed, report)
         with journal._store.write() as conn:  # the edited file is now known, not foreign
             # the digest of the bytes parsed (a second read could see a later edit)
             write_value(conn, "csv_digest", parsed.digest)
@@ -96,6 +95,7 @@ def merge_csv(
     log.info(
         "csv_merged",
         path=str(path),
+        added_columns=len(report.added_columns),
         added=len(report.added),
         updated=len(report.updated),
         terminal_kept=len(report.terminal_kept),
@@ -105,13 +105,45 @@ def merge_csv(
     return report
 
 
+def _merge_rows(journal: Journal, parsed: ParsedCsv, report: MergeReport) -> None:
+    """Merge every row of ``parsed`` (inside the merge's batch)."""
+    settings = journal.settings
+    shown = guard_formula if settings.formula_guard else str
+    with journal._reading() as conn:  # inside the batch: under the write lock
+        columns = _reads.column_names(conn)
+        rows = [dict(zip(columns, cells, strict=True)) for cells in _reads.all_cells(conn, columns)]
+        since_export = _changed_since(conn, _reads.exported_seq(conn), settings.status_column)
+    report.added_columns.extend(name for name in parsed.header if name not in columns)
+    if report.added_columns:
+        new = list(report.added_columns)
+        journal._write(Action(lambda conn, writer: [writer.columns.cell(conn, n) for n in new]))
+    current = {shown(row[settings.key_column]): row for row in rows}
+    stamp = settings.timestamp_column
+    seen: set[str] = set()
+    for values in parsed.rows:
+        row = dict(zip(parsed.header, values, strict=True))
+        key = row[settings.key_column]
+        seen.add(key)
+        known = current.get(key)
+        if known is None or stamp not in row:
+            newer = since_export.get(known[settings.key_column], set()) if known else set()
+        elif row[stamp] == known[stamp]:
+            newer = set()  # the file shows the row's newest version
+        else:
+            with journal._reading() as conn:
+                newer = _changed_after(conn, known[settings.key_column], row[stamp], settings)
+        _merge_row(journal, row, known, newer, report)
+    key_column = settings.key_column
+    report.missing.extend(row[key_column] for key, row in current.items() if key not in seen)
+
+
 def _changed_since(conn: Connection, base: int | None, status_column: str) -> dict[str, set[str]]:
     """Per key, the fields that records after event ``base`` changed (``status_column`` for
     a change of status); nothing when the export ``base`` is unknown."""
     if base is None:
         return {}
     changed: dict[str, set[str]] = {}
-    for key, status, fields, before in t.driver(conn).execute(_CHANGED_SINCE, (base,)):
+    for key, status, fields, before in t.driver(conn).execute(_CHANGED_SINCE, (base, MERGE_WORKER)):
         names = changed.setdefault(key, set())
         names.update(json.loads(fields))
         if status != (before or PENDING):
@@ -122,8 +154,33 @@ def _changed_since(conn: Connection, base: int | None, status_column: str) -> di
 # Each later event with the status of the row's event before it (PENDING before the first).
 _CHANGED_SINCE = """
 SELECT e.key, e.status, e.fields, p.status FROM events AS e LEFT JOIN events AS p ON p.seq = e.prev
-WHERE e.seq > ? ORDER BY e.seq
+WHERE e.seq > ? AND e.worker != ? ORDER BY e.seq
 """
+_LAST = "SELECT last FROM rows WHERE key = ?"
+_EVENT = "SELECT status, fields, at, prev, worker FROM events WHERE seq = ?"
+
+
+def _changed_after(conn: Connection, key: str, shown_at: str, settings: Settings) -> set[str]:
+    """The fields of row ``key`` that records made after ``shown_at`` (the time of the
+    row's last record when the file was exported) changed, merges aside; the status column
+    for a change of status. Walks the row's events from the newest back."""
+    raw = t.driver(conn)
+    found = raw.execute(_LAST, (key,)).fetchone()
+    seq = None if found is None else found[0]
+    names: set[str] = set()
+    later: tuple[str, str] | None = None  # (status, worker) of the event after this one
+    while seq is not None:
+        status, fields, at, prev, worker = raw.execute(_EVENT, (seq,)).fetchone()
+        if later is not None and later[0] != status and later[1] != MERGE_WORKER:
+            names.add(settings.status_column)
+        if at <= shown_at:
+            return names
+        if worker != MERGE_WORKER:
+            names.update(json.loads(fields))
+        later, seq = (status, worker), prev
+    if later is not None and later[0] != PENDING and later[1] != MERGE_WORKER:
+        names.add(settings.status_column)  # the first record changed PENDING
+    return names
 
 
 def _merge_row(
@@ -134,25 +191,30 @@ def _merge_row(
     report: MergeReport,
 ) -> None:
     settings = journal.settings
-    key = row[settings.key_column]
+    shown = guard_formula if settings.formula_guard else str
+    read = unguard_formula if settings.formula_guard else str
+    key = read(row[settings.key_column])
     ours = {settings.key_column, settings.status_column, settings.timestamp_column}
-    status = row.get(settings.status_column) or None
+    status = read(row.get(settings.status_column) or "") or None
     fields = {name: value for name, value in row.items() if name not in ours}
     if known is None:
-        journal.record(key, status, fields={k: v for k, v in fields.items() if v})
+        journal.record(key, status, fields={k: read(v) for k, v in fields.items() if v})
         report.added.append(key)
         return
-    changed = {name: value for name, value in fields.items() if known.get(name, "") != value}
+    changed = {n: read(v) for n, v in fields.items() if shown(known.get(n, "")) != v}
     stale = {name for name in changed if name in newer}
-    if status != known[settings.status_column] and settings.status_column in newer:
+    known_status = known[settings.status_column]
+    if status is None and known_status not in ("", PENDING):
+        status = PENDING  # a status blanked by hand: pending, as an empty status counts
+    if status is not None and status != known_status and settings.status_column in newer:
         stale.add(settings.status_column)
         status = None  # the journal's status is newer than the file's
     if stale:
         report.newer_kept.append(key)
         changed = {name: value for name, value in changed.items() if name not in stale}
-    if status == known[settings.status_column]:
+    if status == known_status:
         status = None
-    elif status is not None and known[settings.status_column] in settings.terminal:
+    elif status is not None and known_status in settings.terminal:
         report.terminal_kept.append(key)  # done stays done
         status = None
     if changed or status is not None:

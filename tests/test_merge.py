@@ -107,3 +107,66 @@ def test_merging_a_deleted_csv_is_a_journal_io_error_naming_it(csv_path: Path) -
     assert str(csv_path) in str(raised.value)
     with csvjournal.open(csv_path, export=False) as journal:
         assert journal.counts() == {"PENDING": 1, "COMPLETED": 2}
+
+
+def _sheet(csv_path: Path, text: str) -> None:
+    csv_path.write_text(text, encoding="utf-8")
+
+
+def test_a_sheet_saved_from_an_older_export_keeps_the_newer_records(csv_path: Path) -> None:
+    _sheet(csv_path, "PO,NAME,STATUS,LAST_PROCESSED\n1,a,PENDING,\n2,b,PENDING,\n")
+    with csvjournal.open(csv_path, key="PO") as journal:
+        journal.flush(timeout=30)
+        opened = csv_path.read_text()  # someone opens the sheet in Excel...
+        journal.record("2", "FAILED", NAME="b-fixed")  # ... the job goes on, re-exports
+        journal.flush(timeout=30)
+    _sheet(csv_path, opened.replace("\n1,a,", "\n1,A,"))  # ... and saves the old copy
+    report = csvjournal.merge_csv(csv_path)
+    assert (report.updated, report.newer_kept) == (["1"], ["2"])
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.get("1")["NAME"] == "A"  # type: ignore[index]
+        assert (journal.get("2")["STATUS"], journal.get("2")["NAME"]) == ("FAILED", "b-fixed")  # type: ignore[index]
+
+
+def test_a_second_merge_keeps_what_workers_recorded_after_the_first(csv_path: Path) -> None:
+    _sheet(csv_path, "PO,NAME,STATUS,LAST_PROCESSED\n1,a,PENDING,\n2,b,PENDING,\n")
+    csvjournal.open(csv_path, key="PO").close()
+    _sheet(csv_path, csv_path.read_text().replace("\n1,a,", "\n1,A,"))
+    assert csvjournal.merge_csv(csv_path).updated == ["1"]
+    with csvjournal.open(csv_path, export=False) as worker:  # no export in between
+        worker.record("2", "FAILED", NAME="from-worker")
+    _sheet(csv_path, csv_path.read_text().replace("\n1,A,", "\n1,Alpha,"))
+    report = csvjournal.merge_csv(csv_path)
+    assert (report.updated, report.newer_kept) == (["1"], ["2"])
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.get("1")["NAME"] == "Alpha"  # type: ignore[index]
+        assert journal.get("2")["NAME"] == "from-worker"  # type: ignore[index]
+
+
+def test_with_the_formula_guard_only_real_edits_are_merged(csv_path: Path) -> None:
+    _sheet(csv_path, "PO,NOTE,STATUS,LAST_PROCESSED\n@1,=SUM(A1),PENDING,\n2,+x,PENDING,\n")
+    csvjournal.open(csv_path, key="PO", formula_guard=True).close()
+    assert "'@1,'=SUM(A1)" in csv_path.read_text()  # the export shows guarded values
+    with csv_path.open("a", encoding="utf-8") as sheet:
+        sheet.write("3,=new,PENDING,\n'=4,x,PENDING,\n")  # two rows typed by hand
+    _sheet(csv_path, csv_path.read_text().replace("2,'+x,", "2,'+y,"))
+    report = csvjournal.merge_csv(csv_path)
+    assert (report.added, report.updated, report.missing) == (["3", "=4"], ["2"], [])
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.get("@1")["NOTE"] == "=SUM(A1)"  # type: ignore[index]
+        assert journal.get("2")["NOTE"] == "+y"  # type: ignore[index]
+        assert journal.get("3")["NOTE"] == "=new"  # type: ignore[index]
+        assert journal.get("'@1") is None
+        assert len(journal) == 4
+
+
+def test_a_column_added_by_hand_stays_and_a_blanked_status_is_pending(csv_path: Path) -> None:
+    _sheet(csv_path, "PO,NAME,STATUS,LAST_PROCESSED\n1,a,FAILED,\n2,b,PENDING,\n")
+    csvjournal.open(csv_path, key="PO").close()
+    _sheet(csv_path, "PO,NAME,STATUS,LAST_PROCESSED,REVIEWER\n1,a,,,\n2,b,PENDING,,\n")
+    report = csvjournal.merge_csv(csv_path)
+    assert (report.added_columns, report.updated) == (["REVIEWER"], ["1"])
+    csvjournal.open(csv_path).close()
+    lines = csv_path.read_text().splitlines()
+    assert lines[0] == "PO,NAME,STATUS,LAST_PROCESSED,REVIEWER"
+    assert lines[1].startswith("1,a,PENDING,")
