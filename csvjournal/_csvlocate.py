@@ -85,3 +85,32 @@ def locate_open_quote(text: str, line: int, delimiter: str, quotechar: str) -> t
         field_start = opened < 0 and char == delimiter
         index += 1
     return _position(text, opened if opened >= 0 else start)
+
+
+def locate_after_quote(
+    text: str, line: int, delimiter: str, quotechar: str
+) -> tuple[int, int] | None:
+    """(line, column) of the first character that follows a closing quote in the record
+    starting on ``line`` without being the delimiter or the line's end (``"c"d``), or
+    ``None``."""
+    index = _line_start(text, line)
+    quoted = False
+    field_start = True
+    while index < len(text):
+        char = text[index]
+        if quoted:
+            if char == quotechar:
+                if text.startswith(quotechar, index + 1):
+                    index += 1  # an escaped quote
+                else:
+                    quoted = False
+                    after = text[index + 1 : index + 2]
+                    if after not in ("", delimiter, "\r", "\n"):
+                        return _position(text, index + 1)
+        elif char == quotechar and field_start:
+            quoted = True
+        elif char in "\r\n":
+            return None
+        field_start = not quoted and char == delimiter
+        index += 1
+    return None

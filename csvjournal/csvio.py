@@ -25,7 +25,7 @@ from csvjournal._atomicfile import (
     write_temp,
 )
 from csvjournal._csvbytes import BOM_OF, decode
-from csvjournal._csvlocate import locate_field, locate_open_quote
+from csvjournal._csvlocate import locate_after_quote, locate_field, locate_open_quote
 from csvjournal.errors import CsvFormatError, JournalIOError
 
 __all__ = [
@@ -262,8 +262,13 @@ def _parse(
             lines.append(start)
             start = reader.line_num + 1
     except csv.Error as exc:
-        line, column = locate_open_quote(text, start, dialect.delimiter, dialect.quotechar)
-        what = "unclosed quote" if "end of data" in str(exc) else str(exc)
+        stray = locate_after_quote(text, start, dialect.delimiter, dialect.quotechar)
+        if stray is not None:  # "c"d: text after a closing quote
+            line, column = stray
+            what = f"{dialect.delimiter!r} or the line's end expected after a closing quote"
+        else:
+            line, column = locate_open_quote(text, start, dialect.delimiter, dialect.quotechar)
+            what = "unclosed quote" if "end of data" in str(exc) else str(exc)
         raise CsvFormatError(f"{path}: line {line}, column {column}: {what}") from None
     header = records[0]
     for record, line in zip(records[1:], lines[1:], strict=True):
@@ -280,13 +285,20 @@ def _parse(
 
 def _check_header(path: Path, text: str, header: list[str], dialect: CsvDialect) -> None:
     seen: dict[str, int] = {}
+    first = text.split("\n", 1)[0].split("\r", 1)[0]
+    if first.startswith("sep=") and len(first) == len("sep=;"):
+        raise CsvFormatError(
+            f"{path}: line 1, column 1: Excel's {first!r} line is not supported;"
+            " delete that line (the delimiter is found without it)"
+        )
     for index, name in enumerate(header):
-        column = locate_field(text, 1, index, dialect.delimiter, dialect.quotechar)[1]
+        # a quoted name may hold a line break: the field can start on a later line
+        line, column = locate_field(text, 1, index, dialect.delimiter, dialect.quotechar)
         if not name:
-            raise CsvFormatError(f"{path}: line 1, column {column}: empty header name")
+            raise CsvFormatError(f"{path}: line {line}, column {column}: empty header name")
         if name in seen:
             raise CsvFormatError(
-                f"{path}: line 1, column {column}: duplicate header name {name!r}"
+                f"{path}: line {line}, column {column}: duplicate header name {name!r}"
                 f" (also field {seen[name] + 1})"
             )
         seen[name] = index

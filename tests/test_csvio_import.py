@@ -65,6 +65,12 @@ def test_bad_input_is_refused_and_changes_nothing(
 
 BAD_COLUMNS = [
     # (bytes, "line L, column C" where the message must point)
+    pytest.param(b'k,v\n1,"c"d\n', "line 2, column 6", id="text-after-a-closing-quote"),
+    pytest.param(b'k,v\n1,"a\nb"x\n', "line 3, column 3", id="text-after-a-quote-line-later"),
+    pytest.param(
+        b'k,"V\nX",W,"V\nX"\n1,a,b,c\n', "line 2, column 6", id="duplicate-multiline-name"
+    ),
+    pytest.param(b"sep=;\nk;v\n1;a\n", "line 1, column 1", id="excel-sep-line"),
     pytest.param(b",k,w\n1,a,b\n", "line 1, column 1", id="empty-first-header-name"),
     pytest.param(
         b"k,,w\n1,a,b\n",
