@@ -78,6 +78,11 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
     csv = Path(csv_path)
     if csv.is_dir():
         raise SettingsError(f"{csv}: a folder, not a CSV file")
+    folder = Path(f"{csv}.backups")
+    if folder.exists() and not folder.is_dir():
+        raise SettingsError(
+            f"{folder}: must be a folder (the journal's backups and lock files live there)"
+        )
     path = Path(journal_path) if journal_path is not None else Path(f"{csv}.journal")
     if url is not None:
         raise SettingsError("url= (a journal in a database server) is not supported yet")

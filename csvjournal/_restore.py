@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 
 import structlog
@@ -12,10 +14,18 @@ import structlog
 from csvjournal import _forking
 from csvjournal._atomicfile import fingerprint
 from csvjournal._dberrors import journal_errors
+from csvjournal._migrate import check_revision
 from csvjournal._open import open as open_journal
 from csvjournal._oslock import ExporterLock, lock_path
 from csvjournal._posix import fcntl
-from csvjournal.backup import PendingBackup, check_backup, copy_journal, prune_backups, take_backup
+from csvjournal.backup import (
+    PendingBackup,
+    check_backup,
+    copy_journal,
+    keep_for_good,
+    prune_backups,
+    take_backup,
+)
 from csvjournal.errors import BackupNotFoundError, JournalBusyError
 from csvjournal.journal import Journal
 
@@ -114,11 +124,52 @@ def _put_in_place(source: Path, journal: Path, csv: Path) -> None:
         os.close(folder)
 
 
+def _check_schema(source: Path) -> None:
+    """Refuse a backup written by a newer csvjournal before anything changes.
+
+    Raises:
+        SchemaTooNewError: its schema revision is unknown here.
+    """
+    with closing(sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        tables = [name for (name,) in conn.execute("SELECT name FROM sqlite_master")]
+        found = (
+            conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            if ("alembic_version" in tables)
+            else None
+        )
+    check_revision(None if found is None else str(found[0]), tables, source)
+
+
+@contextmanager
+def _writers_held_off(journal: Path) -> Iterator[None]:
+    """Hold SQLite's write lock on the journal about to be replaced, from before its safety
+    backup until the restored one is in place: a worker that opened it after the check
+    that nobody has it open would otherwise commit into the old journal after the backup,
+    and lose the record. Its commits wait instead, and then fail (the journal was
+    replaced). A journal too damaged to lock is written by nobody either."""
+    if not journal.exists():
+        yield
+        return
+    guard = sqlite3.connect(journal, timeout=30.0, isolation_level=None)
+    try:
+        try:
+            guard.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as exc:
+            log.warning("restore_lock_not_taken", path=str(journal), error=str(exc))
+        yield
+    finally:
+        with suppress(sqlite3.Error):
+            if guard.in_transaction:
+                guard.execute("ROLLBACK")
+        guard.close()
+
+
 def _save_current(csv: Path, journal: Path) -> Path:
     """Back up the journal about to be replaced; a journal too damaged for SQLite to read
     (the usual reason to restore) is kept as its files."""
     try:
-        return take_backup(csv, journal, keep=0, busy_timeout=30.0)
+        # whatever state it is in: the journal replaced is often a damaged one
+        return take_backup(csv, journal, keep=0, busy_timeout=30.0, verify=False)
     except sqlite3.DatabaseError as exc:
         log.warning("damaged_journal_saved_as_files", path=str(journal), error=str(exc))
         return PendingBackup(csv).finish_as_files(journal)
@@ -154,6 +205,7 @@ def _restore(
     if backup.resolve() == journal.parent.resolve():
         raise BackupNotFoundError(f"{backup}: that is the journal's own folder, not a backup")
     source = check_backup(backup, journal.name)
+    _check_schema(source)
     if _open_here(journal):  # before touching the -shm: closing it drops SQLite's locks
         raise JournalBusyError(f"{journal}: this process has the journal open; close it first")
     lock_path(csv).parent.mkdir(exist_ok=True)
@@ -164,13 +216,15 @@ def _restore(
         if _in_use_elsewhere(journal):
             raise JournalBusyError(f"{journal}: another process has the journal open; stop it")
         safety = None
-        if journal.exists():  # pruned only once restored: retention might drop ``backup``
-            safety = _save_current(csv, journal)
-        _put_in_place(source, journal, csv)
+        with _writers_held_off(journal):
+            if journal.exists():  # pruned only once restored: retention might drop ``backup``
+                safety = _save_current(csv, journal)
+            _put_in_place(source, journal, csv)
     finally:
         lock.release()
-    # not the backup just restored, even the oldest: it may be wanted again
-    prune_backups(csv, keep_backups, spare=backup)
+    # not the backup just restored, even the oldest, now or later: it may be wanted again
+    keep_for_good(backup)
+    prune_backups(csv, keep_backups)
     # takes the exporter role and writes the CSV anew (just backed up: no session backup)
     open_journal(csv, journal_path=journal, formula_guard=formula_guard, keep_backups=0).close()
     log.info("journal_restored", path=str(journal), backup=str(backup), safety=str(safety))

@@ -26,7 +26,7 @@ from csvjournal._schema import driver
 from csvjournal._settings import Settings
 from csvjournal._values import format_timestamp
 from csvjournal._writer import PENDING
-from csvjournal.backup import PendingBackup
+from csvjournal.backup import PendingBackup, remove_leftovers
 from csvjournal.recovery import check_integrity
 from csvjournal.store import Store
 
@@ -87,6 +87,8 @@ class Session:
         if check is not None:
             check.result()
             self._checked_at = time.monotonic()
+        for leftover in remove_leftovers(self._options.csv_path, self._options.journal_path):
+            log.info("leftover_removed", path=str(leftover))
         if self._options.keep_backups > 0:
             self._start_backup()
         lost = self._expire(self._time, self._stamp)
@@ -114,6 +116,7 @@ class Session:
                         options.journal_path,
                         keep=options.keep_backups,
                         busy_timeout=options.busy_timeout,
+                        verify=False,  # the session's check passed a moment ago
                     )
             except (OSError, sqlite3.Error) as exc:
                 log.error("session_backup_failed", path=str(options.csv_path), error=str(exc))

@@ -15,6 +15,7 @@ times to the microsecond, chosen when the backup is whole, and sort by time.
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import re
 import secrets
@@ -30,11 +31,14 @@ from csvjournal.errors import BackupNotFoundError, JournalCorruptError
 __all__ = [
     "PendingBackup",
     "backups_folder",
+    "brief",
     "check_backup",
     "copy_journal",
+    "keep_for_good",
     "list_backups",
     "newest_backup_hint",
     "prune_backups",
+    "remove_leftovers",
     "take_backup",
 ]
 
@@ -47,6 +51,8 @@ _PARTIAL = ".partial-"
 _REMOVING = ".removing-"
 _LEFTOVER = re.compile(r"^\.(?:partial|removing)-(?:(\d+)-)?")
 _NAME_ATTEMPTS = 1000
+_BRIEF = 300  # characters of SQLite's integrity findings in a message
+_KEPT = ".kept"  # in a backup folder: never deleted by retention (a restored backup)
 
 
 def backups_folder(csv_path: Path) -> Path:
@@ -121,13 +127,33 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _remove_leftovers(folder: Path) -> None:
+def remove_leftovers(csv_path: Path, journal_path: Path) -> list[Path]:
+    """Delete what backups, prunes and restores killed half-way left behind (their process
+    is gone): hidden work folders beside the backups, a restore's temporary journal beside
+    the journal. Return what was removed."""
+    removed = []
+    folder = backups_folder(csv_path)
+    if folder.is_dir():
+        removed += _remove_leftovers(folder)
+    prefix = f".{journal_path.name}.restoring-"
+    for leftover in journal_path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = leftover.name[len(prefix) :].removesuffix("-journal")
+        if pid.isdigit() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
+def _remove_leftovers(folder: Path) -> list[Path]:
     """Delete the hidden work folders of backups and prunes whose process is gone."""
+    removed = []
     for leftover in folder.iterdir():
         found = _LEFTOVER.match(leftover.name)
         if found is None or (found.group(1) is not None and _alive(int(found.group(1)))):
             continue
         shutil.rmtree(leftover, ignore_errors=True)
+        removed.append(leftover)
+    return removed
 
 
 def _rename_into_place(partial: Path, csv_path: Path) -> Path:
@@ -186,11 +212,16 @@ class PendingBackup:
         os.replace(copy, linked)
         self._linked = False
 
-    def finish(self, journal_path: Path, *, keep: int, busy_timeout: float) -> Path:
+    def finish(
+        self, journal_path: Path, *, keep: int, busy_timeout: float, verify: bool = True
+    ) -> Path:
         """Copy the journal in, put the backup in place, keep the newest ``keep`` backups
-        (all when ``keep`` is 0); return the backup's folder.
+        (all when ``keep`` is 0); return the backup's folder. With ``verify``, a copy that
+        fails SQLite's integrity check is not kept: a damaged backup would push sound ones
+        out of retention.
 
         Raises:
+            JournalCorruptError: the journal is damaged (nothing is kept).
             OSError: the backup could not be written (nothing half-written is left).
             sqlite3.Error: the journal could not be read.
         """
@@ -202,6 +233,15 @@ class PendingBackup:
                 copy_journal(source, partial / journal_path.name)
             finally:
                 source.close()
+            if verify:
+                try:
+                    check_backup(partial, journal_path.name)
+                except JournalCorruptError as exc:
+                    raise JournalCorruptError(
+                        f"{journal_path}: the journal fails SQLite's integrity check, so it is"
+                        " not backed up (a damaged backup would push sound ones out);"
+                        f" {newest_backup_hint(self.csv_path, journal_path.name)}"
+                    ) from exc
         except BaseException:
             self.abandon()
             raise
@@ -247,24 +287,33 @@ class PendingBackup:
         shutil.rmtree(self.partial, ignore_errors=True)
 
 
-def take_backup(csv_path: Path, journal_path: Path, *, keep: int, busy_timeout: float) -> Path:
+def take_backup(
+    csv_path: Path, journal_path: Path, *, keep: int, busy_timeout: float, verify: bool = True
+) -> Path:
     """Back up the CSV and the journal into a new folder; keep the newest ``keep`` backups
     (all when ``keep`` is 0). Return the new folder.
 
     Raises:
+        JournalCorruptError: with ``verify``, the journal is damaged (nothing is kept).
         OSError: the backup could not be written (nothing half-written is left).
         sqlite3.Error: the journal could not be read.
     """
-    return PendingBackup(csv_path).finish(journal_path, keep=keep, busy_timeout=busy_timeout)
+    begun = PendingBackup(csv_path)
+    return begun.finish(journal_path, keep=keep, busy_timeout=busy_timeout, verify=verify)
 
 
-def prune_backups(csv_path: Path, keep: int, *, spare: Path | None = None) -> list[Path]:
+def keep_for_good(backup: Path) -> None:
+    """Mark ``backup`` (one restored) as kept: retention never deletes it, nor counts it."""
+    (backup / _KEPT).write_text("restored: retention leaves this backup alone\n")
+
+
+def prune_backups(csv_path: Path, keep: int) -> list[Path]:
     """Delete all but the newest ``keep`` backups (none when ``keep`` is 0), leaving out
-    of the count, and never deleting, the folder ``spare``; return them."""
+    of the count, and never deleting, those kept for good (:func:`keep_for_good`); return
+    the ones deleted."""
     if keep <= 0:
         return []
-    spared = None if spare is None else spare.resolve()
-    old = [path for path in list_backups(csv_path) if path.resolve() != spared][:-keep]
+    old = [path for path in list_backups(csv_path) if not (path / _KEPT).exists()][:-keep]
     removed = []
     for path in old:
         # out of sight first: a prune killed half-way leaves no half a backup listed
@@ -277,6 +326,12 @@ def prune_backups(csv_path: Path, keep: int, *, spare: Path | None = None) -> li
         removed.append(path)
         log.info("backup_removed", path=str(path))
     return removed
+
+
+def brief(problems: list[str]) -> str:
+    """SQLite's integrity check's first findings, short enough for one line."""
+    text = "; ".join(" ".join(problem.split()) for problem in problems[:3])
+    return text if len(text) <= _BRIEF else text[: _BRIEF - 1] + "…"
 
 
 def check_backup(backup: Path, journal_name: str) -> Path:
@@ -301,7 +356,7 @@ def check_backup(backup: Path, journal_name: str) -> Path:
         problems = [str(exc)]
     if problems != ["ok"]:
         raise JournalCorruptError(
-            f"{journal}: the backup fails SQLite's integrity check ({'; '.join(problems[:3])});"
+            f"{journal}: the backup fails SQLite's integrity check ({brief(problems)});"
             " choose another backup"
         )
     return journal

@@ -19,7 +19,7 @@ from csvjournal._claims import Claims
 from csvjournal._flush import export_to, flush_csv
 from csvjournal._values import render_value, storable
 from csvjournal._writer import RecordCall
-from csvjournal.backup import backups_folder, list_backups
+from csvjournal.backup import backups_folder, list_backups, remove_leftovers
 from csvjournal.errors import BatchOpenError, CsvJournalError, ExportError, SettingsError
 from csvjournal.exporter import Exporter
 from csvjournal.recovery import RecoveryReport, check_integrity
@@ -292,6 +292,7 @@ class Journal(Claims):
                     raise ExportError(f"{self.csv_path}: could not write the CSV: {exc}") from exc
                 helper.release()
         self.flush()
+        removed += remove_leftovers(self.csv_path, self.journal_path)  # of backups, restores
         with self._reading() as conn:
             pending = _reads.pending_count(conn, time.time())
         report = RecoveryReport(integrity, tuple(lost), tuple(removed), stale, pending)
@@ -304,6 +305,8 @@ class Journal(Claims):
         newest ``keep_backups`` backups are kept.
 
         Raises:
+            JournalCorruptError: the journal fails SQLite's integrity check: it is not
+                backed up (a damaged backup would push sound ones out of retention).
             JournalIOError: the backup could not be written, the disk is full, say (nothing
                 half-written is left).
             JournalClosedError: the handle is closed.

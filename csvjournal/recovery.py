@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
 
-from csvjournal.backup import newest_backup_hint
+from csvjournal.backup import brief, newest_backup_hint
 from csvjournal.errors import JournalCorruptError
 from csvjournal.store import Store, is_busy
 
@@ -74,6 +74,6 @@ def check_integrity(store: Store, csv_path: Path, *, full: bool) -> str:
     if problems != ["ok"]:
         raise JournalCorruptError(
             f"{store.path}: the journal fails SQLite's {pragma}"
-            f" ({'; '.join(problems[:3])}); {newest_backup_hint(csv_path, store.path.name)}"
+            f" ({brief(problems)}); {newest_backup_hint(csv_path, store.path.name)}"
         )
     return "ok"

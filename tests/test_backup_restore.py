@@ -7,6 +7,9 @@ import hashlib
 import io
 import shutil
 import sqlite3
+import subprocess
+import sys
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from csvjournal import _migrate
 from csvjournal.backup import check_backup
 
 FIXTURES = Path(__file__).parent / "fixtures"
+JOURNAL = "orders.csv.journal"  # the journal of the csv_path fixture
 
 # -- helpers -----------------------------------------------------------------------------
 
@@ -128,6 +132,11 @@ def test_restore_of_the_oldest_backup_survives_retention(csv_path: Path) -> None
         assert journal.backups()[0] == oldest
         assert len(journal.backups()) == 3  # the newest 2, and the one restored
         assert journal.backups()[-1] == safety
+    for _ in range(3):  # later backups and exporting opens: retention still spares it
+        with csvjournal.open(csv_path, keep_backups=2) as journal:
+            journal.backup()
+    assert oldest.exists()
+    assert len(csvjournal.open(csv_path, export=False).backups()) == 3
 
 
 def test_restore_without_a_journal_puts_the_backup_in_place(csv_path: Path) -> None:
@@ -302,3 +311,102 @@ def _dump_old(path: Path) -> list[tuple[object, ...]]:
             *c.execute("SELECT key, status, cells FROM rows ORDER BY pos"),
             *c.execute("SELECT seq, key, status, fields FROM events ORDER BY seq"),
         ]
+
+
+def test_restore_refuses_a_backup_of_a_newer_schema_and_changes_nothing(
+    csv_path: Path, tmp_path: Path
+) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        backup = journal.backup()
+    newer = tmp_path / "newer"
+    shutil.copytree(backup, newer)
+    with closing(sqlite3.connect(newer / JOURNAL)) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+        conn.commit()
+    before = _folder_listing(csv_path)
+    journal_bytes = Path(f"{csv_path}.journal").read_bytes()
+    with pytest.raises(csvjournal.SchemaTooNewError):
+        csvjournal.restore(csv_path, newer)
+    assert _folder_listing(csv_path) == before
+    assert Path(f"{csv_path}.journal").read_bytes() == journal_bytes
+
+
+def test_what_killed_backups_and_restores_leave_is_removed(csv_path: Path) -> None:
+    csvjournal.open(csv_path, key="ID").close()
+    dead = 2**22 + 12345  # no such process
+    partial = Path(f"{csv_path}.backups") / f".partial-{dead}-0123456789ab"
+    partial.mkdir()
+    (partial / JOURNAL).write_bytes(b"half a copy")
+    restoring = csv_path.with_name(f".{JOURNAL}.restoring-{dead}")
+    restoring.write_bytes(b"half a journal")
+    Path(f"{restoring}-journal").write_bytes(b"its rollback journal")
+    with csvjournal.open(csv_path, keep_backups=0, export=False) as journal:
+        report = journal.recover()
+    assert {partial, restoring, Path(f"{restoring}-journal")} <= set(report.temp_files_removed)
+    assert not partial.exists()
+    assert not restoring.exists()
+
+
+def test_an_exporting_open_removes_them_with_automatic_backups_off(csv_path: Path) -> None:
+    csvjournal.open(csv_path, key="ID").close()
+    partial = Path(f"{csv_path}.backups") / f".partial-{2**22 + 12345}-0123456789ab"
+    partial.mkdir()
+    csvjournal.open(csv_path, keep_backups=0).close()
+    assert not partial.exists()
+
+
+def test_a_backups_folder_that_is_a_file_is_refused_clearly(csv_path: Path) -> None:
+    csvjournal.open(csv_path, key="ID").close()
+    folder = Path(f"{csv_path}.backups")
+    shutil.rmtree(folder)
+    folder.write_text("x")
+    with pytest.raises(csvjournal.SettingsError, match="must be a folder"):
+        csvjournal.open(csv_path, export=False)
+
+
+RECORD_DURING_RESTORE = """\
+import sys
+
+import csvjournal
+
+try:
+    with csvjournal.open(sys.argv[1], export=False, busy_timeout=3) as journal:
+        print("recorded", journal.record("a", "RACED"), flush=True)
+except csvjournal.CsvJournalError as exc:
+    print("refused", type(exc).__name__, flush=True)
+"""
+
+
+def test_a_record_made_while_a_restore_replaces_the_journal_is_never_lost_silently(
+    csv_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        backup = journal.backup()
+    script = tmp_path / "racer.py"
+    script.write_text(RECORD_DURING_RESTORE)
+    racers = []
+    real = csvjournal._restore._put_in_place
+
+    def racing(source: Path, journal_path: Path, csv: Path) -> None:
+        # a worker opens the journal after restore's check that nobody has it open, and
+        # records after the safety backup, before the restored journal is in place
+        racers.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(csv_path)], stdout=subprocess.PIPE, text=True
+            )
+        )
+        time.sleep(1.5)
+        real(source, journal_path, csv)
+
+    monkeypatch.setattr(csvjournal._restore, "_put_in_place", racing)
+    safety = csvjournal.restore(csv_path, backup)
+    (racer,) = racers
+    out, _ = racer.communicate(timeout=60)
+    assert out.startswith(("recorded", "refused")), out
+    if out.startswith("recorded"):  # then it is in the journal restore saved first
+        assert safety is not None
+        with closing(sqlite3.connect(safety / JOURNAL)) as conn:
+            raced = conn.execute("SELECT count(*) FROM events WHERE status = 'RACED'")
+            assert raced.fetchone() == (1,)

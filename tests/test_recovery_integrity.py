@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import csvjournal
-from csvjournal.backup import check_backup
+from csvjournal.backup import check_backup, copy_journal
 from csvjournal.cli import cli
 
 # -- helpers -----------------------------------------------------------------------------
@@ -147,14 +147,20 @@ def test_damage_quick_check_misses_is_refused_and_the_sound_backup_named(tmp_pat
         csvjournal.open(csv_path)
     assert sorted(Path(f"{csv_path}.backups").iterdir()) == before
     with csvjournal.open(csv_path, export=False) as journal:  # no check without a session
-        damaged = journal.backup()  # a copy of the damage
+        with pytest.raises(csvjournal.JournalCorruptError) as refused:
+            journal.backup()  # a copy of the damage would push sound backups out
         with pytest.raises(csvjournal.JournalCorruptError) as caught:
             journal.recover()
+    assert sorted(Path(f"{csv_path}.backups").iterdir()) == before
+    assert f"csvjournal restore {csv_path} {good}" in str(refused.value)
     message = str(caught.value)
     assert "integrity_check" in message
     assert "missing from index rows_leased" in message
     assert f"csvjournal restore {csv_path} {good}" in message
-    assert str(damaged) not in message
+    damaged = tmp_path / "damaged-backup"  # a copy of the damage, made by hand
+    damaged.mkdir()
+    with closing(sqlite3.connect(journal_path)) as source:
+        copy_journal(source, damaged / journal_path.name)
     with pytest.raises(csvjournal.JournalCorruptError):
         csvjournal.restore(csv_path, damaged)
     csvjournal.restore(csv_path, good)
