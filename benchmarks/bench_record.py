@@ -63,6 +63,10 @@ class RawSqlite:
         self.next += n
         return time.perf_counter() - started
 
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
 
 class _OnJournal:
     def __init__(
@@ -81,6 +85,10 @@ class _OnJournal:
             )
         self.export = export
         self.next = 0
+
+    def close(self) -> None:
+        """Close the journal (its exporter writes the last records) before its folder goes."""
+        self.journal.close()
 
     def settle(self) -> None:
         """Let the exporter write this turn's records before the next contender's turn
@@ -182,6 +190,35 @@ def raw_bulk_rate(folder: Path, n: int, durability: str) -> float:
     return rate
 
 
+def prototype_batch_rate(folder: Path, n: int, durability: str) -> float:
+    """Records/s of issue 2's prototype doing a batch: one transaction updating ``n``
+    existing rows with raw sqlite3's two statements by ``executemany``, each record's
+    parameters made in Python as it comes (the key, the time, the fields' JSON)."""
+    conn = raw_connection(Path(tempfile.mkdtemp(dir=folder)) / "proto.db", SYNCHRONOUS[durability])
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(UPSERT_ROW, [(f"PO-{i:07d}", "PENDING", "{}") for i in range(n)])
+    conn.execute("COMMIT")
+    pid, chunk = os.getpid(), 5000
+    started = time.perf_counter()
+    conn.execute("BEGIN IMMEDIATE")
+    events: list[tuple[object, ...]] = []
+    rows: list[tuple[object, ...]] = []
+    for i in range(n):
+        key = f"PO-{i:07d}"
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        cells = json.dumps({"ATTACHMENTS_FOUND": str(i % 5)})
+        events.append((key, "COMPLETED", cells, at, "prototype", pid))
+        rows.append((key, "COMPLETED", cells))
+        if len(events) >= chunk or i == n - 1:
+            conn.executemany(INSERT_EVENT, events)
+            conn.executemany(UPSERT_ROW, rows)
+            events, rows = [], []
+    conn.execute("COMMIT")
+    rate = n / (time.perf_counter() - started)
+    conn.close()
+    return rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=45)
@@ -194,9 +231,10 @@ def main() -> None:
     quiet_logs()
     steal = Steal()
     base = Path(tempfile.mkdtemp(prefix="csvj-bench-", dir=os.environ.get("BENCH_DIR")))
+    contenders: dict[str, RawSqlite | Single | Threads] = {}
     try:
         d = args.durability
-        contenders: dict[str, RawSqlite | Single | Threads] = {
+        contenders = {
             "raw sqlite3, 1 thread": RawSqlite(base, d),
             "csvjournal record(), 1 thread": Single(base, d, export=False),
             "csvjournal record(), 8 threads": Threads(base, d, export=False),
@@ -219,7 +257,10 @@ def main() -> None:
             for export in (False, True)
         }
         floors = [raw_bulk_rate(base, args.batch, args.durability) for _ in range(args.batch_runs)]
+        bare = [prototype_batch_rate(base, args.batch, d) for _ in range(args.batch_runs)]
     finally:
+        for contender in contenders.values():
+            contender.close()
         shutil.rmtree(base, ignore_errors=True)
     raw = seconds["raw sqlite3, 1 thread"]
     print(
@@ -242,11 +283,18 @@ def main() -> None:
         f"| raw sqlite3 executemany of the same 2 statements (floor) |"
         f" {statistics.median(floors):,.0f} | | |"
     )
+    print(f"| {PROTOTYPE}, one batch of {args.batch:,} | {statistics.median(bare):,.0f} | | |")
     print(steal.report())
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"seconds": seconds, "batch": list(batches.items()), "floor": floors}, indent=2
+                {
+                    "seconds": seconds,
+                    "batch": list(batches.items()),
+                    "floor": floors,
+                    "prototype_batch": bare,
+                },
+                indent=2,
             )
         )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from itertools import repeat
 from pathlib import Path
@@ -32,6 +33,11 @@ __all__ = ["Commits", "Item"]
 log = structlog.get_logger(__name__)
 
 Item = RecordCall | Action
+
+
+# How often a commit looks whether the journal is still the file this handle has open: a
+# journal deleted or replaced by hand fails the commits from at most this long after.
+_CHECK_SECONDS = 0.05
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -65,6 +71,7 @@ class Commits:
         self._csv_path = csv_path
         self._warned_cells = False
         self._identity = _identity(store.path)  # the file this handle writes to
+        self._check_at = 0.0  # monotonic time of the next look at it after a commit
 
     def prepare(self, call: RecordCall) -> RecordOp:
         """Validate a ``record()`` call (see :func:`prepare_record` for what it raises; a
@@ -143,7 +150,9 @@ class Commits:
                         for item in items
                     ]
                 conn.execute("COMMIT")
-                self.check_journal()
+                if (now := time.monotonic()) >= self._check_at:  # a stat costs a record 4%
+                    self._check_at = now + _CHECK_SECONDS
+                    self.check_journal()
             except BaseException as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")

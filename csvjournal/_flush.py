@@ -4,10 +4,12 @@ CSV written to another path, now)."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
 from csvjournal import _reads
 from csvjournal._handedits import blocked_by
@@ -78,10 +80,10 @@ def flush_csv(
             blocked = blocked_by(conn, csv_path)
         if blocked is not None:  # the exporter of another handle waits for the edit's fate
             raise CsvChangedError(blocked)
-        helper = Exporter(store, settings, csv_path, formula_guard)
         try:
+            helper = Exporter(store, settings, csv_path, formula_guard)
             exported = helper.try_lead()  # exports when it gets the lock: nobody else does
-        except (OSError, UnicodeError) as exc:
+        except (OSError, UnicodeError) as exc:  # the CSV's folder deleted, say
             raise ExportError(f"{csv_path}: could not write the CSV: {exc}") from exc
         if exported:
             helper.release()
@@ -103,5 +105,6 @@ def catch_up(
     the CSV."""
     try:
         flush_csv(store, settings, csv_path, None, formula_guard=formula_guard, timeout=timeout)
-    except CsvJournalError as exc:  # FlushTimeoutError, ExportError, CsvChangedError
+    # FlushTimeoutError, ExportError, CsvChangedError; the journal's disk, full or gone
+    except (CsvJournalError, SQLAlchemyError, sqlite3.Error) as exc:
         log.warning("csv_behind_at_close", path=str(csv_path), error=str(exc))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -179,3 +180,17 @@ def test_a_stored_value_the_encoding_cannot_write_fails_exports_not_the_exporter
         journal.record("a", NOTE="café")  # the bad value replaced: exports resume
         journal.flush(timeout=30)
         assert _rows(csv_path)["a"]["NOTE"] == "café"
+
+
+def test_closing_a_journal_whose_folder_was_deleted_logs_and_does_not_raise(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "job"
+    folder.mkdir()
+    journal = csvjournal.open(folder / "orders.csv", key="ID")
+    journal.record("a", "COMPLETED")
+    journal.flush(timeout=30)
+    shutil.rmtree(folder)  # the job's folder cleaned up under a running program
+    with capture_logs() as logs:
+        journal.close()  # at exit too: close never raises for a CSV it cannot write
+    assert any(entry["event"] == "csv_behind_at_close" for entry in logs), logs
