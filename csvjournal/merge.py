@@ -204,7 +204,8 @@ def _merge_row(
     changed = {n: read(v) for n, v in fields.items() if shown(known.get(n, "")) != v}
     stale = {name for name in changed if name in newer}
     known_status = known[settings.status_column]
-    if status is None and known_status not in ("", PENDING):
+    blanked = status is None and settings.status_column in row  # not a deleted column
+    if blanked and known_status not in ("", PENDING):
         status = PENDING  # a status blanked by hand: pending, as an empty status counts
     if status is not None and status != known_status and settings.status_column in newer:
         stale.add(settings.status_column)

@@ -170,3 +170,14 @@ def test_a_column_added_by_hand_stays_and_a_blanked_status_is_pending(csv_path: 
     lines = csv_path.read_text().splitlines()
     assert lines[0] == "PO,NAME,STATUS,LAST_PROCESSED,REVIEWER"
     assert lines[1].startswith("1,a,PENDING,")
+
+
+def test_a_status_column_deleted_by_hand_changes_no_status(csv_path: Path) -> None:
+    _sheet(csv_path, "PO,NAME,STATUS,LAST_PROCESSED\n1,a,FAILED,\n2,b,PENDING,\n")
+    csvjournal.open(csv_path, key="PO").close()
+    _sheet(csv_path, "PO,NAME,LAST_PROCESSED\n1,A,\n2,b,\n")
+    report = csvjournal.merge_csv(csv_path)
+    assert report.updated == ["1"]
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.get("1")["STATUS"] == "FAILED"  # type: ignore[index]
+        assert journal.get("1")["NAME"] == "A"  # type: ignore[index]
