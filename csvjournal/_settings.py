@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass, replace
 
 import structlog
@@ -46,6 +47,17 @@ class Settings:
 
 
 def _load(conn: Connection) -> Settings | None:
+    try:
+        return _decode(conn)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        # SQLite read the pages, but what they hold is no journal's settings any more:
+        # damage, as SQLite reports it (the handle then names the backup to restore)
+        damaged = sqlite3.DatabaseError(f"database disk image is malformed (settings: {exc})")
+        damaged.sqlite_errorcode = 11  # SQLITE_CORRUPT
+        raise damaged from exc
+
+
+def _decode(conn: Connection) -> Settings | None:
     stored = {
         name: json.loads(value)
         for name, value in conn.execute(select(t.settings.c.name, t.settings.c.value))

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy import text
 
 from csvjournal import _reads
+from csvjournal._atomicfile import fingerprint
 from csvjournal._handedits import blocked_by
 from csvjournal._oslock import ExporterLock, lock_path
+from csvjournal._settings import read_value
 from csvjournal._values import parse_timestamp
 
 if TYPE_CHECKING:
@@ -35,8 +37,9 @@ class Progress:
     ``csv_exists`` tells whether the CSV is on disk at all (a deleted one is written anew
     by the next exporting open), ``csv_current`` whether it shows every commit (never when
     it is missing), ``csv_age_seconds`` how long ago it was last written, and
-    ``csv_edited_by_hand`` whether a hand edit made while the exporter ran stopped its
-    exports (until ``csvjournal import --merge`` or the file's deletion).
+    ``csv_edited_by_hand`` whether the CSV was edited by hand: an edit made while the
+    exporter ran stopped its exports, or, with no exporter running, the file on disk is
+    none csvjournal wrote (until ``csvjournal import --merge`` or the file's deletion).
     """
 
     rows: int
@@ -90,6 +93,10 @@ def progress(journal: Journal) -> Progress:
         found = conn.execute(text(_RECENT), {"first": max(0, last - _RATE_EVENTS)})
         recent = [(str(at), str(status)) for at, status in found]
         edited = blocked_by(conn, journal.csv_path) is not None
+        known = {read_value(conn, "csv_digest"), read_value(conn, "csv_pending")} - {None}
+    alive = exporter_alive(journal.csv_path)
+    if not edited and not alive:  # no exporter to notice an edit: look at the file
+        edited = _unknown_file(journal.csv_path, known)
     rows = sum(counts.values())
     done = sum(n for status, n in counts.items() if status in terminal)
     rate = _rate(recent, terminal, now)
@@ -112,11 +119,26 @@ def progress(journal: Journal) -> Progress:
         exported_seq=exported,
         csv_exists=age is not None,
         # the journal's note of the last export says nothing of a file deleted since
-        csv_current=age is not None and exported is not None and exported >= last,
+        csv_current=age is not None and exported is not None and exported >= last and not edited,
         csv_age_seconds=None if age is None else round(age, 3),
         csv_edited_by_hand=edited,
-        exporter_alive=exporter_alive(journal.csv_path),
+        exporter_alive=alive,
     )
+
+
+def _unknown_file(csv_path: Path, known: set[object]) -> bool:
+    """Whether the CSV on disk is none of the files the journal knows (a hand edit): its
+    size tells most edits apart without reading it."""
+    sizes = {str(digest).split(":", 1)[0] for digest in known}
+    try:
+        size = csv_path.stat().st_size
+        if not known or str(size) not in sizes:
+            return bool(known)
+        with csv_path.open("rb") as file:
+            found = fingerprint(iter(lambda: file.read(1 << 20), b""))
+    except FileNotFoundError:
+        return False
+    return found not in known
 
 
 def _rate(recent: list[tuple[str, str]], terminal: frozenset[str], now: float) -> float | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from _cli import _json_lines, assert_error, finish, invoke, ok, start, state_of
+from click.testing import Result
 
 import csvjournal
 from csvjournal.cli import cli
@@ -90,13 +91,18 @@ def test_usage_errors_are_one_line_too(tmp_path: Path, args: list[str], fragment
     assert state_of(tmp_path) == before
 
 
-def test_debug_shows_the_exception_instead_of_one_line(tmp_path: Path) -> None:
+def _traceback_then_the_line(result: Result) -> None:
+    assert result.exit_code == 2, result.stderr
+    assert "Traceback" in result.stderr
+    assert "csvjournal.errors.SettingsError" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("csvjournal: error: ")
+
+
+def test_debug_shows_the_traceback_before_the_line(tmp_path: Path) -> None:
     csv = tmp_path / "x.csv"
     Path(f"{csv}.journal").write_bytes(b"not a database " * 100)
     assert_error(invoke("status", csv), "not a csvjournal journal")
-    result = invoke("--debug", "status", csv)
-    assert isinstance(result.exception, csvjournal.SettingsError)
-    assert "csvjournal: error:" not in result.stderr
+    _traceback_then_the_line(invoke("--debug", "status", csv))
 
 
 # -- bad input for every command -----------------------------------------------------------
@@ -230,9 +236,7 @@ def test_log_json_is_taken_before_or_after_the_command(tmp_path: Path, after: bo
 def test_debug_is_taken_after_the_command_too(tmp_path: Path) -> None:
     csv = tmp_path / "x.csv"
     Path(f"{csv}.journal").write_bytes(b"not a database " * 100)
-    result = invoke("status", csv, "--debug")
-    assert isinstance(result.exception, csvjournal.SettingsError)
-    assert "csvjournal: error:" not in result.stderr
+    _traceback_then_the_line(invoke("status", csv, "--debug"))
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -172,3 +172,18 @@ def test_status_watch_into_a_pipe_writes_a_snapshot_each_refresh(tmp_path: Path)
     finally:
         child.terminate()
         child.wait(SUBPROCESS_TIMEOUT)
+
+
+@pytest.mark.parametrize("edit", ["longer", "same size"])
+def test_status_says_edited_by_hand_with_no_exporter_running(tmp_path: Path, edit: str) -> None:
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("ID,NOTE\n1,a\n2,b\n")
+    ok(invoke("init", csv, "--key", "ID"))
+    text = csv.read_text()
+    csv.write_text(text.replace("1,a", "1,ab" if edit == "longer" else "1,A"))
+    data = json.loads(ok(invoke("status", csv, "--json")))
+    assert (data["csv_edited_by_hand"], data["csv_current"]) == (True, False)
+    assert "edited by hand" in ok(invoke("status", csv))
+    csv.write_text(text)  # the edit undone: the file csvjournal wrote again
+    data = json.loads(ok(invoke("status", csv, "--json")))
+    assert (data["csv_edited_by_hand"], data["csv_current"]) == (False, True)

@@ -208,3 +208,19 @@ def test_a_truncated_journal_is_refused_as_damaged_naming_a_backup(
     with pytest.raises(csvjournal.JournalCorruptError) as caught:
         csvjournal.open(csv_path, export=export)
     assert f"csvjournal restore {csv_path} {good}" in str(caught.value)
+
+
+def test_settings_sqlite_reads_but_no_journal_wrote_are_damage_naming_a_backup(
+    tmp_path: Path,
+) -> None:
+    csv_path = tmp_path / "orders.csv"
+    _make_journal(csv_path, 50, keep_backups=3)
+    with csvjournal.open(csv_path, keep_backups=3) as journal:
+        good = journal.backup()
+    with closing(sqlite3.connect(Path(f"{csv_path}.journal"))) as conn:
+        conn.execute("UPDATE settings SET value = '{not json' WHERE name = 'terminal'")
+        conn.commit()
+    for export in (False, True):
+        with pytest.raises(csvjournal.JournalCorruptError) as caught:
+            csvjournal.open(csv_path, export=export)
+        assert f"csvjournal restore {csv_path} {good}" in str(caught.value)

@@ -2,7 +2,7 @@
 a journal, printing data.
 
 This package is the only place that configures logging and prints. Errors are one line on
-stderr and exit status 2 (``--debug`` shows the traceback instead).
+stderr and exit status 2 (``--debug`` shows the traceback before it).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import math
 import os
 import sqlite3
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -141,8 +142,8 @@ class _Group(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return None
         except (CsvJournalError, OSError, sqlite3.Error, DBAPIError) as exc:
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
+            if ctx.obj and ctx.obj.get("debug"):  # the traceback first, then the same line
+                traceback.print_exception(exc, file=sys.stderr)
             if isinstance(exc, DBAPIError):  # SQLAlchemy's wrapping: SQLite's own words
                 exc = exc.orig if isinstance(exc.orig, sqlite3.Error) else exc
             message = " ".join(str(exc).split()) or type(exc).__name__
