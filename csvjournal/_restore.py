@@ -26,7 +26,7 @@ from csvjournal.backup import (
     prune_backups,
     take_backup,
 )
-from csvjournal.errors import BackupNotFoundError, JournalBusyError
+from csvjournal.errors import BackupNotFoundError, JournalBusyError, SettingsError
 from csvjournal.journal import Journal
 
 __all__ = ["restore"]
@@ -140,6 +140,35 @@ def _check_schema(source: Path) -> None:
     check_revision(None if found is None else str(found[0]), tables, source)
 
 
+def _key_column(journal: Path) -> object:
+    """The key column stored in ``journal``; ``None`` when it cannot be read (damaged)."""
+    try:
+        uri = f"{journal.resolve().as_uri()}?mode=ro"
+        with closing(sqlite3.connect(uri, uri=True)) as conn:
+            found = conn.execute("SELECT value FROM settings WHERE name = 'key_column'")
+            row = found.fetchone()
+    except sqlite3.Error:
+        return None
+    return None if row is None else json.loads(row[0])
+
+
+def _check_same_job(source: Path, journal: Path) -> None:
+    """Refuse a backup of another job's journal (another key column): restored, it would
+    replace every row of this one.
+
+    Raises:
+        SettingsError: the key columns differ.
+    """
+    if not journal.exists():
+        return
+    theirs, ours = _key_column(source), _key_column(journal)
+    if None not in (theirs, ours) and theirs != ours:
+        raise SettingsError(
+            f"{source}: a backup of another job (key column {theirs!r}, this journal's is"
+            f" {ours!r}); nothing changed"
+        )
+
+
 @contextmanager
 def _writers_held_off(journal: Path) -> Iterator[None]:
     """Hold SQLite's write lock on the journal about to be replaced, from before its safety
@@ -189,6 +218,7 @@ def restore(
 
     Raises:
         BackupNotFoundError: ``backup`` is not a backup folder of this journal.
+        SettingsError: ``backup`` is of another job (another key column; nothing changed).
         JournalCorruptError: the backup fails SQLite's integrity check (nothing changed).
         JournalBusyError: another process exports or has the journal open (nothing changed).
         JournalIOError: a file could not be read or written (the disk is full, say).
@@ -206,6 +236,7 @@ def _restore(
         raise BackupNotFoundError(f"{backup}: that is the journal's own folder, not a backup")
     source = check_backup(backup, journal.name)
     _check_schema(source)
+    _check_same_job(source, journal)
     if _open_here(journal):  # before touching the -shm: closing it drops SQLite's locks
         raise JournalBusyError(f"{journal}: this process has the journal open; close it first")
     lock_path(csv).parent.mkdir(exist_ok=True)

@@ -410,3 +410,19 @@ def test_a_record_made_while_a_restore_replaces_the_journal_is_never_lost_silent
         with closing(sqlite3.connect(safety / JOURNAL)) as conn:
             raced = conn.execute("SELECT count(*) FROM events WHERE status = 'RACED'")
             assert raced.fetchone() == (1,)
+
+
+def test_restore_refuses_a_backup_of_another_job(csv_path: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other" / "orders.csv"
+    other.parent.mkdir()
+    with csvjournal.open(other, key="PO") as journal:
+        journal.record("PO-1", "COMPLETED")
+        theirs = journal.backup()
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+    before = _folder_listing(csv_path)
+    journal_bytes = Path(f"{csv_path}.journal").read_bytes()
+    with pytest.raises(csvjournal.SettingsError, match="another job"):
+        csvjournal.restore(csv_path, theirs)
+    assert _folder_listing(csv_path) == before
+    assert Path(f"{csv_path}.journal").read_bytes() == journal_bytes
