@@ -132,6 +132,8 @@ class Commits:
         store = self._store
         with self._write_lock:
             conn = store.writer()
+            if conn.in_transaction:  # left open by an exception an application's signal
+                conn.execute("ROLLBACK")  # handler raised mid-commit: nothing of it holds
             queued = store.begin_writer(conn)
             mark = writer.begin()
             try:

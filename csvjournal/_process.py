@@ -79,8 +79,8 @@ def wait(
         while time.monotonic() < drain and _read(selector, child, tail, drain - time.monotonic()):
             pass
     code = child.returncode
-    if stopped.is_set() and code < 0:
-        return Outcome(None, "")  # we killed it: the row is given back
+    if stopped.is_set():  # we stopped it (it may exit 143 on SIGTERM): the row goes back
+        return Outcome(None, "")
     return Outcome(code, _message(code, bytes(tail)) if code else "")
 
 
@@ -128,16 +128,21 @@ def _message(code: int, err: bytes) -> str:
 
 
 def kill_group(child: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the command's process group, SIGKILL it if it is still there shortly after."""
-    for sig, wait_seconds in ((signal.SIGTERM, _TERM_SECONDS), (signal.SIGKILL, None)):
+    """SIGTERM the command's process group; SIGKILL what is left of it (the command, or a
+    process it started that ignores SIGTERM) shortly after."""
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + _TERM_SECONDS
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(_TERM_SECONDS)
+    while time.monotonic() < deadline:  # the rest of the group gets the same time
         try:
-            os.killpg(child.pid, sig)
+            os.killpg(child.pid, 0)
         except ProcessLookupError:
             return
-        if wait_seconds is None:
-            return
-        try:
-            child.wait(wait_seconds)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        time.sleep(_POLL_SECONDS)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from csvjournal._open import open as open_journal
 from csvjournal._settings import Settings, forget_values, write_value
 from csvjournal._writer import PENDING
 from csvjournal.csvio import ParsedCsv, guard_formula, read_csv, unguard_formula
+from csvjournal.errors import CsvFormatError
 from csvjournal.journal import Journal
 
 __all__ = ["MergeReport", "merge_csv"]
@@ -84,7 +86,7 @@ def merge_csv(
         check_keys(path, parsed, journal.settings.key_column)
         journal._local.worker = MERGE_WORKER  # this handle is the merge's own
         with journal.batch():
-            _merge_rows(journal, parsed, report)
+            _merge_rows(journal, path, parsed, report)
         with journal._store.write() as conn:  # the edited file is now known, not foreign
             # the digest of the bytes parsed (a second read could see a later edit)
             write_value(conn, "csv_digest", parsed.digest)
@@ -105,10 +107,13 @@ def merge_csv(
     return report
 
 
-def _merge_rows(journal: Journal, parsed: ParsedCsv, report: MergeReport) -> None:
-    """Merge every row of ``parsed`` (inside the merge's batch)."""
+def _merge_rows(journal: Journal, path: Path, parsed: ParsedCsv, report: MergeReport) -> None:
+    """Merge every row of ``parsed`` (inside the merge's batch).
+
+    Raises:
+        CsvFormatError: two rows have one key once the formula guard's ``'`` is off.
+    """
     settings = journal.settings
-    shown = guard_formula if settings.formula_guard else str
     with journal._reading() as conn:  # inside the batch: under the write lock
         columns = _reads.column_names(conn)
         rows = [dict(zip(columns, cells, strict=True)) for cells in _reads.all_cells(conn, columns)]
@@ -117,24 +122,31 @@ def _merge_rows(journal: Journal, parsed: ParsedCsv, report: MergeReport) -> Non
     if report.added_columns:
         new = list(report.added_columns)
         journal._write(Action(lambda conn, writer: [writer.columns.cell(conn, n) for n in new]))
-    current = {shown(row[settings.key_column]): row for row in rows}
+    read = unguard_formula if settings.formula_guard else str
+    current = {row[settings.key_column]: row for row in rows}
     stamp = settings.timestamp_column
-    seen: set[str] = set()
-    for values in parsed.rows:
+    seen: dict[str, int] = {}  # key -> its line
+    for values, line in zip(parsed.rows, parsed.lines, strict=True):
         row = dict(zip(parsed.header, values, strict=True))
-        key = row[settings.key_column]
-        seen.add(key)
+        key = read(row[settings.key_column])  # typed with the guard's ' or without
+        if key in seen:
+            raise CsvFormatError(
+                f"{path}: line {line}, column {settings.key_column!r}: key {key!r} again"
+                f" (line {seen[key]}), once the formula guard's ' is taken off"
+            )
+        seen[key] = line
         known = current.get(key)
-        if known is None or stamp not in row:
-            newer = since_export.get(known[settings.key_column], set()) if known else set()
-        elif row[stamp] == known[stamp]:
+        shown_at = row.get(stamp)
+        if known is None or shown_at is None or not _STAMP.fullmatch(shown_at):
+            # no version to go by (a re-saved "30.11.2026 06:35"): the last export's
+            newer = since_export.get(key, set()) if known else set()
+        elif shown_at == known[stamp]:
             newer = set()  # the file shows the row's newest version
         else:
             with journal._reading() as conn:
-                newer = _changed_after(conn, known[settings.key_column], row[stamp], settings)
+                newer = _changed_after(conn, key, shown_at, settings)
         _merge_row(journal, row, known, newer, report)
-    key_column = settings.key_column
-    report.missing.extend(row[key_column] for key, row in current.items() if key not in seen)
+    report.missing.extend(key for key in current if key not in seen)
 
 
 def _changed_since(conn: Connection, base: int | None, status_column: str) -> dict[str, set[str]]:
@@ -157,6 +169,8 @@ SELECT e.key, e.status, e.fields, p.status FROM events AS e LEFT JOIN events AS 
 WHERE e.seq > ? AND e.worker != ? ORDER BY e.seq
 """
 _LAST = "SELECT last FROM rows WHERE key = ?"
+# A timestamp as record() writes it (an empty cell: never recorded when exported).
+_STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)?")
 _EVENT = "SELECT status, fields, at, prev, worker FROM events WHERE seq = ?"
 
 
@@ -201,7 +215,11 @@ def _merge_row(
         journal.record(key, status, fields={k: read(v) for k, v in fields.items() if v})
         report.added.append(key)
         return
-    changed = {n: read(v) for n, v in fields.items() if shown(known.get(n, "")) != v}
+    changed = {  # a value typed with the guard's ' or without it is the same value
+        n: read(v)
+        for n, v in fields.items()
+        if v != shown(known.get(n, "")) and read(v) != known.get(n, "")
+    }
     stale = {name for name in changed if name in newer}
     known_status = known[settings.status_column]
     blanked = status is None and settings.status_column in row  # not a deleted column

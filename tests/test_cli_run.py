@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv as csvmod
 import json
 import os
@@ -513,3 +514,51 @@ def test_an_error_line_longer_than_a_spreadsheet_cell_is_cut_to_fit(tmp_path: Pa
     assert result.exit_code == 1, result.stderr
     (row,) = read_rows(csv)
     assert row["ERROR_MESSAGE"] == "x" * (EXCEL_MAX_CELL - 1) + "…"
+
+
+@pytest.mark.slow
+def test_a_timeout_kills_what_the_command_left_that_ignores_sigterm(tmp_path: Path) -> None:
+    csv = tmp_path / "t.csv"
+    csv.write_text("ID\n1\n")
+    ok(invoke("init", csv, "--key", "ID"))
+    pid_file = tmp_path / "stubborn.pid"
+    command = f'(trap "" TERM; exec sleep 600) & echo $! > "{pid_file}"; sleep 600'
+    result = invoke("run", csv, "--max-attempts", "1", "--timeout", "1", "--", "sh", "-c", command)
+    stubborn = int(pid_file.read_text())
+    try:
+        assert result.exit_code == 1, result.stderr
+        assert statuses(csv) == {"1": "FAILED"}
+        wait_for(lambda: process_gone(stubborn), timeout=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stubborn, signal.SIGKILL)
+
+
+STOPS_ON_TERM = """\
+import signal, sys, time
+from pathlib import Path
+
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a tidy exit, not death by signal
+Path(sys.argv[1]).touch()
+time.sleep(60)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_gives_back_the_row_of_a_command_that_exits_on_sigterm(tmp_path: Path) -> None:
+    csv = tmp_path / "t.csv"
+    csv.write_text("ID\n1\n")
+    ok(invoke("init", csv, "--key", "ID"))
+    started = tmp_path / "started"
+    command = python_script(tmp_path / "stops.py", STOPS_ON_TERM)
+    argv = [str(CONSOLE_SCRIPT), "run", str(csv), "--max-attempts", "1", "--grace", "0.5"]
+    proc = subprocess.Popen([*argv, "--", *command, str(started)], stderr=subprocess.PIPE)
+    try:
+        wait_for(started.exists)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=SUBPROCESS_TIMEOUT)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130
+    assert statuses(csv) == {"1": "PENDING"}  # given back, its one attempt not spent

@@ -86,3 +86,58 @@ def test_ctrl_c_while_recording_leaves_the_handle_whole_and_other_threads_alone(
     assert outcome["other_errors"] == []  # the other threads never see the interrupt
     rows = {line.split(",")[0] for line in csv_path.read_text().splitlines()[1:]}
     assert set(outcome["done"]) <= rows  # every record that returned is in the CSV
+
+
+# An application's own SIGINT handler that raises is not held off: its exception may land
+# mid-commit. The handle rolls the half-begun transaction back at its next commit.
+OWN_HANDLER = """\
+import os, signal, sys, threading, time
+import structlog
+import csvjournal
+
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
+class Stop(Exception):
+    pass
+
+def stop(signum, frame):
+    raise Stop
+
+signal.signal(signal.SIGINT, stop)
+journal = csvjournal.open(sys.argv[1], key="K", busy_timeout=3)
+
+def pester():
+    time.sleep(0.3)  # the main thread is recording by then
+    for _ in range(300):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.005)
+
+threading.Thread(target=pester, daemon=True).start()
+stops, end, n = 0, time.monotonic() + 2.0, 0
+while time.monotonic() < end:
+    try:
+        journal.record(f"K{n % 50}", "DONE")
+        n += 1
+    except Stop:
+        stops += 1
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+journal.record("after", "DONE")
+journal.close()
+print("ok", stops)
+"""
+
+
+def test_an_applications_own_raising_handler_never_leaves_the_handle_stuck(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "own.py"
+    script.write_text(OWN_HANDLER)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "own.csv")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("ok "), done.stdout

@@ -181,3 +181,38 @@ def test_a_status_column_deleted_by_hand_changes_no_status(csv_path: Path) -> No
     with csvjournal.open(csv_path, export=False) as journal:
         assert journal.get("1")["STATUS"] == "FAILED"  # type: ignore[index]
         assert journal.get("1")["NAME"] == "A"  # type: ignore[index]
+
+
+def test_with_the_formula_guard_a_key_typed_without_its_quote_is_the_same_row(
+    csv_path: Path,
+) -> None:
+    _sheet(csv_path, "ID,STATUS,X\nK1,,a\n=K2,,b\n")
+    with csvjournal.open(csv_path, key="ID", formula_guard=True) as journal:
+        journal.record("=K2", "COMPLETED", X="=b1")
+    text = csv_path.read_text()
+    assert "'=K2,COMPLETED," in text
+    _sheet(csv_path, text.replace("'=K2,COMPLETED,'=b1", "=K2,FAILED,=b1"))
+    report = csvjournal.merge_csv(csv_path)
+    assert (report.added, report.updated, report.terminal_kept) == ([], [], ["=K2"])
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.get("=K2")["STATUS"] == "COMPLETED"  # type: ignore[index]
+    with csv_path.open("a", encoding="utf-8") as sheet:
+        sheet.write("'=N1,,,\n=N1,,,\n")  # one key, typed both ways
+    with pytest.raises(csvjournal.CsvFormatError, match="key '=N1' again"):
+        csvjournal.merge_csv(csv_path)
+
+
+def test_a_timestamp_cell_that_is_no_timestamp_keeps_the_newer_records(csv_path: Path) -> None:
+    _sheet(csv_path, "ID,STATUS,X,Y\nK1,,a,y\n")
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("K1", "FAILED", X="a1")
+    with csvjournal.open(csv_path, export=False) as worker:  # not exported yet
+        worker.record("K1", "IN_PROGRESS", Y="worker-result")
+    # re-saved by a spreadsheet in another locale: the cell no longer says which version
+    _sheet(csv_path, "ID,STATUS,X,Y,LAST_PROCESSED\nK1,FAILED,a-user,y,30.11.2026 06:35\n")
+    report = csvjournal.merge_csv(csv_path)
+    assert report.newer_kept == ["K1"]
+    with csvjournal.open(csv_path, export=False) as journal:
+        row = journal.get("K1")
+    assert row is not None
+    assert (row["STATUS"], row["Y"], row["X"]) == ("IN_PROGRESS", "worker-result", "a-user")
