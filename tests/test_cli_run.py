@@ -516,11 +516,17 @@ def test_an_error_line_longer_than_a_spreadsheet_cell_is_cut_to_fit(tmp_path: Pa
     assert row["ERROR_MESSAGE"] == "x" * (EXCEL_MAX_CELL - 1) + "…"
 
 
-@pytest.mark.slow
-def test_a_timeout_kills_what_the_command_left_that_ignores_sigterm(tmp_path: Path) -> None:
+def _one_row(tmp_path: Path) -> Path:
+    """t.csv, one row keyed by ID, with its journal."""
     csv = tmp_path / "t.csv"
     csv.write_text("ID\n1\n")
     ok(invoke("init", csv, "--key", "ID"))
+    return csv
+
+
+@pytest.mark.slow
+def test_a_timeout_kills_what_the_command_left_that_ignores_sigterm(tmp_path: Path) -> None:
+    csv = _one_row(tmp_path)
     pid_file = tmp_path / "stubborn.pid"
     command = f'(trap "" TERM; exec sleep 600) & echo $! > "{pid_file}"; sleep 600'
     result = invoke("run", csv, "--max-attempts", "1", "--timeout", "1", "--", "sh", "-c", command)
@@ -546,9 +552,7 @@ time.sleep(60)
 
 @pytest.mark.slow
 def test_ctrl_c_gives_back_the_row_of_a_command_that_exits_on_sigterm(tmp_path: Path) -> None:
-    csv = tmp_path / "t.csv"
-    csv.write_text("ID\n1\n")
-    ok(invoke("init", csv, "--key", "ID"))
+    csv = _one_row(tmp_path)
     started = tmp_path / "started"
     command = python_script(tmp_path / "stops.py", STOPS_ON_TERM)
     argv = [str(CONSOLE_SCRIPT), "run", str(csv), "--max-attempts", "1", "--grace", "0.5"]
