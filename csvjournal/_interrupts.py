@@ -11,8 +11,9 @@ block ends, once the commit is done and every lock released. The wait for a turn
 commit long (or, when other processes keep the journal busy, up to the busy timeout); a
 Ctrl-C pressed again half a second or more after the first is raised at once.
 
-Only the default handler is held off: a handler the application installed runs as usual
-(the C-level ``_signal`` calls cost half a microsecond, against six for ``signal``'s).
+The handler held off may be the default one or one the application installed (raising
+``SystemExit`` from it would do the same damage); it runs once the commit is over. The
+C-level ``_signal`` calls cost half a microsecond, against six for ``signal``'s.
 """
 
 from __future__ import annotations
@@ -31,26 +32,30 @@ _IMPATIENT_SECONDS = 0.5
 
 
 class HeldInterrupts:
-    """A ``with`` block in which Ctrl-C waits (in the main thread, under the default
-    handler); ``KeyboardInterrupt`` is raised when the block ends. One instance per block."""
+    """A ``with`` block in which a SIGINT waits (in the main thread, whatever Python handler
+    is installed: the default one, which raises ``KeyboardInterrupt``, or the
+    application's); the handler runs when the block ends. One instance per block."""
 
-    __slots__ = ("_held", "_noted")
+    __slots__ = ("_noted", "_previous")
 
     def __init__(self) -> None:
-        self._held = False
-        self._noted: float | None = None  # when the first Ctrl-C came
+        self._previous: object = None  # the handler held off, while it is
+        self._noted: float | None = None  # when the first SIGINT came
 
     def __enter__(self) -> None:
-        main = threading.get_ident() == threading.main_thread().ident
-        if main and _signal.getsignal(_SIGINT) is _signal.default_int_handler:
+        if threading.get_ident() != threading.main_thread().ident:
+            return
+        previous = _signal.getsignal(_SIGINT)
+        if callable(previous):  # not SIG_IGN or SIG_DFL: Python code would run mid-commit
             _signal.signal(_SIGINT, self._note)
-            self._held = True
+            self._previous = previous
 
-    def _note(self, _signum: int, _frame: FrameType | None) -> None:
+    def _note(self, signum: int, frame: FrameType | None) -> None:
         now = time.monotonic()
         if self._noted is not None and now - self._noted >= _IMPATIENT_SECONDS:
-            raise KeyboardInterrupt  # Ctrl-C again, a while later: whatever it leaves behind
-        if self._noted is None:
+            self._noted = None  # run once, now: again, a while later
+            self._previous(signum, frame)  # type: ignore[operator]
+        elif self._noted is None:
             self._noted = now
 
     def __exit__(
@@ -59,9 +64,9 @@ class HeldInterrupts:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self._held:
+        previous, self._previous = self._previous, None
+        if previous is None:
             return
-        _signal.signal(_SIGINT, _signal.default_int_handler)
-        self._held = False
+        _signal.signal(_SIGINT, previous)
         if self._noted is not None:
-            raise KeyboardInterrupt
+            previous(_SIGINT, None)  # type: ignore[operator]  # its turn, the commit done
