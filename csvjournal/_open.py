@@ -66,33 +66,17 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
         CsvChangedError: the CSV was edited by hand since the last export.
         JournalCorruptError: the journal fails SQLite's integrity check.
     """
-    if keep_backups < 0:
-        raise SettingsError(f"keep_backups must be 0 or more, not {keep_backups}")
-    if not busy_timeout >= 0 or math.isinf(busy_timeout):  # NaN fails the first test
-        raise SettingsError(f"busy_timeout must be a number of seconds, not {busy_timeout}")
-    if encoding is not None:
-        try:
-            codecs.lookup(encoding)
-        except LookupError:
-            raise SettingsError(f"unknown encoding {encoding!r}") from None
     csv = Path(csv_path)
-    if csv.is_dir():
-        raise SettingsError(f"{csv}: a folder, not a CSV file")
-    folder = Path(f"{csv}.backups")
-    if folder.exists() and not folder.is_dir():
-        raise SettingsError(
-            f"{folder}: must be a folder (the journal's backups and lock files live there)"
-        )
     path = Path(journal_path) if journal_path is not None else Path(f"{csv}.journal")
-    if url is not None:
-        raise SettingsError("url= (a journal in a database server) is not supported yet")
-    if key is None and not path.exists():
-        raise SettingsError(f"{path}: no journal here yet, and key= is required to create one")
-    if key is None and unfinished(path):
-        raise SettingsError(
-            f"{path}: the journal's creation never finished (interrupted); create it again"
-            " with key= (csvjournal init CSV --key COLUMN), which imports the CSV anew"
-        )
+    _check(
+        csv,
+        path,
+        key=key,
+        url=url,
+        encoding=encoding,
+        busy_timeout=busy_timeout,
+        keep_backups=keep_backups,
+    )
     options = Options(
         csv_path=csv,
         journal_path=path,
@@ -109,3 +93,45 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
         keep_backups=keep_backups,
     )
     return Journal(options)
+
+
+def _check(
+    csv: Path,
+    path: Path,
+    *,
+    key: str | None,
+    url: str | None,
+    encoding: str | None,
+    busy_timeout: float,
+    keep_backups: int,
+) -> None:
+    """Refuse arguments that cannot make a journal (see :func:`open`).
+
+    Raises:
+        SettingsError: which one, and why.
+    """
+    if keep_backups < 0:
+        raise SettingsError(f"keep_backups must be 0 or more, not {keep_backups}")
+    if not busy_timeout >= 0 or math.isinf(busy_timeout):  # NaN fails the first test
+        raise SettingsError(f"busy_timeout must be a number of seconds, not {busy_timeout}")
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise SettingsError(f"unknown encoding {encoding!r}") from None
+    if csv.is_dir():
+        raise SettingsError(f"{csv}: a folder, not a CSV file")
+    folder = Path(f"{csv}.backups")
+    if folder.exists() and not folder.is_dir():
+        raise SettingsError(
+            f"{folder}: must be a folder (the journal's backups and lock files live there)"
+        )
+    if url is not None:
+        raise SettingsError("url= (a journal in a database server) is not supported yet")
+    if key is None and not path.exists():
+        raise SettingsError(f"{path}: no journal here yet, and key= is required to create one")
+    if key is None and unfinished(path):
+        raise SettingsError(
+            f"{path}: the journal's creation never finished (interrupted); create it again"
+            " with key= (csvjournal init CSV --key COLUMN), which imports the CSV anew"
+        )
