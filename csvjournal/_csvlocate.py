@@ -63,12 +63,14 @@ def locate_field(
     return _position(text, index)
 
 
-def locate_open_quote(text: str, line: int, delimiter: str, quotechar: str) -> tuple[int, int]:
-    """(line, column) of the quote left open in the record starting on ``line``, or of the
-    record's start when no quote is open. A doubled quote inside a quoted field is data."""
+def _scan(text: str, line: int, delimiter: str, quotechar: str) -> tuple[int, int, int]:
+    """Read the record starting on ``line`` as the csv module does: its start, where a quote
+    left open begins (-1: none), and the first character after a closing quote that is
+    neither the delimiter nor the line's end (-1: none). A doubled quote inside a quoted
+    field is data."""
     start = _line_start(text, line)
     index = start
-    opened = -1  # where the quoted field being read began, or -1
+    opened = stray = -1
     field_start = True
     while index < len(text):
         char = text[index]
@@ -78,12 +80,22 @@ def locate_open_quote(text: str, line: int, delimiter: str, quotechar: str) -> t
                     index += 1  # an escaped quote
                 else:
                     opened = -1
+                    after = text[index + 1 : index + 2]
+                    if stray < 0 and after not in ("", delimiter, "\r", "\n"):
+                        stray = index + 1
         elif char == quotechar and field_start:
             opened = index
         elif char in "\r\n":
             break
         field_start = opened < 0 and char == delimiter
         index += 1
+    return start, opened, stray
+
+
+def locate_open_quote(text: str, line: int, delimiter: str, quotechar: str) -> tuple[int, int]:
+    """(line, column) of the quote left open in the record starting on ``line``, or of the
+    record's start when no quote is open."""
+    start, opened, _ = _scan(text, line, delimiter, quotechar)
     return _position(text, opened if opened >= 0 else start)
 
 
@@ -93,24 +105,5 @@ def locate_after_quote(
     """(line, column) of the first character that follows a closing quote in the record
     starting on ``line`` without being the delimiter or the line's end (``"c"d``), or
     ``None``."""
-    index = _line_start(text, line)
-    quoted = False
-    field_start = True
-    while index < len(text):
-        char = text[index]
-        if quoted:
-            if char == quotechar:
-                if text.startswith(quotechar, index + 1):
-                    index += 1  # an escaped quote
-                else:
-                    quoted = False
-                    after = text[index + 1 : index + 2]
-                    if after not in ("", delimiter, "\r", "\n"):
-                        return _position(text, index + 1)
-        elif char == quotechar and field_start:
-            quoted = True
-        elif char in "\r\n":
-            return None
-        field_start = not quoted and char == delimiter
-        index += 1
-    return None
+    stray = _scan(text, line, delimiter, quotechar)[2]
+    return None if stray < 0 else _position(text, stray)

@@ -169,14 +169,19 @@ def test_damage_quick_check_misses_is_refused_and_the_sound_backup_named(tmp_pat
         assert len(journal) == 50
 
 
+def _journal_with_a_backup(tmp_path: Path, rows: int) -> tuple[Path, Path]:
+    """orders.csv with a journal of ``rows`` rows and a sound backup of it (returned)."""
+    csv_path = tmp_path / "orders.csv"
+    _make_journal(csv_path, rows, keep_backups=3)
+    with csvjournal.open(csv_path, keep_backups=3) as journal:
+        return csv_path, journal.backup()
+
+
 def test_a_journal_sqlite_cannot_read_at_open_is_refused_naming_a_backup(
     tmp_path: Path,
 ) -> None:
-    csv_path = tmp_path / "orders.csv"
+    csv_path, good = _journal_with_a_backup(tmp_path, 50)
     journal_path = Path(f"{csv_path}.journal")
-    _make_journal(csv_path, 50, keep_backups=3)
-    with csvjournal.open(csv_path, keep_backups=3) as journal:
-        good = journal.backup()
     with closing(sqlite3.connect(journal_path)) as conn:
         ((page,),) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'settings'")
         (size,) = conn.execute("PRAGMA page_size").fetchone()
@@ -198,11 +203,8 @@ def test_a_journal_sqlite_cannot_read_at_open_is_refused_naming_a_backup(
 def test_a_truncated_journal_is_refused_as_damaged_naming_a_backup(
     tmp_path: Path, export: bool
 ) -> None:
-    csv_path = tmp_path / "orders.csv"
+    csv_path, good = _journal_with_a_backup(tmp_path, 3000)
     journal_path = Path(f"{csv_path}.journal")
-    _make_journal(csv_path, 3000, keep_backups=3)
-    with csvjournal.open(csv_path, keep_backups=3) as journal:
-        good = journal.backup()
     with journal_path.open("r+b") as file:  # a copy cut short, a disk that lost its tail
         file.truncate(journal_path.stat().st_size // 2)
     with pytest.raises(csvjournal.JournalCorruptError) as caught:
@@ -213,10 +215,7 @@ def test_a_truncated_journal_is_refused_as_damaged_naming_a_backup(
 def test_settings_sqlite_reads_but_no_journal_wrote_are_damage_naming_a_backup(
     tmp_path: Path,
 ) -> None:
-    csv_path = tmp_path / "orders.csv"
-    _make_journal(csv_path, 50, keep_backups=3)
-    with csvjournal.open(csv_path, keep_backups=3) as journal:
-        good = journal.backup()
+    csv_path, good = _journal_with_a_backup(tmp_path, 50)
     with closing(sqlite3.connect(Path(f"{csv_path}.journal"))) as conn:
         conn.execute("UPDATE settings SET value = '{not json' WHERE name = 'terminal'")
         conn.commit()
