@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from contextlib import closing
 from pathlib import Path
 
 from sqlalchemy import Connection
 
-from csvjournal._schema import driver
+from csvjournal._migrate import check_file
+from csvjournal._schema import driver, peek
 from csvjournal._settings import Settings, write_value
 from csvjournal._writer import PENDING
 from csvjournal.csvio import ParsedCsv
@@ -22,16 +22,25 @@ def unfinished(journal_path: Path) -> bool:
     """Whether the journal at ``journal_path`` was never finished: its creation (the schema,
     then the settings with the import, two transactions) was killed, or cut off by a power
     loss, before the second committed. Opened as it is, it would be an empty journal, and
-    its exporter would write the CSV's rows away; it must import the CSV again instead."""
+    its exporter would write the CSV's rows away; it must import the CSV again instead.
+    Read-only: a journal refused here is left as it was, its hot WAL too.
+
+    Raises:
+        SchemaTooNewError: the journal was written by a newer csvjournal.
+        SettingsError: the file is not a csvjournal journal.
+    """
     try:
-        with closing(sqlite3.connect(journal_path)) as conn:
-            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        with peek(journal_path) as conn:
+            tables = check_file(conn, journal_path)
             if not tables:
                 return True  # the file was made, its schema never committed
-            if "settings" not in tables:
-                return False  # not a journal (or a damaged one): the store says which
-            found = conn.execute("SELECT 1 FROM settings WHERE name = 'key_column'").fetchone()
-            return found is None
+            if "settings" not in tables or "columns" not in tables:
+                return False  # damaged: the store says so
+            # Settings and columns commit together: one without the other is damage.
+            (found,) = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM settings) OR EXISTS (SELECT 1 FROM columns)"
+            ).fetchone()
+            return not found
     except sqlite3.Error:
         return False
 

@@ -8,6 +8,7 @@ every worker process does, costs no alembic import (a third of a second).
 from __future__ import annotations
 
 import functools
+import sqlite3
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +21,14 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-__all__ = ["KNOWN_REVISIONS", "check_revision", "current_revision", "head_revision", "upgrade"]
+__all__ = [
+    "KNOWN_REVISIONS",
+    "check_file",
+    "check_revision",
+    "current_revision",
+    "head_revision",
+    "upgrade",
+]
 
 # Every revision in migrations/versions, oldest first.
 KNOWN_REVISIONS = ("0001", "0002", "0003", "0004", "0005")
@@ -86,6 +94,25 @@ def check_revision(revision: str | None, tables: list[str], path: Path) -> None:
             f"{path}: journal schema revision {revision!r} was written by a newer csvjournal"
             f" (this one knows up to {head_revision()!r}); upgrade csvjournal to open it"
         )
+
+
+def check_file(conn: sqlite3.Connection, path: Path) -> list[str]:
+    """Refuse the database ``conn`` reads unless it is empty or a journal of a schema this
+    csvjournal knows (see :func:`check_revision`); return its tables.
+
+    Raises:
+        SchemaTooNewError: written by a newer csvjournal.
+        SettingsError: not a csvjournal journal.
+    """
+    tables = [
+        name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    ]
+    revision = None
+    if "alembic_version" in tables:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        revision = None if row is None else str(row[0])
+    check_revision(revision, tables, path)
+    return tables
 
 
 def current_revision(conn: Connection) -> str | None:

@@ -22,10 +22,13 @@ Migrations in ``migrations/`` create these tables; this module is what queries u
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
 
 from sqlalchemy import Column, Connection, Float, Index, Integer, MetaData, Table, Text, text
 
-__all__ = ["columns", "driver", "events", "free_rows", "metadata", "rows", "settings"]
+__all__ = ["columns", "driver", "events", "free_rows", "metadata", "peek", "rows", "settings"]
 
 
 def driver(conn: Connection) -> sqlite3.Connection:
@@ -34,6 +37,30 @@ def driver(conn: Connection) -> sqlite3.Connection:
     raw = conn.connection.driver_connection
     assert isinstance(raw, sqlite3.Connection)
     return raw
+
+
+@contextmanager
+def peek(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the database at ``path``, which writes no byte of it: a
+    hot WAL left by a killed process is read, not checkpointed or deleted. If the block
+    raises (the database is refused), the -wal/-shm files the connection had to make are
+    removed again; else they stay, as any connection's do (another process may be using
+    them by now).
+
+    Raises:
+        sqlite3.Error: the file cannot be opened or read as a database.
+    """
+    companions = [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm")]
+    existed = [companion.exists() for companion in companions]
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            yield conn
+    except BaseException:
+        for companion, was_there in zip(companions, existed, strict=True):
+            # one made here holds no commit (at most an empty -shm index): ours to remove
+            if not was_there and companion.exists() and companion.stat().st_size <= 32768:
+                companion.unlink(missing_ok=True)
+        raise
 
 
 metadata = MetaData()

@@ -52,7 +52,8 @@ def _load(conn: Connection) -> Settings | None:
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         # SQLite read the pages, but what they hold is no journal's settings any more:
         # damage, as SQLite reports it (the handle then names the backup to restore)
-        damaged = sqlite3.DatabaseError(f"database disk image is malformed (settings: {exc})")
+        what = f"no {exc.args[0]!r} setting" if isinstance(exc, KeyError) else str(exc)
+        damaged = sqlite3.DatabaseError(f"database disk image is malformed (settings: {what})")
         damaged.sqlite_errorcode = 11  # SQLITE_CORRUPT
         raise damaged from exc
 
@@ -62,14 +63,16 @@ def _decode(conn: Connection) -> Settings | None:
         name: json.loads(value)
         for name, value in conn.execute(select(t.settings.c.name, t.settings.c.value))
     }
-    if "key_column" not in stored:
+    if not stored:  # a new journal, unless its columns say it was made (then: damage)
+        if conn.execute(select(t.columns.c.pos).limit(1)).first() is not None:
+            raise KeyError("key_column")
         return None
     return Settings(
         key_column=stored["key_column"],
         status_column=stored["status_column"],
         timestamp_column=stored["timestamp_column"],
         terminal=frozenset(stored["terminal"]),
-        dialect=CsvDialect.from_dict(stored.get("dialect", {})),
+        dialect=CsvDialect.from_dict(stored["dialect"]),
         formula_guard=bool(stored.get("formula_guard", False)),
     )
 

@@ -28,6 +28,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from csvjournal import _migrate
 from csvjournal._dberrors import io_error, is_damaged
 from csvjournal._fsinfo import NETWORK_FILESYSTEMS, filesystem_of
+from csvjournal._schema import peek
 from csvjournal._writerqueue import WriterQueue
 from csvjournal.errors import (
     CsvJournalError,
@@ -48,7 +49,6 @@ _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 # SQLite's own busy handler waits this long per attempt; tenacity spaces the attempts.
 _ATTEMPT_MS = 250
 _T = TypeVar("_T")
-_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -359,25 +359,8 @@ class Store:
         setting (even WAL mode) could change a byte of it."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return
-        companions = [Path(f"{self.path}{suffix}") for suffix in ("-wal", "-shm")]
-        existed = [companion.exists() for companion in companions]
-        try:
-            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
-            try:
-                tables = [name for (name,) in conn.execute(_TABLES)]
-                revision = None
-                if "alembic_version" in tables:
-                    row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-                    revision = None if row is None else str(row[0])
-            finally:
-                conn.close()
-            _migrate.check_revision(revision, tables, self.path)
-        except BaseException:
-            # A read-only connection cannot remove the -wal/-shm files it made; we do.
-            for companion, was_there in zip(companions, existed, strict=True):
-                if not was_there and companion.exists() and companion.stat().st_size <= 32768:
-                    companion.unlink()
-            raise
+        with peek(self.path) as conn:
+            _migrate.check_file(conn, self.path)
 
     def _migrate(self) -> None:
         head = _migrate.head_revision()

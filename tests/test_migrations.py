@@ -107,6 +107,33 @@ def test_a_newer_journal_is_refused_even_in_rollback_journal_mode(csv_path: Path
     assert _digest(path) == before
 
 
+def test_a_newer_journal_whose_stamp_is_in_a_hot_wal_is_refused_leaving_it_as_it_was(
+    csv_path: Path, tmp_path: Path
+) -> None:
+    # A newer csvjournal killed with its commits still in the -wal: refused without a
+    # checkpoint, so the journal file and its -wal keep every byte.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    path = Path(f"{csv_path}.journal")
+    csvjournal.open(csv_path, key="ID").close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    conn.execute("UPDATE alembic_version SET version_num = 'ffff9999'")
+    conn.commit()
+    for suffix in ("", "-wal"):  # the files as a killed process leaves them
+        shutil.copyfile(f"{path}{suffix}", copy / f"{path.name}{suffix}")
+    conn.close()
+    for suffix in ("", "-wal"):
+        shutil.copyfile(copy / f"{path.name}{suffix}", f"{path}{suffix}")
+    Path(f"{path}-shm").unlink(missing_ok=True)
+    before = {suffix: _digest(Path(f"{path}{suffix}")) for suffix in ("", "-wal")}
+    for kwargs in ({}, {"key": "ID"}, {"export": False}):
+        with pytest.raises(csvjournal.SchemaTooNewError, match="ffff9999"):
+            csvjournal.open(csv_path, **kwargs)  # type: ignore[arg-type]
+        assert {suffix: _digest(Path(f"{path}{suffix}")) for suffix in ("", "-wal")} == before
+    assert not Path(f"{path}-shm").exists()
+
+
 def test_migrations_are_found_from_the_package() -> None:
     location = _migrate._script_location()
     assert (location / "env.py").is_file()

@@ -223,3 +223,30 @@ def test_settings_sqlite_reads_but_no_journal_wrote_are_damage_naming_a_backup(
         with pytest.raises(csvjournal.JournalCorruptError) as caught:
             csvjournal.open(csv_path, export=export)
         assert f"csvjournal restore {csv_path} {good}" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "DELETE FROM settings WHERE name = 'key_column'",
+        "DELETE FROM settings WHERE name = 'dialect'",
+        "DELETE FROM settings",
+    ],
+    ids=["no key column", "no dialect", "no settings at all"],
+)
+def test_settings_missing_from_a_journal_with_rows_are_damage_not_a_new_journal(
+    tmp_path: Path, damage: str
+) -> None:
+    # Not an unfinished creation to import again (that fails on the rows there), nor a
+    # journal to export with a default dialect (a ';' file turned half ','): damage.
+    csv_path, good = _journal_with_a_backup(tmp_path, 50)
+    journal_path = Path(f"{csv_path}.journal")
+    with closing(sqlite3.connect(journal_path)) as conn:
+        conn.execute(damage)
+        conn.commit()
+    before = csv_path.read_bytes()
+    for kwargs in ({}, {"key": "ID"}, {"export": False}):
+        with pytest.raises(csvjournal.JournalCorruptError, match="setting") as caught:
+            csvjournal.open(csv_path, **kwargs)  # type: ignore[arg-type]
+        assert f"csvjournal restore {csv_path} {good}" in str(caught.value)
+    assert csv_path.read_bytes() == before
