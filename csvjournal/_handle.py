@@ -38,7 +38,7 @@ from csvjournal._session import Session
 from csvjournal._settings import Settings, settle, settled
 from csvjournal._values import timestamp_now
 from csvjournal._writer import RecordCall, Writer
-from csvjournal.backup import backups_folder, take_backup
+from csvjournal.backup import backups_folder, keep_for_good, take_backup
 from csvjournal.csvio import ParsedCsv, read_csv
 from csvjournal.errors import JournalClosedError, JournalIOError
 from csvjournal.exporter import Exporter
@@ -129,7 +129,7 @@ class Handle:
                     durability=options.durability,
                     busy_timeout=options.busy_timeout,
                     allow_network_fs=options.allow_network_fs,
-                    before_upgrade=self._backup_now,
+                    before_upgrade=self._backup_before_upgrade,
                     queue_path=folder / "writer.lock",
                 )
         except JournalIOError:  # a full disk: SQLite made the file and wrote nothing in
@@ -178,6 +178,10 @@ class Handle:
                 keep=options.keep_backups,
                 busy_timeout=options.busy_timeout,
             )
+
+    def _backup_before_upgrade(self) -> None:
+        # The way back to the csvjournal that wrote the old schema: never pruned.
+        keep_for_good(self._backup_now(), "taken before a schema upgrade")
 
     def _settle(self, source: ParsedCsv | None) -> None:
         """Load the journal's settings; create the journal (importing ``source``) or

@@ -52,7 +52,7 @@ _REMOVING = ".removing-"
 _LEFTOVER = re.compile(r"^\.(?:partial|removing)-(?:(\d+)-)?")
 _NAME_ATTEMPTS = 1000
 _BRIEF = 300  # characters of SQLite's integrity findings in a message
-_KEPT = ".kept"  # in a backup folder: never deleted by retention (a restored backup)
+_KEPT = ".kept"  # in a backup folder: never deleted by retention (see keep_for_good)
 
 
 def backups_folder(csv_path: Path) -> Path:
@@ -302,9 +302,10 @@ def take_backup(
     return begun.finish(journal_path, keep=keep, busy_timeout=busy_timeout, verify=verify)
 
 
-def keep_for_good(backup: Path) -> None:
-    """Mark ``backup`` (one restored) as kept: retention never deletes it, nor counts it."""
-    (backup / _KEPT).write_text("restored: retention leaves this backup alone\n")
+def keep_for_good(backup: Path, why: str = "restored") -> None:
+    """Mark ``backup`` (one restored, or the last of an older schema) as kept: retention
+    never deletes it, nor counts it. ``why`` is written into the mark."""
+    (backup / _KEPT).write_text(f"{why}: retention leaves this backup alone\n")
 
 
 def prune_backups(csv_path: Path, keep: int) -> list[Path]:

@@ -304,6 +304,20 @@ def test_an_old_journal_is_backed_up_before_its_schema_upgrade(
         assert journal.pending() == ["PO-3"]
 
 
+@pytest.mark.parametrize("keep", [1, 2])
+def test_the_backup_before_an_upgrade_outlives_retention(csv_path: Path, keep: int) -> None:
+    # The only way back to the csvjournal that wrote the old schema: the session backups
+    # after it must not push it out.
+    journal_path = Path(f"{csv_path}.journal")
+    shutil.copyfile(FIXTURES / "journal-0003.sqlite", journal_path)
+    for _ in range(keep + 2):
+        csvjournal.open(csv_path, keep_backups=keep).close()
+    with csvjournal.open(csv_path, keep_backups=keep) as journal:
+        found = journal.backups()
+    assert [_revision(_journal_in(path)) for path in found].count("0003") == 1
+    assert len(found) == keep + 1  # the kept one is not counted
+
+
 def _dump_old(path: Path) -> list[tuple[object, ...]]:
     """Rows and events in a form every revision shares."""
     with closing(sqlite3.connect(path)) as c:
