@@ -42,14 +42,15 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
     """Open (or create) the journal of ``csv_path``.
 
     A new journal needs ``key``; an existing one keeps its stored settings (a conflicting
-    ``key``/``status_column``/``timestamp_column`` is an error; ``terminal`` replaces the
-    stored set). ``durability="full"`` makes each commit survive power loss, ``"normal"``
-    a crash of the process. ``busy_timeout`` bounds how long a write waits for other
-    writers. An existing CSV without a journal is imported (``encoding`` names its encoding
-    when it is not UTF-8/UTF-16 with BOM). With ``export=True`` this handle volunteers as
-    the one exporter that keeps the CSV current (``formula_guard=True`` neutralises cells a
-    spreadsheet would run as formulas; the choice is stored in the journal, so every later
-    exporter, in any process, keeps it until an open passes ``formula_guard`` again).
+    ``key``/``status_column``/``timestamp_column`` is an error; ``terminal``, one or more
+    statuses, replaces the stored set). ``durability="full"`` makes each commit survive
+    power loss, ``"normal"`` a crash of the process. ``busy_timeout`` bounds how long a
+    write waits for other writers. An existing CSV without a journal is imported
+    (``encoding`` names its encoding when it is not UTF-8/UTF-16 with BOM). With
+    ``export=True`` this handle volunteers as the one exporter that keeps the CSV current
+    (``formula_guard=True`` neutralises cells a spreadsheet would run as formulas; the
+    choice is stored in the journal, so every later exporter, in any process, keeps it
+    until an open passes ``formula_guard`` again).
     When it becomes the exporter, the open starts a session: it backs the journal and CSV
     up into ``orders.csv.backups/`` (keeping the newest ``keep_backups``; 0 turns these
     automatic backups off, which is unsafe: a damaged journal then has nothing to be
@@ -68,10 +69,12 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
     """
     csv = Path(csv_path)
     path = Path(journal_path) if journal_path is not None else Path(f"{csv}.journal")
+    statuses = None if terminal is None else frozenset(_as_set(terminal))
     _check(
         csv,
         path,
         key=key,
+        terminal=statuses,
         url=url,
         encoding=encoding,
         busy_timeout=busy_timeout,
@@ -83,7 +86,7 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
         key=key,
         export=export,
         durability=durability,
-        terminal=None if terminal is None else frozenset(_as_set(terminal)),
+        terminal=statuses,
         status_column=status_column,
         timestamp_column=timestamp_column,
         busy_timeout=busy_timeout,
@@ -100,6 +103,7 @@ def _check(
     path: Path,
     *,
     key: str | None,
+    terminal: frozenset[str] | None,
     url: str | None,
     encoding: str | None,
     busy_timeout: float,
@@ -110,6 +114,13 @@ def _check(
     Raises:
         SettingsError: which one, and why.
     """
+    if terminal is not None and (
+        not terminal or not all(isinstance(name, str) and name for name in terminal)
+    ):
+        # none would mean no row is ever done: every finished row offered again for good
+        raise SettingsError(
+            f"terminal= must name one or more statuses, not {sorted(terminal, key=repr)}"
+        )
     if keep_backups < 0:
         raise SettingsError(f"keep_backups must be 0 or more, not {keep_backups}")
     if not busy_timeout >= 0 or math.isinf(busy_timeout):  # NaN fails the first test

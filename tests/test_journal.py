@@ -361,6 +361,8 @@ def test_a_pickled_journal_reopens_as_a_working_handle(journal: Journal) -> None
         ({"busy_timeout": float("nan")}, "busy_timeout"),
         ({"busy_timeout": float("inf")}, "busy_timeout"),
         ({"encoding": "no-such-codec"}, "unknown encoding"),
+        ({"terminal": set()}, "terminal"),
+        ({"terminal": {"COMPLETED", ""}}, "terminal"),
     ],
 )
 def test_bad_open_arguments_are_settings_errors_and_create_nothing(
@@ -369,6 +371,18 @@ def test_bad_open_arguments_are_settings_errors_and_create_nothing(
     with pytest.raises(csvjournal.SettingsError, match=match):
         csvjournal.open(csv_path, key="ID", **kwargs)  # type: ignore[arg-type]
     assert list(csv_path.parent.iterdir()) == []
+
+
+def test_an_empty_terminal_set_at_reopen_is_refused_and_keeps_the_stored_one(
+    csv_path: Path,
+) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+    with pytest.raises(csvjournal.SettingsError, match="terminal"):
+        csvjournal.open(csv_path, terminal=[])
+    with csvjournal.open(csv_path) as journal:
+        assert journal.settings.terminal == {"COMPLETED"}
+        assert journal.pending() == []
 
 
 def test_a_folder_given_as_the_csv_is_a_settings_error(tmp_path: Path) -> None:
