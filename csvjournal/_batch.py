@@ -68,7 +68,7 @@ class BatchState:
         """The outermost block: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (or rollback if it raises)."""
         with self._errors():
             tx = self.conn.begin()
-        mark = self._writer.begin()
+        mark = self._writer.begin(self._raw)
         try:
             yield
             with self._errors():

@@ -135,7 +135,7 @@ class Commits:
             if conn.in_transaction:  # left open by an exception an application's signal
                 conn.execute("ROLLBACK")  # handler raised mid-commit: nothing of it holds
             queued = store.begin_writer(conn)
-            mark = writer.begin()
+            mark = writer.begin(conn)
             try:
                 if type(items[0]) is RecordOp and all(type(i) is RecordOp for i in items):
                     ops: Sequence[RecordOp] = items  # type: ignore[assignment]

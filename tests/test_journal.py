@@ -6,6 +6,7 @@ are in test_journal_reads.py.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import pickle
@@ -274,6 +275,22 @@ def test_stored_settings_win_at_reopen(csv_path: Path) -> None:
     assert replaced[0]["new"] == ["DONE", "SKIPPED"]
     with csvjournal.open(csv_path) as journal:
         assert journal.settings.terminal == {"DONE", "SKIPPED"}
+
+
+@pytest.mark.parametrize("in_batch", [False, True], ids=["record", "batch"])
+def test_a_terminal_set_replaced_by_another_open_reaches_handles_already_open(
+    csv_path: Path, in_batch: bool
+) -> None:
+    with csvjournal.open(csv_path, key="ID") as worker:
+        worker.record("a")
+        worker.record("b")
+        with csvjournal.open(csv_path, terminal={"COMPLETED", "SKIPPED"}, export=False):
+            pass
+        with worker.batch() if in_batch else contextlib.nullcontext():
+            worker.record("a", "SKIPPED")  # done by the new set, not the one it opened with
+        assert worker.pending() == ["b"]
+    with csvjournal.open(csv_path, export=False) as fresh:
+        assert fresh.pending() == ["b"]
 
 
 @pytest.mark.parametrize(
