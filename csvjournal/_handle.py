@@ -208,6 +208,7 @@ class Handle:
                 on_lead=session.begin,
                 before_write=self._confirm_session,
                 preview=lambda conn: session.preview(conn, self._settings),
+                retry=True,
             )
         except BaseException:
             self._store.close()

@@ -67,8 +67,11 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
         CsvChangedError: the CSV was edited by hand since the last export.
         JournalCorruptError: the journal fails SQLite's integrity check.
     """
-    csv = Path(csv_path)
-    path = Path(journal_path) if journal_path is not None else Path(f"{csv}.journal")
+    # Absolute: the exporter thread writes later, whatever the process's folder is by then.
+    csv = Path(os.path.abspath(csv_path))
+    path = (
+        Path(os.path.abspath(journal_path)) if journal_path is not None else Path(f"{csv}.journal")
+    )
     statuses = None if terminal is None else frozenset(_as_set(terminal))
     _check(
         csv,

@@ -3,17 +3,15 @@
 One handle per journal exports at a time, across processes: it holds a lock that the OS
 releases when its process dies (``orders.csv.backups/exporter.lock``); the other exporting
 handles stand by and one takes over within about a second. The exporter notices commits by
-any process by polling the newest sequence number, coalesces bursts, and writes the CSV with
-:func:`~csvjournal.csvio.atomic_write`. Before each rename it records which export it is
-about to put in place, and after it which sequence number the CSV reflects; so a CSV that
-matches neither is a hand edit, never the trace of an exporter killed mid-export. A hand
+any process by polling the newest sequence number, coalesces bursts, and writes the CSV
+atomically (:class:`~csvjournal._export.ExportWriter`, which also notes each export in the
+journal so that a CSV left by an exporter killed mid-export never looks edited). A hand
 edit made while it runs is never overwritten: the exports stop, saying what to do, until the
 edit is merged or the file deleted (:class:`~csvjournal._handedits.CsvGuard`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import random
 import sqlite3
 import threading
@@ -22,33 +20,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import structlog
-from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from csvjournal import _reads
-from csvjournal._background import Background
-from csvjournal._exportsignals import ExportSignals
+from csvjournal._export import ExportWriter, Preview
 from csvjournal._forking import ForkGate
-from csvjournal._handedits import CsvGuard, block, check_csv
+from csvjournal._handedits import block, check_csv
 from csvjournal._oslock import ExporterLock, lock_path
-from csvjournal._rendercache import SAVE_CHUNK, RenderedCsv
-from csvjournal._settings import Settings, forget_values, read_value, write_value
-from csvjournal.csvio import (
-    EXCEL_MAX_ROWS,
-    remove_temp_files,
-    replace_with,
-    sync_file,
-    write_temp,
-)
+from csvjournal._rendercache import SAVE_CHUNK
+from csvjournal._settings import Settings
+from csvjournal.csvio import remove_temp_files
 from csvjournal.errors import CsvChangedError, CsvJournalError
 from csvjournal.store import Store
 
 __all__ = ["POLL_SECONDS", "Exporter", "Preview"]
 
 log = structlog.get_logger(__name__)
-
-# The rows a session's first write will change, read in the export's snapshot.
-Preview = Callable[[Connection], dict[int, tuple[str, list[str]]]]
 
 POLL_SECONDS = 0.01
 # A second after its last export, with no rendered records left to store, it polls five
@@ -76,8 +62,8 @@ _BLOCKED_SECONDS = 0.5
 _FAILURES = (OSError, UnicodeError, SQLAlchemyError, sqlite3.Error)
 
 
-class Exporter(ExportSignals):
-    """The exporting side of one handle: the lock, the thread, and the export itself."""
+class Exporter(ExportWriter):
+    """The exporting side of one handle: the role's lock, the thread, retries, standing by."""
 
     def __init__(
         self,
@@ -87,23 +73,14 @@ class Exporter(ExportSignals):
         formula_guard: bool,
         gate: ForkGate | None = None,
     ) -> None:
-        super().__init__()
-        self._store = store
+        super().__init__(store, settings, csv_path, formula_guard)
         self._gate = gate or ForkGate()
-        self._settings = settings
-        self._csv_path = csv_path
-        self._formula_guard = formula_guard
         lock = lock_path(csv_path)
         lock.parent.mkdir(exist_ok=True)
         self._lock = ExporterLock(lock)
         self._failures = 0
-        self._guard = CsvGuard(store, csv_path)
         self._saved_at = 0.0  # monotonic time of the last records stored after an export
-        self._before_write: Callable[[], object] | None = None
-        self._preview: Preview | None = None
-        self._warned_rows = False
         self._saving_failed = False  # said once until the records are stored again
-        self._rendered = RenderedCsv(settings.dialect, formula_guard)
         self._thread: threading.Thread | None = None
         self.removed_temp_files: list[Path] = []
 
@@ -114,8 +91,12 @@ class Exporter(ExportSignals):
         on_lead: Callable[[], object] | None = None,
         before_write: Callable[[], object] | None = None,
         preview: Preview | None = None,
+        *,
+        retry: bool = False,
     ) -> bool:
         """Become the exporter if no other handle is; check and refresh the CSV then.
+        With ``retry`` (the exporter thread's role) a CSV that cannot be written now (a
+        full disk, a read-only folder) is logged and left to the thread to write later.
         ``on_lead`` runs first, once the lock is ours; ``before_write`` runs once before
         the first write to the journal or the CSV (the session's check, backup, recovery:
         the export's rendering overlaps the check ``on_lead`` started). ``preview`` says
@@ -132,7 +113,7 @@ class Exporter(ExportSignals):
         try:
             if on_lead is not None:
                 on_lead()
-            self._take_over()
+            self._take_over(retry)
         except BaseException:
             self._lock.release()
             raise
@@ -140,10 +121,6 @@ class Exporter(ExportSignals):
             self._before_write, self._preview = None, None
         self.leading = True
         return True
-
-    def _first_write(self) -> object:
-        hook, self._before_write = self._before_write, None
-        return None if hook is None else hook()
 
     def release(self) -> None:
         """Give up the exporter role taken by :meth:`try_lead` without a thread (storing
@@ -159,22 +136,38 @@ class Exporter(ExportSignals):
         self.leading = False
         self._lock.forget_after_fork()
 
-    def _take_over(self) -> None:
+    def _take_over(self, retry: bool) -> None:
         for leftover in remove_temp_files(self._csv_path):
             log.info("temp_file_removed", path=str(leftover))
             self.removed_temp_files.append(leftover)
         current = check_csv(self._store, self._csv_path, self._rendered, self._formula_guard)
         self._guard.placed()
         if current is None:
-            self.export_now()
+            exported = self._export_first(retry)
         else:  # the CSV already shows everything: render it when something changes
             self._first_write()
             self.exported_seq = current
-        if self._newest() > self.exported_seq:  # the first write (recovery) changed rows: show them
-            self.export_now()
+            exported = True
+        if exported and self._newest() > self.exported_seq:  # recovery changed rows
+            self._export_first(retry)
         # A first rendering may be all of the CSV (an import, a new column): stored at once,
         # the next exporter need not render it again, nor wait for the chunks.
         self._save_lines()
+
+    def _export_first(self, retry: bool) -> bool:
+        """The take-over's export; whether it was written. See :meth:`try_lead`."""
+        try:
+            self.export_now()
+        except _FAILURES as exc:
+            if not retry:
+                raise
+            self._first_write()  # the session's backup and recovery need no CSV
+            self._missed(exc)
+            self._failures += 1
+            if self._failures == 1:
+                log.error("csv_export_failed", path=str(self._csv_path), error=str(exc))
+            return False
+        return True
 
     def start(self, leading: bool) -> None:
         """Run the exporter thread: exporting if ``leading``, else standing by."""
@@ -191,7 +184,7 @@ class Exporter(ExportSignals):
                 return
             try:
                 with self._gate.operation():
-                    leading = self.try_lead()
+                    leading = self.try_lead(retry=True)
             except CsvChangedError as exc:
                 log.error("csv_changed_by_hand", path=str(self._csv_path), error=str(exc))
                 return
@@ -240,10 +233,6 @@ class Exporter(ExportSignals):
     def _quiet_delay(self, exported_at: float) -> float:
         quiet = time.monotonic() - exported_at >= _QUIET_AFTER_SECONDS
         return _QUIET_POLL_SECONDS if quiet and not self._rendered.unsaved else POLL_SECONDS
-
-    def _newest(self) -> int:
-        with self._store.read() as conn:
-            return _reads.last_seq(conn)
 
     def _warm_up(self) -> None:
         """Render the CSV now if the take-over found it current and left it unrendered:
@@ -311,88 +300,6 @@ class Exporter(ExportSignals):
             self._save_lines(SAVE_CHUNK)
             self._saved_at = now = time.monotonic()
         return max(_AFTER_EXPORT_SECONDS, _EVERY_SECONDS - (now - started))
-
-    def export_now(self) -> None:
-        """Regenerate the CSV from the journal now (the caller holds the lock).
-
-        Raises:
-            OSError: the CSV could not be written (the old one stays whole).
-            CsvChangedError: the CSV was edited by hand while this exporter ran (left as
-                it is).
-        """
-        self._guard.check()
-        rendered = self._rendered
-        planned: dict[int, tuple[str, list[str]]] = {}
-        with self._store.read() as conn:
-            rendered.refresh(conn)
-            if self._preview is not None and self._before_write is not None:
-                planned = self._preview(conn)
-        shown = rendered.show({pos: cells for pos, (_, cells) in planned.items()})
-        if len(rendered) + 1 > EXCEL_MAX_ROWS and not self._warned_rows:
-            self._warned_rows = True
-            log.warning("excel_row_limit_exceeded", path=str(self._csv_path), rows=len(rendered))
-        temp, written = write_temp(self._csv_path, rendered.chunks(), sync=False)
-        # The file goes to disk while the journal notes that it is about to appear: two
-        # fsyncs at once, both done before the rename.
-        syncing = Background("csvjournal-fsync", lambda: sync_file(temp))
-        try:
-            changed = self._first_write()
-            if planned and not self._went_as_planned(planned, changed):
-                syncing.result()
-                temp.unlink()
-                rendered.unshow(shown)  # rendered again from the journal, as it now is
-                self.export_now()
-                return
-            # Synced after the write lock is let go, as group commits are: the writers of
-            # every process need not wait for this fsync.
-            with self._store.write(synced=False) as conn:
-                unchanged = read_value(conn, "csv_digest") == written and self._csv_path.exists()
-                if not unchanged:  # a CSV with this fingerprint is about to appear
-                    write_value(conn, "csv_pending", written)
-                    write_value(conn, "csv_pending_seq", rendered.seq)
-                    write_value(conn, "csv_pending_rows", len(rendered))
-            if not unchanged and self._store.durability == "full":
-                self._store.sync_wal()
-            syncing.result()
-            self._guard.check()  # once more: the fsyncs took a while
-        except BaseException:
-            with contextlib.suppress(OSError):
-                syncing.result()
-            temp.unlink(missing_ok=True)
-            raise
-        self._put_in_place(temp, written, unchanged)
-
-    def _put_in_place(self, temp: Path, written: str, unchanged: bool) -> None:
-        """Rename the export ``temp`` over the CSV (unless the CSV has these bytes already)
-        and note what the CSV now shows."""
-        rendered = self._rendered
-        if unchanged:
-            temp.unlink()
-        else:
-            replace_with(temp, self._csv_path)
-            self._guard.placed()
-        # Not synced: lost in a power cut, the CSV still matches csv_pending (synced before
-        # the rename), so it is known, not a hand edit; and csv_seq only makes flush() and
-        # the next exporter export once more.
-        with self._store.write(synced=False) as conn:
-            write_value(conn, "csv_digest", written)
-            write_value(conn, "csv_seq", rendered.seq)
-            write_value(conn, "csv_rows", len(rendered))
-            if self.blocked is not None:
-                forget_values(conn, "csv_blocked")
-        self._exported(rendered.seq)
-
-    def _went_as_planned(self, planned: dict[int, tuple[str, list[str]]], changed: object) -> bool:
-        """Whether the first write changed exactly the rows previewed and nothing else was
-        committed since the rendering's snapshot; then the rendering is current."""
-        keys = sorted(key for key, _ in planned.values())
-        if not isinstance(changed, list) or sorted(changed) != keys:
-            return False
-        newest = self._newest()
-        if newest != self._rendered.seq + len(keys):  # one event per row, nothing else
-            return False
-        self._rendered.seq = newest
-        return True
 
     # -- stop ----------------------------------------------------------------------------
 

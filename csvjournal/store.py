@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 
 import structlog
 import tenacity
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import URL, Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import PoolProxiedConnection
 
@@ -147,7 +147,7 @@ class Store:
 
     def _make_engine(self) -> Engine:
         engine = create_engine(
-            f"sqlite:///{self.path}",
+            URL.create("sqlite", database=str(self.path)),  # as it is: a '?' or '%41' is a name
             connect_args={"check_same_thread": False, "isolation_level": None},
         )
         synchronous = _SYNCHRONOUS[self.durability]

@@ -56,6 +56,36 @@ def test_a_failing_replace_keeps_the_old_csv_and_is_retried(
         assert {f"b{i}" for i in range(5)} <= set(_rows(csv_path))
 
 
+def test_an_exporting_open_whose_first_export_fails_opens_and_retries(
+    csv_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The CSV is behind (a worker recorded with no exporter alive) and cannot be replaced
+    # now (a read-only folder, Excel holding it): the open goes on, the export is retried.
+    csvjournal.open(csv_path, key="ID").close()
+    with csvjournal.open(csv_path, export=False) as worker:
+        worker.record("a", "COMPLETED")
+    before = csv_path.read_bytes()
+    real_replace = os.replace
+
+    def read_only(src: str, dst: str) -> None:
+        if Path(dst) != csv_path:  # the session's backup is written
+            return real_replace(src, dst)
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    with capture_logs() as logs:
+        monkeypatch.setattr(os, "replace", read_only)
+        with csvjournal.open(csv_path) as journal:
+            journal.record("b", "COMPLETED")
+            assert csv_path.read_bytes() == before
+            with pytest.raises(csvjournal.ExportError, match="Permission denied"):
+                journal.flush(timeout=5)
+            monkeypatch.setattr(os, "replace", real_replace)
+            journal.flush(timeout=30)
+            assert {"a", "b"} <= set(_rows(csv_path))
+    assert [e["event"] for e in logs].count("csv_export_failed") == 1
+    assert any(e["event"] == "backup_taken" for e in logs)  # the session went on
+
+
 def _mount_tmpfs(target: Path, size: str) -> bool:
     target.mkdir()
     done = subprocess.run(

@@ -438,3 +438,37 @@ def test_every_error_is_a_csvjournal_error_and_its_builtin() -> None:
         assert issubclass(error, csvjournal.CsvJournalError)
         assert issubclass(error, builtin)
     assert set(csvjournal.__all__) >= {e.__name__ for e in pairs} | {"open", "Journal", "Event"}
+
+
+def test_a_relative_csv_path_stays_in_its_folder_when_the_process_changes_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "job").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "job")
+    with csvjournal.open("orders.csv", key="ID") as journal:
+        journal.record("a")
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        journal.record("b", "COMPLETED")  # the exporter thread writes after the chdir
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    with csvjournal.open(tmp_path / "job" / "orders.csv") as journal:  # no "edited by hand"
+        assert journal.get("b")["STATUS"] == "COMPLETED"  # type: ignore[index]
+    assert "b,COMPLETED" in (tmp_path / "job" / "orders.csv").read_text()
+
+
+@pytest.mark.parametrize("name", ["report?v2.csv", "sales%202026.csv", "a%41.csv", "x#1.csv"])
+def test_a_csv_name_with_url_characters_is_a_plain_name(tmp_path: Path, name: str) -> None:
+    with csvjournal.open(tmp_path / "aA.csv", key="ID") as other:  # what "a%41" decodes to
+        other.record("theirs")
+    with csvjournal.open(tmp_path / name, key="ID") as journal:
+        journal.record("ours", "COMPLETED")
+        assert journal.journal_path == tmp_path / f"{name}.journal"
+    with csvjournal.open(tmp_path / name) as journal:
+        assert journal.pending() == []
+        assert len(journal) == 1
+    names = {path.name for path in tmp_path.iterdir()}
+    assert names == {"aA.csv", "aA.csv.journal", "aA.csv.backups"} | {
+        name,
+        f"{name}.journal",
+        f"{name}.backups",
+    }

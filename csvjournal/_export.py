@@ -1,0 +1,140 @@
+"""One export: the CSV rendered from the journal and put in place atomically.
+
+Before the rename it notes in the journal which export is about to appear
+(``csv_pending``), and after it which sequence number the CSV shows (``csv_seq``): so a CSV
+that matches neither is a hand edit, never the trace of an exporter killed mid-export. The
+role, the lock and the thread around it are :class:`~csvjournal.exporter.Exporter`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from sqlalchemy import Connection
+
+from csvjournal import _reads
+from csvjournal._background import Background
+from csvjournal._exportsignals import ExportSignals
+from csvjournal._handedits import CsvGuard
+from csvjournal._rendercache import RenderedCsv
+from csvjournal._settings import Settings, forget_values, read_value, write_value
+from csvjournal.csvio import EXCEL_MAX_ROWS, replace_with, sync_file, write_temp
+from csvjournal.store import Store
+
+__all__ = ["ExportWriter", "Preview"]
+
+log = structlog.get_logger(__name__)
+
+# The rows a session's first write will change, read in the export's snapshot.
+Preview = Callable[[Connection], dict[int, tuple[str, list[str]]]]
+
+
+class ExportWriter(ExportSignals):
+    """Writes the CSV of one journal, an export at a time (the caller holds the role)."""
+
+    def __init__(
+        self, store: Store, settings: Settings, csv_path: Path, formula_guard: bool
+    ) -> None:
+        super().__init__()
+        self._store = store
+        self._settings = settings
+        self._csv_path = csv_path
+        self._formula_guard = formula_guard
+        self._guard = CsvGuard(store, csv_path)
+        self._before_write: Callable[[], object] | None = None
+        self._preview: Preview | None = None
+        self._warned_rows = False
+        self._rendered = RenderedCsv(settings.dialect, formula_guard)
+
+    def _first_write(self) -> object:
+        hook, self._before_write = self._before_write, None
+        return None if hook is None else hook()
+
+    def _newest(self) -> int:
+        with self._store.read() as conn:
+            return _reads.last_seq(conn)
+
+    def export_now(self) -> None:
+        """Regenerate the CSV from the journal now (the caller holds the lock).
+
+        Raises:
+            OSError: the CSV could not be written (the old one stays whole).
+            CsvChangedError: the CSV was edited by hand while this exporter ran (left as
+                it is).
+        """
+        self._guard.check()
+        rendered = self._rendered
+        planned: dict[int, tuple[str, list[str]]] = {}
+        with self._store.read() as conn:
+            rendered.refresh(conn)
+            if self._preview is not None and self._before_write is not None:
+                planned = self._preview(conn)
+        shown = rendered.show({pos: cells for pos, (_, cells) in planned.items()})
+        if len(rendered) + 1 > EXCEL_MAX_ROWS and not self._warned_rows:
+            self._warned_rows = True
+            log.warning("excel_row_limit_exceeded", path=str(self._csv_path), rows=len(rendered))
+        temp, written = write_temp(self._csv_path, rendered.chunks(), sync=False)
+        # The file goes to disk while the journal notes that it is about to appear: two
+        # fsyncs at once, both done before the rename.
+        syncing = Background("csvjournal-fsync", lambda: sync_file(temp))
+        try:
+            changed = self._first_write()
+            if planned and not self._went_as_planned(planned, changed):
+                syncing.result()
+                temp.unlink()
+                rendered.unshow(shown)  # rendered again from the journal, as it now is
+                self.export_now()
+                return
+            # Synced after the write lock is let go, as group commits are: the writers of
+            # every process need not wait for this fsync.
+            with self._store.write(synced=False) as conn:
+                unchanged = read_value(conn, "csv_digest") == written and self._csv_path.exists()
+                if not unchanged:  # a CSV with this fingerprint is about to appear
+                    write_value(conn, "csv_pending", written)
+                    write_value(conn, "csv_pending_seq", rendered.seq)
+                    write_value(conn, "csv_pending_rows", len(rendered))
+            if not unchanged and self._store.durability == "full":
+                self._store.sync_wal()
+            syncing.result()
+            self._guard.check()  # once more: the fsyncs took a while
+        except BaseException:
+            with contextlib.suppress(OSError):
+                syncing.result()
+            temp.unlink(missing_ok=True)
+            raise
+        self._put_in_place(temp, written, unchanged)
+
+    def _put_in_place(self, temp: Path, written: str, unchanged: bool) -> None:
+        """Rename the export ``temp`` over the CSV (unless the CSV has these bytes already)
+        and note what the CSV now shows."""
+        rendered = self._rendered
+        if unchanged:
+            temp.unlink()
+        else:
+            replace_with(temp, self._csv_path)
+            self._guard.placed()
+        # Not synced: lost in a power cut, the CSV still matches csv_pending (synced before
+        # the rename), so it is known, not a hand edit; and csv_seq only makes flush() and
+        # the next exporter export once more.
+        with self._store.write(synced=False) as conn:
+            write_value(conn, "csv_digest", written)
+            write_value(conn, "csv_seq", rendered.seq)
+            write_value(conn, "csv_rows", len(rendered))
+            if self.blocked is not None:
+                forget_values(conn, "csv_blocked")
+        self._exported(rendered.seq)
+
+    def _went_as_planned(self, planned: dict[int, tuple[str, list[str]]], changed: object) -> bool:
+        """Whether the first write changed exactly the rows previewed and nothing else was
+        committed since the rendering's snapshot; then the rendering is current."""
+        keys = sorted(key for key, _ in planned.values())
+        if not isinstance(changed, list) or sorted(changed) != keys:
+            return False
+        newest = self._newest()
+        if newest != self._rendered.seq + len(keys):  # one event per row, nothing else
+            return False
+        self._rendered.seq = newest
+        return True
