@@ -6,6 +6,7 @@ from anybody else's."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import stat
 import tempfile
@@ -36,9 +37,15 @@ def fingerprint(data: bytes | Iterable[bytes]) -> str:
     return f"{length}:{crc:08x}"
 
 
+def _target(path: Path) -> Path:
+    """The file that replacing ``path`` replaces: a symbolic link's target (the link is
+    kept, and what it points at, the file people open, is written)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def temp_prefix(path: Path) -> str:
     """The name prefix of temporary files written beside ``path`` (removed after a crash)."""
-    return f".{path.name}.csvjournal-"
+    return f".{_target(path).name}.csvjournal-"
 
 
 def remove_temp_files(path: Path) -> list[Path]:
@@ -47,7 +54,8 @@ def remove_temp_files(path: Path) -> list[Path]:
     Only the handle holding the exporter lock may call this: nobody else writes them.
     """
     removed = []
-    for leftover in sorted(path.parent.glob(temp_prefix(path) + "*")):
+    pattern = glob.escape(temp_prefix(path)) + "*"  # a '[' or '*' in the name is a name
+    for leftover in sorted(_target(path).parent.glob(pattern)):
         leftover.unlink(missing_ok=True)
         removed.append(leftover)
     return removed
@@ -87,7 +95,7 @@ def write_temp(path: Path, data: bytes | Iterable[bytes], *, sync: bool = True) 
         OSError: writing or syncing failed.
     """
     chunks = (data,) if isinstance(data, bytes) else data
-    fd, name = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(path), dir=_target(path).parent)
     length, crc = 0, 0
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -106,27 +114,42 @@ def write_temp(path: Path, data: bytes | Iterable[bytes], *, sync: bool = True) 
 
 
 def replace_with(temp: Path, path: Path) -> None:
-    """Rename ``temp`` over ``path`` with the old file's permissions (a new file gets 0666
-    less the umask), then fsync the folder. On failure ``temp`` is removed, ``path`` kept.
+    """Rename ``temp`` over ``path`` (over its target if it is a symbolic link) with the
+    old file's permissions (a new file gets 0666 less the umask), then fsync the folder.
+    On failure ``temp`` is removed, ``path`` kept.
 
     Raises:
         OSError: renaming failed.
     """
+    target = _target(path)
     try:
         try:
-            mode = stat.S_IMODE(path.stat().st_mode)
+            mode = stat.S_IMODE(target.stat().st_mode)
         except FileNotFoundError:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
+            mode = 0o666 & ~_umask()
         os.chmod(temp, mode)
-        os.replace(temp, path)
+        os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (setting it and back, the only other
+    way, gives a file another thread creates meanwhile the wrong mode)."""
+    with (
+        contextlib.suppress(OSError, ValueError),
+        open("/proc/self/status", encoding="ascii", errors="replace") as status,
+    ):
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    umask = os.umask(0o022)  # no /proc (macOS, a Linux before 4.7): the racy way
+    os.umask(umask)
+    return umask

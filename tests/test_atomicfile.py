@@ -1,0 +1,78 @@
+"""Atomic replacement of files: through symbolic links, with the right permissions, and
+leftovers found by their exact names."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+import csvjournal
+from csvjournal._atomicfile import _umask, atomic_write, remove_temp_files, temp_prefix
+
+
+def test_a_symlinked_csv_keeps_its_link_and_its_target_shows_the_records(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "shared").mkdir()
+    target = tmp_path / "shared" / "orders.csv"
+    target.write_text("ID\na\nb\n")
+    link = tmp_path / "orders.csv"
+    link.symlink_to(target)
+    with csvjournal.open(link, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+    with csvjournal.open(link) as journal:  # not "edited by hand"
+        journal.record("b", "FAILED")
+        journal.export(tmp_path / "copy.csv")
+    assert link.is_symlink()
+    assert "a,COMPLETED" in target.read_text()
+    assert "b,FAILED" in target.read_text()
+    assert sorted(path.name for path in (tmp_path / "shared").iterdir()) == ["orders.csv"]
+
+
+def test_an_export_to_a_symlink_writes_its_target(tmp_path: Path) -> None:
+    target = tmp_path / "real.csv"
+    target.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    atomic_write(link, b"new\n")
+    assert link.is_symlink()
+    assert target.read_bytes() == b"new\n"
+
+
+@pytest.mark.parametrize("name", ["q[1].csv", "sales*.csv", "a?.csv"])
+def test_leftovers_are_found_by_their_exact_name(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    ours = tmp_path / f"{temp_prefix(path)}abc123"
+    ours.write_text("left by a killed export")
+    # another job's export in flight, whose name the pattern would match if unescaped
+    theirs = tmp_path / f"{temp_prefix(tmp_path / 'sales-2026.csv')}xyz"
+    theirs.write_text("being written")
+    q1 = tmp_path / f"{temp_prefix(tmp_path / 'q1.csv')}xyz"
+    q1.write_text("being written")
+    assert remove_temp_files(path) == [ours]
+    assert theirs.exists()
+    assert q1.exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_a_new_file_gets_0666_less_the_umask(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        assert _umask() == umask
+        atomic_write(tmp_path / "new.csv", b"x\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.csv").stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o444])
+def test_a_replaced_file_keeps_its_mode(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "old.csv"
+    path.write_text("old\n")
+    path.chmod(mode)
+    atomic_write(path, b"new\n")
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert path.read_bytes() == b"new\n"
