@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import shutil
 import stat
 import tempfile
 import zlib
@@ -16,6 +17,8 @@ from pathlib import Path
 
 __all__ = [
     "atomic_write",
+    "copy_file",
+    "create_like",
     "fingerprint",
     "remove_temp_files",
     "replace_with",
@@ -59,6 +62,42 @@ def remove_temp_files(path: Path) -> list[Path]:
         leftover.unlink(missing_ok=True)
         removed.append(leftover)
     return removed
+
+
+def create_like(path: Path, like: Path) -> None:
+    """Create the empty file ``path`` with the read and write permissions of ``like`` (a
+    copy of a CSV only its owner may read is no more readable than the CSV), never wider
+    for a moment, and always readable and writable by its owner; a file already there is
+    left as it is.
+
+    Raises:
+        OSError: ``like`` cannot be read or ``path`` not created.
+    """
+    # its owner reads and writes it (a journal made from a read-only CSV is written), and
+    # nobody runs it
+    mode = stat.S_IMODE(like.stat().st_mode) & 0o666 | stat.S_IRUSR | stat.S_IWUSR
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)  # less the umask
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, mode)  # exactly: wider than the umask too, as ``like`` is
+    finally:
+        os.close(fd)
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """Copy ``source`` into the new file ``target``, with its permissions, synced.
+
+    Raises:
+        OSError: reading, writing or syncing failed.
+    """
+    create_like(target, source)
+    with source.open("rb") as reader, target.open("r+b") as writer:
+        shutil.copyfileobj(reader, writer, 1 << 20)
+        writer.truncate()
+        writer.flush()
+        os.fsync(writer.fileno())
 
 
 def atomic_write(path: Path, data: bytes | Iterable[bytes]) -> None:

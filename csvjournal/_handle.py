@@ -25,6 +25,7 @@ import structlog
 from sqlalchemy import Connection
 
 from csvjournal import _forking
+from csvjournal._atomicfile import create_like
 from csvjournal._batch import BatchState
 from csvjournal._commits import Commits, Item
 from csvjournal._dberrors import DB_ERRORS, journal_errors, translate
@@ -40,7 +41,7 @@ from csvjournal._values import timestamp_now
 from csvjournal._writer import RecordCall, Writer
 from csvjournal.backup import backups_folder, keep_for_good, take_backup
 from csvjournal.csvio import ParsedCsv, read_csv
-from csvjournal.errors import JournalClosedError, JournalIOError
+from csvjournal.errors import JournalClosedError
 from csvjournal.exporter import Exporter
 from csvjournal.store import Store, remove_journal_files
 
@@ -123,6 +124,8 @@ class Handle:
         # What a failed creation must remove again (the writers' queue makes its lock file).
         made = [path for path in (folder / "writer.lock", folder) if not path.exists()]
         try:
+            if created and source is not None:  # the CSV's data, readable by the same people
+                create_like(options.journal_path, options.csv_path)
             with self._errors():  # a damaged journal: the message names the backup
                 self._store = Store(
                     options.journal_path,
@@ -132,7 +135,7 @@ class Handle:
                     before_upgrade=self._backup_before_upgrade,
                     queue_path=folder / "writer.lock",
                 )
-        except JournalIOError:  # a full disk: SQLite made the file and wrote nothing in
+        except BaseException:  # a full disk, say: SQLite made the file, wrote nothing in
             if created:
                 remove_journal_files(options.journal_path)
                 _remove(made)

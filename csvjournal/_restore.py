@@ -90,7 +90,8 @@ def _put_in_place(source: Path, journal: Path, csv: Path) -> None:
     try:
         reader = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            copy_journal(reader, temp)
+            # the journal replaced decides who may read it, else the backup's copy
+            copy_journal(reader, temp, journal if journal.exists() else source)
         finally:
             reader.close()
         conn = sqlite3.connect(temp)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import structlog
 
+from csvjournal._atomicfile import copy_file, create_like
 from csvjournal.errors import BackupNotFoundError, JournalCorruptError
 
 __all__ = [
@@ -94,9 +95,11 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def copy_journal(source: sqlite3.Connection, target: Path) -> None:
+def copy_journal(source: sqlite3.Connection, target: Path, like: Path) -> None:
     """Copy the database of ``source`` into the new file ``target`` (one read transaction,
-    so the copy is consistent), as a rollback-journal database, synced to disk."""
+    so the copy is consistent), as a rollback-journal database, synced to disk, with the
+    permissions of the file ``like``."""
+    create_like(target, like)
     copy = sqlite3.connect(target)
     try:
         source.backup(copy)  # all pages in one step: a concurrent writer cannot restart it
@@ -197,8 +200,7 @@ class PendingBackup:
             os.link(csv_path, target)
             self._linked = True
         except OSError:  # a file system without hard links
-            shutil.copyfile(csv_path, target)
-            _fsync(target)
+            copy_file(csv_path, target)
 
     def _own_csv(self) -> None:
         """Replace the hard-linked CSV by a copy of its own (an edit of the CSV in place,
@@ -207,8 +209,7 @@ class PendingBackup:
             return
         linked = self.partial / self.csv_path.name
         copy = linked.with_name(f"{linked.name}.copy")
-        shutil.copyfile(linked, copy)
-        _fsync(copy)
+        copy_file(linked, copy)
         os.replace(copy, linked)
         self._linked = False
 
@@ -230,7 +231,7 @@ class PendingBackup:
             self._own_csv()
             source = sqlite3.connect(journal_path, timeout=busy_timeout)
             try:
-                copy_journal(source, partial / journal_path.name)
+                copy_journal(source, partial / journal_path.name, journal_path)
             finally:
                 source.close()
             if verify:
@@ -262,9 +263,7 @@ class PendingBackup:
             for suffix in ("", "-wal"):
                 source = Path(f"{journal_path}{suffix}")
                 if source.exists():
-                    target = partial / f"{journal_path.name}{suffix}"
-                    shutil.copyfile(source, target)
-                    _fsync(target)
+                    copy_file(source, partial / f"{journal_path.name}{suffix}")
         except BaseException:
             self.abandon()
             raise

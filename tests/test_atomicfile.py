@@ -57,7 +57,7 @@ def test_leftovers_are_found_by_their_exact_name(tmp_path: Path, name: str) -> N
     assert q1.exists()
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002], ids=oct)
 def test_a_new_file_gets_0666_less_the_umask(tmp_path: Path, umask: int) -> None:
     old = os.umask(umask)
     try:
@@ -68,7 +68,7 @@ def test_a_new_file_gets_0666_less_the_umask(tmp_path: Path, umask: int) -> None
     assert stat.S_IMODE((tmp_path / "new.csv").stat().st_mode) == 0o666 & ~umask
 
 
-@pytest.mark.parametrize("mode", [0o600, 0o640, 0o444])
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o444], ids=oct)
 def test_a_replaced_file_keeps_its_mode(tmp_path: Path, mode: int) -> None:
     path = tmp_path / "old.csv"
     path.write_text("old\n")
@@ -76,3 +76,23 @@ def test_a_replaced_file_keeps_its_mode(tmp_path: Path, mode: int) -> None:
     atomic_write(path, b"new\n")
     assert stat.S_IMODE(path.stat().st_mode) == mode
     assert path.read_bytes() == b"new\n"
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o444, 0o755], ids=oct)
+def test_the_journal_and_backups_of_a_csv_are_as_private_as_the_csv(
+    tmp_path: Path, mode: int
+) -> None:
+    csv_path = tmp_path / "orders.csv"
+    csv_path.write_text("ID\na\n")
+    csv_path.chmod(mode)
+    expected = mode & 0o666 | 0o600  # never executable; its owner writes the journal
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        backup = journal.backup()
+        assert stat.S_IMODE(Path(f"{csv_path}.journal-wal").stat().st_mode) == expected
+    journal_path = Path(f"{csv_path}.journal")
+    assert stat.S_IMODE(journal_path.stat().st_mode) == expected
+    for copy in (backup / journal_path.name, backup / csv_path.name):
+        assert stat.S_IMODE(copy.stat().st_mode) & 0o077 == expected & 0o077, copy
+    csvjournal.restore(csv_path, backup)
+    assert stat.S_IMODE(journal_path.stat().st_mode) == expected

@@ -160,7 +160,7 @@ def test_damage_quick_check_misses_is_refused_and_the_sound_backup_named(tmp_pat
     damaged = tmp_path / "damaged-backup"  # a copy of the damage, made by hand
     damaged.mkdir()
     with closing(sqlite3.connect(journal_path)) as source:
-        copy_journal(source, damaged / journal_path.name)
+        copy_journal(source, damaged / journal_path.name, journal_path)
     with pytest.raises(csvjournal.JournalCorruptError):
         csvjournal.restore(csv_path, damaged)
     csvjournal.restore(csv_path, good)
