@@ -51,17 +51,35 @@ def temp_prefix(path: Path) -> str:
     return f".{_target(path).name}.csvjournal-"
 
 
-def remove_temp_files(path: Path) -> list[Path]:
+def remove_temp_files(path: Path, *, dead_only: bool = False) -> list[Path]:
     """Delete the temporary files a killed writer left beside ``path``; return them.
 
-    Only the handle holding the exporter lock may call this: nobody else writes them.
+    Only the handle holding the exporter lock may remove them all: nobody else writes
+    them. With ``dead_only``, only those whose writing process is gone are removed (a
+    file written by ``export(path)``, which any process may write at any time).
     """
     removed = []
     pattern = glob.escape(temp_prefix(path)) + "*"  # a '[' or '*' in the name is a name
     for leftover in sorted(_target(path).parent.glob(pattern)):
+        if dead_only and _writer_alive(leftover.name[len(temp_prefix(path)) :]):
+            continue
         leftover.unlink(missing_ok=True)
         removed.append(leftover)
     return removed
+
+
+def _writer_alive(suffix: str) -> bool:
+    """Whether the process named in a temporary file's ``<pid>-<random>`` suffix runs."""
+    pid, dash, _ = suffix.partition("-")
+    if not (dash and pid.isdigit()):
+        return True  # not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def create_like(path: Path, like: Path) -> None:
@@ -134,7 +152,8 @@ def write_temp(path: Path, data: bytes | Iterable[bytes], *, sync: bool = True) 
         OSError: writing or syncing failed.
     """
     chunks = (data,) if isinstance(data, bytes) else data
-    fd, name = tempfile.mkstemp(prefix=temp_prefix(path), dir=_target(path).parent)
+    prefix = f"{temp_prefix(path)}{os.getpid()}-"  # whose it is, for remove_temp_files
+    fd, name = tempfile.mkstemp(prefix=prefix, dir=_target(path).parent)
     length, crc = 0, 0
     try:
         with os.fdopen(fd, "wb") as handle:

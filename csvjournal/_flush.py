@@ -15,7 +15,7 @@ from csvjournal import _reads
 from csvjournal._handedits import blocked_by
 from csvjournal._rendercache import stream_csv
 from csvjournal._settings import Settings
-from csvjournal.csvio import atomic_write
+from csvjournal.csvio import atomic_write, remove_temp_files
 from csvjournal.errors import CsvChangedError, CsvJournalError, ExportError, FlushTimeoutError
 from csvjournal.exporter import POLL_SECONDS, Exporter
 from csvjournal.store import Store
@@ -31,6 +31,8 @@ def export_to(store: Store, settings: Settings, path: Path, formula_guard: bool)
     Raises:
         OSError: the file could not be written.
     """
+    for leftover in remove_temp_files(path, dead_only=True):  # an export to it killed
+        log.info("temp_file_removed", path=str(leftover))
     with store.read() as conn:  # one snapshot, streamed to the file
         seq = _reads.last_seq(conn)
         atomic_write(path, stream_csv(conn, settings.dialect, formula_guard))

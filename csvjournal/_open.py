@@ -135,6 +135,7 @@ def _check(
             raise SettingsError(f"unknown encoding {encoding!r}") from None
     if csv.is_dir():
         raise SettingsError(f"{csv}: a folder, not a CSV file")
+    _check_name_lengths(csv, path)
     folder = Path(f"{csv}.backups")
     if folder.exists() and not folder.is_dir():
         raise SettingsError(
@@ -149,3 +150,31 @@ def _check(
             f"{path}: the journal's creation never finished (interrupted); create it again"
             " with key= (csvjournal init CSV --key COLUMN), which imports the CSV anew"
         )
+
+
+# The longest names made beside them: ``.orders.csv.csvjournal-<pid>-<random>`` for the
+# CSV's exports, ``.orders.csv.journal.restoring-<pid>-journal`` for the journal's restore.
+_CSV_NAME_ADDS = len(".csvjournal-") + 1 + 8 + 1 + 8
+_JOURNAL_NAME_ADDS = 1 + len(".restoring-") + 8 + len("-journal")
+
+
+def _check_name_lengths(csv: Path, journal: Path) -> None:
+    """Refuse names too long for the files csvjournal makes beside them: it would make
+    the journal, then fail at its first export, for good.
+
+    Raises:
+        SettingsError: which name, and how long it may be.
+    """
+    checks = [(csv, _CSV_NAME_ADDS), (journal, _JOURNAL_NAME_ADDS)]
+    if journal == Path(f"{csv}.journal"):  # one name to shorten: the CSV's
+        checks = [(csv, max(_CSV_NAME_ADDS, len(".journal") + _JOURNAL_NAME_ADDS))]
+    for path, adds in checks:
+        try:
+            name_max = os.pathconf(path.parent, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            name_max = 255
+        if len(os.fsencode(path.name)) + adds > name_max:
+            raise SettingsError(
+                f"{path}: the name is too long for the files csvjournal keeps beside it"
+                f" (at most {name_max - adds} bytes here)"
+            )

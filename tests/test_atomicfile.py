@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,24 @@ def test_the_journal_and_backups_of_a_csv_are_as_private_as_the_csv(
         assert stat.S_IMODE(copy.stat().st_mode) & 0o077 == expected & 0o077, copy
     csvjournal.restore(csv_path, backup)
     assert stat.S_IMODE(journal_path.stat().st_mode) == expected
+
+
+def test_an_export_to_a_path_removes_what_killed_exports_to_it_left(tmp_path: Path) -> None:
+    copy = tmp_path / "out" / "copy.csv"
+    copy.parent.mkdir()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    killed = copy.parent / f"{temp_prefix(copy)}{int(dead.stdout)}-abcd1234"
+    running = copy.parent / f"{temp_prefix(copy)}{os.getpid()}-efgh5678"  # being written
+    for leftover in (killed, running):
+        leftover.write_text("half an export")
+    with csvjournal.open(tmp_path / "orders.csv", key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        journal.export(copy)
+    assert not killed.exists()
+    assert running.exists()
+    assert "a,COMPLETED" in copy.read_text()

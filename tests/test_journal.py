@@ -472,3 +472,15 @@ def test_a_csv_name_with_url_characters_is_a_plain_name(tmp_path: Path, name: st
         f"{name}.journal",
         f"{name}.backups",
     }
+
+
+def test_a_name_too_long_for_the_files_beside_it_is_refused_up_front(tmp_path: Path) -> None:
+    # Made, the journal would fail at its first export for good (a temp name too long).
+    for length in (200, 215):
+        csvjournal.open(tmp_path / f"{'x' * length}.csv", key="ID").close()
+    long_csv = tmp_path / f"{'y' * 216}.csv"
+    with pytest.raises(csvjournal.SettingsError, match="at most 219 bytes"):
+        csvjournal.open(long_csv, key="ID")
+    with pytest.raises(csvjournal.SettingsError, match="too long"):
+        csvjournal.open(tmp_path / "a.csv", key="ID", journal_path=tmp_path / ("z" * 230))
+    assert not any(path.name.startswith(("y", "z", "a.")) for path in tmp_path.iterdir())
