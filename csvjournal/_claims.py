@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Mapping
 
 from csvjournal import _reads
 from csvjournal._handle import Handle
@@ -17,11 +17,13 @@ from csvjournal._leases import (
     claim_rows,
     defer_rows,
     extend_leases,
+    record_outcome,
     release_rows,
     reset_attempts,
 )
 from csvjournal._values import render_value, storable, timestamp_now
 from csvjournal._work import Task, work
+from csvjournal._writer import RecordCall
 from csvjournal.errors import SettingsError
 
 __all__ = ["MAX_LEASE_SECONDS", "Claims"]
@@ -132,6 +134,34 @@ class Claims(Handle):
                 self._held.pop(key, None)
         return released
 
+    def _record_outcome(
+        self,
+        key: str,
+        worker: str,
+        status: str | None,
+        fields: Mapping[str, object] | None,
+        more: Mapping[str, object],
+    ) -> int | None:
+        """:meth:`record` the outcome of a row claimed by ``worker``; None, and nothing
+        recorded, when it comes late and would undo another worker's: the lease ran out,
+        another worker took the row over and finished it, and this outcome would move it
+        back to an unfinished status (``FAILED``, say). A late terminal outcome is recorded.
+
+        Raises:
+            the errors of :meth:`record`.
+        """
+        self._ensure()
+        op = self._commits.prepare(RecordCall(key, status, fields, more, worker))
+        seq: int | None = self._write(  # type: ignore[assignment]
+            Action(lambda conn, writer: record_outcome(conn, writer, op, worker))
+        )
+        if seq is None:
+            with self._held_lock:
+                self._held.pop(key, None)
+        else:
+            self._commits.finished([op])
+        return seq
+
     def defer(self, keys: Iterable[str], seconds: float) -> list[str]:
         """Keep rows out of :meth:`pending` and :meth:`claim` for ``seconds`` (a retry
         back-off after a failure); return the keys deferred (rows done or in progress are left
@@ -209,7 +239,7 @@ class Claims(Handle):
             self._local.worker = name  # in the thread that iterates
             try:
                 yield from work(
-                    self,  # type: ignore[arg-type]  # Journal, the subclass, adds record()
+                    self,
                     lease=lease,
                     worker=name,
                     max_attempts=max_attempts,

@@ -83,6 +83,21 @@ def _write(conn: sqlite3.Connection, writer: Writer, ops: Sequence[RecordOp]) ->
         writer.apply(conn, ops)
 
 
+def record_outcome(
+    conn: sqlite3.Connection, writer: Writer, op: RecordOp, worker: str
+) -> int | None:
+    """Write ``op``, a claimed row's outcome by ``worker``, unless it comes late and would
+    undo another worker's: the row was taken over (its lease ran out) and finished, and
+    ``op`` would move it back to an unfinished status. Return its sequence number, or None
+    when it was not written."""
+    found = conn.execute("SELECT holder, done FROM rows WHERE key = ?", (op.key,)).fetchone()
+    taken_over = found is not None and found[0] != worker and found[1]
+    if taken_over and op.status is not None and not writer.is_terminal(op.status):
+        return None
+    _write(conn, writer, [op])
+    return op.seq
+
+
 def claim_rows(
     conn: sqlite3.Connection,
     writer: Writer,

@@ -41,14 +41,14 @@ class _Journal(Protocol):
     ) -> list[str]: ...
     def extend(self, keys: list[str], lease: float) -> list[str]: ...
     def release(self, keys: list[str], note: str = ...) -> list[str]: ...
-    def record(
+    def _record_outcome(
         self,
         key: str,
-        /,
-        status: str | None = None,
-        fields: Mapping[str, object] | None = None,
-        **more: object,
-    ) -> int: ...
+        worker: str,
+        status: str | None,
+        fields: Mapping[str, object] | None,
+        more: Mapping[str, object],
+    ) -> int | None: ...
     def next_lease_end(self, max_attempts: int | None = None) -> float | None: ...
     @property
     def settings(self) -> _Settings: ...
@@ -82,9 +82,12 @@ class Task:
 
     def record(
         self, status: str | None = None, fields: Mapping[str, object] | None = None, **more: object
-    ) -> int:
+    ) -> int | None:
         """``journal.record(task.key, ...)``; a status other than ``IN_PROGRESS`` finishes
-        the task.
+        the task. Returns the event's sequence number, or None when nothing was recorded:
+        the lease ran out, another worker took the row over and finished it, and this late
+        outcome would move it back to an unfinished status (the task is then ``lost`` and
+        finished). A late terminal outcome is recorded after theirs.
 
         Raises:
             the errors of :meth:`Journal.record`.
@@ -92,12 +95,15 @@ class Task:
         # The status may come as the status column among the fields, in either mapping.
         named = {**(fields or {}), **more}
         given = status if status is not None else named.get(self._journal.settings.status_column)
-        seq = self._journal.record(self.key, status, fields, **more)
-        if given is not None and given != IN_PROGRESS:
+        seq = self._journal._record_outcome(self.key, self.worker, status, fields, more)
+        if seq is None:
+            self.lost = self.finished = True
+            log.warning("task_outcome_dropped", key=self.key, worker=self.worker, status=given)
+        elif given is not None and given != IN_PROGRESS:
             self.finished = True
         return seq
 
-    def fail(self, message: str, **more: object) -> int:
+    def fail(self, message: str, **more: object) -> int | None:
         """Record ``FAILED`` with ``ERROR_MESSAGE`` = ``message`` (and any other fields)."""
         return self.record(FAILED, fields={"ERROR_MESSAGE": message}, **more)
 

@@ -241,6 +241,10 @@ class Writer:
             self._terminal_text = text
         return self.mark()
 
+    def is_terminal(self, status: str) -> bool:
+        """Whether ``status`` is terminal (as of this transaction's :meth:`begin`)."""
+        return status in self._terminal
+
     @property
     def numbering(self) -> bool:
         """Whether this transaction numbers events itself (then every op must be

@@ -232,14 +232,15 @@ class Runner:
                 task.release()
                 self.stats.add(given_back=1)
             elif outcome.code == 0:
-                task.record(config.success_status, fields={"ERROR_MESSAGE": "", "EXIT_CODE": "0"})
-                self.stats.add(succeeded=1)
-                log.debug("run_row_done", key=task.key)  # committed: never runs again
+                fields = {"ERROR_MESSAGE": "", "EXIT_CODE": "0"}
+                if task.record(config.success_status, fields=fields) is not None:
+                    self.stats.add(succeeded=1)
+                    log.debug("run_row_done", key=task.key)  # committed: never runs again
             else:
-                self._failed(task.key, outcome)
-                task.finished = True
+                self._failed(task, outcome)
 
-    def _failed(self, key: str, outcome: Outcome) -> None:
+    def _failed(self, task: Task, outcome: Outcome) -> None:
+        key = task.key
         # The journal counts the attempts (across runs): the back-off doubles with each.
         attempts = max(1, self._journal.attempts(key) or 0)
         delay = min(_BACKOFF_CAP_SECONDS, self._config.backoff * 2 ** (attempts - 1))
@@ -251,7 +252,8 @@ class Runner:
         message = outcome.message.encode(encoding, "replace").decode(encoding)
         with self._journal.batch():  # one commit: the failure and its back-off
             fields = {"ERROR_MESSAGE": message, "EXIT_CODE": str(outcome.code)}
-            self._journal.record(key, "FAILED", fields=fields)
+            if task.record("FAILED", fields=fields) is None:
+                return  # another worker took the row over and finished it: that stands
             if not spent:
                 self._journal.defer([key], delay * random.uniform(0.5, 1.0))
         self.stats.add(failed=1, exhausted=int(spent))

@@ -25,6 +25,7 @@ from _work import me as _me
 from _work import trail as _trail
 from _work import wait_for as _wait_for
 
+import csvjournal
 from csvjournal import Journal
 from csvjournal.events import Event
 
@@ -296,3 +297,39 @@ def test_a_worker_stopped_past_its_lease_loses_the_row_and_records_after_resumin
     jr.flush(timeout=WAIT)
     with jr.csv_path.open(newline="") as f:
         assert {r[KEY]: r["STATUS"] for r in csv.DictReader(f)} == dict.fromkeys(KEYS, "COMPLETED")
+
+
+@pytest.mark.parametrize("body_raises", [True, False], ids=["failed late", "succeeded late"])
+def test_a_late_outcome_never_moves_a_row_another_worker_finished_back(
+    tmp_path: Path, body_raises: bool
+) -> None:
+    # A worker paused past its lease (a suspended laptop, a stopped process): another took
+    # the row over and finished it. A late FAILED must not undo that (the row would run
+    # again); a late COMPLETED is recorded after theirs.
+    csv_path = tmp_path / "late.csv"
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("r0")
+    first = csvjournal.open(csv_path, export=False)
+    second = csvjournal.open(csv_path, export=False)
+    try:
+        for task in first.work(lease=300, worker="A"):
+            with task:
+                with sqlite3.connect(f"{csv_path}.journal") as conn:  # A's lease runs out
+                    conn.execute("UPDATE rows SET lease_until = 1 WHERE key = 'r0'")
+                assert second.claim(worker="B") == ["r0"]
+                second.record("r0", "COMPLETED", BY="B")
+                if body_raises:
+                    raise RuntimeError("A's download failed")
+            assert task.finished
+            assert task.lost == body_raises
+            break
+        trail = [(e.status, e.worker, e.fields.get("BY")) for e in first.history("r0")][1:]
+        theirs = [("IN_PROGRESS", "A", None), ("IN_PROGRESS", "B", None)]
+        theirs.append(("COMPLETED", trail[2][1], "B"))
+        late = [] if body_raises else [("COMPLETED", "A", None)]
+        assert trail == [*theirs, *late]
+        assert first.get("r0")["STATUS"] == "COMPLETED"  # type: ignore[index]
+        assert first.pending() == []
+    finally:
+        first.close()
+        second.close()
