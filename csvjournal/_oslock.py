@@ -49,6 +49,36 @@ class ExporterLock:
             _held[self.path] = self
             return True
 
+    def keep(self) -> bool:
+        """Whether this handle still holds the lock. A lock file deleted by hand (with the
+        backups folder) is no lock: the next exporter would lock a new file while this one
+        exports on. So a file no longer the one held is made and locked anew; False when
+        another process locked it first (this handle must stop exporting)."""
+        with _registry_lock:
+            fd = self._fd
+            if fd is None:
+                return False
+            try:
+                found = os.stat(self.path)
+            except FileNotFoundError:
+                found = None
+            held = os.fstat(fd)
+            if found is not None and (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino):
+                return True
+            try:
+                self.path.parent.mkdir(exist_ok=True)
+                new = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:  # a folder nobody can write: nobody makes another lock either
+                return True
+            try:
+                fcntl.lockf(new, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(new)
+                return False
+            self._fd = new
+        os.close(fd)  # the old file's lock: nobody else can reach that file any more
+        return True
+
     def release(self) -> None:
         """Give the lock up (harmless when not held)."""
         with _registry_lock:

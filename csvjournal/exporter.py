@@ -179,26 +179,35 @@ class Exporter(ExportWriter):
     # -- the thread ------------------------------------------------------------------------
 
     def _run(self, leading: bool) -> None:
-        while not leading:
-            if self._stopped(_STANDBY_SECONDS):
+        while True:
+            while not leading:
+                if self._stopped(_STANDBY_SECONDS):
+                    return
+                try:
+                    with self._gate.operation():
+                        leading = self.try_lead(retry=True)
+                except CsvChangedError as exc:
+                    log.error("csv_changed_by_hand", path=str(self._csv_path), error=str(exc))
+                    return
+                if leading:
+                    log.info("exporter_took_over", path=str(self._csv_path))
+            if self._export_loop():
                 return
-            try:
-                with self._gate.operation():
-                    leading = self.try_lead(retry=True)
-            except CsvChangedError as exc:
-                log.error("csv_changed_by_hand", path=str(self._csv_path), error=str(exc))
-                return
-            if leading:
-                log.info("exporter_took_over", path=str(self._csv_path))
-        self._export_loop()
+            leading = False
 
-    def _export_loop(self) -> None:
+    def _export_loop(self) -> bool:
+        """Export until asked to stop (True), or until the role is lost (False)."""
         try:
             self._warm_up()
             delay = POLL_SECONDS
             version = None
-            exported_at = time.monotonic()
+            exported_at = checked_at = time.monotonic()
             while not self._stopped(delay):
+                if time.monotonic() - checked_at >= _STANDBY_SECONDS:
+                    checked_at = time.monotonic()
+                    if not self._lock.keep():  # its file deleted, and another took the new one
+                        log.warning("exporter_role_lost", path=str(self._csv_path))
+                        return False
                 with self._gate.operation():  # no connection may be open across a fork
                     # A CSV deleted by hand is written anew, commits or not.
                     idle = not (self._forced or self._failures or self.blocked)
@@ -218,6 +227,7 @@ class Exporter(ExportWriter):
                     exported_at = time.monotonic()
             with self._gate.operation():  # the last commits before close
                 self._export_last()
+            return True
         finally:
             self.release()
 

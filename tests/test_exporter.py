@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -69,6 +72,78 @@ def test_one_exporter_at_a_time_and_a_standby_takes_over(csv_path: Path) -> None
     finally:
         first.close()
         second.close()
+
+
+_OTHER_EXPORTER = """\
+import sys, time
+import csvjournal
+journal = csvjournal.open(sys.argv[1])
+time.sleep(1.0)
+print("leading" if journal._exporter.leading else "standing by", flush=True)
+journal.close()
+"""
+
+_LOCK_HOLDER = """\
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_backups_folder_deleted_by_hand_is_made_again_by_the_exporter(csv_path: Path) -> None:
+    # The exporter lock lives in orders.csv.backups/: deleted with the folder, the next
+    # exporting process would lock a new file while the exporter exported on.
+    with csvjournal.open(csv_path, key="ID") as journal:
+        assert journal._exporter is not None
+        shutil.rmtree(f"{csv_path}.backups")
+        time.sleep(1.0)  # it looks every half second
+        assert Path(f"{csv_path}.backups", "exporter.lock").exists()
+        done = subprocess.run(
+            [sys.executable, "-c", _OTHER_EXPORTER, str(csv_path)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        assert done.stdout.splitlines()[-1] == "standing by"
+        assert journal._exporter.leading
+
+
+def test_an_exporter_whose_lock_file_another_process_locked_anew_steps_down(
+    csv_path: Path, tmp_path: Path
+) -> None:
+    folder = Path(f"{csv_path}.backups")
+    with csvjournal.open(csv_path, key="ID") as journal:
+        assert journal._exporter is not None
+        journal.record("a")
+        ready = tmp_path / "ready"
+        ready.mkdir()
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _LOCK_HOLDER, str(ready / "exporter.lock")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline() == "locked\n"
+            folder.rename(tmp_path / "deleted")  # the folder deleted by hand, and at once
+            ready.rename(folder)  # another process's lock in its place
+            deadline = time.monotonic() + 5
+            while journal._exporter.leading and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not journal._exporter.leading
+        finally:
+            holder.communicate("")  # the holder exits: its lock is free
+        journal.record("b", "COMPLETED")
+        journal.flush(timeout=30)
+        deadline = time.monotonic() + 5
+        while not journal._exporter.leading and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert journal._exporter.leading  # it stood by, and leads again
+    assert _rows(csv_path)["b"]["STATUS"] == "COMPLETED"
 
 
 def test_closing_a_standby_handle_waits_until_the_exporter_shows_its_records(
