@@ -37,6 +37,32 @@ def _valid_lease(lease: float) -> bool:
     return 0 < lease <= MAX_LEASE_SECONDS  # NaN is neither
 
 
+def _keys(keys: Iterable[str]) -> list[str]:
+    """``keys`` as a list; a lone key given for a list of them is refused, not taken for
+    its characters.
+
+    Raises:
+        TypeError: ``keys`` is a string (or bytes), or not iterable.
+    """
+    if isinstance(keys, str | bytes):
+        raise TypeError(f"keys must be a list of keys, not the one key {keys!r}: use [{keys!r}]")
+    return list(keys)
+
+
+def _count(name: str, value: object) -> int | None:
+    """``value`` as a count (an int, None kept): SQLite's limits are 64 bits, so a huge one
+    is as good as all.
+
+    Raises:
+        TypeError: not an int (a float, a bool, text).
+    """
+    if value is None:
+        return None
+    if type(value) is not int:
+        raise TypeError(f"{name} must be an int, not {type(value).__name__} {value!r}")
+    return min(value, 2**62)
+
+
 class Claims(Handle):
     """Claims, leases, attempts and :meth:`work` (mixed into :class:`Journal`)."""
 
@@ -58,9 +84,13 @@ class Claims(Handle):
         Raises:
             SettingsError: ``n`` or ``max_attempts`` below 1, or ``lease`` not a number of
                 seconds above 0 and at most :data:`MAX_LEASE_SECONDS` (30 days).
+            TypeError: ``n`` or ``max_attempts`` not an int, ``worker`` not text.
             JournalBusyError: other writers held the journal longer than the busy timeout.
             JournalClosedError: the handle is closed.
         """
+        n, max_attempts = _count("n", n) or 0, _count("max_attempts", max_attempts)
+        if worker is not None and (type(worker) is not str or not worker):
+            raise TypeError(f"worker must be a name (non-empty text), not {worker!r}")
         if n < 1 or not _valid_lease(lease) or (max_attempts is not None and max_attempts < 1):
             raise SettingsError(
                 f"claim needs n >= 1, 0 < lease <= {MAX_LEASE_SECONDS:,} (30 days) and"
@@ -94,6 +124,7 @@ class Claims(Handle):
         ran out, or that was finished, is not renewed (and is left out).
 
         Raises:
+            TypeError: ``keys`` is one key (a string), not a list of them.
             SettingsError: ``lease`` not a number of seconds above 0 and at most
                 :data:`MAX_LEASE_SECONDS` (30 days).
             JournalBusyError: other writers held the journal longer than the busy timeout.
@@ -104,7 +135,7 @@ class Claims(Handle):
                 f"extend needs 0 < lease <= {MAX_LEASE_SECONDS:,} (30 days), not {lease}"
             )
         self._ensure()
-        held = self._holders(keys)
+        held = self._holders(_keys(keys))
         renewed: list[str] = self._write(  # type: ignore[assignment]
             Action(lambda conn, _writer: extend_leases(conn, held, time.time() + lease))
         )
@@ -116,11 +147,12 @@ class Claims(Handle):
         handle's worker are left alone).
 
         Raises:
+            TypeError: ``keys`` is one key (a string), not a list of them.
             JournalBusyError: other writers held the journal longer than the busy timeout.
             JournalClosedError: the handle is closed.
         """
         self._ensure()
-        held = self._holders(keys)
+        held = self._holders(_keys(keys))
         at, worker = timestamp_now(), self._worker_name()
         released: list[str] = self._write(  # type: ignore[assignment]
             Action(
@@ -168,6 +200,7 @@ class Claims(Handle):
         alone).
 
         Raises:
+            TypeError: ``keys`` is one key (a string), not a list of them.
             SettingsError: ``seconds`` not a number from 0 to :data:`MAX_LEASE_SECONDS`.
             JournalBusyError: other writers held the journal longer than the busy timeout.
             JournalClosedError: the handle is closed.
@@ -177,7 +210,7 @@ class Claims(Handle):
                 f"defer needs 0 <= seconds <= {MAX_LEASE_SECONDS:,} (30 days), not {seconds}"
             )
         self._ensure()
-        chosen, until = [key for key in keys if storable(key)], time.time() + seconds
+        chosen, until = [key for key in _keys(keys) if storable(key)], time.time() + seconds
         deferred: list[str] = self._write(  # type: ignore[assignment]
             Action(lambda conn, _writer: defer_rows(conn, chosen, until))
         )
@@ -188,11 +221,12 @@ class Claims(Handle):
         or every row in ``status`` (default ``FAILED``) that was tried; return those keys.
 
         Raises:
+            TypeError: ``keys`` is one key (a string), not a list of them.
             JournalBusyError: other writers held the journal longer than the busy timeout.
             JournalClosedError: the handle is closed.
         """
         self._ensure()
-        chosen = None if keys is None else [key for key in keys if storable(key)]
+        chosen = None if keys is None else [key for key in _keys(keys) if storable(key)]
         reset: list[str] = self._write(  # type: ignore[assignment]
             Action(lambda conn, _writer: reset_attempts(conn, chosen, status))
         )

@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import _leases
@@ -354,3 +354,35 @@ def test_defer_refuses_seconds_that_are_not_a_back_off(jr: Journal, seconds: flo
     with pytest.raises(csvjournal.SettingsError, match="defer"):
         jr.defer(KEYS[:1], seconds)
     assert jr.pending() == KEYS
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda j: j.claim(1.5), "n must be an int"),
+        (lambda j: j.claim(True), "n must be an int"),
+        (lambda j: j.claim(max_attempts=2.0), "max_attempts must be an int"),
+        (lambda j: j.claim(worker=123), "worker must be a name"),
+        (lambda j: j.claim(worker=""), "worker must be a name"),
+        (lambda j: j.extend("k1", 5), "one key"),
+        (lambda j: j.release("k1"), "one key"),
+        (lambda j: j.defer("k1", 5), "one key"),
+        (lambda j: j.retry("k1"), "one key"),
+    ],
+)
+def test_arguments_of_the_wrong_kind_are_type_errors_that_change_nothing(
+    tmp_path: Path, call: Callable[[Journal], object], match: str
+) -> None:
+    with csvjournal.open(tmp_path / "small.csv", key="ID") as journal:
+        journal.record("k1")
+        with pytest.raises(TypeError, match=match):
+            call(journal)
+        assert journal.pending() == ["k1"]
+        assert len(journal.history("k1")) == 1
+
+
+def test_a_huge_count_takes_every_row(tmp_path: Path) -> None:
+    with csvjournal.open(tmp_path / "small.csv", key="ID") as journal:
+        for key in ("a", "b"):
+            journal.record(key)
+        assert journal.claim(2**63, max_attempts=2**63) == ["a", "b"]
