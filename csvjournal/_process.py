@@ -79,8 +79,8 @@ def wait(
         while time.monotonic() < drain and _read(selector, child, tail, drain - time.monotonic()):
             pass
     code = child.returncode
-    if stopped.is_set():  # we stopped it (it may exit 143 on SIGTERM): the row goes back
-        return Outcome(None, "")
+    if stopped.is_set() and code != 0:  # we stopped it (it may exit 143 on SIGTERM): the
+        return Outcome(None, "")  # row goes back; one that exited 0 did its work
     return Outcome(code, _message(code, bytes(tail)) if code else "")
 
 

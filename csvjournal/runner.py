@@ -112,6 +112,7 @@ class RunStats:
     exhausted: int = 0
     retried: int = 0
     given_back: int = 0
+    spent: int = 0  # pending rows not run: their attempts are used up (no --retry-failed)
     running: int = 0
     interrupted: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -159,10 +160,18 @@ class Runner:
 
     def start(self) -> list[threading.Thread]:
         """Start the worker threads; return them (join them, or use :meth:`wait`)."""
+        # Rows left pending with their attempts used up (reset to PENDING by hand, a worker
+        # killed on its last attempt, a terminal set narrowed): skipped by the claims.
+        limit = self._config.max_attempts
+        claimable = set(self._journal.pending(max_attempts=limit))
+        spent = [key for key in self._journal.pending() if key not in claimable]
         if self._config.retry_failed:
-            retried = self._journal.retry()
+            retried = {*self._journal.retry(), *self._journal.retry(spent)}
             log.info("run_retrying_failed_rows", rows=len(retried))
-        self.stats.total = len(self._journal.pending(max_attempts=self._config.max_attempts))
+        elif spent:
+            self.stats.spent = len(spent)
+            log.info("run_skipping_spent_rows", rows=len(spent), max_attempts=limit)
+        self.stats.total = len(self._journal.pending(max_attempts=limit))
         threads = [
             threading.Thread(target=self._worker, args=(n,), name=f"run-{n}", daemon=True)
             for n in range(self._config.workers)
@@ -276,7 +285,12 @@ class Runner:
                 self._children.pop(index, None)
 
     def _terminate_children(self) -> None:
+        # All at once: one after another, each taking up to its SIGTERM's grace, the last
+        # would get its signal seconds late (and a command finishing meanwhile given back)
         with self._children_lock:
             children = list(self._children.values())
-        for child in children:
-            kill_group(child)
+        killers = [threading.Thread(target=kill_group, args=(c,), daemon=True) for c in children]
+        for killer in killers:
+            killer.start()
+        for killer in killers:
+            killer.join()

@@ -566,3 +566,62 @@ def test_ctrl_c_gives_back_the_row_of_a_command_that_exits_on_sigterm(tmp_path: 
         proc.wait()
     assert proc.returncode == 130
     assert statuses(csv) == {"1": "PENDING"}  # given back, its one attempt not spent
+
+
+TERM_TEST = """\
+import signal, sys, time
+from pathlib import Path
+
+row, folder = sys.argv[1], Path(sys.argv[2])
+if row == "1":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # killed only by SIGKILL, its grace over
+else:  # finishes its work tidily when asked to stop: a success
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+(folder / f"started-{row}").touch()
+time.sleep(60)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_command_at_once_and_keeps_a_success(tmp_path: Path) -> None:
+    csv = tmp_path / "t.csv"
+    csv.write_text("ID\n1\n2\n")
+    ok(invoke("init", csv, "--key", "ID"))
+    command = python_script(tmp_path / "term.py", TERM_TEST)
+    argv = [str(CONSOLE_SCRIPT), "run", str(csv), "--workers", "2", "--grace", "0.2"]
+    proc = subprocess.Popen([*argv, "--", *command, "{ID}", str(tmp_path)])
+    try:
+        wait_for(lambda: all((tmp_path / f"started-{n}").exists() for n in (1, 2)))
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=SUBPROCESS_TIMEOUT)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130
+    # one stopped by us: given back; one that exited 0 when asked to stop: it succeeded
+    assert statuses(csv) == {"1": "PENDING", "2": "COMPLETED"}
+
+
+def test_rows_whose_attempts_are_used_up_are_said_and_rerun_with_retry_failed(
+    rows8: Path, tmp_path: Path
+) -> None:
+    calls = tmp_path / "calls.log"
+    command = python_script(
+        tmp_path / "cmd.py",
+        "import sys\n"
+        f"open({str(calls)!r}, 'a').write(sys.argv[1] + '\\n')\n"
+        "sys.exit(sys.argv[1] == '2' and 'not yet')\n",
+    )
+    assert invoke("run", rows8, "--max-attempts", "1", "--", *command, "{ID}").exit_code == 1
+    ok(invoke("record", rows8, "2", "--status", "PENDING"))  # reset by hand
+    calls.write_text("")
+    second = invoke("run", rows8, "--max-attempts", "1", "--", *command, "{ID}")
+    assert second.exit_code == 1
+    assert calls.read_text() == ""
+    assert second.stdout.splitlines()[-1] == (
+        "1 pending rows not run: their attempts are used up (--max-attempts 1);"
+        " --retry-failed runs them again"
+    )
+    third = invoke("run", rows8, "--max-attempts", "1", "--retry-failed", "--", *command, "{ID}")
+    assert third.exit_code == 1  # it failed once more
+    assert calls.read_text() == "2\n"

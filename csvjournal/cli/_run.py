@@ -270,5 +270,10 @@ def run(  # noqa: PLR0917 - click passes every option by position
         f"{stats.succeeded} succeeded, {stats.exhausted} failed after their last attempt"
         f" ({stats.failed} failed attempts), {stats.given_back} given back; CSV: {csv}"
     )
+    if stats.spent:
+        click.echo(
+            f"{stats.spent} pending rows not run: their attempts are used up"
+            f" (--max-attempts {config.max_attempts}); --retry-failed runs them again"
+        )
     if code:
         sys.exit(code)
