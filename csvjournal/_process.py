@@ -41,7 +41,8 @@ def start(
     argv: list[str], env: Mapping[str, str], *, show_output: bool
 ) -> subprocess.Popen[bytes] | Outcome:
     """Start ``argv`` (stdin empty, stdout discarded unless ``show_output``); an
-    :class:`Outcome` (127) when it cannot be started."""
+    :class:`Outcome` (127) when it cannot be started (no such program, a NUL byte in a
+    value)."""
     try:
         return subprocess.Popen(
             argv,
@@ -53,6 +54,8 @@ def start(
         )
     except OSError as exc:
         return Outcome(127, f"cannot run {argv[0]!r}: {exc.strerror or exc}")
+    except ValueError:  # a NUL byte, which no argument or environment variable can hold
+        return Outcome(127, f"cannot run {argv[0]!r}: a value of the row holds a NUL byte")
 
 
 def wait(

@@ -625,3 +625,14 @@ def test_rows_whose_attempts_are_used_up_are_said_and_rerun_with_retry_failed(
     third = invoke("run", rows8, "--max-attempts", "1", "--retry-failed", "--", *command, "{ID}")
     assert third.exit_code == 1  # it failed once more
     assert calls.read_text() == "2\n"
+
+
+def test_a_nul_byte_in_a_value_fails_its_row_and_the_run_goes_on(tmp_path: Path) -> None:
+    csv = tmp_path / "t.csv"
+    csv.write_bytes(b"ID,NOTE\n1,a\x00b\n2,ok\n")
+    ok(invoke("init", csv, "--key", "ID"))
+    done = invoke("run", csv, "--max-attempts", "1", "--", sys.executable, "-c", "", "{ID}")
+    assert done.exit_code == 1
+    assert "Traceback" not in done.stderr
+    assert statuses(csv) == {"1": "FAILED", "2": "COMPLETED"}  # the NUL is in CSVJ_NOTE
+    assert "NUL byte" in read_rows(csv)[0]["ERROR_MESSAGE"]
