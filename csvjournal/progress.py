@@ -24,7 +24,11 @@ __all__ = ["Progress", "exporter_alive", "progress"]
 
 _RATE_WINDOW_SECONDS = 60.0
 _RATE_EVENTS = 20_000
-_RECENT = "SELECT at, status FROM events WHERE seq > :first ORDER BY seq"
+# Each recent event with the status its row had before it (NULL for a row's first event).
+_RECENT = """
+SELECT e.at, e.status, p.status FROM events AS e LEFT JOIN events AS p ON p.seq = e.prev
+WHERE e.seq > :first ORDER BY e.seq
+"""
 _LEASED = "SELECT count(*) FROM rows WHERE done = 0 AND lease_until > :now AND holder IS NOT NULL"
 
 
@@ -91,7 +95,7 @@ def progress(journal: Journal) -> Progress:
         last = _reads.last_seq(conn)
         exported = _reads.exported_seq(conn)
         found = conn.execute(text(_RECENT), {"first": max(0, last - _RATE_EVENTS)})
-        recent = [(str(at), str(status)) for at, status in found]
+        recent = [(str(at), str(status), before) for at, status, before in found]
         edited = blocked_by(conn, journal.csv_path) is not None
         known = {read_value(conn, "csv_digest"), read_value(conn, "csv_pending")} - {None}
     alive = exporter_alive(journal.csv_path)
@@ -102,7 +106,7 @@ def progress(journal: Journal) -> Progress:
     rate = _rate(recent, terminal, now)
     left = rows - done
     try:
-        age: float | None = now - journal.csv_path.stat().st_mtime
+        age: float | None = max(0.0, now - journal.csv_path.stat().st_mtime)
     except FileNotFoundError:
         age = None
     return Progress(
@@ -141,14 +145,24 @@ def _unknown_file(csv_path: Path, known: set[object]) -> bool:
     return found not in known
 
 
-def _rate(recent: list[tuple[str, str]], terminal: frozenset[str], now: float) -> float | None:
-    since = now - _RATE_WINDOW_SECONDS
+def _rate(
+    recent: list[tuple[str, str, str | None]], terminal: frozenset[str], now: float
+) -> float | None:
+    """Rows finished per second over the last minute: events that made a row terminal
+    (not a further record on a row already done). A clock behind the events' (another
+    host's, or one set back) measures the minute up to the newest event instead."""
+    if not recent:
+        return None
+    end = max(now, parse_timestamp(recent[-1][0]).timestamp())
+    since = end - _RATE_WINDOW_SECONDS
     finished = [
         stamp
-        for at, status in recent
-        if status in terminal and (stamp := parse_timestamp(at).timestamp()) >= since
+        for at, status, before in recent
+        if status in terminal
+        and before not in terminal
+        and since <= (stamp := parse_timestamp(at).timestamp()) <= end
     ]
     if not finished:
         return None
-    span = max(1.0, now - min(finished))
+    span = max(1.0, end - min(finished))
     return round(len(finished) / span, 3)
