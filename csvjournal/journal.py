@@ -231,6 +231,10 @@ class Journal(Claims):
             try:
                 export_to(self._store, self._settings, Path(path), self._settings.formula_guard)
             except OSError as exc:
+                if not Path(path).parent.is_dir():  # not the temp file's name: the folder's
+                    raise ExportError(
+                        f"{path}: could not write the CSV: no folder {Path(path).parent}"
+                    ) from exc
                 raise ExportError(f"{path}: could not write the CSV: {exc}") from exc
 
     def _refuse_own_file(self, path: Path) -> None:

@@ -46,6 +46,11 @@ def env_name(column: str) -> str:
     return "CSVJ_" + re.sub(r"[^A-Z0-9]", "_", column.upper())
 
 
+def _loose(name: str) -> str:
+    """A column name as a typo might give it: case and runs of spaces aside."""
+    return " ".join(name.split()).casefold()
+
+
 class Template:
     """A command line whose arguments may hold ``{COLUMN}`` placeholders (``{{`` and
     ``}}`` stand for literal braces; braces around text with spaces that is no column, as
@@ -59,14 +64,23 @@ class Template:
         if not argv:
             raise CommandError("no command given: put it after --, e.g. -- echo {ID}")
         known = set(columns)
+        loosely = {_loose(column): column for column in columns}
         for arg in argv:
             for match in _PLACEHOLDER.finditer(arg):
                 name = match.group(1)
+                if name is None or name in known:
+                    continue
+                if _loose(name) in loosely:  # "{L1 UU supplier name }": a typo, spaces or not
+                    raise CommandError(
+                        f"placeholder {{{name}}} in {arg!r} names no column of the CSV;"
+                        f" did you mean {{{loosely[_loose(name)]}}}?"
+                        f" (columns: {', '.join(columns)})"
+                    )
                 # "{ echo x; }" (shell braces) is text; "{CITTY}" is a typo worth an error
-                if name is not None and name not in known and not _SPACE.search(name):
+                if not _SPACE.search(name):
                     raise CommandError(
                         f"placeholder {{{name}}} in {arg!r} names no column of the CSV"
-                        f" (columns: {', '.join(columns)})"
+                        f" (columns: {', '.join(columns)}; write {{{{ and }}}} for a brace)"
                     )
         self.argv = tuple(argv)
         self._known = known

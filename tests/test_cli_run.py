@@ -367,8 +367,9 @@ with open(folder / "calls.log", "a") as log:
         (["SIGINT"], 1.0, False),  # the hung commands are killed, their rows given back
         (["SIGINT"], 300.0, True),  # the running commands finish within the grace period
         (["SIGTERM", "SIGINT"], 300.0, False),  # a second signal kills at once
+        (["SIGHUP"], 300.0, True),  # the terminal closed: stopped as by Ctrl-C
     ],
-    ids=["sigint-kill", "sigint-grace", "second-signal"],
+    ids=["sigint-kill", "sigint-grace", "second-signal", "sighup"],
 )
 def test_run_stops_on_a_signal_and_resumes(
     rows8: Path, tmp_path: Path, signals: list[str], grace: float, release: bool

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -169,6 +170,8 @@ def test_status_watch_into_a_pipe_writes_a_snapshot_each_refresh(tmp_path: Path)
         assert child.stdout is not None
         seen = [child.stdout.readline() for _ in range(40)]  # several snapshots, as they come
         assert sum("0 of 2 rows done" in line for line in seen) >= 2, seen
+        child.send_signal(signal.SIGINT)  # the watch ends as any command Ctrl-C stops
+        assert child.wait(SUBPROCESS_TIMEOUT) == 130
     finally:
         child.terminate()
         child.wait(SUBPROCESS_TIMEOUT)

@@ -276,6 +276,17 @@ def test_a_hand_edit_is_refused_at_open_with_what_to_do(csv_path: Path) -> None:
     assert set(_rows(csv_path)) == {"a", "b"}
 
 
+def test_export_to_a_missing_folder_names_the_folder(csv_path: Path, tmp_path: Path) -> None:
+    target = tmp_path / "no" / "such" / "copy.csv"
+    with (
+        csvjournal.open(csv_path, key="ID") as journal,
+        pytest.raises(csvjournal.ExportError) as caught,
+    ):
+        journal.export(target)
+    assert str(caught.value) == f"{target}: could not write the CSV: no folder {target.parent}"
+    assert not (tmp_path / "no").exists()
+
+
 @pytest.mark.parametrize(
     "name",
     [

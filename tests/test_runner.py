@@ -53,7 +53,7 @@ def test_template_gives_one_argument_per_argument_whatever_the_value() -> None:
     ("argv", "expected"),
     [
         (["sh", "-c", "{ echo {ID}; } >&2"], ["sh", "-c", "{ echo 7; } >&2"]),
-        (["{ not a column }", "{ID }"], ["{ not a column }", "{ID }"]),
+        (["{ not a column }", "{print $1 }"], ["{ not a column }", "{print $1 }"]),
     ],
 )
 def test_template_leaves_shell_braces_with_spaces_as_text(
@@ -79,6 +79,24 @@ def test_template_refuses_a_placeholder_that_names_no_column(argv: list[str], na
     assert "ID, NAME, STATUS" in str(caught.value)  # the message lists the columns
     assert isinstance(caught.value, CsvJournalError)
     assert isinstance(caught.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("placeholder", "meant"),
+    [
+        ("{L1 UU supplier name}", "{L1 UU Supplier Name}"),
+        ("{L1 UU Supplier Name }", "{L1 UU Supplier Name}"),
+        ("{L1  UU Supplier Name}", "{L1 UU Supplier Name}"),
+        ("{ID }", "{ID}"),
+        ("{id}", "{ID}"),
+    ],
+)
+def test_template_says_which_column_a_near_miss_meant(placeholder: str, meant: str) -> None:
+    # With a space in it, a name that is no column would pass as shell text: not when it
+    # is a column's name but for case or spaces.
+    with pytest.raises(CommandError, match="names no column") as caught:
+        Template(["echo", placeholder], COLUMNS)
+    assert f"did you mean {meant}?" in str(caught.value)
 
 
 def test_template_refuses_an_empty_command() -> None:

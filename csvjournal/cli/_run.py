@@ -41,7 +41,8 @@ EXIT_SOME_FAILED = 1
 
 @contextmanager
 def _stop_on_signals(runner: Runner) -> Iterator[None]:
-    """SIGINT/SIGTERM stop claiming (a second one kills the running commands)."""
+    """SIGINT/SIGTERM/SIGHUP stop claiming (a second one kills the running commands):
+    a closed terminal or ssh session stops the run as Ctrl-C does, its rows given back."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -51,7 +52,9 @@ def _stop_on_signals(runner: Runner) -> Iterator[None]:
         seen.append(signum)
         (runner.stop if len(seen) == 1 else runner.kill)()
 
-    old = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old = {
+        sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
     try:
         yield
     finally:

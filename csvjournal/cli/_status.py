@@ -90,17 +90,15 @@ def status(csv: Path, as_json: bool, watch: bool, interval: float) -> None:
         if not watch:
             console.print(render(csv, snap))
             return
-        try:
-            if not console.is_terminal:  # a file or a pipe: one snapshot a refresh, as it comes
-                _print_snapshots(csv, journal, snap, interval)
-                return
-            with Live(render(csv, snap), console=console, auto_refresh=False) as live:
-                while snap.done < snap.rows:
-                    time.sleep(interval)
-                    snap = progress(journal)
-                    live.update(render(csv, snap), refresh=True)
-        except KeyboardInterrupt:
-            pass
+        # Ctrl-C ends the watch as it ends any command: "interrupted", exit 130
+        if not console.is_terminal:  # a file or a pipe: one snapshot a refresh, as it comes
+            _print_snapshots(csv, journal, snap, interval)
+            return
+        with Live(render(csv, snap), console=console, auto_refresh=False) as live:
+            while snap.done < snap.rows:
+                time.sleep(interval)
+                snap = progress(journal)
+                live.update(render(csv, snap), refresh=True)
 
 
 def _print_snapshots(
