@@ -10,6 +10,7 @@ constraint) are left as they are.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,9 +80,29 @@ def io_error(exc: BaseException, journal: Path) -> JournalIOError | None:
 def _io_error(
     orig: BaseException, journal: Path, csv_path: Path, doing: str | None
 ) -> JournalIOError:
+    hint = _read_only_hint(journal) if "readonly" in str(orig) else ""
     if doing is not None:
-        return JournalIOError(f"{csv_path}: could not {doing} ({orig})")
-    return JournalIOError(f"{journal}: SQLite could not read or write the journal ({orig})")
+        return JournalIOError(f"{csv_path}: could not {doing} ({orig}){hint}")
+    return JournalIOError(f"{journal}: SQLite could not read or write the journal ({orig}){hint}")
+
+
+def _read_only_hint(journal: Path) -> str:
+    """What SQLite's "attempt to write a readonly database" means here: which file or
+    folder this process may not write."""
+    folder = journal.parent
+    for path, what in (
+        (journal, "the journal file"),
+        (Path(f"{journal}-wal"), "its -wal file"),
+        (Path(f"{journal}-shm"), "its -shm file"),
+    ):
+        if path.exists() and not os.access(path, os.W_OK):
+            return f": {what} {path} is read-only to this process"
+    if not os.access(folder, os.W_OK):
+        return (
+            f": its folder {folder} is read-only to this process (even reading needs to"
+            " make the -wal and -shm files beside the journal)"
+        )
+    return ""
 
 
 @contextmanager

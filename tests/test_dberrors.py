@@ -243,3 +243,28 @@ def test_a_journal_deleted_or_replaced_under_a_handle_fails_its_writes(
         quiet_journal.record("after", "DONE")
     with pytest.raises(JournalIOError, match="deleted or replaced"), quiet_journal.batch():
         quiet_journal.record("after-batch", "DONE")
+
+
+@pytest.mark.parametrize(
+    ("denied", "says"),
+    [
+        ("folder", "its folder {folder} is read-only to this process"),
+        ("journal", "the journal file {journal} is read-only to this process"),
+    ],
+)
+def test_a_read_only_journal_says_which_file_or_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, denied: str, says: str
+) -> None:
+    # SQLite says only "attempt to write a readonly database", also for a read-only
+    # folder when it must make the -wal/-shm files just to read.
+    journal = tmp_path / "orders.csv.journal"
+    journal.touch()
+    paths = {"folder": tmp_path, "journal": journal}
+    monkeypatch.setattr(
+        "csvjournal._dberrors.os.access", lambda path, mode: Path(path) != paths[denied]
+    )
+    error = sqlite3.OperationalError("attempt to write a readonly database")
+    error.sqlite_errorcode = 8  # type: ignore[attr-defined]  # SQLITE_READONLY
+    translated = translate(error, journal, tmp_path / "orders.csv")
+    assert isinstance(translated, JournalIOError)
+    assert says.format(folder=tmp_path, journal=journal) in str(translated)
