@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import sqlite3
 from dataclasses import dataclass, replace
@@ -211,6 +212,22 @@ def _check_against(stored: Settings, options: Options) -> None:
             raise SettingsError(
                 f"{options.journal_path}: {what}={given!r} conflicts with the journal's {have!r}"
             )
+    wanted, stored_encoding = options.encoding, stored.dialect.encoding
+    if wanted is not None and _codec(wanted) != _codec(stored_encoding):
+        # The file was imported in its encoding, and is written in it: said, not an error
+        # (a script passing --encoding at every run of a job created with it).
+        log.warning(
+            "encoding_ignored",
+            path=str(options.journal_path),
+            given=wanted,
+            stored=stored_encoding,
+        )
+
+
+def _codec(name: str) -> str:
+    """An encoding's canonical name; a BOM is the dialect's business, not the codec's."""
+    canonical = codecs.lookup(name).name
+    return "utf-8" if canonical == "utf-8-sig" else canonical
 
 
 def _create(conn: Connection, settings: Settings, columns: list[str]) -> None:

@@ -277,6 +277,19 @@ def test_stored_settings_win_at_reopen(csv_path: Path) -> None:
         assert journal.settings.terminal == {"DONE", "SKIPPED"}
 
 
+def test_another_encoding_at_reopen_is_said_and_the_stored_one_kept(csv_path: Path) -> None:
+    csv_path.write_bytes("ID,NAME\n1,Müller\n".encode("latin-1"))
+    csvjournal.open(csv_path, key="ID", encoding="latin-1").close()
+    with capture_logs() as logs, csvjournal.open(csv_path, encoding="utf-8") as journal:
+        journal.record("2", NAME="Jürgen")
+    ignored = [entry for entry in logs if entry["event"] == "encoding_ignored"]
+    assert [(e["given"], e["stored"]) for e in ignored] == [("utf-8", "latin-1")]
+    assert "Jürgen".encode("latin-1") in csv_path.read_bytes()
+    with capture_logs() as logs, csvjournal.open(csv_path, encoding="ISO-8859-1"):
+        pass  # the same codec by another name: nothing to say
+    assert not [entry for entry in logs if entry["event"] == "encoding_ignored"]
+
+
 @pytest.mark.parametrize("in_batch", [False, True], ids=["record", "batch"])
 def test_a_terminal_set_replaced_by_another_open_reaches_handles_already_open(
     csv_path: Path, in_batch: bool
