@@ -42,7 +42,8 @@ def driver(conn: Connection) -> sqlite3.Connection:
 @contextmanager
 def peek(path: Path) -> Iterator[sqlite3.Connection]:
     """A read-only connection to the database at ``path``, which writes no byte of it: a
-    hot WAL left by a killed process is read, not checkpointed or deleted. If the block
+    hot WAL left by a killed process is read, not checkpointed or deleted (only a hot
+    rollback journal is rolled back first, see :func:`_read_only`). If the block
     raises (the database is refused), the -wal/-shm files the connection had to make are
     removed again; else they stay, as any connection's do (another process may be using
     them by now).
@@ -53,7 +54,7 @@ def peek(path: Path) -> Iterator[sqlite3.Connection]:
     companions = [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm")]
     existed = [companion.exists() for companion in companions]
     try:
-        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        with closing(_read_only(path)) as conn:
             yield conn
     except BaseException:
         for companion, was_there in zip(companions, existed, strict=True):
@@ -61,6 +62,28 @@ def peek(path: Path) -> Iterator[sqlite3.Connection]:
             if not was_there and companion.exists() and companion.stat().st_size <= 32768:
                 companion.unlink(missing_ok=True)
         raise
+
+
+_READONLY_ROLLBACK = 8 | 3 << 8  # SQLITE_READONLY_ROLLBACK: a hot rollback journal
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to ``path`` that has read its first page. A rollback journal
+    left by a process killed mid-transaction (a journal's creation, before WAL mode) must
+    be rolled back first, which only a writing connection can do: any reader would, and
+    it only puts back what was committed."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if getattr(exc, "sqlite_errorcode", None) != _READONLY_ROLLBACK:
+            raise
+        with closing(sqlite3.connect(path)) as writer:
+            writer.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        conn = sqlite3.connect(uri, uri=True)
+    return conn
 
 
 metadata = MetaData()
