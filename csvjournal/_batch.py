@@ -37,20 +37,28 @@ class BatchState:
         conn: Connection,
         writer: Writer,
         errors: Callable[[], AbstractContextManager[None]],
+        committed: Callable[[list[RecordOp]], None],
     ) -> None:
         self.conn = conn
         self._writer = writer
         self._errors = errors
+        self._committed = committed  # told the records once the outermost block commits
         self._raw = driver(conn)
         self._buffer: list[RecordOp] = []
+        self._recorded: list[RecordOp] = []  # in blocks not undone (so far)
 
     def add(self, op: RecordOp) -> int:
         """Queue one record; return its sequence number."""
         seq = self._writer.allocate(self._raw, op)
         self._buffer.append(op)
+        self._recorded.append(op)
         if len(self._buffer) >= _FLUSH_EVERY:
             self.flush()
         return seq
+
+    def track(self, op: RecordOp) -> None:
+        """Count ``op``, written by an :class:`Action`, among the block's records."""
+        self._recorded.append(op)
 
     def flush(self) -> None:
         """Write the queued records into the open transaction."""
@@ -76,10 +84,13 @@ class BatchState:
                 tx.commit()
         except BaseException:
             self._buffer.clear()
+            self._recorded.clear()
             if tx.is_active:
                 tx.rollback()
             self._writer.restore(mark)
             raise
+        recorded, self._recorded = self._recorded, []
+        self._committed(recorded)
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -87,13 +98,14 @@ class BatchState:
         with self._errors():
             self.flush()
             savepoint = self.conn.begin_nested()
-        mark = self._writer.mark()
+        mark, recorded = self._writer.mark(), len(self._recorded)
         try:
             yield
             with self._errors():
                 self.flush()
         except BaseException:
             self._buffer.clear()
+            del self._recorded[recorded:]
             savepoint.rollback()
             self._writer.restore(mark)
             raise

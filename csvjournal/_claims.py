@@ -187,9 +187,12 @@ class Claims(Handle):
         seq: int | None = self._write(  # type: ignore[assignment]
             Action(lambda conn, writer: record_outcome(conn, writer, op, worker))
         )
+        batch = self._batches.get(threading.get_ident())
         if seq is None:
             with self._held_lock:
                 self._held.pop(key, None)
+        elif batch is not None:  # the claim ends if the block commits
+            batch.track(op)
         else:
             self._commits.finished([op])
         return seq

@@ -317,11 +317,8 @@ class Handle:
         batch: BatchState | None = self._batches.get(threading.get_ident())
         try:
             if batch is not None:
-                if isinstance(item, RecordCall):
-                    op = self._commits.prepare(item)
-                    if self._held:
-                        self._commits.finished([op])
-                    return batch.add(op)
+                if isinstance(item, RecordCall):  # its claim ends once the block commits
+                    return batch.add(self._commits.prepare(item))
                 return batch.run(item)
             with HeldInterrupts():  # no Ctrl-C inside the commit: it would leave locks held
                 self._gate.enter()

@@ -6,6 +6,8 @@ import datetime as dt
 import time
 from decimal import Decimal
 
+from csvjournal.errors import RecordError
+
 __all__ = ["format_timestamp", "parse_timestamp", "render_value", "storable", "timestamp_now"]
 
 
@@ -18,7 +20,9 @@ def render_value(name: str, value: object) -> str:
     Enum)``) writes its value, not ``Status.DONE`` as its own ``str()`` would.
 
     Raises:
-        TypeError: for any other type, naming the field.
+        TypeError: for any other type, naming the field (and the type's module: a
+            ``numpy.bool`` is no ``bool``).
+        RecordError: an int too long for Python to write as text.
     """
     if isinstance(value, str):
         return str.__str__(value)
@@ -27,15 +31,26 @@ def render_value(name: str, value: object) -> str:
     if isinstance(value, bool):
         return "True" if value else "False"
     if isinstance(value, int):
-        return int.__repr__(value)
+        try:
+            return int.__repr__(value)
+        except ValueError:  # past Python's int-to-text limit (sys.get_int_max_str_digits)
+            raise RecordError(
+                f"field {name!r}: an int too long to write as text (pass it as a str)"
+            ) from None
     if isinstance(value, float):
         return float.__repr__(value)
     if isinstance(value, Decimal):
         return Decimal.__str__(value)
     if isinstance(value, (dt.date, dt.time)):  # datetime is a date subclass
         return value.isoformat()
+    kind = type(value)
+    named = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
     raise TypeError(
-        f"field {name!r}: unsupported value of type {type(value).__name__}"
+        f"field {name!r}: unsupported value of type {named}"
         " (use str, int, float, bool, Decimal, date, datetime or None)"
     )
 

@@ -107,7 +107,7 @@ class Journal(Claims):
             return
         self._commits.check_journal()  # a connection would make a new, empty file there
         with self._gate.operation(), self._write_lock, self._store.engine.connect() as conn:
-            state = BatchState(conn, self._writer, self._errors)
+            state = BatchState(conn, self._writer, self._errors, self._commits.finished)
             self._batches[threading.get_ident()] = state
             try:
                 with state.transaction():

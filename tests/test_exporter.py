@@ -97,6 +97,7 @@ def test_a_backups_folder_deleted_by_hand_is_made_again_by_the_exporter(csv_path
     # exporting process would lock a new file while the exporter exported on.
     with csvjournal.open(csv_path, key="ID") as journal:
         assert journal._exporter is not None
+        journal.backups()  # the session's backup, taken in the background, is done
         shutil.rmtree(f"{csv_path}.backups")
         time.sleep(1.0)  # it looks every half second
         assert Path(f"{csv_path}.backups", "exporter.lock").exists()
@@ -118,6 +119,7 @@ def test_an_exporter_whose_lock_file_another_process_locked_anew_steps_down(
     with csvjournal.open(csv_path, key="ID") as journal:
         assert journal._exporter is not None
         journal.record("a")
+        journal.backups()  # the session's backup, taken in the background, is done
         ready = tmp_path / "ready"
         ready.mkdir()
         holder = subprocess.Popen(

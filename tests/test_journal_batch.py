@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -134,3 +135,46 @@ def test_close_waits_for_another_threads_batch_whose_records_reach_the_csv(
         "b1",
         "b2",
     ]
+
+
+@pytest.mark.parametrize("depth", ["outer", "nested"])
+def test_a_claim_finished_in_a_block_that_raises_is_still_held(
+    journal: Journal, depth: str
+) -> None:
+    # The record is undone: the row is still claimed by this handle, which must go on
+    # renewing it and give it back at close.
+    journal.record("a")
+    journal.record("b")
+    assert journal.claim() == ["a"]
+    with journal.batch():
+        with contextlib.suppress(RuntimeError), journal.batch():
+            journal.record("a", "COMPLETED")
+            raise RuntimeError("undone")
+        if depth == "outer":
+            journal.record("b", NOTE="committed")
+    assert journal.get("a")["STATUS"] == "IN_PROGRESS"  # type: ignore[index]
+    assert journal.extend(["a"], 600) == ["a"]
+    assert journal.release(["a"]) == ["a"]
+    assert journal.pending() == ["a", "b"]
+
+
+def test_close_gives_back_a_claim_whose_finishing_block_raised(journal: Journal) -> None:
+    journal.record("a")
+    assert journal.claim() == ["a"]
+    with contextlib.suppress(RuntimeError), journal.batch():
+        journal.record("a", "COMPLETED")
+        raise RuntimeError("undone")
+    csv_path = journal.csv_path
+    journal.close()
+    with csvjournal.open(csv_path) as again:
+        assert again.pending() == ["a"]
+        assert again.get("a")["STATUS"] == "PENDING"  # type: ignore[index]
+
+
+def test_a_claim_finished_in_a_committed_block_is_no_longer_held(journal: Journal) -> None:
+    journal.record("a")
+    assert journal.claim() == ["a"]
+    with journal.batch():
+        journal.record("a", "COMPLETED")
+    assert journal.extend(["a"], 600) == []
+    assert journal.get("a")["STATUS"] == "COMPLETED"  # type: ignore[index]

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import csvjournal
 from csvjournal._values import format_timestamp, parse_timestamp, render_value, timestamp_now
 
 
@@ -72,6 +73,18 @@ def test_render_value(value: object, text: str) -> None:
 def test_unsupported_value_is_a_type_error_naming_the_field(value: object) -> None:
     with pytest.raises(TypeError, match="'ATTACHMENTS'"):
         render_value("ATTACHMENTS", value)
+
+
+def test_a_type_from_another_module_is_named_with_its_module() -> None:
+    import numpy as np
+
+    with pytest.raises(TypeError, match=r"of type numpy\.bool"):
+        render_value("DONE", np.bool_(True))
+
+
+def test_an_int_too_long_for_text_is_a_record_error_naming_the_field() -> None:
+    with pytest.raises(csvjournal.RecordError, match=r"'BIG'.*pass it as a str"):
+        render_value("BIG", 10**5000)
 
 
 @given(st.text())
