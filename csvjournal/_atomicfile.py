@@ -82,11 +82,11 @@ def _writer_alive(suffix: str) -> bool:
     return True
 
 
-def create_like(path: Path, like: Path) -> None:
+def create_like(path: Path, like: Path) -> bool:
     """Create the empty file ``path`` with the read and write permissions of ``like`` (a
     copy of a CSV only its owner may read is no more readable than the CSV), never wider
     for a moment, and always readable and writable by its owner; a file already there is
-    left as it is.
+    left as it is (False: this call made none).
 
     Raises:
         OSError: ``like`` cannot be read or ``path`` not created.
@@ -97,11 +97,12 @@ def create_like(path: Path, like: Path) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)  # less the umask
     except FileExistsError:
-        return
+        return False
     try:
         os.fchmod(fd, mode)  # exactly: wider than the umask too, as ``like`` is
     finally:
         os.close(fd)
+    return True
 
 
 def copy_file(source: Path, target: Path) -> None:

@@ -41,7 +41,7 @@ from csvjournal._values import timestamp_now
 from csvjournal._writer import RecordCall, Writer
 from csvjournal.backup import backups_folder, keep_for_good, take_backup
 from csvjournal.csvio import ParsedCsv, read_csv
-from csvjournal.errors import JournalClosedError
+from csvjournal.errors import JournalClosedError, JournalIOError
 from csvjournal.exporter import Exporter
 from csvjournal.store import Store, remove_journal_files
 
@@ -53,6 +53,13 @@ _HOST = socket.gethostname()
 # Connections that a forked child inherited open (see _forking) must never be closed
 # there; they are kept here, unused, until the process ends.
 _fork_orphans: list[object] = []
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except FileNotFoundError:
+        return False
 
 
 def _remove(paths: list[Path]) -> None:
@@ -120,26 +127,7 @@ class Handle:
         if (created or unfinished(options.journal_path)) and options.csv_path.exists():
             source = read_csv(options.csv_path, encoding=options.encoding)
             check_keys(options.csv_path, source, options.key or "")
-        folder = backups_folder(options.csv_path)
-        # What a failed creation must remove again (the writers' queue makes its lock file).
-        made = [path for path in (folder / "writer.lock", folder) if not path.exists()]
-        try:
-            if created and source is not None:  # the CSV's data, readable by the same people
-                create_like(options.journal_path, options.csv_path)
-            with self._errors():  # a damaged journal: the message names the backup
-                self._store = Store(
-                    options.journal_path,
-                    durability=options.durability,
-                    busy_timeout=options.busy_timeout,
-                    allow_network_fs=options.allow_network_fs,
-                    before_upgrade=self._backup_before_upgrade,
-                    queue_path=folder / "writer.lock",
-                )
-        except BaseException:  # a full disk, say: SQLite made the file, wrote nothing in
-            if created:
-                remove_journal_files(options.journal_path)
-                _remove(made)
-            raise
+        made = self._open_store(created, source)
         try:
             with journal_errors(options.journal_path, options.csv_path):
                 self._settle(source)
@@ -171,6 +159,34 @@ class Handle:
         self._exporter: Exporter | None = None
         if options.export:
             self._start_exporter()
+
+    def _open_store(self, created: bool, source: ParsedCsv | None) -> list[Path]:
+        """Open (or create) the journal's store; return what a failed creation must
+        remove again (the writers' queue makes its lock file, in a folder perhaps new)."""
+        options = self._options
+        folder = backups_folder(options.csv_path)
+        made = [path for path in (folder / "writer.lock", folder) if not path.exists()]
+        # the CSV's data, readable by the same people (not when another process made it)
+        journal = options.journal_path
+        made_file = created and source is not None and create_like(journal, options.csv_path)
+        try:
+            with self._errors():  # a damaged journal: the message names the backup
+                self._store = Store(
+                    journal,
+                    durability=options.durability,
+                    busy_timeout=options.busy_timeout,
+                    allow_network_fs=options.allow_network_fs,
+                    before_upgrade=self._backup_before_upgrade,
+                    queue_path=folder / "writer.lock",
+                )
+        except BaseException as exc:
+            # a full disk: SQLite made the file and wrote nothing in; or ours, still empty
+            ours = made_file and _empty(journal)
+            if created and (isinstance(exc, JournalIOError) or ours):
+                remove_journal_files(journal)
+                _remove(made)
+            raise
+        return made
 
     def _backup_now(self) -> Path:
         options = self._options
