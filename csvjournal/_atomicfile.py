@@ -54,9 +54,9 @@ def temp_prefix(path: Path) -> str:
 def remove_temp_files(path: Path, *, dead_only: bool = False) -> list[Path]:
     """Delete the temporary files a killed writer left beside ``path``; return them.
 
-    Only the handle holding the exporter lock may remove them all: nobody else writes
-    them. With ``dead_only``, only those whose writing process is gone are removed (a
-    file written by ``export(path)``, which any process may write at any time).
+    With ``dead_only``, only those whose writing process is gone are removed: a file
+    written by ``export(path)``, which any process may write at any time, or by an
+    exporter that has not yet seen it lost its role (its lock file deleted by hand).
     """
     removed = []
     pattern = glob.escape(temp_prefix(path)) + "*"  # a '[' or '*' in the name is a name
@@ -69,10 +69,11 @@ def remove_temp_files(path: Path, *, dead_only: bool = False) -> list[Path]:
 
 
 def _writer_alive(suffix: str) -> bool:
-    """Whether the process named in a temporary file's ``<pid>-<random>`` suffix runs."""
+    """Whether the process named in a temporary file's ``<pid>-<random>`` suffix runs (one
+    without a pid, from an older csvjournal, is long dead)."""
     pid, dash, _ = suffix.partition("-")
     if not (dash and pid.isdigit()):
-        return True  # not ours to judge
+        return False
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -82,24 +83,25 @@ def _writer_alive(suffix: str) -> bool:
     return True
 
 
-def create_like(path: Path, like: Path) -> bool:
+def create_like(path: Path, like: Path | None) -> bool:
     """Create the empty file ``path`` with the read and write permissions of ``like`` (a
     copy of a CSV only its owner may read is no more readable than the CSV), never wider
-    for a moment, and always readable and writable by its owner; a file already there is
-    left as it is (False: this call made none).
+    for a moment, and always readable and writable by its owner (with no ``like``: 0666
+    less the umask); a file already there is left as it is (False: this call made none).
 
     Raises:
         OSError: ``like`` cannot be read or ``path`` not created.
     """
     # its owner reads and writes it (a journal made from a read-only CSV is written), and
     # nobody runs it
-    mode = stat.S_IMODE(like.stat().st_mode) & 0o666 | stat.S_IRUSR | stat.S_IWUSR
+    mode = 0o666 if like is None else stat.S_IMODE(like.stat().st_mode) & 0o666 | 0o600
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)  # less the umask
     except FileExistsError:
         return False
     try:
-        os.fchmod(fd, mode)  # exactly: wider than the umask too, as ``like`` is
+        if like is not None:
+            os.fchmod(fd, mode)  # exactly: wider than the umask too, as ``like`` is
     finally:
         os.close(fd)
     return True

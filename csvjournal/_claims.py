@@ -264,10 +264,11 @@ class Claims(Handle):
                 statuses.
             JournalClosedError: the handle is closed.
         """
-        if success_status not in self._settings.terminal:
+        terminal = self.settings.terminal
+        if success_status not in terminal:
             raise SettingsError(
                 f"success_status {success_status!r} is not terminal in this journal"
-                f" (terminal: {', '.join(sorted(self._settings.terminal))})"
+                f" (terminal: {', '.join(sorted(terminal))})"
             )
         name = worker or self._worker_name()
 

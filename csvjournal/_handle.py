@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection
 
-from csvjournal import _forking
+from csvjournal import _forking, _reads
 from csvjournal._atomicfile import create_like
 from csvjournal._batch import BatchState
 from csvjournal._commits import Commits, Item
@@ -41,7 +41,7 @@ from csvjournal._values import timestamp_now
 from csvjournal._writer import RecordCall, Writer
 from csvjournal.backup import backups_folder, keep_for_good, take_backup
 from csvjournal.csvio import ParsedCsv, read_csv
-from csvjournal.errors import JournalClosedError, JournalIOError
+from csvjournal.errors import JournalBusyError, JournalClosedError, JournalIOError
 from csvjournal.exporter import Exporter
 from csvjournal.store import Store, remove_journal_files
 
@@ -127,13 +127,15 @@ class Handle:
         if (created or unfinished(options.journal_path)) and options.csv_path.exists():
             source = read_csv(options.csv_path, encoding=options.encoding)
             check_keys(options.csv_path, source, options.key or "")
-        made = self._open_store(created, source)
+        made, ours = self._open_store(created, source)
         try:
             with journal_errors(options.journal_path, options.csv_path):
                 self._settle(source)
-        except BaseException:
+        except BaseException as exc:
             self._store.close()
-            if created:  # leave nothing behind, as if open() had never been called
+            # Leave nothing behind, as if open() had never been called; but a journal
+            # another process made, or is making (we waited for its lock), is theirs.
+            if ours and not isinstance(exc, JournalBusyError):
                 remove_journal_files(options.journal_path)
                 _remove(made)
             raise
@@ -160,15 +162,17 @@ class Handle:
         if options.export:
             self._start_exporter()
 
-    def _open_store(self, created: bool, source: ParsedCsv | None) -> list[Path]:
+    def _open_store(self, created: bool, source: ParsedCsv | None) -> tuple[list[Path], bool]:
         """Open (or create) the journal's store; return what a failed creation must
-        remove again (the writers' queue makes its lock file, in a folder perhaps new)."""
+        remove again (the writers' queue makes its lock file, in a folder perhaps new),
+        and whether this open made the journal's file (another process may be making it
+        at the same moment: never ours to remove)."""
         options = self._options
         folder = backups_folder(options.csv_path)
         made = [path for path in (folder / "writer.lock", folder) if not path.exists()]
-        # the CSV's data, readable by the same people (not when another process made it)
         journal = options.journal_path
-        made_file = created and source is not None and create_like(journal, options.csv_path)
+        # the CSV's data, readable by the same people
+        ours = created and create_like(journal, options.csv_path if source else None)
         try:
             with self._errors():  # a damaged journal: the message names the backup
                 self._store = Store(
@@ -180,13 +184,11 @@ class Handle:
                     queue_path=folder / "writer.lock",
                 )
         except BaseException as exc:
-            # a full disk: SQLite made the file and wrote nothing in; or ours, still empty
-            ours = made_file and _empty(journal)
-            if created and (isinstance(exc, JournalIOError) or ours):
-                remove_journal_files(journal)
+            if ours and (isinstance(exc, JournalIOError) or _empty(journal)):
+                remove_journal_files(journal)  # a full disk, say: nothing written in
                 _remove(made)
             raise
-        return made
+        return made, ours
 
     def _backup_now(self) -> Path:
         options = self._options
@@ -316,7 +318,15 @@ class Handle:
 
     @property
     def settings(self) -> Settings:
-        """The journal's key, status and timestamp columns and terminal statuses."""
+        """The journal's key, status and timestamp columns and terminal statuses (these as
+        stored now: another process's open may have replaced them since this one's; as
+        last seen once the handle is closed)."""
+        if self._closed:
+            return self._settings
+        with self._reading() as conn:
+            terminal = _reads.terminal(conn)
+        if terminal != self._settings.terminal:
+            self._settings = replace(self._settings, terminal=terminal)
         return self._settings
 
     # -- the write paths -------------------------------------------------------------------

@@ -67,11 +67,8 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
         CsvChangedError: the CSV was edited by hand since the last export.
         JournalCorruptError: the journal fails SQLite's integrity check.
     """
-    # Absolute: the exporter thread writes later, whatever the process's folder is by then.
-    csv = Path(os.path.abspath(csv_path))
-    path = (
-        Path(os.path.abspath(journal_path)) if journal_path is not None else Path(f"{csv}.journal")
-    )
+    csv = _absolute(csv_path)
+    path = _absolute(journal_path) if journal_path is not None else Path(f"{csv}.journal")
     statuses = None if terminal is None else frozenset(_as_set(terminal))
     _check(
         csv,
@@ -99,6 +96,15 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
         keep_backups=keep_backups,
     )
     return Journal(options)
+
+
+def _absolute(path: str | os.PathLike[str]) -> Path:
+    """``path`` in its folder's real, absolute path: the exporter thread writes later,
+    whatever the process's folder is by then, and a '..' after a symlinked folder means
+    what the OS makes of it, not what the text says (as SQLAlchemy would read it). The
+    name itself is kept: a symlinked CSV stays the link."""
+    given = Path(path)
+    return Path(os.path.realpath(given.absolute().parent)) / given.name
 
 
 def _check(
@@ -147,8 +153,9 @@ def _check(
         raise SettingsError(f"{path}: no journal here yet, and key= is required to create one")
     if key is None and unfinished(path):
         raise SettingsError(
-            f"{path}: the journal's creation never finished (interrupted); create it again"
-            " with key= (csvjournal init CSV --key COLUMN), which imports the CSV anew"
+            f"{path}: the journal's creation is not finished: another process is making it"
+            " right now (wait for it), or it was interrupted (create it again with key=,"
+            " csvjournal init CSV --key COLUMN, which imports the CSV anew)"
         )
 
 
@@ -168,6 +175,8 @@ def _check_name_lengths(csv: Path, journal: Path) -> None:
     checks = [(csv, _CSV_NAME_ADDS), (journal, _JOURNAL_NAME_ADDS)]
     if journal == Path(f"{csv}.journal"):  # one name to shorten: the CSV's
         checks = [(csv, max(_CSV_NAME_ADDS, len(".journal") + _JOURNAL_NAME_ADDS))]
+    if csv.is_symlink():  # its exports are written beside the file it points at
+        checks.append((Path(os.path.realpath(csv)), _CSV_NAME_ADDS))
     for path, adds in checks:
         try:
             name_max = os.pathconf(path.parent, "PC_NAME_MAX")

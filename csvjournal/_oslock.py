@@ -35,10 +35,15 @@ class ExporterLock:
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        """Take the lock if it is free; never waits. True if this handle now holds it."""
+        """Take the lock if it is free; never waits. True if this handle now holds it.
+
+        Raises:
+            OSError: the lock file cannot be made (a read-only folder).
+        """
         with _registry_lock:
             if self.path in _held:
                 return _held[self.path] is self
+            self.path.parent.mkdir(exist_ok=True)  # the backups folder, deleted by hand
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

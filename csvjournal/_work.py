@@ -72,13 +72,22 @@ class Task:
     given back); ``lost`` whether its lease was taken over by another worker meanwhile.
     """
 
-    def __init__(self, journal: _Journal, key: str, worker: str, success_status: str) -> None:
+    def __init__(
+        self,
+        journal: _Journal,
+        key: str,
+        worker: str,
+        success_status: str,
+        status_column: str | None = None,
+    ) -> None:
         self.key = key
         self.worker = worker
         self.finished = False
         self.lost = False
         self._journal = journal
         self._success_status = success_status
+        # fixed at the journal's creation: read once, not at every record
+        self._status_column = status_column or journal.settings.status_column
 
     def record(
         self, status: str | None = None, fields: Mapping[str, object] | None = None, **more: object
@@ -94,7 +103,7 @@ class Task:
         """
         # The status may come as the status column among the fields, in either mapping.
         named = {**(fields or {}), **more}
-        given = status if status is not None else named.get(self._journal.settings.status_column)
+        given = status if status is not None else named.get(self._status_column)
         seq = self._journal._record_outcome(self.key, self.worker, status, fields, more)
         if seq is None:
             self.lost = self.finished = True
@@ -199,6 +208,7 @@ def work(
     current unfinished row is given back to ``PENDING``.
     """
     renewer = _Renewer(journal, lease)
+    status_column = journal.settings.status_column
     task: Task | None = None
     try:
         while stop is None or not stop.is_set():
@@ -217,7 +227,7 @@ def work(
                 keys = journal.claim(1, lease=lease, worker=worker, max_attempts=max_attempts)
                 if not keys:
                     return
-            task = Task(journal, keys[0], worker, success_status)
+            task = Task(journal, keys[0], worker, success_status, status_column)
             renewer.watch(task)
             yield task
             renewer.watch(None)

@@ -186,8 +186,8 @@ class PendingBackup:
         self.partial.mkdir()
         self._linked = False
         try:
-            if csv_path.exists():
-                self._hold_csv(csv_path, self.partial / csv_path.name)
+            if csv_path.exists():  # a symlinked CSV: the file it points at
+                self._hold_csv(Path(os.path.realpath(csv_path)), self.partial / csv_path.name)
         except BaseException:
             self.abandon()
             raise

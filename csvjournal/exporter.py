@@ -137,7 +137,7 @@ class Exporter(ExportWriter):
         self._lock.forget_after_fork()
 
     def _take_over(self, retry: bool) -> None:
-        for leftover in remove_temp_files(self._csv_path):
+        for leftover in remove_temp_files(self._csv_path, dead_only=True):
             log.info("temp_file_removed", path=str(leftover))
             self.removed_temp_files.append(leftover)
         current = check_csv(self._store, self._csv_path, self._rendered, self._formula_guard)
@@ -179,6 +179,7 @@ class Exporter(ExportWriter):
     # -- the thread ------------------------------------------------------------------------
 
     def _run(self, leading: bool) -> None:
+        failed = False  # said once
         while True:
             while not leading:
                 if self._stopped(_STANDBY_SECONDS):
@@ -189,6 +190,12 @@ class Exporter(ExportWriter):
                 except CsvChangedError as exc:
                     log.error("csv_changed_by_hand", path=str(self._csv_path), error=str(exc))
                     return
+                except _FAILURES as exc:  # no lock file to be made now: stand by on
+                    if not failed:
+                        log.warning(
+                            "exporter_standby_failed", path=str(self._csv_path), error=str(exc)
+                        )
+                    failed = True
                 if leading:
                     log.info("exporter_took_over", path=str(self._csv_path))
             if self._export_loop():
@@ -203,10 +210,11 @@ class Exporter(ExportWriter):
             version = None
             exported_at = checked_at = time.monotonic()
             while not self._stopped(delay):
+                # Its lock file deleted, and another took the new one? Looked at while idle
+                # (so newcomers find a lock file again) and before each export.
                 if time.monotonic() - checked_at >= _STANDBY_SECONDS:
                     checked_at = time.monotonic()
-                    if not self._lock.keep():  # its file deleted, and another took the new one
-                        log.warning("exporter_role_lost", path=str(self._csv_path))
+                    if not self._keep_role():
                         return False
                 with self._gate.operation():  # no connection may be open across a fork
                     # A CSV deleted by hand is written anew, commits or not.
@@ -222,6 +230,8 @@ class Exporter(ExportWriter):
                         self._save_lines(SAVE_CHUNK)  # quiet now: a chunk a poll
                         delay = self._quiet_delay(exported_at)
                         continue
+                    if not self._keep_role():
+                        return False
                     # Commits that came during an export go out at once, not a poll later.
                     delay = self._export_or_back_off()
                     exported_at = time.monotonic()
@@ -230,6 +240,12 @@ class Exporter(ExportWriter):
             return True
         finally:
             self.release()
+
+    def _keep_role(self) -> bool:
+        if self._lock.keep():
+            return True
+        log.warning("exporter_role_lost", path=str(self._csv_path))
+        return False
 
     def _export_last(self) -> None:
         try:

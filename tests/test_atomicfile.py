@@ -119,3 +119,21 @@ def test_an_export_to_a_path_removes_what_killed_exports_to_it_left(tmp_path: Pa
     assert not killed.exists()
     assert running.exists()
     assert "a,COMPLETED" in copy.read_text()
+
+
+@pytest.mark.parametrize("relative", [True, False], ids=["relative link", "absolute link"])
+def test_a_symlinked_csv_is_backed_up_as_the_file_it_points_at(
+    tmp_path: Path, relative: bool
+) -> None:
+    (tmp_path / "shared").mkdir()
+    target = tmp_path / "shared" / "orders.csv"
+    target.write_text("ID\na\n")
+    link = tmp_path / "orders.csv"
+    link.symlink_to(Path("shared", "orders.csv") if relative else target)
+    with csvjournal.open(link, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        journal.flush(timeout=10)
+        backup = journal.backup()
+    copy = backup / "orders.csv"
+    assert not copy.is_symlink()
+    assert copy.read_bytes() == target.read_bytes()

@@ -173,7 +173,7 @@ def test_an_init_that_never_finished_is_said_so_and_can_be_done_again(tmp_path: 
     csv.write_text("ID,NAME\n1,a\n2,b\n")
     Path(f"{csv}.journal").write_bytes(b"")  # SQLite made the file; init was killed then
     for command in (["pending"], ["recover"], ["run", "--", "true"]):
-        assert_error(invoke(command[0], csv, *command[1:]), "never finished")
+        assert_error(invoke(command[0], csv, *command[1:]), "creation is not finished")
     assert "created" in ok(invoke("init", csv, "--key", "ID"))
     assert ok(invoke("pending", csv)).split() == ["1", "2"]
 

@@ -281,7 +281,7 @@ def test_kill_9_while_a_journal_is_created_never_blocks_the_job(tmp_path: Path) 
                 assert len(journal) == rows
         except csvjournal.SettingsError as exc:
             text = str(exc)
-            if "never finished" in text:
+            if "creation is not finished" in text:
                 outcomes.add("unfinished")
             elif "no journal here yet" in text:
                 outcomes.add("not begun")
@@ -291,3 +291,37 @@ def test_kill_9_while_a_journal_is_created_never_blocks_the_job(tmp_path: Path) 
             assert len(journal) == rows
             assert journal.pending()[:2] == ["0", "1"]
     assert outcomes <= {"not begun", "unfinished", "whole"}, outcomes
+
+
+_RACING_CREATOR = """
+import sys
+import csvjournal
+try:
+    with csvjournal.open(sys.argv[1], key="ID", busy_timeout=0.05) as journal:
+        print("opened", len(journal))
+except csvjournal.JournalBusyError:
+    print("busy")
+"""
+
+
+@pytest.mark.slow
+def test_creators_that_lose_the_race_leave_the_winners_journal_alone(tmp_path: Path) -> None:
+    # Four processes create the same journal at once, with a busy timeout shorter than
+    # the import: the losers give up, and must not remove the journal being imported.
+    csv_path = tmp_path / "orders.csv"
+    rows = 100_000
+    csv_path.write_text("ID,NAME\n" + "".join(f"r{i},name {i}\n" for i in range(rows)))
+    script = tmp_path / "creator.py"
+    script.write_text(_RACING_CREATOR)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(csv_path)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    outcomes = [proc.communicate(timeout=300)[0].splitlines()[-1] for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), outcomes
+    assert all(o in ("busy", f"opened {rows}") for o in outcomes), outcomes
+    assert f"opened {rows}" in outcomes
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert len(journal) == rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -146,6 +147,46 @@ def test_an_exporter_whose_lock_file_another_process_locked_anew_steps_down(
             time.sleep(0.05)
         assert journal._exporter.leading  # it stood by, and leads again
     assert _rows(csv_path)["b"]["STATUS"] == "COMPLETED"
+
+
+_FROZEN_EXPORTER = """\
+import sys, time
+import csvjournal
+journal = csvjournal.open(sys.argv[1], key="ID")
+print("up", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_standby_outlives_a_deleted_backups_folder_and_takes_over(csv_path: Path) -> None:
+    exporter = subprocess.Popen(
+        [sys.executable, "-c", _FROZEN_EXPORTER, str(csv_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert exporter.stdout is not None
+        while exporter.stdout.readline() not in ("up\n", ""):  # after its log lines
+            pass
+        with csvjournal.open(csv_path) as standby:
+            assert standby._exporter is not None
+            assert not standby._exporter.leading
+            standby.backups()
+            exporter.send_signal(signal.SIGSTOP)  # it cannot make the folder again first
+            shutil.rmtree(f"{csv_path}.backups")
+            exporter.kill()
+            exporter.wait()
+            deadline = time.monotonic() + 5
+            while not standby._exporter.leading and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert standby._exporter.leading  # its thread lived on, and took over
+            standby.record("after", "COMPLETED")
+            time.sleep(1.0)  # no flush(): the exporter thread writes it
+            assert _rows(csv_path)["after"]["STATUS"] == "COMPLETED"
+    finally:
+        exporter.kill()
+        exporter.wait()
 
 
 def test_closing_a_standby_handle_waits_until_the_exporter_shows_its_records(

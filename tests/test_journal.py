@@ -497,3 +497,28 @@ def test_a_name_too_long_for_the_files_beside_it_is_refused_up_front(tmp_path: P
     with pytest.raises(csvjournal.SettingsError, match="too long"):
         csvjournal.open(tmp_path / "a.csv", key="ID", journal_path=tmp_path / ("z" * 230))
     assert not any(path.name.startswith(("y", "z", "a.")) for path in tmp_path.iterdir())
+
+
+def test_dot_dot_after_a_symlinked_folder_is_resolved_as_the_os_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "real" / "x.csv").write_text("ID\na\nb\n")
+    (tmp_path / "lnk").symlink_to(tmp_path / "real" / "sub")
+    monkeypatch.chdir(tmp_path)
+    with csvjournal.open("lnk/../x.csv", key="ID") as journal:  # real/x.csv, for the OS
+        assert len(journal) == 2
+    assert (tmp_path / "real" / "x.csv.journal").exists()
+    assert not (tmp_path / "x.csv.journal").exists()
+
+
+def test_settings_show_terminal_statuses_another_open_replaced(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a")
+        with csvjournal.open(csv_path, terminal={"COMPLETED", "SKIPPED"}, export=False):
+            pass
+        assert journal.settings.terminal == {"COMPLETED", "SKIPPED"}
+        for task in journal.work(success_status="SKIPPED"):  # terminal now: accepted
+            with task:
+                pass
+        assert journal.get("a")["STATUS"] == "SKIPPED"  # type: ignore[index]
