@@ -83,6 +83,7 @@ class Task:
         self.key = key
         self.worker = worker
         self.finished = False
+        self.finishing = False  # a record that finishes it is being committed
         self.lost = False
         self._journal = journal
         self._success_status = success_status
@@ -104,7 +105,13 @@ class Task:
         # The status may come as the status column among the fields, in either mapping.
         named = {**(fields or {}), **more}
         given = status if status is not None else named.get(self._status_column)
-        seq = self._journal._record_outcome(self.key, self.worker, status, fields, more)
+        # Said before the commit: the renewer, finding the row finished under it before
+        # this call returned, must not take the task for lost.
+        self.finishing = given is not None and given != IN_PROGRESS
+        try:
+            seq = self._journal._record_outcome(self.key, self.worker, status, fields, more)
+        finally:
+            self.finishing = False
         if seq is None:
             self.lost = self.finished = True
             log.warning("task_outcome_dropped", key=self.key, worker=self.worker, status=given)
@@ -172,7 +179,7 @@ class _Renewer:
         while not self._stop.wait(self._lease / 3):
             with self._lock:
                 task = self._task
-                if task is None or task.finished:
+                if task is None or task.finished or task.finishing:
                     continue
                 try:
                     renewed = self._journal.extend([task.key], self._lease)
@@ -181,7 +188,7 @@ class _Renewer:
                 except Exception as exc:  # the next round tries again
                     log.warning("lease_renewal_failed", key=task.key, error=str(exc))
                     continue
-                if not renewed and not task.finished:
+                if not renewed and not (task.finished or task.finishing):
                     task.lost = True
                     log.warning("lease_lost", key=task.key, worker=task.worker)
 

@@ -333,3 +333,20 @@ def test_a_late_outcome_never_moves_a_row_another_worker_finished_back(
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.slow
+def test_a_task_finished_while_its_lease_is_renewed_is_never_called_lost(tmp_path: Path) -> None:
+    # One worker alone, its renewer waking every 20 ms: a renewal meeting the row just
+    # finished by the task's own record must not take the task for lost.
+    csv_path = tmp_path / "alone.csv"
+    csv_path.write_text("ID\n" + "".join(f"k{i}\n" for i in range(1500)))
+    lost = []
+    with csvjournal.open(csv_path, key="ID", keep_backups=0) as journal:
+        for task in journal.work(lease=0.06, worker="alone"):
+            with task:
+                task.record("COMPLETED")
+            if task.lost:
+                lost.append(task.key)
+        assert journal.pending() == []
+    assert lost == []
