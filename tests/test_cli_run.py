@@ -10,6 +10,7 @@ import resource
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -558,15 +559,20 @@ def test_ctrl_c_gives_back_the_row_of_a_command_that_exits_on_sigterm(tmp_path: 
     command = python_script(tmp_path / "stops.py", STOPS_ON_TERM)
     argv = [str(CONSOLE_SCRIPT), "run", str(csv), "--max-attempts", "1", "--grace", "0.5"]
     proc = subprocess.Popen([*argv, "--", *command, str(started)], stderr=subprocess.PIPE)
+    assert _ctrl_c_once(proc, started.exists) == 130
+    assert statuses(csv) == {"1": "PENDING"}  # given back, its one attempt not spent
+
+
+def _ctrl_c_once(proc: subprocess.Popen[bytes], ready: Callable[[], bool]) -> int:
+    """Ctrl-C ``proc`` (a run) once ``ready``; its exit status once it is done."""
     try:
-        wait_for(started.exists)
+        wait_for(ready)
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=SUBPROCESS_TIMEOUT)
     finally:
         proc.kill()
         proc.wait()
-    assert proc.returncode == 130
-    assert statuses(csv) == {"1": "PENDING"}  # given back, its one attempt not spent
+    return proc.returncode
 
 
 TERM_TEST = """\
@@ -591,14 +597,8 @@ def test_ctrl_c_stops_every_command_at_once_and_keeps_a_success(tmp_path: Path) 
     command = python_script(tmp_path / "term.py", TERM_TEST)
     argv = [str(CONSOLE_SCRIPT), "run", str(csv), "--workers", "2", "--grace", "0.2"]
     proc = subprocess.Popen([*argv, "--", *command, "{ID}", str(tmp_path)])
-    try:
-        wait_for(lambda: all((tmp_path / f"started-{n}").exists() for n in (1, 2)))
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=SUBPROCESS_TIMEOUT)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 130
+    started = [tmp_path / f"started-{n}" for n in (1, 2)]
+    assert _ctrl_c_once(proc, lambda: all(path.exists() for path in started)) == 130
     # one stopped by us: given back; one that exited 0 when asked to stop: it succeeded
     assert statuses(csv) == {"1": "PENDING", "2": "COMPLETED"}
 
