@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 from array import array
 from collections.abc import Iterable, Iterator
+from itertools import accumulate
 
 __all__ = ["PIECE", "Records"]
 
@@ -99,6 +100,24 @@ class Records:
         start = sum(lengths[:at])
         data = self._pieces[piece][start : start + lengths[at]]
         return bytes(data).decode(self._encoding)
+
+    def texts(self, indexes: list[int]) -> list[str]:
+        """The records at ``indexes``, decoded: each piece's offsets summed once, however
+        many of its records are asked for."""
+        found: list[str] = []
+        starts: array[int] | None = None
+        piece_at = -1
+        for index in indexes:
+            if index >= self._encoded or index in self._changed:
+                found.append(self[index])
+                continue
+            piece, at = divmod(index, PIECE)
+            if piece != piece_at:
+                piece_at, starts = piece, array("Q", accumulate(self._lengths[piece], initial=0))
+            assert starts is not None
+            data = self._pieces[piece][starts[at] : starts[at + 1]]
+            found.append(bytes(data).decode(self._encoding))
+        return found
 
     def __setitem__(self, index: int, text: str) -> None:
         if index >= self._encoded:

@@ -30,7 +30,8 @@ _CHUNK = 4096  # records encoded and written at a time
 SAVE_CHUNK = 256
 # The rows changed by the events after a sequence number, in CSV order.
 _CHANGED_ROWS = """
-SELECT pos, cells FROM rows WHERE key IN (SELECT key FROM events WHERE seq > ?) ORDER BY pos
+SELECT pos, cells, last FROM rows WHERE key IN (SELECT key FROM events WHERE seq > ?)
+ORDER BY pos
 """
 
 
@@ -50,8 +51,10 @@ class RenderedCsv:
         self._lines = Records(dialect.encoding)
         self._positions = _Positions(None)  # rows.pos -> index in _lines
         self.seq = -1
-        # pos -> (record, cells JSON it was rendered from): records to store in rows.line
-        self.unsaved: dict[int, tuple[str, str]] = {}
+        # pos -> the row's newest event (rows.last) when its record was rendered: records
+        # to store in rows.line. Only the number: the record itself is in _lines (a full
+        # rendering held twice, as text, took four times the CSV's size).
+        self.unsaved: dict[int, int | None] = {}
         self.format: dict[str, object] = {}
         self.format_changed = False
 
@@ -71,14 +74,20 @@ class RenderedCsv:
             raw.execute("UPDATE rows SET line = NULL WHERE line IS NOT NULL")
             write_value(conn, "lines_format", self.format)
             self.format_changed = False
-        unsaved = self.unsaved
-        positions = list(unsaved if limit is None else islice(unsaved, limit))
-        raw.executemany(
-            "UPDATE rows SET line = ? WHERE pos = ? AND cells = ?",
-            [(unsaved[pos][0], pos, unsaved[pos][1]) for pos in positions],
-        )
-        for pos in positions:
-            del unsaved[pos]
+        unsaved, lines = self.unsaved, self._lines
+        left = len(unsaved) if limit is None else min(limit, len(unsaved))
+        while left > 0:  # in chunks: a million records never stand as text at once
+            positions = list(islice(unsaved, min(left, _CHUNK)))
+            found = ((pos, self._positions.get(pos, len(lines))) for pos in positions)
+            kept = [(pos, index) for pos, index in found if index is not None]
+            texts = lines.texts([index for _, index in kept])
+            raw.executemany(
+                "UPDATE rows SET line = ? WHERE pos = ? AND last IS ?",
+                [(text, pos, unsaved[pos]) for (pos, _), text in zip(kept, texts, strict=True)],
+            )
+            for pos in positions:
+                del unsaved[pos]
+            left -= len(positions)
 
     def seed(self, conn: Connection, data: bytes, seq: int, rows: int) -> bool:
         """Start from the CSV this journal's exporter wrote at ``seq`` (``data``, its bytes,
@@ -136,18 +145,19 @@ class RenderedCsv:
         for index, line in before.items():
             self._lines[index] = line
 
-    def _render(self, rows: list[tuple[int, str]], columns: list[str]) -> list[str]:
+    def _render(self, rows: list[tuple[int, str, int | None]], columns: list[str]) -> list[str]:
+        """Render ``(pos, cells JSON, last)`` rows; note them to store (:meth:`save_lines`)."""
         lines = list(
             render_rows(
-                (_reads.cells_of(columns, cells_json) for _, cells_json in rows),
+                (_reads.cells_of(columns, cells_json) for _, cells_json, _ in rows),
                 self._dialect,
                 formula_guard=self._formula_guard,
             )
         )
         unsaved = self.unsaved  # a row once, with its newest record, in the order rendered
-        for line, (pos, cells_json) in zip(lines, rows, strict=True):
+        for pos, _, last in rows:
             unsaved.pop(pos, None)
-            unsaved[pos] = (line, cells_json)
+            unsaved[pos] = last
         return lines
 
     def _render_all(self, conn: Connection, columns: list[str]) -> None:
@@ -157,11 +167,15 @@ class RenderedCsv:
         self.format_changed = read_value(conn, "lines_format") != self.format
         raw = t.driver(conn)
         first, last, count = raw.execute("SELECT min(pos), max(pos), count(*) FROM rows").fetchone()
-        if count and last - first + 1 == count and not self.format_changed:
+        if count and last - first + 1 == count:
             # Positions without gaps (the usual case): a row's index is its position less
-            # the first, so only the stored records are read, then the cells of the rest.
+            # the first (no million-entry dict), so only the stored records are read, then
+            # the cells of the rest; all the cells when the records' format changed.
             self._positions = _Positions(first)
-            batches = self._stored_lines(raw, first, columns)
+            if self.format_changed:
+                batches = self._lines_and_positions(raw, columns)
+            else:
+                batches = self._stored_lines(raw, first, columns)
         else:
             self._positions = _Positions(None, {})
             batches = self._lines_and_positions(raw, columns)
@@ -188,32 +202,34 @@ class RenderedCsv:
         # Through the DBAPI cursor, and the cells only of rows without a valid record: a
         # SQLAlchemy row per record, or cells fetched for nothing, double the time.
         cells = "cells" if self.format_changed else "CASE WHEN line IS NULL THEN cells END"
-        cursor = raw.execute(f"SELECT pos, line, {cells} FROM rows ORDER BY pos")
+        cursor = raw.execute(f"SELECT pos, line, {cells}, last FROM rows ORDER BY pos")
         done = 0
         while batch := cursor.fetchmany(_CHUNK):
-            for index, (pos, _, _) in enumerate(batch, done):
+            for index, (pos, _, _, _) in enumerate(batch, done):
                 self._positions.add(pos, index)
-            lines = [None if self.format_changed else line for _, line, _ in batch]
+            lines = [None if self.format_changed else line for _, line, _, _ in batch]
             slots = [index for index, line in enumerate(lines) if line is None]
-            missing = [(batch[index][0], batch[index][2]) for index in slots]
+            missing = [(batch[i][0], batch[i][2], batch[i][3]) for i in slots]
             for slot, line in zip(slots, self._render(missing, columns), strict=True):
                 lines[slot] = line
             done += len(batch)
             yield lines  # type: ignore[misc]  # every slot is filled now
 
     @staticmethod
-    def _cells_at(raw: sqlite3.Connection, positions: list[int]) -> list[tuple[int, str]]:
-        found: list[tuple[int, str]] = []
+    def _cells_at(
+        raw: sqlite3.Connection, positions: list[int]
+    ) -> list[tuple[int, str, int | None]]:
+        found: list[tuple[int, str, int | None]] = []
         for start in range(0, len(positions), 500):  # SQLite's limit on bound parameters
             chunk = positions[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            query = f"SELECT pos, cells FROM rows WHERE pos IN ({marks}) ORDER BY pos"
+            query = f"SELECT pos, cells, last FROM rows WHERE pos IN ({marks}) ORDER BY pos"
             found.extend(raw.execute(query, chunk).fetchall())
         return found
 
     def _render_changed(self, conn: Connection, columns: list[str]) -> None:
         found = t.driver(conn).execute(_CHANGED_ROWS, (self.seq,)).fetchall()
-        for (pos, _), line in zip(found, self._render(found, columns), strict=True):
+        for (pos, _, _), line in zip(found, self._render(found, columns), strict=True):
             index = self._positions.get(pos, len(self._lines))
             if index is None:  # a new row: rows only ever append, in pos order
                 self._positions.add(pos, len(self._lines))

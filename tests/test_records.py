@@ -18,8 +18,15 @@ _SIZES = st.sampled_from([0, 1, 3, PIECE - 1, PIECE, PIECE + 1, 2 * PIECE + 7])
 
 def _check(records: Records, expected: list[str], encoding: str) -> None:
     assert len(records) == len(expected)
+    some = sorted({0, len(expected) // 2, len(expected) - 1} & set(range(len(expected))))
+    # texts() before pieces(): edits not yet spliced in are read as they are
+    assert records.texts([*some, *reversed(some)]) == [
+        expected[i] for i in [*some, *reversed(some)]
+    ]
+    assert records.texts(list(range(len(expected)))) == expected
     assert b"".join(bytes(p) for p in records.pieces()) == "".join(expected).encode(encoding)
-    for index in {0, len(expected) // 2, len(expected) - 1} & set(range(len(expected))):
+    assert records.texts(list(range(len(expected)))) == expected
+    for index in some:
         assert records[index] == expected[index]
 
 
