@@ -20,6 +20,8 @@ __all__ = [
     "copy_file",
     "create_like",
     "fingerprint",
+    "is_empty",
+    "remove_quietly",
     "remove_temp_files",
     "replace_with",
     "sync_file",
@@ -214,3 +216,22 @@ def _umask() -> int:
     umask = os.umask(0o022)  # no /proc (macOS, a Linux before 4.7): the racy way
     os.umask(umask)
     return umask
+
+
+def is_empty(path: Path) -> bool:
+    """Whether ``path`` is a file with nothing in it (False when there is none)."""
+    try:
+        return path.stat().st_size == 0
+    except FileNotFoundError:
+        return False
+
+
+def remove_quietly(paths: list[Path]) -> None:
+    """Remove these files, then folders. Best effort: SQLite's own lock, not the writers'
+    lock file, keeps writers apart, so a lock file removed under another opener is harmless."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            if path.is_dir():
+                path.rmdir()
+            else:
+                path.unlink()

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from csvjournal import _reads
+from csvjournal._forking import ForkGate
 from csvjournal._handedits import blocked_by
 from csvjournal._rendercache import stream_csv
 from csvjournal._settings import Settings
@@ -47,8 +49,11 @@ def flush_csv(
     *,
     formula_guard: bool,
     timeout: float | None,
+    gate: ForkGate | None = None,
 ) -> None:
     """Wait until the CSV shows every commit made so far, exporting here if nobody does.
+    The handle's fork ``gate`` is held around each use of a connection, never while this
+    waits: a fork meanwhile would wait for the wait, and the exporter for the fork.
 
     Raises:
         FlushTimeoutError: ``timeout`` seconds passed first.
@@ -56,45 +61,64 @@ def flush_csv(
             waited (it tries again).
         CsvChangedError: the CSV was edited by hand (the exporter leaves it as it is).
     """
-    with store.read() as conn:
+    operation = gate.operation if gate is not None else nullcontext
+    with operation(), store.read() as conn:
         target = _reads.last_seq(conn)
     deadline = None if timeout is None else time.monotonic() + timeout
-    if exporter is not None and exporter.leading:
-        exporter.wake()
-        missed = exporter.missed
-        if exporter.wait_for(target, timeout, lambda: exporter.leading):
-            if csv_path.exists():
-                return
-            # deleted: written anew (the thread would notice, in a while)
-            if exporter.export_again(None if deadline is None else deadline - time.monotonic()):
-                return
-        if exporter.blocked is not None:
-            raise CsvChangedError(str(exporter.blocked))
-        if exporter.missed != missed:  # it retries; the caller hears now, not never
-            raise ExportError(
-                f"{csv_path}: could not write the CSV: {exporter.last_failure}"
-                " (the exporter tries again; every record is safe in the journal)"
-            )
+    leading = exporter is not None and exporter.leading
+    if leading and _by_this_exporter(exporter, csv_path, target, deadline):  # type: ignore[arg-type]
+        return
     while True:
-        with store.read() as conn:
+        with operation(), store.read() as conn:
             if (_reads.exported_seq(conn) or 0) >= target and csv_path.exists():
                 return
             blocked = blocked_by(conn, csv_path)
         if blocked is not None:  # the exporter of another handle waits for the edit's fate
             raise CsvChangedError(blocked)
         try:
-            helper = Exporter(store, settings, csv_path, formula_guard)
-            exported = helper.try_lead()  # exports when it gets the lock: nobody else does
+            with operation():
+                helper = Exporter(store, settings, csv_path, formula_guard)
+                exported = helper.try_lead()  # exports when it gets the lock: nobody else does
+                if exported:
+                    helper.release()
         except (OSError, UnicodeError) as exc:  # the CSV's folder deleted, say
             raise ExportError(f"{csv_path}: could not write the CSV: {exc}") from exc
         if exported:
-            helper.release()
             continue
         if deadline is not None and time.monotonic() >= deadline:
             raise FlushTimeoutError(
                 f"{csv_path}: the CSV did not catch up with the journal in {timeout} s"
             )
         time.sleep(POLL_SECONDS)
+
+
+def _by_this_exporter(
+    exporter: Exporter, csv_path: Path, target: int, deadline: float | None
+) -> bool:
+    """Wait for this handle's own exporter to show ``target``; False when it stopped
+    leading first (the caller goes on as a handle without one).
+
+    Raises:
+        CsvChangedError: a hand edit stopped its exports.
+        ExportError: its export failed meanwhile (it tries again).
+    """
+    exporter.wake()
+    missed = exporter.missed
+    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+    if exporter.wait_for(target, timeout, lambda: exporter.leading):
+        if csv_path.exists():
+            return True
+        # deleted: written anew (the thread would notice, in a while)
+        if exporter.export_again(None if deadline is None else deadline - time.monotonic()):
+            return True
+    if exporter.blocked is not None:
+        raise CsvChangedError(str(exporter.blocked))
+    if exporter.missed != missed:  # it retries; the caller hears now, not never
+        raise ExportError(
+            f"{csv_path}: could not write the CSV: {exporter.last_failure}"
+            " (the exporter tries again; every record is safe in the journal)"
+        )
+    return False
 
 
 def catch_up(

@@ -13,11 +13,14 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["ForkAware", "ForkGate", "register", "registered", "unregister"]
+__all__ = ["ForkAware", "ForkGate", "register", "registered", "reopened", "unregister"]
+
+_K = TypeVar("_K")
+_T = TypeVar("_T")
 
 
 class ForkGate:
@@ -81,6 +84,22 @@ class ForkAware(Protocol):
     def _before_fork(self) -> None: ...
     def _after_fork_in_parent(self) -> None: ...
     def _after_fork_in_child(self) -> None: ...
+
+
+_REOPENED: dict[tuple[int, object, object], Any] = {}
+_REOPENED_LOCK = threading.Lock()
+
+
+def reopened(cls: Callable[[_K], _T], options: _K) -> _T:
+    """An object passed to this process (unpickled), made once a process per ``options``
+    however many tasks bring it, again once closed: a journal handle a task, never
+    closed, ran a pool worker out of file descriptors."""
+    key = (os.getpid(), cls, options)
+    with _REOPENED_LOCK:
+        found = _REOPENED.get(key)
+        if found is None or getattr(found, "_closed", False):
+            found = _REOPENED[key] = cls(options)
+        return found
 
 
 _registered: weakref.WeakSet[ForkAware] = weakref.WeakSet()

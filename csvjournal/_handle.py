@@ -25,7 +25,7 @@ import structlog
 from sqlalchemy import Connection
 
 from csvjournal import _forking, _reads
-from csvjournal._atomicfile import create_like
+from csvjournal._atomicfile import create_like, is_empty, remove_quietly
 from csvjournal._batch import BatchState
 from csvjournal._commits import Commits, Item
 from csvjournal._dberrors import DB_ERRORS, journal_errors, translate
@@ -53,24 +53,6 @@ _HOST = socket.gethostname()
 # Connections that a forked child inherited open (see _forking) must never be closed
 # there; they are kept here, unused, until the process ends.
 _fork_orphans: list[object] = []
-
-
-def _empty(path: Path) -> bool:
-    try:
-        return path.stat().st_size == 0
-    except FileNotFoundError:
-        return False
-
-
-def _remove(paths: list[Path]) -> None:
-    """Remove these files, then folders. Best effort: SQLite's own lock, not the writers'
-    lock file, keeps writers apart, so a lock file removed under another opener is harmless."""
-    for path in paths:
-        with contextlib.suppress(OSError):
-            if path.is_dir():
-                path.rmdir()
-            else:
-                path.unlink()
 
 
 # Per journal, the tags of this process's open handles (see _take_tag).
@@ -137,7 +119,7 @@ class Handle:
             # another process made, or is making (we waited for its lock), is theirs.
             if ours and not isinstance(exc, JournalBusyError):
                 remove_journal_files(options.journal_path)
-                _remove(made)
+                remove_quietly(made)
             raise
         self._writer = Writer(self._settings)
         self._write_lock = threading.Lock()
@@ -184,9 +166,9 @@ class Handle:
                     queue_path=folder / "writer.lock",
                 )
         except BaseException as exc:
-            if ours and (isinstance(exc, JournalIOError) or _empty(journal)):
+            if ours and (isinstance(exc, JournalIOError) or is_empty(journal)):
                 remove_journal_files(journal)  # a full disk, say: nothing written in
-                _remove(made)
+                remove_quietly(made)
             raise
         return made, ours
 
@@ -287,6 +269,16 @@ class Handle:
             self._exporter = None
         if not self._fork_safe:
             _fork_orphans.append(self._store.orphan())
+            # SQLite keeps its locks per file in the process's memory: with one held at
+            # the fork, every connection of this child to the journal would wait for a
+            # lock nobody will release (its busy timeout, then an error), holding up the
+            # parent's writers meanwhile. Said at once instead.
+            self._closed = True
+            self._closed_why = (
+                "this process was forked while the journal was in use (inside a batch() or"
+                " a commit): SQLite's locks cannot cross a fork, so it cannot use the"
+                " journal; fork outside batch() blocks, or start workers with spawn"
+            )
         self._options = self._child_options()
         self._pid = -1
 
@@ -295,14 +287,15 @@ class Handle:
 
     def _ensure(self) -> None:
         if self._closed:
-            raise JournalClosedError(f"{self._options.journal_path}: journal is closed")
+            why = getattr(self, "_closed_why", "journal is closed")
+            raise JournalClosedError(f"{self._options.journal_path}: {why}")
         if self._pid != os.getpid():
             with self._attach_lock:
                 if self._pid != os.getpid():  # another thread may have reopened meanwhile
                     self._attach()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self._child_options(),))
+        return (_forking.reopened, (type(self), self._child_options()))
 
     # -- properties ----------------------------------------------------------------------
 

@@ -200,7 +200,7 @@ class Journal(Claims):
         """
         self._ensure()
         self._refuse_in_batch("flush")
-        with self._gate.operation(), self._errors():
+        with self._errors():
             flush_csv(
                 self._store,
                 self._settings,
@@ -208,6 +208,7 @@ class Journal(Claims):
                 self._exporter,
                 formula_guard=self._settings.formula_guard,
                 timeout=timeout,
+                gate=self._gate,
             )
 
     def export(self, path: str | os.PathLike[str] | None = None) -> None:
@@ -378,10 +379,11 @@ class Journal(Claims):
 
 
 def _close_at_exit() -> None:
-    # A program that never closed its journal still gets its last records into the CSV.
-    for journal in _forking.registered():
-        if isinstance(journal, Journal):
-            journal.close()
+    # A program that never closed its journal still gets its last records into the CSV:
+    # the exporters last, after the other handles gave their claims back.
+    journals = [handle for handle in _forking.registered() if isinstance(handle, Journal)]
+    for journal in sorted(journals, key=lambda handle: handle._options.export):
+        journal.close()
 
 
 atexit.register(_close_at_exit)

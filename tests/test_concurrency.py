@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import pickle
 import sqlite3
 import threading
 import time
@@ -386,5 +387,95 @@ def test_forking_from_inside_a_batch_does_not_hang(tmp_path: Path) -> None:
             assert os.waitstatus_to_exitcode(status) == 0
             journal.record("b", "COMPLETED")
         assert journal.counts() == {"COMPLETED": 2}
+    finally:
+        journal.close()
+
+
+def test_a_child_forked_inside_a_batch_is_told_at_once_it_cannot_use_the_journal(
+    tmp_path: Path,
+) -> None:
+    # SQLite keeps its locks in the process's memory: with the batch's lock held at the
+    # fork, the child's every write would wait out the busy timeout, and hold up the
+    # parent's writers meanwhile.
+    journal = csvjournal.open(tmp_path / "orders.csv", key=KEY, busy_timeout=20)
+    read, write = os.pipe()
+    try:
+        with journal.batch():
+            journal.record("a", "COMPLETED")
+            pid = os.fork()
+            if pid == 0:
+                started = time.monotonic()
+                try:
+                    journal.record("from-child", "COMPLETED")
+                    said = b"recorded"
+                except csvjournal.JournalClosedError as exc:
+                    said = b"fast " if time.monotonic() - started < 5 else b"slow "
+                    said += str(exc).encode()
+                os.write(write, said)
+                os._exit(0)
+        started = time.monotonic()
+        journal.record("b", "COMPLETED")  # not held up by the child
+        assert time.monotonic() - started < 5
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        answer = os.read(read, 4096).decode()
+        assert answer.startswith("fast "), answer
+        assert "forked while the journal was in use" in answer
+        assert journal.counts() == {"COMPLETED": 2}
+    finally:
+        os.close(read)
+        os.close(write)
+        journal.close()
+
+
+@pytest.mark.slow
+def test_forking_while_another_thread_flushes_never_waits_for_the_flush(tmp_path: Path) -> None:
+    # flush() held the fork gate while it waited for the exporter, and the exporter waited
+    # for the gate the fork had closed: each fork then took the busy timeout.
+    journal = csvjournal.open(tmp_path / "orders.csv", key=KEY, busy_timeout=10)
+    stop = threading.Event()
+
+    def flusher() -> None:
+        n = 0
+        while not stop.is_set():
+            journal.record("a", "DONE", N=n)
+            journal.flush(timeout=60)
+            n += 1
+
+    thread = threading.Thread(target=flusher)
+    thread.start()
+    worst = 0.0
+    try:
+        time.sleep(0.3)
+        for _ in range(60):
+            started = time.monotonic()
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            worst = max(worst, time.monotonic() - started)
+            os.waitpid(pid, 0)
+    finally:
+        stop.set()
+        thread.join(60)
+        journal.close()
+    assert worst < 5  # milliseconds, not the 10 s busy timeout
+
+
+def test_a_journal_passed_to_a_process_many_times_is_one_handle_there(tmp_path: Path) -> None:
+    # Each task of a pool brings the journal again: a handle a task, never closed, ran the
+    # worker out of file descriptors.
+    journal = csvjournal.open(tmp_path / "orders.csv", key=KEY)
+    try:
+        data = pickle.dumps(journal)
+        fds = len(os.listdir("/proc/self/fd"))
+        copies = [pickle.loads(data) for _ in range(50)]
+        assert all(copy is copies[0] for copy in copies)
+        assert copies[0] is not journal
+        copies[0].record("via-copy", "COMPLETED")
+        assert len(os.listdir("/proc/self/fd")) <= fds + 8
+        copies[0].close()
+        again = pickle.loads(data)  # closed: a new one
+        assert again is not copies[0]
+        again.close()
     finally:
         journal.close()

@@ -10,6 +10,8 @@ import contextlib
 import datetime as dt
 import enum
 import pickle
+import subprocess
+import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -522,3 +524,25 @@ def test_settings_show_terminal_statuses_another_open_replaced(csv_path: Path) -
             with task:
                 pass
         assert journal.get("a")["STATUS"] == "SKIPPED"  # type: ignore[index]
+
+
+_NEVER_CLOSED = """
+import sys
+import csvjournal
+exporter = csvjournal.open(sys.argv[1], key="ID")  # registered first
+exporter.record("k0")
+exporter.flush()
+worker = csvjournal.open(sys.argv[1], export=False)
+assert worker.claim() == ["k0"]
+# exits without closing either: the worker's claim is given back, then the CSV written
+"""
+
+
+def test_at_exit_a_claim_given_back_reaches_the_csv(tmp_path: Path) -> None:
+    csv_path = tmp_path / "orders.csv"
+    script = tmp_path / "never_closed.py"
+    script.write_text(_NEVER_CLOSED)
+    subprocess.run([sys.executable, str(script), str(csv_path)], check=True, timeout=120)
+    assert "k0,PENDING," in csv_path.read_text()
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.pending() == ["k0"]
