@@ -49,6 +49,7 @@ _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 # SQLite's own busy handler waits this long per attempt; tenacity spaces the attempts.
 _ATTEMPT_MS = 250
 _T = TypeVar("_T")
+_WAL_SIZE_LIMIT = 32 * 1024 * 1024  # bytes a WAL is cut back to when it starts over
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -160,6 +161,9 @@ class Store:
             if mode is None or str(mode[0]).lower() != "wal":
                 raise CsvJournalError(f"{self.path}: SQLite refused WAL mode (got {mode})")
             dbapi_conn.execute(f"PRAGMA synchronous = {synchronous}")
+            # After a burst (an import, a new column: hundreds of MB) the WAL would keep
+            # its size until the last connection closes; each reset now cuts it back.
+            dbapi_conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:

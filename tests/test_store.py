@@ -208,3 +208,19 @@ def test_the_change_token_moves_with_every_commit_of_any_connection(csv_path: Pa
         assert after_other != after_record
         store.close()  # as before a fork: a new connection counts anew
         assert store.data_version() != after_other
+
+
+def test_the_wal_is_cut_back_after_a_burst(tmp_path: Path) -> None:
+    # Left alone, a WAL keeps the size of its largest transaction (an import, a new
+    # column on a million rows) until the last connection closes.
+    csv_path = tmp_path / "orders.csv"
+    wal = Path(f"{csv_path}.journal-wal")
+    with csvjournal.open(csv_path, key="ID", export=False, keep_backups=0) as journal:
+        with journal.batch():
+            for i in range(80_000):
+                journal.record(f"k{i}", NOTE="x" * 300)
+        burst = wal.stat().st_size
+        assert burst > 48 * 2**20
+        for i in range(2000):  # the WAL starts over once checkpointed
+            journal.record(f"k{i}", "DONE")
+        assert wal.stat().st_size <= 33 * 2**20
