@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection
 
-from csvjournal import _forking, _reads
+from csvjournal import _forking
 from csvjournal._atomicfile import create_like, is_empty, remove_quietly
 from csvjournal._batch import BatchState
 from csvjournal._commits import Commits, Item
@@ -36,7 +36,7 @@ from csvjournal._interrupts import HeldInterrupts
 from csvjournal._leases import Action, expire_leases
 from csvjournal._options import Options
 from csvjournal._session import Session
-from csvjournal._settings import Settings, settle, settled
+from csvjournal._settings import Settings, read_value, settle, settled
 from csvjournal._values import timestamp_now
 from csvjournal._writer import RecordCall, Writer
 from csvjournal.backup import backups_folder, keep_for_good, take_backup
@@ -317,7 +317,8 @@ class Handle:
         if self._closed:
             return self._settings
         with self._reading() as conn:
-            terminal = _reads.terminal(conn)
+            stored = read_value(conn, "terminal")
+        terminal = frozenset(stored) if isinstance(stored, list) else self._settings.terminal
         if terminal != self._settings.terminal:
             self._settings = replace(self._settings, terminal=terminal)
         return self._settings

@@ -74,12 +74,6 @@ def exported_seq(conn: Connection) -> int | None:
     return None if value is None else int(value)
 
 
-def terminal(conn: Connection) -> frozenset[str]:
-    """The terminal statuses as stored now (an open elsewhere may have replaced them)."""
-    row = t.driver(conn).execute("SELECT value FROM settings WHERE name = 'terminal'").fetchone()
-    return frozenset(json.loads(row[0]))
-
-
 def counts(conn: Connection) -> dict[str, int]:
     """Rows per status."""
     query = select(t.rows.c.status, func.count()).group_by(t.rows.c.status)

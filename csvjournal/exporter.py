@@ -162,12 +162,16 @@ class Exporter(ExportWriter):
             if not retry:
                 raise
             self._first_write()  # the session's backup and recovery need no CSV
-            self._missed(exc)
-            self._failures += 1
-            if self._failures == 1:
-                log.error("csv_export_failed", path=str(self._csv_path), error=str(exc))
+            self._failed(exc)
             return False
         return True
+
+    def _failed(self, exc: Exception) -> None:
+        """An export that failed (the thread tries again, backing off): said once."""
+        self._missed(exc)
+        self._failures += 1
+        if self._failures == 1:
+            log.error("csv_export_failed", path=str(self._csv_path), error=str(exc))
 
     def start(self, leading: bool) -> None:
         """Run the exporter thread: exporting if ``leading``, else standing by."""
@@ -305,10 +309,7 @@ class Exporter(ExportWriter):
             self._missed(exc)
             return _BLOCKED_SECONDS
         except _FAILURES as exc:
-            self._missed(exc)
-            self._failures += 1
-            if self._failures == 1:
-                log.error("csv_export_failed", path=str(self._csv_path), error=str(exc))
+            self._failed(exc)
             wait = min(_BACKOFF_CAP_SECONDS, _BACKOFF_FIRST_SECONDS * 2 ** (self._failures - 1))
             return float(wait * random.uniform(0.5, 1.0))
         if self._failures:
