@@ -42,10 +42,10 @@ def decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str, boo
     """
     for bom, name in _BOMS:
         if data.startswith(bom) and (encoding is None or _bom_fits(name, encoding)):
-            return _decode_as(path, data[len(bom) :], name, len(bom)), name, True
+            return _decode_as(path, memoryview(data)[len(bom) :], name), name, True
     _lookup(path, encoding or "utf-8")
     name = writing_encoding(encoding or "utf-8")
-    return _decode_as(path, data, name, 0), name, False
+    return _decode_as(path, memoryview(data), name), name, False
 
 
 def writing_encoding(encoding: str) -> str:
@@ -73,17 +73,17 @@ def _lookup(path: Path, encoding: str) -> str:
         raise CsvFormatError(f"{path}: unknown encoding {encoding!r}") from None
 
 
-def _decode_as(path: Path, data: bytes, encoding: str, offset: int) -> str:
+def _decode_as(path: Path, data: memoryview, encoding: str) -> str:
     try:
-        return data.decode(encoding)
+        return str(data, encoding)  # a view: a BOM cut off copies no bytes
     except UnicodeDecodeError as exc:
         # Counted in the decoded text, as the csv reader counts lines: CRLF, LF or a lone CR
         # (a CR-only file is one line to a count of LF bytes, and so is UTF-16).
-        before = data[: exc.start].decode(encoding, "replace")
+        before = str(data[: exc.start], encoding, "replace")
         line, column = locate_offset(before, len(before))
         raise CsvFormatError(
             f"{path}: line {line}, column {column}: bytes that are not {encoding}"
-            f" ({data[exc.start : exc.end]!r}); name the file's encoding (encoding=, or"
+            f" ({bytes(data[exc.start : exc.end])!r}); name the file's encoding (encoding=, or"
             " --encoding on the command line)"
         ) from None
     except LookupError:

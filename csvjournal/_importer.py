@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
+from collections.abc import Iterator
+from json.encoder import encode_basestring_ascii as _quote  # C
 from pathlib import Path
 
 from sqlalchemy import Connection
@@ -54,17 +55,18 @@ def check_keys(path: Path, parsed: ParsedCsv, key: str) -> None:
     if key not in parsed.header:
         raise CsvFormatError(f"{path}: line 1, column 1: no key column {key!r} in the header")
     index = parsed.header.index(key)
-    first_line: dict[str, int] = {}
-    for row, line in zip(parsed.rows, parsed.lines, strict=True):
-        value = row[index]
+    seen: set[str] = set()  # the keys alone: their lines are looked up for an error only
+    for line, record in parsed.records():
+        value = record[index]
         if not value:
             raise CsvFormatError(f"{path}: line {line}, column {key!r}: empty key")
-        if value in first_line:
+        if value in seen:
+            first = next(at for at, other in parsed.records() if other[index] == value)
             raise CsvFormatError(
                 f"{path}: line {line}, column {key!r}: duplicate key {value!r}"
-                f" (first on line {first_line[value]})"
+                f" (first on line {first})"
             )
-        first_line[value] = line
+        seen.add(value)
 
 
 def import_rows(
@@ -81,18 +83,24 @@ def import_rows(
     key_index = header.index(settings.key_column)
     status_cell = str(columns.index(settings.status_column))
     status_index = header.index(settings.status_column) if settings.status_column in header else -1
-    # compact: every byte of a row is read again by each integrity check
-    dumps = json.JSONEncoder(separators=(",", ":")).encode
-    values = []
-    for row in parsed.rows:
-        # rows.status (counts, pending(), claims) and rows.cells (what the CSV shows) are
-        # kept apart: "import changes no value", so an empty cell stays empty.
-        cells = {str(pos): value for pos, value in enumerate(row) if value}
-        if status_index < 0:
-            cells[status_cell] = PENDING  # no cell to keep: the appended column shows it
-        status = (row[status_index] if status_index >= 0 else "") or PENDING
-        values.append((row[key_index], status, dumps(cells), status in settings.terminal))
-    raw.executemany("INSERT INTO rows (key, status, cells, done) VALUES (?, ?, ?, ?)", values)
+    # The cells' JSON, compact (every byte of a row is read again by each integrity
+    # check), made as the writer makes it: json.dumps of a dict costs twice as much.
+    names = [f'"{pos}":' for pos in range(len(header))]
+    appended = f',"{status_cell}":"{PENDING}"' if status_index < 0 else ""
+
+    def values() -> Iterator[tuple[str, str, str, bool]]:  # read as SQLite inserts them
+        for _, row in parsed.records():
+            # rows.status (counts, pending(), claims) and rows.cells (what the CSV shows)
+            # are kept apart: "import changes no value", so an empty cell stays empty.
+            pairs = zip(names, row, strict=True)
+            cells = ",".join([name + _quote(value) for name, value in pairs if value])
+            if appended:  # no cell to keep: the appended status column shows PENDING
+                cells = cells + appended if cells else appended[1:]
+            status = (row[status_index] if status_index >= 0 else "") or PENDING
+            yield row[key_index], status, f"{{{cells}}}", status in terminal
+
+    terminal = settings.terminal
+    raw.executemany("INSERT INTO rows (key, status, cells, done) VALUES (?, ?, ?, ?)", values())
     # The CSV stays in place until the first export replaces it: known as csvjournal's own,
     # so that an export killed (or cut off by a power loss) before its rename does not make
     # it look like a hand edit. What it shows stays unknown: the exporter renders it anew.

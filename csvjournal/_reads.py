@@ -200,6 +200,12 @@ def all_cells(conn: Connection, columns: list[str]) -> Iterator[list[str]]:
         yield cells_of(columns, cells_json)
 
 
+def keys(conn: Connection) -> Iterator[str]:
+    """Every row's key, in CSV order."""
+    for (key,) in t.driver(conn).execute("SELECT key FROM rows ORDER BY pos"):
+        yield key
+
+
 def to_dataframe(conn: Connection) -> pd.DataFrame:
     """Every row as a DataFrame of text, columns in CSV order, rows in CSV order."""
     import pandas as pd  # deferred: pandas costs a worker process half a second to import

@@ -9,11 +9,11 @@ physical line (the header is line 1) and the column (characters, from 1).
 from __future__ import annotations
 
 import csv
-import io
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, NoReturn
 
 from csvjournal._atomicfile import (
     atomic_write,
@@ -26,6 +26,7 @@ from csvjournal._atomicfile import (
 )
 from csvjournal._csvbytes import BOM_OF, decode
 from csvjournal._csvlocate import locate_after_quote, locate_field, locate_open_quote
+from csvjournal._csvsniff import sniff
 from csvjournal.errors import CsvFormatError, JournalIOError
 
 __all__ = [
@@ -48,11 +49,10 @@ __all__ = [
     "write_temp",
 ]
 
-DELIMITERS = (",", ";", "\t", "|")
 EXCEL_MAX_ROWS = 1_048_576  # the header included
 EXCEL_MAX_CELL = 32_767
-_SNIFF_RECORDS = 20  # records (the header included) the dialect is detected from
-_SNIFF_CHARS = 1 << 16  # ...within this many characters at the start of the file
+_LINE_BREAK = re.compile("\r\n|\r|\n")
+_BLANK = re.compile("[\r\n]*")
 _FIELD_LIMIT = 2**31 - 1  # the csv module's default of 131,072 characters is too small
 
 
@@ -79,135 +79,33 @@ class CsvDialect:
 
 @dataclass(slots=True)
 class ParsedCsv:
-    """A CSV file read as text: its dialect, header, rows and each row's first line, and
-    the :func:`fingerprint` of the file's bytes."""
+    """A CSV file read as text and checked to be a well-formed table: its dialect, header
+    and number of data records, and the :func:`fingerprint` of the file's bytes.
 
+    The records are read from the text again at each :meth:`records` call: the file is held
+    once, as text, never as a table of Python strings (ten times its size).
+    """
+
+    path: Path
     dialect: CsvDialect
     header: list[str]
-    rows: list[list[str]]
-    lines: list[int]
+    count: int
     digest: str
+    text: str = field(repr=False)
 
-
-def _first_record_end(text: str, quotechar: str) -> int:
-    """Index of the first line break outside quotes (len(text) if none). Read as the csv
-    module reads: a quote opens a field only at its start (after any candidate delimiter:
-    the delimiter may not be known yet), so ``Supplier's name`` opens nothing, and a
-    doubled quote inside a quoted field is data."""
-    quoted = False
-    field_start = True
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if quoted:
-            if char == quotechar:
-                if text.startswith(quotechar, index + 1):
-                    index += 1  # an escaped quote
-                else:
-                    quoted = False
-        elif char == quotechar and field_start:
-            quoted = True
-        elif char in "\r\n":
-            return index
-        field_start = not quoted and char in DELIMITERS
-        index += 1
-    return len(text)
-
-
-def _sniff(text: str) -> tuple[str, str, str]:
-    """(delimiter, quote character, line terminator) of the CSV ``text``.
-
-    The delimiter is the candidate that splits the first records (header included) into
-    one field count above 1; failing that, the one splitting the header most, then ``,``.
-    """
-    # Only a prefix is read: detection stays cheap on a file of millions of rows.
-    prefix = text[:_SNIFF_CHARS]
-    complete = len(prefix) == len(text)
-    quotechar = '"'
-    delimiter = _consistent_delimiter(prefix, complete, quotechar)
-    if delimiter is None and quotechar not in prefix:
-        # The single quote only on unambiguous evidence: a file with no quoting at all may
-        # well hold 'single-quoted' data, and taking ' as the quote character would strip
-        # it. Evidence is a table that only ' quoting makes consistent, with a field that
-        # needed the quotes (see _width).
-        delimiter = _consistent_delimiter(prefix, complete, "'")
-        if delimiter is not None:
-            quotechar = "'"
-    end = _first_record_end(text, quotechar)
-    if delimiter is None:
-        delimiter = _header_delimiter(text[:end], quotechar)
-    terminator = "\n"
-    if end < len(text):
-        terminator = "\r\n" if text.startswith("\r\n", end) else text[end]
-    return delimiter, quotechar, terminator
-
-
-def _consistent_delimiter(prefix: str, complete: bool, quotechar: str) -> str | None:
-    """The delimiter giving the sampled records of ``prefix`` the widest consistent field
-    count (ties: in the order of :data:`DELIMITERS`); ``None`` when none is consistent."""
-    needs_quotes = quotechar != '"'
-    widths = {
-        delimiter: _width(_sample(prefix, complete, delimiter, quotechar), delimiter, needs_quotes)
-        for delimiter in DELIMITERS
-    }
-    best = max(DELIMITERS, key=lambda d: (widths[d], -DELIMITERS.index(d)))
-    return best if widths[best] else None
-
-
-def _sample(prefix: str, complete: bool, delimiter: str, quotechar: str) -> list[list[str]]:
-    """The first records of ``prefix`` (at most :data:`_SNIFF_RECORDS`) read in this
-    dialect, up to the first that cannot be read; never one the prefix may have cut off."""
-    reader = csv.reader(
-        io.StringIO(prefix, newline=""),
-        delimiter=delimiter,
-        quotechar=quotechar,
-        doublequote=True,
-        strict=True,
-    )
-    records: list[list[str]] = []
-    try:
+    def records(self) -> Iterator[tuple[int, list[str]]]:
+        """Each data record and the physical line it starts on, in file order."""
+        reader = _reader(self.text, self.dialect)
+        next(reader)  # the header
+        start = reader.line_num + 1
         for record in reader:
-            records.append(record)
-            if len(records) > _SNIFF_RECORDS:
-                break
-    except csv.Error:
-        pass  # read_csv's own parse reports it, in the dialect the records before suggest
-    if len(records) > _SNIFF_RECORDS or not complete:
-        del records[-1:]  # perhaps only the start of a record
-    return records
+            yield start, record
+            start = reader.line_num + 1
 
-
-def _width(records: list[list[str]], delimiter: str, needs_quotes: bool) -> int:
-    """The field count every record shares when above 1, else 0. With ``needs_quotes``,
-    also 0 unless a field holds the delimiter or a line break: only quoting puts them in a
-    field (strict reading wants a closing quote next to a delimiter or line end)."""
-    width = len(records[0]) if records else 0
-    if width < 2 or any(len(record) != width for record in records):
-        return 0
-    if needs_quotes and not any(
-        delimiter in value or "\n" in value or "\r" in value
-        for record in records
-        for value in record
-    ):
-        return 0
-    return width
-
-
-def _header_delimiter(header: str, quotechar: str) -> str:
-    """The delimiter occurring most often outside quotes in the header line (ties: in the
-    order of :data:`DELIMITERS`), ``,`` when there is none."""
-    counts = {d: _count_outside_quotes(header, d, quotechar) for d in DELIMITERS}
-    delimiter = max(DELIMITERS, key=lambda d: (counts[d], -DELIMITERS.index(d)))
-    return delimiter if counts[delimiter] else ","
-
-
-def _count_outside_quotes(line: str, char: str, quotechar: str) -> int:
-    return sum(
-        1
-        for i, part in enumerate(line.split(quotechar))
-        if i % 2 == 0
-        for _ in range(part.count(char))
-    )
+    @property
+    def rows(self) -> list[list[str]]:
+        """Every data record, as one list: the whole table in memory (for small files)."""
+        return [record for _, record in self.records()]
 
 
 def read_csv(path: Path, *, encoding: str | None = None) -> ParsedCsv:
@@ -222,10 +120,12 @@ def read_csv(path: Path, *, encoding: str | None = None) -> ParsedCsv:
         data = path.read_bytes()
     except OSError as exc:
         raise JournalIOError(f"{path}: could not read the CSV ({exc.strerror or exc})") from exc
+    digest = fingerprint(data)
     text, encoding_name, bom = decode(path, data, encoding)
-    if not text.strip("\r\n"):
+    del data  # the text is all that is read from now on
+    if _BLANK.fullmatch(text):  # (text.strip() would copy the whole text)
         raise CsvFormatError(f"{path}: line 1, column 1: the file is empty (no header line)")
-    delimiter, quotechar, terminator = _sniff(text)
+    delimiter, quotechar, terminator = sniff(text)
     dialect = CsvDialect(
         delimiter=delimiter,
         quotechar=quotechar,
@@ -234,32 +134,52 @@ def read_csv(path: Path, *, encoding: str | None = None) -> ParsedCsv:
         bom=bom,
         final_newline=text.endswith(("\n", "\r")),
     )
-    header, rows, lines = _parse(path, text, dialect)
+    header, count = _scan(path, text, dialect)
     _check_header(path, text, header, dialect)
-    return ParsedCsv(dialect, header, rows, lines, fingerprint(data))
+    return ParsedCsv(path, dialect, header, count, digest, text)
 
 
-def _parse(
-    path: Path, text: str, dialect: CsvDialect
-) -> tuple[list[str], list[list[str]], list[int]]:
+def _reader(text: str, dialect: CsvDialect) -> Any:
     if csv.field_size_limit() < _FIELD_LIMIT:
         csv.field_size_limit(_FIELD_LIMIT)  # process-wide, but only ever raised
-    reader = csv.reader(
-        io.StringIO(text, newline=""),
+    return csv.reader(
+        _lines(text),
         delimiter=dialect.delimiter,
         quotechar=dialect.quotechar,
         doublequote=True,
         strict=True,
     )
-    records: list[list[str]] = []
-    lines: list[int] = []
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of ``text`` as ``io.StringIO(text, newline="")`` gives them (each ends at a
+    CRLF, LF or lone CR, kept), without its copy of the text at 4 bytes a character."""
+    start = 0
+    for match in _LINE_BREAK.finditer(text):
+        end = match.end()
+        yield text[start:end]
+        start = end
+    if start < len(text):
+        yield text[start:]
+
+
+def _scan(path: Path, text: str, dialect: CsvDialect) -> tuple[list[str], int]:
+    """The header and the number of data records of ``text``, checking every record (the
+    records themselves are not kept)."""
+    reader = _reader(text, dialect)
+    header: list[str] = []
+    width = count = 0
     start = 1
     try:
         for record in reader:
-            if not record:
-                raise CsvFormatError(f"{path}: line {start}, column 1: blank line")
-            records.append(record)
-            lines.append(start)
+            if len(record) != width:
+                if not record:
+                    raise CsvFormatError(f"{path}: line {start}, column 1: blank line")
+                if start > 1:
+                    _wrong_width(path, text, dialect, line=start, got=len(record), width=width)
+                header, width = record, len(record)
+            else:
+                count += 1
             start = reader.line_num + 1
     except csv.Error as exc:
         stray = locate_after_quote(text, start, dialect.delimiter, dialect.quotechar)
@@ -270,17 +190,18 @@ def _parse(
             line, column = locate_open_quote(text, start, dialect.delimiter, dialect.quotechar)
             what = "unclosed quote" if "end of data" in str(exc) else str(exc)
         raise CsvFormatError(f"{path}: line {line}, column {column}: {what}") from None
-    header = records[0]
-    for record, line in zip(records[1:], lines[1:], strict=True):
-        if len(record) != len(header):
-            at_line, column = locate_field(
-                text, line, min(len(record), len(header)), dialect.delimiter, dialect.quotechar
-            )
-            raise CsvFormatError(
-                f"{path}: line {at_line}, column {column}: {len(record)} fields where the header"
-                f" has {len(header)}"
-            )
-    return header, records[1:], lines[1:]
+    return header, count
+
+
+def _wrong_width(
+    path: Path, text: str, dialect: CsvDialect, *, line: int, got: int, width: int
+) -> NoReturn:
+    at_line, column = locate_field(
+        text, line, min(got, width), dialect.delimiter, dialect.quotechar
+    )
+    raise CsvFormatError(
+        f"{path}: line {at_line}, column {column}: {got} fields where the header has {width}"
+    )
 
 
 def _check_header(path: Path, text: str, header: list[str], dialect: CsvDialect) -> None:

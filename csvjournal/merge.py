@@ -21,8 +21,11 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
+from typing import NoReturn
 
 import structlog
 from sqlalchemy import Connection
@@ -108,7 +111,8 @@ def merge_csv(
 
 
 def _merge_rows(journal: Journal, path: Path, parsed: ParsedCsv, report: MergeReport) -> None:
-    """Merge every row of ``parsed`` (inside the merge's batch).
+    """Merge every row of ``parsed`` (inside the merge's batch), a chunk of rows at a time:
+    the journal's rows are read for each chunk's keys, not all at once.
 
     Raises:
         CsvFormatError: two rows have one key once the formula guard's ``'`` is off.
@@ -116,37 +120,69 @@ def _merge_rows(journal: Journal, path: Path, parsed: ParsedCsv, report: MergeRe
     settings = journal.settings
     with journal._reading() as conn:  # inside the batch: under the write lock
         columns = _reads.column_names(conn)
-        rows = [dict(zip(columns, cells, strict=True)) for cells in _reads.all_cells(conn, columns)]
         since_export = _changed_since(conn, _reads.exported_seq(conn), settings.status_column)
     report.added_columns.extend(name for name in parsed.header if name not in columns)
     if report.added_columns:
         new = list(report.added_columns)
         journal._write(Action(lambda conn, writer: [writer.columns.cell(conn, n) for n in new]))
     read = unguard_formula if settings.formula_guard else str
-    current = {row[settings.key_column]: row for row in rows}
+    key_index = parsed.header.index(settings.key_column)
     stamp = settings.timestamp_column
-    seen: dict[str, int] = {}  # key -> its line
-    for values, line in zip(parsed.rows, parsed.lines, strict=True):
-        row = dict(zip(parsed.header, values, strict=True))
-        key = read(row[settings.key_column])  # typed with the guard's ' or without
-        if key in seen:
-            raise CsvFormatError(
-                f"{path}: line {line}, column {settings.key_column!r}: key {key!r} again"
-                f" (line {seen[key]}), once the formula guard's ' is taken off"
-            )
-        seen[key] = line
-        known = current.get(key)
-        shown_at = row.get(stamp)
-        if known is None or shown_at is None or not _STAMP.fullmatch(shown_at):
-            # no version to go by (a re-saved "30.11.2026 06:35"): the last export's
-            newer = since_export.get(key, set()) if known else set()
-        elif shown_at == known[stamp]:
-            newer = set()  # the file shows the row's newest version
-        else:
-            with journal._reading() as conn:
-                newer = _changed_after(conn, key, shown_at, settings)
-        _merge_row(journal, row, known, newer, report)
-    report.missing.extend(key for key in current if key not in seen)
+    seen: set[str] = set()
+    for chunk in _chunks(parsed.records(), _CHUNK_ROWS):
+        keys = [read(values[key_index]) for _, values in chunk]  # typed with ' or without
+        with journal._reading() as conn:
+            current = _rows_of(conn, columns, keys)
+        for (line, values), key in zip(chunk, keys, strict=True):
+            if key in seen:
+                _refuse_again(path, parsed, key, line=line, column=settings.key_column, read=read)
+            seen.add(key)
+            row = dict(zip(parsed.header, values, strict=True))
+            known = current.get(key)
+            shown_at = row.get(stamp)
+            if known is None or shown_at is None or not _STAMP.fullmatch(shown_at):
+                # no version to go by (a re-saved "30.11.2026 06:35"): the last export's
+                newer = since_export.get(key, set()) if known else set()
+            elif shown_at == known[stamp]:
+                newer = set()  # the file shows the row's newest version
+            else:
+                with journal._reading() as conn:
+                    newer = _changed_after(conn, key, shown_at, settings)
+            _merge_row(journal, settings, row, known, newer, report=report)
+    with journal._reading() as conn:
+        report.missing.extend(key for key in _reads.keys(conn) if key not in seen)
+
+
+_CHUNK_ROWS = 500  # rows of the file merged between two reads of the journal's rows
+
+
+def _chunks(
+    records: Iterator[tuple[int, list[str]]], size: int
+) -> Iterator[list[tuple[int, list[str]]]]:
+    while chunk := list(islice(records, size)):
+        yield chunk
+
+
+def _rows_of(conn: Connection, columns: list[str], keys: list[str]) -> dict[str, dict[str, str]]:
+    """The journal's rows of ``keys`` (those it has), as ``{column: text}`` by key."""
+    found = t.driver(conn).execute(
+        f"SELECT key, cells FROM rows WHERE key IN ({','.join('?' * len(keys))})", keys
+    )
+    return {
+        key: dict(zip(columns, _reads.cells_of(columns, cells), strict=True))
+        for key, cells in found
+    }
+
+
+def _refuse_again(
+    path: Path, parsed: ParsedCsv, key: str, *, line: int, column: str, read: Callable[[str], str]
+) -> NoReturn:
+    index = parsed.header.index(column)
+    first = next(at for at, values in parsed.records() if read(values[index]) == key)
+    raise CsvFormatError(
+        f"{path}: line {line}, column {column!r}: key {key!r} again (line {first}), once the"
+        " formula guard's ' is taken off"
+    )
 
 
 def _changed_since(conn: Connection, base: int | None, status_column: str) -> dict[str, set[str]]:
@@ -199,12 +235,13 @@ def _changed_after(conn: Connection, key: str, shown_at: str, settings: Settings
 
 def _merge_row(
     journal: Journal,
+    settings: Settings,  # read once a merge: the property asks the journal each time
     row: dict[str, str],
     known: dict[str, str] | None,
     newer: set[str],
+    *,
     report: MergeReport,
 ) -> None:
-    settings = journal.settings
     shown = guard_formula if settings.formula_guard else str
     read = unguard_formula if settings.formula_guard else str
     key = read(row[settings.key_column])

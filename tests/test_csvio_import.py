@@ -4,8 +4,10 @@ the dialect detected from the first records."""
 from __future__ import annotations
 
 import codecs
+import io
 import re
 import tempfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import csvjournal
+from csvjournal import csvio
 from csvjournal.csvio import read_csv, render_csv
 
 # -- 1. bad input ----------------------------------------------------------------------------
@@ -429,3 +432,33 @@ def test_a_journal_made_without_a_csv_writes_in_the_encoding_named(tmp_path: Pat
     with csvjournal.open(path, key="ID", encoding="cp1252") as journal:
         journal.record("1", "COMPLETED", PRICE="5 €")
     assert "5 €" in path.read_bytes().decode("cp1252")
+
+
+# -- 4. big files ------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='ab,"\r\n\x0c\x85\u2028', max_size=60))
+def test_records_are_split_into_lines_as_the_csv_module_reads_a_file(text: str) -> None:
+    # The reader is fed lines cut from the text (no 4-byte-a-character copy of it): they
+    # must be the lines io.StringIO(newline="") gives, or quoted line breaks change.
+    assert list(csvio._lines(text)) == list(io.StringIO(text, newline=""))
+
+
+def test_an_import_holds_the_file_once_not_a_table_of_it(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    with path.open("w", newline="") as file:
+        file.write("PO_NUMBER," + ",".join(f"col{i}" for i in range(9)) + "\n")
+        for i in range(40_000):
+            file.write(f"PO-{i:07d}," + ",".join(f"value {i % 97} of {j}" for j in range(9)))
+            file.write("\n")
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        with csvjournal.open(path, key="PO_NUMBER", export=False, keep_backups=0) as journal:
+            _, peak = tracemalloc.get_traced_memory()
+            assert len(journal) == 40_000
+    finally:
+        tracemalloc.stop()
+    # The bytes and their text (2x), the keys seen (1x); the rows as Python lists were 12x.
+    assert peak < 3.5 * size, f"{peak / size:.1f}x the file"

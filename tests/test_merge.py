@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,70 @@ def test_a_timestamp_cell_that_is_no_timestamp_keeps_the_newer_records(csv_path:
         row = journal.get("K1")
     assert row is not None
     assert (row["STATUS"], row["Y"], row["X"]) == ("IN_PROGRESS", "worker-result", "a-user")
+
+
+def _many(csv_path: Path, rows: int) -> str:
+    lines = ["ID,STATUS,NOTE,A,B,C,D,E,F,G"]
+    lines += [f"K{i:05d},,note {i},a{i},b{i},c{i},d{i},e{i},f{i},g{i}" for i in range(rows)]
+    _sheet(csv_path, "\n".join(lines) + "\n")
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("K00001", "COMPLETED")
+    return csv_path.read_text(encoding="utf-8")
+
+
+def test_a_merge_of_many_rows_reads_the_journal_a_chunk_at_a_time(csv_path: Path) -> None:
+    text = _many(csv_path, 1_300)
+    edited = text.replace("note 7,", "note seven,").replace("note 1250,", "note 1250b,")
+    edited = edited.replace("K00001,COMPLETED,", "K00001,FAILED,").replace("K00600,", "K99999,")
+    _sheet(csv_path, edited)
+    report = csvjournal.merge_csv(csv_path)
+    assert report.updated == ["K00007", "K01250"]
+    assert (report.added, report.missing, report.terminal_kept) == (
+        ["K99999"],
+        ["K00600"],
+        ["K00001"],
+    )
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.get("K01250")["NOTE"] == "note 1250b"  # type: ignore[index]
+        assert len(journal) == 1_301
+
+
+def test_a_key_repeated_chunks_apart_names_both_lines(csv_path: Path) -> None:
+    text = _many(csv_path, 1_300)
+    _sheet(csv_path, text + "K00003,,again,,,,,,,,\n")
+    before = csv_path.read_bytes()
+    with pytest.raises(
+        csvjournal.CsvFormatError, match=r"line 1302, .*K00003.*\(first on line 5\)"
+    ):
+        csvjournal.merge_csv(csv_path)
+    assert csv_path.read_bytes() == before
+
+
+def test_a_merge_holds_no_table_of_the_file_or_the_journal(csv_path: Path) -> None:
+    _sheet(csv_path, _many(csv_path, 20_000).replace("note 19999,", "note last,"))
+    size = csv_path.stat().st_size
+    tracemalloc.start()
+    try:
+        report = csvjournal.merge_csv(csv_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert report.updated == ["K19999"]
+    # The bytes and their text (2x), and the keys seen: short rows, so about 2x more. Each
+    # row of the file as lists and of the journal as dicts made 18x.
+    assert peak < 6 * size, f"{peak / size:.1f}x the file"
+
+
+def test_with_the_formula_guard_one_key_typed_both_ways_chunks_apart_is_refused(
+    csv_path: Path,
+) -> None:
+    filler = "".join(f"F{i},,x\n" for i in range(700))
+    _sheet(csv_path, f"ID,STATUS,X\n'=N1,,a\n{filler}")
+    with csvjournal.open(csv_path, key="ID", formula_guard=True):
+        pass
+    with csv_path.open("a", encoding="utf-8") as sheet:
+        sheet.write("=N1,,,\n")
+    before = csv_path.read_bytes()
+    with pytest.raises(csvjournal.CsvFormatError, match=r"line 703, .*'=N1' again \(line 2\)"):
+        csvjournal.merge_csv(csv_path)
+    assert csv_path.read_bytes() == before

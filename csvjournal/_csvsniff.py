@@ -1,0 +1,134 @@
+"""Detecting a CSV's dialect from the start of its text: the delimiter, the quote character
+and the line terminator, as a spreadsheet or pandas would read them."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+__all__ = ["DELIMITERS", "sniff"]
+
+DELIMITERS = (",", ";", "\t", "|")
+_SNIFF_RECORDS = 20  # records (the header included) the dialect is detected from
+_SNIFF_CHARS = 1 << 16  # ...within this many characters at the start of the file
+
+
+def _first_record_end(text: str, quotechar: str) -> int:
+    """Index of the first line break outside quotes (len(text) if none). Read as the csv
+    module reads: a quote opens a field only at its start (after any candidate delimiter:
+    the delimiter may not be known yet), so ``Supplier's name`` opens nothing, and a
+    doubled quote inside a quoted field is data."""
+    quoted = False
+    field_start = True
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if quoted:
+            if char == quotechar:
+                if text.startswith(quotechar, index + 1):
+                    index += 1  # an escaped quote
+                else:
+                    quoted = False
+        elif char == quotechar and field_start:
+            quoted = True
+        elif char in "\r\n":
+            return index
+        field_start = not quoted and char in DELIMITERS
+        index += 1
+    return len(text)
+
+
+def sniff(text: str) -> tuple[str, str, str]:
+    """(delimiter, quote character, line terminator) of the CSV ``text``.
+
+    The delimiter is the candidate that splits the first records (header included) into
+    one field count above 1; failing that, the one splitting the header most, then ``,``.
+    """
+    # Only a prefix is read: detection stays cheap on a file of millions of rows.
+    prefix = text[:_SNIFF_CHARS]
+    complete = len(prefix) == len(text)
+    quotechar = '"'
+    delimiter = _consistent_delimiter(prefix, complete, quotechar)
+    if delimiter is None and quotechar not in prefix:
+        # The single quote only on unambiguous evidence: a file with no quoting at all may
+        # well hold 'single-quoted' data, and taking ' as the quote character would strip
+        # it. Evidence is a table that only ' quoting makes consistent, with a field that
+        # needed the quotes (see _width).
+        delimiter = _consistent_delimiter(prefix, complete, "'")
+        if delimiter is not None:
+            quotechar = "'"
+    end = _first_record_end(text, quotechar)
+    if delimiter is None:
+        delimiter = _header_delimiter(text[:end], quotechar)
+    terminator = "\n"
+    if end < len(text):
+        terminator = "\r\n" if text.startswith("\r\n", end) else text[end]
+    return delimiter, quotechar, terminator
+
+
+def _consistent_delimiter(prefix: str, complete: bool, quotechar: str) -> str | None:
+    """The delimiter giving the sampled records of ``prefix`` the widest consistent field
+    count (ties: in the order of :data:`DELIMITERS`); ``None`` when none is consistent."""
+    needs_quotes = quotechar != '"'
+    widths = {
+        delimiter: _width(_sample(prefix, complete, delimiter, quotechar), delimiter, needs_quotes)
+        for delimiter in DELIMITERS
+    }
+    best = max(DELIMITERS, key=lambda d: (widths[d], -DELIMITERS.index(d)))
+    return best if widths[best] else None
+
+
+def _sample(prefix: str, complete: bool, delimiter: str, quotechar: str) -> list[list[str]]:
+    """The first records of ``prefix`` (at most :data:`_SNIFF_RECORDS`) read in this
+    dialect, up to the first that cannot be read; never one the prefix may have cut off."""
+    reader = csv.reader(
+        io.StringIO(prefix, newline=""),
+        delimiter=delimiter,
+        quotechar=quotechar,
+        doublequote=True,
+        strict=True,
+    )
+    records: list[list[str]] = []
+    try:
+        for record in reader:
+            records.append(record)
+            if len(records) > _SNIFF_RECORDS:
+                break
+    except csv.Error:
+        pass  # read_csv's own parse reports it, in the dialect the records before suggest
+    if len(records) > _SNIFF_RECORDS or not complete:
+        del records[-1:]  # perhaps only the start of a record
+    return records
+
+
+def _width(records: list[list[str]], delimiter: str, needs_quotes: bool) -> int:
+    """The field count every record shares when above 1, else 0. With ``needs_quotes``,
+    also 0 unless a field holds the delimiter or a line break: only quoting puts them in a
+    field (strict reading wants a closing quote next to a delimiter or line end)."""
+    width = len(records[0]) if records else 0
+    if width < 2 or any(len(record) != width for record in records):
+        return 0
+    if needs_quotes and not any(
+        delimiter in value or "\n" in value or "\r" in value
+        for record in records
+        for value in record
+    ):
+        return 0
+    return width
+
+
+def _header_delimiter(header: str, quotechar: str) -> str:
+    """The delimiter occurring most often outside quotes in the header line (ties: in the
+    order of :data:`DELIMITERS`), ``,`` when there is none."""
+    counts = {d: _count_outside_quotes(header, d, quotechar) for d in DELIMITERS}
+    delimiter = max(DELIMITERS, key=lambda d: (counts[d], -DELIMITERS.index(d)))
+    return delimiter if counts[delimiter] else ","
+
+
+def _count_outside_quotes(line: str, char: str, quotechar: str) -> int:
+    return sum(
+        1
+        for i, part in enumerate(line.split(quotechar))
+        if i % 2 == 0
+        for _ in range(part.count(char))
+    )
