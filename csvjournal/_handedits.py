@@ -13,7 +13,7 @@ import structlog
 from sqlalchemy import Connection
 
 from csvjournal import _reads
-from csvjournal._rendercache import RenderedCsv, lines_format
+from csvjournal._rendercache import RenderedCsv, stored_columns
 from csvjournal._settings import read_value, write_value
 from csvjournal.csvio import fingerprint
 from csvjournal.errors import CsvChangedError
@@ -44,7 +44,6 @@ def check_csv(
             ),
             digest: (exported, read_value(conn, "csv_rows")),
         }
-        wanted_format = lines_format(len(_reads.column_names(conn)), formula_guard)
     known = {digest, pending} - {None}
     if not known:
         return None
@@ -56,8 +55,8 @@ def check_csv(
             f" `csvjournal import --merge {csv_path}` to bring the edits into the"
             " journal, or delete the file to have it written anew from the journal"
         )
-    if stored_format != wanted_format:
-        return None
+    if stored_columns(stored_format, formula_guard) is None:
+        return None  # the stored records were rendered for the other formula guard
     if found == digest and exported == newest:
         return exported
     seq, rows = shows[found]

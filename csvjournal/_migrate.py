@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 # Every revision in migrations/versions, oldest first.
-KNOWN_REVISIONS = ("0001", "0002", "0003", "0004", "0005")
+KNOWN_REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006")
 
 # alembic keeps the running migration's context in module globals (``alembic.context``,
 # ``alembic.op``): two journals created or upgraded at once by two threads would share it.

@@ -4,8 +4,12 @@ A fresh exporter starts from the CSV on disk when that is the last export, else 
 records the journal keeps (rendering only rows whose record is NULL because they changed
 since); a running exporter re-renders only the rows changed since its last export, splices
 them into its encoded records (:mod:`csvjournal._records`) and stores them back.
-Stored records are valid for one column count and one ``formula_guard`` setting, kept in
-the ``lines_format`` setting; when either differs, everything is rendered afresh.
+Stored records are valid for one ``formula_guard`` setting, kept in the ``lines_format``
+setting; when it differs, everything is rendered afresh. Each stored record also says how
+many columns it was rendered for (``rows.line_columns``; NULL: the count in
+``lines_format``): a record of fewer columns than the CSV has now is completed as it is read
+(the new columns' cells are empty, a delimiter each), so a new column voids nothing, and a
+running exporter completes its records in memory instead of rendering them again.
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ from csvjournal._records import Records
 from csvjournal._settings import read_value, write_value
 from csvjournal.csvio import CsvDialect, bom_of, render_rows
 
-__all__ = ["SAVE_CHUNK", "RenderedCsv", "encode_chunks", "lines_format", "stream_csv"]
+__all__ = [
+    "SAVE_CHUNK",
+    "RenderedCsv",
+    "encode_chunks",
+    "lines_format",
+    "stored_columns",
+    "stream_csv",
+]
 
 _CHUNK = 4096  # records encoded and written at a time
 # Records stored per save_lines(limit=): each is a random row of the journal, so a page of
@@ -36,8 +47,31 @@ ORDER BY pos
 
 
 def lines_format(column_count: int, formula_guard: bool) -> dict[str, object]:
-    """What stored records were rendered for (the ``lines_format`` setting)."""
+    """What stored records were rendered for (the ``lines_format`` setting): the column
+    count of a record whose ``line_columns`` is NULL, and the formula guard."""
     return {"columns": column_count, "formula_guard": formula_guard}
+
+
+def stored_columns(stored: object, formula_guard: bool) -> int | None:
+    """The column count of a stored record without ``line_columns``, when the stored
+    ``lines_format`` suits ``formula_guard``; ``None`` when no stored record does."""
+    if not isinstance(stored, dict) or stored.get("formula_guard") is not formula_guard:
+        return None
+    columns = stored.get("columns")
+    return columns if type(columns) is int else None
+
+
+def _stored_line(base: int, width: int, dialect: CsvDialect) -> str:
+    """SQL: ``rows.line`` as a record of ``width`` columns, completed with empty cells when
+    stored for fewer; NULL when there is none, or it has more (made of integers and
+    ``char()`` codes only, nothing from outside)."""
+    count = f"coalesce(line_columns, {int(base)})"
+    end = len(dialect.lineterminator)
+    pad = f"replace(hex(zeroblob({int(width)} - {count})), '00', char({ord(dialect.delimiter)}))"
+    return (
+        f"CASE WHEN {count} = {int(width)} THEN line WHEN {count} < {int(width)} THEN"
+        f" substr(line, 1, length(line) - {end}) || {pad} || substr(line, -{end}) END"
+    )
 
 
 class RenderedCsv:
@@ -74,7 +108,7 @@ class RenderedCsv:
             raw.execute("UPDATE rows SET line = NULL WHERE line IS NOT NULL")
             write_value(conn, "lines_format", self.format)
             self.format_changed = False
-        unsaved, lines = self.unsaved, self._lines
+        unsaved, lines, width = self.unsaved, self._lines, len(self._columns)
         left = len(unsaved) if limit is None else min(limit, len(unsaved))
         while left > 0:  # in chunks: a million records never stand as text at once
             positions = list(islice(unsaved, min(left, _CHUNK)))
@@ -82,8 +116,11 @@ class RenderedCsv:
             kept = [(pos, index) for pos, index in found if index is not None]
             texts = lines.texts([index for _, index in kept])
             raw.executemany(
-                "UPDATE rows SET line = ? WHERE pos = ? AND last IS ?",
-                [(text, pos, unsaved[pos]) for (pos, _), text in zip(kept, texts, strict=True)],
+                "UPDATE rows SET line = ?, line_columns = ? WHERE pos = ? AND last IS ?",
+                [
+                    (text, width, pos, unsaved[pos])
+                    for (pos, _), text in zip(kept, texts, strict=True)
+                ],
             )
             for pos in positions:
                 del unsaved[pos]
@@ -120,11 +157,26 @@ class RenderedCsv:
         """Bring the rendering up to the journal's state in ``conn``'s snapshot."""
         seq = _reads.last_seq(conn)
         columns = _reads.column_names(conn)
+        if self._widens(columns) and 0 <= self.seq <= seq:
+            self._widen(columns)
         if columns != self._columns or self.seq < 0 or seq < self.seq:
             self._render_all(conn, columns)
         elif seq > self.seq:
             self._render_changed(conn, columns)
         self.seq = seq
+
+    def _widens(self, columns: list[str]) -> bool:
+        """Whether ``columns`` are this rendering's with new ones after them."""
+        old = self._columns
+        return bool(old) and len(columns) > len(old) and columns[: len(old)] == old
+
+    def _widen(self, columns: list[str]) -> None:
+        # The new columns' cells are empty in every row that no later event changed (those
+        # are rendered anew next): a delimiter each before the line break, as rendered.
+        added = len(columns) - len(self._columns)
+        self._lines.widen(self._dialect.delimiter * added, self._dialect.lineterminator)
+        self._columns = columns
+        self._header = "".join(render_rows([columns], self._dialect))
 
     def show(self, cells: dict[int, list[str]]) -> dict[int, str]:
         """Render rows (``pos -> cells``) as they are about to be, not yet in the journal;
@@ -164,7 +216,9 @@ class RenderedCsv:
         self._columns = columns
         self._header = "".join(render_rows([columns], self._dialect))
         self.format = lines_format(len(columns), self._formula_guard)
-        self.format_changed = read_value(conn, "lines_format") != self.format
+        base = stored_columns(read_value(conn, "lines_format"), self._formula_guard)
+        self.format_changed = base is None
+        stored = "NULL" if base is None else _stored_line(base, len(columns), self._dialect)
         raw = t.driver(conn)
         first, last, count = raw.execute("SELECT min(pos), max(pos), count(*) FROM rows").fetchone()
         if count and last - first + 1 == count:
@@ -173,19 +227,19 @@ class RenderedCsv:
             # the cells of the rest; all the cells when the records' format changed.
             self._positions = _Positions(first)
             if self.format_changed:
-                batches = self._lines_and_positions(raw, columns)
+                batches = self._lines_and_positions(raw, columns, stored)
             else:
-                batches = self._stored_lines(raw, first, columns)
+                batches = self._stored_lines(raw, first, columns, stored)
         else:
             self._positions = _Positions(None, {})
-            batches = self._lines_and_positions(raw, columns)
+            batches = self._lines_and_positions(raw, columns, stored)
         # Encoded as they are read: a million records never stand as a million strings.
         self._lines = Records.from_texts(batches, self._dialect.encoding)
 
     def _stored_lines(
-        self, raw: sqlite3.Connection, first: int, columns: list[str]
+        self, raw: sqlite3.Connection, first: int, columns: list[str], stored: str
     ) -> Iterator[list[str]]:
-        cursor = raw.execute("SELECT line FROM rows ORDER BY pos")
+        cursor = raw.execute(f"SELECT {stored} FROM rows ORDER BY pos")
         done = 0
         while batch := cursor.fetchmany(_CHUNK):
             lines: list[str | None] = [line for (line,) in batch]
@@ -197,12 +251,12 @@ class RenderedCsv:
             yield lines  # type: ignore[misc]  # every slot is filled now
 
     def _lines_and_positions(
-        self, raw: sqlite3.Connection, columns: list[str]
+        self, raw: sqlite3.Connection, columns: list[str], stored: str
     ) -> Iterator[list[str]]:
         # Through the DBAPI cursor, and the cells only of rows without a valid record: a
         # SQLAlchemy row per record, or cells fetched for nothing, double the time.
-        cells = "cells" if self.format_changed else "CASE WHEN line IS NULL THEN cells END"
-        cursor = raw.execute(f"SELECT pos, line, {cells}, last FROM rows ORDER BY pos")
+        cells = "cells" if self.format_changed else f"CASE WHEN ({stored}) IS NULL THEN cells END"
+        cursor = raw.execute(f"SELECT pos, {stored}, {cells}, last FROM rows ORDER BY pos")
         done = 0
         while batch := cursor.fetchmany(_CHUNK):
             for index, (pos, _, _, _) in enumerate(batch, done):
@@ -289,14 +343,16 @@ def stream_csv(conn: Connection, dialect: CsvDialect, formula_guard: bool) -> It
     """The whole file from ``conn``'s snapshot, a few thousand records at a time: stored
     records as they are, the others rendered on the way (memory stays small)."""
     columns = _reads.column_names(conn)
-    valid = read_value(conn, "lines_format") == lines_format(len(columns), formula_guard)
+    base = stored_columns(read_value(conn, "lines_format"), formula_guard)
+    valid = base is not None
+    line = "NULL" if base is None else _stored_line(base, len(columns), dialect)
     header = "".join(render_rows([columns], dialect))
     raw = t.driver(conn)
 
     def rendered(start: int, stop: int) -> str:
         # Through the DBAPI cursor, the cells only where no stored record will do.
-        cells = "cells" if not valid else "CASE WHEN line IS NULL THEN cells END"
-        query = f"SELECT line, {cells} FROM rows WHERE pos >= ? AND pos < ? ORDER BY pos"
+        cells = "cells" if not valid else f"CASE WHEN ({line}) IS NULL THEN cells END"
+        query = f"SELECT {line}, {cells} FROM rows WHERE pos >= ? AND pos < ? ORDER BY pos"
         texts: list[str] = []
         for stored, cells_json in raw.execute(query, (start, stop)):
             if stored is not None and valid:
@@ -305,6 +361,8 @@ def stream_csv(conn: Connection, dialect: CsvDialect, formula_guard: bool) -> It
                 row = _reads.cells_of(columns, cells_json)
                 texts.extend(render_rows([row], dialect, formula_guard=formula_guard))
         return "".join(texts)
+
+    joined_query = _joined(line)
 
     def texts() -> Iterator[str]:
         first, last = raw.execute("SELECT min(pos), max(pos) FROM rows").fetchone()
@@ -316,7 +374,7 @@ def stream_csv(conn: Connection, dialect: CsvDialect, formula_guard: bool) -> It
                 # SQLite joins a stretch of stored records itself (a rowid range is read
                 # in order): no Python object a record. A stretch with a record to render
                 # (NULL, skipped by group_concat, so fewer joined than rows) goes row by row.
-                joined, stored, rows = raw.execute(_JOINED, (start, stop)).fetchone()
+                joined, stored, rows = raw.execute(joined_query, (start, stop)).fetchone()
                 if stored == rows:
                     yield joined or ""
                     continue
@@ -325,6 +383,9 @@ def stream_csv(conn: Connection, dialect: CsvDialect, formula_guard: bool) -> It
     return encode_chunks(header, (text.encode(dialect.encoding) for text in texts()), dialect)
 
 
-_JOINED = (
-    "SELECT group_concat(line, ''), count(line), count(*) FROM rows WHERE pos >= ? AND pos < ?"
-)
+def _joined(line: str) -> str:
+    """SQL joining a stretch of stored records (``line``: :func:`_stored_line`)."""
+    return (
+        f"SELECT group_concat(line, ''), count(line), count(*) FROM (SELECT {line} AS line"
+        " FROM rows WHERE pos >= ? AND pos < ? ORDER BY pos)"
+    )

@@ -1,20 +1,21 @@
 """The journal's tables, as SQLAlchemy Core objects (the shape of the newest revision).
 
-``rows`` holds each row's current state in CSV order (``pos``); its ``cells`` are a JSON
-object from column position (as text) to cell text, so a new column costs existing rows
-nothing and a record merges into a row with SQLite's ``json_patch``. ``key`` and ``status``
-repeat two cells so they can be looked up and filtered; ``last`` is the row's newest event,
-and each event's ``prev`` the row's event before it: ``history()`` walks that chain back. A
-record writes the same two integers however long the row's past (a list of the row's events,
-rewritten by each record, made a record on a row with 30,000 events 20 times slower), with
-no second index on ``events`` to update and to check. ``events`` is the append-only audit trail
-(``seq`` is SQLite's rowid: max + 1, so it only grows). ``line`` is the row's rendered CSV
-record as the exporter last wrote it, NULL once the row changes. ``done`` is 1 for a row in
-a terminal status; ``lease_until`` (epoch seconds), ``holder`` and ``attempts`` are the
-claim state, kept here and never in the CSV. ``free_rows`` lists the rows neither done nor
-leased, kept by triggers on ``rows``: a table, not an index, so that the integrity check at
-every restart reads it without looking each row up in it. ``columns`` is the CSV's column
-order and ``settings`` the journal's JSON-encoded settings.
+``rows`` holds each row's current state in CSV order (``pos``); its ``cells`` are a JSON object
+from column position (as text) to cell text, so a new column costs existing rows nothing and a
+record merges into a row with SQLite's ``json_patch``. ``key`` and ``status`` repeat two cells
+so they can be looked up and filtered; ``last`` is the row's newest event, and each event's
+``prev`` the row's event before it: ``history()`` walks that chain back. A record writes the
+same two integers however long the row's past (a list of the row's events, rewritten by each
+record, made a record on a row with 30,000 events 20 times slower), with no second index on
+``events`` to update and to check. ``events`` is the append-only audit trail (``seq`` is
+SQLite's rowid: max + 1, so it only grows). ``line`` is the row's rendered CSV record as the
+exporter last wrote it, NULL once the row changes, and ``line_columns`` the column count it was
+rendered for (NULL: the one in the ``lines_format`` setting). ``done`` is 1 for a row in a
+terminal status; ``lease_until`` (epoch seconds), ``holder`` and ``attempts`` are the claim
+state, kept here and never in the CSV. ``free_rows`` lists the rows neither done nor leased,
+kept by triggers on ``rows``: a table, not an index, so that the integrity check at every
+restart reads it without looking each row up in it. ``columns`` is the CSV's column order and
+``settings`` the journal's JSON-encoded settings.
 
 Migrations in ``migrations/`` create these tables; this module is what queries use.
 """
@@ -115,6 +116,7 @@ rows = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("done", Integer, nullable=False, server_default="0"),
     Column("last", Integer),
+    Column("line_columns", Integer),
 )
 Index("rows_leased", rows.c.lease_until, sqlite_where=text("lease_until IS NOT NULL"))
 

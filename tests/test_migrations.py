@@ -14,8 +14,10 @@ from sqlalchemy import create_engine, inspect
 
 import csvjournal
 from csvjournal import _migrate, _schema
+from csvjournal.csvio import render_csv
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("journal-*.sqlite"))
+FIXTURES_BY_REVISION = {path.stem.removeprefix("journal-"): path for path in FIXTURES}
 
 
 def _revision(path: Path) -> str:
@@ -256,3 +258,21 @@ def test_journals_are_created_and_upgraded_from_several_threads_at_once(tmp_path
     with ThreadPoolExecutor(8) as pool:
         revisions = list(pool.map(open_and_close, paths))
     assert revisions == [_migrate.head_revision()] * 8
+
+
+def test_records_stored_before_0006_are_completed_for_a_new_column(tmp_path: Path) -> None:
+    # 0006 adds rows.line_columns: NULL for every record stored before, read as the count
+    # in lines_format; a new column completes them as they are read, voiding none.
+    csv = tmp_path / "orders.csv"
+    shutil.copyfile(FIXTURES_BY_REVISION["0005"], f"{csv}.journal")
+    with csvjournal.open(csv) as journal:
+        journal.record("PO-3", NOTE="a new column")
+        journal.flush()
+        frame = journal.to_dataframe()
+        expected = render_csv(list(frame.columns), frame.values.tolist(), journal.settings.dialect)
+        conn = sqlite3.connect(journal.journal_path)
+        stored = dict(conn.execute("SELECT key, line_columns FROM rows WHERE line IS NOT NULL"))
+        conn.close()
+    assert csv.read_bytes() == expected
+    assert stored["PO-1"] is None  # still as stored by revision 0005
+    assert stored["PO-3"] == len(frame.columns)

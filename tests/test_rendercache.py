@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 
 import csvjournal
 from csvjournal._rendercache import RenderedCsv
+from csvjournal.csvio import render_csv
 
 # Records made by a worker that then dies with SIGKILL: the CSV is left behind them.
 _CRASHING_WORKER = textwrap.dedent(
@@ -93,7 +94,7 @@ def test_a_crashed_jobs_csv_seeds_the_next_export(
 @pytest.mark.parametrize(
     ("change", "options", "seeded"),
     [
-        pytest.param({"NEW COLUMN": "x"}, {}, [], id="a-column-added-since"),
+        pytest.param({"NEW COLUMN": "x"}, {}, [False], id="a-column-added-since"),
         pytest.param({}, {"formula_guard": True}, [], id="formula-guard-changed"),
     ],
 )
@@ -203,24 +204,100 @@ def test_records_are_saved_a_chunk_at_a_time_in_the_order_rendered(tmp_path: Pat
         assert all(line is not None for key, line in stored.items() if key != "k5")
 
 
-def test_a_new_column_voids_every_stored_record_at_the_next_save(tmp_path: Path) -> None:
+def _stored_columns(journal_path: Path) -> dict[str, int | None]:
+    with closing(sqlite3.connect(journal_path)) as conn:
+        return dict(conn.execute("SELECT key, line_columns FROM rows ORDER BY pos"))
+
+
+def _from_scratch(journal: csvjournal.Journal) -> bytes:
+    """The CSV as rendered from every row's cells, no stored record used."""
+    frame = journal.to_dataframe()
+    return render_csv(list(frame.columns), frame.values.tolist(), journal._settings.dialect)
+
+
+def test_a_new_column_voids_no_stored_record(tmp_path: Path) -> None:
     csv_path = tmp_path / "orders.csv"
     with csvjournal.open(csv_path, key="ID") as journal:
         for i in range(5):
             journal.record(f"k{i}", "DONE")
-    assert all(line is not None for line in _stored(Path(f"{csv_path}.journal")).values())
+    before = _stored(Path(f"{csv_path}.journal"))
+    assert all(line is not None for line in before.values())
     with csvjournal.open(csv_path, export=False) as journal:
         journal.record("k1", NOTE="new column")  # every record gains a cell
         rendered = _rendering(journal)
-        assert rendered.format_changed
-        _save(journal, rendered, limit=1)  # one saved now; none left in the old format
+        assert not rendered.format_changed
+        _save(journal, rendered, limit=None)  # only k1's record, the one that changed
         stored = _stored(journal.journal_path)
-        assert stored["k0"] == f"k0,DONE,{journal.get('k0')['LAST_PROCESSED']},\n"  # type: ignore[index]
-        assert [stored[f"k{i}"] for i in range(1, 5)] == [None] * 4
+        assert stored["k1"] == f"k1,DONE,{journal.get('k1')['LAST_PROCESSED']},new column\n"  # type: ignore[index]
+        assert {k: v for k, v in stored.items() if k != "k1"} == {
+            k: v for k, v in before.items() if k != "k1"
+        }  # three columns still, completed when read
+        assert _stored_columns(journal.journal_path) == {
+            "k0": 3,
+            "k1": 4,
+            "k2": 3,
+            "k3": 3,
+            "k4": 3,
+        }
+        expected = _from_scratch(journal)
+    with csvjournal.open(csv_path) as journal:  # a fresh exporter completes them
+        journal.export(tmp_path / "fresh.csv")  # and so does a streamed export
+    assert csv_path.read_bytes() == expected
+    assert (tmp_path / "fresh.csv").read_bytes() == expected
+    assert b"k0,DONE," in expected
+    assert expected.count(b"\n") == 6
+
+
+@pytest.mark.parametrize(("sep", "end"), [(",", "\n"), (";", "\r\n"), ("\t", "\r")])
+def test_a_running_exporter_completes_its_records_for_new_columns(
+    tmp_path: Path, sep: str, end: str
+) -> None:
+    csv_path = tmp_path / "orders.csv"
+    rows = [["ID", "NOTE", "STATUS"]] + [
+        [f"k{i}", f'n{i}, "q"{end}x', "PENDING"] for i in range(600)
+    ]
+    _write_csv(csv_path, rows, sep, end, bom=False, final=True)
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.flush()
+        for round_ in range(3):  # new columns, one record or several at a time
+            journal.record(f"k{round_}", fields={f"NEW {round_}": "v", f"MORE {round_}": ""})
+            journal.flush()
+            assert csv_path.read_bytes() == _from_scratch(journal)
+        voided = [key for key, line in _stored(journal.journal_path).items() if line is None]
+        assert len(voided) <= 3  # the rows recorded, until the exporter stores them again
+        journal.record("k599", "DONE", fields={"LAST": "x"})
+        journal.flush()
+        assert csv_path.read_bytes() == _from_scratch(journal)
     with csvjournal.open(csv_path) as journal:
         journal.export(tmp_path / "fresh.csv")
-    assert csv_path.read_bytes() == (tmp_path / "fresh.csv").read_bytes()
-    assert b"k1,DONE," in csv_path.read_bytes()
+        expected = _from_scratch(journal)
+    assert csv_path.read_bytes() == expected == (tmp_path / "fresh.csv").read_bytes()
+
+
+def test_records_stored_with_the_other_formula_guard_are_all_rendered_again(
+    tmp_path: Path,
+) -> None:
+    csv_path = tmp_path / "orders.csv"
+    with csvjournal.open(csv_path, key="ID") as journal:
+        for i in range(5):
+            journal.record(f"k{i}", "DONE", NOTE=f"=n{i}")
+    with csvjournal.open(csv_path, formula_guard=True) as journal:
+        journal.record("k1", EXTRA="x")
+        journal.flush()
+        assert b"'=n3" in csv_path.read_bytes()
+        expected = render_csv(
+            list(journal.to_dataframe().columns),
+            journal.to_dataframe().values.tolist(),
+            journal._settings.dialect,
+            formula_guard=True,
+        )
+    assert csv_path.read_bytes() == expected
+    stored = _stored(Path(f"{csv_path}.journal"))
+    assert all(f"'=n{i}" in stored[f"k{i}"] for i in range(5))  # type: ignore[operator]
+    # rendered anew at the guarded open (4 columns), k1 again after its new column
+    assert _stored_columns(Path(f"{csv_path}.journal")) == {
+        f"k{i}": 5 if i == 1 else 4 for i in range(5)
+    }
 
 
 def test_an_imported_csv_is_stored_record_by_record_at_open(tmp_path: Path) -> None:
