@@ -4,6 +4,7 @@ bytes are (the line and column a person finds them at)."""
 from __future__ import annotations
 
 import codecs
+import re
 from pathlib import Path
 
 from csvjournal._csvlocate import locate_offset
@@ -22,6 +23,7 @@ _BOMS = (  # UTF-32 LE's before UTF-16 LE's, which begins it
 # Read without a BOM, "utf-16" and "utf-32" are little-endian in Python.
 _NO_BOM = {"utf-8-sig": "utf-8", "utf-16": "utf-16-le", "utf-32": "utf-32-le"}
 BOM_OF = {name: bom for bom, name in _BOMS}
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _family(encoding: str) -> str:
@@ -75,7 +77,16 @@ def _lookup(path: Path, encoding: str) -> str:
 
 def _decode_as(path: Path, data: memoryview, encoding: str) -> str:
     try:
-        return str(data, encoding)  # a view: a BOM cut off copies no bytes
+        text = str(data, encoding)  # a view: a BOM cut off copies no bytes
+        if not text.isascii() and (lone := _SURROGATE.search(text)) is not None:
+            # utf-7 or unicode_escape can decode to one: no encoding writes it back
+            line, column = locate_offset(text, lone.start())
+            raise CsvFormatError(
+                f"{path}: line {line}, column {column}: {encoding} decodes the bytes here to"
+                f" a lone surrogate ({lone.group()!r}), which no CSV can hold; name the"
+                " file's encoding (encoding=, or --encoding on the command line)"
+            )
+        return text
     except UnicodeDecodeError as exc:
         # Counted in the decoded text, as the csv reader counts lines: CRLF, LF or a lone CR
         # (a CR-only file is one line to a count of LF bytes, and so is UTF-16).

@@ -50,15 +50,23 @@ def locate_field(
     start = _line_start(text, line)
     index = start
     quoted = False
+    field_start = True
     current = 0
     while index < len(text) and current < field:
         char = text[index]
-        if char == quotechar:
-            quoted = not quoted
-        elif not quoted and char == delimiter:
+        if quoted:
+            if char == quotechar:
+                if text.startswith(quotechar, index + 1):
+                    index += 1  # an escaped quote
+                else:
+                    quoted = False
+        elif char == quotechar and field_start:  # elsewhere (5" pipe) a quote is data
+            quoted = True
+        elif char == delimiter:
             current += 1
-        elif not quoted and char in "\r\n":
+        elif char in "\r\n":
             break
+        field_start = not quoted and char == delimiter
         index += 1
     return _position(text, index)
 

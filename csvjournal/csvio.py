@@ -172,12 +172,12 @@ def _scan(path: Path, text: str, dialect: CsvDialect) -> tuple[list[str], int]:
     start = 1
     try:
         for record in reader:
-            if len(record) != width:
-                if not record:
-                    raise CsvFormatError(f"{path}: line {start}, column 1: blank line")
-                if start > 1:
-                    _wrong_width(path, text, dialect, line=start, got=len(record), width=width)
+            if not record:
+                raise CsvFormatError(f"{path}: line {start}, column 1: blank line")
+            if not width:  # a record has a field at least: this is the header
                 header, width = record, len(record)
+            elif len(record) != width:
+                _wrong_width(path, text, dialect, line=start, got=len(record), width=width)
             else:
                 count += 1
             start = reader.line_num + 1

@@ -46,6 +46,9 @@ BAD_INPUT = [
     pytest.param(codecs.BOM_UTF8 + b"\r\n", "k", [1], id="only-a-bom-and-a-line-break"),
     pytest.param(b"k,v\n1,a\n\n3,c\n", "k", [3], id="blank-line"),
     pytest.param(b'k,v\r\n1,"a\r\nb"\r\n\r\n3,c\r\n', "k", [4], id="blank-line-after-multiline"),
+    pytest.param(b"\nk,v\n1,a\n", "k", [1], id="blank-first-line"),
+    pytest.param(codecs.BOM_UTF8 + b"\r\n\r\nk,v\r\n1,a\r\n", "k", [1], id="blank-lines-first"),
+    pytest.param(b"\rk,v\r1,a\r", "k", [1], id="blank-first-line-cr"),
 ]
 
 
@@ -98,6 +101,12 @@ BAD_COLUMNS = [
     ),
     pytest.param(b'k,v\n1,"a\nb"\n22\n', "line 4, column 3", id="too-few-fields"),
     pytest.param(b"k,v\n1,a\n\n3,c\n", "line 3, column 1", id="blank-line"),
+    pytest.param(b"\nk,v\n1,a\n", "line 1, column 1", id="blank-first-line"),
+    # a quote inside a field (not at its start) is data: the field count is still found
+    pytest.param(b'k,v\n5" pipe\n1,2\n\n3,4\n', "line 2, column 8", id="too-few-with-a-quote"),
+    pytest.param(b'k,v\n1,5" x,y\n', "line 2, column 8", id="too-many-with-a-quote"),
+    # the first error in the file is the one named, whatever its kind
+    pytest.param(b'k,v\n1,x,extra\n2,"open\n', "line 2, column 5", id="ragged-before-unclosed"),
     pytest.param(
         "k,v\n1,a\n2,«é»\n".encode() + b"3,caf\xe9\n", "line 4, column 6", id="undecodable"
     ),
@@ -406,6 +415,24 @@ def test_a_bom_codec_named_for_a_file_without_bom_writes_no_bom_per_record(
     text = path.read_bytes().decode(raw)
     assert "\ufeff" not in text
     assert [line.split(",")[0] for line in text.splitlines()] == ["ID", "1", "2"]
+
+
+@pytest.mark.parametrize(
+    ("encoding", "data", "where"),
+    [
+        ("utf-7", b"ID,N\n1,a\n2,x+2AA-y\n", "line 3, column 4"),
+        ("unicode_escape", b"ID,N\r\n1,\\ud800\r\n", "line 2, column 3"),
+    ],
+)
+def test_a_lone_surrogate_decoded_from_the_bytes_is_refused_where_it_is(
+    tmp_path: Path, encoding: str, data: bytes, where: str
+) -> None:
+    # It could be imported, but never written back: every export would fail.
+    path = tmp_path / "sheet.csv"
+    path.write_bytes(data)
+    with pytest.raises(csvjournal.CsvFormatError, match=f"{re.escape(where)}: .*lone surrogate"):
+        csvjournal.open(path, key="ID", encoding=encoding)
+    assert _names(tmp_path) == ["sheet.csv"]
 
 
 def test_a_named_encoding_wins_over_bytes_that_look_like_another_ones_bom(
