@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["locate_field", "locate_offset", "locate_open_quote"]
+from collections.abc import Iterator
+
+__all__ = ["locate_field", "locate_offset", "locate_open_quote", "outside_quotes"]
 
 
 def _line_start(text: str, line: int) -> int:
@@ -42,17 +44,15 @@ def locate_offset(text: str, offset: int) -> tuple[int, int]:
     return _position(text, offset)
 
 
-def locate_field(
-    text: str, line: int, field: int, delimiter: str, quotechar: str
-) -> tuple[int, int]:
-    """(line, column) where field number ``field`` (from 0) of the record starting on
-    ``line`` starts; the record's end when it has fewer fields."""
-    start = _line_start(text, line)
-    index = start
+def outside_quotes(text: str, start: int, delimiters: str, quotechar: str) -> Iterator[int]:
+    """The index of each character of ``text`` from ``start`` on that is outside quotes, read
+    as the csv module reads: a quote opens a field only at its start (after one of
+    ``delimiters``), so ``5" pipe`` opens nothing, and a doubled quote inside a quoted
+    field is data. The quotes themselves are not given."""
     quoted = False
     field_start = True
-    current = 0
-    while index < len(text) and current < field:
+    index = start
+    while index < len(text):
         char = text[index]
         if quoted:
             if char == quotechar:
@@ -60,15 +60,31 @@ def locate_field(
                     index += 1  # an escaped quote
                 else:
                     quoted = False
-        elif char == quotechar and field_start:  # elsewhere (5" pipe) a quote is data
+        elif char == quotechar and field_start:
             quoted = True
-        elif char == delimiter:
-            current += 1
-        elif char in "\r\n":
-            break
-        field_start = not quoted and char == delimiter
+        else:
+            yield index
+        field_start = not quoted and char in delimiters
         index += 1
-    return _position(text, index)
+
+
+def locate_field(
+    text: str, line: int, field: int, delimiter: str, quotechar: str
+) -> tuple[int, int]:
+    """(line, column) where field number ``field`` (from 0) of the record starting on
+    ``line`` starts; the record's end when it has fewer fields."""
+    start = _line_start(text, line)
+    found, current = (start if field == 0 else len(text)), 0
+    for index in outside_quotes(text, start, delimiter, quotechar) if field else ():
+        if text[index] in "\r\n":
+            found = index
+            break
+        if text[index] == delimiter:
+            current += 1
+            if current == field:
+                found = index + 1
+                break
+    return _position(text, found)
 
 
 def _scan(text: str, line: int, delimiter: str, quotechar: str) -> tuple[int, int, int]:

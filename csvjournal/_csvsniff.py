@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 
+from csvjournal._csvlocate import outside_quotes
+
 __all__ = ["DELIMITERS", "sniff"]
 
 DELIMITERS = (",", ";", "\t", "|")
@@ -18,24 +20,8 @@ def _first_record_end(text: str, quotechar: str) -> int:
     module reads: a quote opens a field only at its start (after any candidate delimiter:
     the delimiter may not be known yet), so ``Supplier's name`` opens nothing, and a
     doubled quote inside a quoted field is data."""
-    quoted = False
-    field_start = True
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if quoted:
-            if char == quotechar:
-                if text.startswith(quotechar, index + 1):
-                    index += 1  # an escaped quote
-                else:
-                    quoted = False
-        elif char == quotechar and field_start:
-            quoted = True
-        elif char in "\r\n":
-            return index
-        field_start = not quoted and char in DELIMITERS
-        index += 1
-    return len(text)
+    outside = outside_quotes(text, 0, "".join(DELIMITERS), quotechar)
+    return next((index for index in outside if text[index] in "\r\n"), len(text))
 
 
 def sniff(text: str) -> tuple[str, str, str]:
