@@ -48,7 +48,9 @@ ORDER BY pos
 
 def lines_format(column_count: int, formula_guard: bool) -> dict[str, object]:
     """What stored records were rendered for (the ``lines_format`` setting): the column
-    count of a record whose ``line_columns`` is NULL, and the formula guard."""
+    count of a record whose ``line_columns`` is NULL, and the formula guard. Records are
+    saved at the column count of their time, which only grows: while it is this count
+    still, every stored record has it."""
     return {"columns": column_count, "formula_guard": formula_guard}
 
 
@@ -63,14 +65,17 @@ def stored_columns(stored: object, formula_guard: bool) -> int | None:
 
 def _stored_line(base: int, width: int, dialect: CsvDialect) -> str:
     """SQL: ``rows.line`` as a record of ``width`` columns, completed with empty cells when
-    stored for fewer; NULL when there is none, or it has more (made of integers and
-    ``char()`` codes only, nothing from outside)."""
+    stored for fewer; NULL when there is none, or it has more. The line break is taken off
+    by ``rtrim``: a CR or LF in a record's last cell is inside quotes, so the record ends in
+    exactly one terminator (made of integers, ``char()`` codes and the delimiter only)."""
     count = f"coalesce(line_columns, {int(base)})"
-    end = len(dialect.lineterminator)
-    pad = f"replace(hex(zeroblob({int(width)} - {count})), '00', char({ord(dialect.delimiter)}))"
+    if base == width:  # every stored record has the CSV's width (see lines_format)
+        return "line"
+    end = f"char({','.join(str(ord(char)) for char in dialect.lineterminator)})"
+    pads = "'" + (dialect.delimiter * width).replace("'", "''") + "'"
     return (
         f"CASE WHEN {count} = {int(width)} THEN line WHEN {count} < {int(width)} THEN"
-        f" substr(line, 1, length(line) - {end}) || {pad} || substr(line, -{end}) END"
+        f" rtrim(line, {end}) || substr({pads}, 1, {int(width)} - {count}) || {end} END"
     )
 
 
@@ -344,25 +349,35 @@ def stream_csv(conn: Connection, dialect: CsvDialect, formula_guard: bool) -> It
     records as they are, the others rendered on the way (memory stays small)."""
     columns = _reads.column_names(conn)
     base = stored_columns(read_value(conn, "lines_format"), formula_guard)
-    valid = base is not None
     line = "NULL" if base is None else _stored_line(base, len(columns), dialect)
     header = "".join(render_rows([columns], dialect))
     raw = t.driver(conn)
 
+    width, end = len(columns), dialect.lineterminator
+    count = f"coalesce(line_columns, {base or 0})"
+    usable = "FALSE" if base is None else f"line IS NOT NULL AND {count} <= {width}"
+
     def rendered(start: int, stop: int) -> str:
         # Through the DBAPI cursor, the cells only where no stored record will do.
-        cells = "cells" if not valid else f"CASE WHEN ({line}) IS NULL THEN cells END"
-        query = f"SELECT {line}, {cells} FROM rows WHERE pos >= ? AND pos < ? ORDER BY pos"
+        query = (
+            f"SELECT line, {count}, CASE WHEN NOT ({usable}) THEN cells END FROM rows"
+            " WHERE pos >= ? AND pos < ? ORDER BY pos"
+        )
         texts: list[str] = []
-        for stored, cells_json in raw.execute(query, (start, stop)):
-            if stored is not None and valid:
-                texts.append(stored)
+        for stored, stored_count, cells_json in raw.execute(query, (start, stop)):
+            if cells_json is None:  # completed by the delimiters of the cells it lacks
+                pad = dialect.delimiter * (width - stored_count)
+                texts.append(f"{stored[: -len(end)]}{pad}{end}" if pad else stored)
             else:
                 row = _reads.cells_of(columns, cells_json)
                 texts.extend(render_rows([row], dialect, formula_guard=formula_guard))
         return "".join(texts)
 
-    joined_query = _joined(line)
+    # SQLite joins a stretch of stored records itself (a rowid range is read in order): no
+    # Python object a record. While every stored record has the CSV's width they are
+    # joined as they are; after a new column, completed (and their widest checked).
+    widest = "0" if base == width else f"max({count})"
+    joined = f"SELECT group_concat({line}, ''), count(line), count(*), {widest} FROM rows"
 
     def texts() -> Iterator[str]:
         first, last = raw.execute("SELECT min(pos), max(pos) FROM rows").fetchone()
@@ -370,22 +385,14 @@ def stream_csv(conn: Connection, dialect: CsvDialect, formula_guard: bool) -> It
             return
         for start in range(first, last + 1, _CHUNK):
             stop = start + _CHUNK
-            if valid:
-                # SQLite joins a stretch of stored records itself (a rowid range is read
-                # in order): no Python object a record. A stretch with a record to render
-                # (NULL, skipped by group_concat, so fewer joined than rows) goes row by row.
-                joined, stored, rows = raw.execute(joined_query, (start, stop)).fetchone()
-                if stored == rows:
-                    yield joined or ""
+            if base is not None:
+                text, stored, rows, most = raw.execute(
+                    f"{joined} WHERE pos >= ? AND pos < ?", (start, stop)
+                ).fetchone()
+                # a record to render: NULL (skipped by group_concat), or wider than now
+                if stored == rows and (most or 0) <= width:
+                    yield text or ""
                     continue
             yield rendered(start, stop)
 
     return encode_chunks(header, (text.encode(dialect.encoding) for text in texts()), dialect)
-
-
-def _joined(line: str) -> str:
-    """SQL joining a stretch of stored records (``line``: :func:`_stored_line`)."""
-    return (
-        f"SELECT group_concat(line, ''), count(line), count(*) FROM (SELECT {line} AS line"
-        " FROM rows WHERE pos >= ? AND pos < ? ORDER BY pos)"
-    )

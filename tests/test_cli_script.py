@@ -145,8 +145,19 @@ def test_demo_runs_a_whole_job_and_replaces_an_earlier_demo(tmp_path: Path) -> N
     assert "NOTE" not in header
     rows = read_rows(csv, ";")
     assert [row["PO_NUMBER"] for row in rows] == [f"PO-2026-{n:05d}" for n in range(1, 2501)]
+    with csvjournal.open(csv, export=False) as journal:  # the sheet shows the journal
+        assert rows == [journal.get(row["PO_NUMBER"]) for row in rows]
+        spent = {  # held by demo-2 on its last attempt when killed: the lease ran out
+            row["PO_NUMBER"]
+            for row in rows
+            if row["STATUS"] == "PENDING"
+            and [e.status for e in journal.history(row["PO_NUMBER"])].count("IN_PROGRESS") == 3
+            and journal.history(row["PO_NUMBER"])[-2].worker == "demo-2"
+        }
     for row in rows:
-        if int(row["PO_NUMBER"].rsplit("-", 1)[1]) % 97 == 0:
+        if row["PO_NUMBER"] in spent:
+            assert len(spent) == 1
+        elif int(row["PO_NUMBER"].rsplit("-", 1)[1]) % 97 == 0:
             assert row["STATUS"] == "FAILED"
             assert "not found in the ERP" in row["ERROR_MESSAGE"]
         elif row["STATUS"] == "FAILED":  # a rare row whose three tries all timed out

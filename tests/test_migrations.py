@@ -266,13 +266,21 @@ def test_records_stored_before_0006_are_completed_for_a_new_column(tmp_path: Pat
     csv = tmp_path / "orders.csv"
     shutil.copyfile(FIXTURES_BY_REVISION["0005"], f"{csv}.journal")
     with csvjournal.open(csv) as journal:
+        width = len(journal.to_dataframe().columns)
         journal.record("PO-3", NOTE="a new column")
         journal.flush()
         frame = journal.to_dataframe()
         expected = render_csv(list(frame.columns), frame.values.tolist(), journal.settings.dialect)
-        conn = sqlite3.connect(journal.journal_path)
-        stored = dict(conn.execute("SELECT key, line_columns FROM rows WHERE line IS NOT NULL"))
-        conn.close()
+        stored = _line_columns(journal.journal_path)
+        journal.export(tmp_path / "copy.csv")
     assert csv.read_bytes() == expected
-    assert stored["PO-1"] is None  # still as stored by revision 0005
-    assert stored["PO-3"] == len(frame.columns)
+    assert (tmp_path / "copy.csv").read_bytes() == expected
+    assert stored == {"PO-1": None, "PO-2": None, "PO-3": width + 1}  # as 0005 stored them
+
+
+def _line_columns(path: Path) -> dict[str, int | None]:
+    conn = sqlite3.connect(path)
+    try:
+        return dict(conn.execute("SELECT key, line_columns FROM rows WHERE line IS NOT NULL"))
+    finally:
+        conn.close()

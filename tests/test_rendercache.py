@@ -3,6 +3,7 @@ last complete export, else from the journal; the file written is the same either
 
 from __future__ import annotations
 
+import codecs
 import json
 import sqlite3
 import subprocess
@@ -310,3 +311,24 @@ def test_an_imported_csv_is_stored_record_by_record_at_open(tmp_path: Path) -> N
         assert len(stored) == 5000
         assert stored["k0007"] == 'k0007,PENDING,"n, 7",\n'  # LAST_PROCESSED added, empty
         assert all(line is not None for line in stored.values())
+
+
+def test_a_streamed_export_completes_stretches_of_every_shape(tmp_path: Path) -> None:
+    # 4,096 rows a stretch: one all of one narrower count, one mixed, one with a record to
+    # render, across several new columns, in a dialect with a two-character terminator.
+    csv_path = tmp_path / "orders.csv"
+    rows = [["ID", "NOTE", "STATUS"]] + [[f"k{i:05d}", f"n; {i}", "PENDING"] for i in range(9000)]
+    _write_csv(csv_path, rows, ";", "\r\n", bom=True, final=False)
+    with csvjournal.open(csv_path, key="ID") as journal:
+        for key, field in (("k00005", "A"), ("k08000", "B"), ("k08001", "C")):
+            journal.record(key, fields={field: f"{field}\r\nx"})
+            journal.flush()
+    with csvjournal.open(csv_path, export=False) as journal:
+        stored = _stored_columns(journal.journal_path)
+        assert sum(count is not None for count in stored.values()) == 9000
+        assert {4, 5, 7} <= set(stored.values())  # the rows after the first new column: 4
+        journal.record("k04100", D="not stored: rendered")
+        journal.export(tmp_path / "copy.csv")
+        expected = _from_scratch(journal)
+    assert (tmp_path / "copy.csv").read_bytes() == expected
+    assert expected.startswith(codecs.BOM_UTF8)
