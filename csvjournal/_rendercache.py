@@ -114,6 +114,13 @@ class RenderedCsv:
             write_value(conn, "lines_format", self.format)
             self.format_changed = False
         unsaved, lines, width = self.unsaved, self._lines, len(self._columns)
+        base = stored_columns(read_value(conn, "lines_format"), self._formula_guard)
+        if base is None or base > width:
+            # Another exporter rendered every record anew since this one rendered its own
+            # (an open with the other formula guard; more columns): these would not suit
+            # its format (a record narrower than lines_format's count is read unchecked).
+            unsaved.clear()
+            return
         left = len(unsaved) if limit is None else min(limit, len(unsaved))
         while left > 0:  # in chunks: a million records never stand as text at once
             positions = list(islice(unsaved, min(left, _CHUNK)))

@@ -332,3 +332,38 @@ def test_a_streamed_export_completes_stretches_of_every_shape(tmp_path: Path) ->
         expected = _from_scratch(journal)
     assert (tmp_path / "copy.csv").read_bytes() == expected
     assert expected.startswith(codecs.BOM_UTF8)
+
+
+def test_an_exporter_that_lost_its_role_stores_nothing_over_anothers_new_format(
+    tmp_path: Path,
+) -> None:
+    # The renderings of two exporters driven by hand: the first (no formula guard, four
+    # columns) still holds records to store when the second (guarded, a fifth column) has
+    # voided every stored record and written its format. A late save must not mix them.
+    csv_path = tmp_path / "s.csv"
+    csv_path.write_text("ID,A\nk1,=1\nk2,x\n")
+    csvjournal.open(csv_path, key="ID").close()
+    with csvjournal.open(csv_path, key="ID", export=False) as journal:
+        journal.record("k1", A="=2")
+        journal.record("k2", A="y")
+        old = RenderedCsv(journal._settings.dialect, formula_guard=False)
+        with journal._store.read() as conn:
+            old.refresh(conn)
+        journal.record("k3", NEW="n")
+        new = RenderedCsv(journal._settings.dialect, formula_guard=True)
+        with journal._store.read() as conn:
+            new.refresh(conn)
+        _save(journal, new, limit=None)
+        before = _stored(journal.journal_path)
+        _save(journal, old, limit=None)
+        assert _stored(journal.journal_path) == before
+        assert not old.unsaved
+    with csvjournal.open(csv_path, export=False, formula_guard=True) as journal:
+        journal.export(tmp_path / "out.csv")
+        frame = journal.to_dataframe()
+        dialect = journal._settings.dialect
+        expected = render_csv(
+            list(frame.columns), frame.values.tolist(), dialect, formula_guard=True
+        )
+    assert (tmp_path / "out.csv").read_bytes() == expected
+    assert b"k1,'=2,PENDING," in expected
