@@ -96,6 +96,7 @@ class ExportWriter(ExportSignals):
                     write_value(conn, "csv_pending", written)
                     write_value(conn, "csv_pending_seq", rendered.seq)
                     write_value(conn, "csv_pending_rows", len(rendered))
+                    write_value(conn, "csv_pending_guard", self._formula_guard)
             if not unchanged and self._store.durability == "full":
                 self._store.sync_wal()
             syncing.result()
@@ -123,6 +124,7 @@ class ExportWriter(ExportSignals):
             write_value(conn, "csv_digest", written)
             write_value(conn, "csv_seq", rendered.seq)
             write_value(conn, "csv_rows", len(rendered))
+            write_value(conn, "csv_guard", self._formula_guard)
             if self.blocked is not None:
                 forget_values(conn, "csv_blocked")
         self._exported(rendered.seq)

@@ -44,6 +44,11 @@ def check_csv(
             ),
             digest: (exported, read_value(conn, "csv_rows")),
         }
+        # the formula guard each was written with (None: not known, a hand edit, say)
+        guards = {
+            pending: read_value(conn, "csv_pending_guard"),
+            digest: read_value(conn, "csv_guard"),
+        }
     known = {digest, pending} - {None}
     if not known:
         return None
@@ -57,6 +62,8 @@ def check_csv(
         )
     if stored_columns(stored_format, formula_guard) is None:
         return None  # the stored records were rendered for the other formula guard
+    if guards.get(found) not in (None, formula_guard):
+        return None  # written with the other formula guard (its stored records unsaved)
     if found == digest and exported == newest:
         return exported
     seq, rows = shows[found]

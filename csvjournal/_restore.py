@@ -39,7 +39,9 @@ log = structlog.get_logger(__name__)
 _SHM_DMS_BYTE = 128
 _EXPORT_STATE = (
     "csv_digest",
+    "csv_guard",
     "csv_pending",
+    "csv_pending_guard",
     "csv_pending_seq",
     "csv_pending_rows",
     "csv_rows",

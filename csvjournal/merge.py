@@ -96,7 +96,7 @@ def merge_csv(
             # ... but it shows no state of the journal: the next open rewrites it, also
             # when the merge changed nothing (rows deleted by hand come back); a running
             # exporter that the edit stopped resumes (it knows the file now)
-            forget_values(conn, "csv_seq", "csv_rows", "csv_blocked")
+            forget_values(conn, "csv_seq", "csv_rows", "csv_blocked", "csv_guard")
     log.info(
         "csv_merged",
         path=str(path),

@@ -367,3 +367,23 @@ def test_an_exporter_that_lost_its_role_stores_nothing_over_anothers_new_format(
         )
     assert (tmp_path / "out.csv").read_bytes() == expected
     assert b"k1,'=2,PENDING," in expected
+
+
+def test_a_csv_written_with_the_other_formula_guard_is_not_taken_as_current(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    csv_path = tmp_path / "s.csv"
+    csv_path.write_text("ID,A\nk1,=1+1\nk2,-x\n")
+    csvjournal.open(csv_path, key="ID").close()  # records stored, unguarded
+    # A guarded open exports, then dies before it stores its records (lines_format stays
+    # unguarded): a kill -9 between the two, simulated by storing nothing.
+    monkeypatch.setattr(RenderedCsv, "save_lines", lambda self, conn, limit=None: None)
+    csvjournal.open(csv_path, formula_guard=True).close()
+    assert b"'=1+1" in csv_path.read_bytes()
+    monkeypatch.undo()
+    with csvjournal.open(csv_path, formula_guard=False) as journal:
+        journal.flush()
+        frame = journal.to_dataframe()
+        expected = render_csv(list(frame.columns), frame.values.tolist(), journal._settings.dialect)
+    assert csv_path.read_bytes() == expected
+    assert b"k1,=1+1," in expected
