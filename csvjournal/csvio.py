@@ -52,6 +52,9 @@ __all__ = [
 EXCEL_MAX_ROWS = 1_048_576  # the header included
 EXCEL_MAX_CELL = 32_767
 _LINE_BREAK = re.compile("\r\n|\r|\n")
+# What str.splitlines() also ends a line at, and the csv module does not.
+_OTHER_BREAK = re.compile("[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_PIECE = 1 << 20  # characters split into lines at a time
 _BLANK = re.compile("[\r\n]*")
 _FIELD_LIMIT = 2**31 - 1  # the csv module's default of 131,072 characters is too small
 
@@ -154,8 +157,15 @@ def _reader(text: str, dialect: CsvDialect) -> Any:
 def _lines(text: str) -> Iterator[str]:
     """The lines of ``text`` as ``io.StringIO(text, newline="")`` gives them (each ends at a
     CRLF, LF or lone CR, kept), without its copy of the text at 4 bytes a character."""
+    if _OTHER_BREAK.search(text) is None:  # str.splitlines, in C, a piece at a time
+        start = 0
+        while start < len(text):
+            end = text.find("\n", start + _PIECE) + 1 or len(text)  # never inside a CRLF
+            yield from text[start:end].splitlines(keepends=True)
+            start = end
+        return
     start = 0
-    for match in _LINE_BREAK.finditer(text):
+    for match in _LINE_BREAK.finditer(text):  # also breaks splitlines() would cut at
         end = match.end()
         yield text[start:end]
         start = end

@@ -472,6 +472,17 @@ def test_records_are_split_into_lines_as_the_csv_module_reads_a_file(text: str) 
     assert list(csvio._lines(text)) == list(io.StringIO(text, newline=""))
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='ab,"\r\n', max_size=80), st.integers(min_value=1, max_value=9))
+def test_lines_cut_a_piece_at_a_time_are_the_same_lines(text: str, piece: int) -> None:
+    # (a big file is split into lines a piece of 1 MB at a time: here a few characters)
+    saved, csvio._PIECE = csvio._PIECE, piece
+    try:
+        assert list(csvio._lines(text)) == list(io.StringIO(text, newline=""))
+    finally:
+        csvio._PIECE = saved
+
+
 def test_an_import_holds_the_file_once_not_a_table_of_it(tmp_path: Path) -> None:
     path = tmp_path / "big.csv"
     with path.open("w", newline="") as file:
