@@ -152,7 +152,7 @@ def test_demo_runs_a_whole_job_and_replaces_an_earlier_demo(tmp_path: Path) -> N
             for row in rows
             if row["STATUS"] == "PENDING"
             and [e.status for e in journal.history(row["PO_NUMBER"])].count("IN_PROGRESS") == 3
-            and journal.history(row["PO_NUMBER"])[-2].worker == "demo-2"
+            and journal.history(row["PO_NUMBER"])[-1].note == "lease of demo-2 expired"
         }
     for row in rows:
         if row["PO_NUMBER"] in spent:
