@@ -13,8 +13,9 @@ import structlog
 from sqlalchemy import Connection
 
 from csvjournal import _reads
-from csvjournal._rendercache import RenderedCsv, stored_columns
+from csvjournal._rendercache import RenderedCsv
 from csvjournal._settings import read_value, write_value
+from csvjournal._storedlines import stored_columns
 from csvjournal.csvio import fingerprint
 from csvjournal.errors import CsvChangedError
 from csvjournal.store import Store

@@ -24,16 +24,10 @@ from csvjournal import _reads
 from csvjournal import _schema as t
 from csvjournal._records import Records
 from csvjournal._settings import read_value, write_value
+from csvjournal._storedlines import lines_format, stored_columns, stored_line
 from csvjournal.csvio import CsvDialect, bom_of, render_rows
 
-__all__ = [
-    "SAVE_CHUNK",
-    "RenderedCsv",
-    "encode_chunks",
-    "lines_format",
-    "stored_columns",
-    "stream_csv",
-]
+__all__ = ["SAVE_CHUNK", "RenderedCsv", "encode_chunks", "stream_csv"]
 
 _CHUNK = 4096  # records encoded and written at a time
 # Records stored per save_lines(limit=): each is a random row of the journal, so a page of
@@ -44,39 +38,6 @@ _CHANGED_ROWS = """
 SELECT pos, cells, last FROM rows WHERE key IN (SELECT key FROM events WHERE seq > ?)
 ORDER BY pos
 """
-
-
-def lines_format(column_count: int, formula_guard: bool) -> dict[str, object]:
-    """What stored records were rendered for (the ``lines_format`` setting): the column
-    count of a record whose ``line_columns`` is NULL, and the formula guard. Records are
-    saved at the column count of their time, which only grows: while it is this count
-    still, every stored record has it."""
-    return {"columns": column_count, "formula_guard": formula_guard}
-
-
-def stored_columns(stored: object, formula_guard: bool) -> int | None:
-    """The column count of a stored record without ``line_columns``, when the stored
-    ``lines_format`` suits ``formula_guard``; ``None`` when no stored record does."""
-    if not isinstance(stored, dict) or stored.get("formula_guard") is not formula_guard:
-        return None
-    columns = stored.get("columns")
-    return columns if type(columns) is int else None
-
-
-def _stored_line(base: int, width: int, dialect: CsvDialect) -> str:
-    """SQL: ``rows.line`` as a record of ``width`` columns, completed with empty cells when
-    stored for fewer; NULL when there is none, or it has more. The line break is taken off
-    by ``rtrim``: a CR or LF in a record's last cell is inside quotes, so the record ends in
-    exactly one terminator (made of integers, ``char()`` codes and the delimiter only)."""
-    count = f"coalesce(line_columns, {int(base)})"
-    if base == width:  # every stored record has the CSV's width (see lines_format)
-        return "line"
-    end = f"char({','.join(str(ord(char)) for char in dialect.lineterminator)})"
-    pads = "'" + (dialect.delimiter * width).replace("'", "''") + "'"
-    return (
-        f"CASE WHEN {count} = {int(width)} THEN line WHEN {count} < {int(width)} THEN"
-        f" rtrim(line, {end}) || substr({pads}, 1, {int(width)} - {count}) || {end} END"
-    )
 
 
 class RenderedCsv:
@@ -230,7 +191,7 @@ class RenderedCsv:
         self.format = lines_format(len(columns), self._formula_guard)
         base = stored_columns(read_value(conn, "lines_format"), self._formula_guard)
         self.format_changed = base is None
-        stored = "NULL" if base is None else _stored_line(base, len(columns), self._dialect)
+        stored = "NULL" if base is None else stored_line(base, len(columns), self._dialect)
         raw = t.driver(conn)
         first, last, count = raw.execute("SELECT min(pos), max(pos), count(*) FROM rows").fetchone()
         if count and last - first + 1 == count:
@@ -356,7 +317,7 @@ def stream_csv(conn: Connection, dialect: CsvDialect, formula_guard: bool) -> It
     records as they are, the others rendered on the way (memory stays small)."""
     columns = _reads.column_names(conn)
     base = stored_columns(read_value(conn, "lines_format"), formula_guard)
-    line = "NULL" if base is None else _stored_line(base, len(columns), dialect)
+    line = "NULL" if base is None else stored_line(base, len(columns), dialect)
     header = "".join(render_rows([columns], dialect))
     raw = t.driver(conn)
 
