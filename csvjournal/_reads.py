@@ -62,6 +62,15 @@ def get(conn: Connection, key: str) -> dict[str, str] | None:
     return dict(zip(columns, cells_of(columns, cells_json), strict=True))
 
 
+def rows_by_key(conn: Connection, columns: list[str], keys: list[str]) -> dict[str, dict[str, str]]:
+    """The rows of ``keys`` (those there are) as ``{column: text}``, by key, in one query
+    (at most SQLite's 999 parameters: a few hundred keys at a time)."""
+    found = t.driver(conn).execute(
+        f"SELECT key, cells FROM rows WHERE key IN ({','.join('?' * len(keys))})", keys
+    )
+    return {key: dict(zip(columns, cells_of(columns, cells), strict=True)) for key, cells in found}
+
+
 def last_seq(conn: Connection) -> int:
     """The sequence number of the newest event (0 for none)."""
     (seq,) = t.driver(conn).execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()

@@ -24,7 +24,7 @@ from csvjournal import _reads
 from csvjournal import _schema as t
 from csvjournal._records import Records
 from csvjournal._settings import read_value, write_value
-from csvjournal._storedlines import lines_format, stored_columns, stored_line
+from csvjournal._storedlines import lines_format, stored_columns, stored_count, stored_line
 from csvjournal.csvio import CsvDialect, bom_of, render_rows
 
 __all__ = ["SAVE_CHUNK", "RenderedCsv", "encode_chunks", "stream_csv"]
@@ -322,7 +322,7 @@ def stream_csv(conn: Connection, dialect: CsvDialect, formula_guard: bool) -> It
     raw = t.driver(conn)
 
     width, end = len(columns), dialect.lineterminator
-    count = f"coalesce(line_columns, {base or 0})"
+    count = stored_count(base or 0)
     usable = "FALSE" if base is None else f"line IS NOT NULL AND {count} <= {width}"
 
     def rendered(start: int, stop: int) -> str:
@@ -332,9 +332,9 @@ def stream_csv(conn: Connection, dialect: CsvDialect, formula_guard: bool) -> It
             " WHERE pos >= ? AND pos < ? ORDER BY pos"
         )
         texts: list[str] = []
-        for stored, stored_count, cells_json in raw.execute(query, (start, stop)):
+        for stored, columns_stored, cells_json in raw.execute(query, (start, stop)):
             if cells_json is None:  # completed by the delimiters of the cells it lacks
-                pad = dialect.delimiter * (width - stored_count)
+                pad = dialect.delimiter * (width - columns_stored)
                 texts.append(f"{stored[: -len(end)]}{pad}{end}" if pad else stored)
             else:
                 row = _reads.cells_of(columns, cells_json)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from csvjournal.csvio import CsvDialect
 
-__all__ = ["lines_format", "stored_columns", "stored_line"]
+__all__ = ["lines_format", "stored_columns", "stored_count", "stored_line"]
 
 
 def lines_format(column_count: int, formula_guard: bool) -> dict[str, object]:
@@ -27,14 +27,20 @@ def stored_columns(stored: object, formula_guard: bool) -> int | None:
     return columns if type(columns) is int else None
 
 
+def stored_count(base: int) -> str:
+    """SQL: the column count a stored record was rendered for (``base``, the count in
+    ``lines_format``, for one stored before ``line_columns`` existed)."""
+    return f"coalesce(line_columns, {int(base)})"
+
+
 def stored_line(base: int, width: int, dialect: CsvDialect) -> str:
     """SQL: ``rows.line`` as a record of ``width`` columns, completed with empty cells when
     stored for fewer; NULL when there is none, or it has more. The line break is taken off
     by ``rtrim``: a CR or LF in a record's last cell is inside quotes, so the record ends in
     exactly one terminator (made of integers, ``char()`` codes and the delimiter only)."""
-    count = f"coalesce(line_columns, {int(base)})"
     if base == width:  # every stored record has the CSV's width (see lines_format)
         return "line"
+    count = stored_count(base)
     end = f"char({','.join(str(ord(char)) for char in dialect.lineterminator)})"
     pads = "'" + (dialect.delimiter * width).replace("'", "''") + "'"
     return (

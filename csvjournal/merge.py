@@ -132,7 +132,7 @@ def _merge_rows(journal: Journal, path: Path, parsed: ParsedCsv, report: MergeRe
     for chunk in _chunks(parsed.records(), _CHUNK_ROWS):
         keys = [read(values[key_index]) for _, values in chunk]  # typed with ' or without
         with journal._reading() as conn:
-            current = _rows_of(conn, columns, keys)
+            current = _reads.rows_by_key(conn, columns, keys)
         for (line, values), key in zip(chunk, keys, strict=True):
             if key in seen:
                 _refuse_again(path, parsed, key, line=line, column=settings.key_column, read=read)
@@ -161,17 +161,6 @@ def _chunks(
 ) -> Iterator[list[tuple[int, list[str]]]]:
     while chunk := list(islice(records, size)):
         yield chunk
-
-
-def _rows_of(conn: Connection, columns: list[str], keys: list[str]) -> dict[str, dict[str, str]]:
-    """The journal's rows of ``keys`` (those it has), as ``{column: text}`` by key."""
-    found = t.driver(conn).execute(
-        f"SELECT key, cells FROM rows WHERE key IN ({','.join('?' * len(keys))})", keys
-    )
-    return {
-        key: dict(zip(columns, _reads.cells_of(columns, cells), strict=True))
-        for key, cells in found
-    }
 
 
 def _refuse_again(
