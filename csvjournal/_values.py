@@ -15,13 +15,14 @@ def render_value(name: str, value: object) -> str:
     """Return the cell text for ``value`` of the field ``name``.
 
     ``str`` stays as is, ``None`` is empty, ``int``/``float``/``bool``/``Decimal`` go through
-    ``str()``, ``date``/``datetime``/``time`` through ``isoformat()``. A subclass renders as
+    ``str()``, ``date``/``datetime`` through ``isoformat()``. A subclass renders as
     its base type's value: an enum mixed with ``str`` or ``int`` (``class Status(str,
     Enum)``) writes its value, not ``Status.DONE`` as its own ``str()`` would.
 
     Raises:
         TypeError: for any other type, naming the field (and the type's module: a
-            ``numpy.bool`` is no ``bool``).
+            ``numpy.bool`` is no ``bool``). A ``time`` of day is one: without its date it
+            is not a moment, and the spec lists only dates and datetimes.
         RecordError: an int too long for Python to write as text.
     """
     if isinstance(value, str):
@@ -41,7 +42,7 @@ def render_value(name: str, value: object) -> str:
         return float.__repr__(value)
     if isinstance(value, Decimal):
         return Decimal.__str__(value)
-    if isinstance(value, (dt.date, dt.time)):  # datetime is a date subclass
+    if isinstance(value, dt.date):  # datetime is a date subclass
         return value.isoformat()
     kind = type(value)
     named = (
