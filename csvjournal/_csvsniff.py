@@ -24,12 +24,18 @@ def _first_record_end(text: str, quotechar: str) -> int:
     return next((index for index in outside if text[index] in "\r\n"), len(text))
 
 
-def sniff(text: str) -> tuple[str, str, str]:
+def sniff(text: str, expected: tuple[str, str, str] | None = None) -> tuple[str, str, str]:
     """(delimiter, quote character, line terminator) of the CSV ``text``.
 
-    The delimiter is the candidate that splits the first records (header included) into
-    one field count above 1; failing that, the one splitting the header most, then ``,``.
+    ``expected`` is (delimiter, quote character, a column name): when that dialect reads a
+    header holding the name, it is the file's (a file written by our exporter and edited
+    by hand, whose rows may be broken). Otherwise the delimiter is the candidate that
+    splits the first records (header included) into one field count above 1; failing that,
+    the one splitting the header most, then ``,``.
     """
+    if expected is not None and _header_holds(text, *expected):
+        delimiter, quotechar = expected[:2]
+        return delimiter, quotechar, _terminator(text, _first_record_end(text, quotechar))
     # Only a prefix is read: detection stays cheap on a file of millions of rows.
     prefix = text[:_SNIFF_CHARS]
     complete = len(prefix) == len(text)
@@ -46,10 +52,27 @@ def sniff(text: str) -> tuple[str, str, str]:
     end = _first_record_end(text, quotechar)
     if delimiter is None:
         delimiter = _header_delimiter(text[:end], quotechar)
-    terminator = "\n"
-    if end < len(text):
-        terminator = "\r\n" if text.startswith("\r\n", end) else text[end]
-    return delimiter, quotechar, terminator
+    return delimiter, quotechar, _terminator(text, end)
+
+
+def _terminator(text: str, end: int) -> str:
+    """The line terminator of the record ending at ``end`` (``\\n`` if it is the last)."""
+    if end == len(text):
+        return "\n"
+    return "\r\n" if text.startswith("\r\n", end) else text[end]
+
+
+def _header_holds(text: str, delimiter: str, quotechar: str, name: str) -> bool:
+    """Whether the first record of ``text``, read in this dialect, has a field ``name``."""
+    # (a header longer than the sample is not ours: our columns' names are short)
+    header = text[: _first_record_end(text[:_SNIFF_CHARS], quotechar)]
+    reader = csv.reader(
+        [header], delimiter=delimiter, quotechar=quotechar, doublequote=True, strict=True
+    )
+    try:
+        return name in next(reader, [])
+    except csv.Error:
+        return False
 
 
 def _consistent_delimiter(prefix: str, complete: bool, quotechar: str) -> str | None:

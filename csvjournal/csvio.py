@@ -111,8 +111,12 @@ class ParsedCsv:
         return [record for _, record in self.records()]
 
 
-def read_csv(path: Path, *, encoding: str | None = None) -> ParsedCsv:
+def read_csv(
+    path: Path, *, encoding: str | None = None, expected: tuple[str, str, str] | None = None
+) -> ParsedCsv:
     """Read ``path`` as text in its own dialect, checking it is a well-formed table.
+    ``expected`` is (delimiter, quote character, a column name): the dialect to read in
+    when its header holds that name (see :func:`~csvjournal._csvsniff.sniff`).
 
     Raises:
         CsvFormatError: undecodable bytes, no header, empty or duplicate header names, an
@@ -128,7 +132,7 @@ def read_csv(path: Path, *, encoding: str | None = None) -> ParsedCsv:
     del data  # the text is all that is read from now on
     if _BLANK.fullmatch(text):  # (text.strip() would copy the whole text)
         raise CsvFormatError(f"{path}: line 1, column 1: the file is empty (no header line)")
-    delimiter, quotechar, terminator = sniff(text)
+    delimiter, quotechar, terminator = sniff(text, expected)
     dialect = CsvDialect(
         delimiter=delimiter,
         quotechar=quotechar,

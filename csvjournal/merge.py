@@ -85,8 +85,15 @@ def merge_csv(
     with open_journal(path, journal_path=journal_path, export=False) as journal:
         # the file was written by the exporter in the stored encoding, then edited by hand:
         # reading it as UTF-8 would refuse the very file the hand-edit error says to merge
-        parsed = read_csv(path, encoding=encoding or journal.settings.dialect.encoding)
-        check_keys(path, parsed, journal.settings.key_column)
+        settings = journal.settings
+        # as exported, unless the sheet was saved in another dialect (another locale's
+        # delimiter): a broken row must not make the sniffer guess another quote character
+        parsed = read_csv(
+            path,
+            encoding=encoding or settings.dialect.encoding,
+            expected=(settings.dialect.delimiter, settings.dialect.quotechar, settings.key_column),
+        )
+        check_keys(path, parsed, settings.key_column)
         journal._local.worker = MERGE_WORKER  # this handle is the merge's own
         with journal.batch():
             _merge_rows(journal, path, parsed, report)

@@ -284,3 +284,29 @@ def test_with_the_formula_guard_one_key_typed_both_ways_chunks_apart_is_refused(
     with pytest.raises(csvjournal.CsvFormatError, match=r"line 703, .*'=N1' again \(line 2\)"):
         csvjournal.merge_csv(csv_path)
     assert csv_path.read_bytes() == before
+
+
+def test_a_broken_row_is_named_in_the_dialect_the_journal_exports(csv_path: Path) -> None:
+    # ' is the quote character only because one field needs it: one ragged row among the
+    # first records would make a fresh guess take " and blame line 2
+    csv_path.write_text("ID,NAME\n1,'a,b'\n2,c\n3,d\n4,e\n", encoding="utf-8")
+    with csvjournal.open(csv_path, key="ID") as journal:
+        assert journal.settings.dialect.quotechar == "'"
+    edited = csv_path.read_text(encoding="utf-8").replace("3,d,", "3,d,extra,")
+    csv_path.write_text(edited, encoding="utf-8")
+    with pytest.raises(csvjournal.CsvFormatError, match=r"line 4, column \d+: 5 fields"):
+        csvjournal.merge_csv(csv_path)
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t"])
+def test_a_sheet_saved_with_another_delimiter_is_still_merged(
+    csv_path: Path, delimiter: str
+) -> None:
+    _start(csv_path)
+    text = csv_path.read_text(encoding="utf-8").replace("a,PENDING,x", "a,PENDING,x2")
+    csv_path.write_text(text.replace(",", delimiter), encoding="utf-8")
+    report = csvjournal.merge_csv(csv_path)
+    assert report.updated == ["a"]
+    with csvjournal.open(csv_path) as journal:  # written anew in the journal's dialect
+        assert journal.get("a")["NOTE"] == "x2"  # type: ignore[index]
+    assert csv_path.read_text(encoding="utf-8").startswith("ID,STATUS,NOTE,LAST_PROCESSED\n")
