@@ -34,8 +34,7 @@ def sniff(text: str, expected: tuple[str, str, str] | None = None) -> tuple[str,
     the one splitting the header most, then ``,``.
     """
     if expected is not None and _header_holds(text, *expected):
-        delimiter, quotechar = expected[:2]
-        return delimiter, quotechar, _terminator(text, _first_record_end(text, quotechar))
+        return expected[0], expected[1], _terminator(text, _first_record_end(text, expected[1]))
     # Only a prefix is read: detection stays cheap on a file of millions of rows.
     prefix = text[:_SNIFF_CHARS]
     complete = len(prefix) == len(text)
