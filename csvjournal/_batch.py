@@ -15,6 +15,7 @@ from sqlalchemy import Connection
 
 from csvjournal._schema import driver
 from csvjournal._writer import RecordOp, Writer
+from csvjournal.csvio import TWIN_START
 
 if TYPE_CHECKING:
     from csvjournal._leases import Action
@@ -38,8 +39,10 @@ class BatchState:
         writer: Writer,
         errors: Callable[[], AbstractContextManager[None]],
         committed: Callable[[list[RecordOp]], None],
+        twin_error: Callable[[str, str], Exception],
     ) -> None:
         self.conn = conn
+        self._twin_error = twin_error  # refuses a new row shown as another (formula guard)
         self._writer = writer
         self._errors = errors
         self._committed = committed  # told the records once the outermost block commits
@@ -48,7 +51,17 @@ class BatchState:
         self._recorded: list[RecordOp] = []  # in blocks not undone (so far)
 
     def add(self, op: RecordOp) -> int:
-        """Queue one record; return its sequence number."""
+        """Queue one record; return its sequence number.
+
+        Raises:
+            RecordError: with the formula guard on, ``op`` would make a row that the CSV
+                shows as it shows another (see :meth:`Writer.twin`); nothing is queued.
+        """
+        if self._writer.formula_guard and op.key.startswith(TWIN_START):
+            self.flush()  # the other row may be among the queued records
+            twin = self._writer.twin(self._raw, op.key)
+            if twin is not None:
+                raise self._twin_error(op.key, twin)
         seq = self._writer.allocate(self._raw, op)
         self._buffer.append(op)
         self._recorded.append(op)

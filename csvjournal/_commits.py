@@ -24,7 +24,7 @@ from csvjournal._groupcommit import Refused
 from csvjournal._leases import Action
 from csvjournal._settings import Settings
 from csvjournal._writer import IN_PROGRESS, RecordCall, RecordOp, Writer, prepare_record
-from csvjournal.csvio import EXCEL_MAX_CELL
+from csvjournal.csvio import EXCEL_MAX_CELL, TWIN_START
 from csvjournal.errors import JournalIOError, RecordError
 from csvjournal.store import Store
 
@@ -38,6 +38,11 @@ Item = RecordCall | Action
 # How often a commit looks whether the journal is still the file this handle has open: a
 # journal deleted or replaced by hand fails the commits from at most this long after.
 _CHECK_SECONDS = 0.05
+
+
+def _refusal(error: BaseException) -> Action:
+    """An item that writes nothing and fails its own caller alone with ``error``."""
+    return Action(lambda conn, writer: Refused(error))
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -137,6 +142,8 @@ class Commits:
             queued = store.begin_writer(conn)
             mark = writer.begin(conn)
             try:
+                if writer.formula_guard:
+                    items = self._refuse_twins(conn, items)
                 if type(items[0]) is RecordOp and all(type(i) is RecordOp for i in items):
                     ops: Sequence[RecordOp] = items  # type: ignore[assignment]
                     if len(ops) > 1:
@@ -165,6 +172,32 @@ class Commits:
             finally:
                 store.end_writer(queued)
         return results
+
+    def _refuse_twins(
+        self, conn: sqlite3.Connection, items: Sequence[RecordOp | Action]
+    ) -> Sequence[RecordOp | Action]:
+        """``items`` with each record that would make a row the formula guard shows as it
+        shows another (see :meth:`Writer.twin`) replaced by its refusal."""
+        if not any(type(i) is RecordOp and i.key.startswith(TWIN_START) for i in items):
+            return items
+        fresh: set[str] = set()
+        kept: list[RecordOp | Action] = []
+        for item in items:
+            twin = self._writer.twin(conn, item.key, fresh) if type(item) is RecordOp else None
+            if twin is None:
+                kept.append(item)
+                if type(item) is RecordOp:
+                    fresh.add(item.key)
+                continue
+            kept.append(_refusal(self.twin_error(item.key, twin)))  # type: ignore[union-attr]
+        return kept
+
+    def twin_error(self, key: str, twin: str) -> RecordError:
+        """The error refusing a new row ``key`` that the CSV would show as row ``twin``."""
+        return RecordError(
+            f"{self._csv_path}: key {key!r} would show in the CSV as key {twin!r} does, with"
+            " the formula guard on (a merge of the CSV could not tell them apart)"
+        )
 
     def check_journal(self) -> None:
         """After a commit: the journal at its path must still be the file this handle has

@@ -108,7 +108,12 @@ class Handle:
         source = None
         if (created or unfinished(options.journal_path)) and options.csv_path.exists():
             source = read_csv(options.csv_path, encoding=options.encoding)
-            check_keys(options.csv_path, source, options.key or "")
+            check_keys(
+                options.csv_path,
+                source,
+                options.key or "",
+                formula_guard=bool(options.formula_guard),
+            )
         made, ours = self._open_store(created, source)
         try:
             with journal_errors(options.journal_path, options.csv_path):

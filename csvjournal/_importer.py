@@ -13,7 +13,7 @@ from csvjournal._migrate import check_file
 from csvjournal._schema import driver, peek
 from csvjournal._settings import Settings, write_value
 from csvjournal._writer import PENDING
-from csvjournal.csvio import ParsedCsv
+from csvjournal.csvio import ParsedCsv, guard_twin
 from csvjournal.errors import CsvFormatError
 
 __all__ = ["check_keys", "import_rows", "unfinished"]
@@ -46,8 +46,9 @@ def unfinished(journal_path: Path) -> bool:
         return False
 
 
-def check_keys(path: Path, parsed: ParsedCsv, key: str) -> None:
-    """Refuse a CSV whose key column is missing, or has an empty or a repeated key.
+def check_keys(path: Path, parsed: ParsedCsv, key: str, *, formula_guard: bool = False) -> None:
+    """Refuse a CSV whose key column is missing, or has an empty or a repeated key; with
+    ``formula_guard``, also two keys that the guard would show alike (``=A`` and ``'=A``).
 
     Raises:
         CsvFormatError: naming the file and the lines.
@@ -67,6 +68,27 @@ def check_keys(path: Path, parsed: ParsedCsv, key: str) -> None:
                 f" (first on line {first})"
             )
         seen.add(value)
+    if formula_guard:
+        _check_twins(path, parsed, key, seen)
+
+
+def _check_twins(path: Path, parsed: ParsedCsv, key: str, keys: set[str]) -> None:
+    # (every twin pair has one key starting with ': the file is read again only for lines)
+    twins = {value for value in keys if value.startswith("'") and guard_twin(value) in keys}
+    if not twins:
+        return
+    index = parsed.header.index(key)
+    lines: dict[str, int] = {}
+    for line, record in parsed.records():
+        value = record[index]
+        if value in twins or guard_twin(value) in twins:
+            lines[value] = line
+            twin = guard_twin(value)
+            if twin in lines:
+                raise CsvFormatError(
+                    f"{path}: line {line}, column {key!r}: key {value!r} would show in the CSV"
+                    f" as key {twin!r} (line {lines[twin]}) does, with the formula guard on"
+                )
 
 
 def import_rows(

@@ -32,6 +32,7 @@ from csvjournal.errors import CsvFormatError, JournalIOError
 __all__ = [
     "EXCEL_MAX_CELL",
     "EXCEL_MAX_ROWS",
+    "TWIN_START",
     "CsvDialect",
     "ParsedCsv",
     "atomic_write",
@@ -39,6 +40,7 @@ __all__ = [
     "encode_csv",
     "fingerprint",
     "guard_formula",
+    "guard_twin",
     "read_csv",
     "remove_temp_files",
     "render_csv",
@@ -244,6 +246,8 @@ def _field_pattern(dialect: CsvDialect) -> re.Pattern[str]:
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# What a text starts with when guard_formula shows it as it shows another (see guard_twin).
+TWIN_START = ("'", *_FORMULA_START)
 _PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -260,6 +264,14 @@ def unguard_formula(value: str) -> str:
     if value.startswith("'") and guard_formula(value[1:]) == value:
         return value[1:]
     return value
+
+
+def guard_twin(value: str) -> str | None:
+    """The other text that :func:`guard_formula` shows as it shows ``value`` (``=A`` and
+    ``'=A`` both show as ``'=A``), or ``None`` when no other text does."""
+    if value.startswith("'"):
+        return value[1:] if guard_formula(value[1:]) == value else None
+    return "'" + value if guard_formula(value) != value else None
 
 
 def render_rows(

@@ -107,7 +107,13 @@ class Journal(Claims):
             return
         self._commits.check_journal()  # a connection would make a new, empty file there
         with self._gate.operation(), self._write_lock, self._store.engine.connect() as conn:
-            state = BatchState(conn, self._writer, self._errors, self._commits.finished)
+            state = BatchState(
+                conn,
+                self._writer,
+                self._errors,
+                self._commits.finished,
+                self._commits.twin_error,
+            )
             self._batches[threading.get_ident()] = state
             try:
                 with state.transaction():

@@ -132,14 +132,22 @@ def _merge_rows(journal: Journal, path: Path, parsed: ParsedCsv, report: MergeRe
     if report.added_columns:
         new = list(report.added_columns)
         journal._write(Action(lambda conn, writer: [writer.columns.cell(conn, n) for n in new]))
+    # The file shows a key as the guard shows it: '=A for the row =A, and for the row '=A
+    # (the guard leaves it as it is); =A typed without the ' is the same row.
+    show = guard_formula if settings.formula_guard else str
     read = unguard_formula if settings.formula_guard else str
     key_index = parsed.header.index(settings.key_column)
     stamp = settings.timestamp_column
     seen: set[str] = set()
     for chunk in _chunks(parsed.records(), _CHUNK_ROWS):
-        keys = [read(values[key_index]) for _, values in chunk]  # typed with ' or without
+        typed = [read(values[key_index]) for _, values in chunk]
+        other = [show(key) for key in typed]  # the row's key, if it has the ' itself
         with journal._reading() as conn:
-            current = _reads.rows_by_key(conn, columns, keys)
+            current = _reads.rows_by_key(conn, columns, list({*typed, *other}))
+        keys = [
+            key if key in current or twin not in current else twin
+            for key, twin in zip(typed, other, strict=True)
+        ]
         for (line, values), key in zip(chunk, keys, strict=True):
             if key in seen:
                 _refuse_again(path, parsed, key, line=line, column=settings.key_column, read=read)
@@ -155,12 +163,12 @@ def _merge_rows(journal: Journal, path: Path, parsed: ParsedCsv, report: MergeRe
             else:
                 with journal._reading() as conn:
                     newer = _changed_after(conn, key, shown_at, settings)
-            _merge_row(journal, settings, row, known, newer, report=report)
+            _merge_row(journal, settings, row, known, newer, key=key, report=report)
     with journal._reading() as conn:
         report.missing.extend(key for key in _reads.keys(conn) if key not in seen)
 
 
-_CHUNK_ROWS = 500  # rows of the file merged between two reads of the journal's rows
+_CHUNK_ROWS = 400  # rows merged between two reads of the journal's rows (<= 800 keys)
 
 
 def _chunks(
@@ -174,7 +182,8 @@ def _refuse_again(
     path: Path, parsed: ParsedCsv, key: str, *, line: int, column: str, read: Callable[[str], str]
 ) -> NoReturn:
     index = parsed.header.index(column)
-    first = next(at for at, values in parsed.records() if read(values[index]) == key)
+    shown = read(key)  # (the row '=A and =A read alike: the guard shows them alike)
+    first = next(at for at, values in parsed.records() if read(values[index]) == shown)
     raise CsvFormatError(
         f"{path}: line {line}, column {column!r}: key {key!r} again (line {first}), once the"
         " formula guard's ' is taken off"
@@ -236,11 +245,11 @@ def _merge_row(
     known: dict[str, str] | None,
     newer: set[str],
     *,
+    key: str,
     report: MergeReport,
 ) -> None:
     shown = guard_formula if settings.formula_guard else str
     read = unguard_formula if settings.formula_guard else str
-    key = read(row[settings.key_column])
     ours = {settings.key_column, settings.status_column, settings.timestamp_column}
     status = read(row.get(settings.status_column) or "") or None
     fields = {name: value for name, value in row.items() if name not in ours}

@@ -52,3 +52,62 @@ def test_a_failed_transaction_fails_the_valid_calls_and_keeps_the_refused_ones_e
         assert journal.get("d") is None
         journal.record("c")  # the journal goes on
         assert len(journal) == 2
+
+
+@pytest.mark.parametrize(("first", "second"), [("=A", "'=A"), ("'@b", "@b"), ("-x1", "'-x1")])
+def test_with_the_formula_guard_a_row_shown_as_another_is_refused_alone(
+    csv_path: Path, first: str, second: str
+) -> None:
+    with csvjournal.open(csv_path, key="ID", export=False, formula_guard=True) as journal:
+        journal.record(first, "COMPLETED")
+        calls = [_call("a"), _call(second), _call(first, N=2), _call("b")]
+        results = journal._commits.commit_group(calls)
+        assert isinstance(results[1], Refused)
+        assert isinstance(results[1].error, csvjournal.RecordError)
+        assert f"{second!r} would show in the CSV as key {first!r}" in str(results[1].error)
+        assert [isinstance(r, int) for r in results] == [True, False, True, True]
+        assert journal.get(second) is None
+        assert journal.get(first)["N"] == "2"  # type: ignore[index]  # its own row: updated
+        with pytest.raises(csvjournal.RecordError, match="would show in the CSV"):
+            journal.record(second)
+        with (
+            pytest.raises(csvjournal.RecordError, match="would show in the CSV"),
+            journal.batch(),
+        ):
+            journal.record("c")
+            journal.record(second)
+        assert len(journal) == 3  # first, a, b: the batch left nothing
+
+
+def test_two_new_rows_shown_alike_in_one_group_or_batch_are_refused(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID", export=False, formula_guard=True) as journal:
+        results = journal._commits.commit_group([_call("=A"), _call("'=A")])
+        assert isinstance(results[0], int)
+        assert isinstance(results[1], Refused)
+        with journal.batch():
+            journal.record("+B")
+            with pytest.raises(csvjournal.RecordError, match="would show in the CSV"):
+                journal.record("'+B")  # queued, not yet written: looked for all the same
+        assert journal.get("'=A") is None
+        assert journal.get("'+B") is None
+        assert len(journal) == 2
+
+
+@pytest.mark.parametrize("key", ["'-12", "'x", "''=A", "'"])
+def test_keys_the_guard_shows_as_no_other_are_accepted(csv_path: Path, key: str) -> None:
+    other = key[1:] or "z"
+    with csvjournal.open(csv_path, key="ID", export=False, formula_guard=True) as journal:
+        journal.record(other)
+        journal.record(key)
+        assert journal.get(key) is not None
+
+
+def test_without_the_formula_guard_both_rows_are_kept(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID", export=False) as journal:
+        journal.record("=A")
+        journal.record("'=A")
+    with pytest.raises(csvjournal.SettingsError, match="would show keys \"'=A\" and '=A'"):
+        csvjournal.open(csv_path, formula_guard=True)
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.settings.formula_guard is False
+        assert len(journal) == 2

@@ -281,7 +281,8 @@ def test_with_the_formula_guard_one_key_typed_both_ways_chunks_apart_is_refused(
     with csv_path.open("a", encoding="utf-8") as sheet:
         sheet.write("=N1,,,\n")
     before = csv_path.read_bytes()
-    with pytest.raises(csvjournal.CsvFormatError, match=r"line 703, .*'=N1' again \(line 2\)"):
+    again = r"line 703, .*key \"'=N1\" again \(line 2\)"
+    with pytest.raises(csvjournal.CsvFormatError, match=again):
         csvjournal.merge_csv(csv_path)
     assert csv_path.read_bytes() == before
 
@@ -310,3 +311,25 @@ def test_a_sheet_saved_with_another_delimiter_is_still_merged(
     with csvjournal.open(csv_path) as journal:  # written anew in the journal's dialect
         assert journal.get("a")["NOTE"] == "x2"  # type: ignore[index]
     assert csv_path.read_text(encoding="utf-8").startswith("ID,STATUS,NOTE,LAST_PROCESSED\n")
+
+
+@pytest.mark.parametrize("key", ["'=K", "'@k", "'x"])
+def test_with_the_formula_guard_a_key_with_its_own_quote_is_its_row(
+    csv_path: Path, key: str
+) -> None:
+    _sheet(csv_path, f"ID,STATUS,X\n{key},,a\nK1,,b\n")
+    with csvjournal.open(csv_path, key="ID", formula_guard=True):
+        pass
+    exported = csv_path.read_text(encoding="utf-8")
+    assert f"\n{key},,a," in exported  # the guard shows it as it is
+    _sheet(csv_path, exported)  # saved again, untouched
+    report = csvjournal.merge_csv(csv_path)
+    assert (report.added, report.updated, report.missing) == ([], [], [])
+    _sheet(csv_path, exported.replace(f"\n{key},,a", f"\n{key[1:]},,a2"))
+    report = csvjournal.merge_csv(csv_path)  # typed without the '
+    if key == "'x":  # ... which the guard does not add to x: another row
+        assert (report.added, report.missing) == (["x"], [key])
+    else:
+        assert (report.added, report.updated, report.missing) == ([], [key], [])
+        with csvjournal.open(csv_path, export=False) as journal:
+            assert journal.get(key)["X"] == "a2"  # type: ignore[index]
