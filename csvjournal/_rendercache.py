@@ -27,7 +27,7 @@ from csvjournal._settings import read_value, write_value
 from csvjournal._storedlines import lines_format, stored_columns, stored_count, stored_line
 from csvjournal.csvio import CsvDialect, bom_of, render_rows
 
-__all__ = ["SAVE_CHUNK", "RenderedCsv", "encode_chunks", "stream_csv"]
+__all__ = ["SAVE_CHUNK", "RenderedCsv", "encode_chunks", "render_header", "stream_csv"]
 
 _CHUNK = 4096  # records encoded and written at a time
 # Records stored per save_lines(limit=): each is a random row of the journal, so a page of
@@ -107,7 +107,7 @@ class RenderedCsv:
         physical line is exactly one record of the current columns.
         """
         columns = _reads.column_names(conn)
-        header = "".join(render_rows([columns], self._dialect))
+        header = render_header(columns, self._dialect, self._formula_guard)
         raw = t.driver(conn)
         first, last, count = raw.execute("SELECT min(pos), max(pos), count(*) FROM rows").fetchone()
         if (count and last - first + 1 != count) or rows > count:
@@ -149,7 +149,7 @@ class RenderedCsv:
         added = len(columns) - len(self._columns)
         self._lines.widen(self._dialect.delimiter * added, self._dialect.lineterminator)
         self._columns = columns
-        self._header = "".join(render_rows([columns], self._dialect))
+        self._header = render_header(columns, self._dialect, self._formula_guard)
 
     def show(self, cells: dict[int, list[str]]) -> dict[int, str]:
         """Render rows (``pos -> cells``) as they are about to be, not yet in the journal;
@@ -187,7 +187,7 @@ class RenderedCsv:
 
     def _render_all(self, conn: Connection, columns: list[str]) -> None:
         self._columns = columns
-        self._header = "".join(render_rows([columns], self._dialect))
+        self._header = render_header(columns, self._dialect, self._formula_guard)
         self.format = lines_format(len(columns), self._formula_guard)
         base = stored_columns(read_value(conn, "lines_format"), self._formula_guard)
         self.format_changed = base is None
@@ -312,13 +312,18 @@ def encode_chunks(
     yield held  # type: ignore[misc]
 
 
+def render_header(columns: list[str], dialect: CsvDialect, formula_guard: bool) -> str:
+    """The header line: the column names are cells too (a name may start with ``=``)."""
+    return "".join(render_rows([columns], dialect, formula_guard=formula_guard))
+
+
 def stream_csv(conn: Connection, dialect: CsvDialect, formula_guard: bool) -> Iterator[bytes]:
     """The whole file from ``conn``'s snapshot, a few thousand records at a time: stored
     records as they are, the others rendered on the way (memory stays small)."""
     columns = _reads.column_names(conn)
     base = stored_columns(read_value(conn, "lines_format"), formula_guard)
     line = "NULL" if base is None else stored_line(base, len(columns), dialect)
-    header = "".join(render_rows([columns], dialect))
+    header = render_header(columns, dialect, formula_guard)
     raw = t.driver(conn)
 
     width, end = len(columns), dialect.lineterminator

@@ -234,9 +234,10 @@ def _check_header(path: Path, text: str, header: list[str], dialect: CsvDialect)
         if not name:
             raise CsvFormatError(f"{path}: line {line}, column {column}: empty header name")
         if name in seen:
+            at = locate_field(text, 1, seen[name], dialect.delimiter, dialect.quotechar)
             raise CsvFormatError(
                 f"{path}: line {line}, column {column}: duplicate header name {name!r}"
-                f" (also field {seen[name] + 1})"
+                f" (also at line {at[0]}, column {at[1]})"
             )
         seen[name] = index
 

@@ -22,7 +22,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import NoReturn
@@ -32,6 +32,7 @@ from sqlalchemy import Connection
 
 from csvjournal import _reads
 from csvjournal import _schema as t
+from csvjournal._csvlocate import locate_field
 from csvjournal._importer import check_keys
 from csvjournal._leases import Action
 from csvjournal._open import open as open_journal
@@ -88,11 +89,19 @@ def merge_csv(
         settings = journal.settings
         # as exported, unless the sheet was saved in another dialect (another locale's
         # delimiter): a broken row must not make the sniffer guess another quote character
+        show = guard_formula if settings.formula_guard else str
         parsed = read_csv(
             path,
             encoding=encoding or settings.dialect.encoding,
-            expected=(settings.dialect.delimiter, settings.dialect.quotechar, settings.key_column),
+            expected=(
+                settings.dialect.delimiter,
+                settings.dialect.quotechar,
+                show(settings.key_column),
+            ),
         )
+        if settings.formula_guard:
+            with journal._reading() as conn:
+                parsed = _unguarded_header(path, parsed, _reads.column_names(conn))
         check_keys(path, parsed, settings.key_column)
         journal._local.worker = MERGE_WORKER  # this handle is the merge's own
         with journal.batch():
@@ -115,6 +124,32 @@ def merge_csv(
         newer_kept=len(report.newer_kept),
     )
     return report
+
+
+def _unguarded_header(path: Path, parsed: ParsedCsv, columns: list[str]) -> ParsedCsv:
+    """``parsed`` with the column names its header shows as the formula guard shows them
+    (``'=X``) taken as the journal's columns: ``=X``, or ``'=X`` if that is the one there
+    is; a new name without the guard's ``'``.
+
+    Raises:
+        CsvFormatError: two names of the header are one column once the ``'`` is off.
+    """
+    known = set(columns)
+    header: list[str] = []
+    for index, name in enumerate(parsed.header):
+        typed = unguard_formula(name)
+        shown = guard_formula(typed)
+        column = typed if typed in known or shown not in known else shown
+        if column in header:
+            d = parsed.dialect
+            line, at = locate_field(parsed.text, 1, index, d.delimiter, d.quotechar)
+            first = locate_field(parsed.text, 1, header.index(column), d.delimiter, d.quotechar)
+            raise CsvFormatError(
+                f"{path}: line {line}, column {at}: header name {column!r} again (line"
+                f" {first[0]}, column {first[1]}), once the formula guard's ' is taken off"
+            )
+        header.append(column)
+    return replace(parsed, header=header)
 
 
 def _merge_rows(journal: Journal, path: Path, parsed: ParsedCsv, report: MergeReport) -> None:

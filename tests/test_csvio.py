@@ -371,6 +371,18 @@ def test_formula_guard_prefixes_only_the_exported_formulas(tmp_path: Path, guard
     assert [row[0] for row in records[1:]] == [f"PO-{i}" for i in range(len(values))]
 
 
+@pytest.mark.parametrize("rendering", ["exporter", "export(path)"])
+def test_the_formula_guard_guards_the_header_too(tmp_path: Path, rendering: str) -> None:
+    path = tmp_path / "orders.csv"
+    with csvjournal.open(path, key="@ID", formula_guard=True) as journal:
+        journal.record("PO-1", fields={"=HEAD": "x", "+H2": "-5", "-12": "y", "N": "1"})
+        if rendering == "export(path)":
+            path = tmp_path / "copy.csv"
+            journal.export(path)
+    header = _parse(path.read_bytes())[0]
+    assert header == ["'@ID", "STATUS", "LAST_PROCESSED", "'=HEAD", "'+H2", "-12", "N"]
+
+
 def test_the_formula_guard_is_the_journals_every_exporter_keeps_it(tmp_path: Path) -> None:
     path = tmp_path / "orders.csv"
     with csvjournal.open(path, key="PO_NUMBER", formula_guard=True) as journal:

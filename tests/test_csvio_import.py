@@ -29,7 +29,7 @@ BAD_INPUT = [
     pytest.param(b'k,v\n1,"a\nb"\n2,x\n1,c\n', "k", [5, 2], id="duplicate-keys"),
     pytest.param(b"k,v\r\n1,a\r\n,b\r\n", "k", [3], id="empty-key"),
     pytest.param(b"x,v\n1,a\n", "k", [1], id="missing-key-column"),
-    pytest.param(b"k,v,v\n1,a,b\n", "k", [1], id="duplicate-header-names"),
+    pytest.param(b"k,v,v\n1,a,b\n", "k", [1, 1], id="duplicate-header-names"),
     pytest.param(b"k,,w\n1,a,b\n", "k", [1], id="empty-header-name"),
     pytest.param(b'k,v\n1,a\n2,"open\n3,b\n', "k", [3], id="unclosed-quote"),
     pytest.param(

@@ -333,3 +333,28 @@ def test_with_the_formula_guard_a_key_with_its_own_quote_is_its_row(
         assert (report.added, report.updated, report.missing) == ([], [key], [])
         with csvjournal.open(csv_path, export=False) as journal:
             assert journal.get(key)["X"] == "a2"  # type: ignore[index]
+
+
+def test_with_the_formula_guard_guarded_header_names_are_the_journals_columns(
+    csv_path: Path,
+) -> None:
+    _sheet(csv_path, "=ID,@N,'+P\n1,a,b\n")
+    with csvjournal.open(csv_path, key="=ID", formula_guard=True):
+        pass
+    exported = csv_path.read_text(encoding="utf-8")
+    assert exported.startswith("'=ID,'@N,'+P,STATUS,LAST_PROCESSED\n")
+    _sheet(csv_path, exported.replace("1,a,b", "1,a2,b2").replace(",LAST_PROCESSED", ",@Q"))
+    report = csvjournal.merge_csv(csv_path)
+    assert (report.updated, report.added_columns) == (["1"], ["@Q"])
+    with csvjournal.open(csv_path, export=False) as journal:
+        row = journal.get("1")
+        assert row is not None
+        # '+P is the column with its own ', @N the one without
+        assert (row["@N"], row["'+P"], row["@Q"]) == ("a2", "b2", "")
+        assert journal.columns == ["=ID", "@N", "'+P", "STATUS", "LAST_PROCESSED", "@Q"]
+    _sheet(csv_path, "'=ID,'@N,@N\n1,a,b\n")
+    with pytest.raises(
+        csvjournal.CsvFormatError,
+        match=r"line 1, column 10: header name '@N' again \(line 1, column 6\)",
+    ):
+        csvjournal.merge_csv(csv_path)
