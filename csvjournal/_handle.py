@@ -159,7 +159,12 @@ class Handle:
         made = [path for path in (folder / "writer.lock", folder) if not path.exists()]
         journal = options.journal_path
         # the CSV's data, readable by the same people
-        ours = created and create_like(journal, options.csv_path if source else None)
+        try:
+            ours = created and create_like(journal, options.csv_path if source else None)
+        except OSError as exc:  # its folder read-only or missing, say
+            raise JournalIOError(
+                f"{journal}: cannot create the journal ({exc.strerror or exc})"
+            ) from exc
         try:
             with self._errors():  # a damaged journal: the message names the backup
                 self._store = Store(

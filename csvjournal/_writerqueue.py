@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from csvjournal._posix import fcntl
-from csvjournal.errors import JournalBusyError
+from csvjournal.errors import JournalBusyError, JournalIOError
 
 __all__ = ["WriterQueue"]
 
@@ -52,8 +52,14 @@ class WriterQueue:
 
     def _file(self) -> int:
         if self._fd is None:
-            self.path.parent.mkdir(exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                self.path.parent.mkdir(exist_ok=True)
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:  # the CSV's folder read-only, say
+                raise JournalIOError(
+                    f"{self.path}: cannot create the writers' lock file beside the CSV"
+                    f" ({exc.strerror or exc}); the CSV's folder must be writable"
+                ) from exc
         return self._fd
 
     def begin(self, attempt: Callable[[], bool]) -> bool:

@@ -546,3 +546,33 @@ def test_at_exit_a_claim_given_back_reaches_the_csv(tmp_path: Path) -> None:
     assert "k0,PENDING," in csv_path.read_text()
     with csvjournal.open(csv_path, export=False) as journal:
         assert journal.pending() == ["k0"]
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+
+
+def test_a_journal_that_cannot_be_created_is_a_journal_io_error(tmp_path: Path) -> None:
+    csv = tmp_path / "orders.csv"
+    csv.write_text("ID,A\n1,a\n", encoding="utf-8")
+    before = _tree(tmp_path)
+    with pytest.raises(csvjournal.JournalIOError, match=r"missing/o\.journal: cannot create"):
+        csvjournal.open(csv, key="ID", journal_path=tmp_path / "missing" / "o.journal")
+    assert _tree(tmp_path) == before
+
+
+def test_no_lock_file_beside_the_csv_is_a_journal_io_error_leaving_nothing(
+    tmp_path: Path,
+) -> None:
+    # (as a read-only folder does for other users than root: the locks live beside the CSV)
+    csv = tmp_path / "orders.csv"
+    csv.write_text("ID,A\n1,a\n", encoding="utf-8")
+    (Path(f"{csv}.backups") / "writer.lock").mkdir(parents=True)  # no file to lock there
+    (tmp_path / "elsewhere").mkdir()
+    before = _tree(tmp_path)
+    with pytest.raises(csvjournal.JournalIOError, match=r"writers' lock file beside the CSV"):
+        csvjournal.open(csv, key="ID", journal_path=tmp_path / "elsewhere" / "o.journal")
+    assert _tree(tmp_path) == before
+    (Path(f"{csv}.backups") / "writer.lock").rmdir()
+    with csvjournal.open(csv, key="ID", journal_path=tmp_path / "elsewhere" / "o.journal") as j:
+        assert len(j) == 1  # nothing half-made was left in the way
