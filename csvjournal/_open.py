@@ -5,13 +5,14 @@ from __future__ import annotations
 import codecs
 import math
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
 from csvjournal._importer import unfinished
 from csvjournal._options import Options
 from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TIMESTAMP
-from csvjournal.errors import SettingsError
+from csvjournal.errors import JournalIOError, SettingsError
 from csvjournal.journal import Journal
 from csvjournal.store import Durability
 
@@ -122,6 +123,7 @@ def _check(
 
     Raises:
         SettingsError: which one, and why.
+        JournalIOError: the CSV's path cannot be followed (see :func:`_check_csv_file`).
     """
     if terminal is not None and (
         not terminal or not all(isinstance(name, str) and name for name in terminal)
@@ -139,8 +141,7 @@ def _check(
             codecs.lookup(encoding)
         except LookupError:
             raise SettingsError(f"unknown encoding {encoding!r}") from None
-    if csv.is_dir():
-        raise SettingsError(f"{csv}: a folder, not a CSV file")
+    _check_csv_file(csv)
     _check_name_lengths(csv, path)
     folder = Path(f"{csv}.backups")
     if folder.exists() and not folder.is_dir():
@@ -157,6 +158,26 @@ def _check(
             " right now (wait for it), or it was interrupted (create it again with key=,"
             " csvjournal init CSV --key COLUMN, which imports the CSV anew)"
         )
+
+
+def _check_csv_file(csv: Path) -> None:
+    """Refuse a CSV path that is there and no regular file (a dangling link is fine: the
+    CSV will be made where it points).
+
+    Raises:
+        SettingsError: a folder, a FIFO or a device.
+        JournalIOError: a path the OS cannot follow (a symlink loop, say).
+    """
+    try:
+        found = csv.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:  # a symlink loop, a folder we may not enter
+        raise JournalIOError(f"{csv}: cannot be read as a CSV file ({exc.strerror})") from exc
+    if stat.S_ISDIR(found.st_mode):
+        raise SettingsError(f"{csv}: a folder, not a CSV file")
+    if not stat.S_ISREG(found.st_mode):  # reading a FIFO would wait for a writer for good
+        raise SettingsError(f"{csv}: not a regular file (a FIFO or a device, say)")
 
 
 # The longest names made beside them: ``.orders.csv.csvjournal-<pid>-<random>`` for the

@@ -222,7 +222,8 @@ class Journal(Claims):
         else the journal's own CSV (through the exporter, wherever it runs).
 
         Raises:
-            ExportError: the file could not be written.
+            ExportError: the file could not be written, or ``path`` is there and no
+                regular file (a folder, a FIFO, a device).
             SettingsError: ``path`` is one of the journal's own files (its CSV, the journal
                 and its -wal/-shm, a backup): they are never overwritten by a copy.
             BatchOpenError: the journal's own CSV, asked for inside a ``batch()`` block of
@@ -233,7 +234,7 @@ class Journal(Claims):
             self._refuse_in_batch("export")
             self.flush()
             return
-        self._refuse_own_file(Path(path))
+        self._check_copy_target(Path(path))
         with self._errors():  # outermost: a JournalIOError is an OSError too
             try:
                 export_to(self._store, self._settings, Path(path), self._settings.formula_guard)
@@ -244,7 +245,7 @@ class Journal(Claims):
                     ) from exc
                 raise ExportError(f"{path}: could not write the CSV: {exc}") from exc
 
-    def _refuse_own_file(self, path: Path) -> None:
+    def _check_copy_target(self, path: Path) -> None:
         target = path.resolve()
         journal = self.journal_path.resolve()
         own = {self.csv_path.resolve(), journal}
@@ -255,6 +256,8 @@ class Journal(Claims):
                 f"{path}: one of the journal's own files; export() writes a copy elsewhere"
                 " (export() without a path brings the journal's own CSV up to date)"
             )
+        if path.exists() and not path.is_file():  # a FIFO or a device is not replaced
+            raise ExportError(f"{path}: not a regular file; export() writes a CSV file")
 
     # -- recovery and backups ----------------------------------------------------------
 

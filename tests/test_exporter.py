@@ -330,6 +330,20 @@ def test_export_to_a_missing_folder_names_the_folder(csv_path: Path, tmp_path: P
     assert not (tmp_path / "no").exists()
 
 
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_export_to_a_path_that_is_no_regular_file_leaves_it_as_it_is(
+    journal: csvjournal.Journal, tmp_path: Path, kind: str
+) -> None:
+    target = tmp_path / "copy.csv"
+    if kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.mkdir()
+    with pytest.raises(csvjournal.ExportError, match=r"copy\.csv: not a regular file"):
+        journal.export(target)
+    assert target.is_fifo() if kind == "fifo" else target.is_dir()
+
+
 @pytest.mark.parametrize(
     "name",
     [

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
+import os
 import pickle
 import subprocess
 import sys
@@ -421,6 +422,22 @@ def test_a_folder_given_as_the_csv_is_a_settings_error(tmp_path: Path) -> None:
     with pytest.raises(csvjournal.SettingsError, match="a folder, not a CSV file"):
         csvjournal.open(tmp_path, key="ID")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_fifo_given_as_the_csv_is_a_settings_error_not_a_wait(tmp_path: Path) -> None:
+    fifo = tmp_path / "orders.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(csvjournal.SettingsError, match=r"orders\.csv: not a regular file"):
+        csvjournal.open(fifo, key="ID")  # reading it would wait for a writer for good
+    assert [path.name for path in tmp_path.iterdir()] == ["orders.csv"]
+
+
+def test_a_symlink_loop_given_as_the_csv_is_a_journal_io_error(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").symlink_to("b.csv")
+    (tmp_path / "b.csv").symlink_to("a.csv")
+    with pytest.raises(csvjournal.JournalIOError, match=r"a\.csv: cannot be read as a CSV"):
+        csvjournal.open(tmp_path / "a.csv", key="ID")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.csv", "b.csv"]
 
 
 def test_pending_refuses_max_attempts_below_one(journal: Journal) -> None:
