@@ -4,6 +4,7 @@ CSV written to another path, now)."""
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from contextlib import nullcontext
@@ -18,7 +19,13 @@ from csvjournal._handedits import blocked_by
 from csvjournal._rendercache import stream_csv
 from csvjournal._settings import Settings
 from csvjournal.csvio import atomic_write, remove_temp_files
-from csvjournal.errors import CsvChangedError, CsvJournalError, ExportError, FlushTimeoutError
+from csvjournal.errors import (
+    CsvChangedError,
+    CsvJournalError,
+    ExportError,
+    FlushTimeoutError,
+    SettingsError,
+)
 from csvjournal.exporter import POLL_SECONDS, Exporter
 from csvjournal.store import Store
 
@@ -60,7 +67,10 @@ def flush_csv(
         ExportError: the CSV could not be written, here or by ``exporter`` while this
             waited (it tries again).
         CsvChangedError: the CSV was edited by hand (the exporter leaves it as it is).
+        SettingsError: ``timeout`` is NaN (no deadline would ever come).
     """
+    if timeout is not None and math.isnan(timeout):
+        raise SettingsError(f"flush(timeout=) must be a number of seconds, not {timeout}")
     operation = gate.operation if gate is not None else nullcontext
     with operation(), store.read() as conn:
         target = _reads.last_seq(conn)

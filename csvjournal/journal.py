@@ -197,6 +197,7 @@ class Journal(Claims):
 
         Raises:
             FlushTimeoutError: ``timeout`` seconds passed first.
+            SettingsError: ``timeout`` is NaN.
             ExportError: the CSV could not be written (here, or by this handle's exporter
                 while the call waited; it tries again, the records are safe).
             CsvChangedError: the CSV was edited by hand (found at the export here, or it

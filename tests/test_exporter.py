@@ -368,3 +368,27 @@ def test_export_to_a_path_never_writes_over_the_journals_own_files(
     journal.close()
     with csvjournal.open(csv_path) as again:  # the journal is whole
         assert again.get("PO-1") is not None
+
+
+def test_flush_with_a_timeout_too_short_raises_flush_timeout_error(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a")
+        journal.flush(timeout=10)
+        caught: list[csvjournal.FlushTimeoutError] = []
+        for attempt in range(20):  # the exporter waits ~50 ms after an export: no race
+            journal.record(f"b{attempt}")
+            try:
+                journal.flush(timeout=0)
+            except csvjournal.FlushTimeoutError as exc:
+                caught.append(exc)
+                break
+        assert caught, "flush(timeout=0) never timed out with the CSV behind"
+        assert isinstance(caught[0], TimeoutError)
+        assert str(csv_path) in str(caught[0])
+        journal.flush(timeout=10)  # and the CSV catches up all the same
+
+
+def test_flush_refuses_a_nan_timeout_at_once(journal: csvjournal.Journal) -> None:
+    journal.record("a")
+    with pytest.raises(csvjournal.SettingsError, match="not nan"):
+        journal.flush(timeout=float("nan"))
