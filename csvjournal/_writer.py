@@ -147,11 +147,10 @@ def _render_fields(
     named: dict[str, str] = {}
     try:
         for source in (fields, more) if fields else (more,):
-            for name, value in source.items():
-                if name in named or not name or type(name) is not str:
-                    raise RecordError(
-                        f"key {key!r}: field {name!r} is empty, not text or given twice"
-                    )
+            for given, value in source.items():
+                name = given
+                if type(name) is not str or not name or name in named:
+                    name = _field_name(key, given, named)
                 named[name] = value if type(value) is str else render_value(name, value)
     except AttributeError:
         if isinstance(fields, Mapping):
@@ -160,6 +159,24 @@ def _render_fields(
             f"key {key!r}: fields must be a mapping of names to values, not {type(fields).__name__}"
         ) from None
     return named
+
+
+def _field_name(key: str, name: object, named: dict[str, str]) -> str:
+    """``name`` as a plain ``str`` (a ``StrEnum`` member names its value's column).
+
+    Raises:
+        RecordError: not text, empty, or given twice (in ``fields=`` and as a keyword).
+    """
+    text = str.__str__(name) if isinstance(name, str) else None
+    if text is None:
+        problem = f"field name {name!r} is a {type(name).__name__}, not text"
+    elif not text:
+        problem = "a field name must not be empty"
+    elif text in named:
+        problem = f"field {text!r} given twice (in fields= and as a keyword argument)"
+    else:
+        return text
+    raise RecordError(f"key {key!r}: {problem}")
 
 
 def _check_encodable(key: str, status: str | None, named: dict[str, str], encoding: str) -> None:

@@ -160,8 +160,9 @@ def test_fields_that_are_not_a_mapping_are_a_type_error(journal: Journal, fields
     ("args", "kwargs", "match"),
     [
         (("",), {}, "key must not be empty"),
-        (("PO-1",), {"fields": {"": 1}}, "empty"),
-        (("PO-1",), {"fields": {"A": 1}, "A": 2}, "twice"),
+        (("PO-1",), {"fields": {"": 1}}, "a field name must not be empty"),
+        (("PO-1",), {"fields": {"A": 1}, "A": 2}, r"field 'A' given twice \(in fields= and as"),
+        (("PO-1",), {"fields": {1: "x"}}, "field name 1 is a int, not text"),
         (("PO-1", "COMPLETED"), {"STATUS": "FAILED"}, "two different statuses"),
         (("PO-1", ""), {}, "status must not be empty"),
         (("PO-1",), {"PO_NUMBER": "PO-2"}, "contradicts the key"),
@@ -178,6 +179,18 @@ def test_invalid_records_are_record_errors_and_change_nothing(
     assert str(caught.value).startswith(f"{journal.csv_path}: ")  # names the file
     assert len(journal) == 0
     assert _events(journal) == []
+
+
+def test_a_str_enum_member_names_the_column_of_its_value(journal: Journal) -> None:
+    class Column(enum.StrEnum):
+        NOTE = "Note"
+
+    journal.record("PO-1", fields={Column.NOTE: "x"})
+    assert journal.columns[-1] == "Note"
+    assert type(journal.columns[-1]) is str
+    assert journal.get("PO-1")["Note"] == "x"  # type: ignore[index]
+    with pytest.raises(csvjournal.RecordError, match="'Note' given twice"):
+        journal.record("PO-1", fields={Column.NOTE: "y"}, Note="z")
 
 
 def test_a_key_column_field_equal_to_the_key_is_accepted(journal: Journal) -> None:
