@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from csvjournal._leases import Action, expire_leases
 from csvjournal._options import Options
 from csvjournal._session import Session
 from csvjournal._settings import Settings, read_value, settle, settled
+from csvjournal._tags import give_tag, take_tag
 from csvjournal._values import timestamp_now
 from csvjournal._writer import RecordCall, Writer
 from csvjournal.backup import backups_folder, keep_for_good, take_backup
@@ -55,28 +55,6 @@ _HOST = socket.gethostname()
 _fork_orphans: list[object] = []
 
 
-# Per journal, the tags of this process's open handles (see _take_tag).
-_tags: dict[Path, set[str]] = {}
-_tags_lock = threading.Lock()
-
-
-def _take_tag(journal: Path) -> str:
-    """What sets the default worker names of a new handle apart from those of the other
-    handles of ``journal`` open in this process: nothing for the first, then ``#2``... A
-    claim belongs to its worker name: two handles used from one thread must not share one,
-    or one would renew and give back rows the other took over."""
-    with _tags_lock:
-        taken = _tags.setdefault(journal.resolve(), set())
-        tag = next(t for n in count(1) if (t := "" if n == 1 else f"#{n}") not in taken)
-        taken.add(tag)
-        return tag
-
-
-def _give_tag(journal: Path, tag: str) -> None:
-    with _tags_lock:
-        _tags.get(journal.resolve(), set()).discard(tag)
-
-
 class Handle:
     """Open files, exporter, fork handling and the write paths of one journal handle."""
 
@@ -90,11 +68,11 @@ class Handle:
         self._held: dict[str, str] = {}
         self._held_lock = threading.Lock()
         self._session: Session | None = None  # begun if this handle exports
-        self._tag = _take_tag(options.journal_path)
+        self._tag = take_tag(options.journal_path)
         try:
             self._attach()
         except BaseException:
-            _give_tag(options.journal_path, self._tag)
+            give_tag(options.journal_path, self._tag)
             raise
         _forking.register(self)
 
@@ -383,7 +361,7 @@ class Handle:
         """Stop the exporter (it writes the last commits first), see the CSV catch up if
         another handle exports, and close the store."""
         _forking.unregister(self)
-        _give_tag(self._options.journal_path, self._tag)
+        give_tag(self._options.journal_path, self._tag)
         if self._pid == os.getpid():
             self._wait_for_session_backup()
             if self._exporter is not None:
