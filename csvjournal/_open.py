@@ -12,6 +12,7 @@ from pathlib import Path
 from csvjournal._importer import unfinished
 from csvjournal._options import Options
 from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TIMESTAMP
+from csvjournal._writer import IN_PROGRESS, PENDING
 from csvjournal.errors import JournalIOError, SettingsError
 from csvjournal.journal import Journal
 from csvjournal.store import Durability
@@ -131,6 +132,12 @@ def _check(
         # none would mean no row is ever done: every finished row offered again for good
         raise SettingsError(
             f"terminal= must name one or more statuses, not {sorted(terminal, key=repr)}"
+        )
+    if terminal is not None and (working := terminal & {PENDING, IN_PROGRESS}):
+        # a row waiting or being worked on would count as done: never offered, never run
+        raise SettingsError(
+            f"terminal= must not hold {', '.join(sorted(working))}: those statuses mean a"
+            " row is not done yet"
         )
     if keep_backups < 0:
         raise SettingsError(f"keep_backups must be 0 or more, not {keep_backups}")
