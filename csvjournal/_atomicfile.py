@@ -6,6 +6,7 @@ from anybody else's."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import shutil
@@ -181,8 +182,12 @@ def replace_with(temp: Path, path: Path) -> None:
     old file's permissions (a new file gets 0666 less the umask), then fsync the folder.
     On failure ``temp`` is removed, ``path`` kept.
 
+    A file this process may not write (write-protected, or another user's) is not
+    replaced: renaming over it needs only the folder's permission, but it would take the
+    file over.
+
     Raises:
-        OSError: renaming failed.
+        OSError: renaming failed; PermissionError: ``path`` is there and not writable.
     """
     target = _target(path)
     try:
@@ -190,6 +195,8 @@ def replace_with(temp: Path, path: Path) -> None:
             mode = stat.S_IMODE(target.stat().st_mode)
         except FileNotFoundError:
             mode = 0o666 & ~_umask()
+        else:
+            _check_writable(target)
         os.chmod(temp, mode)
         os.replace(temp, target)
     except BaseException:
@@ -201,6 +208,16 @@ def replace_with(temp: Path, path: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _check_writable(target: Path) -> None:
+    effective = os.access in os.supports_effective_ids
+    if not os.access(target, os.W_OK, effective_ids=effective):
+        raise PermissionError(
+            errno.EACCES,
+            "write-protected for this user (make it writable to let csvjournal update it)",
+            str(target),
+        )
 
 
 def _umask() -> int:

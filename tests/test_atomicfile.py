@@ -70,7 +70,7 @@ def test_a_new_file_gets_0666_less_the_umask(tmp_path: Path, umask: int) -> None
     assert stat.S_IMODE((tmp_path / "new.csv").stat().st_mode) == 0o666 & ~umask
 
 
-@pytest.mark.parametrize("mode", [0o600, 0o640, 0o444], ids=oct)
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o644], ids=oct)
 def test_a_replaced_file_keeps_its_mode(tmp_path: Path, mode: int) -> None:
     path = tmp_path / "old.csv"
     path.write_text("old\n")
@@ -78,6 +78,48 @@ def test_a_replaced_file_keeps_its_mode(tmp_path: Path, mode: int) -> None:
     atomic_write(path, b"new\n")
     assert stat.S_IMODE(path.stat().st_mode) == mode
     assert path.read_bytes() == b"new\n"
+
+
+def test_a_write_protected_file_is_replaced_only_by_a_user_who_may_write_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.csv"
+    path.write_text("old\n")
+    path.chmod(0o444)
+    if os.access(path, os.W_OK):  # root may write it: as `cp` would, the file is replaced
+        atomic_write(path, b"new\n")
+        assert path.read_bytes() == b"new\n"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o444
+    else:
+        with pytest.raises(PermissionError, match="write-protected"):
+            atomic_write(path, b"new\n")
+        assert path.read_bytes() == b"old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["old.csv"]  # no temp file left
+
+
+def test_a_csv_this_user_may_not_write_is_left_as_it_is_and_flush_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    csv_path = tmp_path / "orders.csv"
+    csv_path.write_text("ID\na\n")
+    with csvjournal.open(csv_path, key="ID") as journal:
+        before = csv_path.read_bytes()
+        real_access = os.access
+
+        def access(path: object, mode: int, **kwargs: bool) -> bool:
+            # the OS's answer for a file owned by another user, as root cannot be refused
+            if Path(str(path)) == csv_path and mode == os.W_OK:
+                return False
+            return real_access(path, mode, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(os, "access", access)
+        journal.record("a", "COMPLETED")
+        with pytest.raises(csvjournal.ExportError, match="write-protected"):
+            journal.flush(timeout=10)
+        assert csv_path.read_bytes() == before
+        monkeypatch.undo()  # made writable: the exporter catches up
+        journal.flush(timeout=10)
+    assert "a,COMPLETED" in csv_path.read_text()
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o640, 0o444, 0o755], ids=oct)
