@@ -321,6 +321,28 @@ def test_upgrade_migrates_an_old_journal_after_a_backup(tmp_path: Path) -> None:
     assert ok(invoke("upgrade", csv)) == f"{csv}.journal: already at schema {head}\n"
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["status"], ["status", "--json"], ["pending"], ["history", "PO-1"], ["export", "--to", "c"]],
+    ids=" ".join,
+)
+def test_a_reading_command_leaves_an_older_journal_as_it_is(
+    tmp_path: Path, args: list[str]
+) -> None:
+    # the job may still run the older csvjournal, which would refuse the upgraded journal
+    oldest = sorted(FIXTURES.glob("journal-*.sqlite"))[0]
+    revision = oldest.stem.removeprefix("journal-")
+    csv = tmp_path / "orders.csv"
+    shutil.copyfile(oldest, f"{csv}.journal")
+    before = state_of(tmp_path)
+    command, *rest = args
+    extra = [tmp_path / arg if arg == "c" else arg for arg in rest]
+    assert_error(invoke(command, csv, *extra), f"schema {revision}, older", "csvjournal upgrade")
+    assert state_of(tmp_path) == before
+    ok(invoke("upgrade", csv))
+    ok(invoke(command, csv, *extra))  # once upgraded on purpose
+
+
 @pytest.mark.parametrize("command", ["upgrade", "status", "pending", "recover"])
 def test_a_journal_from_a_newer_csvjournal_is_refused(orders: Path, command: str) -> None:
     conn = sqlite3.connect(f"{orders}.journal")

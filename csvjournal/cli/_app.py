@@ -27,6 +27,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from sqlalchemy.exc import DBAPIError
 
 import csvjournal
+from csvjournal import _migrate
 from csvjournal.errors import CsvJournalError
 
 __all__ = [
@@ -262,18 +263,42 @@ def journal_path_of(csv: Path) -> Path:
     return Path(f"{csv}.journal")
 
 
+def schema_revision(journal: Path) -> str | None:
+    """The schema revision of the journal file, read without writing a byte of it (None:
+    no csvjournal schema in it)."""
+    conn = sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    finally:
+        conn.close()
+    return None if row is None else str(row[0])
+
+
 @contextmanager
 def existing_journal(
-    csv: Path, *, export: bool = False, keep_backups: int | None = None
+    csv: Path, *, export: bool = False, keep_backups: int | None = None, reading: bool = False
 ) -> Iterator[csvjournal.Journal]:
     """Open the existing journal of ``csv`` (non-exporting unless asked; an exporting open
-    takes the automatic backup unless ``keep_backups`` is 0).
+    takes the automatic backup unless ``keep_backups`` is 0). A command that only
+    ``reading`` refuses a journal of an older schema: the open would upgrade it, and the
+    older csvjournal still running the job would then refuse it.
 
     Raises:
-        CliError: there is no journal beside ``csv``.
+        CliError: there is no journal beside ``csv``, or ``reading`` an older schema.
     """
-    if not journal_path_of(csv).exists():
+    journal_path = journal_path_of(csv)
+    if not journal_path.exists():
         raise CliError(f"no journal for {csv}: run csvjournal init {csv} --key COLUMN")
+    revision = schema_revision(journal_path) if reading else None
+    if revision in _migrate.KNOWN_REVISIONS[:-1]:
+        raise CliError(
+            f"{journal_path}: schema {revision}, older than this csvjournal's"
+            f" ({_migrate.head_revision()}); reading it would upgrade it, and the csvjournal"
+            f" that wrote it would then refuse it: run csvjournal upgrade {csv} once no job"
+            " uses that one"
+        )
     keep = keep_backups if keep_backups is not None else 5 if export else 0
     with csvjournal.open(csv, export=export, keep_backups=keep) as journal:
         yield journal

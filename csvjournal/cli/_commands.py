@@ -3,7 +3,6 @@ restore and upgrade."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import click
@@ -24,6 +23,7 @@ from csvjournal.cli._app import (
     journal_path_of,
     json_option,
     print_json,
+    schema_revision,
 )
 from csvjournal.events import Event
 
@@ -72,7 +72,7 @@ def init(
 @json_option
 def pending(csv: Path, as_json: bool) -> None:
     """List the keys of pending rows, in CSV order."""
-    with existing_journal(csv) as journal:
+    with existing_journal(csv, reading=True) as journal:
         keys = journal.pending()
     if as_json:
         print_json({"csv": str(csv), "count": len(keys), "pending": keys})
@@ -128,7 +128,7 @@ def _event_data(event: Event) -> dict[str, object]:
 @json_option
 def history(csv: Path, key: str, as_json: bool) -> None:
     """Show the audit trail of row KEY, oldest first."""
-    with existing_journal(csv) as journal:
+    with existing_journal(csv, reading=True) as journal:
         if journal.get(key) is None:
             raise CliError(f"{csv}: no row with key {key!r}")
         events = journal.history(key)
@@ -153,7 +153,9 @@ def export(csv: Path, target: Path | None) -> None:
     """Regenerate the CSV from the journal now (or write it to --to)."""
     # Exporting (without the session's backup): the CSV is written even when the journal
     # thinks it current (deleted meanwhile), and hand edits are refused, not overwritten.
-    with existing_journal(csv, export=target is None, keep_backups=0) as journal:
+    with existing_journal(
+        csv, export=target is None, keep_backups=0, reading=target is not None
+    ) as journal:
         journal.export(target)
     click.echo(f"wrote {target or csv}")
 
@@ -244,24 +246,13 @@ def restore(csv: Path, backup_dir: Path) -> None:
         click.echo(f"the state before is in {safety}")
 
 
-def _revision(journal: Path) -> str | None:
-    conn = sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-    except sqlite3.DatabaseError:
-        return None
-    finally:
-        conn.close()
-    return None if row is None else str(row[0])
-
-
 @cli.command()
 @csv_argument
 def upgrade(csv: Path) -> None:
     """Migrate the journal's schema to this csvjournal's (after a backup)."""
     if not journal_path_of(csv).exists():
         raise CliError(f"no journal for {csv}: run csvjournal init {csv} --key COLUMN")
-    before = _revision(journal_path_of(csv))
+    before = schema_revision(journal_path_of(csv))
     with existing_journal(csv):
         pass
     head = _migrate.head_revision()

@@ -81,7 +81,7 @@ def render(csv: Path, snap: Progress) -> Group:
 )
 def status(csv: Path, as_json: bool, watch: bool, interval: float) -> None:
     """Show how far the job is: rows per status, % done, rate, ETA, exporter, CSV freshness."""
-    with existing_journal(csv) as journal:
+    with existing_journal(csv, reading=True) as journal:
         snap = progress(journal)
         if as_json:
             print_json({"csv": str(csv), **snap.to_dict()})
