@@ -637,3 +637,9 @@ def test_a_nul_byte_in_a_value_fails_its_row_and_the_run_goes_on(tmp_path: Path)
     assert "Traceback" not in done.stderr
     assert statuses(csv) == {"1": "FAILED", "2": "COMPLETED"}  # the NUL is in CSVJ_NOTE
     assert "NUL byte" in read_rows(csv)[0]["ERROR_MESSAGE"]
+
+
+def test_run_key_on_a_csv_that_is_not_there_is_refused_and_makes_nothing(tmp_path: Path) -> None:
+    csv = tmp_path / "orderz.csv"  # a typo: an empty job would "succeed" and leave files
+    assert_error(invoke("run", csv, "--key", "ID", "--", "true"), "no such file")
+    assert list(tmp_path.iterdir()) == []
