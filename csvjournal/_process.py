@@ -41,8 +41,8 @@ def start(
     argv: list[str], env: Mapping[str, str], *, show_output: bool
 ) -> subprocess.Popen[bytes] | Outcome:
     """Start ``argv`` (stdin empty, stdout discarded unless ``show_output``); an
-    :class:`Outcome` (127) when it cannot be started (no such program, a NUL byte in a
-    value)."""
+    :class:`Outcome` when it cannot be started: 127 (no such program, a NUL byte in a
+    value) or, as a shell says, 126 (a file that is not executable)."""
     try:
         return subprocess.Popen(
             argv,
@@ -52,6 +52,8 @@ def start(
             env=env,
             start_new_session=True,  # Ctrl-C reaches run, which decides what to do
         )
+    except PermissionError as exc:  # as a shell says: found, not executable
+        return Outcome(126, f"cannot run {argv[0]!r}: {exc.strerror or exc}")
     except OSError as exc:
         return Outcome(127, f"cannot run {argv[0]!r}: {exc.strerror or exc}")
     except ValueError:  # a NUL byte, which no argument or environment variable can hold

@@ -643,3 +643,15 @@ def test_run_key_on_a_csv_that_is_not_there_is_refused_and_makes_nothing(tmp_pat
     csv = tmp_path / "orderz.csv"  # a typo: an empty job would "succeed" and leave files
     assert_error(invoke("run", csv, "--key", "ID", "--", "true"), "no such file")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("program", ["no-such-program-here", "./nope.sh"])
+def test_a_program_that_is_not_there_is_refused_before_any_row_runs(
+    tmp_path: Path, program: str
+) -> None:
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("ID\na\nb\n", encoding="utf-8")
+    ok(invoke("init", csv, "--key", "ID"))
+    before = state_of(tmp_path)
+    assert_error(invoke("run", csv, "--", program, "{ID}"), f"cannot run {program!r}")
+    assert state_of(tmp_path) == before  # no row failed, no backup taken

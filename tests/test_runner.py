@@ -207,6 +207,22 @@ def test_a_command_that_cannot_start_fails_with_exit_code_127(rows: Path, tmp_pa
     assert "no-such-program" in row["ERROR_MESSAGE"]
 
 
+def test_a_program_that_is_not_executable_fails_with_exit_code_126(
+    rows: Path, tmp_path: Path
+) -> None:
+    script = tmp_path / "not-executable.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)  # as a shell says: found, but cannot be run
+    config = RunConfig(command=(str(script), "{ID}"), workers=1, max_attempts=1)
+    with csvjournal.open(rows, key="ID", keep_backups=0) as journal:
+        runner = Runner(journal, config)
+        runner.wait(runner.start())
+        row = journal.get("3")
+    assert row is not None
+    assert (row["STATUS"], row["EXIT_CODE"]) == ("FAILED", "126")
+    assert "Permission denied" in row["ERROR_MESSAGE"]
+
+
 def test_the_runner_puts_every_column_in_the_environment(tmp_path: Path) -> None:
     csv = tmp_path / "env.csv"
     csv.write_text("id,Größe,L1 UU Supplier Name\nk1,XL,ACME ; $(id)\n", encoding="utf-8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -110,7 +111,8 @@ def _check_before_writing(
 
     Raises:
         CommandError: a placeholder names no column.
-        CliError: --success-status is not a terminal status: every row would run again.
+        CliError: --success-status is not a terminal status: every row would run again;
+            the program (when no placeholder names it) is not there or not executable.
     """
     journal_path = journal_path_of(csv)
     if journal_path.exists() and (key is None or not unfinished(journal_path)):
@@ -124,6 +126,9 @@ def _check_before_writing(
         extra = [name for name in (DEFAULT_STATUS, DEFAULT_TIMESTAMP) if name not in header]
         columns, stored = [*header, *extra], DEFAULT_TERMINAL
     Template(command, columns)
+    program = command[0]
+    if "{" not in program and shutil.which(program) is None:  # else every row would fail
+        raise CliError(f"cannot run {program!r}: no such program, or not executable")
     done = set(terminal) if terminal is not None else set(stored)
     if success_status not in done:
         raise CliError(
