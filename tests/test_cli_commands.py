@@ -21,6 +21,7 @@ from _cli import (
     read_rows,
     state_of,
     statuses,
+    write_protect,
 )
 
 from csvjournal import _migrate
@@ -97,6 +98,23 @@ def test_record_updates_the_row_and_the_csv(orders: Path) -> None:
     assert int(second.split("#")[1]) > int(out.split("#")[1])
     assert statuses(orders, "PO_NUMBER")["PO-2"] == "COMPLETED"
     assert read_rows(orders)[1]["NOTE"] == "again"
+
+
+def test_record_says_what_it_recorded_when_the_csv_cannot_be_written(
+    orders: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = orders.read_bytes()
+    write_protect(monkeypatch, orders)
+    result = invoke("record", orders, "PO-1", "--status", "COMPLETED")
+    seq = int(result.stdout.removeprefix("recorded #"))  # a script must not record it again
+    assert result.exit_code == 2
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith(f"csvjournal: error: recorded #{seq}, but the CSV was not brought")
+    assert "write-protected" in error
+    assert orders.read_bytes() == before
+    monkeypatch.undo()
+    ok(invoke("export", orders))  # writable again: the record reaches the CSV
+    assert "PO-1,ACME,10.00,COMPLETED," in orders.read_text(encoding="utf-8")
 
 
 def test_record_new_adds_a_row(orders: Path) -> None:

@@ -26,6 +26,7 @@ from _cli import (
     state_of,
     statuses,
     wait_for,
+    write_protect,
 )
 
 from csvjournal.csvio import EXCEL_MAX_CELL
@@ -655,3 +656,23 @@ def test_a_program_that_is_not_there_is_refused_before_any_row_runs(
     before = state_of(tmp_path)
     assert_error(invoke("run", csv, "--", program, "{ID}"), f"cannot run {program!r}")
     assert state_of(tmp_path) == before  # no row failed, no backup taken
+
+
+def test_a_run_whose_csv_cannot_be_written_says_so_and_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("ID\na\nb\n", encoding="utf-8")
+    ok(invoke("init", csv, "--key", "ID"))
+    before = csv.read_bytes()
+    write_protect(monkeypatch, csv)
+    result = invoke("run", csv, "--", "true")
+    assert result.stdout.startswith("2 succeeded, 0 failed")  # the work is done and recorded
+    assert result.exit_code == 2
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith("csvjournal: error: the run's records are in the journal, but not")
+    assert "write-protected" in error
+    assert csv.read_bytes() == before
+    monkeypatch.undo()
+    assert ok(invoke("run", csv, "--", "true")).startswith("0 succeeded")  # nothing runs again
+    assert "a,COMPLETED" in csv.read_text(encoding="utf-8")  # ... and the CSV catches up

@@ -105,8 +105,13 @@ def record(
         if not allow_new and journal.get(key) is None:
             raise CliError(f"{csv}: no row with key {key!r} (pass --new to add one)")
         seq = journal.record(key, status, fields=values)
-        journal.flush(timeout=FLUSH_SECONDS)
-    click.echo(f"recorded #{seq}")
+        click.echo(f"recorded #{seq}")  # committed: a script must not record it again
+        try:
+            journal.flush(timeout=FLUSH_SECONDS)
+        except csvjournal.CsvJournalError as exc:
+            raise CliError(
+                f"recorded #{seq}, but the CSV was not brought up to date: {exc}"
+            ) from exc
 
 
 def _event_data(event: Event) -> dict[str, object]:

@@ -21,6 +21,7 @@ from csvjournal._importer import unfinished
 from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TERMINAL, DEFAULT_TIMESTAMP
 from csvjournal.cli._app import (
     EXIT_INTERRUPTED,
+    FLUSH_SECONDS,
     CliError,
     Seconds,
     cli,
@@ -153,9 +154,10 @@ def _run_job(
     key: str | None,
     terminal: list[str] | None,
     encoding: str | None,
-) -> tuple[RunStats, int]:
+) -> tuple[RunStats, int, str | None]:
     """Open the journal (importing the CSV when there is none), run the pending rows with
-    a progress bar, close; return the run's counts and the exit status."""
+    a progress bar, close; return the run's counts, the exit status and why the CSV does
+    not show the run's records (None: it does)."""
     # a journal that exists keeps the encoding stored when it was created
     creating = not journal_path_of(csv).exists() or unfinished(journal_path_of(csv))
     with importing(csv) if creating else nullcontext():
@@ -172,7 +174,17 @@ def _run_job(
         if runner.error is not None:  # the journal failed the run (a full disk, say)
             raise runner.error
         code = _exit_code(journal, runner.stats)
-    return runner.stats, code
+        behind = None if runner.stats.interrupted else _csv_behind(journal)
+    return runner.stats, code, behind
+
+
+def _csv_behind(journal: csvjournal.Journal) -> str | None:
+    """Why the CSV does not show the run's records, or None when it does."""
+    try:
+        journal.flush(timeout=FLUSH_SECONDS)
+    except csvjournal.CsvJournalError as exc:  # write-protected, edited by hand, ...
+        return str(exc)
+    return None
 
 
 # Python's waits for a child process take at most 2**31 milliseconds (24.8 days).
@@ -275,7 +287,7 @@ def run(  # noqa: PLR0917 - click passes every option by position
         grace=grace,
         show_output=show_output,
     )
-    stats, code = _run_job(csv, config, key=key, terminal=names, encoding=encoding)
+    stats, code, behind = _run_job(csv, config, key=key, terminal=names, encoding=encoding)
     click.echo(
         f"{stats.succeeded} succeeded, {stats.exhausted} failed after their last attempt"
         f" ({stats.failed} failed attempts), {stats.given_back} given back; CSV: {csv}"
@@ -285,5 +297,7 @@ def run(  # noqa: PLR0917 - click passes every option by position
             f"{stats.spent} pending rows not run: their attempts are used up"
             f" (--max-attempts {config.max_attempts}); --retry-failed runs them again"
         )
+    if behind is not None:  # the rows are done, but the sheet people read does not show it
+        raise CliError(f"the run's records are in the journal, but not in the CSV: {behind}")
     if code:
         sys.exit(code)
