@@ -15,6 +15,7 @@ import pytest
 from _cli import (
     CONSOLE_SCRIPT,
     SUBPROCESS_TIMEOUT,
+    assert_error,
     finish,
     invoke,
     ok,
@@ -71,6 +72,10 @@ def test_status_json_has_the_progress_fields(orders: Path) -> None:
     assert data["eta_seconds"] >= 0
     assert (data["last_seq"], data["exported_seq"]) == (3, 2)  # the claim is not exported yet
     assert data["csv_current"] is False
+
+
+def test_status_watch_and_json_together_are_refused(orders: Path) -> None:
+    assert_error(invoke("status", orders, "--watch", "--json"), "--watch and --json")
 
 
 def test_status_reports_a_deleted_csv_as_missing_until_an_export(orders: Path) -> None:

@@ -14,6 +14,7 @@ from rich.text import Text
 
 import csvjournal
 from csvjournal.cli._app import (
+    CliError,
     Seconds,
     cli,
     csv_argument,
@@ -81,6 +82,8 @@ def render(csv: Path, snap: Progress) -> Group:
 )
 def status(csv: Path, as_json: bool, watch: bool, interval: float) -> None:
     """Show how far the job is: rows per status, % done, rate, ETA, exporter, CSV freshness."""
+    if watch and as_json:  # one document is what --json promises a script
+        raise CliError("--watch and --json do not go together: --json prints one document")
     with existing_journal(csv, reading=True) as journal:
         snap = progress(journal)
         if as_json:
