@@ -7,16 +7,19 @@ from collections.abc import Iterator
 from json.encoder import encode_basestring_ascii as _quote  # C
 from pathlib import Path
 
+import structlog
 from sqlalchemy import Connection
 
 from csvjournal._migrate import check_file
 from csvjournal._schema import driver, peek
 from csvjournal._settings import Settings, write_value
 from csvjournal._writer import PENDING
-from csvjournal.csvio import ParsedCsv, guard_twin
+from csvjournal.csvio import EXCEL_MAX_CELL, ParsedCsv, guard_twin
 from csvjournal.errors import CsvFormatError
 
 __all__ = ["check_keys", "import_rows", "unfinished"]
+
+log = structlog.get_logger(__name__)
 
 
 def unfinished(journal_path: Path) -> bool:
@@ -111,11 +114,16 @@ def import_rows(
     appended = f',"{status_cell}":"{PENDING}"' if status_index < 0 else ""
 
     def values() -> Iterator[tuple[str, str, str, bool]]:  # read as SQLite inserts them
-        for _, row in parsed.records():
+        warned = False
+        for line, row in parsed.records():
             # rows.status (counts, pending(), claims) and rows.cells (what the CSV shows)
             # are kept apart: "import changes no value", so an empty cell stays empty.
             pairs = zip(names, row, strict=True)
             cells = ",".join([name + _quote(value) for name, value in pairs if value])
+            # (the JSON is no shorter than any cell in it: one len() a row, not one a cell)
+            if len(cells) > EXCEL_MAX_CELL and not warned and max(map(len, row)) > EXCEL_MAX_CELL:
+                warned = True
+                log.warning("excel_cell_limit_exceeded", path=str(parsed.path), line=line)
             if appended:  # no cell to keep: the appended status column shows PENDING
                 cells = cells + appended if cells else appended[1:]
             status = (row[status_index] if status_index >= 0 else "") or PENDING

@@ -17,6 +17,7 @@ from _csvio import names as _names
 from _csvio import parse as _parse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 import csvjournal
 from csvjournal import csvio
@@ -515,3 +516,28 @@ def test_an_import_holds_the_file_once_not_a_table_of_it(tmp_path: Path) -> None
         tracemalloc.stop()
     # The bytes and their text (2x), the keys seen (1x); the rows as Python lists were 12x.
     assert peak < 3.5 * size, f"{peak / size:.1f}x the file"
+
+
+def test_a_cell_beyond_excels_limit_is_logged_once_at_import(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    big = "x" * (csvio.EXCEL_MAX_CELL + 1)
+    near = "y" * (csvio.EXCEL_MAX_CELL - 1)  # a row longer than the limit, no cell beyond it
+    path.write_text(f"ID,A,B\n1,{near},{near}\n2,{big},b\n3,{big},c\n", encoding="utf-8")
+    with capture_logs() as logs, csvjournal.open(path, key="ID", export=False) as journal:
+        assert journal.get("2")["A"] == big  # type: ignore[index]  # kept as it is
+    warnings = [entry for entry in logs if entry["event"] == "excel_cell_limit_exceeded"]
+    assert warnings == [
+        {"event": "excel_cell_limit_exceeded", "log_level": "warning", "path": str(path), "line": 3}
+    ]
+
+
+def test_a_recorded_cell_beyond_excels_limit_is_logged_once(tmp_path: Path) -> None:
+    with (
+        capture_logs() as logs,
+        csvjournal.open(tmp_path / "orders.csv", key="ID", export=False) as journal,
+    ):
+        journal.record("1", A="x" * csvio.EXCEL_MAX_CELL)  # at the limit: fine
+        journal.record("2", A="x" * (csvio.EXCEL_MAX_CELL + 1))
+        journal.record("3", A="x" * (csvio.EXCEL_MAX_CELL + 1))
+    keys = [entry["key"] for entry in logs if entry["event"] == "excel_cell_limit_exceeded"]
+    assert keys == ["2"]
