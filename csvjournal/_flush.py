@@ -126,7 +126,8 @@ def _by_this_exporter(
     if exporter.missed != missed:  # it retries; the caller hears now, not never
         raise ExportError(
             f"{csv_path}: could not write the CSV: {exporter.last_failure}"
-            " (the exporter tries again; every record is safe in the journal)"
+            " (the exporter tries again while its handle is open; every record is safe in"
+            " the journal)"
         )
     return False
 

@@ -107,14 +107,22 @@ def test_record_says_what_it_recorded_when_the_csv_cannot_be_written(
     write_protect(monkeypatch, orders)
     result = invoke("record", orders, "PO-1", "--status", "COMPLETED")
     seq = int(result.stdout.removeprefix("recorded #"))  # a script must not record it again
+    # one line: the exporter's logs of the failure are not repeated before it
     assert result.exit_code == 2
-    error = result.stderr.splitlines()[-1]
+    [error] = result.stderr.splitlines()
     assert error.startswith(f"csvjournal: error: recorded #{seq}, but the CSV was not brought")
     assert "write-protected" in error
     assert orders.read_bytes() == before
     monkeypatch.undo()
     ok(invoke("export", orders))  # writable again: the record reaches the CSV
     assert "PO-1,ACME,10.00,COMPLETED," in orders.read_text(encoding="utf-8")
+
+
+def test_a_short_command_shows_the_librarys_warnings_once_it_succeeded(orders: Path) -> None:
+    result = invoke("record", orders, "PO-1", "NOTE=" + "x" * 32_768)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("recorded #")
+    assert "excel_cell_limit_exceeded" in result.stderr
 
 
 def test_record_new_adds_a_row(orders: Path) -> None:

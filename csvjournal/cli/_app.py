@@ -101,6 +101,7 @@ def _late_flag(name: str, what: str) -> click.Option:
             # before the command runs, exactly as if the flag had come first
             flags[what] = True
             configure_logging(json_logs=flags["log_json"], debug=flags["debug"])
+            _STDERR.release(show=True)  # every line, as it comes
 
     helps = {"log_json": _LOG_JSON_HELP, "debug": _DEBUG_HELP}
     return click.Option(
@@ -133,6 +134,15 @@ class _Group(click.Group):
             raise _one_line(exc) from exc
 
     def invoke(self, ctx: click.Context) -> Any:
+        succeeded = False
+        try:
+            result = self._invoke(ctx)
+            succeeded = True
+            return result
+        finally:  # the log lines a short command held (see _Stderr)
+            _STDERR.release(show=succeeded)
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:
@@ -165,6 +175,42 @@ class Seconds(click.FloatRange):
         return seconds
 
 
+class _Stderr:
+    """Where the library's log lines go: stderr (looked up at each write: click's test
+    runner swaps it), or held while a short command runs. A command that fails then
+    prints only its one error line, which says what the held lines would have said; one
+    that succeeds prints them after its work. ``run``, ``demo`` and ``status`` stream
+    them: a long job's warnings matter while it runs."""
+
+    def __init__(self) -> None:
+        self.held: list[str] | None = None
+
+    def write(self, text: str) -> int:
+        if self.held is not None:
+            self.held.append(text)
+        else:
+            sys.stderr.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.held is None:
+            sys.stderr.flush()
+
+    def hold(self) -> None:
+        self.held = []
+
+    def release(self, *, show: bool) -> None:
+        held, self.held = self.held or [], None
+        if show:
+            for text in held:
+                sys.stderr.write(text)
+            sys.stderr.flush()
+
+
+_STDERR = _Stderr()
+_STREAMING = frozenset({"run", "demo", "status"})
+
+
 def configure_logging(*, json_logs: bool, debug: bool, quiet: bool = False) -> None:
     """Send structlog's output to stderr: JSON lines or plain text, warnings and up
     (everything with ``debug``; errors only when ``quiet``)."""
@@ -190,7 +236,7 @@ def configure_logging(*, json_logs: bool, debug: bool, quiet: bool = False) -> N
             else logging.WARNING
         ),
         # one write per line: worker processes sharing stderr never splice their lines
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=_STDERR),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 
@@ -208,6 +254,8 @@ def cli(ctx: click.Context, log_json: bool, debug: bool) -> None:
     """
     configure_logging(json_logs=log_json, debug=debug)
     ctx.obj = {"debug": debug, "log_json": log_json}
+    if ctx.invoked_subcommand not in _STREAMING and not (debug or log_json):
+        _STDERR.hold()
 
 
 def csv_argument(func: Any) -> Any:
