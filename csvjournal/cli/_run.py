@@ -65,18 +65,16 @@ def _stop_on_signals(runner: Runner) -> Iterator[None]:
 
 
 def _describe(stats: RunStats) -> str:
-    text = (
-        f"{stats.succeeded} done, {stats.exhausted} failed for good"
-        f" ({stats.failed} failed attempts), {stats.running} running"
-    )
-    return text + (" - stopping" if stats.interrupted else "")
+    # short: the whole bar fits an 80-column terminal (the summary line gives the rest)
+    text = f"{stats.exhausted} failed, {stats.running} running"
+    return text + (", stopping" if stats.interrupted else "")
 
 
 def _with_progress(runner: Runner, threads: list[threading.Thread]) -> None:
     columns = (
+        BarColumn(bar_width=20),
+        MofNCompleteColumn(),  # rows done (succeeded or failed for good) of all
         TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
     )
