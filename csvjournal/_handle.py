@@ -201,6 +201,10 @@ class Handle:
                 preview=lambda conn: session.preview(conn, self._settings),
                 retry=True,
             )
+        except OSError as exc:  # no lock file beside the CSV (its folder read-only, say):
+            # the journal works on; the thread keeps trying, as for any failed export
+            log.error("csv_export_failed", path=str(options.csv_path), error=str(exc))
+            leading = False
         except BaseException:
             self._store.close()
             raise

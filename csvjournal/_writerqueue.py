@@ -27,8 +27,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import structlog
+
 from csvjournal._posix import fcntl
-from csvjournal.errors import JournalBusyError, JournalIOError
+from csvjournal.errors import JournalBusyError
 
 __all__ = ["WriterQueue"]
 
@@ -37,6 +39,9 @@ _LONGEST_WAIT = 1e-4
 # After meeting another writer, queue first for this long: under contention the queue orders
 # writers; without it, trying SQLite's lock first saves the two ``flock`` calls.
 _CONTENDED_SECONDS = 1.0
+
+
+log = structlog.get_logger(__name__)
 
 
 class WriterQueue:
@@ -49,17 +54,20 @@ class WriterQueue:
         self._threads = threading.Lock()
         self._fd: int | None = None
         self._queue_until = 0.0  # monotonic time; before it, writers queue first
+        self._unavailable = False  # the lock file could not be made: no queue
 
-    def _file(self) -> int:
-        if self._fd is None:
+    def _file(self) -> int | None:
+        """The queue's lock file, opened once; None when it cannot be made (the CSV's
+        folder read-only, the journal kept elsewhere): writers then go without the queue,
+        each retrying ``BEGIN IMMEDIATE`` until its turn (SQLite's lock keeps them apart,
+        only the first-come order is lost)."""
+        if self._fd is None and not self._unavailable:
             try:
                 self.path.parent.mkdir(exist_ok=True)
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:  # the CSV's folder read-only, say
-                raise JournalIOError(
-                    f"{self.path}: cannot create the writers' lock file beside the CSV"
-                    f" ({exc.strerror or exc}); the CSV's folder must be writable"
-                ) from exc
+            except OSError as exc:
+                self._unavailable = True
+                log.warning("writers_queue_unavailable", path=str(self.path), error=str(exc))
         return self._fd
 
     def begin(self, attempt: Callable[[], bool]) -> bool:
@@ -85,6 +93,9 @@ class WriterQueue:
                 self._queue_until = time.monotonic() + _CONTENDED_SECONDS
             deadline = time.monotonic() + self._busy_timeout
             fd = self._file()
+            if fd is None:
+                self._poll(attempt, deadline)
+                return False
             waited = self._lock(fd, deadline)
             try:
                 waited = self._poll(attempt, deadline) or waited
@@ -151,6 +162,9 @@ class WriterQueue:
             )
         try:
             fd = self._file()
+            if fd is None:  # (the caller's BEGIN IMMEDIATE waits for SQLite's lock)
+                yield
+                return
             self._lock(fd, deadline)
             try:
                 yield

@@ -75,9 +75,7 @@ class Exporter(ExportWriter):
     ) -> None:
         super().__init__(store, settings, csv_path, formula_guard)
         self._gate = gate or ForkGate()
-        lock = lock_path(csv_path)
-        lock.parent.mkdir(exist_ok=True)
-        self._lock = ExporterLock(lock)
+        self._lock = ExporterLock(lock_path(csv_path))  # made when first taken
         self._failures = 0
         self._saved_at = 0.0  # monotonic time of the last records stored after an export
         self._saving_failed = False  # said once until the records are stored again

@@ -593,18 +593,27 @@ def test_a_journal_that_cannot_be_created_is_a_journal_io_error(tmp_path: Path) 
     assert _tree(tmp_path) == before
 
 
-def test_no_lock_file_beside_the_csv_is_a_journal_io_error_leaving_nothing(
+def test_with_no_lock_files_beside_the_csv_the_journal_kept_elsewhere_still_records(
     tmp_path: Path,
 ) -> None:
-    # (as a read-only folder does for other users than root: the locks live beside the CSV)
+    # As a read-only folder does (for other users than root): the journal works on, and
+    # the CSV, which cannot be written, stays as it is while exports fail and are retried.
     csv = tmp_path / "orders.csv"
     csv.write_text("ID,A\n1,a\n", encoding="utf-8")
-    (Path(f"{csv}.backups") / "writer.lock").mkdir(parents=True)  # no file to lock there
+    for name in ("writer.lock", "exporter.lock"):  # no lock file can be made there
+        (Path(f"{csv}.backups") / name).mkdir(parents=True)
     (tmp_path / "elsewhere").mkdir()
-    before = _tree(tmp_path)
-    with pytest.raises(csvjournal.JournalIOError, match=r"writers' lock file beside the CSV"):
-        csvjournal.open(csv, key="ID", journal_path=tmp_path / "elsewhere" / "o.journal")
-    assert _tree(tmp_path) == before
-    (Path(f"{csv}.backups") / "writer.lock").rmdir()
-    with csvjournal.open(csv, key="ID", journal_path=tmp_path / "elsewhere" / "o.journal") as j:
-        assert len(j) == 1  # nothing half-made was left in the way
+    before = csv.read_bytes()
+    journal_path = tmp_path / "elsewhere" / "o.journal"
+    with capture_logs() as logs, csvjournal.open(csv, key="ID", journal_path=journal_path) as j:
+        j.record("1", "COMPLETED")
+        j.record("2", "COMPLETED")
+        with pytest.raises(csvjournal.ExportError, match="could not write the CSV"):
+            j.flush(timeout=10)
+        j.export(tmp_path / "copy.csv")
+    events = {entry["event"] for entry in logs}
+    assert {"writers_queue_unavailable", "csv_export_failed"} <= events
+    assert csv.read_bytes() == before
+    assert "2,,COMPLETED," in (tmp_path / "copy.csv").read_text(encoding="utf-8")
+    with csvjournal.open(csv, journal_path=journal_path, export=False) as j:
+        assert j.counts() == {"COMPLETED": 2}
