@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Event"]
 
@@ -29,7 +29,9 @@ class Event:
     seq: int
     key: str
     status: str
-    fields: Mapping[str, str]
+    # left out of the hash (a dict has none), so that events go in sets and dict keys: an
+    # event is told apart by its sequence number anyway
+    fields: Mapping[str, str] = field(hash=False)
     at: dt.datetime
     worker: str
     pid: int

@@ -91,6 +91,7 @@ def test_history_is_the_audit_trail_oldest_first(journal: Journal) -> None:
     assert journal.history("PO-404") == []
     with pytest.raises(AttributeError):
         events[0].status = "x"  # type: ignore[misc]
+    assert len({*events, *journal.history("PO-1")}) == 2  # hashable, equal when read again
 
 
 def test_history_follows_a_row_through_batches_threads_and_undone_savepoints(
