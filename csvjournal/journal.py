@@ -254,11 +254,11 @@ class Journal(Claims):
         backups = backups_folder(self.csv_path).resolve()
         if target in own or target == backups or backups in target.parents:
             raise SettingsError(
-                f"{path}: one of the journal's own files; export() writes a copy elsewhere"
-                " (export() without a path brings the journal's own CSV up to date)"
+                f"{path}: one of the journal's own files; an export to a path writes a copy"
+                " elsewhere (without a path, the journal's own CSV is brought up to date)"
             )
         if path.exists() and not path.is_file():  # a FIFO or a device is not replaced
-            raise ExportError(f"{path}: not a regular file; export() writes a CSV file")
+            raise ExportError(f"{path}: not a regular file; an export writes a CSV file")
 
     # -- recovery and backups ----------------------------------------------------------
 
