@@ -27,14 +27,13 @@ def _first_record_end(text: str, quotechar: str) -> int:
 def sniff(text: str, expected: tuple[str, str, str] | None = None) -> tuple[str, str, str]:
     """(delimiter, quote character, line terminator) of the CSV ``text``.
 
-    ``expected`` is (delimiter, quote character, a column name): when that dialect reads a
-    header holding the name, it is the file's (a file written by our exporter and edited
-    by hand, whose rows may be broken). Otherwise the delimiter is the candidate that
-    splits the first records (header included) into one field count above 1; failing that,
-    the one splitting the header most, then ``,``.
+    The delimiter is the candidate that splits the first records (header included) into
+    one field count above 1. Failing that, ``expected`` (delimiter, quote character, a
+    column name) when that dialect reads a header holding the name: a file our exporter
+    wrote, edited by hand, with a broken row among the first (a file re-saved in another
+    dialect reads consistently in that one). Failing that, the delimiter splitting the
+    header most, then ``,``.
     """
-    if expected is not None and _header_holds(text, *expected):
-        return expected[0], expected[1], _terminator(text, _first_record_end(text, expected[1]))
     # Only a prefix is read: detection stays cheap on a file of millions of rows.
     prefix = text[:_SNIFF_CHARS]
     complete = len(prefix) == len(text)
@@ -48,6 +47,8 @@ def sniff(text: str, expected: tuple[str, str, str] | None = None) -> tuple[str,
         delimiter = _consistent_delimiter(prefix, complete, "'")
         if delimiter is not None:
             quotechar = "'"
+    if delimiter is None and expected is not None and _header_holds(text, *expected):
+        return expected[0], expected[1], _terminator(text, _first_record_end(text, expected[1]))
     end = _first_record_end(text, quotechar)
     if delimiter is None:
         delimiter = _header_delimiter(text[:end], quotechar)

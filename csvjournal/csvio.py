@@ -118,7 +118,8 @@ def read_csv(
 ) -> ParsedCsv:
     """Read ``path`` as text in its own dialect, checking it is a well-formed table.
     ``expected`` is (delimiter, quote character, a column name): the dialect to read in
-    when its header holds that name (see :func:`~csvjournal._csvsniff.sniff`).
+    when the first records fit no dialect and its header holds that name (see
+    :func:`~csvjournal._csvsniff.sniff`).
 
     Raises:
         CsvFormatError: undecodable bytes, no header, empty or duplicate header names, an

@@ -87,8 +87,8 @@ def merge_csv(
         # the file was written by the exporter in the stored encoding, then edited by hand:
         # reading it as UTF-8 would refuse the very file the hand-edit error says to merge
         settings = journal.settings
-        # as exported, unless the sheet was saved in another dialect (another locale's
-        # delimiter): a broken row must not make the sniffer guess another quote character
+        # the dialect the sheet's first records show (re-saved by a spreadsheet, it may be
+        # another); when they show none (a broken row), the one it was exported in
         show = guard_formula if settings.formula_guard else str
         parsed = read_csv(
             path,

@@ -299,6 +299,18 @@ def test_a_broken_row_is_named_in_the_dialect_the_journal_exports(csv_path: Path
         csvjournal.merge_csv(csv_path)
 
 
+def test_a_sheet_saved_with_another_quote_character_is_still_merged(csv_path: Path) -> None:
+    csv_path.write_text("ID,NOTE\n1,'a,b'\n2,x\n", encoding="utf-8")
+    with csvjournal.open(csv_path, key="ID") as journal:
+        assert journal.settings.dialect.quotechar == "'"
+    resaved = csv_path.read_text(encoding="utf-8").replace("'a,b'", '"a,b"')
+    csv_path.write_text(resaved.replace("2,x,", "2,y,"), encoding="utf-8")
+    report = csvjournal.merge_csv(csv_path)
+    assert report.updated == ["2"]
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.get("1")["NOTE"] == "a,b"  # type: ignore[index]
+
+
 @pytest.mark.parametrize("delimiter", [";", "\t"])
 def test_a_sheet_saved_with_another_delimiter_is_still_merged(
     csv_path: Path, delimiter: str
