@@ -18,6 +18,7 @@ from csvjournal._forking import ForkGate
 from csvjournal._handedits import blocked_by
 from csvjournal._rendercache import stream_csv
 from csvjournal._settings import Settings
+from csvjournal.backup import backups_folder
 from csvjournal.csvio import atomic_write, remove_temp_files
 from csvjournal.errors import (
     CsvChangedError,
@@ -29,9 +30,36 @@ from csvjournal.errors import (
 from csvjournal.exporter import POLL_SECONDS, Exporter
 from csvjournal.store import Store
 
-__all__ = ["catch_up", "export_to", "flush_csv"]
+__all__ = ["catch_up", "check_copy_target", "export_to", "flush_csv"]
 
 log = structlog.get_logger(__name__)
+
+
+def check_copy_target(path: Path, csv_path: Path, journal_path: Path) -> None:
+    """Refuse ``path`` as the target of a copy of the CSV (see :func:`export_to`).
+
+    Raises:
+        SettingsError: one of the journal's own files (its CSV, the journal and its
+            -wal/-shm, a backup): never overwritten by a copy.
+        ExportError: there and no regular file (a FIFO, a device: not replaced), or a
+            path the OS cannot follow (a folder we may not enter, a symlink loop).
+    """
+    try:
+        target = path.resolve()
+        regular = path.is_file() or not path.exists()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop, in Python 3.11
+        raise ExportError(f"{path}: could not write the CSV: {exc}") from exc
+    journal = journal_path.resolve()
+    own = {csv_path.resolve(), journal}
+    own |= {journal.with_name(journal.name + suffix) for suffix in ("-wal", "-shm", "-journal")}
+    backups = backups_folder(csv_path).resolve()
+    if target in own or target == backups or backups in target.parents:
+        raise SettingsError(
+            f"{path}: one of the journal's own files; an export to a path writes a copy"
+            " elsewhere (without a path, the journal's own CSV is brought up to date)"
+        )
+    if not regular:
+        raise ExportError(f"{path}: not a regular file; an export writes a CSV file")
 
 
 def export_to(store: Store, settings: Settings, path: Path, formula_guard: bool) -> int:

@@ -16,10 +16,10 @@ import structlog
 from csvjournal import _forking, _reads
 from csvjournal._batch import BatchState
 from csvjournal._claims import Claims
-from csvjournal._flush import export_to, flush_csv
+from csvjournal._flush import check_copy_target, export_to, flush_csv
 from csvjournal._values import render_value, storable
 from csvjournal._writer import RecordCall
-from csvjournal.backup import backups_folder, list_backups, remove_leftovers
+from csvjournal.backup import list_backups, remove_leftovers
 from csvjournal.errors import BatchOpenError, CsvJournalError, ExportError, SettingsError
 from csvjournal.exporter import Exporter
 from csvjournal.recovery import RecoveryReport, check_integrity
@@ -235,7 +235,7 @@ class Journal(Claims):
             self._refuse_in_batch("export")
             self.flush()
             return
-        self._check_copy_target(Path(path))
+        check_copy_target(Path(path), self.csv_path, self.journal_path)
         with self._errors():  # outermost: a JournalIOError is an OSError too
             try:
                 export_to(self._store, self._settings, Path(path), self._settings.formula_guard)
@@ -245,20 +245,6 @@ class Journal(Claims):
                         f"{path}: could not write the CSV: no folder {Path(path).parent}"
                     ) from exc
                 raise ExportError(f"{path}: could not write the CSV: {exc}") from exc
-
-    def _check_copy_target(self, path: Path) -> None:
-        target = path.resolve()
-        journal = self.journal_path.resolve()
-        own = {self.csv_path.resolve(), journal}
-        own |= {journal.with_name(journal.name + suffix) for suffix in ("-wal", "-shm", "-journal")}
-        backups = backups_folder(self.csv_path).resolve()
-        if target in own or target == backups or backups in target.parents:
-            raise SettingsError(
-                f"{path}: one of the journal's own files; an export to a path writes a copy"
-                " elsewhere (without a path, the journal's own CSV is brought up to date)"
-            )
-        if path.exists() and not path.is_file():  # a FIFO or a device is not replaced
-            raise ExportError(f"{path}: not a regular file; an export writes a CSV file")
 
     # -- recovery and backups ----------------------------------------------------------
 

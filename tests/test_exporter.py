@@ -330,18 +330,27 @@ def test_export_to_a_missing_folder_names_the_folder(csv_path: Path, tmp_path: P
     assert not (tmp_path / "no").exists()
 
 
-@pytest.mark.parametrize("kind", ["fifo", "folder"])
+@pytest.mark.parametrize("kind", ["fifo", "folder", "symlink loop"])
 def test_export_to_a_path_that_is_no_regular_file_leaves_it_as_it_is(
     journal: csvjournal.Journal, tmp_path: Path, kind: str
 ) -> None:
     target = tmp_path / "copy.csv"
     if kind == "fifo":
         os.mkfifo(target)
-    else:
+    elif kind == "folder":
         target.mkdir()
-    with pytest.raises(csvjournal.ExportError, match=r"copy\.csv: not a regular file"):
+    else:
+        target.symlink_to("loop.csv")
+        (tmp_path / "loop.csv").symlink_to("copy.csv")
+    why = "could not write the CSV" if kind == "symlink loop" else "not a regular file"
+    with pytest.raises(csvjournal.ExportError, match=rf"copy\.csv: {why}"):
         journal.export(target)
-    assert target.is_fifo() if kind == "fifo" else target.is_dir()
+    left_as_it_is = {
+        "fifo": target.is_fifo,
+        "folder": target.is_dir,
+        "symlink loop": target.is_symlink,
+    }
+    assert left_as_it_is[kind]()
 
 
 @pytest.mark.parametrize(
