@@ -30,9 +30,13 @@ from csvjournal.errors import (
 from csvjournal.exporter import POLL_SECONDS, Exporter
 from csvjournal.store import Store
 
-__all__ = ["catch_up", "check_copy_target", "export_to", "flush_csv"]
+__all__ = ["RETRY_NOTE", "catch_up", "check_copy_target", "export_to", "flush_csv"]
 
 log = structlog.get_logger(__name__)
+
+
+# Said of an export that failed while the caller's handle exports (and retries).
+RETRY_NOTE = " (the exporter tries again while its handle is open; every record is safe in it)"
 
 
 def check_copy_target(path: Path, csv_path: Path, journal_path: Path) -> None:
@@ -153,9 +157,7 @@ def _by_this_exporter(
         raise CsvChangedError(str(exporter.blocked))
     if exporter.missed != missed:  # it retries; the caller hears now, not never
         raise ExportError(
-            f"{csv_path}: could not write the CSV: {exporter.last_failure}"
-            " (the exporter tries again while its handle is open; every record is safe in"
-            " the journal)"
+            f"{csv_path}: could not write the CSV: {exporter.last_failure}{RETRY_NOTE}"
         )
     return False
 

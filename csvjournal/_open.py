@@ -136,8 +136,8 @@ def _check(
     if terminal is not None and (working := terminal & {PENDING, IN_PROGRESS}):
         # a row waiting or being worked on would count as done: never offered, never run
         raise SettingsError(
-            f"terminal= must not hold {', '.join(sorted(working))}: those statuses mean a"
-            " row is not done yet"
+            f"the terminal statuses must not include {', '.join(sorted(working))}: those"
+            " mean a row is not done yet"
         )
     if keep_backups < 0:
         raise SettingsError(f"keep_backups must be 0 or more, not {keep_backups}")

@@ -112,6 +112,7 @@ def test_record_says_what_it_recorded_when_the_csv_cannot_be_written(
     [error] = result.stderr.splitlines()
     assert error.startswith(f"csvjournal: error: recorded #{seq}, but the CSV was not brought")
     assert "write-protected" in error
+    assert "tries again" not in error  # nothing does: the command is over
     assert orders.read_bytes() == before
     monkeypatch.undo()
     ok(invoke("export", orders))  # writable again: the record reaches the CSV

@@ -672,7 +672,24 @@ def test_a_run_whose_csv_cannot_be_written_says_so_and_exits_2(
     error = result.stderr.splitlines()[-1]
     assert error.startswith("csvjournal: error: the run's records are in the journal, but not")
     assert "write-protected" in error
+    assert "tries again" not in error  # nothing does: the command is over
     assert csv.read_bytes() == before
     monkeypatch.undo()
     assert ok(invoke("run", csv, "--", "true")).startswith("0 succeeded")  # nothing runs again
     assert "a,COMPLETED" in csv.read_text(encoding="utf-8")  # ... and the CSV catches up
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--terminal", "COMPLETED,IN_PROGRESS"], ["--success-status", "PENDING"]],
+    ids=" ".join,
+)
+def test_a_status_that_means_not_done_is_neither_success_nor_terminal(
+    tmp_path: Path, options: list[str]
+) -> None:
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("ID\na\n", encoding="utf-8")
+    ok(invoke("init", csv, "--key", "ID"))
+    before = state_of(tmp_path)
+    assert_error(invoke("run", csv, *options, "--", "true"), "mean a row is not done")
+    assert state_of(tmp_path) == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -200,3 +201,24 @@ def test_ctrl_c_during_a_command_is_one_line_and_exit_130(tmp_path: Path) -> Non
     assert out == ""
     again = script("init", csv, "--key", "ID")  # the import begun is done again
     assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize("command", [["pending"], ["record", "1", "Z=1"]], ids=" ".join)
+def test_a_command_run_with_stderr_closed_exits_as_it_would(
+    tmp_path: Path, command: list[str]
+) -> None:
+    csv = tmp_path / "a.csv"
+    csv.write_text("ID\n1\n", encoding="utf-8")
+    assert script("init", csv, "--key", "ID").returncode == 0
+    line = " ".join(
+        shlex.quote(str(part)) for part in [CONSOLE_SCRIPT, command[0], csv, *command[1:]]
+    )
+    done = subprocess.run(  # `2>&-`: Python starts with sys.stderr None
+        ["sh", "-c", f"{line} 2>&-"],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.strip() in {"1", "recorded #1"}

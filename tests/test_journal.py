@@ -409,8 +409,8 @@ def test_a_pickled_journal_reopens_as_a_working_handle(journal: Journal) -> None
         ({"encoding": "no-such-codec"}, "unknown encoding"),
         ({"terminal": set()}, "terminal"),
         ({"terminal": {"COMPLETED", ""}}, "terminal"),
-        ({"terminal": {"COMPLETED", "IN_PROGRESS"}}, "must not hold IN_PROGRESS"),
-        ({"terminal": {"PENDING"}}, "must not hold PENDING"),
+        ({"terminal": {"COMPLETED", "IN_PROGRESS"}}, "must not include IN_PROGRESS"),
+        ({"terminal": {"PENDING"}}, "must not include PENDING"),
     ],
 )
 def test_bad_open_arguments_are_settings_errors_and_create_nothing(

@@ -188,23 +188,23 @@ class _Stderr:
     def write(self, text: str) -> int:
         if self.held is not None:
             self.held.append(text)
-        else:
+        elif sys.stderr is not None:  # None: started with stderr closed (`2>&-`)
             sys.stderr.write(text)
         return len(text)
 
     def flush(self) -> None:
-        if self.held is None:
+        if self.held is None and sys.stderr is not None:
             sys.stderr.flush()
 
     def hold(self) -> None:
         self.held = []
 
     def release(self, *, show: bool) -> None:
-        held, self.held = self.held or [], None
-        if show:
+        held, self.held = self.held, None
+        if show and held:
             for text in held:
-                sys.stderr.write(text)
-            sys.stderr.flush()
+                self.write(text)
+            self.flush()
 
 
 _STDERR = _Stderr()
@@ -314,10 +314,13 @@ def journal_path_of(csv: Path) -> Path:
 def schema_revision(journal: Path) -> str | None:
     """The schema revision of the journal file, read without writing a byte of it (None:
     no csvjournal schema in it)."""
-    conn = sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        conn = sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:  # unreadable: the open that follows says so, naming it
+        return None
     try:
         row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-    except sqlite3.DatabaseError:
+    except sqlite3.Error:
         return None
     finally:
         conn.close()

@@ -9,6 +9,7 @@ import click
 
 import csvjournal
 from csvjournal import _migrate
+from csvjournal._flush import RETRY_NOTE
 from csvjournal._importer import unfinished
 from csvjournal._values import format_timestamp
 from csvjournal.backup import list_backups, prune_backups
@@ -108,9 +109,10 @@ def record(
         click.echo(f"recorded #{seq}")  # committed: a script must not record it again
         try:
             journal.flush(timeout=FLUSH_SECONDS)
-        except csvjournal.CsvJournalError as exc:
+        except csvjournal.CsvJournalError as exc:  # (no retry: the handle closes now)
+            why = str(exc).removesuffix(RETRY_NOTE)
             raise CliError(
-                f"recorded #{seq}, but the CSV was not brought up to date: {exc}"
+                f"recorded #{seq}, but the CSV was not brought up to date: {why}"
             ) from exc
 
 

@@ -17,8 +17,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import csvjournal
 from csvjournal._claims import MAX_LEASE_SECONDS
+from csvjournal._flush import RETRY_NOTE
 from csvjournal._importer import unfinished
 from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TERMINAL, DEFAULT_TIMESTAMP
+from csvjournal._writer import IN_PROGRESS, PENDING
 from csvjournal.cli._app import (
     EXIT_INTERRUPTED,
     FLUSH_SECONDS,
@@ -125,6 +127,12 @@ def _check_before_writing(
         extra = [name for name in (DEFAULT_STATUS, DEFAULT_TIMESTAMP) if name not in header]
         columns, stored = [*header, *extra], DEFAULT_TERMINAL
     Template(command, columns)
+    working = {PENDING, IN_PROGRESS}  # (the open would refuse them, after this hint)
+    if success_status in working or (terminal is not None and working & set(terminal)):
+        raise CliError(
+            f"{PENDING} and {IN_PROGRESS} mean a row is not done: they can be neither"
+            " --success-status nor one of --terminal"
+        )
     program = command[0]
     if "{" not in program and shutil.which(program) is None:  # else every row would fail
         raise CliError(f"cannot run {program!r}: no such program, or not executable")
@@ -181,7 +189,7 @@ def _csv_behind(journal: csvjournal.Journal) -> str | None:
     try:
         journal.flush(timeout=FLUSH_SECONDS)
     except csvjournal.CsvJournalError as exc:  # write-protected, edited by hand, ...
-        return str(exc)
+        return str(exc).removesuffix(RETRY_NOTE)  # (no retry: the handle closes now)
     return None
 
 
