@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection
 
 from csvjournal._schema import driver
+from csvjournal._twins import may_twin, twin_problem
 from csvjournal._writer import RecordOp, Writer
-from csvjournal.csvio import TWIN_START
 
 if TYPE_CHECKING:
     from csvjournal._leases import Action
@@ -39,7 +39,7 @@ class BatchState:
         writer: Writer,
         errors: Callable[[], AbstractContextManager[None]],
         committed: Callable[[list[RecordOp]], None],
-        twin_error: Callable[[str, str], Exception],
+        twin_error: Callable[[str], Exception],
     ) -> None:
         self.conn = conn
         self._twin_error = twin_error  # refuses a new row shown as another (formula guard)
@@ -55,13 +55,13 @@ class BatchState:
 
         Raises:
             RecordError: with the formula guard on, ``op`` would make a row that the CSV
-                shows as it shows another (see :meth:`Writer.twin`); nothing is queued.
+                shows as it shows another (see ``_twins``); nothing is queued.
         """
-        if self._writer.formula_guard and op.key.startswith(TWIN_START):
-            self.flush()  # the other row may be among the queued records
-            twin = self._writer.twin(self._raw, op.key)
-            if twin is not None:
-                raise self._twin_error(op.key, twin)
+        if self._writer.formula_guard and may_twin(op):
+            self.flush()  # the other row or column may be among the queued records
+            problem = twin_problem(self._raw, op, self._writer.columns.index)
+            if problem is not None:
+                raise self._twin_error(problem)
         seq = self._writer.allocate(self._raw, op)
         self._buffer.append(op)
         self._recorded.append(op)

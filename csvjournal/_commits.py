@@ -23,8 +23,9 @@ import structlog
 from csvjournal._groupcommit import Refused
 from csvjournal._leases import Action
 from csvjournal._settings import Settings
+from csvjournal._twins import may_twin, twin_problem
 from csvjournal._writer import IN_PROGRESS, RecordCall, RecordOp, Writer, prepare_record
-from csvjournal.csvio import EXCEL_MAX_CELL, TWIN_START
+from csvjournal.csvio import EXCEL_MAX_CELL
 from csvjournal.errors import JournalIOError, RecordError
 from csvjournal.store import Store
 
@@ -176,27 +177,25 @@ class Commits:
     def _refuse_twins(
         self, conn: sqlite3.Connection, items: Sequence[RecordOp | Action]
     ) -> Sequence[RecordOp | Action]:
-        """``items`` with each record that would make a row the formula guard shows as it
-        shows another (see :meth:`Writer.twin`) replaced by its refusal."""
-        if not any(type(i) is RecordOp and i.key.startswith(TWIN_START) for i in items):
+        """``items`` with each record that would make a row or a column the formula guard
+        shows as it shows another (see :func:`~csvjournal._twins.twin_problem`) replaced by its
+        refusal."""
+        if not any(type(i) is RecordOp and may_twin(i) for i in items):
             return items
-        fresh: set[str] = set()
+        fresh: tuple[set[str], set[str]] = (set(), set())
         kept: list[RecordOp | Action] = []
         for item in items:
-            twin = self._writer.twin(conn, item.key, fresh) if type(item) is RecordOp else None
-            if twin is None:
-                kept.append(item)
-                if type(item) is RecordOp:
-                    fresh.add(item.key)
-                continue
-            kept.append(_refusal(self.twin_error(item.key, twin)))  # type: ignore[union-attr]
+            problem = None
+            if type(item) is RecordOp:
+                problem = twin_problem(conn, item, self._writer.columns.index, fresh)
+            kept.append(item if problem is None else _refusal(self.twin_error(problem)))
         return kept
 
-    def twin_error(self, key: str, twin: str) -> RecordError:
-        """The error refusing a new row ``key`` that the CSV would show as row ``twin``."""
+    def twin_error(self, problem: str) -> RecordError:
+        """The error refusing a record for ``problem`` (see ``_twins.twin_problem``)."""
         return RecordError(
-            f"{self._csv_path}: key {key!r} would show in the CSV as key {twin!r} does, with"
-            " the formula guard on (a merge of the CSV could not tell them apart)"
+            f"{self._csv_path}: {problem}, with the formula guard on (a merge of the CSV"
+            " could not tell them apart)"
         )
 
     def check_journal(self) -> None:

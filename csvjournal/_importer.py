@@ -13,8 +13,9 @@ from sqlalchemy import Connection
 from csvjournal._migrate import check_file
 from csvjournal._schema import driver, peek
 from csvjournal._settings import Settings, write_value
+from csvjournal._twins import check_import
 from csvjournal._writer import PENDING
-from csvjournal.csvio import EXCEL_MAX_CELL, ParsedCsv, guard_twin
+from csvjournal.csvio import EXCEL_MAX_CELL, ParsedCsv
 from csvjournal.errors import CsvFormatError
 
 __all__ = ["check_keys", "import_rows", "unfinished"]
@@ -51,7 +52,8 @@ def unfinished(journal_path: Path) -> bool:
 
 def check_keys(path: Path, parsed: ParsedCsv, key: str, *, formula_guard: bool = False) -> None:
     """Refuse a CSV whose key column is missing, or has an empty or a repeated key; with
-    ``formula_guard``, also two keys that the guard would show alike (``=A`` and ``'=A``).
+    ``formula_guard``, also two keys or header names that the guard would show alike
+    (``=A`` and ``'=A``).
 
     Raises:
         CsvFormatError: naming the file and the lines.
@@ -72,26 +74,7 @@ def check_keys(path: Path, parsed: ParsedCsv, key: str, *, formula_guard: bool =
             )
         seen.add(value)
     if formula_guard:
-        _check_twins(path, parsed, key, seen)
-
-
-def _check_twins(path: Path, parsed: ParsedCsv, key: str, keys: set[str]) -> None:
-    # (every twin pair has one key starting with ': the file is read again only for lines)
-    twins = {value for value in keys if value.startswith("'") and guard_twin(value) in keys}
-    if not twins:
-        return
-    index = parsed.header.index(key)
-    lines: dict[str, int] = {}
-    for line, record in parsed.records():
-        value = record[index]
-        if value in twins or guard_twin(value) in twins:
-            lines[value] = line
-            twin = guard_twin(value)
-            if twin in lines:
-                raise CsvFormatError(
-                    f"{path}: line {line}, column {key!r}: key {value!r} would show in the CSV"
-                    f" as key {twin!r} (line {lines[twin]}) does, with the formula guard on"
-                )
+        check_import(path, parsed, key, seen)
 
 
 def import_rows(

@@ -6,15 +6,15 @@ import codecs
 import json
 import sqlite3
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import structlog
 from sqlalchemy import Connection, delete, insert, select, update
 
 from csvjournal import _schema as t
+from csvjournal import _twins as twins
 from csvjournal._csvbytes import writing_encoding
 from csvjournal._options import Options
-from csvjournal.csvio import TWIN_START, CsvDialect, ParsedCsv, guard_twin
+from csvjournal.csvio import CsvDialect, ParsedCsv
 from csvjournal.errors import SettingsError
 
 __all__ = [
@@ -178,33 +178,11 @@ def settle(
     guard = options.formula_guard
     if guard is not None and guard != stored.formula_guard:
         if guard:
-            _refuse_twins(conn, path)
+            twins.check_journal(t.driver(conn), path)
         write_value(conn, "formula_guard", guard)
         log.info("formula_guard_changed", path=str(path), formula_guard=guard)
         stored = replace(stored, formula_guard=guard)
     return stored, None
-
-
-# The keys that may show in the CSV as another key does once the formula guard is on.
-_TWIN_CANDIDATES = "SELECT key FROM rows WHERE substr(key, 1, 1) IN ({})".format(
-    ", ".join("?" * len(TWIN_START))
-)
-
-
-def _refuse_twins(conn: Connection, path: Path) -> None:
-    """Refuse to turn the formula guard on while two rows' keys would show alike.
-
-    Raises:
-        SettingsError: naming both keys.
-    """
-    found = {key for (key,) in t.driver(conn).execute(_TWIN_CANDIDATES, TWIN_START)}
-    for key in sorted(found):
-        twin = guard_twin(key)
-        if twin in found:
-            raise SettingsError(
-                f"{path}: formula_guard=True would show keys {key!r} and {twin!r} alike in"
-                " the CSV, and a merge could not tell them apart: the guard stays off"
-            )
 
 
 def settled(conn: Connection, options: Options) -> Settings | None:

@@ -18,7 +18,6 @@ from json.encoder import encode_basestring_ascii as _quote  # C; json.dumps cost
 from typing import TYPE_CHECKING
 
 from csvjournal._values import render_value, timestamp_now
-from csvjournal.csvio import TWIN_START, guard_twin
 from csvjournal.errors import RecordError
 
 if TYPE_CHECKING:
@@ -67,10 +66,6 @@ ON CONFLICT (key) DO UPDATE SET
         WHEN ?2 IS NULL OR ?2 = 'IN_PROGRESS' THEN holder END,
     attempts = attempts + (?7 IS NOT NULL)
 """
-
-
-def _exists(conn: sqlite3.Connection, key: str) -> bool:
-    return conn.execute("SELECT 1 FROM rows WHERE key = ?", (key,)).fetchone() is not None
 
 
 @dataclass(slots=True)
@@ -282,20 +277,6 @@ class Writer:
         op.seq = self._next_seq
         self._next_seq += 1
         return op.seq
-
-    def twin(self, conn: sqlite3.Connection, key: str, fresh: set[str] | None = None) -> str | None:
-        """With the formula guard on: the key of an existing row, or of ``fresh`` (new rows
-        about to be written), that the CSV would show as it shows ``key``, a new row's key
-        (``=A`` and ``'=A`` both show as ``'=A``); else ``None``. Such a row must not be
-        made: a merge of the CSV could not tell the two apart."""
-        if not self.formula_guard or not key.startswith(TWIN_START):
-            return None
-        twin = guard_twin(key)
-        if twin is None:
-            return None
-        if not ((fresh is not None and twin in fresh) or _exists(conn, twin)):
-            return None
-        return None if _exists(conn, key) else twin  # (an existing row: legacy twins)
 
     def mark(self) -> tuple[int, int | None]:
         """A savepoint's view of this writer's in-memory state."""

@@ -111,3 +111,31 @@ def test_without_the_formula_guard_both_rows_are_kept(csv_path: Path) -> None:
     with csvjournal.open(csv_path, export=False) as journal:
         assert journal.settings.formula_guard is False
         assert len(journal) == 2
+
+
+def test_with_the_formula_guard_a_column_shown_as_another_is_refused(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID", export=False, formula_guard=True) as journal:
+        journal.record("a", fields={"=X": "1"})
+        results = journal._commits.commit_group(
+            [_call("b", **{"'=X": "2"}), _call("c", **{"=X": "3", "@Y": "4"})]
+        )
+        assert isinstance(results[0], Refused)
+        assert "column \"'=X\" would show in the header as '=X' does" in str(results[0].error)
+        assert isinstance(results[1], int)
+        with (
+            pytest.raises(csvjournal.RecordError, match="would show in the header"),
+            journal.batch(),
+        ):
+            journal.record("d", fields={"+Z": "5"})
+            journal.record("e", fields={"'+Z": "6"})  # its twin only queued so far
+        assert journal.columns == ["ID", "STATUS", "LAST_PROCESSED", "=X", "@Y"]
+        assert journal.get("b") is None
+
+
+def test_turning_the_guard_on_over_columns_shown_alike_is_refused(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID", export=False) as journal:
+        journal.record("a", fields={"=X": "1", "'=X": "2"})
+    with pytest.raises(csvjournal.SettingsError, match="column names \"'=X\" and '=X'"):
+        csvjournal.open(csv_path, formula_guard=True)
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.settings.formula_guard is False
