@@ -145,34 +145,6 @@ def test_key_errors_name_the_key_column(tmp_path: Path) -> None:
     assert _names(tmp_path) == ["orders.csv"]
 
 
-def test_with_the_formula_guard_keys_it_would_show_alike_are_refused(tmp_path: Path) -> None:
-    path = tmp_path / "orders.csv"
-    path.write_bytes(b"ID,N\n'@b,1\nx,2\n@b,3\n'-7,4\n-7,5\n")
-    before = path.read_bytes()
-    with pytest.raises(
-        csvjournal.CsvFormatError,
-        match=r"line 4, column 'ID': key '@b' would show in the CSV as key \"'@b\" \(line 2\)",
-    ):
-        csvjournal.open(path, key="ID", formula_guard=True)
-    assert _names(tmp_path) == ["orders.csv"]
-    assert path.read_bytes() == before
-    with csvjournal.open(path, key="ID", export=False) as journal:  # no guard: 5 rows
-        assert len(journal) == 5
-
-
-def test_with_the_formula_guard_header_names_it_would_show_alike_are_refused(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "orders.csv"
-    path.write_bytes(b"ID,=X,'=X\n1,a,b\n")
-    with pytest.raises(
-        csvjournal.CsvFormatError,
-        match=r"line 1, column 7: header name \"'=X\" would show as '=X' \(line 1, column 4\)",
-    ):
-        csvjournal.open(path, key="ID", formula_guard=True)
-    assert _names(tmp_path) == ["orders.csv"]
-
-
 def test_single_quotes_in_a_plain_csv_are_data(tmp_path: Path) -> None:
     path = tmp_path / "notes.csv"
     original = b"ID,NOTE,STATUS,LAST_PROCESSED\n1,'urgent',PENDING,\n"
