@@ -11,7 +11,6 @@ import sqlite3
 from collections.abc import Container
 from pathlib import Path
 
-from csvjournal._csvlocate import locate_field
 from csvjournal._writer import RecordOp
 from csvjournal.csvio import TWIN_START, ParsedCsv, guard_twin
 from csvjournal.errors import CsvFormatError, SettingsError
@@ -74,9 +73,7 @@ def check_import(path: Path, parsed: ParsedCsv, key: str, keys: set[str]) -> Non
     for index, name in enumerate(header):
         twin = guard_twin(name) if name.startswith("'") else None
         if twin is not None and twin in header:
-            d = parsed.dialect
-            line, column = locate_field(parsed.text, 1, index, d.delimiter, d.quotechar)
-            at = locate_field(parsed.text, 1, header.index(twin), d.delimiter, d.quotechar)
+            (line, column), at = parsed.header_place(index), parsed.header_place(header.index(twin))
             raise CsvFormatError(
                 f"{path}: line {line}, column {column}: header name {name!r} would show as"
                 f" {twin!r} (line {at[0]}, column {at[1]}) does, with the formula guard on"

@@ -107,6 +107,11 @@ class ParsedCsv:
             yield start, record
             start = reader.line_num + 1
 
+    def header_place(self, field: int) -> tuple[int, int]:
+        """(line, column) where header field number ``field`` (from 0) starts."""
+        dialect = self.dialect
+        return locate_field(self.text, 1, field, dialect.delimiter, dialect.quotechar)
+
     @property
     def rows(self) -> list[list[str]]:
         """Every data record, as one list: the whole table in memory (for small files)."""

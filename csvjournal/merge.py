@@ -32,7 +32,6 @@ from sqlalchemy import Connection
 
 from csvjournal import _reads
 from csvjournal import _schema as t
-from csvjournal._csvlocate import locate_field
 from csvjournal._importer import check_keys
 from csvjournal._leases import Action
 from csvjournal._open import open as open_journal
@@ -141,9 +140,10 @@ def _unguarded_header(path: Path, parsed: ParsedCsv, columns: list[str]) -> Pars
         shown = guard_formula(typed)
         column = typed if typed in known or shown not in known else shown
         if column in header:
-            d = parsed.dialect
-            line, at = locate_field(parsed.text, 1, index, d.delimiter, d.quotechar)
-            first = locate_field(parsed.text, 1, header.index(column), d.delimiter, d.quotechar)
+            (line, at), first = (
+                parsed.header_place(index),
+                parsed.header_place(header.index(column)),
+            )
             raise CsvFormatError(
                 f"{path}: line {line}, column {at}: header name {column!r} again (line"
                 f" {first[0]}, column {first[1]}), once the formula guard's ' is taken off"

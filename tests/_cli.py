@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv as csvmod
 import json
-import os
 import subprocess
 import sys
 import time
@@ -123,16 +122,3 @@ def orders_fixture(tmp_path: Path) -> Path:
     out = ok(invoke("init", path, "--key", "PO_NUMBER", "--terminal", TERMINAL))
     assert out == f"created {path}.journal: 3 rows, key column PO_NUMBER\n"
     return path
-
-
-def write_protect(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
-    """Make the OS say this process may not write ``path`` (as for another user's file:
-    root, who runs the tests here, may write every file)."""
-    real_access = os.access
-
-    def access(target: object, mode: int, **kwargs: bool) -> bool:
-        if Path(str(target)) == path and mode == os.W_OK:
-            return False
-        return real_access(target, mode, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "access", access)

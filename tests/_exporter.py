@@ -1,10 +1,14 @@
-"""What the exporter test modules share: reading the exported CSV back."""
+"""What the exporter test modules share: reading the exported CSV back, a CSV this user may
+not write."""
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
+
+import pytest
 
 
 def exported_rows(path: Path) -> dict[str, dict[str, str]]:
@@ -12,3 +16,16 @@ def exported_rows(path: Path) -> dict[str, dict[str, str]]:
     csv.field_size_limit(2**31 - 1)
     text = path.read_bytes().decode("utf-8-sig")
     return {row["ID"]: row for row in csv.DictReader(io.StringIO(text, newline=""))}
+
+
+def write_protect(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """Make the OS say this process may not write ``path`` (as for another user's file:
+    root, who runs the tests here, may write every file)."""
+    real_access = os.access
+
+    def access(target: object, mode: int, **kwargs: bool) -> bool:
+        if Path(str(target)) == path and mode == os.W_OK:
+            return False
+        return real_access(target, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "access", access)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _exporter import write_protect
 
 import csvjournal
 from csvjournal._atomicfile import _umask, atomic_write, remove_temp_files, temp_prefix
@@ -104,15 +105,7 @@ def test_a_csv_this_user_may_not_write_is_left_as_it_is_and_flush_says_why(
     csv_path.write_text("ID\na\n")
     with csvjournal.open(csv_path, key="ID") as journal:
         before = csv_path.read_bytes()
-        real_access = os.access
-
-        def access(path: object, mode: int, **kwargs: bool) -> bool:
-            # the OS's answer for a file owned by another user, as root cannot be refused
-            if Path(str(path)) == csv_path and mode == os.W_OK:
-                return False
-            return real_access(path, mode, **kwargs)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(os, "access", access)
+        write_protect(monkeypatch, csv_path)
         journal.record("a", "COMPLETED")
         with pytest.raises(csvjournal.ExportError, match="write-protected"):
             journal.flush(timeout=10)

@@ -21,8 +21,8 @@ from _cli import (
     read_rows,
     state_of,
     statuses,
-    write_protect,
 )
+from _exporter import write_protect
 
 from csvjournal import _migrate
 from csvjournal.csvio import temp_prefix

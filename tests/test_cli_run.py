@@ -26,8 +26,8 @@ from _cli import (
     state_of,
     statuses,
     wait_for,
-    write_protect,
 )
+from _exporter import write_protect
 
 from csvjournal.csvio import EXCEL_MAX_CELL
 
