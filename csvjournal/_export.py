@@ -49,6 +49,16 @@ class ExportWriter(ExportSignals):
         self._warned_rows = False
         self._rendered = RenderedCsv(settings.dialect, formula_guard)
 
+    def follow_guard(self, conn: Connection) -> None:
+        """Take the formula guard as the journal stores it now: another handle's open may
+        have turned it on or off since this one opened. Every record is then rendered
+        anew (the stored ones suit the other guard)."""
+        stored = read_value(conn, "formula_guard") is True
+        if stored != self._formula_guard:
+            log.info("formula_guard_followed", path=str(self._csv_path), formula_guard=stored)
+            self._formula_guard = stored
+            self._rendered = RenderedCsv(self._settings.dialect, stored)
+
     def _first_write(self) -> object:
         hook, self._before_write = self._before_write, None
         return None if hook is None else hook()
@@ -66,9 +76,10 @@ class ExportWriter(ExportSignals):
                 it is).
         """
         self._guard.check()
-        rendered = self._rendered
         planned: dict[int, tuple[str, list[str]]] = {}
         with self._store.read() as conn:
+            self.follow_guard(conn)
+            rendered = self._rendered
             rendered.refresh(conn)
             if self._preview is not None and self._before_write is not None:
                 planned = self._preview(conn)

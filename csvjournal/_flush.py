@@ -17,7 +17,7 @@ from csvjournal import _reads
 from csvjournal._forking import ForkGate
 from csvjournal._handedits import blocked_by
 from csvjournal._rendercache import stream_csv
-from csvjournal._settings import Settings
+from csvjournal._settings import Settings, read_value
 from csvjournal.backup import backups_folder
 from csvjournal.csvio import atomic_write, remove_temp_files
 from csvjournal.errors import (
@@ -66,7 +66,7 @@ def check_copy_target(path: Path, csv_path: Path, journal_path: Path) -> None:
         raise ExportError(f"{path}: not a regular file; an export writes a CSV file")
 
 
-def export_to(store: Store, settings: Settings, path: Path, formula_guard: bool) -> int:
+def export_to(store: Store, settings: Settings, path: Path) -> int:
     """Write the journal's CSV to another ``path`` now; return the sequence number it shows.
 
     Raises:
@@ -76,7 +76,8 @@ def export_to(store: Store, settings: Settings, path: Path, formula_guard: bool)
         log.info("temp_file_removed", path=str(leftover))
     with store.read() as conn:  # one snapshot, streamed to the file
         seq = _reads.last_seq(conn)
-        atomic_write(path, stream_csv(conn, settings.dialect, formula_guard))
+        guard = read_value(conn, "formula_guard") is True  # as stored now: see follow_guard
+        atomic_write(path, stream_csv(conn, settings.dialect, guard))
     return seq
 
 

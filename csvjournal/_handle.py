@@ -303,16 +303,16 @@ class Handle:
 
     @property
     def settings(self) -> Settings:
-        """The journal's key, status and timestamp columns and terminal statuses (these as
-        stored now: another process's open may have replaced them since this one's; as
-        last seen once the handle is closed)."""
+        """The journal's key, status and timestamp columns, terminal statuses and formula
+        guard (these two as stored now: another process's open may have replaced them
+        since this one's; as last seen once the handle is closed)."""
         if self._closed:
             return self._settings
         with self._reading() as conn:
-            stored = read_value(conn, "terminal")
+            stored, guard = read_value(conn, "terminal"), read_value(conn, "formula_guard")
         terminal = frozenset(stored) if isinstance(stored, list) else self._settings.terminal
-        if terminal != self._settings.terminal:
-            self._settings = replace(self._settings, terminal=terminal)
+        if (terminal, guard is True) != (self._settings.terminal, self._settings.formula_guard):
+            self._settings = replace(self._settings, terminal=terminal, formula_guard=guard is True)
         return self._settings
 
     # -- the write paths -------------------------------------------------------------------

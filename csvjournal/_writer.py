@@ -33,7 +33,11 @@ __all__ = [
     "prepare_record",
 ]
 
-_TERMINAL = "SELECT value FROM settings WHERE name = 'terminal'"
+# What another handle's open may change while this one is open.
+_SHARED_SETTINGS = """
+SELECT (SELECT value FROM settings WHERE name = 'terminal'),
+       (SELECT value FROM settings WHERE name = 'formula_guard')
+"""
 
 PENDING = "PENDING"
 IN_PROGRESS = "IN_PROGRESS"
@@ -249,11 +253,14 @@ class Writer:
 
     def begin(self, conn: sqlite3.Connection) -> tuple[int, int | None]:
         """Start a write transaction's work (``conn`` holds the lock): forget the sequence
-        state of the last one, read the terminal statuses again; return a :meth:`mark`."""
+        state of the last one, read the terminal statuses and the formula guard again;
+        return a :meth:`mark`."""
         self._next_seq = None
         # Another handle's open may have replaced them (and set every row's flag by the new
-        # set): a record flagging its row by the old set would undo that. 1.5 µs.
-        (text,) = conn.execute(_TERMINAL).fetchone()
+        # set): a record flagging its row by the old set would undo that. Or turned the
+        # guard on: records must not make rows it shows alike from then on. 1.5 µs.
+        text, guard = conn.execute(_SHARED_SETTINGS).fetchone()
+        self.formula_guard = guard == "true"
         if text != self._terminal_text:
             self._terminal = frozenset(json.loads(text))
             self._terminal_text = text

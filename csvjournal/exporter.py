@@ -138,6 +138,8 @@ class Exporter(ExportWriter):
         for leftover in remove_temp_files(self._csv_path, dead_only=True):
             log.info("temp_file_removed", path=str(leftover))
             self.removed_temp_files.append(leftover)
+        with self._store.read() as conn:  # an open since this handle's may have changed it
+            self.follow_guard(conn)
         current = check_csv(self._store, self._csv_path, self._rendered, self._formula_guard)
         self._guard.placed()
         if current is None:

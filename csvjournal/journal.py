@@ -238,7 +238,7 @@ class Journal(Claims):
         check_copy_target(Path(path), self.csv_path, self.journal_path)
         with self._errors():  # outermost: a JournalIOError is an OSError too
             try:
-                export_to(self._store, self._settings, Path(path), self._settings.formula_guard)
+                export_to(self._store, self._settings, Path(path))
             except OSError as exc:
                 if not Path(path).parent.is_dir():  # not the temp file's name: the folder's
                     raise ExportError(

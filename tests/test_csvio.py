@@ -400,6 +400,25 @@ def test_the_formula_guard_is_the_journals_every_exporter_keeps_it(tmp_path: Pat
     assert notes == ["=HYPERLINK(1)", "@x", "=1"]
 
 
+def test_handles_already_open_follow_the_guard_another_open_turned_on(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    with csvjournal.open(path, key="PO_NUMBER") as running:  # the job's exporting handle
+        running.record("=K", NOTE="=1")
+        running.flush(timeout=10)
+        assert _parse(path.read_bytes())[1][0] == "=K"
+        csvjournal.open(path, formula_guard=True, export=False).close()  # turned on
+        assert running.settings.formula_guard
+        running.record("PO-2", NOTE="@x")
+        running.flush(timeout=10)
+        rows = _parse(path.read_bytes())[1:]
+        assert [(row[0], row[-1]) for row in rows] == [("'=K", "'=1"), ("PO-2", "'@x")]
+        with pytest.raises(csvjournal.RecordError, match="would show in the CSV"):
+            running.record("'=K")  # the guard's twin check holds for it too
+        copy = tmp_path / "copy.csv"
+        running.export(copy)
+        assert _parse(copy.read_bytes())[1][0] == "'=K"
+
+
 def test_init_formula_guard_sets_the_guard_from_the_start(tmp_path: Path) -> None:
     path = tmp_path / "orders.csv"
     path.write_text("ID,NOTE\n1,=cmd\n", encoding="utf-8")
