@@ -57,17 +57,20 @@ class BatchState:
             RecordError: with the formula guard on, ``op`` would make a row that the CSV
                 shows as it shows another (see ``_twins``); nothing is queued.
         """
-        if self._writer.formula_guard and may_twin(op):
-            self.flush()  # the other row or column may be among the queued records
-            problem = twin_problem(self._raw, op, self._writer.columns.index)
-            if problem is not None:
-                raise self._twin_error(problem)
+        self._refuse_twin(op)
         seq = self._writer.allocate(self._raw, op)
         self._buffer.append(op)
         self._recorded.append(op)
         if len(self._buffer) >= _FLUSH_EVERY:
             self.flush()
         return seq
+
+    def _refuse_twin(self, op: RecordOp) -> None:
+        if self._writer.formula_guard and may_twin(op):
+            self.flush()  # the other row or column may be among the queued records
+            problem = twin_problem(self._raw, op, self._writer.columns.index)
+            if problem is not None:
+                raise self._twin_error(problem)
 
     def track(self, op: RecordOp) -> None:
         """Count ``op``, written by an :class:`Action`, among the block's records."""
@@ -80,8 +83,14 @@ class BatchState:
             self._writer.apply(self._raw, ops)
 
     def run(self, action: Action) -> object:
-        """Run a claim, release or other :class:`Action` in the open transaction."""
+        """Run a claim, release or other :class:`Action` in the open transaction.
+
+        Raises:
+            RecordError: the record the action writes is refused (see :meth:`add`).
+        """
         self.flush()
+        if action.op is not None:
+            self._refuse_twin(action.op)
         return action.run(self._raw, self._writer)
 
     @contextmanager

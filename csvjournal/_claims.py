@@ -185,7 +185,7 @@ class Claims(Handle):
         self._ensure()
         op = self._commits.prepare(RecordCall(key, status, fields, more, worker))
         seq: int | None = self._write(  # type: ignore[assignment]
-            Action(lambda conn, writer: record_outcome(conn, writer, op, worker))
+            Action(lambda conn, writer: record_outcome(conn, writer, op, worker), op=op)
         )
         batch = self._batches.get(threading.get_ident())
         if seq is None:

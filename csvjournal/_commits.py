@@ -180,14 +180,15 @@ class Commits:
         """``items`` with each record that would make a row or a column the formula guard
         shows as it shows another (see :func:`~csvjournal._twins.twin_problem`) replaced by its
         refusal."""
-        if not any(type(i) is RecordOp and may_twin(i) for i in items):
+        ops = [item if type(item) is RecordOp else item.op for item in items]  # type: ignore[union-attr]
+        if not any(op is not None and may_twin(op) for op in ops):
             return items
         fresh: tuple[set[str], set[str]] = (set(), set())
         kept: list[RecordOp | Action] = []
-        for item in items:
+        for item, op in zip(items, ops, strict=True):
             problem = None
-            if type(item) is RecordOp:
-                problem = twin_problem(conn, item, self._writer.columns.index, fresh)
+            if op is not None:
+                problem = twin_problem(conn, op, self._writer.columns.index, fresh)
             kept.append(item if problem is None else _refusal(self.twin_error(problem)))
         return kept
 

@@ -49,6 +49,16 @@ class ExportWriter(ExportSignals):
         self._warned_rows = False
         self._rendered = RenderedCsv(settings.dialect, formula_guard)
 
+    @property
+    def formula_guard(self) -> bool:
+        """The formula guard of this exporter's renderings (see :meth:`follow_guard`)."""
+        return self._formula_guard
+
+    def guard_changed(self) -> bool:
+        """Whether the journal's formula guard is no longer this exporter's."""
+        with self._store.read() as conn:
+            return (read_value(conn, "formula_guard") is True) != self._formula_guard
+
     def follow_guard(self, conn: Connection) -> None:
         """Take the formula guard as the journal stores it now: another handle's open may
         have turned it on or off since this one opened. Every record is then rendered

@@ -107,10 +107,13 @@ def flush_csv(
     operation = gate.operation if gate is not None else nullcontext
     with operation(), store.read() as conn:
         target = _reads.last_seq(conn)
+        guard = read_value(conn, "formula_guard") is True
     deadline = None if timeout is None else time.monotonic() + timeout
-    leading = exporter is not None and exporter.leading
-    if leading and _by_this_exporter(exporter, csv_path, target, deadline):  # type: ignore[arg-type]
-        return
+    if exporter is not None and exporter.leading:
+        if exporter.formula_guard != guard:  # turned on or off by an open: no new commit
+            exporter.export_again(None if deadline is None else deadline - time.monotonic())
+        if _by_this_exporter(exporter, csv_path, target, deadline):
+            return
     while True:
         with operation(), store.read() as conn:
             if (_reads.exported_seq(conn) or 0) >= target and csv_path.exists():

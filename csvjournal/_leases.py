@@ -71,6 +71,8 @@ class Action:
     """A write other than a record (a claim, a release...), run inside a group commit."""
 
     run: Callable[[sqlite3.Connection, Writer], object]
+    # the record it writes, if any (a claimed row's outcome): checked as records are
+    op: RecordOp | None = None
 
 
 def _write(conn: sqlite3.Connection, writer: Writer, ops: Sequence[RecordOp]) -> None:

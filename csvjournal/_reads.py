@@ -78,9 +78,22 @@ def last_seq(conn: Connection) -> int:
 
 
 def exported_seq(conn: Connection) -> int | None:
-    """The sequence number the CSV on disk reflects, as its exporter recorded it."""
-    value = conn.execute(select(t.settings.c.value).where(t.settings.c.name == "csv_seq")).scalar()
-    return None if value is None else int(value)
+    """The sequence number the CSV on disk reflects, as its exporter recorded it; None
+    when unknown, or when the CSV shows the other formula guard (an open turned it on or
+    off since): then it shows no state of the journal as the journal would show it."""
+    found = dict(
+        conn.execute(
+            select(t.settings.c.name, t.settings.c.value).where(
+                t.settings.c.name.in_(("csv_seq", "csv_guard", "formula_guard"))
+            )
+        ).all()
+    )
+    if found.get("csv_seq") is None:
+        return None
+    shown = found.get("csv_guard")
+    if shown is not None and shown != found.get("formula_guard", "false"):
+        return None
+    return int(found["csv_seq"])
 
 
 def counts(conn: Connection) -> dict[str, int]:

@@ -37,11 +37,13 @@ def twin_problem(
     twin = _twin(conn, _ROW, op.key, keys)
     if twin is not None:
         return f"key {op.key!r} would show in the CSV as key {twin!r} does"
+    own: set[str] = set()  # (the record may name both columns itself)
     for name in op.fields:
         if name not in columns and name.startswith(TWIN_START):
-            twin = _twin(conn, _COLUMN, name, names)
+            twin = _twin(conn, _COLUMN, name, names | own if own else names)
             if twin is not None:
                 return f"key {op.key!r}: column {name!r} would show in the header as {twin!r} does"
+            own.add(name)
     keys.add(op.key)
     names.update(op.fields)
     return None

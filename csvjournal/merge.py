@@ -35,7 +35,7 @@ from csvjournal import _schema as t
 from csvjournal._importer import check_keys
 from csvjournal._leases import Action
 from csvjournal._open import open as open_journal
-from csvjournal._settings import Settings, forget_values, write_value
+from csvjournal._settings import Settings, forget_values, read_value, write_value
 from csvjournal._writer import PENDING
 from csvjournal.csvio import ParsedCsv, guard_formula, read_csv, unguard_formula
 from csvjournal.errors import CsvFormatError
@@ -83,12 +83,16 @@ def merge_csv(
     path = Path(csv_path)
     report = MergeReport()
     with open_journal(path, journal_path=journal_path, export=False) as journal:
-        # the file was written by the exporter in the stored encoding, then edited by hand:
-        # reading it as UTF-8 would refuse the very file the hand-edit error says to merge
         settings = journal.settings
-        # the dialect the sheet's first records show (re-saved by a spreadsheet, it may be
-        # another); when they show none (a broken row), the one it was exported in
+        with journal._reading() as conn:  # the sheet shows the guard it was written with
+            written_with = read_value(conn, "csv_guard")
+        if isinstance(written_with, bool):  # (an open may have turned it on or off since)
+            settings = replace(settings, formula_guard=written_with)
         show = guard_formula if settings.formula_guard else str
+        # The file was written by the exporter in the stored encoding, then edited by hand:
+        # reading it as UTF-8 would refuse the very file the hand-edit error says to merge.
+        # The dialect is the one the sheet's first records show (re-saved by a spreadsheet,
+        # it may be another); when they show none (a broken row), the exported one.
         parsed = read_csv(
             path,
             encoding=encoding or settings.dialect.encoding,
@@ -104,7 +108,7 @@ def merge_csv(
         check_keys(path, parsed, settings.key_column)
         journal._local.worker = MERGE_WORKER  # this handle is the merge's own
         with journal.batch():
-            _merge_rows(journal, path, parsed, report)
+            _merge_rows(journal, settings, path, parsed, report)
         with journal._store.write() as conn:  # the edited file is now known, not foreign
             # the digest of the bytes parsed (a second read could see a later edit)
             write_value(conn, "csv_digest", parsed.digest)
@@ -152,17 +156,20 @@ def _unguarded_header(path: Path, parsed: ParsedCsv, columns: list[str]) -> Pars
     return replace(parsed, header=header)
 
 
-def _merge_rows(journal: Journal, path: Path, parsed: ParsedCsv, report: MergeReport) -> None:
+def _merge_rows(
+    journal: Journal, settings: Settings, path: Path, parsed: ParsedCsv, report: MergeReport
+) -> None:
     """Merge every row of ``parsed`` (inside the merge's batch), a chunk of rows at a time:
     the journal's rows are read for each chunk's keys, not all at once.
 
     Raises:
         CsvFormatError: two rows have one key once the formula guard's ``'`` is off.
     """
-    settings = journal.settings
     with journal._reading() as conn:  # inside the batch: under the write lock
         columns = _reads.column_names(conn)
-        since_export = _changed_since(conn, _reads.exported_seq(conn), settings.status_column)
+        shown = read_value(conn, "csv_seq")  # (whatever guard it was shown with)
+        base = shown if isinstance(shown, int) else None
+        since_export = _changed_since(conn, base, settings.status_column)
     report.added_columns.extend(name for name in parsed.header if name not in columns)
     if report.added_columns:
         new = list(report.added_columns)

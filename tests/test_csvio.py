@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 import csvjournal
 from csvjournal.cli import cli
 from csvjournal.csvio import read_csv, render_csv
+from csvjournal.progress import progress
 
 # The shared corpora sit beside the repository: <parent>/main (or any clone) and
 # <parent>/shared. They are read where they are, never copied into the repository.
@@ -417,6 +418,44 @@ def test_handles_already_open_follow_the_guard_another_open_turned_on(tmp_path: 
         copy = tmp_path / "copy.csv"
         running.export(copy)
         assert _parse(copy.read_bytes())[1][0] == "'=K"
+
+
+@pytest.mark.parametrize("exporting", [True, False], ids=["exporter running", "no exporter"])
+def test_a_guard_turned_on_with_no_record_after_it_still_reaches_the_csv(
+    tmp_path: Path, exporting: bool
+) -> None:
+    path = tmp_path / "orders.csv"
+    with csvjournal.open(path, key="PO_NUMBER") as journal:
+        journal.record("PO-1", NOTE="=1+1")
+    running = csvjournal.open(path, export=exporting)
+    try:
+        csvjournal.open(path, formula_guard=True, export=False).close()  # no record after it
+        assert not progress(running).csv_current  # what `csvjournal status` says
+        running.flush(timeout=10)
+        assert _parse(path.read_bytes())[1][-1] == "'=1+1"
+        copy = tmp_path / "copy.csv"
+        running.export(copy)
+        assert copy.read_bytes() == path.read_bytes()
+    finally:
+        running.close()
+    before = path.read_bytes()
+    csvjournal.open(path).close()  # current: left byte for byte
+    assert path.read_bytes() == before
+
+
+def test_a_merge_reads_the_sheet_with_the_guard_it_was_written_with(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text("K,V,=C\n=k,=v,x\n2,plain,y\n", encoding="utf-8")
+    csvjournal.open(path, key="K", formula_guard=True).close()
+    csvjournal.open(path, formula_guard=False, export=False).close()  # the sheet: still guarded
+    assert path.read_text(encoding="utf-8").startswith("K,V,'=C,")
+    path.write_text(path.read_text(encoding="utf-8").replace("plain", "edited"), encoding="utf-8")
+    report = csvjournal.merge_csv(path)
+    assert (report.added, report.updated, report.missing) == ([], ["2"], [])
+    assert report.added_columns == []
+    with csvjournal.open(path, export=False) as journal:
+        assert journal.columns == ["K", "V", "=C", "STATUS", "LAST_PROCESSED"]
+        assert journal.get("=k")["V"] == "=v"  # type: ignore[index]
 
 
 def test_init_formula_guard_sets_the_guard_from_the_start(tmp_path: Path) -> None:

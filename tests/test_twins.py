@@ -131,3 +131,32 @@ def test_turning_the_guard_on_over_columns_shown_alike_is_refused(csv_path: Path
         csvjournal.open(csv_path, formula_guard=True)
     with csvjournal.open(csv_path, export=False) as journal:
         assert journal.settings.formula_guard is False
+
+
+def test_one_record_naming_both_columns_is_refused(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID", export=False, formula_guard=True) as journal:
+        with pytest.raises(csvjournal.RecordError, match="would show in the header"):
+            journal.record("1", fields={"=X": "a", "'=X": "b"})
+        with (
+            pytest.raises(csvjournal.RecordError, match="would show in the header"),
+            journal.batch(),
+        ):
+            journal.record("2", fields={"+Y": "a", "'+Y": "b"})
+        assert journal.columns == ["ID", "STATUS", "LAST_PROCESSED"]
+
+
+@pytest.mark.parametrize("in_batch", [False, True])
+def test_a_claimed_rows_outcome_is_checked_as_a_record_is(csv_path: Path, in_batch: bool) -> None:
+    with csvjournal.open(csv_path, key="ID", export=False, formula_guard=True) as journal:
+        journal.record("a", fields={"=Y": "1"})
+        journal.record("b", "PENDING")
+        for task in journal.work():
+            with pytest.raises(csvjournal.RecordError, match="would show in the header"):
+                if in_batch:
+                    with journal.batch():
+                        task.record("COMPLETED", fields={"'=Y": "w"})
+                else:
+                    task.record("COMPLETED", fields={"'=Y": "w"})
+            task.record("COMPLETED")
+        assert "'=Y" not in journal.columns
+        assert journal.counts() == {"COMPLETED": 2}  # each finished without the twin
