@@ -20,7 +20,7 @@ from csvjournal._background import Background
 from csvjournal._exportsignals import ExportSignals
 from csvjournal._handedits import CsvGuard
 from csvjournal._rendercache import RenderedCsv
-from csvjournal._settings import Settings, forget_values, read_value, write_value
+from csvjournal._settings import Settings, forget_values, read_value, stored_guard, write_value
 from csvjournal.csvio import EXCEL_MAX_ROWS, replace_with, sync_file, write_temp
 from csvjournal.store import Store
 
@@ -54,16 +54,17 @@ class ExportWriter(ExportSignals):
         """The formula guard of this exporter's renderings (see :meth:`follow_guard`)."""
         return self._formula_guard
 
-    def guard_changed(self) -> bool:
-        """Whether the journal's formula guard is no longer this exporter's."""
+    def behind(self, exported: int) -> bool:
+        """Whether the CSV, showing event ``exported``, lacks a commit, or shows the
+        formula guard another open turned on or off since (a commit with no record)."""
         with self._store.read() as conn:
-            return (read_value(conn, "formula_guard") is True) != self._formula_guard
+            return _reads.last_seq(conn) > exported or stored_guard(conn) != self._formula_guard
 
     def follow_guard(self, conn: Connection) -> None:
         """Take the formula guard as the journal stores it now: another handle's open may
         have turned it on or off since this one opened. Every record is then rendered
         anew (the stored ones suit the other guard)."""
-        stored = read_value(conn, "formula_guard") is True
+        stored = stored_guard(conn)
         if stored != self._formula_guard:
             log.info("formula_guard_followed", path=str(self._csv_path), formula_guard=stored)
             self._formula_guard = stored

@@ -17,7 +17,7 @@ from csvjournal import _reads
 from csvjournal._forking import ForkGate
 from csvjournal._handedits import blocked_by
 from csvjournal._rendercache import stream_csv
-from csvjournal._settings import Settings, read_value
+from csvjournal._settings import Settings, stored_guard
 from csvjournal.backup import backups_folder
 from csvjournal.csvio import atomic_write, remove_temp_files
 from csvjournal.errors import (
@@ -76,7 +76,7 @@ def export_to(store: Store, settings: Settings, path: Path) -> int:
         log.info("temp_file_removed", path=str(leftover))
     with store.read() as conn:  # one snapshot, streamed to the file
         seq = _reads.last_seq(conn)
-        guard = read_value(conn, "formula_guard") is True  # as stored now: see follow_guard
+        guard = stored_guard(conn)  # as stored now: see follow_guard
         atomic_write(path, stream_csv(conn, settings.dialect, guard))
     return seq
 
@@ -107,7 +107,7 @@ def flush_csv(
     operation = gate.operation if gate is not None else nullcontext
     with operation(), store.read() as conn:
         target = _reads.last_seq(conn)
-        guard = read_value(conn, "formula_guard") is True
+        guard = stored_guard(conn)
     deadline = None if timeout is None else time.monotonic() + timeout
     if exporter is not None and exporter.leading:
         if exporter.formula_guard != guard:  # turned on or off by an open: no new commit

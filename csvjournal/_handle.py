@@ -35,7 +35,7 @@ from csvjournal._interrupts import HeldInterrupts
 from csvjournal._leases import Action, expire_leases
 from csvjournal._options import Options
 from csvjournal._session import Session
-from csvjournal._settings import Settings, read_value, settle, settled
+from csvjournal._settings import Settings, read_value, settle, settled, stored_guard
 from csvjournal._tags import give_tag, take_tag
 from csvjournal._values import timestamp_now
 from csvjournal._writer import RecordCall, Writer
@@ -309,10 +309,10 @@ class Handle:
         if self._closed:
             return self._settings
         with self._reading() as conn:
-            stored, guard = read_value(conn, "terminal"), read_value(conn, "formula_guard")
+            stored, guard = read_value(conn, "terminal"), stored_guard(conn)
         terminal = frozenset(stored) if isinstance(stored, list) else self._settings.terminal
-        if (terminal, guard is True) != (self._settings.terminal, self._settings.formula_guard):
-            self._settings = replace(self._settings, terminal=terminal, formula_guard=guard is True)
+        if (terminal, guard) != (self._settings.terminal, self._settings.formula_guard):
+            self._settings = replace(self._settings, terminal=terminal, formula_guard=guard)
         return self._settings
 
     # -- the write paths -------------------------------------------------------------------

@@ -25,6 +25,7 @@ __all__ = [
     "forget_values",
     "read_value",
     "settle",
+    "stored_guard",
     "write_value",
 ]
 
@@ -92,6 +93,12 @@ def read_value(conn: Connection, name: str) -> object:
     """A stored setting outside :class:`Settings` (e.g. the exporter's state), or None."""
     row = t.driver(conn).execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
     return None if row is None else json.loads(row[0])
+
+
+def stored_guard(conn: Connection) -> bool:
+    """The formula guard as the journal stores it now (another open may have changed it
+    since this handle's)."""
+    return read_value(conn, "formula_guard") is True
 
 
 _UPSERT_VALUE = """

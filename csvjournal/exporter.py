@@ -227,7 +227,7 @@ class Exporter(ExportWriter):
                     # The newest event is read only if someone committed since the last poll.
                     try:
                         seen, version = version, self._store.data_version()
-                        idle = idle and (seen == version or not self._behind())
+                        idle = idle and (seen == version or not self.behind(self.exported_seq))
                     except _FAILURES:  # a full disk, say: the export fails and backs off
                         version, idle = None, False
                     if idle:
@@ -251,14 +251,9 @@ class Exporter(ExportWriter):
         log.warning("exporter_role_lost", path=str(self._csv_path))
         return False
 
-    def _behind(self) -> bool:
-        """Whether the CSV lacks a commit, or shows the formula guard another open turned
-        on or off since (a commit with no record)."""
-        return self._newest() > self.exported_seq or self.guard_changed()
-
     def _export_last(self) -> None:
         try:
-            behind = self._newest() != self.exported_seq or self.guard_changed()
+            behind = self.behind(self.exported_seq)
         except _FAILURES:
             behind = True
         if behind or self._failures or not self._csv_path.exists():
