@@ -150,6 +150,7 @@ def _check(
             raise SettingsError(f"unknown encoding {encoding!r}") from None
     _check_csv_file(csv)
     _check_name_lengths(csv, path)
+    _check_linked_journal(csv, path)
     folder = Path(f"{csv}.backups")
     if folder.exists() and not folder.is_dir():
         raise SettingsError(
@@ -185,6 +186,25 @@ def _check_csv_file(csv: Path) -> None:
         raise SettingsError(f"{csv}: a folder, not a CSV file")
     if not stat.S_ISREG(found.st_mode):  # reading a FIFO would wait for a writer for good
         raise SettingsError(f"{csv}: not a regular file (a FIFO or a device, say)")
+
+
+def _check_linked_journal(csv: Path, path: Path) -> None:
+    """Refuse to make a second journal of one CSV: a new one beside a symlink whose
+    target already has its own (the two would each take the other's exports for hand
+    edits). ``journal_path=`` given elsewhere is the caller's choice, and is not checked.
+
+    Raises:
+        SettingsError: which journal the CSV already has, and what to open instead.
+    """
+    if path != Path(f"{csv}.journal") or path.exists() or not csv.is_symlink():
+        return
+    real = Path(os.path.realpath(csv))
+    theirs = Path(f"{real}.journal")
+    if theirs.exists() and theirs != path:
+        raise SettingsError(
+            f"{csv} links to {real}, which has its own journal ({theirs}): open {real}"
+            " instead (a second journal would take the first one's exports for hand edits)"
+        )
 
 
 # The longest names made beside them: ``.orders.csv.csvjournal-<pid>-<random>`` for the

@@ -35,6 +35,24 @@ def test_a_symlinked_csv_keeps_its_link_and_its_target_shows_the_records(
     assert sorted(path.name for path in (tmp_path / "shared").iterdir()) == ["orders.csv"]
 
 
+def test_a_link_to_a_csv_with_a_journal_gets_no_second_journal(tmp_path: Path) -> None:
+    target = tmp_path / "orders.csv"
+    target.write_text("ID\na\n")
+    with csvjournal.open(target, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+    (tmp_path / "link").mkdir()
+    link = tmp_path / "link" / "orders.csv"
+    link.symlink_to(target)
+    before = target.read_bytes()
+    with pytest.raises(csvjournal.SettingsError, match=r"has its own journal .*: open "):
+        csvjournal.open(link, key="ID")
+    assert sorted(path.name for path in (tmp_path / "link").iterdir()) == ["orders.csv"]
+    assert target.read_bytes() == before
+    elsewhere = tmp_path / "link" / "mine.journal"
+    with csvjournal.open(link, key="ID", journal_path=elsewhere) as journal:  # chosen
+        assert journal.get("a") is not None
+
+
 def test_an_export_to_a_symlink_writes_its_target(tmp_path: Path) -> None:
     target = tmp_path / "real.csv"
     target.write_text("old\n")

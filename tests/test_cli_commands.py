@@ -24,6 +24,7 @@ from _cli import (
 )
 from _exporter import write_protect
 
+import csvjournal
 from csvjournal import _migrate
 from csvjournal.csvio import temp_prefix
 
@@ -309,6 +310,17 @@ def test_backup_backups_and_restore(orders: Path) -> None:
     }  # fmt: skip
     assert str(safety) in ok(invoke("backups", orders)).splitlines()
     assert "COMPLETED" in (safety / "orders.csv").read_text().split("PO-2,")[1].split("\n")[0]
+
+
+def test_backups_says_when_there_are_none(tmp_path: Path) -> None:
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("ID,NAME\n1,a\n")
+    csvjournal.open(csv, key="ID", keep_backups=0).close()
+    result = invoke("backups", csv)
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert result.stderr == f"no backups of {csv} yet (csvjournal backup {csv} makes one)\n"
+    assert json.loads(ok(invoke("backups", csv, "--json"))) == {"csv": str(csv), "backups": []}
 
 
 def test_backup_keep_prunes_the_oldest(orders: Path) -> None:

@@ -236,6 +236,8 @@ def backups(csv: Path, as_json: bool) -> None:
     found = list_backups(csv)
     if as_json:
         print_json({"csv": str(csv), "backups": [str(path) for path in found]})
+    elif not found:  # on stderr: a script reading the list on stdout sees an empty one
+        click.echo(f"no backups of {csv} yet (csvjournal backup {csv} makes one)", err=True)
     else:
         for path in found:
             click.echo(str(path))
