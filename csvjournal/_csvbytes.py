@@ -45,9 +45,31 @@ def decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str, boo
     for bom, name in _BOMS:
         if data.startswith(bom) and (encoding is None or _bom_fits(name, encoding)):
             return _decode_as(path, memoryview(data)[len(bom) :], name), name, True
+    if encoding is None and (guess := _utf16_without_bom(data)) is not None:
+        # read as UTF-8, its NUL bytes are text: the header names a column "I\x00D\x00"
+        raise CsvFormatError(
+            f"{path}: line 1, column 1: the file looks like {guess.upper()} without a"
+            f" byte-order mark; name its encoding (encoding={guess!r}, or --encoding {guess}"
+            " on the command line)"
+        )
     _lookup(path, encoding or "utf-8")
     name = writing_encoding(encoding or "utf-8")
     return _decode_as(path, memoryview(data), name), name, False
+
+
+def _utf16_without_bom(data: bytes) -> str | None:
+    """``utf-16-le`` or ``utf-16-be`` when the file's first bytes read as ASCII text in
+    it (every other byte NUL, the same side each time), else None."""
+    head = data[:256]
+    if len(head) < 4 or b"\x00" not in head:
+        return None
+    head = head[: len(head) // 2 * 2]
+    even, odd = head[0::2], head[1::2]
+    if not odd.strip(b"\x00") and b"\x00" not in even:
+        return "utf-16-le"
+    if not even.strip(b"\x00") and b"\x00" not in odd:
+        return "utf-16-be"
+    return None
 
 
 def writing_encoding(encoding: str) -> str:

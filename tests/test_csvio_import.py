@@ -418,6 +418,29 @@ def test_a_bom_codec_named_for_a_file_without_bom_writes_no_bom_per_record(
     assert [line.split(",")[0] for line in text.splitlines()] == ["ID", "1", "2"]
 
 
+@pytest.mark.parametrize("raw", ["utf-16-le", "utf-16-be"])
+@pytest.mark.parametrize("text", ["ID,NAME\n1,a\n", "ID;NAME\r\n1;é\r\n2;b\r\n"])
+def test_utf16_without_bom_is_named_as_the_encoding_to_give(
+    tmp_path: Path, raw: str, text: str
+) -> None:
+    path = tmp_path / "sheet.csv"
+    path.write_bytes(text.encode(raw))
+    hint = f"line 1, column 1: the file looks like {raw.upper()} without a byte-order mark"
+    with pytest.raises(csvjournal.CsvFormatError, match=f"{re.escape(hint)}.*encoding='{raw}'"):
+        csvjournal.open(path, key="ID")
+    assert _names(tmp_path) == ["sheet.csv"]
+    with csvjournal.open(path, key="ID", encoding=raw) as journal:
+        journal.record("1", "COMPLETED")
+    assert path.read_bytes().decode(raw).splitlines()[1].startswith("1")
+
+
+def test_a_nul_byte_in_a_utf8_cell_is_no_utf16_hint(tmp_path: Path) -> None:
+    path = tmp_path / "sheet.csv"
+    path.write_bytes(b"ID,NAME\n1,a\x00b\n")
+    with csvjournal.open(path, key="ID", export=False) as journal:
+        assert journal.get("1") == {"ID": "1", "NAME": "a\x00b", STATUS: "PENDING", STAMP: ""}
+
+
 @pytest.mark.parametrize(
     ("encoding", "data", "where"),
     [
