@@ -114,14 +114,20 @@ class Claims(Handle):
                 )
             )
         )
+        thread = threading.current_thread()  # not its ident, which a new thread may reuse
         with self._held_lock:
-            self._held.update(dict.fromkeys(keys, name))
+            for key in keys:
+                holders = self._held.setdefault(key, {})
+                holders.pop(name, None)  # the newest claim last
+                holders[name] = thread
         return keys
 
-    def extend(self, keys: Iterable[str], lease: float) -> list[str]:
+    def extend(self, keys: Iterable[str], lease: float, *, worker: str | None = None) -> list[str]:
         """Renew the leases of rows claimed through this handle to ``lease`` seconds from
         now; return the keys renewed. A row that another worker took over after its lease
-        ran out, or that was finished, is not renewed (and is left out).
+        ran out, or that was finished, is not renewed (and is left out). The claim renewed
+        is ``worker``'s (the name given to :meth:`claim`); by default the one this thread
+        made, else the newest.
 
         Raises:
             TypeError: ``keys`` is one key (a string), not a list of them.
@@ -135,16 +141,20 @@ class Claims(Handle):
                 f"extend needs 0 < lease <= {MAX_LEASE_SECONDS:,} (30 days), not {lease}"
             )
         self._ensure()
-        held = self._holders(_keys(keys))
+        held = self._holders(_keys(keys), worker)
         renewed: list[str] = self._write(  # type: ignore[assignment]
             Action(lambda conn, _writer: extend_leases(conn, held, time.time() + lease))
         )
         return renewed
 
-    def release(self, keys: Iterable[str], note: str = "released") -> list[str]:
+    def release(
+        self, keys: Iterable[str], note: str = "released", *, worker: str | None = None
+    ) -> list[str]:
         """Give rows claimed through this handle back unfinished: ``PENDING``, lease ended,
-        the attempt not counted. Return the keys given back (rows no longer held by this
-        handle's worker are left alone).
+        the attempt not counted. Return the keys given back. The claim given back is
+        ``worker``'s (the name given to :meth:`claim`); by default the one this thread
+        made, else the newest. A row no longer held by that claim (its lease ran out and
+        another worker took it over, or it was finished) is left alone.
 
         Raises:
             TypeError: ``keys`` is one key (a string), not a list of them.
@@ -152,19 +162,33 @@ class Claims(Handle):
             JournalClosedError: the handle is closed.
         """
         self._ensure()
-        held = self._holders(_keys(keys))
-        at, worker = timestamp_now(), self._worker_name()
+        return self._release(self._holders(_keys(keys), worker), note)
+
+    def _release(self, held: list[tuple[str, str]], note: str) -> list[str]:
+        """Give back each ``(key, worker)`` claim still holding its row (see :meth:`release`)."""
+        at, by = timestamp_now(), self._worker_name()
         released: list[str] = self._write(  # type: ignore[assignment]
             Action(
                 lambda conn, writer: release_rows(
-                    conn, writer, held, at=at, worker=worker, note=f"{note} by {worker}"
+                    conn, writer, held, at=at, worker=by, note=f"{note} by {by}"
                 )
             )
         )
-        with self._held_lock:
-            for key, _ in held:
-                self._held.pop(key, None)
+        given_back = set(released)
+        # A claim that held nothing stays known: the thread that made it must not act on
+        # the newer claim of another thread (see _holders) by a later call.
+        self._forget(pair for pair in held if pair[0] in given_back)
         return released
+
+    def _forget(self, held: Iterable[tuple[str, str]]) -> None:
+        """Drop these ``(key, worker)`` claims from the handle's (they hold nothing now)."""
+        with self._held_lock:
+            for key, name in held:
+                holders = self._held.get(key)
+                if holders is not None:
+                    holders.pop(name, None)
+                    if not holders:
+                        del self._held[key]
 
     def _record_outcome(
         self,
@@ -176,8 +200,9 @@ class Claims(Handle):
     ) -> int | None:
         """:meth:`record` the outcome of a row claimed by ``worker``; None, and nothing
         recorded, when it comes late and would undo another worker's: the lease ran out,
-        another worker took the row over and finished it, and this outcome would move it
-        back to an unfinished status (``FAILED``, say). A late terminal outcome is recorded.
+        another worker took the row over and finished it or still holds it, and this
+        outcome would move it to an unfinished status (``FAILED``, say). A late terminal
+        outcome is recorded.
 
         Raises:
             the errors of :meth:`record`.
@@ -185,13 +210,14 @@ class Claims(Handle):
         self._ensure()
         op = self._commits.prepare(RecordCall(key, status, fields, more, worker))
         seq: int | None = self._write(  # type: ignore[assignment]
-            Action(lambda conn, writer: record_outcome(conn, writer, op, worker), op=op)
+            Action(
+                lambda conn, writer: record_outcome(conn, writer, op, worker, time.time()), op=op
+            )
         )
+        if seq is None:  # the row is another claim's now; this one stays known (see _release)
+            return None
         batch = self._batches.get(threading.get_ident())
-        if seq is None:
-            with self._held_lock:
-                self._held.pop(key, None)
-        elif batch is not None:  # the claim ends if the block commits
+        if batch is not None:  # the claim ends if the block commits
             batch.track(op)
         else:
             self._commits.finished([op])
@@ -235,10 +261,29 @@ class Claims(Handle):
         )
         return reset
 
-    def _holders(self, keys: Iterable[str]) -> list[tuple[str, str]]:
-        """``(key, worker)`` for each of ``keys`` claimed through this handle."""
+    def _holders(self, keys: Iterable[str], worker: str | None) -> list[tuple[str, str]]:
+        """``(key, claimer)`` for each of ``keys`` claimed through this handle: ``worker``'s
+        claim if given, else the newest this thread made, else the newest. A late worker's
+        thread so names its own claim, never the one another thread took over."""
+        thread = threading.current_thread()
+        found = []
         with self._held_lock:
-            return [(key, self._held[key]) for key in keys if key in self._held]
+            for key in keys:
+                holders = self._held.get(key)
+                if not holders:
+                    continue
+                if worker is not None:
+                    if worker in holders:
+                        found.append((key, worker))
+                    continue
+                mine = [name for name, by in holders.items() if by is thread]
+                found.append((key, (mine or list(holders))[-1]))
+        return found
+
+    def _every_claim(self) -> list[tuple[str, str]]:
+        """Every ``(key, worker)`` claim made through this handle and not yet ended."""
+        with self._held_lock:
+            return [(key, name) for key, holders in self._held.items() for name in holders]
 
     def work(
         self,

@@ -64,7 +64,7 @@ class Commits:
         writer: Writer,
         *,
         write_lock: threading.Lock,
-        held: dict[str, str],
+        held: dict[str, dict[str, threading.Thread]],
         held_lock: threading.Lock,
         csv_path: Path,
     ) -> None:
@@ -72,7 +72,7 @@ class Commits:
         self._settings = settings
         self._writer = writer
         self._write_lock = write_lock
-        self._held = held  # rows claimed through the handle: key -> the worker holding it
+        self._held = held  # rows claimed through the handle (see Handle)
         self._held_lock = held_lock
         self._csv_path = csv_path
         self._warned_cells = False

@@ -64,8 +64,9 @@ class Handle:
         self._gate = _forking.ForkGate()
         self._fork_safe = True
         self._attach_lock = threading.Lock()
-        # rows claimed through this handle: key -> the worker holding it
-        self._held: dict[str, str] = {}
+        # rows claimed through this handle: key -> {worker: the thread that claimed as it},
+        # oldest claim first (a row whose lease ran out may be claimed again by another)
+        self._held: dict[str, dict[str, threading.Thread]] = {}
         self._held_lock = threading.Lock()
         self._session: Session | None = None  # begun if this handle exports
         self._tag = take_tag(options.journal_path)
@@ -221,6 +222,10 @@ class Handle:
 
     def _recently_checked(self) -> bool:
         return self._session is not None and self._session.recently_checked()
+
+    def _session_recovered(self) -> tuple[list[tuple[str, str]], list[Path]]:
+        """What this handle's exporting open recovered and no recover() reported yet."""
+        return ([], []) if self._session is None else self._session.take_recovered()
 
     def _expire_leases(
         self, now: float | None = None, at: str | None = None

@@ -85,16 +85,23 @@ def _write(conn: sqlite3.Connection, writer: Writer, ops: Sequence[RecordOp]) ->
         writer.apply(conn, ops)
 
 
+_TAKEN_OVER = """
+SELECT 1 FROM rows WHERE key = ?1 AND holder IS NOT ?2 AND (done = 1
+    OR (status = 'IN_PROGRESS' AND lease_until > ?3))
+"""
+
+
 def record_outcome(
-    conn: sqlite3.Connection, writer: Writer, op: RecordOp, worker: str
+    conn: sqlite3.Connection, writer: Writer, op: RecordOp, worker: str, now: float
 ) -> int | None:
     """Write ``op``, a claimed row's outcome by ``worker``, unless it comes late and would
-    undo another worker's: the row was taken over (its lease ran out) and finished, and
-    ``op`` would move it back to an unfinished status. Return its sequence number, or None
-    when it was not written."""
-    found = conn.execute("SELECT holder, done FROM rows WHERE key = ?", (op.key,)).fetchone()
-    taken_over = found is not None and found[0] != worker and found[1]
-    if taken_over and op.status is not None and not writer.is_terminal(op.status):
+    undo another worker's: the row was taken over (its lease ran out) and is finished, or
+    another worker's lease holds it at ``now``, and ``op`` would move it to an unfinished
+    status (a late ``FAILED`` would end the live lease and offer the row to a third
+    worker while the second still works on it). Return its sequence number, or None when
+    it was not written."""
+    late = op.status is not None and not writer.is_terminal(op.status)
+    if late and conn.execute(_TAKEN_OVER, (op.key, worker, now)).fetchone() is not None:
         return None
     _write(conn, writer, [op])
     return op.seq

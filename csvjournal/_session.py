@@ -13,6 +13,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
 from sqlalchemy import Connection
@@ -53,6 +54,9 @@ class Session:
         # export that the check overlaps can show them as the first write will leave them.
         self._time = 0.0
         self._stamp = ""
+        # what the session recovered, for the handle's next recover() to report (once)
+        self.returned: list[tuple[str, str]] = []
+        self.removed: list[Path] = []
 
     def begin(self) -> None:
         """The handle became the exporter: start SQLite's full integrity check."""
@@ -89,9 +93,11 @@ class Session:
             self._checked_at = time.monotonic()
         for leftover in remove_leftovers(self._options.csv_path, self._options.journal_path):
             log.info("leftover_removed", path=str(leftover))
+            self.removed.append(leftover)
         if self._options.keep_backups > 0:
             self._start_backup()
         lost = self._expire(self._time, self._stamp)
+        self.returned += lost
         if lost:
             log.info(
                 "expired_leases_returned",
@@ -122,6 +128,12 @@ class Session:
                 log.error("session_backup_failed", path=str(options.csv_path), error=str(exc))
 
         self._backup = Background("csvjournal-backup", finish)
+
+    def take_recovered(self) -> tuple[list[tuple[str, str]], list[Path]]:
+        """The leases the session returned and the leftovers it removed, once (then none)."""
+        returned, self.returned = self.returned, []
+        removed, self.removed = self.removed, []
+        return returned, removed
 
     def wait_for_backup(self) -> None:
         """Return once the session's backup, if one is being taken, is done."""

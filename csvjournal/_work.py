@@ -39,8 +39,10 @@ class _Journal(Protocol):
     def claim(
         self, n: int = 1, *, lease: float, worker: str | None, max_attempts: int | None
     ) -> list[str]: ...
-    def extend(self, keys: list[str], lease: float) -> list[str]: ...
-    def release(self, keys: list[str], note: str = ...) -> list[str]: ...
+    def extend(self, keys: list[str], lease: float, *, worker: str | None = ...) -> list[str]: ...
+    def release(
+        self, keys: list[str], note: str = ..., *, worker: str | None = ...
+    ) -> list[str]: ...
     def _record_outcome(
         self,
         key: str,
@@ -125,7 +127,7 @@ class Task:
 
     def release(self) -> None:
         """Give the row back to ``PENDING`` unfinished (the attempt is not counted)."""
-        self._journal.release([self.key])
+        self._journal.release([self.key], worker=self.worker)
         self.finished = True
 
     def __enter__(self) -> Task:
@@ -182,7 +184,7 @@ class _Renewer:
                 if task is None or task.finished or task.finishing:
                     continue
                 try:
-                    renewed = self._journal.extend([task.key], self._lease)
+                    renewed = self._journal.extend([task.key], self._lease, worker=task.worker)
                 except JournalClosedError:  # a loop left unfinished, its journal closed
                     return
                 except Exception as exc:  # the next round tries again

@@ -271,7 +271,9 @@ class Journal(Claims):
         if not self._recently_checked():
             check_integrity(self._store, self.csv_path, full=True)
         integrity = "ok"
-        lost = self._expire_leases()
+        # what this handle's exporting open did moments ago is this recovery's too
+        lost, removed = self._session_recovered()
+        lost += self._expire_leases()
         exporter = self._exporter
         with self._reading() as conn:
             stale = (_reads.exported_seq(conn) or 0) < _reads.last_seq(conn)
@@ -279,7 +281,8 @@ class Journal(Claims):
         stale = stale or missing
         if exporter is not None and exporter.leading:
             # removed at this handle's take-over; reported once
-            removed, exporter.removed_temp_files = exporter.removed_temp_files, []
+            removed += exporter.removed_temp_files
+            exporter.removed_temp_files = []
             if missing and not exporter.export_again(timeout=60):
                 raise ExportError(f"{self.csv_path}: the exporter could not write the CSV")
         else:  # whoever exports removed them when taking over; if nobody does, we do
@@ -288,7 +291,7 @@ class Journal(Claims):
             )
             with self._gate.operation():
                 try:
-                    removed = helper.removed_temp_files if helper.try_lead() else []
+                    removed += helper.removed_temp_files if helper.try_lead() else []
                 except OSError as exc:
                     raise ExportError(f"{self.csv_path}: could not write the CSV: {exc}") from exc
                 helper.release()
@@ -342,7 +345,7 @@ class Journal(Claims):
         self._refuse_in_batch("close")
         if self._held and self._pid == os.getpid():
             try:
-                self.release(list(self._held))
+                self._release(self._every_claim(), "released")
             except CsvJournalError as exc:  # their leases run out instead
                 log.warning("claims_not_released", path=str(self.csv_path), error=str(exc))
         self._closed = True  # no new record, batch or claim from here on

@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import _leases
@@ -211,6 +213,70 @@ def test_extend_renews_only_rows_still_held_by_this_worker(jr: Journal, other: J
     assert other.extend([k[0]], SHORT) == [k[0]]
     _wait_for("the thief's lease to run out", lambda: k[0] in jr.pending())
     assert k[1] not in jr.pending()
+
+
+class _Thread:
+    """A thread of its own that runs what it is given, one call at a time."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1)
+
+    def __call__(self, action: Callable[[], list[str]]) -> list[str]:
+        return self._pool.submit(action).result(WAIT)
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+
+def _lapse(journal: Journal, key: str) -> None:
+    """End ``key``'s lease now (as if its worker had been stopped past it)."""
+    with sqlite3.connect(journal.journal_path) as conn:
+        conn.execute("UPDATE rows SET lease_until = 1 WHERE key = ?", (key,))
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["default names", "worker= names"])
+def test_a_late_thread_never_releases_or_renews_the_claim_another_thread_took_over(
+    jr: Journal, named: bool
+) -> None:
+    # Threads share one handle; A's lease ran out and B, another thread, took the row over.
+    k = KEYS[0]
+    a, b = ("A", "B") if named else (None, None)
+    in_a, in_b = _Thread(), _Thread()
+    assert in_a(lambda: jr.claim(1, lease=LONG, worker=a)) == [k]
+    _lapse(jr, k)
+    assert in_b(lambda: jr.claim(1, lease=LONG, worker=b)) == [k]
+    holder = jr.history(k)[-1].worker
+
+    assert in_a(lambda: jr.release([k])) == []  # A, late: its own claim, not B's
+    assert in_a(lambda: jr.extend([k], SHORT)) == []
+    in_a.close()
+    if named:
+        assert jr.release([k], worker="A") == []
+        assert jr.extend([k], SHORT, worker="A") == []
+    assert jr.history(k)[-1].worker == holder
+    assert jr.get(k)["STATUS"] == "IN_PROGRESS"  # type: ignore[index]
+    assert k not in jr.pending()
+    assert jr.claim(1, lease=LONG, worker="C") == [KEYS[1]]  # B's row stays B's
+
+    # A thread that claimed nothing (a dispatcher) acts on the newest claim: B's.
+    assert jr.extend([k], LONG) == [k]
+    assert jr.release([k]) == [k]
+    assert jr.get(k)["STATUS"] == "PENDING"  # type: ignore[index]
+    in_b.close()
+
+
+def test_close_gives_back_only_the_claims_still_holding_their_rows(jr: Journal) -> None:
+    k = KEYS[0]
+    assert _Thread()(lambda: jr.claim(1, lease=LONG, worker="A")) == [k]
+    _lapse(jr, k)
+    assert _Thread()(lambda: jr.claim(1, lease=LONG, worker="B")) == [k]
+    jr.close()
+    with _open(jr.csv_path, export=False) as journal:
+        trail = [(e.status, e.worker, e.note) for e in journal.history(k)]
+        assert trail[:2] == [("IN_PROGRESS", "A", None), ("IN_PROGRESS", "B", "lease of A expired")]
+        assert [(status, note) for status, _, note in trail[2:]] == [
+            ("PENDING", f"released by {trail[2][1]}")
+        ]
 
 
 def test_extend_moves_the_lease_end_and_works_from_another_thread(jr: Journal) -> None:

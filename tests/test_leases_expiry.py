@@ -165,3 +165,6 @@ def test_an_exporting_open_returns_expired_leases(tmp_path: Path, csv_path: Path
             None,
             "lease of vanished expired",
         ]
+        # the open did recover()'s work: its report says what the open returned, once
+        assert journal.recover().expired == ((KEYS[0], "vanished"), (KEYS[1], "vanished"))
+        assert journal.recover().expired == ()

@@ -335,6 +335,47 @@ def test_a_late_outcome_never_moves_a_row_another_worker_finished_back(
         second.close()
 
 
+@pytest.mark.parametrize("body_raises", [True, False], ids=["failed late", "succeeded late"])
+def test_a_late_outcome_never_frees_a_row_another_worker_still_holds(
+    tmp_path: Path, body_raises: bool
+) -> None:
+    # As above, but B is still working on the row: a late FAILED would end B's live lease
+    # and offer the row to a third worker while B runs it.
+    csv_path = tmp_path / "late.csv"
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("r0")
+    first = csvjournal.open(csv_path, export=False)
+    second = csvjournal.open(csv_path, export=False)
+    try:
+        for task in first.work(lease=300, worker="A"):
+            with task:
+                with sqlite3.connect(f"{csv_path}.journal") as conn:  # A's lease runs out
+                    conn.execute("UPDATE rows SET lease_until = 1 WHERE key = 'r0'")
+                assert second.claim(worker="B") == ["r0"]
+                if body_raises:
+                    raise RuntimeError("A's download failed")
+            assert task.finished
+            assert task.lost == body_raises
+            break
+        row = first.get("r0")
+        assert row is not None
+        if body_raises:  # dropped: B's lease lives on
+            assert [(e.status, e.worker) for e in first.history("r0")][1:] == [
+                ("IN_PROGRESS", "A"),
+                ("IN_PROGRESS", "B"),
+            ]
+            assert row["STATUS"] == "IN_PROGRESS"
+            assert first.pending() == []
+            assert first.claim(worker="C") == []
+            assert second.release(["r0"]) == ["r0"]  # still B's to give back
+        else:  # the work is done: recorded, B's lease ends
+            assert row["STATUS"] == "COMPLETED"
+            assert first.history("r0")[-1].worker == "A"
+    finally:
+        first.close()
+        second.close()
+
+
 @pytest.mark.slow
 def test_a_task_finished_while_its_lease_is_renewed_is_never_called_lost(tmp_path: Path) -> None:
     # One worker alone, its renewer waking every 20 ms: a renewal meeting the row just
