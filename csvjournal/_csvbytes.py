@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 
 from csvjournal._csvlocate import locate_offset
-from csvjournal.errors import CsvFormatError
+from csvjournal.errors import CsvFormatError, SettingsError
 
-__all__ = ["BOM_OF", "decode", "writing_encoding"]
+__all__ = ["BOM_OF", "check_encoding", "decode", "writing_encoding"]
 
 _BOMS = (  # UTF-32 LE's before UTF-16 LE's, which begins it
     (codecs.BOM_UTF8, "utf-8"),
@@ -24,6 +24,30 @@ _BOMS = (  # UTF-32 LE's before UTF-16 LE's, which begins it
 _NO_BOM = {"utf-8-sig": "utf-8", "utf-16": "utf-16-le", "utf-32": "utf-32-le"}
 BOM_OF = {name: bom for bom, name in _BOMS}
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+# Text codecs no CSV file is written in: Python's escapes (a line break becomes the two
+# characters \n, so the whole CSV one line) and host-name encodings (no CSV text fits).
+_NOT_FOR_FILES = frozenset({"unicode-escape", "raw-unicode-escape", "idna", "punycode"})
+
+
+def check_encoding(encoding: object) -> str:
+    """``encoding`` if a CSV file can be read and written in it.
+
+    Raises:
+        TypeError: not a name (text).
+        SettingsError: an unknown name, a codec that is no text encoding (``rot13``,
+            ``base64``), or one no file is written in (``unicode_escape``, ``idna``).
+    """
+    if not isinstance(encoding, str):
+        raise TypeError(f"encoding must be the name of an encoding, not {encoding!r}")
+    try:
+        info = codecs.lookup(encoding)
+    except LookupError:
+        raise SettingsError(f"unknown encoding {encoding!r}") from None
+    if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_FOR_FILES:
+        raise SettingsError(f"{encoding!r} is not an encoding a CSV file can be written in")
+    return encoding
 
 
 def _family(encoding: str) -> str:
@@ -92,16 +116,16 @@ def _bom_fits(bom_encoding: str, encoding: str) -> bool:
 
 def _lookup(path: Path, encoding: str) -> str:
     try:
-        return codecs.lookup(encoding).name
-    except LookupError:
-        raise CsvFormatError(f"{path}: unknown encoding {encoding!r}") from None
+        return codecs.lookup(check_encoding(encoding)).name
+    except SettingsError as exc:
+        raise CsvFormatError(f"{path}: {exc}") from None
 
 
 def _decode_as(path: Path, data: memoryview, encoding: str) -> str:
     try:
         text = str(data, encoding)  # a view: a BOM cut off copies no bytes
         if not text.isascii() and (lone := _SURROGATE.search(text)) is not None:
-            # utf-7 or unicode_escape can decode to one: no encoding writes it back
+            # utf-7 can decode to one: no encoding writes it back
             line, column = locate_offset(text, lone.start())
             raise CsvFormatError(
                 f"{path}: line {line}, column {column}: {encoding} decodes the bytes here to"
@@ -119,5 +143,7 @@ def _decode_as(path: Path, data: memoryview, encoding: str) -> str:
             f" ({bytes(data[exc.start : exc.end])!r}); name the file's encoding (encoding=, or"
             " --encoding on the command line)"
         ) from None
+    except UnicodeError as exc:  # a codec's own failure, not one of the bytes
+        raise CsvFormatError(f"{path}: cannot be read as {encoding}: {exc}") from None
     except LookupError:
         raise CsvFormatError(f"{path}: unknown encoding {encoding!r}") from None

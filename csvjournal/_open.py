@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import codecs
 import math
 import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from csvjournal._csvbytes import check_encoding
 from csvjournal._importer import unfinished
 from csvjournal._options import Options
 from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TIMESTAMP
@@ -69,8 +69,20 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
         CsvChangedError: the CSV was edited by hand since the last export.
         JournalCorruptError: the journal fails SQLite's integrity check.
     """
+    _check_types(
+        key=key,
+        status_column=status_column,
+        timestamp_column=timestamp_column,
+        keep_backups=keep_backups,
+        busy_timeout=busy_timeout,
+        flags={"export": export, "allow_network_fs": allow_network_fs},
+        formula_guard=formula_guard,
+    )
     csv = _absolute(csv_path)
     path = _absolute(journal_path) if journal_path is not None else Path(f"{csv}.journal")
+    if path == csv or (path.exists() and csv.exists() and path.samefile(csv)):
+        # each would be written over the other: the export renamed over the database
+        raise SettingsError(f"{path}: journal_path= names the CSV itself")
     statuses = None if terminal is None else frozenset(_as_set(terminal))
     _check(
         csv,
@@ -98,6 +110,35 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
         keep_backups=keep_backups,
     )
     return Journal(options)
+
+
+def _check_types(
+    *,
+    key: object,
+    status_column: object,
+    timestamp_column: object,
+    keep_backups: object,
+    busy_timeout: object,
+    flags: dict[str, object],
+    formula_guard: object,
+) -> None:
+    """Refuse arguments of the wrong kind before anything is made: stored in a new
+    journal, one would make every later open fail.
+
+    Raises:
+        TypeError: which argument, and what it must be.
+    """
+    names = {"key": key, "status_column": status_column, "timestamp_column": timestamp_column}
+    for name, value in names.items():
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be a column name (text), not {value!r}")
+    if type(keep_backups) is not int:
+        raise TypeError(f"keep_backups must be an int, not {keep_backups!r}")
+    if type(busy_timeout) not in (int, float):
+        raise TypeError(f"busy_timeout must be a number of seconds, not {busy_timeout!r}")
+    for name, value in {**flags, "formula_guard": formula_guard}.items():
+        if type(value) is not bool and not (name == "formula_guard" and value is None):
+            raise TypeError(f"{name} must be True or False, not {value!r}")
 
 
 def _absolute(path: str | os.PathLike[str]) -> Path:
@@ -144,10 +185,7 @@ def _check(
     if not busy_timeout >= 0 or math.isinf(busy_timeout):  # NaN fails the first test
         raise SettingsError(f"busy_timeout must be a number of seconds, not {busy_timeout}")
     if encoding is not None:
-        try:
-            codecs.lookup(encoding)
-        except LookupError:
-            raise SettingsError(f"unknown encoding {encoding!r}") from None
+        check_encoding(encoding)
     _check_csv_file(csv)
     _check_name_lengths(csv, path)
     _check_linked_journal(csv, path)

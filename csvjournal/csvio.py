@@ -24,7 +24,7 @@ from csvjournal._atomicfile import (
     temp_prefix,
     write_temp,
 )
-from csvjournal._csvbytes import BOM_OF, decode
+from csvjournal._csvbytes import BOM_OF, check_encoding, decode
 from csvjournal._csvlocate import locate_after_quote, locate_field, locate_open_quote
 from csvjournal._csvsniff import sniff
 from csvjournal.errors import CsvFormatError, JournalIOError
@@ -37,6 +37,7 @@ __all__ = [
     "ParsedCsv",
     "atomic_write",
     "bom_of",
+    "check_encoding",
     "encode_csv",
     "fingerprint",
     "guard_formula",

@@ -439,6 +439,38 @@ def test_a_folder_given_as_the_csv_is_a_settings_error(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("given", "error", "match"),
+    [
+        ({"status_column": 5}, TypeError, "status_column must be a column name"),
+        ({"timestamp_column": ("S",)}, TypeError, "timestamp_column must be a column name"),
+        ({"key": b"ID"}, TypeError, "key must be a column name"),
+        ({"keep_backups": 1.5}, TypeError, "keep_backups must be an int"),
+        ({"busy_timeout": "30"}, TypeError, "busy_timeout must be a number"),
+        ({"export": "yes"}, TypeError, "export must be True or False"),
+        ({"formula_guard": 1}, TypeError, "formula_guard must be True or False"),
+        ({"encoding": "rot13"}, csvjournal.SettingsError, "not an encoding a CSV file can be"),
+        ({"encoding": "unicode_escape"}, csvjournal.SettingsError, "not an encoding a CSV"),
+        ({"encoding": "idna"}, csvjournal.SettingsError, "not an encoding a CSV file can be"),
+        ({"encoding": 8}, TypeError, "encoding must be the name of an encoding"),
+        ({"journal_path": "orders.csv"}, csvjournal.SettingsError, "names the CSV itself"),
+    ],
+)
+@pytest.mark.parametrize("csv_exists", [False, True], ids=["new", "import"])
+def test_arguments_of_the_wrong_kind_are_refused_before_anything_is_made(
+    tmp_path: Path, given: dict[str, object], error: type[Exception], match: str, csv_exists: bool
+) -> None:
+    # Stored in a new journal, each made every later open of it fail.
+    if given.get("journal_path") == "orders.csv":
+        given = {"journal_path": tmp_path / "orders.csv"}
+    if csv_exists:
+        (tmp_path / "orders.csv").write_text("ID\n1\n")
+    before = sorted(path.name for path in tmp_path.iterdir())
+    with pytest.raises(error, match=match):
+        csvjournal.open(tmp_path / "orders.csv", **{"key": "ID", **given})  # type: ignore[arg-type]
+    assert sorted(path.name for path in tmp_path.iterdir()) == before
+
+
 def test_a_fifo_given_as_the_csv_is_a_settings_error_not_a_wait(tmp_path: Path) -> None:
     fifo = tmp_path / "orders.csv"
     os.mkfifo(fifo)

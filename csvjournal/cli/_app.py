@@ -28,7 +28,8 @@ from sqlalchemy.exc import DBAPIError
 
 import csvjournal
 from csvjournal import _migrate
-from csvjournal.errors import CsvJournalError
+from csvjournal.csvio import check_encoding
+from csvjournal.errors import CsvJournalError, SettingsError
 
 __all__ = [
     "FLUSH_SECONDS",
@@ -271,12 +272,10 @@ def json_option(func: Any) -> Any:
 def _known_encoding(_ctx: click.Context, _param: click.Parameter, name: str | None) -> str | None:
     if name is None:
         return None
-    try:  # both ways: a codec that is no text encoding (e.g. base64) fails here too
-        "".encode(name)
-        b"".decode(name)
-    except LookupError:
-        raise click.BadParameter(f"unknown encoding {name!r}") from None
-    return name
+    try:
+        return check_encoding(name)
+    except SettingsError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def encoding_option(help_text: str) -> Callable[[Any], Any]:
