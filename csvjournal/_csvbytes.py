@@ -56,12 +56,16 @@ def _family(encoding: str) -> str:
     return name.removesuffix("-sig").removesuffix("-le").removesuffix("-be")
 
 
-def decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str, bool]:
+def decode(
+    path: Path, data: bytes, encoding: str | None, *, usual: str | None = None
+) -> tuple[str, str, bool]:
     """The text of ``data``, the encoding to write it back in, and whether it had a BOM.
 
     A BOM is honoured unless ``encoding`` names another encoding (a cp1252 file may begin
     with the bytes of one); a codec that would write a BOM before every record is replaced
-    by the same without.
+    by the same without. ``usual`` is the encoding the file was last written in (a journal's
+    CSV, edited by hand since): used when ``encoding`` is None and the bytes do not show
+    that a program re-saved the file in another (see :func:`_resaved`).
 
     Raises:
         CsvFormatError: bytes that are not in the encoding (the line and column named).
@@ -69,6 +73,8 @@ def decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str, boo
     for bom, name in _BOMS:
         if data.startswith(bom) and (encoding is None or _bom_fits(name, encoding)):
             return _decode_as(path, memoryview(data)[len(bom) :], name), name, True
+    if encoding is None and usual is not None:
+        encoding = _resaved(data, usual)
     if encoding is None and (guess := _utf16_without_bom(data)) is not None:
         # read as UTF-8, its NUL bytes are text: the header names a column "I\x00D\x00"
         raise CsvFormatError(
@@ -79,6 +85,27 @@ def decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str, boo
     _lookup(path, encoding or "utf-8")
     name = writing_encoding(encoding or "utf-8")
     return _decode_as(path, memoryview(data), name), name, False
+
+
+def _resaved(data: bytes, usual: str) -> str | None:
+    """The encoding to read ``data`` (no BOM) in: ``usual``, unless the bytes show a
+    re-save in UTF-8 (what LibreOffice, Google Sheets and Excel's "CSV UTF-8" write). A
+    single-byte encoding reads any bytes, so UTF-8 read as cp1252 would be taken in as
+    ``MÃ¼ller``; text other than ASCII that is valid UTF-8 is almost never cp1252. Read
+    as UTF-16, bytes without the NULs of ASCII text in it are another encoding too.
+    None: UTF-8 (or, with NULs, the UTF-16 hint of :func:`decode`)."""
+    family = _family(usual)
+    if family == "utf-8":
+        return usual
+    if family in ("utf-16", "utf-32"):
+        return usual if b"\x00" in data[:256] else None
+    if data.isascii():
+        return usual
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return usual
+    return None
 
 
 def _utf16_without_bom(data: bytes) -> str | None:

@@ -120,12 +120,17 @@ class ParsedCsv:
 
 
 def read_csv(
-    path: Path, *, encoding: str | None = None, expected: tuple[str, str, str] | None = None
+    path: Path,
+    *,
+    encoding: str | None = None,
+    expected: tuple[str, str, str] | None = None,
+    usual_encoding: str | None = None,
 ) -> ParsedCsv:
     """Read ``path`` as text in its own dialect, checking it is a well-formed table.
     ``expected`` is (delimiter, quote character, a column name): the dialect to read in
     when the first records fit no dialect and its header holds that name (see
-    :func:`~csvjournal._csvsniff.sniff`).
+    :func:`~csvjournal._csvsniff.sniff`); ``usual_encoding`` the encoding to read in when
+    ``encoding`` is None and the bytes show no other (a BOM, a re-save in UTF-8).
 
     Raises:
         CsvFormatError: undecodable bytes, no header, empty or duplicate header names, an
@@ -137,7 +142,7 @@ def read_csv(
     except OSError as exc:
         raise JournalIOError(f"{path}: could not read the CSV ({exc.strerror or exc})") from exc
     digest = fingerprint(data)
-    text, encoding_name, bom = decode(path, data, encoding)
+    text, encoding_name, bom = decode(path, data, encoding, usual=usual_encoding)
     del data  # the text is all that is read from now on
     if _BLANK.fullmatch(text):  # (text.strip() would copy the whole text)
         raise CsvFormatError(f"{path}: line 1, column 1: the file is empty (no header line)")

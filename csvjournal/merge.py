@@ -38,7 +38,7 @@ from csvjournal._open import open as open_journal
 from csvjournal._settings import Settings, forget_values, read_value, write_value
 from csvjournal._writer import PENDING
 from csvjournal.csvio import ParsedCsv, guard_formula, read_csv, unguard_formula
-from csvjournal.errors import CsvFormatError
+from csvjournal.errors import CsvFormatError, RecordError
 from csvjournal.journal import Journal
 
 __all__ = ["MergeReport", "merge_csv"]
@@ -73,7 +73,9 @@ def merge_csv(
     """Merge the rows of the (hand-edited) CSV into its journal, in one transaction.
 
     The CSV is read in the encoding the journal stored at import (the one its exports are
-    written in), unless ``encoding`` names another.
+    written in), unless ``encoding`` names another, or the file shows it was re-saved in
+    another: a BOM, or (stored as a single-byte encoding such as cp1252) text other than
+    ASCII that is valid UTF-8.
 
     Raises:
         CsvFormatError: the CSV is not valid input (nothing is changed).
@@ -90,12 +92,14 @@ def merge_csv(
             settings = replace(settings, formula_guard=written_with)
         show = guard_formula if settings.formula_guard else str
         # The file was written by the exporter in the stored encoding, then edited by hand:
-        # reading it as UTF-8 would refuse the very file the hand-edit error says to merge.
+        # reading it as UTF-8 would refuse the very file the hand-edit error says to merge;
+        # but a spreadsheet may have re-saved it in another (its BOM, or UTF-8, says so).
         # The dialect is the one the sheet's first records show (re-saved by a spreadsheet,
         # it may be another); when they show none (a broken row), the exported one.
         parsed = read_csv(
             path,
-            encoding=encoding or settings.dialect.encoding,
+            encoding=encoding,
+            usual_encoding=settings.dialect.encoding,
             expected=(
                 settings.dialect.delimiter,
                 settings.dialect.quotechar,
@@ -205,7 +209,11 @@ def _merge_rows(
             else:
                 with journal._reading() as conn:
                     newer = _changed_after(conn, key, shown_at, settings)
-            _merge_row(journal, settings, row, known, newer, key=key, report=report)
+            try:
+                _merge_row(journal, settings, row, known, newer, key=key, report=report)
+            except RecordError as exc:  # text the CSV's encoding cannot write, say
+                detail = str(exc).removeprefix(f"{journal.csv_path}: ")
+                raise CsvFormatError(f"{path}: line {line}: {detail}") from None
     with journal._reading() as conn:
         report.missing.extend(key for key in _reads.keys(conn) if key not in seen)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import tracemalloc
 from pathlib import Path
 
@@ -98,6 +99,52 @@ def test_merge_encoding_given_wins_over_the_journals(csv_path: Path) -> None:
     with csvjournal.open(csv_path, export=False) as journal:
         assert journal.get("1")["NAME"] == "Müller"  # type: ignore[index]
         assert journal.get("2")["NAME"] == "Gérard"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("saved_as", "bom"),
+    [("utf-8", b""), ("utf-8", codecs.BOM_UTF8), ("utf-16-le", codecs.BOM_UTF16_LE)],
+    ids=["utf-8", "utf-8 with BOM", "utf-16 with BOM"],
+)
+def test_merge_reads_a_sheet_a_spreadsheet_re_saved_in_another_encoding(
+    csv_path: Path, saved_as: str, bom: bytes
+) -> None:
+    # LibreOffice, Google Sheets and Excel's "CSV UTF-8" save UTF-8: read as the journal's
+    # latin-1, the merge took in "MÃ¼ller" (and a BOM as a column name) without a word.
+    _latin1_journal(csv_path)
+    text = csv_path.read_bytes().decode("latin-1").replace("Müller", "Müllerin")
+    csv_path.write_bytes(bom + (text + "2,Øre,,\n").encode(saved_as))
+    report = csvjournal.merge_csv(csv_path)
+    assert (report.added, report.updated, report.added_columns) == (["2"], ["1"], [])
+    with csvjournal.open(csv_path) as journal:  # written anew in the journal's latin-1
+        assert journal.get("1")["NAME"] == "Müllerin"  # type: ignore[index]
+        assert journal.get("2")["NAME"] == "Øre"  # type: ignore[index]
+    assert (
+        csv_path.read_bytes().decode("latin-1").splitlines()[0] == "ID,NAME,STATUS,LAST_PROCESSED"
+    )
+
+
+def test_merge_refuses_text_the_journals_encoding_cannot_write_at_its_line(
+    csv_path: Path,
+) -> None:
+    _latin1_journal(csv_path)
+    text = csv_path.read_bytes().decode("latin-1")
+    csv_path.write_bytes((text + "2,Gérard,,\n3,你好,,\n").encode("utf-8"))
+    with pytest.raises(csvjournal.CsvFormatError, match=r"line 4: key '3': field 'NAME' holds"):
+        csvjournal.merge_csv(csv_path)
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert len(journal) == 1  # nothing merged
+
+
+def test_a_utf16_journals_sheet_re_saved_as_utf8_without_bom_is_read_as_utf8(
+    csv_path: Path,
+) -> None:
+    csv_path.write_bytes(codecs.BOM_UTF16_LE + "ID,NAME\n1,a\n".encode("utf-16-le"))
+    with csvjournal.open(csv_path, key="ID"):
+        pass
+    text = csv_path.read_bytes().decode("utf-16")
+    csv_path.write_bytes((text + "2,b,,\n").encode("utf-8"))
+    assert csvjournal.merge_csv(csv_path).added == ["2"]
 
 
 def test_merging_a_deleted_csv_is_a_journal_io_error_naming_it(csv_path: Path) -> None:
