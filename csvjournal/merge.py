@@ -8,8 +8,9 @@ The edit is measured against the version of each row that the file shows, not ag
 journal as it is now: a field or status that a record changed after it (the job kept running
 while someone edited, the sheet was saved from an older export, a crash left records
 unexported) keeps the journal's newer value where the file still shows the old one. A row's
-version is its timestamp cell (the time of its last record when exported); without that
-column, the last export (``csv_seq``). A merge's own records carry the file's values: a
+version is its timestamp cell (the time of its last record when exported; re-formatted by
+a spreadsheet, the row's newest record in the minute shown, see ``_shownstamp``); without
+that column, or a cell that shows none of the row's records, the last export (``csv_seq``). A merge's own records carry the file's values: a
 later merge of the same file does not count them as newer.
 
 With the formula guard on, the file shows guarded values (``'=SUM(A1)``): they are compared
@@ -36,6 +37,7 @@ from csvjournal._importer import check_keys
 from csvjournal._leases import Action
 from csvjournal._open import open as open_journal
 from csvjournal._settings import Settings, forget_values, read_value, write_value
+from csvjournal._shownstamp import stamp_windows
 from csvjournal._writer import PENDING
 from csvjournal.csvio import ParsedCsv, guard_formula, read_csv, unguard_formula
 from csvjournal.errors import CsvFormatError, RecordError
@@ -201,14 +203,15 @@ def _merge_rows(
             row = dict(zip(parsed.header, values, strict=True))
             known = current.get(key)
             shown_at = row.get(stamp)
-            if known is None or shown_at is None or not _STAMP.fullmatch(shown_at):
-                # no version to go by (a re-saved "30.11.2026 06:35"): the last export's
+            if known is None or shown_at is None:
                 newer = since_export.get(key, set()) if known else set()
             elif shown_at == known[stamp]:
                 newer = set()  # the file shows the row's newest version
             else:
                 with journal._reading() as conn:
-                    newer = _changed_after(conn, key, shown_at, settings)
+                    found = _changed_after(conn, key, _shown(shown_at), settings)
+                # no version to go by (a stamp typed over): the last export's
+                newer = found if found is not None else since_export.get(key, set())
             try:
                 _merge_row(journal, settings, row, known, newer, key=key, report=report)
             except RecordError as exc:  # text the CSV's encoding cannot write, say
@@ -265,10 +268,36 @@ _STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)?")
 _EVENT = "SELECT status, fields, at, prev, worker FROM events WHERE seq = ?"
 
 
-def _changed_after(conn: Connection, key: str, shown_at: str, settings: Settings) -> set[str]:
-    """The fields of row ``key`` that records made after ``shown_at`` (the time of the
-    row's last record when the file was exported) changed, merges aside; the status column
-    for a change of status. Walks the row's events from the newest back."""
+# Which events a timestamp cell shows: True for the version it shows (and older), False
+# for a newer one, None once the walk is past every moment the cell can stand for.
+_Shows = Callable[[str], bool | None]
+
+
+def _shown(cell: str) -> _Shows:
+    """What a row's timestamp cell says about its events (see :func:`_changed_after`): as
+    exported, the time of the row's last record (empty: never recorded); re-formatted by
+    a spreadsheet (``30.11.2026 14:44``), the newest event in the minute or second shown,
+    in either order of day and month that the row's events confirm."""
+    if _STAMP.fullmatch(cell):
+        return lambda at: at <= cell
+    windows = stamp_windows(cell)
+    earliest = min((start for start, _ in windows), default="")
+
+    def shows(at: str) -> bool | None:
+        if any(start <= at < end for start, end in windows):
+            return True
+        return None if at < earliest or not windows else False
+
+    return shows
+
+
+def _changed_after(
+    conn: Connection, key: str, shown: _Shows, settings: Settings
+) -> set[str] | None:
+    """The fields of row ``key`` that records newer than the version the file shows (see
+    :func:`_shown`) changed, merges aside; the status column for a change of status. None
+    when no event of the row is one the file can show. Walks the row's events from the
+    newest back."""
     raw = t.driver(conn)
     found = raw.execute(_LAST, (key,)).fetchone()
     seq = None if found is None else found[0]
@@ -278,11 +307,16 @@ def _changed_after(conn: Connection, key: str, shown_at: str, settings: Settings
         status, fields, at, prev, worker = raw.execute(_EVENT, (seq,)).fetchone()
         if later is not None and later[0] != status and later[1] != MERGE_WORKER:
             names.add(settings.status_column)
-        if at <= shown_at:
+        showing = shown(at)
+        if showing is None:
+            return None
+        if showing:
             return names
         if worker != MERGE_WORKER:
             names.update(json.loads(fields))
         later, seq = (status, worker), prev
+    if shown("") is None:  # a re-formatted stamp, but of none of the row's events
+        return None
     if later is not None and later[0] != PENDING and later[1] != MERGE_WORKER:
         names.add(settings.status_column)  # the first record changed PENDING
     return names

@@ -147,6 +147,64 @@ def test_a_utf16_journals_sheet_re_saved_as_utf8_without_bom_is_read_as_utf8(
     assert csvjournal.merge_csv(csv_path).added == ["2"]
 
 
+def _stamped_at(monkeypatch: pytest.MonkeyPatch, stamp: str) -> None:
+    """record() stamps the next records with ``stamp`` (a re-formatted cell shows
+    minutes: the test needs records minutes apart)."""
+    monkeypatch.setattr("csvjournal._writer.timestamp_now", lambda: stamp)
+
+
+_ROWS = "ID,NAME\nr1,a\nr2,b\n"
+
+
+@pytest.mark.parametrize(
+    ("day", "shown"),
+    [
+        ("2026-11-30", "30.11.2026 10:00"),  # Excel, German
+        ("2026-11-30", "11/30/2026 10:00 AM"),  # Excel, US
+        ("2026-11-30", "2026-11-30 10:00:05"),  # LibreOffice
+        ("2026-01-02", "1/2/2026 10:00"),  # 2 January, month first
+        ("2026-01-02", "02/01/26 10:00"),  # 2 January, day first
+    ],
+)
+def test_a_stale_sheet_with_re_formatted_stamps_keeps_the_jobs_newer_values(
+    csv_path: Path, monkeypatch: pytest.MonkeyPatch, day: str, shown: str
+) -> None:
+    # The sheet was open in a spreadsheet while the job went on; saved later, its stamps
+    # re-formatted: measured against the last export, its old values won over newer ones.
+    csv_path.write_text(_ROWS)
+    _stamped_at(monkeypatch, f"{day}T10:00:05.250Z")
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("r1", "FAILED", ERROR_MESSAGE="boom")
+    copy = csv_path.read_text()
+    _stamped_at(monkeypatch, f"{day}T10:07:00.000Z")
+    with csvjournal.open(csv_path) as journal:
+        journal.record("r1", "FAILED", ERROR_MESSAGE="HTTP 503 on retry")
+    edited = copy.replace(f"{day}T10:00:05.250Z", shown).replace("r2,b,", "r2,b2,")
+    csv_path.write_text(edited)
+    report = csvjournal.merge_csv(csv_path)
+    assert (report.updated, report.newer_kept) == (["r2"], ["r1"])
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.get("r1")["ERROR_MESSAGE"] == "HTTP 503 on retry"  # type: ignore[index]
+        assert journal.get("r2")["NAME"] == "b2"  # type: ignore[index]
+
+
+def test_a_re_formatted_stamp_of_the_newest_version_lets_a_status_be_blanked(
+    csv_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The usual retry: blank a FAILED row's status in the sheet (re-saved by Excel).
+    csv_path.write_text(_ROWS)
+    _stamped_at(monkeypatch, "2026-11-30T10:00:05.250Z")
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.claim(worker="w")
+        journal.record("r1", "FAILED", ERROR_MESSAGE="boom")
+    text = csv_path.read_text().replace("2026-11-30T10:00:05.250Z", "30.11.2026 10:00")
+    csv_path.write_text(text.replace("r1,a,FAILED,", "r1,a,,"))
+    report = csvjournal.merge_csv(csv_path)
+    assert (report.updated, report.newer_kept) == (["r1"], [])
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.get("r1")["STATUS"] == "PENDING"  # type: ignore[index]
+
+
 def test_merging_a_deleted_csv_is_a_journal_io_error_naming_it(csv_path: Path) -> None:
     _start(csv_path)
     csv_path.unlink()
