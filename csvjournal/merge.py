@@ -10,8 +10,9 @@ while someone edited, the sheet was saved from an older export, a crash left rec
 unexported) keeps the journal's newer value where the file still shows the old one. A row's
 version is its timestamp cell (the time of its last record when exported; re-formatted by
 a spreadsheet, the row's newest record in the minute shown, see ``_shownstamp``); without
-that column, or a cell that shows none of the row's records, the last export (``csv_seq``). A merge's own records carry the file's values: a
-later merge of the same file does not count them as newer.
+that column, or a cell that shows none of the row's records, the last export
+(``csv_seq``). A merge's own records carry the file's values: a later merge of the same
+file does not count them as newer.
 
 With the formula guard on, the file shows guarded values (``'=SUM(A1)``): they are compared
 as shown, and a guarded value the edit brings in is recorded without its ``'``.
