@@ -20,25 +20,23 @@ as shown, and a guarded value the edit brings in is recorded without its ``'``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from itertools import islice
 from pathlib import Path
 from typing import NoReturn
 
 import structlog
-from sqlalchemy import Connection
 
-from csvjournal import _reads
-from csvjournal import _schema as t
+from csvjournal import _newer, _reads
 from csvjournal._importer import check_keys
 from csvjournal._leases import Action
+from csvjournal._newer import MERGE_WORKER
 from csvjournal._open import open as open_journal
 from csvjournal._settings import Settings, forget_values, read_value, write_value
-from csvjournal._shownstamp import stamp_windows
 from csvjournal._writer import PENDING
 from csvjournal.csvio import ParsedCsv, guard_formula, read_csv, unguard_formula
 from csvjournal.errors import CsvFormatError, RecordError
@@ -61,10 +59,6 @@ class MergeReport:
     newer_kept: list[str] = field(default_factory=list)
     # columns the edit added (kept even while every cell is empty)
     added_columns: list[str] = field(default_factory=list)
-
-
-# The worker of a merge's records: they hold the file's values, not newer ones.
-MERGE_WORKER = "csvjournal-merge"
 
 
 def merge_csv(
@@ -176,7 +170,7 @@ def _merge_rows(
         columns = _reads.column_names(conn)
         shown = read_value(conn, "csv_seq")  # (whatever guard it was shown with)
         base = shown if isinstance(shown, int) else None
-        since_export = _changed_since(conn, base, settings.status_column)
+        since_export = _newer.changed_since(conn, base, settings.status_column)
     report.added_columns.extend(name for name in parsed.header if name not in columns)
     if report.added_columns:
         new = list(report.added_columns)
@@ -210,7 +204,7 @@ def _merge_rows(
                 newer = set()  # the file shows the row's newest version
             else:
                 with journal._reading() as conn:
-                    found = _changed_after(conn, key, _shown(shown_at), settings)
+                    found = _newer.changed_after(conn, key, _newer.shown(shown_at), settings)
                 # no version to go by (a stamp typed over): the last export's
                 newer = found if found is not None else since_export.get(key, set())
             try:
@@ -220,6 +214,8 @@ def _merge_rows(
                 raise CsvFormatError(f"{path}: line {line}: {detail}") from None
     with journal._reading() as conn:
         report.missing.extend(key for key in _reads.keys(conn) if key not in seen)
+    if report.added and report.missing:
+        _refuse_numbered_keys(path, parsed, settings.key_column, report, read)
 
 
 _CHUNK_ROWS = 400  # rows merged between two reads of the journal's rows (<= 800 keys)
@@ -244,83 +240,45 @@ def _refuse_again(
     )
 
 
-def _changed_since(conn: Connection, base: int | None, status_column: str) -> dict[str, set[str]]:
-    """Per key, the fields that records after event ``base`` changed (``status_column`` for
-    a change of status); nothing when the export ``base`` is unknown."""
-    if base is None:
-        return {}
-    changed: dict[str, set[str]] = {}
-    for key, status, fields, before in t.driver(conn).execute(_CHANGED_SINCE, (base, MERGE_WORKER)):
-        names = changed.setdefault(key, set())
-        names.update(json.loads(fields))
-        if status != (before or PENDING):
-            names.add(status_column)
-    return changed
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
-# Each later event with the status of the row's event before it (PENDING before the first).
-_CHANGED_SINCE = """
-SELECT e.key, e.status, e.fields, p.status FROM events AS e LEFT JOIN events AS p ON p.seq = e.prev
-WHERE e.seq > ? AND e.worker != ? ORDER BY e.seq
-"""
-_LAST = "SELECT last FROM rows WHERE key = ?"
-# A timestamp as record() writes it (an empty cell: never recorded when exported).
-_STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)?")
-_EVENT = "SELECT status, fields, at, prev, worker FROM events WHERE seq = ?"
+def _as_number(key: str) -> Decimal | None:
+    return Decimal(key).normalize() if _NUMBER.fullmatch(key) else None
 
 
-# Which events a timestamp cell shows: True for the version it shows (and older), False
-# for a newer one, None once the walk is past every moment the cell can stand for.
-_Shows = Callable[[str], bool | None]
+def _refuse_numbered_keys(
+    path: Path, parsed: ParsedCsv, column: str, report: MergeReport, read: Callable[[str], str]
+) -> None:
+    """Refuse new keys that are the number of a key missing from the file (``123`` for
+    ``00123``, ``1.23457E+11`` for ``123456789012``): a spreadsheet read the key column as
+    numbers and wrote them back as it shows them. Merged, every such row would be a new
+    row, its work done a second time.
 
-
-def _shown(cell: str) -> _Shows:
-    """What a row's timestamp cell says about its events (see :func:`_changed_after`): as
-    exported, the time of the row's last record (empty: never recorded); re-formatted by
-    a spreadsheet (``30.11.2026 14:44``), the newest event in the minute or second shown,
-    in either order of day and month that the row's events confirm."""
-    if _STAMP.fullmatch(cell):
-        return lambda at: at <= cell
-    windows = stamp_windows(cell)
-    earliest = min((start for start, _ in windows), default="")
-
-    def shows(at: str) -> bool | None:
-        if any(start <= at < end for start, end in windows):
-            return True
-        return None if at < earliest or not windows else False
-
-    return shows
-
-
-def _changed_after(
-    conn: Connection, key: str, shown: _Shows, settings: Settings
-) -> set[str] | None:
-    """The fields of row ``key`` that records newer than the version the file shows (see
-    :func:`_shown`) changed, merges aside; the status column for a change of status. None
-    when no event of the row is one the file can show. Walks the row's events from the
-    newest back."""
-    raw = t.driver(conn)
-    found = raw.execute(_LAST, (key,)).fetchone()
-    seq = None if found is None else found[0]
-    names: set[str] = set()
-    later: tuple[str, str] | None = None  # (status, worker) of the event after this one
-    while seq is not None:
-        status, fields, at, prev, worker = raw.execute(_EVENT, (seq,)).fetchone()
-        if later is not None and later[0] != status and later[1] != MERGE_WORKER:
-            names.add(settings.status_column)
-        showing = shown(at)
-        if showing is None:
-            return None
-        if showing:
-            return names
-        if worker != MERGE_WORKER:
-            names.update(json.loads(fields))
-        later, seq = (status, worker), prev
-    if shown("") is None:  # a re-formatted stamp, but of none of the row's events
-        return None
-    if later is not None and later[0] != PENDING and later[1] != MERGE_WORKER:
-        names.add(settings.status_column)  # the first record changed PENDING
-    return names
+    Raises:
+        CsvFormatError: the first such key, at its line, with the key it stands for.
+    """
+    gone: dict[Decimal, str] = {}
+    for key in report.missing:
+        number = _as_number(key)
+        if number is not None:
+            gone.setdefault(number, key)
+    pairs = {key: gone[n] for key in report.added if (n := _as_number(key)) in gone}
+    if not pairs:
+        return
+    index = parsed.header.index(column)
+    line, new = next(
+        (line, read(values[index]))
+        for line, values in parsed.records()
+        if read(values[index]) in pairs
+    )
+    more = f" (and {len(pairs) - 1} more like it)" if len(pairs) > 1 else ""
+    raise CsvFormatError(
+        f"{path}: line {line}, column {column!r}: key {new!r} is not in the journal, and its"
+        f" key {pairs[new]!r} is missing from the file{more}: a spreadsheet read the keys as"
+        " numbers (leading zeros lost, digits rounded). Put the keys back (import the column"
+        " as text) and merge again"
+    )
 
 
 def _merge_row(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import re
 import tracemalloc
 from pathlib import Path
 
@@ -203,6 +204,47 @@ def test_a_re_formatted_stamp_of_the_newest_version_lets_a_status_be_blanked(
     assert (report.updated, report.newer_kept) == (["r1"], [])
     with csvjournal.open(csv_path, export=False) as journal:
         assert journal.get("r1")["STATUS"] == "PENDING"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("keys", "resaved", "message"),
+    [
+        (["00123", "00124"], ["123", "124"], "key '123' is not in the journal, and its key"
+         " '00123' is missing from the file (and 1 more like it)"),
+        (["123456789012"], ["1.23457E+11"], None),  # rounded: no number matches
+        (["7", "100000"], ["7", "1E+05"], "key '1E+05' is not in the journal, and its key"
+         " '100000'"),
+    ],
+)  # fmt: skip
+def test_keys_a_spreadsheet_turned_into_numbers_are_refused_not_added(
+    csv_path: Path, keys: list[str], resaved: list[str], message: str | None
+) -> None:
+    # Excel drops leading zeros: merged, each row would come back as a new, PENDING row
+    # whose work is done a second time.
+    csv_path.write_text("ID,NAME\n" + "".join(f"{key},n\n" for key in keys))
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record(keys[0], "COMPLETED")
+    text = csv_path.read_text()
+    for key, number in zip(keys, resaved, strict=True):
+        text = text.replace(f"\n{key},", f"\n{number},")
+    csv_path.write_text(text)
+    if message is None:
+        report = csvjournal.merge_csv(csv_path)  # nothing says which key it was
+        assert (report.added, report.missing) == (resaved, keys)
+        return
+    with pytest.raises(csvjournal.CsvFormatError, match=re.escape(message)):
+        csvjournal.merge_csv(csv_path)
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert sorted([*journal.pending(), keys[0]]) == sorted(keys)
+        assert len(journal) == len(keys)
+
+
+def test_a_new_key_beside_its_zero_padded_twin_is_merged(csv_path: Path) -> None:
+    csv_path.write_text("ID,NAME\n007,a\n")
+    with csvjournal.open(csv_path, key="ID"):
+        pass
+    csv_path.write_text(csv_path.read_text() + "7,b,,\n")  # both in the file: two rows
+    assert csvjournal.merge_csv(csv_path).added == ["7"]
 
 
 def test_merging_a_deleted_csv_is_a_journal_io_error_naming_it(csv_path: Path) -> None:
