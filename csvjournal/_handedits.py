@@ -7,6 +7,7 @@ was edited by someone else, never left by an exporter killed mid-export.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import structlog
@@ -58,7 +59,7 @@ def check_csv(
     if found not in known:
         raise CsvChangedError(
             f"{csv_path}: edited by hand since csvjournal last wrote it. Run"
-            f" `csvjournal import --merge {csv_path}` to bring the edits into the"
+            f" `csvjournal import --merge {shlex.quote(str(csv_path))}` to bring the edits into the"
             " journal, or delete the file to have it written anew from the journal"
         )
     if stored_columns(stored_format, formula_guard) is None:
@@ -80,7 +81,7 @@ def check_csv(
 
 _CHANGED_WHILE_RUNNING = (
     "{path}: edited by hand while csvjournal kept it; the CSV is not updated until the"
-    " edits are in the journal. Run `csvjournal import --merge {path}` to bring them in, or"
+    " edits are in the journal. Run `csvjournal import --merge {command_path}` to bring them in, or"
     " delete the file to have it written anew from the journal"
 )
 
@@ -125,7 +126,11 @@ class CsvGuard:
                 self._placed, self._refused = identity, None
                 return
             self._refused = (identity, known)
-        raise CsvChangedError(_CHANGED_WHILE_RUNNING.format(path=self._csv_path))
+        raise CsvChangedError(
+            _CHANGED_WHILE_RUNNING.format(
+                path=self._csv_path, command_path=shlex.quote(str(self._csv_path))
+            )
+        )
 
 
 def block(conn: Connection, csv_path: Path, error: str) -> None:

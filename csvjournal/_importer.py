@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import sqlite3
 from collections.abc import Iterator
 from json.encoder import encode_basestring_ascii as _quote  # C
@@ -50,6 +51,23 @@ def unfinished(journal_path: Path) -> bool:
         return False
 
 
+def _listed(names: list[str], most: int = 10) -> str:
+    shown = ", ".join(repr(name) for name in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _near_miss(key: str, header: list[str]) -> str:
+    """A header name that is ``key`` but for case, spaces or a stray BOM; else one close
+    to it; as a question, or nothing."""
+
+    def plain(name: str) -> str:
+        return name.strip().lstrip("\ufeff").strip().casefold()
+
+    names = {plain(name): name for name in reversed(header)}  # the first of equals wins
+    near = difflib.get_close_matches(plain(key), list(names), n=1, cutoff=0.75)
+    return f"; did you mean {names[near[0]]!r}?" if near else ""
+
+
 def check_keys(path: Path, parsed: ParsedCsv, key: str, *, formula_guard: bool = False) -> None:
     """Refuse a CSV whose key column is missing, or has an empty or a repeated key; with
     ``formula_guard``, also two keys or header names that the guard would show alike
@@ -59,7 +77,10 @@ def check_keys(path: Path, parsed: ParsedCsv, key: str, *, formula_guard: bool =
         CsvFormatError: naming the file and the lines.
     """
     if key not in parsed.header:
-        raise CsvFormatError(f"{path}: line 1, column 1: no key column {key!r} in the header")
+        raise CsvFormatError(
+            f"{path}: line 1, column 1: no key column {key!r} in the header"
+            f" ({_listed(parsed.header)}){_near_miss(key, parsed.header)}"
+        )
     index = parsed.header.index(key)
     seen: set[str] = set()  # the keys alone: their lines are looked up for an error only
     for line, record in parsed.records():

@@ -44,10 +44,9 @@ def driver(conn: Connection) -> sqlite3.Connection:
 def peek(path: Path) -> Iterator[sqlite3.Connection]:
     """A read-only connection to the database at ``path``, which writes no byte of it: a
     hot WAL left by a killed process is read, not checkpointed or deleted (only a hot
-    rollback journal is rolled back first, see :func:`_read_only`). If the block
-    raises (the database is refused), the -wal/-shm files the connection had to make are
-    removed again; else they stay, as any connection's do (another process may be using
-    them by now).
+    rollback journal is rolled back first, see :func:`_read_only`). The -wal/-shm files
+    the connection had to make are removed again: by hand if the block raises (the
+    database is refused), else by SQLite unless another process uses them by now.
 
     Raises:
         sqlite3.Error: the file cannot be opened or read as a database.
@@ -63,6 +62,19 @@ def peek(path: Path) -> Iterator[sqlite3.Connection]:
             if not was_there and companion.exists() and companion.stat().st_size <= 32768:
                 companion.unlink(missing_ok=True)
         raise
+    if not any(existed):
+        _let_sqlite_tidy(path)
+
+
+def _let_sqlite_tidy(path: Path) -> None:
+    """Have SQLite remove the -wal/-shm files a read-only connection had to make (it
+    cannot itself): the last connection to close removes them, and SQLite's own locks
+    tell whether this one is the last; another process's stay as they are."""
+    try:
+        with closing(sqlite3.connect(path)) as conn:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except (sqlite3.Error, OSError):  # a read-only folder, say: they stay, harmless
+        pass
 
 
 _READONLY_ROLLBACK = 8 | 3 << 8  # SQLITE_READONLY_ROLLBACK: a hot rollback journal

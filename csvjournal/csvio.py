@@ -201,7 +201,9 @@ def _scan(path: Path, text: str, dialect: CsvDialect) -> tuple[list[str], int]:
     try:
         for record in reader:
             if not record:
-                raise CsvFormatError(f"{path}: line {start}, column 1: blank line")
+                raise CsvFormatError(
+                    f"{path}: line {start}, column 1: blank line (a CSV has none: delete it)"
+                )
             if not width:  # a record has a field at least: this is the header
                 header, width = record, len(record)
             elif len(record) != width:
@@ -244,7 +246,14 @@ def _check_header(path: Path, text: str, header: list[str], dialect: CsvDialect)
         # a quoted name may hold a line break: the field can start on a later line
         line, column = locate_field(text, 1, index, dialect.delimiter, dialect.quotechar)
         if not name:
-            raise CsvFormatError(f"{path}: line {line}, column {column}: empty header name")
+            trailing = not any(header[index:])  # a spreadsheet's empty columns: a;b;;;
+            hint = (
+                ": the header ends in empty names (empty columns saved by a spreadsheet?);"
+                " delete them, or name them"
+                if trailing
+                else ""
+            )
+            raise CsvFormatError(f"{path}: line {line}, column {column}: empty header name{hint}")
         if name in seen:
             at = locate_field(text, 1, seen[name], dialect.delimiter, dialect.quotechar)
             raise CsvFormatError(

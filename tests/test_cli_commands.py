@@ -49,6 +49,37 @@ def test_init_twice_is_refused_and_changes_nothing(orders: Path) -> None:
     before = state_of(orders.parent)
     assert_error(invoke("init", orders, "--key", "PO_NUMBER"), "already exists")
     assert state_of(orders.parent) == before
+    # not even SQLite's -wal/-shm, which the look at the journal had to make
+    assert not list(orders.parent.glob("*.journal-*"))
+
+
+def test_import_merge_reports_columns_and_kept_keys_and_json(orders: Path) -> None:
+    ok(invoke("record", orders, "PO-3", "--status", "COMPLETED"))
+    text = orders.read_text(encoding="utf-8").replace("PO-3,Tanaka,3,COMPLETED", "PO-3,Tanaka,3,")
+    lines = text.splitlines()
+    lines = [f"{lines[0]},NOTE"] + [f"{line},n" for line in lines[1:]]
+    orders.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = ok(invoke("import", orders, "--merge")).splitlines()
+    assert out[1:] == [
+        "  columns added: 'NOTE'",
+        "  terminal rows kept (their status in the file not taken): 'PO-3'",
+    ]
+    data = json.loads(ok(invoke("import", orders, "--merge", "--json")))
+    assert data == {
+        "csv": str(orders),
+        "added": [],
+        "updated": [],
+        "terminal_kept": [],
+        "missing": [],
+        "newer_kept": [],
+        "added_columns": [],
+    }
+
+
+def test_an_error_naming_a_path_with_a_line_break_stays_one_line(tmp_path: Path) -> None:
+    csv = tmp_path / "new\nline.csv"
+    line = assert_error(invoke("status", csv), "no journal for")
+    assert "new\\nline.csv" in line
 
 
 @pytest.mark.parametrize(

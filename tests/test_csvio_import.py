@@ -145,6 +145,48 @@ def test_key_errors_name_the_key_column(tmp_path: Path) -> None:
     assert _names(tmp_path) == ["orders.csv"]
 
 
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        (b"k,,w\n1,a,b\n", "line 1, column 3: empty header name"),
+        (b"k;v;;\r\n1;a;;\r\n", "line 1, column 5: empty header name: the header ends in empty"),
+        (b"k,v\n1,a\n\n", "line 3, column 1: blank line (a CSV has none: delete it)"),
+    ],
+    ids=["inner-empty-name", "excel-trailing-empty-columns", "trailing-blank-line"],
+)
+def test_empty_names_and_blank_lines_say_what_to_do(tmp_path: Path, data: bytes, said: str) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_bytes(data)
+    with pytest.raises(csvjournal.CsvFormatError) as caught:
+        csvjournal.open(path, key="k")
+    assert said in str(caught.value)
+    if "ends in empty" not in said:
+        assert "ends in empty" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("header", "key", "said"),
+    [
+        ("po_number,B", "PO_NUMBER", "('po_number', 'B'); did you mean 'po_number'?"),
+        ("\ufeff\ufeffPO Number ,B", "PO Number", "('\\ufeffPO Number ', 'B'); did you mean"),
+        ("Po Number ,B", "PO Number", "did you mean 'Po Number '?"),
+        ("A,B", "ID", "('A', 'B')"),
+        (",".join(f"c{n}" for n in range(12)), "ID", "'c9' and 2 more)"),
+    ],
+)
+def test_a_missing_key_column_shows_the_header_and_a_near_miss(
+    tmp_path: Path, header: str, key: str, said: str
+) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text(f"{header}\n" + ",".join("1" * len(header.split(","))) + "\n")
+    with pytest.raises(csvjournal.CsvFormatError) as caught:
+        csvjournal.open(path, key=key)
+    assert f"no key column {key!r} in the header (" in str(caught.value)
+    assert said in str(caught.value)
+    if "did you mean" not in said:
+        assert "did you mean" not in str(caught.value)
+
+
 def test_single_quotes_in_a_plain_csv_are_data(tmp_path: Path) -> None:
     path = tmp_path / "notes.csv"
     original = b"ID,NOTE,STATUS,LAST_PROCESSED\n1,'urgent',PENDING,\n"

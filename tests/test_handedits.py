@@ -171,3 +171,13 @@ def test_a_merge_while_the_job_runs_keeps_the_records_made_after_the_edit(
     assert (rows["y"]["STATUS"], rows["y"]["NOTE"]) == ("FAILED", "boom")  # newer than it
     assert (rows["z"]["STATUS"], rows["z"]["NOTE"]) == ("COMPLETED", "after")
     assert "hand" in rows
+
+
+def test_the_merge_command_in_the_error_is_quoted_for_the_shell(tmp_path: Path) -> None:
+    csv = tmp_path / "My Orders.csv"
+    csv.write_text("ID\na\n")
+    csvjournal.open(csv, key="ID").close()
+    csv.write_text(csv.read_text() + "b,,\n")
+    with pytest.raises(csvjournal.CsvChangedError) as caught:
+        csvjournal.open(csv)
+    assert f"`csvjournal import --merge '{csv}'`" in str(caught.value)

@@ -62,7 +62,12 @@ class CliError(click.ClickException):
     exit_code = EXIT_BAD_INPUT
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"csvjournal: error: {self.format_message()}", err=True, file=file)
+        click.echo(f"csvjournal: error: {_escaped(self.format_message())}", err=True, file=file)
+
+
+def _escaped(text: str) -> str:
+    """``text`` on one line: a line break in it (a file name may hold one) as ``\\n``."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class Interrupted(CliError):
@@ -71,7 +76,7 @@ class Interrupted(CliError):
     exit_code = EXIT_INTERRUPTED
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"csvjournal: {self.format_message()}", err=True, file=file)
+        click.echo(f"csvjournal: {_escaped(self.format_message())}", err=True, file=file)
 
 
 # click >= 8.2 shows the help of `csvjournal` alone through this usage error

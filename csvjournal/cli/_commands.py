@@ -3,6 +3,7 @@ restore and upgrade."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -171,7 +172,8 @@ def export(csv: Path, target: Path | None) -> None:
 @csv_argument
 @click.option("--merge", is_flag=True, required=True, help="Merge the CSV's rows into the journal.")
 @encoding_option("Read the CSV in this encoding [the journal's, from init].")
-def import_(csv: Path, merge: bool, encoding: str | None) -> None:
+@json_option
+def import_(csv: Path, merge: bool, encoding: str | None, as_json: bool) -> None:
     """Bring hand edits of the CSV into the journal (new rows added, changed fields updated;
     a terminal row never moves back), then rewrite the CSV."""
     if not journal_path_of(csv).exists():
@@ -179,12 +181,29 @@ def import_(csv: Path, merge: bool, encoding: str | None) -> None:
     report = csvjournal.merge_csv(csv, encoding=encoding)
     with existing_journal(csv) as journal:
         journal.flush(timeout=FLUSH_SECONDS)
+    if as_json:
+        print_json({"csv": str(csv), **asdict(report)})
+        return
     click.echo(
         f"merged {csv}: {len(report.added)} added, {len(report.updated)} updated,"
         f" {len(report.terminal_kept)} terminal rows kept,"
         f" {len(report.missing)} missing from the CSV,"
         f" {len(report.newer_kept)} kept newer records over the file's"
     )
+    details = [
+        ("columns added", report.added_columns),
+        ("terminal rows kept (their status in the file not taken)", report.terminal_kept),
+        ("rows whose newer records were kept over the file's", report.newer_kept),
+    ]
+    for what, names in details:
+        if names:
+            click.echo(f"  {what}: {_listed(names)}")
+
+
+def _listed(names: list[str], most: int = 10) -> str:
+    """Up to ``most`` names, as Python writes them (a key may hold a comma or a space)."""
+    shown = ", ".join(repr(name) for name in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 @cli.command()
