@@ -26,7 +26,7 @@ import pytest
 import csvjournal
 
 KEY = "ID"
-COLUMNS = [KEY, "STATUS", "LAST_PROCESSED", "WORKER", "N"]
+COLUMNS = [KEY, "STATUS", "LAST_PROCESSED", "N", "WORKER"]  # keywords first
 STATUSES = ("COMPLETED", "FAILED", "NO_ATTACHMENTS")
 
 THREADS = 8
