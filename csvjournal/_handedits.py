@@ -15,7 +15,7 @@ from sqlalchemy import Connection
 
 from csvjournal import _reads
 from csvjournal._rendercache import RenderedCsv
-from csvjournal._settings import read_value, write_value
+from csvjournal._settings import forget_values, read_value, write_value
 from csvjournal._storedlines import stored_columns
 from csvjournal.csvio import fingerprint
 from csvjournal.errors import CsvChangedError
@@ -62,6 +62,8 @@ def check_csv(
             f" `csvjournal import --merge {shlex.quote(str(csv_path))}` to bring the edits into the"
             " journal, or delete the file to have it written anew from the journal"
         )
+    if found == pending and found != digest:
+        _note_placed(store, found)
     if stored_columns(stored_format, formula_guard) is None:
         return None  # the stored records were rendered for the other formula guard
     if guards.get(found) not in (None, formula_guard):
@@ -77,6 +79,32 @@ def check_csv(
             seeded = rendered.seed(conn, data, seq, rows)
         log.debug("csv_rendering_seeded", path=str(csv_path), seeded=seeded, seq=seq)
     return None
+
+
+# What the last export put in place shows, and where a pending export's notes go.
+_PLACED_FROM_PENDING = (
+    ("csv_digest", "csv_pending"),
+    ("csv_seq", "csv_pending_seq"),
+    ("csv_rows", "csv_pending_rows"),
+    ("csv_guard", "csv_pending_guard"),
+)
+
+
+def _note_placed(store: Store, found: str) -> None:
+    """Note the CSV, export ``found`` that its exporter put in place and died before noting,
+    as the last export. Else the next export's ``csv_pending`` would be the only note of
+    it, and, killed before its rename too, leave a CSV that no note knows: a hand edit to
+    every open after, though csvjournal wrote it."""
+    with store.write() as conn:
+        if read_value(conn, "csv_pending") != found:
+            return  # another take-over noted it, or exported since
+        for placed, pending in _PLACED_FROM_PENDING:
+            value = read_value(conn, pending)
+            if value is None:
+                forget_values(conn, placed)
+            else:
+                write_value(conn, placed, value)
+    log.info("csv_export_noted_after_crash", fingerprint=found)
 
 
 _CHANGED_WHILE_RUNNING = (

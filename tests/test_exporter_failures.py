@@ -160,6 +160,48 @@ def test_killing_the_exporter_never_looks_like_a_hand_edit(csv_path: Path) -> No
             assert set(_rows(csv_path)) == set(journal.to_dataframe()["ID"])
 
 
+# An exporter killed with kill -9 right after (after) or right before (before) the rename
+# of its export; csvjournal._export.replace_with is where the rename happens.
+_KILLED_AT_RENAME = """
+import os, signal, sys, time
+import csvjournal, csvjournal._export as export
+real = export.replace_with
+def killed(temp, path):
+    if sys.argv[2] == "after":
+        real(temp, path)
+    os.kill(os.getpid(), signal.SIGKILL)
+export.replace_with = killed
+journal = csvjournal.open(sys.argv[1])
+journal.record(sys.argv[3], "COMPLETED")
+time.sleep(60)
+"""
+
+
+@pytest.mark.slow
+def test_two_exporters_killed_in_a_row_at_their_renames_leave_no_false_hand_edit(
+    csv_path: Path,
+) -> None:
+    # A is killed after putting its export in place (not yet noted as the last export);
+    # B takes over (A's file is the pending export: fine), notes its own export as pending
+    # and is killed before its rename. A's file, which csvjournal wrote, must stay known.
+    csvjournal.open(csv_path, key="ID").close()
+    for moment, key in (("after", "a"), ("before", "b")):
+        killed = subprocess.run(
+            [sys.executable, "-c", _KILLED_AT_RENAME, str(csv_path), moment, key],
+            check=False,
+            capture_output=True,
+            timeout=60,
+        )
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert "a" in _rows(csv_path)
+    with csvjournal.open(csv_path) as journal:  # must not raise CsvChangedError
+        journal.flush(timeout=30)
+    assert {key: row["STATUS"] for key, row in _rows(csv_path).items()} == {
+        "a": "COMPLETED",
+        "b": "COMPLETED",
+    }
+
+
 def test_a_program_that_never_closes_still_gets_its_last_records_exported(
     csv_path: Path,
 ) -> None:
