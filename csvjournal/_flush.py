@@ -116,7 +116,8 @@ def flush_csv(
             return
     while True:
         with operation(), store.read() as conn:
-            if (_reads.exported_seq(conn) or 0) >= target and csv_path.exists():
+            exported = _reads.exported_seq(conn)  # None: never written from the journal
+            if exported is not None and exported >= target and csv_path.exists():
                 return
             blocked = blocked_by(conn, csv_path)
         if blocked is not None:  # the exporter of another handle waits for the edit's fate

@@ -278,7 +278,9 @@ class Journal(Claims):
         lost += self._expire_leases()
         exporter = self._exporter
         with self._reading() as conn:
-            stale = (_reads.exported_seq(conn) or 0) < _reads.last_seq(conn)
+            # never exported (an init killed before its export: no status columns yet)
+            exported = _reads.exported_seq(conn)
+            stale = exported is None or exported < _reads.last_seq(conn)
         missing = not self.csv_path.exists()  # deleted: an exporter writes after commits only
         stale = stale or missing
         if exporter is not None and exporter.leading:

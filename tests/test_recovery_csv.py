@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,7 @@ from _recovery import csv_status as _csv_status
 
 import csvjournal
 from csvjournal.csvio import temp_prefix
+from csvjournal.progress import progress
 
 # -- 2. leftover temporary files ---------------------------------------------------------
 
@@ -83,6 +87,41 @@ def test_recover_regenerates_a_stale_csv_and_only_then(csv_path: Path) -> None:
         assert "CSV: already current" in report.lines()
         assert csv_path.read_bytes() == before
         assert csv_path.stat().st_ino == inode  # not even rewritten
+
+
+_KILLED_BEFORE_FIRST_EXPORT = """
+import os, signal, sys
+import csvjournal, csvjournal._export as export
+export.write_temp = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+csvjournal.open(sys.argv[1], key="ID")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("then", ["recover", "flush"])
+def test_a_csv_never_written_from_its_journal_is_stale_without_any_record(
+    csv_path: Path, then: str
+) -> None:
+    # An init killed after its import committed, before its first export: the journal has
+    # no event yet, the CSV no status columns; "current" by sequence numbers alone.
+    csv_path.write_text("ID,NAME\n1,a\n")
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_BEFORE_FIRST_EXPORT, str(csv_path)],
+        check=False,
+        capture_output=True,
+        timeout=60,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert csv_path.read_text() == "ID,NAME\n1,a\n"
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert not progress(journal).csv_current
+        if then == "recover":
+            report = journal.recover()
+            assert report.csv_was_stale
+            assert "CSV: regenerated" in report.lines()
+        else:
+            journal.flush(timeout=30)
+    assert csv_path.read_text() == "ID,NAME,STATUS,LAST_PROCESSED\n1,a,PENDING,\n"
 
 
 def test_recover_on_the_exporter_after_flush_finds_the_csv_current(csv_path: Path) -> None:

@@ -50,13 +50,15 @@ def render(csv: Path, snap: Progress) -> Group:
     )
     lag = snap.last_seq - (snap.exported_seq or 0)
     freshness = "current" if snap.csv_current else f"{lag:,} events behind"
+    if snap.exported_seq is None:  # an init killed before its export, say
+        freshness = "not written from the journal yet (the next exporting open does)"
     if not snap.csv_exists:
         freshness = "missing (the next exporting open writes it anew)"
     elif snap.csv_edited_by_hand:
         freshness = (
             "edited by hand, not updated until `csvjournal import --merge` brings the edits in"
         )
-    elif snap.csv_age_seconds is not None:
+    elif snap.csv_age_seconds is not None and snap.exported_seq is not None:
         freshness += f", written {snap.csv_age_seconds:.1f} s ago"
     lines = [
         f"{snap.done:,} of {snap.rows:,} rows done ({snap.percent_done:.1f} %),"
