@@ -124,10 +124,7 @@ def flush_csv(
             raise CsvChangedError(blocked)
         try:
             with operation():
-                helper = Exporter(store, settings, csv_path, formula_guard)
-                exported = helper.try_lead()  # exports when it gets the lock: nobody else does
-                if exported:
-                    helper.release()
+                exported = export_here(store, settings, csv_path, formula_guard)
         except (OSError, UnicodeError) as exc:  # the CSV's folder deleted, say
             raise ExportError(f"{csv_path}: could not write the CSV: {exc}") from exc
         if exported:
@@ -137,6 +134,21 @@ def flush_csv(
                 f"{csv_path}: the CSV did not catch up with the journal in {timeout} s"
             )
         time.sleep(POLL_SECONDS)
+
+
+def export_here(store: Store, settings: Settings, csv_path: Path, formula_guard: bool) -> bool:
+    """Write the CSV from this handle if no exporter holds the lock (taking it for the
+    export: nobody else exports meanwhile); whether it did.
+
+    Raises:
+        OSError, UnicodeError: the export failed (the lock is given back).
+        CsvChangedError: the CSV was edited by hand.
+    """
+    helper = Exporter(store, settings, csv_path, formula_guard)
+    if not helper.try_lead():
+        return False
+    helper.release()
+    return True
 
 
 def _by_this_exporter(

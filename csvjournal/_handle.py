@@ -28,12 +28,13 @@ from csvjournal._atomicfile import create_like, is_empty, remove_quietly
 from csvjournal._batch import BatchState
 from csvjournal._commits import Commits, Item
 from csvjournal._dberrors import DB_ERRORS, journal_errors, translate
-from csvjournal._flush import catch_up
+from csvjournal._flush import catch_up, export_here
 from csvjournal._groupcommit import GroupCommitter
 from csvjournal._importer import check_keys, import_rows, unfinished
 from csvjournal._interrupts import HeldInterrupts
 from csvjournal._leases import Action, expire_leases
 from csvjournal._options import Options
+from csvjournal._orphans import OrphanWatch
 from csvjournal._session import Session
 from csvjournal._settings import Settings, read_value, settle, settled, stored_guard
 from csvjournal._tags import give_tag, take_tag
@@ -125,8 +126,11 @@ class Handle:
             self._commits.commit_group, sync
         )
         self._exporter: Exporter | None = None
+        self._watch: OrphanWatch | None = None
         if options.export:
             self._start_exporter()
+        else:  # writes the CSV if the exporting process dies while this one records
+            self._watch = OrphanWatch(options.csv_path, self._export_orphaned)
 
     def _open_store(self, created: bool, source: ParsedCsv | None) -> tuple[list[Path], bool]:
         """Open (or create) the journal's store; return what a failed creation must
@@ -264,6 +268,8 @@ class Handle:
         if self._exporter is not None:
             self._exporter.forget_after_fork()
             self._exporter = None
+        if self._watch is not None:
+            self._watch.forget_after_fork()
         if not self._fork_safe:
             _fork_orphans.append(self._store.orphan())
             # SQLite keeps its locks per file in the process's memory: with one held at
@@ -278,6 +284,10 @@ class Handle:
             )
         self._options = self._child_options()
         self._pid = -1
+
+    def _export_orphaned(self) -> None:
+        with self._gate.operation():
+            export_here(self._store, self._settings, self.csv_path, self._settings.formula_guard)
 
     def _child_options(self) -> Options:
         return replace(self._options, export=False, key=None, terminal=None, keep_backups=0)
@@ -340,9 +350,12 @@ class Handle:
             with HeldInterrupts():  # no Ctrl-C inside the commit: it would leave locks held
                 self._gate.enter()
                 try:
-                    return self._committer.submit(item)
+                    result = self._committer.submit(item)
                 finally:
                     self._gate.exit()
+            if self._watch is not None:
+                self._watch.poke()
+            return result
         except DB_ERRORS as exc:  # a full disk, say: not a bare sqlite3 error (no with:
             # a context manager costs more than a record's validation)
             error = translate(exc, self._options.journal_path, self._options.csv_path)
@@ -376,6 +389,8 @@ class Handle:
             if self._exporter is not None:
                 self._exporter.stop()
                 self._catch_up()  # if another handle exports, or should now
+            if self._watch is not None:
+                self._watch.close()  # its export under way, or its last one
             with self._gate.operation():
                 self._store.close()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from csvjournal._posix import fcntl
 
-__all__ = ["ExporterLock", "lock_path"]
+__all__ = ["ExporterLock", "exporter_alive", "lock_path"]
 
 
 def lock_path(csv_path: Path) -> Path:
@@ -100,3 +100,16 @@ class ExporterLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def exporter_alive(csv_path: Path) -> bool:
+    """Tell whether a process (this one included) holds the exporter lock of ``csv_path``'s
+    journal now."""
+    path = lock_path(csv_path)
+    if not path.exists():
+        return False
+    lock = ExporterLock(path)
+    if lock.acquire():
+        lock.release()
+        return False
+    return True

@@ -124,6 +124,8 @@ class Journal(Claims):
             finally:
                 # (a forked child that left the block reattached: a new dict of its own)
                 self._batches.pop(threading.get_ident(), None)
+        if self._watch is not None:
+            self._watch.poke()
 
     def _refuse_in_batch(self, name: str) -> None:
         # The exporter writes to the journal too: waiting for it under our own write lock

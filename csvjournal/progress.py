@@ -11,7 +11,7 @@ from sqlalchemy import text
 from csvjournal import _reads
 from csvjournal._atomicfile import fingerprint
 from csvjournal._handedits import blocked_by
-from csvjournal._oslock import ExporterLock, lock_path
+from csvjournal._oslock import exporter_alive
 from csvjournal._settings import read_value
 from csvjournal._values import parse_timestamp
 
@@ -66,18 +66,6 @@ class Progress:
     def to_dict(self) -> dict[str, object]:
         """The snapshot as plain JSON-ready data."""
         return asdict(self)
-
-
-def exporter_alive(csv_path: Path) -> bool:
-    """Tell whether a process holds the exporter lock of ``csv_path``'s journal now."""
-    path = lock_path(csv_path)
-    if not path.exists():
-        return False
-    lock = ExporterLock(path)
-    if lock.acquire():
-        lock.release()
-        return False
-    return True
 
 
 def progress(journal: Journal) -> Progress:
