@@ -28,13 +28,13 @@ from csvjournal._atomicfile import create_like, is_empty, remove_quietly
 from csvjournal._batch import BatchState
 from csvjournal._commits import Commits, Item
 from csvjournal._dberrors import DB_ERRORS, journal_errors, translate
-from csvjournal._flush import catch_up, export_here
+from csvjournal._flush import catch_up
 from csvjournal._groupcommit import GroupCommitter
 from csvjournal._importer import check_keys, import_rows, unfinished
 from csvjournal._interrupts import HeldInterrupts
 from csvjournal._leases import Action, expire_leases
 from csvjournal._options import Options
-from csvjournal._orphans import OrphanWatch
+from csvjournal._orphans import OrphanWatch, export_if_behind
 from csvjournal._session import Session
 from csvjournal._settings import Settings, read_value, settle, settled, stored_guard
 from csvjournal._tags import give_tag, take_tag
@@ -130,7 +130,10 @@ class Handle:
         if options.export:
             self._start_exporter()
         else:  # writes the CSV if the exporting process dies while this one records
-            self._watch = OrphanWatch(options.csv_path, self._export_orphaned)
+            self._watch = OrphanWatch(
+                options.csv_path,
+                lambda: export_if_behind(self._store, self._settings, self.csv_path, self._gate),
+            )
 
     def _open_store(self, created: bool, source: ParsedCsv | None) -> tuple[list[Path], bool]:
         """Open (or create) the journal's store; return what a failed creation must
@@ -284,10 +287,6 @@ class Handle:
             )
         self._options = self._child_options()
         self._pid = -1
-
-    def _export_orphaned(self) -> None:
-        with self._gate.operation():
-            export_here(self._store, self._settings, self.csv_path, self._settings.formula_guard)
 
     def _child_options(self) -> Options:
         return replace(self._options, export=False, key=None, terminal=None, keep_backups=0)

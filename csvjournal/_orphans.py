@@ -21,9 +21,14 @@ from pathlib import Path
 
 import structlog
 
+from csvjournal import _reads
+from csvjournal._flush import export_here
+from csvjournal._forking import ForkGate
 from csvjournal._oslock import exporter_alive
+from csvjournal._settings import Settings
+from csvjournal.store import Store
 
-__all__ = ["OrphanWatch"]
+__all__ = ["OrphanWatch", "export_if_behind"]
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +46,7 @@ class OrphanWatch:
         self._thread: threading.Thread | None = None
         self._dirty = False  # a commit since the running round began
         self._closed = threading.Event()
+        self._failed: str | None = None  # the last round's error, logged once
 
     def poke(self) -> None:
         """Note a commit of this handle (cheap while a round is under way)."""
@@ -75,9 +81,11 @@ class OrphanWatch:
                 return
             self._export()
         except Exception as exc:  # the next round tries again; the job goes on
-            log.warning("orphan_export_failed", path=str(self._csv_path), error=str(exc))
+            if str(exc) != self._failed:  # once, not each second (a hand edit, say)
+                log.warning("orphan_export_failed", path=str(self._csv_path), error=str(exc))
+            self._failed = str(exc)
         else:
-            log.debug("orphan_export_checked", path=str(self._csv_path))
+            self._failed = None
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop: wait for a round under way (its export) to end; then, if this handle
@@ -98,3 +106,20 @@ class OrphanWatch:
         self._lock = threading.Lock()
         self._thread = None
         self._dirty = False
+
+
+def export_if_behind(store: Store, settings: Settings, csv_path: Path, gate: ForkGate) -> None:
+    """Write the CSV from this handle when it is behind the journal (or missing) and no
+    exporter holds the lock; a current CSV costs one read of the journal, not of the file.
+
+    Raises:
+        OSError, UnicodeError: the export failed.
+        CsvChangedError: the CSV was edited by hand.
+    """
+    with gate.operation():
+        with store.read() as conn:
+            exported = _reads.exported_seq(conn)
+            current = exported is not None and exported >= _reads.last_seq(conn)
+        if current and csv_path.exists():
+            return
+        export_here(store, settings, csv_path, settings.formula_guard)
