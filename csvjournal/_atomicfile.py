@@ -16,6 +16,8 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
+from csvjournal._pids import writer_alive
+
 __all__ = [
     "atomic_write",
     "copy_file",
@@ -64,26 +66,24 @@ def remove_temp_files(path: Path, *, dead_only: bool = False) -> list[Path]:
     removed = []
     pattern = glob.escape(temp_prefix(path)) + "*"  # a '[' or '*' in the name is a name
     for leftover in sorted(_target(path).parent.glob(pattern)):
-        if dead_only and _writer_alive(leftover.name[len(temp_prefix(path)) :]):
+        if dead_only and _writer_alive(leftover, leftover.name[len(temp_prefix(path)) :]):
             continue
         leftover.unlink(missing_ok=True)
         removed.append(leftover)
     return removed
 
 
-def _writer_alive(suffix: str) -> bool:
-    """Whether the process named in a temporary file's ``<pid>-<random>`` suffix runs (one
-    without a pid, from an older csvjournal, is long dead)."""
+def _writer_alive(leftover: Path, suffix: str) -> bool:
+    """Whether the process named in a temporary file's ``<pid>-<random>`` suffix may still
+    write it (one without a pid, from an older csvjournal, is long dead)."""
     pid, dash, _ = suffix.partition("-")
     if not (dash and pid.isdigit()):
         return False
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+        changed = leftover.stat().st_mtime
+    except FileNotFoundError:
+        return True  # gone already: its writer renamed it
+    return writer_alive(int(pid), changed)
 
 
 def create_like(path: Path, like: Path | None) -> bool:

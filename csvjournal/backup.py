@@ -27,6 +27,7 @@ from pathlib import Path
 import structlog
 
 from csvjournal._atomicfile import copy_file, create_like
+from csvjournal._pids import writer_alive
 from csvjournal.errors import BackupNotFoundError, JournalCorruptError
 
 __all__ = [
@@ -118,16 +119,12 @@ def _new_name(csv_path: Path) -> str:
     return stamp.strftime(_FORMAT)
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True  # another thread of this process may be writing it
+def _alive(pid: int, leftover: Path) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        changed = leftover.stat().st_mtime
+    except FileNotFoundError:
+        return True  # gone already
+    return writer_alive(pid, changed)
 
 
 def remove_leftovers(csv_path: Path, journal_path: Path) -> list[Path]:
@@ -141,7 +138,7 @@ def remove_leftovers(csv_path: Path, journal_path: Path) -> list[Path]:
     prefix = f".{journal_path.name}.restoring-"
     for leftover in journal_path.parent.glob(f"{glob.escape(prefix)}*"):
         pid = leftover.name[len(prefix) :].removesuffix("-journal")
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not _alive(int(pid), leftover):
             leftover.unlink(missing_ok=True)
             removed.append(leftover)
     return removed
@@ -152,7 +149,7 @@ def _remove_leftovers(folder: Path) -> list[Path]:
     removed = []
     for leftover in folder.iterdir():
         found = _LEFTOVER.match(leftover.name)
-        if found is None or (found.group(1) is not None and _alive(int(found.group(1)))):
+        if found is None or (found.group(1) is not None and _alive(int(found.group(1)), leftover)):
             continue
         shutil.rmtree(leftover, ignore_errors=True)
         removed.append(leftover)

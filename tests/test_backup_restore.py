@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -27,6 +28,7 @@ from _children import wait_for_line as _wait_for_line
 import csvjournal
 from csvjournal import _migrate
 from csvjournal.backup import check_backup
+from csvjournal.csvio import temp_prefix
 
 FIXTURES = Path(__file__).parent / "fixtures"
 JOURNAL = "orders.csv.journal"  # the journal of the csv_path fixture
@@ -360,6 +362,35 @@ def test_what_killed_backups_and_restores_leave_is_removed(csv_path: Path) -> No
     assert {partial, restoring, Path(f"{restoring}-journal")} <= set(report.temp_files_removed)
     assert not partial.exists()
     assert not restoring.exists()
+
+
+def test_leftovers_whose_process_number_was_reused_are_removed(csv_path: Path) -> None:
+    # Named after a process number that a later process got (here: this test's own,
+    # changed days before it started): the writer is gone, they are not kept for good.
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("when a process started is read from /proc (Linux)")
+    csvjournal.open(csv_path, key="ID").close()
+    reused = os.getpid()
+    partial = Path(f"{csv_path}.backups") / f".partial-{reused}-0123456789ab"
+    partial.mkdir()
+    (partial / JOURNAL).write_bytes(b"half a copy")
+    export = csv_path.with_name(f"{temp_prefix(csv_path)}{reused}-abcd1234")
+    export.write_bytes(b"ID,STATUS\nhalf an expo")
+    restoring = csv_path.with_name(f".{JOURNAL}.restoring-{reused}")
+    restoring.write_bytes(b"half a journal")
+    long_ago = time.time() - 10 * 86400
+    for leftover in (partial, export, restoring):
+        os.utime(leftover, (long_ago, long_ago))
+    with csvjournal.open(csv_path, keep_backups=0, export=False) as journal:
+        report = journal.recover()
+    assert {partial, export, restoring} <= set(report.temp_files_removed)
+    assert not partial.exists()
+    assert not export.exists()
+    fresh = Path(f"{csv_path}.backups") / f".partial-{reused}-fresh0123456"
+    fresh.mkdir()  # changed while this process runs: its writer may be at work
+    with csvjournal.open(csv_path, keep_backups=0, export=False) as journal:
+        assert fresh not in journal.recover().temp_files_removed
+    assert fresh.exists()
 
 
 def test_an_exporting_open_removes_them_with_automatic_backups_off(csv_path: Path) -> None:

@@ -1,0 +1,62 @@
+"""Whether the process named in a leftover's name (a temporary export, a backup's work
+folder) may still be writing it.
+
+A process id is reused once its process is gone (``pid_max`` is 32768 on many Linux
+systems): a leftover whose writer died would be kept for good if another process got the
+same number. Where the system says when a process started (Linux), a process that
+started after the leftover was last changed is not its writer.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+__all__ = ["writer_alive"]
+
+# The boot time is whole seconds, and the clock may have been stepped since the boot: a
+# writer is taken for gone only when its number's process started well after the change.
+_SLACK_SECONDS = 60.0
+
+
+def writer_alive(pid: int, changed: float) -> bool:
+    """Whether process ``pid`` runs and may have written, at ``changed`` (epoch seconds: the
+    leftover's modification time), what it left."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it runs
+        pass
+    started = _started(pid)
+    return started is None or started <= changed + _SLACK_SECONDS
+
+
+def _started(pid: int) -> float | None:
+    """When process ``pid`` started (epoch seconds), where ``/proc`` says; else None."""
+    boot = _boot_time()
+    if boot is None:
+        return None
+    try:
+        stat = open(f"/proc/{pid}/stat", "rb").read()  # noqa: SIM115 - one read
+    except OSError:
+        return None
+    # "pid (name) state ppid ...": the name may hold spaces and ')'; field 22 is the start
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        ticks = int(fields[19])
+    except (IndexError, ValueError):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+@cache
+def _boot_time() -> float | None:
+    try:
+        with open("/proc/stat", "rb") as stat:
+            for line in stat:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return None
