@@ -27,8 +27,11 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # Text codecs no CSV file is written in: Python's escapes (a line break becomes the two
-# characters \n, so the whole CSV one line) and host-name encodings (no CSV text fits).
-_NOT_FOR_FILES = frozenset({"unicode-escape", "raw-unicode-escape", "idna", "punycode"})
+# characters \n, so the whole CSV one line), host-name encodings (no CSV text fits) and
+# "undefined" (which encodes nothing).
+_NOT_FOR_FILES = frozenset(
+    {"unicode-escape", "raw-unicode-escape", "idna", "punycode", "undefined"}
+)
 
 
 def check_encoding(encoding: object) -> str:

@@ -10,6 +10,7 @@ the group committer, so concurrent records, claims and releases share commits an
 from __future__ import annotations
 
 import contextlib
+import multiprocessing.util
 import os
 import socket
 import threading
@@ -34,7 +35,7 @@ from csvjournal._importer import check_keys, import_rows, unfinished
 from csvjournal._interrupts import HeldInterrupts
 from csvjournal._leases import Action, expire_leases
 from csvjournal._options import Options
-from csvjournal._orphans import OrphanWatch, export_if_behind
+from csvjournal._orphans import OrphanWatch
 from csvjournal._session import Session
 from csvjournal._settings import Settings, read_value, settle, settled, stored_guard
 from csvjournal._tags import give_tag, take_tag
@@ -129,11 +130,10 @@ class Handle:
         self._watch: OrphanWatch | None = None
         if options.export:
             self._start_exporter()
-        else:  # writes the CSV if the exporting process dies while this one records
-            self._watch = OrphanWatch(
-                options.csv_path,
-                lambda: export_if_behind(self._store, self._settings, self.csv_path, self._gate),
-            )
+        elif options.worker_copy:  # writes the CSV if the exporting process dies meanwhile
+            self._watch = OrphanWatch(self._store, self._settings, options.csv_path, self._gate)
+            # a multiprocessing worker ends with os._exit: atexit never runs, finalizers do
+            multiprocessing.util.Finalize(None, self._close_at_worker_exit, exitpriority=10)
 
     def _open_store(self, created: bool, source: ParsedCsv | None) -> tuple[list[Path], bool]:
         """Open (or create) the journal's store; return what a failed creation must
@@ -288,8 +288,14 @@ class Handle:
         self._options = self._child_options()
         self._pid = -1
 
+    def _close_at_worker_exit(self) -> None:
+        if self._pid == os.getpid():
+            getattr(self, "close")()  # noqa: B009 - Journal's, which Handle does not know
+
     def _child_options(self) -> Options:
-        return replace(self._options, export=False, key=None, terminal=None, keep_backups=0)
+        return replace(
+            self._options, export=False, key=None, terminal=None, keep_backups=0, worker_copy=True
+        )
 
     def _ensure(self) -> None:
         if self._closed:

@@ -83,6 +83,8 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
     if path == csv or (path.exists() and csv.exists() and path.samefile(csv)):
         # each would be written over the other: the export renamed over the database
         raise SettingsError(f"{path}: journal_path= names the CSV itself")
+    if Path(f"{csv}.backups") in (path, path.parent):
+        raise SettingsError(f"{path}: journal_path= is in the CSV's backups folder, csvjournal's")
     statuses = None if terminal is None else frozenset(_as_set(terminal))
     _check(
         csv,

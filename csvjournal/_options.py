@@ -27,3 +27,5 @@ class Options:
     formula_guard: bool | None = None  # None: as the journal stored it
     allow_network_fs: bool = False
     keep_backups: int = 5
+    # reopened in a worker process the journal was passed to (see csvjournal._orphans)
+    worker_copy: bool = False

@@ -1,50 +1,58 @@
-"""Exports by a non-exporting handle while no exporter is alive.
+"""Exports by a worker's handle while no exporter is alive.
 
-Worker processes reopen a journal as non-exporting handles; the exporter is the parent's.
-If the parent dies (kill -9) while its workers go on, nobody would write the CSV until the
-next exporting open: the workers could finish the whole job with the sheet frozen where
-the parent left it. So after its commits a non-exporting handle looks, at most once a
-second, whether any process holds the exporter lock; if none does, it writes the CSV
-itself, as :meth:`Journal.flush` does (it takes the lock for the export: still one writer
-of the CSV at a time), in a thread of its own so that no ``record()`` waits for it. A
-commit made while that thread runs is exported by its next round, so the last commits of
-a job reach the CSV too. The rounds are spaced by five times the last export's length at
-least: a big CSV costs the workers a fifth of a core at most.
+A journal passed to a worker process reopens there as a non-exporting handle; the exporter
+is the parent's. If the parent dies (kill -9) while its workers go on, nobody would write
+the CSV until the next exporting open: the workers could finish the whole job with the
+sheet frozen where the parent left it. So after its commits such a handle looks, at most
+once a second, whether any process holds the exporter lock; if none does, it writes the
+CSV itself, as :meth:`Journal.flush` does (taking the lock for the export: still one
+writer of the CSV at a time), in a thread of its own so that no ``record()`` waits for it.
+A round that failed (a full disk) is tried again a second later; the rounds are spaced by
+five times the last export's length at least (a big CSV costs a fifth of a core at most).
+When the handle closes, including when a ``multiprocessing`` worker exits (a finalizer,
+see :func:`csvjournal._forking.reopened`), it flushes: the last commits reach the CSV,
+whoever writes it, unless an exporter stays busy for longer than the close waits.
+
+Handles opened with ``export=False`` by the program itself do not watch: the program
+chose not to write the CSV from them (``flush()`` still exports when nobody does).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
 from csvjournal import _reads
-from csvjournal._flush import export_here
+from csvjournal._flush import export_here, flush_csv
 from csvjournal._forking import ForkGate
 from csvjournal._oslock import exporter_alive
 from csvjournal._settings import Settings
+from csvjournal.errors import CsvJournalError
 from csvjournal.store import Store
 
-__all__ = ["OrphanWatch", "export_if_behind"]
+__all__ = ["OrphanWatch"]
 
 log = structlog.get_logger(__name__)
 
 INTERVAL_SECONDS = 1.0
+CLOSE_SECONDS = 10.0  # how long a closing worker waits for its last commits to be shown
 _EXPORT_SHARE = 5  # rounds at least this many times an export's length apart
 
 
 class OrphanWatch:
-    """The watch of one non-exporting handle (see the module's docstring)."""
+    """The watch of one worker's handle (see the module's docstring)."""
 
-    def __init__(self, csv_path: Path, export: Callable[[], object]) -> None:
+    def __init__(self, store: Store, settings: Settings, csv_path: Path, gate: ForkGate) -> None:
+        self._store = store
+        self._settings = settings
         self._csv_path = csv_path
-        self._export = export  # writes the CSV if it gets the exporter lock
+        self._gate = gate
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._dirty = False  # a commit since the running round began
+        self._dirty = False  # a commit not yet looked after by a round
         self._closed = threading.Event()
         self._failed: str | None = None  # the last round's error, logged once
 
@@ -62,64 +70,69 @@ class OrphanWatch:
             self._thread.start()
 
     def _rounds(self) -> None:
-        # a second after the first commit: a handle that closes sooner writes at its close
-        self._closed.wait(INTERVAL_SECONDS)
-        while True:
+        while not self._closed.wait(INTERVAL_SECONDS):
             with self._lock:
-                if not self._dirty or self._closed.is_set():
+                if not self._dirty:
                     self._thread = None
                     return
                 self._dirty = False
             started = time.monotonic()
-            self._round()
+            if not self._round():
+                with self._lock:
+                    self._dirty = True  # tried again at the next round
             spent = time.monotonic() - started
-            self._closed.wait(max(INTERVAL_SECONDS, _EXPORT_SHARE * spent))
-
-    def _round(self) -> None:
-        try:
-            if exporter_alive(self._csv_path):
+            if self._closed.wait(max(0.0, (_EXPORT_SHARE - 1) * spent)):
                 return
-            self._export()
-        except Exception as exc:  # the next round tries again; the job goes on
+
+    def _round(self) -> bool:
+        """Export if no exporter is alive and the CSV is behind; False if that failed."""
+        try:
+            if not exporter_alive(self._csv_path):
+                self._export_if_behind()
+        except Exception as exc:  # the job goes on
             if str(exc) != self._failed:  # once, not each second (a hand edit, say)
                 log.warning("orphan_export_failed", path=str(self._csv_path), error=str(exc))
             self._failed = str(exc)
-        else:
-            self._failed = None
+            return False
+        self._failed = None
+        return True
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop: wait for a round under way (its export) to end; then, if this handle
-        committed since, one last round here (a worker's last records, written as it
-        closes)."""
+    def _export_if_behind(self) -> None:
+        with self._gate.operation():
+            with self._store.read() as conn:  # current: no export (nor its read of the CSV)
+                exported = _reads.exported_seq(conn)
+                current = exported is not None and exported >= _reads.last_seq(conn)
+            if not current or not self._csv_path.exists():
+                export_here(
+                    self._store, self._settings, self._csv_path, self._settings.formula_guard
+                )
+
+    def close(self) -> None:
+        """Stop the rounds; if this handle committed since the last one, wait (up to
+        :data:`CLOSE_SECONDS`) until the CSV shows its commits, exporting if nobody does."""
         self._closed.set()
         with self._lock:
-            thread = self._thread
+            thread, last = self._thread, self._dirty
+            self._dirty = False
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-        with self._lock:
-            last, self._dirty = self._dirty, False
-        if last:
-            self._round()
+            thread.join(CLOSE_SECONDS)
+        if not last and self._failed is None:
+            return
+        try:
+            flush_csv(
+                self._store,
+                self._settings,
+                self._csv_path,
+                None,
+                formula_guard=self._settings.formula_guard,
+                timeout=CLOSE_SECONDS,
+                gate=self._gate,
+            )
+        except CsvJournalError as exc:  # its records are safe; the next exporter shows them
+            log.warning("csv_behind_at_close", path=str(self._csv_path), error=str(exc))
 
     def forget_after_fork(self) -> None:
         """In a forked child: no round runs here (the parent's thread was not copied)."""
         self._lock = threading.Lock()
         self._thread = None
         self._dirty = False
-
-
-def export_if_behind(store: Store, settings: Settings, csv_path: Path, gate: ForkGate) -> None:
-    """Write the CSV from this handle when it is behind the journal (or missing) and no
-    exporter holds the lock; a current CSV costs one read of the journal, not of the file.
-
-    Raises:
-        OSError, UnicodeError: the export failed.
-        CsvChangedError: the CSV was edited by hand.
-    """
-    with gate.operation():
-        with store.read() as conn:
-            exported = _reads.exported_seq(conn)
-            current = exported is not None and exported >= _reads.last_seq(conn)
-        if current and csv_path.exists():
-            return
-        export_here(store, settings, csv_path, settings.formula_guard)

@@ -10,7 +10,6 @@ started after the leftover was last changed is not its writer.
 from __future__ import annotations
 
 import os
-from functools import cache
 
 __all__ = ["writer_alive"]
 
@@ -50,8 +49,9 @@ def _started(pid: int) -> float | None:
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
-@cache
 def _boot_time() -> float | None:
+    """When the system booted, by the clock as it is now (Linux moves it when the clock is
+    stepped: read each time, never kept)."""
     try:
         with open("/proc/stat", "rb") as stat:
             for line in stat:

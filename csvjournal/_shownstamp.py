@@ -60,15 +60,15 @@ def _window(
         hour = hour % 12 + (12 if meridiem[0] in "Pp" else 0)
     try:
         start = datetime(year, month, day, hour, int(minute or 0), int(second or 0))
-    except ValueError:  # a 13th month: the other order, or no date at all
+        if fraction is not None:
+            digits = fraction[:3]
+            start += timedelta(milliseconds=int(digits.ljust(3, "0")))
+            width = timedelta(milliseconds=10 ** (3 - len(digits)))
+        else:
+            width = timedelta(minutes=1) if second is None else timedelta(seconds=1)
+        return _stamp(start), _stamp(start + width)
+    except (ValueError, OverflowError):  # a 13th month (the other order), 31.12.9999 23:59
         return None
-    if fraction is not None:
-        digits = fraction[:3]
-        start += timedelta(milliseconds=int(digits.ljust(3, "0")))
-        width = timedelta(milliseconds=10 ** (3 - len(digits)))
-    else:
-        width = timedelta(minutes=1) if second is None else timedelta(seconds=1)
-    return _stamp(start), _stamp(start + width)
 
 
 def _stamp(moment: datetime) -> str:

@@ -62,6 +62,9 @@ class Progress:
     csv_age_seconds: float | None
     csv_edited_by_hand: bool
     exporter_alive: bool
+    # the CSV was written from the journal, but with the other formula guard (an open
+    # turned it on or off since): then ``exported_seq`` is None too
+    csv_shows_other_guard: bool = False
 
     def to_dict(self) -> dict[str, object]:
         """The snapshot as plain JSON-ready data."""
@@ -82,6 +85,7 @@ def progress(journal: Journal) -> Progress:
         leased = int(conn.execute(text(_LEASED), {"now": now}).scalar_one())
         last = _reads.last_seq(conn)
         exported = _reads.exported_seq(conn)
+        other_guard = exported is None and read_value(conn, "csv_seq") is not None
         found = conn.execute(text(_RECENT), {"first": max(0, last - _RATE_EVENTS)})
         recent = [(str(at), str(status), before) for at, status, before in found]
         edited = blocked_by(conn, journal.csv_path) is not None
@@ -115,6 +119,7 @@ def progress(journal: Journal) -> Progress:
         csv_age_seconds=None if age is None else round(age, 3),
         csv_edited_by_hand=edited,
         exporter_alive=alive,
+        csv_shows_other_guard=other_guard,
     )
 
 

@@ -80,6 +80,10 @@ def test_an_error_naming_a_path_with_a_line_break_stays_one_line(tmp_path: Path)
     csv = tmp_path / "new\nline.csv"
     line = assert_error(invoke("status", csv), "no journal for")
     assert "new\\nline.csv" in line
+    csv = tmp_path / "Q4  orders\n.csv"  # from the library: two spaces stay two
+    csv.write_text("ID\n1\n1\n")
+    line = assert_error(invoke("init", csv, "--key", "ID"), "duplicate key")
+    assert "Q4  orders\\n.csv" in line
 
 
 @pytest.mark.parametrize(

@@ -95,6 +95,18 @@ def test_status_reports_a_deleted_csv_as_missing_until_an_export(orders: Path) -
     assert (data["csv_exists"], data["csv_current"]) == (True, True)
 
 
+def test_status_says_when_the_csv_shows_the_other_formula_guard(orders: Path) -> None:
+    csvjournal.open(orders, export=False, formula_guard=True).close()  # nobody exports
+    out = ok(invoke("status", orders))
+    assert "CSV: written with the other formula guard setting" in out
+    data = json.loads(ok(invoke("status", orders, "--json")))
+    assert (data["csv_current"], data["csv_shows_other_guard"]) == (False, True)
+    with csvjournal.open(orders, keep_backups=0):  # the next export shows the guard
+        pass
+    data = json.loads(ok(invoke("status", orders, "--json")))
+    assert (data["csv_current"], data["csv_shows_other_guard"]) == (True, False)
+
+
 def test_status_says_when_a_hand_edit_stopped_the_exports(orders: Path) -> None:
     with csvjournal.open(orders) as journal:
         width = len(orders.read_text(encoding="utf-8").splitlines()[0].split(","))

@@ -89,8 +89,8 @@ class Exporters:
             if not pid:
                 return None
             by_pid = {proc.pid: proc for proc in self.running}
-            # a worker looks at the lock each second, and exports while no exporter leads
-            return by_pid.get(pid)
+            assert pid in by_pid, f"the exporter lock is held by {pid}, not an exporter"
+            return by_pid[pid]
 
         return self._wait(find)
 

@@ -163,7 +163,8 @@ class _Group(click.Group):
                 traceback.print_exception(exc, file=sys.stderr)
             if isinstance(exc, DBAPIError):  # SQLAlchemy's wrapping: SQLite's own words
                 exc = exc.orig if isinstance(exc.orig, sqlite3.Error) else exc
-            message = " ".join(str(exc).split()) or type(exc).__name__
+            # as it is (a path may hold two spaces); CliError.show escapes line breaks
+            message = str(exc).strip() or type(exc).__name__
             if isinstance(exc, sqlite3.Error) and not isinstance(exc, CsvJournalError):
                 message = f"SQLite: {message}"  # e.g. a damaged journal met outside open()
             raise CliError(message) from exc

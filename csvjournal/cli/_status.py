@@ -50,7 +50,9 @@ def render(csv: Path, snap: Progress) -> Group:
     )
     lag = snap.last_seq - (snap.exported_seq or 0)
     freshness = "current" if snap.csv_current else f"{lag:,} events behind"
-    if snap.exported_seq is None:  # an init killed before its export, say
+    if snap.csv_shows_other_guard:  # an open turned the formula guard on or off
+        freshness = "written with the other formula guard setting (the next export rewrites it)"
+    elif snap.exported_seq is None:  # an init killed before its export, say
         freshness = "not written from the journal yet (the next exporting open does)"
     if not snap.csv_exists:
         freshness = "missing (the next exporting open writes it anew)"
