@@ -24,7 +24,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Context, Decimal
 from itertools import islice
 from pathlib import Path
 from typing import NoReturn
@@ -240,11 +240,29 @@ def _refuse_again(
     )
 
 
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,4})?")
+_LONGEST_NUMBER = 40  # characters: no spreadsheet shows a number longer
+_EXCEL_DIGITS = 15  # significant digits Excel keeps of a number
 
 
 def _as_number(key: str) -> Decimal | None:
-    return Decimal(key).normalize() if _NUMBER.fullmatch(key) else None
+    if len(key) > _LONGEST_NUMBER or not _NUMBER.fullmatch(key):
+        return None
+    return Decimal(key)
+
+
+def _shown_by(gone: list[tuple[Decimal, str]], digits: int) -> dict[Decimal, str]:
+    """The keys ``gone`` by each number a spreadsheet could show them as with ``digits``
+    significant digits: rounded or cut (``1.23457E+11`` for ``123456789012``; Excel keeps
+    15 digits of a longer number)."""
+    shown: dict[Decimal, str] = {}
+    for number, key in gone:
+        if len(number.normalize().as_tuple().digits) <= digits:
+            shown.setdefault(number.normalize(), key)
+            continue
+        for mode in (ROUND_HALF_UP, ROUND_DOWN):
+            shown.setdefault(Context(prec=digits, rounding=mode).plus(number).normalize(), key)
+    return shown
 
 
 def _refuse_numbered_keys(
@@ -258,12 +276,23 @@ def _refuse_numbered_keys(
     Raises:
         CsvFormatError: the first such key, at its line, with the key it stands for.
     """
-    gone: dict[Decimal, str] = {}
-    for key in report.missing:
+    gone = [(number, key) for key in report.missing if (number := _as_number(key)) is not None]
+    if not gone:
+        return
+    by_digits: dict[int, dict[Decimal, str]] = {}  # one index per precision the file shows
+    pairs: dict[str, str] = {}
+    for key in report.added:
         number = _as_number(key)
-        if number is not None:
-            gone.setdefault(number, key)
-    pairs = {key: gone[n] for key in report.added if (n := _as_number(key)) in gone}
+        if number is None:
+            continue
+        shown = number.normalize()
+        # rounded only as spreadsheets round: in scientific notation, or to 15 digits
+        rounded = "e" in key.lower() or len(key.strip("+-0").replace(".", "")) >= _EXCEL_DIGITS
+        digits = len(shown.as_tuple().digits) if rounded else _LONGEST_NUMBER
+        if digits not in by_digits:
+            by_digits[digits] = _shown_by(gone, digits)
+        if shown in by_digits[digits]:
+            pairs[key] = by_digits[digits][shown]
     if not pairs:
         return
     index = parsed.header.index(column)
@@ -277,7 +306,8 @@ def _refuse_numbered_keys(
         f"{path}: line {line}, column {column!r}: key {new!r} is not in the journal, and its"
         f" key {pairs[new]!r} is missing from the file{more}: a spreadsheet read the keys as"
         " numbers (leading zeros lost, digits rounded). Put the keys back (import the column"
-        " as text) and merge again"
+        " as text) and merge again; if the new keys are meant, keep the old rows in the file"
+        " too (a merge never deletes a row)"
     )
 
 
