@@ -107,6 +107,7 @@ def merge_csv(
             with journal._reading() as conn:
                 parsed = _unguarded_header(path, parsed, _reads.column_names(conn))
         check_keys(path, parsed, settings.key_column)
+        _refuse_unwritable_names(path, parsed, settings.dialect.encoding)
         journal._local.worker = MERGE_WORKER  # this handle is the merge's own
         with journal.batch():
             _merge_rows(journal, settings, path, parsed, report)
@@ -128,6 +129,25 @@ def merge_csv(
         newer_kept=len(report.newer_kept),
     )
     return report
+
+
+def _refuse_unwritable_names(path: Path, parsed: ParsedCsv, encoding: str) -> None:
+    """Refuse a header name the CSV's encoding cannot write (the sheet was re-saved in
+    another): merged, the column would stop every export of the CSV for good.
+
+    Raises:
+        CsvFormatError: the name, at its line and column.
+    """
+    for index, name in enumerate(parsed.header):
+        try:
+            name.encode(encoding)
+        except UnicodeEncodeError as exc:
+            line, column = parsed.header_place(index)
+            raise CsvFormatError(
+                f"{path}: line {line}, column {column}: header name {name!r} holds"
+                f" {name[exc.start : exc.end]!r}, which the CSV's encoding ({encoding}) cannot"
+                " write"
+            ) from None
 
 
 def _unguarded_header(path: Path, parsed: ParsedCsv, columns: list[str]) -> ParsedCsv:

@@ -140,6 +140,17 @@ def test_merge_refuses_text_the_journals_encoding_cannot_write_at_its_line(
         assert len(journal) == 1  # nothing merged
 
 
+def test_merge_refuses_a_header_name_the_journals_encoding_cannot_write(csv_path: Path) -> None:
+    _latin1_journal(csv_path)
+    lines = csv_path.read_bytes().decode("latin-1").splitlines()
+    lines = [f"{lines[0]},Status → Done"] + [f"{line}," for line in lines[1:]]
+    csv_path.write_bytes(("\n".join(lines) + "\n").encode("utf-8"))
+    with pytest.raises(csvjournal.CsvFormatError, match=r"line 1, column 31: header name"):
+        csvjournal.merge_csv(csv_path)
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.columns == ["ID", "NAME", "STATUS", "LAST_PROCESSED"]
+
+
 def test_a_utf16_journals_sheet_re_saved_as_utf8_without_bom_is_read_as_utf8(
     csv_path: Path,
 ) -> None:
