@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from sqlalchemy import Connection
 
@@ -50,27 +50,48 @@ _STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)?")
 _EVENT = "SELECT status, fields, at, prev, worker FROM events WHERE seq = ?"
 
 
-# Which events a timestamp cell shows: True for the version it shows (and older), False
-# for a newer one, None once the walk is past every moment the cell can stand for.
-_Shows = Callable[[str], bool | None]
+# Which events a timestamp cell shows, given each event's (time, status after it, fields it
+# set): True for the version it shows (and older), False for a newer one, None once the
+# walk is past every moment the cell can stand for without meeting the version it shows.
+_Shows = Callable[[str, str, dict[str, str]], bool | None]
 
 
-def shown(cell: str) -> _Shows:
-    """What a row's timestamp cell says about its events (see :func:`changed_after`): as
-    exported, the time of the row's last record (empty: never recorded); re-formatted by
-    a spreadsheet (``30.11.2026 14:44``), the newest event in the minute or second shown,
-    in either order of day and month that the row's events confirm."""
+def shown(cell: str, row: Mapping[str, str], status_column: str) -> _Shows:
+    """What a row's timestamp cell says about its events (see :func:`changed_after`), the
+    file's ``row`` as the user sees it: as exported, the time of the row's last record
+    (empty: never recorded); re-formatted by a spreadsheet (``30.11.2026 14:44``), one of
+    the row's events in the minute or second shown, in either order of day and month.
+    Several events may fall in it (a claim and its outcome): the newest whose fields, or
+    else status, the file shows is the version shown; when the file shows none of them,
+    all of them count as newer (the journal's values are kept, not lost)."""
     if _STAMP.fullmatch(cell):
-        return lambda at: at <= cell
+        return lambda at, _status, _fields: at <= cell
     windows = stamp_windows(cell)
     earliest = min((start for start, _ in windows), default="")
+    seen: list[str] = []  # events met in a window: their walk is conservative
 
-    def shows(at: str) -> bool | None:
+    def shows(at: str, status: str, fields: dict[str, str]) -> bool | None:
         if any(start <= at < end for start, end in windows):
-            return True
-        return None if at < earliest or not windows else False
+            seen.append(at)
+            return _shows_event(row, status_column, status, fields)
+        if at < earliest or not windows:
+            return True if seen else None
+        return False
 
     return shows
+
+
+def _shows_event(
+    row: Mapping[str, str], status_column: str, status: str, fields: dict[str, str]
+) -> bool:
+    """Whether the file's ``row`` shows what an event set: its fields' values (those the
+    file has), or, for an event that set none, its status (an empty cell is PENDING)."""
+    present = {name: value for name, value in fields.items() if name in row}
+    if present:
+        return all(row[name] == value for name, value in present.items())
+    if status_column not in row:
+        return True
+    return status == (row[status_column] or PENDING)
 
 
 def changed_after(conn: Connection, key: str, shown: _Shows, settings: Settings) -> set[str] | None:
@@ -87,7 +108,7 @@ def changed_after(conn: Connection, key: str, shown: _Shows, settings: Settings)
         status, fields, at, prev, worker = raw.execute(_EVENT, (seq,)).fetchone()
         if later is not None and later[0] != status and later[1] != MERGE_WORKER:
             names.add(settings.status_column)
-        showing = shown(at)
+        showing = shown(at, status, json.loads(fields))
         if showing is None:
             return None
         if showing:
@@ -95,7 +116,7 @@ def changed_after(conn: Connection, key: str, shown: _Shows, settings: Settings)
         if worker != MERGE_WORKER:
             names.update(json.loads(fields))
         later, seq = (status, worker), prev
-    if shown("") is None:  # a re-formatted stamp, but of none of the row's events
+    if shown("", PENDING, {}) is None:  # a re-formatted stamp, but of none of the events
         return None
     if later is not None and later[0] != PENDING and later[1] != MERGE_WORKER:
         names.add(settings.status_column)  # the first record changed PENDING

@@ -224,7 +224,10 @@ def _merge_rows(
                 newer = set()  # the file shows the row's newest version
             else:
                 with journal._reading() as conn:
-                    found = _newer.changed_after(conn, key, _newer.shown(shown_at), settings)
+                    shows = _newer.shown(
+                        shown_at, {n: read(v) for n, v in row.items()}, settings.status_column
+                    )
+                    found = _newer.changed_after(conn, key, shows, settings)
                 # no version to go by (a stamp typed over): the last export's
                 newer = found if found is not None else since_export.get(key, set())
             try:

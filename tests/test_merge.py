@@ -203,6 +203,50 @@ def test_a_stale_sheet_with_re_formatted_stamps_keeps_the_jobs_newer_values(
         assert journal.get("r2")["NAME"] == "b2"  # type: ignore[index]
 
 
+@pytest.mark.parametrize("outcome", ["COMPLETED", "FAILED"])
+def test_a_sheet_saved_between_two_records_of_one_minute_keeps_the_second(
+    csv_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str
+) -> None:
+    # A claim and its outcome often fall in one minute: the re-formatted cell cannot tell
+    # them apart, the file's values can (it shows the first one's).
+    csv_path.write_text(_ROWS)
+    _stamped_at(monkeypatch, "2026-11-30T10:00:05.250Z")
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("r1", "IN_PROGRESS", RESULT="partial")
+    copy = csv_path.read_text()
+    _stamped_at(monkeypatch, "2026-11-30T10:00:40.000Z")
+    with csvjournal.open(csv_path) as journal:
+        journal.record("r1", outcome, RESULT="final answer")
+    edited = copy.replace("2026-11-30T10:00:05.250Z", "30.11.2026 10:00")
+    csv_path.write_text(edited.replace("r2,b,", "r2,b2,"))
+    report = csvjournal.merge_csv(csv_path)
+    assert (report.updated, report.newer_kept) == (["r2"], ["r1"])
+    with csvjournal.open(csv_path, export=False) as journal:
+        row = journal.get("r1")
+    assert row is not None
+    assert (row["STATUS"], row["RESULT"]) == (outcome, "final answer")
+
+
+def test_a_stamp_whose_day_and_month_may_swap_finds_the_day_the_file_shows(
+    csv_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1/2/2026 10:00 is 2 January or 1 February; records on both days, the sheet from
+    # the first: the second day's record is newer, not shown.
+    csv_path.write_text(_ROWS)
+    _stamped_at(monkeypatch, "2026-01-02T10:00:01.000Z")
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("r1", "FAILED", ERROR_MESSAGE="January")
+    copy = csv_path.read_text()
+    _stamped_at(monkeypatch, "2026-02-01T10:00:01.000Z")
+    with csvjournal.open(csv_path) as journal:
+        journal.record("r1", "FAILED", ERROR_MESSAGE="February")
+    csv_path.write_text(copy.replace("2026-01-02T10:00:01.000Z", "1/2/2026 10:00 AM"))
+    report = csvjournal.merge_csv(csv_path)
+    assert report.newer_kept == ["r1"]
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.get("r1")["ERROR_MESSAGE"] == "February"  # type: ignore[index]
+
+
 def test_a_re_formatted_stamp_of_the_newest_version_lets_a_status_be_blanked(
     csv_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
