@@ -10,7 +10,7 @@ from pathlib import Path
 from csvjournal._csvlocate import locate_offset
 from csvjournal.errors import CsvFormatError, SettingsError
 
-__all__ = ["BOM_OF", "check_encoding", "decode", "writing_encoding"]
+__all__ = ["BOM_OF", "check_encoding", "decode", "single_byte", "writing_encoding"]
 
 _BOMS = (  # UTF-32 LE's before UTF-16 LE's, which begins it
     (codecs.BOM_UTF8, "utf-8"),
@@ -102,13 +102,19 @@ def _resaved(data: bytes, usual: str) -> str | None:
         return usual
     if family in ("utf-16", "utf-32"):
         return usual if b"\x00" in data[:256] else None
-    if data.isascii():
+    if data.isascii() or not single_byte(usual):  # GBK text may be valid UTF-8 too
         return usual
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
         return usual
     return None
+
+
+def single_byte(encoding: str) -> bool:
+    """Whether ``encoding`` writes each character as one byte (cp1252, latin-1, koi8-r):
+    it reads any bytes, so only the text can tell it was another encoding."""
+    return all(len(char.encode(encoding, "ignore")) <= 1 for char in "é€Жאあ中가")
 
 
 def _utf16_without_bom(data: bytes) -> str | None:

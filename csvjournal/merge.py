@@ -34,11 +34,12 @@ import structlog
 from csvjournal import _newer, _reads
 from csvjournal._importer import check_keys
 from csvjournal._leases import Action
+from csvjournal._mergeread import read_sheet
 from csvjournal._newer import MERGE_WORKER
 from csvjournal._open import open as open_journal
 from csvjournal._settings import Settings, forget_values, read_value, write_value
 from csvjournal._writer import PENDING
-from csvjournal.csvio import ParsedCsv, guard_formula, read_csv, unguard_formula
+from csvjournal.csvio import ParsedCsv, guard_formula, unguard_formula
 from csvjournal.errors import CsvFormatError, RecordError
 from csvjournal.journal import Journal
 
@@ -87,22 +88,8 @@ def merge_csv(
             written_with = read_value(conn, "csv_guard")
         if isinstance(written_with, bool):  # (an open may have turned it on or off since)
             settings = replace(settings, formula_guard=written_with)
-        show = guard_formula if settings.formula_guard else str
-        # The file was written by the exporter in the stored encoding, then edited by hand:
-        # reading it as UTF-8 would refuse the very file the hand-edit error says to merge;
-        # but a spreadsheet may have re-saved it in another (its BOM, or UTF-8, says so).
-        # The dialect is the one the sheet's first records show (re-saved by a spreadsheet,
-        # it may be another); when they show none (a broken row), the exported one.
-        parsed = read_csv(
-            path,
-            encoding=encoding,
-            usual_encoding=settings.dialect.encoding,
-            expected=(
-                settings.dialect.delimiter,
-                settings.dialect.quotechar,
-                show(settings.key_column),
-            ),
-        )
+        with journal._reading() as conn:
+            parsed = read_sheet(conn, path, settings, encoding)
         if settings.formula_guard:
             with journal._reading() as conn:
                 parsed = _unguarded_header(path, parsed, _reads.column_names(conn))

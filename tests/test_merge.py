@@ -128,6 +128,33 @@ def test_merge_reads_a_sheet_a_spreadsheet_re_saved_in_another_encoding(
     )
 
 
+def test_a_gbk_sheet_stays_gbk_though_its_bytes_read_as_utf8(csv_path: Path) -> None:
+    csv_path.write_bytes("ID,NAME\n1,甲\n".encode("gbk"))
+    with csvjournal.open(csv_path, key="ID", encoding="gbk"):
+        pass
+    text = csv_path.read_bytes().decode("gbk")
+    csv_path.write_bytes((text + "2,未,,\n").encode("gbk"))  # 未 in GBK: valid UTF-8 ("δ")
+    assert csvjournal.merge_csv(csv_path).added == ["2"]
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.get("2")["NAME"] == "未"  # type: ignore[index]
+
+
+def test_a_cp1252_sheet_whose_bytes_read_as_utf8_stays_cp1252_when_the_journal_says_so(
+    csv_path: Path,
+) -> None:
+    # "CafÃ©" in cp1252 is the UTF-8 of "Café": read as UTF-8, every row holding such
+    # text would change though nobody touched it.
+    csv_path.write_bytes("ID,NAME,NOTE\n1,CafÃ©,x\n2,Brau,y\n".encode("cp1252"))
+    with csvjournal.open(csv_path, key="ID", encoding="cp1252"):
+        pass
+    text = csv_path.read_bytes().decode("cp1252")
+    csv_path.write_bytes(text.replace("2,Brau,y", "2,Brau,y2").encode("cp1252"))
+    report = csvjournal.merge_csv(csv_path)
+    assert (report.added, report.updated) == ([], ["2"])
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.get("1")["NAME"] == "CafÃ©"  # type: ignore[index]
+
+
 def test_merge_refuses_text_the_journals_encoding_cannot_write_at_its_line(
     csv_path: Path,
 ) -> None:
