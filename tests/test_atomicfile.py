@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 from _exporter import write_protect
+from click.testing import CliRunner
 
 import csvjournal
 from csvjournal._atomicfile import _umask, atomic_write, remove_temp_files, temp_prefix
+from csvjournal.cli import cli
 
 
 def test_a_symlinked_csv_keeps_its_link_and_its_target_shows_the_records(
@@ -51,6 +53,21 @@ def test_a_link_to_a_csv_with_a_journal_gets_no_second_journal(tmp_path: Path) -
     elsewhere = tmp_path / "link" / "mine.journal"
     with csvjournal.open(link, key="ID", journal_path=elsewhere) as journal:  # chosen
         assert journal.get("a") is not None
+
+
+def test_the_cli_on_a_link_to_a_csv_with_a_journal_names_the_file_to_use(tmp_path: Path) -> None:
+    target = tmp_path / "orders.csv"
+    target.write_text("ID\na\n")
+    csvjournal.open(target, key="ID").close()
+    (tmp_path / "link").mkdir()
+    link = tmp_path / "link" / "orders.csv"
+    link.symlink_to(target)
+    result = CliRunner().invoke(cli, ["status", str(link)])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"csvjournal: error: no journal for {link}, a link to {target}, which has one:"
+        f" use {target}\n"
+    )
 
 
 def test_an_export_to_a_symlink_writes_its_target(tmp_path: Path) -> None:

@@ -316,6 +316,16 @@ def journal_path_of(csv: Path) -> Path:
     return Path(f"{csv}.journal")
 
 
+def no_journal(csv: Path, hint: str = "") -> CliError:
+    """The error for a CSV without a journal: run init; or, for a symlink to a CSV that
+    has one, use the file it points at."""
+    if csv.is_symlink():
+        real = Path(os.path.realpath(csv))
+        if journal_path_of(real).exists():
+            return CliError(f"no journal for {csv}, a link to {real}, which has one: use {real}")
+    return CliError(f"no journal for {csv}: run csvjournal init {csv} --key COLUMN{hint}")
+
+
 def schema_revision(journal: Path) -> str | None:
     """The schema revision of the journal file, read without writing a byte of it (None:
     no csvjournal schema in it)."""
@@ -346,7 +356,7 @@ def existing_journal(
     """
     journal_path = journal_path_of(csv)
     if not journal_path.exists():
-        raise CliError(f"no journal for {csv}: run csvjournal init {csv} --key COLUMN")
+        raise no_journal(csv)
     revision = schema_revision(journal_path) if reading else None
     if revision in _migrate.KNOWN_REVISIONS[:-1]:
         raise CliError(

@@ -24,6 +24,7 @@ from csvjournal.cli._app import (
     importing,
     journal_path_of,
     json_option,
+    no_journal,
     print_json,
     schema_revision,
 )
@@ -177,7 +178,7 @@ def import_(csv: Path, merge: bool, encoding: str | None, as_json: bool) -> None
     """Bring hand edits of the CSV into the journal (new rows added, changed fields updated;
     a terminal row never moves back), then rewrite the CSV."""
     if not journal_path_of(csv).exists():
-        raise CliError(f"no journal for {csv}: run csvjournal init {csv} --key COLUMN")
+        raise no_journal(csv)
     report = csvjournal.merge_csv(csv, encoding=encoding)
     with existing_journal(csv) as journal:
         journal.flush(timeout=FLUSH_SECONDS)
@@ -251,7 +252,7 @@ def backup(csv: Path, keep: int) -> None:
 def backups(csv: Path, as_json: bool) -> None:
     """List the backups of CSV's journal, oldest first."""
     if not journal_path_of(csv).exists():
-        raise CliError(f"no journal for {csv}: run csvjournal init {csv} --key COLUMN")
+        raise no_journal(csv)
     found = list_backups(csv)
     if as_json:
         print_json({"csv": str(csv), "backups": [str(path) for path in found]})
@@ -279,7 +280,7 @@ def restore(csv: Path, backup_dir: Path) -> None:
 def upgrade(csv: Path) -> None:
     """Migrate the journal's schema to this csvjournal's (after a backup)."""
     if not journal_path_of(csv).exists():
-        raise CliError(f"no journal for {csv}: run csvjournal init {csv} --key COLUMN")
+        raise no_journal(csv)
     before = schema_revision(journal_path_of(csv))
     with existing_journal(csv):
         pass

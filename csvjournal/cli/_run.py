@@ -32,6 +32,7 @@ from csvjournal.cli._app import (
     importing,
     journal_path_of,
     log_json_wanted,
+    no_journal,
     stderr_console,
 )
 from csvjournal.cli._commands import _names
@@ -277,9 +278,7 @@ def run(  # noqa: PLR0917 - click passes every option by position
     failed, 130 when interrupted, 2 on bad input.
     """
     if not journal_path_of(csv).exists() and key is None:
-        raise CliError(
-            f"no journal for {csv}: run csvjournal init {csv} --key COLUMN (or pass --key)"
-        )
+        raise no_journal(csv, " (or pass --key)")
     names = _names(terminal)
     _check_before_writing(csv, key, names, command, success_status, encoding=encoding)
     config = RunConfig(
