@@ -63,6 +63,27 @@ def _count(name: str, value: object) -> int | None:
     return min(value, 2**62)
 
 
+def _claim_args(
+    n: object, lease: float, worker: object, max_attempts: object
+) -> tuple[int, int | None]:
+    """``n`` and ``max_attempts`` as counts, once every argument of a claim is checked.
+
+    Raises:
+        SettingsError: ``n`` or ``max_attempts`` below 1, or ``lease`` not a number of
+            seconds above 0 and at most :data:`MAX_LEASE_SECONDS` (30 days).
+        TypeError: ``n`` or ``max_attempts`` not an int, ``worker`` not text.
+    """
+    count, limit = _count("n", n) or 0, _count("max_attempts", max_attempts)
+    if worker is not None and (type(worker) is not str or not worker):
+        raise TypeError(f"worker must be a name (non-empty text), not {worker!r}")
+    if count < 1 or not _valid_lease(lease) or (limit is not None and limit < 1):
+        raise SettingsError(
+            f"claim needs n >= 1, 0 < lease <= {MAX_LEASE_SECONDS:,} (30 days) and"
+            f" max_attempts >= 1 or None, not n={count}, lease={lease}, max_attempts={limit}"
+        )
+    return count, limit
+
+
 class Claims(Handle):
     """Claims, leases, attempts and :meth:`work` (mixed into :class:`Journal`)."""
 
@@ -88,16 +109,21 @@ class Claims(Handle):
             JournalBusyError: other writers held the journal longer than the busy timeout.
             JournalClosedError: the handle is closed.
         """
-        n, max_attempts = _count("n", n) or 0, _count("max_attempts", max_attempts)
-        if worker is not None and (type(worker) is not str or not worker):
-            raise TypeError(f"worker must be a name (non-empty text), not {worker!r}")
-        if n < 1 or not _valid_lease(lease) or (max_attempts is not None and max_attempts < 1):
-            raise SettingsError(
-                f"claim needs n >= 1, 0 < lease <= {MAX_LEASE_SECONDS:,} (30 days) and"
-                f" max_attempts >= 1 or None, not n={n}, lease={lease}, max_attempts={max_attempts}"
-            )
+        n, max_attempts = _claim_args(n, lease, worker, max_attempts)
         self._ensure()
-        name = worker or self._worker_name()
+        return self._claim(n, lease, worker or self._worker_name(), max_attempts, None)
+
+    def _claim(
+        self,
+        n: int,
+        lease: float,
+        name: str,
+        max_attempts: int | None,
+        abandon: threading.Event | None,
+    ) -> list[str]:
+        """:meth:`claim`, its arguments checked; once ``abandon`` is set, a claim still
+        waiting for a journal that other processes keep busy gives up
+        (:class:`JournalBusyError`)."""
         # The time is read inside the transaction, once the write lock is ours: a claim that
         # waited for the lock must see the leases that ran out meanwhile, and get its whole lease.
         keys: list[str] = self._write(  # type: ignore[assignment]
@@ -111,7 +137,8 @@ class Claims(Handle):
                     worker=name,
                     at=timestamp_now(),
                     max_attempts=max_attempts,
-                )
+                ),
+                abandon=abandon,
             )
         )
         thread = threading.current_thread()  # not its ident, which a new thread may reuse
@@ -306,9 +333,11 @@ class Claims(Handle):
 
         Raises:
             SettingsError: ``success_status`` is not one of the journal's terminal
-                statuses.
+                statuses, or ``lease``/``max_attempts`` as :meth:`claim` refuses them.
+            TypeError: ``worker`` not text, ``max_attempts`` not an int.
             JournalClosedError: the handle is closed.
         """
+        _claim_args(1, lease, worker, max_attempts)
         terminal = self.settings.terminal
         if success_status not in terminal:
             raise SettingsError(

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -140,7 +140,7 @@ class Commits:
             conn = store.writer()
             if conn.in_transaction:  # left open by an exception an application's signal
                 conn.execute("ROLLBACK")  # handler raised mid-commit: nothing of it holds
-            queued = store.begin_writer(conn)
+            queued = store.begin_writer(conn, _abandoned(items))
             mark = writer.begin(conn)
             try:
                 if writer.formula_guard:
@@ -218,3 +218,14 @@ class Commits:
         seq = self._writer.allocate(conn, op)
         self._writer.apply(conn, [op])
         return seq
+
+
+def _abandoned(items: Sequence[RecordOp | Action]) -> Callable[[], bool] | None:
+    """Whether to stop waiting for a busy journal: only for a group of actions that may be
+    abandoned (claims of work loops), once every one of them is (see ``Action.abandon``)."""
+    if type(items[0]) is RecordOp:  # the usual group: records, never abandoned
+        return None
+    events = [item.abandon for item in items if isinstance(item, Action)]
+    if len(events) != len(items) or any(event is None for event in events):
+        return None
+    return lambda: all(event is not None and event.is_set() for event in events)

@@ -10,6 +10,7 @@ no live lease holds it: :data:`FREE_ROWS` or :data:`LAPSED_ROWS`, the tests shar
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -73,6 +74,9 @@ class Action:
     run: Callable[[sqlite3.Connection, Writer], object]
     # the record it writes, if any (a claimed row's outcome): checked as records are
     op: RecordOp | None = None
+    # set: the caller no longer wants it (a work loop told to stop); a group made only of
+    # such actions stops waiting for a busy journal once all of theirs are set
+    abandon: threading.Event | None = None
 
 
 def _write(conn: sqlite3.Connection, writer: Writer, ops: Sequence[RecordOp]) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from csvjournal._writer import IN_PROGRESS
-from csvjournal.errors import JournalClosedError
+from csvjournal.errors import JournalBusyError, JournalClosedError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -36,8 +36,13 @@ _IDLE_POLL_SECONDS = 0.25
 
 
 class _Journal(Protocol):
-    def claim(
-        self, n: int = 1, *, lease: float, worker: str | None, max_attempts: int | None
+    def _claim(
+        self,
+        n: int,
+        lease: float,
+        name: str,
+        max_attempts: int | None,
+        abandon: threading.Event | None,
     ) -> list[str]: ...
     def extend(self, keys: list[str], lease: float, *, worker: str | None = ...) -> list[str]: ...
     def release(
@@ -219,9 +224,20 @@ def work(
     renewer = _Renewer(journal, lease)
     status_column = journal.settings.status_column
     task: Task | None = None
+
+    def claim() -> list[str]:
+        try:  # a claim waiting for a journal other processes keep busy gives up at a stop
+            return journal._claim(1, lease, worker, max_attempts, stop)
+        except JournalBusyError:
+            if stop is not None and stop.is_set():
+                return []
+            raise
+
     try:
         while stop is None or not stop.is_set():
-            keys = journal.claim(1, lease=lease, worker=worker, max_attempts=max_attempts)
+            keys = claim()
+            if not keys and stop is not None and stop.is_set():
+                return
             if not keys:
                 end = journal.next_lease_end(max_attempts)
                 if end is not None:
@@ -233,7 +249,7 @@ def work(
                     continue
                 # A lease that ran out between the claim and that look is not in it: one
                 # more claim before ending, or its row would be left behind.
-                keys = journal.claim(1, lease=lease, worker=worker, max_attempts=max_attempts)
+                keys = claim()
                 if not keys:
                     return
             task = Task(journal, keys[0], worker, success_status, status_column)

@@ -32,7 +32,7 @@ import structlog
 from csvjournal._posix import fcntl
 from csvjournal.errors import JournalBusyError
 
-__all__ = ["WriterQueue"]
+__all__ = ["GAVE_UP", "WriterQueue"]
 
 _FIRST_WAIT = 10e-6
 _LONGEST_WAIT = 1e-4
@@ -40,6 +40,11 @@ _LONGEST_WAIT = 1e-4
 # writers; without it, trying SQLite's lock first saves the two ``flock`` calls.
 _CONTENDED_SECONDS = 1.0
 
+
+# The message of a wait given up because its writers no longer want the write.
+GAVE_UP = "gave up waiting for the journal: the writer stopped"
+_CANCEL_SLICE = 0.1  # seconds between looks at a cancel, waiting for this process's turn
+_CANCEL_EVERY = 1000  # tries between looks at a cancel, polling (at 100 µs: ~0.1 s)
 
 log = structlog.get_logger(__name__)
 
@@ -70,22 +75,22 @@ class WriterQueue:
                 log.warning("writers_queue_unavailable", path=str(self.path), error=str(exc))
         return self._fd
 
-    def begin(self, attempt: Callable[[], bool]) -> bool:
+    def begin(
+        self, attempt: Callable[[], bool], cancelled: Callable[[], bool] | None = None
+    ) -> bool:
         """Start a write transaction with ``attempt`` (``BEGIN IMMEDIATE``: True once it
         succeeded, False while the journal is busy) in this writer's turn.
 
         Tries at once when this handle met no other writer lately; else, or when that
         fails, waits for its turn in the queue and then retries quickly. Returns whether
         the queue is held: pass it to :meth:`end` once the transaction is over.
+        ``cancelled()``, if given, says when to stop waiting.
 
         Raises:
-            JournalBusyError: other writers kept the journal busy past the busy timeout.
+            JournalBusyError: other writers kept the journal busy past the busy timeout
+                (or the wait was cancelled).
         """
-        if not self._threads.acquire(timeout=self._busy_timeout):
-            raise JournalBusyError(
-                f"{self._journal}: other threads of this process kept the journal busy"
-                f" for {self._busy_timeout:g} s"
-            )
+        self._take_threads(cancelled)
         try:
             if time.monotonic() >= self._queue_until:
                 if attempt():
@@ -94,11 +99,11 @@ class WriterQueue:
             deadline = time.monotonic() + self._busy_timeout
             fd = self._file()
             if fd is None:
-                self._poll(attempt, deadline)
+                self._poll(attempt, deadline, cancelled)
                 return False
-            waited = self._lock(fd, deadline)
+            waited = self._lock(fd, deadline, cancelled)
             try:
-                waited = self._poll(attempt, deadline) or waited
+                waited = self._poll(attempt, deadline, cancelled) or waited
             except BaseException:
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 raise
@@ -117,7 +122,24 @@ class WriterQueue:
         finally:
             self._threads.release()
 
-    def _lock(self, fd: int, deadline: float) -> bool:
+    def _take_threads(self, cancelled: Callable[[], bool] | None) -> None:
+        """Take this process's turn among its threads (up to the busy timeout)."""
+        if cancelled is None:
+            taken = self._threads.acquire(timeout=self._busy_timeout)
+        else:  # in slices, to see a cancel
+            deadline = time.monotonic() + self._busy_timeout
+            taken = False
+            while not taken and time.monotonic() < deadline:
+                if cancelled():
+                    raise JournalBusyError(f"{self._journal}: {GAVE_UP}")
+                taken = self._threads.acquire(timeout=_CANCEL_SLICE)
+        if not taken:
+            raise JournalBusyError(
+                f"{self._journal}: other threads of this process kept the journal busy"
+                f" for {self._busy_timeout:g} s"
+            )
+
+    def _lock(self, fd: int, deadline: float, cancelled: Callable[[], bool] | None = None) -> bool:
         """Take the queue's ``flock``; return whether we had to wait for it."""
 
         def take() -> bool:
@@ -127,16 +149,26 @@ class WriterQueue:
                 return False
             return True
 
-        return self._poll(take, deadline)
+        return self._poll(take, deadline, cancelled)
 
-    def _poll(self, attempt: Callable[[], bool], deadline: float) -> bool:
+    def _poll(
+        self,
+        attempt: Callable[[], bool],
+        deadline: float,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> bool:
         """Retry ``attempt`` at 10 µs backing off to 100 µs until it succeeds; return
-        whether it had to wait. Raises :class:`JournalBusyError` past ``deadline``."""
+        whether it had to wait. Raises :class:`JournalBusyError` past ``deadline``, or
+        once ``cancelled()`` (asked every 1,000 tries at most: ~0.1 s)."""
         wait = _FIRST_WAIT
         waited = False
+        tries = 0
         while not attempt():
             if time.monotonic() >= deadline:
                 raise self._busy()
+            tries += 1
+            if cancelled is not None and tries % _CANCEL_EVERY == 0 and cancelled():
+                raise JournalBusyError(f"{self._journal}: {GAVE_UP}")
             waited = True
             time.sleep(wait)
             wait = min(wait * 2, _LONGEST_WAIT)

@@ -29,7 +29,7 @@ from csvjournal import _migrate
 from csvjournal._dberrors import io_error, is_damaged
 from csvjournal._fsinfo import NETWORK_FILESYSTEMS, filesystem_of
 from csvjournal._schema import peek
-from csvjournal._writerqueue import WriterQueue
+from csvjournal._writerqueue import GAVE_UP, WriterQueue
 from csvjournal.errors import (
     CsvJournalError,
     JournalBusyError,
@@ -50,6 +50,16 @@ _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 _ATTEMPT_MS = 250
 _T = TypeVar("_T")
 _WAL_SIZE_LIMIT = 32 * 1024 * 1024  # bytes a WAL is cut back to when it starts over
+
+
+class _StopWhen(tenacity.stop.stop_base):
+    """Stop retrying once ``cancelled()`` says so (the writer no longer wants the write)."""
+
+    def __init__(self, cancelled: Callable[[], bool]) -> None:
+        self._cancelled = cancelled
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return self._cancelled()
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -174,21 +184,27 @@ class Store:
 
         return engine
 
-    def retry_busy(self, action: Callable[[], _T]) -> _T:
-        """Run ``action``, retrying while SQLite reports busy, up to ``busy_timeout`` s.
+    def retry_busy(
+        self, action: Callable[[], _T], cancelled: Callable[[], bool] | None = None
+    ) -> _T:
+        """Run ``action``, retrying while SQLite reports busy, up to ``busy_timeout`` s
+        (or until ``cancelled()`` says to stop waiting).
 
         Raises:
-            JournalBusyError: still busy when the time is up.
+            JournalBusyError: still busy when the time is up (or it was cancelled).
         """
         try:
             return action()
         except sqlite3.OperationalError as exc:
             if not is_busy(exc):
                 raise
+        stop: tenacity.stop.stop_base = tenacity.stop_after_delay(self.busy_timeout)
+        if cancelled is not None:
+            stop = stop | _StopWhen(cancelled)
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(is_busy),
             wait=tenacity.wait_random_exponential(multiplier=0.005, max=0.5),
-            stop=tenacity.stop_after_delay(self.busy_timeout),
+            stop=stop,
             before_sleep=self._log_busy,
             reraise=True,
         )
@@ -197,6 +213,8 @@ class Store:
         except sqlite3.OperationalError as exc:
             if not is_busy(exc):
                 raise
+            if cancelled is not None and cancelled():
+                raise JournalBusyError(f"{self.path}: {GAVE_UP}") from exc
             raise JournalBusyError(
                 f"{self.path}: journal still locked by another writer after {self.busy_timeout:g} s"
             ) from exc
@@ -298,35 +316,41 @@ class Store:
                 fd = self._wal_fd
         _sync_data(fd)
 
-    def begin_writer(self, conn: sqlite3.Connection) -> bool:
+    def begin_writer(
+        self, conn: sqlite3.Connection, cancelled: Callable[[], bool] | None = None
+    ) -> bool:
         """``BEGIN IMMEDIATE`` on :meth:`writer`'s connection, in this writer's turn among
         the journal's writers (see :mod:`csvjournal._writerqueue`). Returns a token for
         :meth:`end_writer`, to be called once the transaction is committed or rolled back.
+        ``cancelled()``, if given, says when to stop waiting for a busy journal.
 
         Raises:
-            JournalBusyError: other writers kept the journal busy past the busy timeout.
+            JournalBusyError: other writers kept the journal busy past the busy timeout
+                (or the wait was cancelled).
         """
         if self._queue is None:
-            self.begin_immediate(conn)
+            self.begin_immediate(conn, cancelled)
             return False
         attempt = self._attempt
         if attempt is None or attempt.args[0] is not conn:
             attempt = self._attempt = partial(_try_begin, conn)
-        return self._queue.begin(attempt)
+        return self._queue.begin(attempt, cancelled)
 
     def end_writer(self, queued: bool) -> None:
         """End the turn :meth:`begin_writer` began (``queued`` is what it returned)."""
         if self._queue is not None:
             self._queue.end(queued)
 
-    def begin_immediate(self, conn: sqlite3.Connection) -> None:
+    def begin_immediate(
+        self, conn: sqlite3.Connection, cancelled: Callable[[], bool] | None = None
+    ) -> None:
         """``BEGIN IMMEDIATE`` on a DBAPI connection, retried while busy."""
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             if not is_busy(exc):
                 raise
-            self.retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+            self.retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"), cancelled)
 
     def close(self) -> None:
         """Close every connection of this store; the next use opens new ones."""

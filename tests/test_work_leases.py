@@ -376,6 +376,53 @@ def test_a_late_outcome_never_frees_a_row_another_worker_still_holds(
         second.close()
 
 
+_HOLDER = """
+import sys, time, csvjournal
+journal = csvjournal.open(sys.argv[1], export=False)
+with journal.batch():
+    journal.record("held", "PENDING")
+    print("holding", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.slow
+def test_a_stop_ends_a_loop_whose_claim_waits_for_a_journal_another_process_holds(
+    tmp_path: Path,
+) -> None:
+    # Another process keeps a batch open: the claim would wait the busy timeout (30 s)
+    # after Ctrl-C stopped `csvjournal run`, and then claim a row nobody wants any more.
+    csv_path = tmp_path / "jobs.csv"
+    csv_path.write_text("ID\na\nb\n")
+    csvjournal.open(csv_path, key="ID").close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(csv_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "holding"
+        with csvjournal.open(csv_path, export=False, busy_timeout=30) as journal:
+            stop = threading.Event()
+            tasks: list[str] = []
+            loop = threading.Thread(
+                target=lambda: tasks.extend(t.key for t in journal.work(lease=60, stop=stop))
+            )
+            loop.start()
+            time.sleep(1.0)  # the claim waits for the holder's batch
+            assert loop.is_alive()
+            stop.set()
+            stopped = time.monotonic()
+            loop.join(10)
+            assert not loop.is_alive()
+            assert time.monotonic() - stopped < 3
+            assert tasks == []
+    finally:
+        holder.kill()
+        holder.wait()
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert "IN_PROGRESS" not in journal.counts()
+
+
 @pytest.mark.slow
 def test_a_task_finished_while_its_lease_is_renewed_is_never_called_lost(tmp_path: Path) -> None:
     # One worker alone, its renewer waking every 20 ms: a renewal meeting the row just
