@@ -198,6 +198,26 @@ def _stamped_at(monkeypatch: pytest.MonkeyPatch, stamp: str) -> None:
 _ROWS = "ID,NAME\nr1,a\nr2,b\n"
 
 
+def _copy_between(
+    csv_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    first: tuple[str, str, dict[str, str]],
+    then: tuple[str, str, dict[str, str]],
+    shown: str,
+) -> None:
+    """Record r1 at ``first``'s time, take a copy of the sheet, record r1 at ``then``'s,
+    and save the copy back as a spreadsheet would (its stamp re-formatted as ``shown``)
+    with r2's NAME edited: a stale sheet over the job's newer record."""
+    csv_path.write_text(_ROWS)
+    for (stamp, status, fields), export in ((first, True), (then, False)):
+        _stamped_at(monkeypatch, stamp)
+        with csvjournal.open(csv_path, key="ID") as journal:
+            journal.record("r1", status, fields=fields)
+        if export:
+            copy = csv_path.read_text().replace(stamp, shown)
+    csv_path.write_text(copy.replace("r2,b,", "r2,b2,"))
+
+
 @pytest.mark.parametrize(
     ("day", "shown"),
     [
@@ -213,16 +233,9 @@ def test_a_stale_sheet_with_re_formatted_stamps_keeps_the_jobs_newer_values(
 ) -> None:
     # The sheet was open in a spreadsheet while the job went on; saved later, its stamps
     # re-formatted: measured against the last export, its old values won over newer ones.
-    csv_path.write_text(_ROWS)
-    _stamped_at(monkeypatch, f"{day}T10:00:05.250Z")
-    with csvjournal.open(csv_path, key="ID") as journal:
-        journal.record("r1", "FAILED", ERROR_MESSAGE="boom")
-    copy = csv_path.read_text()
-    _stamped_at(monkeypatch, f"{day}T10:07:00.000Z")
-    with csvjournal.open(csv_path) as journal:
-        journal.record("r1", "FAILED", ERROR_MESSAGE="HTTP 503 on retry")
-    edited = copy.replace(f"{day}T10:00:05.250Z", shown).replace("r2,b,", "r2,b2,")
-    csv_path.write_text(edited)
+    first = (f"{day}T10:00:05.250Z", "FAILED", {"ERROR_MESSAGE": "boom"})
+    then = (f"{day}T10:07:00.000Z", "FAILED", {"ERROR_MESSAGE": "HTTP 503 on retry"})
+    _copy_between(csv_path, monkeypatch, first, then, shown)
     report = csvjournal.merge_csv(csv_path)
     assert (report.updated, report.newer_kept) == (["r2"], ["r1"])
     with csvjournal.open(csv_path, export=False) as journal:
@@ -236,16 +249,9 @@ def test_a_sheet_saved_between_two_records_of_one_minute_keeps_the_second(
 ) -> None:
     # A claim and its outcome often fall in one minute: the re-formatted cell cannot tell
     # them apart, the file's values can (it shows the first one's).
-    csv_path.write_text(_ROWS)
-    _stamped_at(monkeypatch, "2026-11-30T10:00:05.250Z")
-    with csvjournal.open(csv_path, key="ID") as journal:
-        journal.record("r1", "IN_PROGRESS", RESULT="partial")
-    copy = csv_path.read_text()
-    _stamped_at(monkeypatch, "2026-11-30T10:00:40.000Z")
-    with csvjournal.open(csv_path) as journal:
-        journal.record("r1", outcome, RESULT="final answer")
-    edited = copy.replace("2026-11-30T10:00:05.250Z", "30.11.2026 10:00")
-    csv_path.write_text(edited.replace("r2,b,", "r2,b2,"))
+    first = ("2026-11-30T10:00:05.250Z", "IN_PROGRESS", {"RESULT": "partial"})
+    then = ("2026-11-30T10:00:40.000Z", outcome, {"RESULT": "final answer"})
+    _copy_between(csv_path, monkeypatch, first, then, "30.11.2026 10:00")
     report = csvjournal.merge_csv(csv_path)
     assert (report.updated, report.newer_kept) == (["r2"], ["r1"])
     with csvjournal.open(csv_path, export=False) as journal:
@@ -259,15 +265,9 @@ def test_a_stamp_whose_day_and_month_may_swap_finds_the_day_the_file_shows(
 ) -> None:
     # 1/2/2026 10:00 is 2 January or 1 February; records on both days, the sheet from
     # the first: the second day's record is newer, not shown.
-    csv_path.write_text(_ROWS)
-    _stamped_at(monkeypatch, "2026-01-02T10:00:01.000Z")
-    with csvjournal.open(csv_path, key="ID") as journal:
-        journal.record("r1", "FAILED", ERROR_MESSAGE="January")
-    copy = csv_path.read_text()
-    _stamped_at(monkeypatch, "2026-02-01T10:00:01.000Z")
-    with csvjournal.open(csv_path) as journal:
-        journal.record("r1", "FAILED", ERROR_MESSAGE="February")
-    csv_path.write_text(copy.replace("2026-01-02T10:00:01.000Z", "1/2/2026 10:00 AM"))
+    first = ("2026-01-02T10:00:01.000Z", "FAILED", {"ERROR_MESSAGE": "January"})
+    then = ("2026-02-01T10:00:01.000Z", "FAILED", {"ERROR_MESSAGE": "February"})
+    _copy_between(csv_path, monkeypatch, first, then, "1/2/2026 10:00 AM")
     report = csvjournal.merge_csv(csv_path)
     assert report.newer_kept == ["r1"]
     with csvjournal.open(csv_path, export=False) as journal:

@@ -11,7 +11,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import _work
@@ -299,6 +300,26 @@ def test_a_worker_stopped_past_its_lease_loses_the_row_and_records_after_resumin
         assert {r[KEY]: r["STATUS"] for r in csv.DictReader(f)} == dict.fromkeys(KEYS, "COMPLETED")
 
 
+@contextmanager
+def _two_workers(tmp_path: Path) -> Iterator[tuple[Journal, Journal, Path]]:
+    """Two non-exporting handles on a journal of one row, r0 (two workers)."""
+    csv_path = tmp_path / "late.csv"
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("r0")
+    first = csvjournal.open(csv_path, export=False)
+    second = csvjournal.open(csv_path, export=False)
+    try:
+        yield first, second, csv_path
+    finally:
+        first.close()
+        second.close()
+
+
+def _lease_runs_out(csv_path: Path) -> None:
+    with sqlite3.connect(f"{csv_path}.journal") as conn:
+        conn.execute("UPDATE rows SET lease_until = 1 WHERE key = 'r0'")
+
+
 @pytest.mark.parametrize("body_raises", [True, False], ids=["failed late", "succeeded late"])
 def test_a_late_outcome_never_moves_a_row_another_worker_finished_back(
     tmp_path: Path, body_raises: bool
@@ -306,16 +327,10 @@ def test_a_late_outcome_never_moves_a_row_another_worker_finished_back(
     # A worker paused past its lease (a suspended laptop, a stopped process): another took
     # the row over and finished it. A late FAILED must not undo that (the row would run
     # again); a late COMPLETED is recorded after theirs.
-    csv_path = tmp_path / "late.csv"
-    with csvjournal.open(csv_path, key="ID") as journal:
-        journal.record("r0")
-    first = csvjournal.open(csv_path, export=False)
-    second = csvjournal.open(csv_path, export=False)
-    try:
+    with _two_workers(tmp_path) as (first, second, csv_path):
         for task in first.work(lease=300, worker="A"):
             with task:
-                with sqlite3.connect(f"{csv_path}.journal") as conn:  # A's lease runs out
-                    conn.execute("UPDATE rows SET lease_until = 1 WHERE key = 'r0'")
+                _lease_runs_out(csv_path)
                 assert second.claim(worker="B") == ["r0"]
                 second.record("r0", "COMPLETED", BY="B")
                 if body_raises:
@@ -330,9 +345,6 @@ def test_a_late_outcome_never_moves_a_row_another_worker_finished_back(
         assert trail == [*theirs, *late]
         assert first.get("r0")["STATUS"] == "COMPLETED"  # type: ignore[index]
         assert first.pending() == []
-    finally:
-        first.close()
-        second.close()
 
 
 @pytest.mark.parametrize("body_raises", [True, False], ids=["failed late", "succeeded late"])
@@ -341,16 +353,10 @@ def test_a_late_outcome_never_frees_a_row_another_worker_still_holds(
 ) -> None:
     # As above, but B is still working on the row: a late FAILED would end B's live lease
     # and offer the row to a third worker while B runs it.
-    csv_path = tmp_path / "late.csv"
-    with csvjournal.open(csv_path, key="ID") as journal:
-        journal.record("r0")
-    first = csvjournal.open(csv_path, export=False)
-    second = csvjournal.open(csv_path, export=False)
-    try:
+    with _two_workers(tmp_path) as (first, second, csv_path):
         for task in first.work(lease=300, worker="A"):
             with task:
-                with sqlite3.connect(f"{csv_path}.journal") as conn:  # A's lease runs out
-                    conn.execute("UPDATE rows SET lease_until = 1 WHERE key = 'r0'")
+                _lease_runs_out(csv_path)
                 assert second.claim(worker="B") == ["r0"]
                 if body_raises:
                     raise RuntimeError("A's download failed")
@@ -371,9 +377,6 @@ def test_a_late_outcome_never_frees_a_row_another_worker_still_holds(
         else:  # the work is done: recorded, B's lease ends
             assert row["STATUS"] == "COMPLETED"
             assert first.history("r0")[-1].worker == "A"
-    finally:
-        first.close()
-        second.close()
 
 
 _HOLDER = """
