@@ -60,6 +60,8 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
     SQLite's full ``integrity_check``).
 
     Raises:
+        TypeError: an argument of the wrong kind (a column name that is not text,
+            ``keep_backups`` not an int, a flag not True or False); nothing is made.
         SettingsError: missing or conflicting arguments, or a file that is not a journal.
         SchemaTooNewError: the journal was written by a newer csvjournal (left unchanged).
         JournalBusyError: the journal stayed locked for longer than ``busy_timeout``.
