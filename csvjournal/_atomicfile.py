@@ -79,11 +79,7 @@ def _writer_alive(leftover: Path, suffix: str) -> bool:
     pid, dash, _ = suffix.partition("-")
     if not (dash and pid.isdigit()):
         return False
-    try:
-        changed = leftover.stat().st_mtime
-    except FileNotFoundError:
-        return True  # gone already: its writer renamed it
-    return writer_alive(int(pid), changed)
+    return writer_alive(int(pid), leftover)
 
 
 def create_like(path: Path, like: Path | None) -> bool:

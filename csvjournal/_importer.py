@@ -19,7 +19,7 @@ from csvjournal._writer import PENDING
 from csvjournal.csvio import EXCEL_MAX_CELL, ParsedCsv
 from csvjournal.errors import CsvFormatError
 
-__all__ = ["check_keys", "import_rows", "unfinished"]
+__all__ = ["check_keys", "import_rows", "listed", "unfinished"]
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +51,8 @@ def unfinished(journal_path: Path) -> bool:
         return False
 
 
-def _listed(names: list[str], most: int = 10) -> str:
+def listed(names: list[str], most: int = 10) -> str:
+    """Up to ``most`` names, as Python writes them (a name may hold a comma or a space)."""
     shown = ", ".join(repr(name) for name in names[:most])
     return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
@@ -79,7 +80,7 @@ def check_keys(path: Path, parsed: ParsedCsv, key: str, *, formula_guard: bool =
     if key not in parsed.header:
         raise CsvFormatError(
             f"{path}: line 1, column 1: no key column {key!r} in the header"
-            f" ({_listed(parsed.header)}){_near_miss(key, parsed.header)}"
+            f" ({listed(parsed.header)}){_near_miss(key, parsed.header)}"
         )
     index = parsed.header.index(key)
     seen: set[str] = set()  # the keys alone: their lines are looked up for an error only

@@ -10,6 +10,7 @@ started after the leftover was last changed is not its writer.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 __all__ = ["writer_alive"]
 
@@ -18,9 +19,13 @@ __all__ = ["writer_alive"]
 _SLACK_SECONDS = 60.0
 
 
-def writer_alive(pid: int, changed: float) -> bool:
-    """Whether process ``pid`` runs and may have written, at ``changed`` (epoch seconds: the
-    leftover's modification time), what it left."""
+def writer_alive(pid: int, leftover: Path) -> bool:
+    """Whether process ``pid`` runs and may have written ``leftover`` (a file or folder it
+    named after itself) as it is now: it started before the leftover last changed."""
+    try:
+        changed = leftover.stat().st_mtime
+    except FileNotFoundError:
+        return True  # gone already: its writer renamed or removed it
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

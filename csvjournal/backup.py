@@ -119,14 +119,6 @@ def _new_name(csv_path: Path) -> str:
     return stamp.strftime(_FORMAT)
 
 
-def _alive(pid: int, leftover: Path) -> bool:
-    try:
-        changed = leftover.stat().st_mtime
-    except FileNotFoundError:
-        return True  # gone already
-    return writer_alive(pid, changed)
-
-
 def remove_leftovers(csv_path: Path, journal_path: Path) -> list[Path]:
     """Delete what backups, prunes and restores killed half-way left behind (their process
     is gone): hidden work folders beside the backups, a restore's temporary journal beside
@@ -138,7 +130,7 @@ def remove_leftovers(csv_path: Path, journal_path: Path) -> list[Path]:
     prefix = f".{journal_path.name}.restoring-"
     for leftover in journal_path.parent.glob(f"{glob.escape(prefix)}*"):
         pid = leftover.name[len(prefix) :].removesuffix("-journal")
-        if pid.isdigit() and not _alive(int(pid), leftover):
+        if pid.isdigit() and not writer_alive(int(pid), leftover):
             leftover.unlink(missing_ok=True)
             removed.append(leftover)
     return removed
@@ -149,7 +141,9 @@ def _remove_leftovers(folder: Path) -> list[Path]:
     removed = []
     for leftover in folder.iterdir():
         found = _LEFTOVER.match(leftover.name)
-        if found is None or (found.group(1) is not None and _alive(int(found.group(1)), leftover)):
+        if found is None or (
+            found.group(1) is not None and writer_alive(int(found.group(1)), leftover)
+        ):
             continue
         shutil.rmtree(leftover, ignore_errors=True)
         removed.append(leftover)

@@ -5,14 +5,11 @@ from __future__ import annotations
 import codecs
 import re
 import tracemalloc
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 import csvjournal
-from csvjournal._oslock import ExporterLock, lock_path
 
 
 def _start(csv_path: Path) -> None:
@@ -346,18 +343,6 @@ def test_merging_a_deleted_csv_is_a_journal_io_error_naming_it(csv_path: Path) -
         assert journal.counts() == {"PENDING": 1, "COMPLETED": 2}
 
 
-@contextmanager
-def _exporter_busy(csv_path: Path) -> Iterator[None]:
-    """An exporter alive that has not written yet (it holds the lock): a non-exporting
-    handle leaves the CSV to it, and the file stays behind the journal."""
-    lock = ExporterLock(lock_path(csv_path))
-    assert lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 def _sheet(csv_path: Path, text: str) -> None:
     csv_path.write_text(text, encoding="utf-8")
 
@@ -382,7 +367,7 @@ def test_a_second_merge_keeps_what_workers_recorded_after_the_first(csv_path: Pa
     csvjournal.open(csv_path, key="PO").close()
     _sheet(csv_path, csv_path.read_text().replace("\n1,a,", "\n1,A,"))
     assert csvjournal.merge_csv(csv_path).updated == ["1"]
-    with _exporter_busy(csv_path), csvjournal.open(csv_path, export=False) as worker:
+    with csvjournal.open(csv_path, export=False) as worker:
         worker.record("2", "FAILED", NAME="from-worker")  # no export in between
     _sheet(csv_path, csv_path.read_text().replace("\n1,A,", "\n1,Alpha,"))
     report = csvjournal.merge_csv(csv_path)
@@ -455,7 +440,7 @@ def test_a_timestamp_cell_that_is_no_timestamp_keeps_the_newer_records(csv_path:
     _sheet(csv_path, "ID,STATUS,X,Y\nK1,,a,y\n")
     with csvjournal.open(csv_path, key="ID") as journal:
         journal.record("K1", "FAILED", X="a1")
-    with _exporter_busy(csv_path), csvjournal.open(csv_path, export=False) as worker:
+    with csvjournal.open(csv_path, export=False) as worker:
         worker.record("K1", "IN_PROGRESS", Y="worker-result")  # not exported yet
     # re-saved by a spreadsheet in another locale: the cell no longer says which version
     _sheet(csv_path, "ID,STATUS,X,Y,LAST_PROCESSED\nK1,FAILED,a-user,y,30.11.2026 06:35\n")

@@ -11,7 +11,7 @@ import click
 import csvjournal
 from csvjournal import _migrate
 from csvjournal._flush import RETRY_NOTE
-from csvjournal._importer import unfinished
+from csvjournal._importer import listed, unfinished
 from csvjournal._values import format_timestamp
 from csvjournal.backup import list_backups, prune_backups
 from csvjournal.cli._app import (
@@ -198,13 +198,7 @@ def import_(csv: Path, merge: bool, encoding: str | None, as_json: bool) -> None
     ]
     for what, names in details:
         if names:
-            click.echo(f"  {what}: {_listed(names)}")
-
-
-def _listed(names: list[str], most: int = 10) -> str:
-    """Up to ``most`` names, as Python writes them (a key may hold a comma or a space)."""
-    shown = ", ".join(repr(name) for name in names[:most])
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+            click.echo(f"  {what}: {listed(names)}")
 
 
 @cli.command()
