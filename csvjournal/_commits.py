@@ -110,6 +110,15 @@ class Commits:
                 no call was refused).
             BaseException: whatever else the transaction raised (the whole group failed).
         """
+        if len(calls) == 1 and type(calls[0]) is RecordCall:  # a thread alone: no lists
+            try:
+                op = self.prepare(calls[0])
+            except Exception as exc:
+                return [Refused(exc)]
+            lone = self._commit((op,))
+            if self._held:
+                self.finished((op,))
+            return lone
         results: list[object] = []
         items: list[RecordOp | Action] = []
         for call in calls:
@@ -129,7 +138,8 @@ class Commits:
                 # Calls refused already keep their own error (a TypeError stays one).
                 done = repeat(Refused(exc))
             else:
-                self.finished([item for item in items if type(item) is RecordOp])
+                if self._held:
+                    self.finished([item for item in items if type(item) is RecordOp])
             results = [next(done) if r is None else r for r in results]
         return results
 
@@ -145,13 +155,15 @@ class Commits:
             try:
                 if writer.formula_guard:
                     items = self._refuse_twins(conn, items)
-                if type(items[0]) is RecordOp and all(type(i) is RecordOp for i in items):
+                if len(items) == 1 and type(items[0]) is RecordOp:  # SQLite numbers it
+                    writer.apply(conn, items)  # type: ignore[arg-type]
+                    results: list[object] = [items[0].seq]
+                elif type(items[0]) is RecordOp and all(type(i) is RecordOp for i in items):
                     ops: Sequence[RecordOp] = items  # type: ignore[assignment]
-                    if len(ops) > 1:
-                        for op in ops:
-                            writer.allocate(conn, op)
+                    for op in ops:
+                        writer.allocate(conn, op)
                     writer.apply(conn, ops)
-                    results: list[object] = [op.seq for op in ops]
+                    results = [op.seq for op in ops]
                 else:
                     results = [
                         item.run(conn, writer)

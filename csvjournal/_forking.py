@@ -17,10 +17,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["ForkAware", "ForkGate", "register", "registered", "reopened", "unregister"]
+__all__ = ["PID", "ForkAware", "ForkGate", "register", "registered", "reopened", "unregister"]
 
 _K = TypeVar("_K")
 _T = TypeVar("_T")
+
+# This process's id, kept current by the fork hook below: os.getpid() is a system call,
+# and a lone thread's record() asked for it twice (2% of its rate, right after an fsync).
+PID = os.getpid()
 
 
 class ForkGate:
@@ -131,6 +135,8 @@ def _in_parent() -> None:
 
 
 def _in_child() -> None:
+    global PID  # noqa: PLW0603 - the one place that changes it
+    PID = os.getpid()
     for obj in list(_registered):
         obj._after_fork_in_child()
 

@@ -81,7 +81,7 @@ class Handle:
 
     def _attach(self) -> None:
         options = self._options
-        self._pid = os.getpid()
+        self._pid = _forking.PID
         created = not options.journal_path.exists()
         # A new journal imports an existing CSV: read and check it before anything exists.
         # So does one whose creation never finished (if another process is creating it
@@ -247,7 +247,7 @@ class Handle:
 
     def _before_fork(self) -> None:
         """Close every connection before ``fork()`` (see :mod:`csvjournal._forking`)."""
-        if self._closed or self._pid != os.getpid():
+        if self._closed or self._pid != _forking.PID:
             return
         inside = self._batches.get(threading.get_ident()) is not None
         self._fork_safe = self._gate.close(self._options.busy_timeout, inside=inside)
@@ -289,7 +289,7 @@ class Handle:
         self._pid = -1
 
     def _close_at_worker_exit(self) -> None:
-        if self._pid == os.getpid():
+        if self._pid == _forking.PID:
             getattr(self, "close")()  # noqa: B009 - Journal's, which Handle does not know
 
     def _child_options(self) -> Options:
@@ -301,9 +301,9 @@ class Handle:
         if self._closed:
             why = getattr(self, "_closed_why", "journal is closed")
             raise JournalClosedError(f"{self._options.journal_path}: {why}")
-        if self._pid != os.getpid():
+        if self._pid != _forking.PID:
             with self._attach_lock:
-                if self._pid != os.getpid():  # another thread may have reopened meanwhile
+                if self._pid != _forking.PID:  # another thread may have reopened meanwhile
                     self._attach()
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -389,7 +389,7 @@ class Handle:
         another handle exports, and close the store."""
         _forking.unregister(self)
         give_tag(self._options.journal_path, self._tag)
-        if self._pid == os.getpid():
+        if self._pid == _forking.PID:
             self._wait_for_session_backup()
             if self._exporter is not None:
                 self._exporter.stop()

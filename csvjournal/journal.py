@@ -349,13 +349,13 @@ class Journal(Claims):
         if self._closed:
             return
         self._refuse_in_batch("close")
-        if self._held and self._pid == os.getpid():
+        if self._held and self._pid == _forking.PID:
             try:
                 self._release(self._every_claim(), "released")
             except CsvJournalError as exc:  # their leases run out instead
                 log.warning("claims_not_released", path=str(self.csv_path), error=str(exc))
         self._closed = True  # no new record, batch or claim from here on
-        if self._pid == os.getpid():
+        if self._pid == _forking.PID:
             self._wait_for_writes()
         self._shut()
 
