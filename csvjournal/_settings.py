@@ -31,8 +31,16 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_STATUS = "STATUS"
-DEFAULT_TIMESTAMP = "LAST_PROCESSED"
+
+class _Default(str):
+    """A column name ``open()`` was not given: the journal's own name, whatever it is, for a
+    journal that exists. A name given, even the same text, must match the journal's."""
+
+    __slots__ = ()
+
+
+DEFAULT_STATUS: str = _Default("STATUS")
+DEFAULT_TIMESTAMP: str = _Default("LAST_PROCESSED")
 DEFAULT_TERMINAL = frozenset({"COMPLETED"})
 
 
@@ -154,7 +162,7 @@ def settle(
             stored settings.
     """
     path, key, wanted_terminal = options.journal_path, options.key, options.terminal
-    status_column, timestamp_column = options.status_column, options.timestamp_column
+    status_column, timestamp_column = str(options.status_column), str(options.timestamp_column)
     stored = _load(conn)
     if stored is None:
         if key is None:
@@ -213,12 +221,12 @@ def settled(conn: Connection, options: Options) -> Settings | None:
 
 
 def _check_against(stored: Settings, options: Options) -> None:
-    for given, default, have, what in (
-        (options.key, None, stored.key_column, "key"),
-        (options.status_column, DEFAULT_STATUS, stored.status_column, "status_column"),
-        (options.timestamp_column, DEFAULT_TIMESTAMP, stored.timestamp_column, "timestamp_column"),
+    for given, have, what in (
+        (options.key, stored.key_column, "key"),
+        (options.status_column, stored.status_column, "status_column"),
+        (options.timestamp_column, stored.timestamp_column, "timestamp_column"),
     ):
-        if given is not None and given not in (default, have):
+        if given is not None and not isinstance(given, _Default) and given != have:
             raise SettingsError(
                 f"{options.journal_path}: {what}={given!r} conflicts with the journal's {have!r}"
             )

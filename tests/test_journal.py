@@ -334,6 +334,26 @@ def test_conflicting_settings_at_reopen_are_refused(csv_path: Path, kwargs: dict
 
 @pytest.mark.parametrize(
     "kwargs",
+    [{"status_column": "STATUS"}, {"timestamp_column": "LAST_PROCESSED"}],
+    ids=["status", "timestamp"],
+)
+def test_a_default_column_name_given_explicitly_must_match_the_journal(
+    csv_path: Path, kwargs: dict[str, str]
+) -> None:
+    # Left out, the names are the journal's own; given, even as the default's text, the
+    # caller expects them (row["STATUS"]), so a journal with other names is refused.
+    csvjournal.open(csv_path, key="ID", status_column="State", timestamp_column="When").close()
+    with pytest.raises(csvjournal.SettingsError, match="conflicts with the journal's"):
+        csvjournal.open(csv_path, **kwargs)  # type: ignore[arg-type]
+    with csvjournal.open(csv_path, export=False) as journal:
+        journal.record("a", "COMPLETED")
+        assert journal.settings.status_column == "State"
+        assert type(journal.settings.status_column) is str
+        assert set(journal.get("a") or {}) == {"ID", "State", "When"}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
     [
         {"key": "STATUS"},
         {"key": "ID", "timestamp_column": "ID"},
