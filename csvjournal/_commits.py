@@ -24,6 +24,7 @@ from csvjournal._groupcommit import Refused
 from csvjournal._leases import Action
 from csvjournal._settings import Settings
 from csvjournal._twins import may_twin, twin_problem
+from csvjournal._values import timestamp_now
 from csvjournal._writer import IN_PROGRESS, RecordCall, RecordOp, Writer, prepare_record
 from csvjournal.csvio import EXCEL_MAX_CELL
 from csvjournal.errors import JournalIOError, RecordError
@@ -79,11 +80,11 @@ class Commits:
         self._identity = _identity(store.path)  # the file this handle writes to
         self._check_at = 0.0  # monotonic time of the next look at it after a commit
 
-    def prepare(self, call: RecordCall) -> RecordOp:
-        """Validate a ``record()`` call (see :func:`prepare_record` for what it raises; a
-        :class:`RecordError` names the CSV)."""
+    def prepare(self, call: RecordCall, at: str | None = None) -> RecordOp:
+        """Validate a ``record()`` call, stamped ``at`` or now (see :func:`prepare_record`
+        for what it raises; a :class:`RecordError` names the CSV)."""
         try:
-            op = prepare_record(self._settings, call)
+            op = prepare_record(self._settings, call, at)
         except RecordError as exc:
             raise RecordError(f"{self._csv_path}: {exc}") from None
         cells = op.fields
@@ -121,9 +122,10 @@ class Commits:
             return lone
         results: list[object] = []
         items: list[RecordOp | Action] = []
+        at = timestamp_now()  # the group's records commit at one moment: one stamp
         for call in calls:
             try:
-                item = call if isinstance(call, Action) else self.prepare(call)
+                item = call if isinstance(call, Action) else self.prepare(call, at)
             except Exception as exc:  # this call's own error: TypeError, RecordError
                 results.append(Refused(exc))
             else:

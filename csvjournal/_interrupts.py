@@ -19,6 +19,7 @@ C-level ``_signal`` calls cost half a microsecond, against six for ``signal``'s.
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # no stubs; signal.signal costs 6x
+import os
 import threading
 import time
 from types import FrameType, TracebackType
@@ -26,6 +27,17 @@ from types import FrameType, TracebackType
 __all__ = ["HeldInterrupts"]
 
 _SIGINT = 2  # the same number on every POSIX system
+# The thread that runs Python's signal handlers (a fork makes the forking thread the
+# child's): asking threading for it costs every commit of every thread a property call.
+_main_ident = threading.main_thread().ident
+
+
+def _forked() -> None:
+    global _main_ident  # noqa: PLW0603 - the one place that changes it
+    _main_ident = threading.get_ident()
+
+
+os.register_at_fork(after_in_child=_forked)
 # A Ctrl-C this long after the first one held off is raised at once: the commit is waiting
 # for the journal (other processes keep it busy), and the user has waited enough.
 _IMPATIENT_SECONDS = 0.5
@@ -43,7 +55,7 @@ class HeldInterrupts:
         self._noted: float | None = None  # when the first SIGINT came
 
     def __enter__(self) -> None:
-        if threading.get_ident() != threading.main_thread().ident:
+        if threading.get_ident() != _main_ident:
             return
         previous = _signal.getsignal(_SIGINT)
         if callable(previous):  # not SIG_IGN or SIG_DFL: Python code would run mid-commit

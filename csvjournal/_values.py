@@ -76,6 +76,8 @@ def format_timestamp(moment: dt.datetime) -> str:
 
 # (second, "YYYY-MM-DDTHH:MM:SS") of the last call: strftime costs more than a record.
 _second_cache: tuple[int, str] = (-1, "")
+# ".000Z" to ".999Z": formatting the milliseconds took half of the call's 0.55 µs.
+_MILLISECONDS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
 def timestamp_now() -> str:
@@ -87,7 +89,7 @@ def timestamp_now() -> str:
     if cached[0] != second:
         cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
         _second_cache = cached
-    return f"{cached[1]}.{int((now - second) * 1000):03d}Z"
+    return cached[1] + _MILLISECONDS[int((now - second) * 1000)]
 
 
 def parse_timestamp(text: str) -> dt.datetime:

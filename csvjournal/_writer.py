@@ -100,8 +100,9 @@ class RecordOp:
     lease_until: float | None = None  # a claim: the row is leased to ``worker`` until then
 
 
-def prepare_record(settings: Settings, call: RecordCall) -> RecordOp:
-    """Validate one ``record()`` call and render its values to text.
+def prepare_record(settings: Settings, call: RecordCall, at: str | None = None) -> RecordOp:
+    """Validate one ``record()`` call and render its values to text; stamp it ``at`` (a
+    :func:`~csvjournal._values.timestamp_now`), or now.
 
     Raises:
         TypeError: a value of an unsupported type, or ``fields`` not a mapping.
@@ -136,7 +137,7 @@ def prepare_record(settings: Settings, call: RecordCall) -> RecordOp:
         plain = plain and name.isascii() and text.isascii()
     if not plain:
         _check_encodable(key_text, status_text, named, s.dialect.encoding)
-    return RecordOp(key_text, status_text, named, timestamp_now(), call.worker)
+    return RecordOp(key_text, status_text, named, at or timestamp_now(), call.worker)
 
 
 def _render_fields(
