@@ -107,3 +107,14 @@ def test_timestamp_now_is_now_in_utc() -> None:
     assert before <= stamped <= after
     time.sleep(0.002)
     assert parse_timestamp(timestamp_now()) > stamped
+
+
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_timestamp_now_writes_what_format_timestamp_writes(now: float) -> None:
+    second = int(now)
+    moment = dt.datetime.fromtimestamp(second, dt.UTC) + dt.timedelta(
+        milliseconds=int((now - second) * 1000)
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(time, "time", lambda: now)
+        assert timestamp_now() == format_timestamp(moment)
