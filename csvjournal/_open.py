@@ -43,9 +43,10 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
 ) -> Journal:
     """Open (or create) the journal of ``csv_path``.
 
-    A new journal needs ``key``; an existing one keeps its stored settings (a conflicting
-    ``key``/``status_column``/``timestamp_column`` is an error; ``terminal``, one or more
-    statuses, replaces the stored set). ``durability="full"`` makes each commit survive
+    A new journal needs ``key``; an existing one keeps its stored settings (a
+    ``key``/``status_column``/``timestamp_column`` given that differs from the stored one is
+    an error, even one given as the default's text; ``terminal``, one or more statuses,
+    replaces the stored set). ``durability="full"`` makes each commit survive
     power loss, ``"normal"`` a crash of the process. ``busy_timeout`` bounds how long a
     write waits for other writers. An existing CSV without a journal is imported
     (``encoding`` names its encoding when it is not UTF-8/UTF-16 with BOM). With
