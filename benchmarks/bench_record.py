@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import ModuleType
 
 from _common import Steal, quiet_logs
 from _prototype import INSERT_EVENT, UPSERT_ROW, Prototype, raw_connection
@@ -70,14 +71,20 @@ class RawSqlite:
 
 class _OnJournal:
     def __init__(
-        self, folder: Path, durability: str, *, export: bool, prototype: bool = False
+        self,
+        folder: Path,
+        durability: str,
+        *,
+        export: bool,
+        prototype: bool = False,
+        package: ModuleType = csvjournal,  # another version's, for bench_ab.py
     ) -> None:
-        name = f"{type(self).__name__.lower()}-{export}"
+        name = f"{type(self).__name__.lower()}-{export}-{package.__name__}"
         self.journal: csvjournal.Journal | Prototype
         if prototype:  # the design issue 2 quotes, bare: the day's ceiling for csvjournal
             self.journal = Prototype(folder / f"{name}-prototype.db", SYNCHRONOUS[durability])
         else:
-            self.journal = csvjournal.open(
+            self.journal = package.open(
                 folder / f"{name}.csv",
                 key="PO_NUMBER",
                 durability=durability,  # type: ignore[arg-type]
