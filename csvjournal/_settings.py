@@ -39,6 +39,12 @@ class _Default(str):
     __slots__ = ()
 
 
+def _given(name: str) -> str:
+    """``name`` without the mark of a default (any other value as it came: ``str()`` would
+    write an enum member's name, or None's, as the column's)."""
+    return str.__str__(name) if isinstance(name, _Default) else name
+
+
 DEFAULT_STATUS: str = _Default("STATUS")
 DEFAULT_TIMESTAMP: str = _Default("LAST_PROCESSED")
 DEFAULT_TERMINAL = frozenset({"COMPLETED"})
@@ -162,7 +168,8 @@ def settle(
             stored settings.
     """
     path, key, wanted_terminal = options.journal_path, options.key, options.terminal
-    status_column, timestamp_column = str(options.status_column), str(options.timestamp_column)
+    status_column = _given(options.status_column)
+    timestamp_column = _given(options.timestamp_column)
     stored = _load(conn)
     if stored is None:
         if key is None:

@@ -352,12 +352,28 @@ def test_a_default_column_name_given_explicitly_must_match_the_journal(
         assert set(journal.get("a") or {}) == {"ID", "State", "When"}
 
 
+class _Columns(str, enum.Enum):  # noqa: UP042 - str() of it is not its value
+    STATE = "State"
+    WHEN = "When"
+
+
+def test_column_names_given_as_str_enum_members_are_their_values(csv_path: Path) -> None:
+    names = {"status_column": _Columns.STATE, "timestamp_column": _Columns.WHEN}
+    with csvjournal.open(csv_path, key="ID", **names) as journal:  # type: ignore[arg-type]
+        journal.record("a", "COMPLETED")
+        assert set(journal.get("a") or {}) == {"ID", "State", "When"}
+    with csvjournal.open(csv_path, export=False, **names) as again:  # type: ignore[arg-type]
+        assert again.settings.status_column == "State"
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
         {"key": "STATUS"},
         {"key": "ID", "timestamp_column": "ID"},
         {"key": "ID", "status_column": ""},
+        {"key": "ID", "status_column": None},
+        {"key": "ID", "timestamp_column": None},
     ],
 )
 def test_clashing_column_names_are_refused(csv_path: Path, kwargs: dict[str, str]) -> None:
