@@ -117,7 +117,7 @@ class Commits:
             except Exception as exc:
                 return [Refused(exc)]
             lone = self._commit((op,))
-            if self._held:
+            if self._held and type(lone[0]) is not Refused:  # refused: the claim holds
                 self.finished((op,))
             return lone
         results: list[object] = []
@@ -133,15 +133,22 @@ class Commits:
                 items.append(item)
         if items:
             try:
-                done: Iterator[object] = iter(self._commit(items))
+                committed = self._commit(items)
             except Exception as exc:
                 if len(items) == len(calls):
                     raise  # the whole group fails with it
                 # Calls refused already keep their own error (a TypeError stays one).
-                done = repeat(Refused(exc))
+                done: Iterator[object] = repeat(Refused(exc))
             else:
-                if self._held:
-                    self.finished([item for item in items if type(item) is RecordOp])
+                done = iter(committed)
+                if self._held:  # a record refused in the transaction leaves its claim held
+                    self.finished(
+                        [
+                            item
+                            for item, result in zip(items, committed, strict=True)
+                            if type(item) is RecordOp and type(result) is not Refused
+                        ]
+                    )
             results = [next(done) if r is None else r for r in results]
         return results
 

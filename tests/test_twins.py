@@ -160,3 +160,23 @@ def test_a_claimed_rows_outcome_is_checked_as_a_record_is(csv_path: Path, in_bat
             task.record("COMPLETED")
         assert "'=Y" not in journal.columns
         assert journal.counts() == {"COMPLETED": 2}  # each finished without the twin
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["alone", "in a group"])
+def test_a_refused_outcome_leaves_its_row_claimed_by_the_handle(
+    csv_path: Path, group: bool
+) -> None:
+    # The handle must still give the row back when it closes: the refused record did not
+    # finish it.
+    with csvjournal.open(csv_path, key="ID", export=False, formula_guard=True) as journal:
+        journal.record("a", fields={"=X": "1"})
+        assert journal.claim(1) == ["a"]
+        if group:
+            results = journal._commits.commit_group([_call("a", **{"'=X": "2"}), _call("b")])
+            assert isinstance(results[0], Refused)
+            assert isinstance(results[1], int)
+        else:
+            with pytest.raises(csvjournal.RecordError, match="would show in the header"):
+                journal.record("a", "COMPLETED", fields={"'=X": "2"})
+    with csvjournal.open(csv_path, export=False) as again:
+        assert (again.get("a") or {}).get("STATUS") == "PENDING"
