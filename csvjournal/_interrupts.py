@@ -27,6 +27,9 @@ from types import FrameType, TracebackType
 __all__ = ["HeldInterrupts"]
 
 _SIGINT = 2  # the same number on every POSIX system
+# A Ctrl-C this long after the first one held off is raised at once: the commit is waiting
+# for the journal (other processes keep it busy), and the user has waited enough.
+_IMPATIENT_SECONDS = 0.5
 # The thread that runs Python's signal handlers (a fork makes the forking thread the
 # child's): asking threading for it costs every commit of every thread a property call.
 _main_ident = threading.main_thread().ident
@@ -38,9 +41,6 @@ def _forked() -> None:
 
 
 os.register_at_fork(after_in_child=_forked)
-# A Ctrl-C this long after the first one held off is raised at once: the commit is waiting
-# for the journal (other processes keep it busy), and the user has waited enough.
-_IMPATIENT_SECONDS = 0.5
 
 
 class HeldInterrupts:
