@@ -207,7 +207,9 @@ def test_history_shows_every_event_of_a_row(orders: Path) -> None:
     stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
     assert re.fullmatch(rf"#1 {stamp} FAILED ERROR_MESSAGE='boom' by \S+", lines[0]), lines
     assert re.fullmatch(rf"#2 {stamp} COMPLETED ERROR_MESSAGE='' by \S+", lines[1]), lines
-    assert ok(invoke("history", orders, "PO-3")) == ""
+    never = invoke("history", orders, "PO-3")  # imported with the CSV, never recorded
+    assert ok(never) == ""
+    assert never.stderr == "no events for 'PO-3' yet: imported with the CSV, never recorded\n"
 
 
 def test_history_json(orders: Path) -> None:

@@ -408,9 +408,10 @@ def test_run_stops_on_a_signal_and_resumes(
         finally:
             proc.kill()
             proc.wait()
-    stderr = err_path.read_text()
-    assert proc.returncode == 130, stderr
-    logged = _json_lines(stderr)
+    *json_lines, last = err_path.read_text().splitlines()
+    assert proc.returncode == 130, json_lines
+    assert last == "csvjournal: interrupted"  # as for any command that Ctrl-C stops
+    logged = _json_lines("\n".join(json_lines))
     assert "run_stopping" in [entry["event"] for entry in logged]
     first_run = started()
     assert not any(line.split()[1] in {"7", "8"} for line in first_run)  # no claim after the stop

@@ -34,6 +34,7 @@ from csvjournal.errors import CsvJournalError, SettingsError
 __all__ = [
     "FLUSH_SECONDS",
     "CliError",
+    "Interrupted",
     "cli",
     "configure_logging",
     "csv_argument",

@@ -144,6 +144,8 @@ def history(csv: Path, key: str, as_json: bool) -> None:
     if as_json:
         print_json({"key": key, "events": [_event_data(event) for event in events]})
         return
+    if not events:  # a row imported with the CSV: said, as an empty answer looks like a fault
+        click.echo(f"no events for {key!r} yet: imported with the CSV, never recorded", err=True)
     for event in events:
         data = _event_data(event)
         fields = ", ".join(f"{name}={value!r}" for name, value in event.fields.items())

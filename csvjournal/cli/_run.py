@@ -25,6 +25,7 @@ from csvjournal.cli._app import (
     EXIT_INTERRUPTED,
     FLUSH_SECONDS,
     CliError,
+    Interrupted,
     Seconds,
     cli,
     csv_argument,
@@ -304,5 +305,7 @@ def run(  # noqa: PLR0917 - click passes every option by position
         )
     if behind is not None:  # the rows are done, but the sheet people read does not show it
         raise CliError(f"the run's records are in the journal, but not in the CSV: {behind}")
+    if code == EXIT_INTERRUPTED:  # the line every command stopped by Ctrl-C ends with
+        raise Interrupted("interrupted")
     if code:
         sys.exit(code)
