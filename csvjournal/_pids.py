@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["writer_alive"]
+__all__ = ["start_ticks", "writer_alive"]
 
 # The boot time is whole seconds, and the clock may have been stepped since the boot: a
 # writer is taken for gone only when its number's process started well after the change.
@@ -36,11 +36,9 @@ def writer_alive(pid: int, leftover: Path) -> bool:
     return started is None or started <= changed + _SLACK_SECONDS
 
 
-def _started(pid: int) -> float | None:
-    """When process ``pid`` started (epoch seconds), where ``/proc`` says; else None."""
-    boot = _boot_time()
-    if boot is None:
-        return None
+def start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since the boot, where ``/proc`` says
+    (else None): with its number, it names one process for as long as the system runs."""
     try:
         stat = open(f"/proc/{pid}/stat", "rb").read()  # noqa: SIM115 - one read
     except OSError:
@@ -48,8 +46,16 @@ def _started(pid: int) -> float | None:
     # "pid (name) state ppid ...": the name may hold spaces and ')'; field 22 is the start
     fields = stat[stat.rfind(b")") + 2 :].split()
     try:
-        ticks = int(fields[19])
+        return int(fields[19])
     except (IndexError, ValueError):
+        return None
+
+
+def _started(pid: int) -> float | None:
+    """When process ``pid`` started (epoch seconds), where ``/proc`` says; else None."""
+    boot = _boot_time()
+    ticks = None if boot is None else start_ticks(pid)
+    if boot is None or ticks is None:
         return None
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 

@@ -4,6 +4,14 @@ timeout, its outcome (exit code and the last line it wrote on stderr) read back.
 The command is done when its own process exits, not when its stderr closes: a background
 process it left running (``sleep 30 &``, a daemon, an ssh master) keeps the pipe open,
 and waiting for that would hold its row, and the run, for as long as it lives.
+
+A run killed with SIGKILL (by hand, by the kernel's out-of-memory killer) cannot stop its
+commands, and they go on. Once its leases run out, the next run would start their rows a
+second time beside them. So each running command is noted in a file (the run's process
+id, the command's, and when the command started: together they name that process and no
+later one given the same number), and a run stops the commands of dead runs before it
+claims anything. Where the system does not say when a process started (no ``/proc``),
+nothing is noted, and nothing is stopped.
 """
 
 from __future__ import annotations
@@ -17,10 +25,16 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+import structlog
+
+from csvjournal._pids import start_ticks, writer_alive
 from csvjournal.csvio import EXCEL_MAX_CELL
 
-__all__ = ["Outcome", "kill_group", "start", "wait"]
+__all__ = ["Outcome", "kill_group", "note_running", "start", "stop_leftovers", "wait"]
+
+log = structlog.get_logger(__name__)
 
 _TERM_SECONDS = 2.0
 _STDERR_TAIL = 64 * 1024
@@ -151,3 +165,62 @@ def kill_group(child: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(child.pid, signal.SIGKILL)
     child.wait()
+
+
+def note_running(folder: Path, child: subprocess.Popen[bytes]) -> Path | None:
+    """Note the running ``child`` in ``folder`` for :func:`stop_leftovers` (remove the
+    note once it exited); None when it cannot be noted (no ``/proc``, a folder that cannot
+    be written: the command runs all the same)."""
+    ticks = start_ticks(child.pid)
+    if ticks is None:
+        return None
+    note = folder / f"{os.getpid()}-{child.pid}"
+    try:
+        folder.mkdir(exist_ok=True)
+        note.write_text(str(ticks), encoding="ascii")
+    except OSError:
+        return None
+    return note
+
+
+def stop_leftovers(folder: Path) -> list[int]:
+    """Stop the commands noted in ``folder`` whose run is gone and that still run (SIGTERM
+    to each one's process group, SIGKILL to what is left of it shortly after); forget the
+    notes of dead runs. Return the process ids of the commands stopped."""
+    try:
+        notes = list(folder.iterdir())
+    except OSError:  # none yet, or not readable: nothing known to stop
+        return []
+    stopped = []
+    for note in notes:
+        run, _, command = note.name.partition("-")
+        if not (run.isdigit() and command.isdigit()) or writer_alive(int(run), note):
+            continue
+        try:
+            ticks: int | None = int(note.read_text(encoding="ascii"))
+        except (OSError, ValueError):
+            ticks = None
+        pid = int(command)
+        if ticks is not None and start_ticks(pid) == ticks:  # that very process, still on
+            log.warning("leftover_command_stopped", pid=pid, run_pid=int(run))
+            _stop_group(pid)
+            stopped.append(pid)
+        note.unlink(missing_ok=True)
+    return stopped
+
+
+def _stop_group(pid: int) -> None:
+    """:func:`kill_group` for a process that is not our child (its run's is dead)."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + _TERM_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(_POLL_SECONDS)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from csvjournal._process import Outcome, kill_group, start, wait
+from csvjournal._process import Outcome, kill_group, note_running, start, stop_leftovers, wait
 from csvjournal._work import Task
+from csvjournal.backup import backups_folder
 from csvjournal.errors import CommandError, CsvJournalError
 from csvjournal.journal import Journal
 
@@ -156,6 +157,8 @@ class Runner:
         self._kill = threading.Event()
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._children_lock = threading.Lock()
+        # running commands, noted for a run that comes after this one was killed
+        self._notes = backups_folder(journal.csv_path) / "running"
         self.stats = RunStats()
         # what stopped the run, if the journal failed it (a full disk): the first error
         self.error: CsvJournalError | None = None
@@ -176,6 +179,9 @@ class Runner:
         """Start the worker threads; return them (join them, or use :meth:`wait`)."""
         # Rows left pending with their attempts used up (reset to PENDING by hand, a worker
         # killed on its last attempt, a terminal set narrowed): skipped by the claims.
+        # A run killed before this one left its commands running: they must not run on
+        # beside the same rows started again.
+        stop_leftovers(self._notes)
         limit = self._config.max_attempts
         claimable = set(self._journal.pending(max_attempts=limit))
         spent = [key for key in self._journal.pending() if key not in claimable]
@@ -290,6 +296,7 @@ class Runner:
         child = start(argv, env, show_output=self._config.show_output)
         if isinstance(child, Outcome):
             return child
+        note = note_running(self._notes, child)
         with self._children_lock:
             self._children[index] = child
         try:
@@ -297,6 +304,8 @@ class Runner:
         finally:
             with self._children_lock:
                 self._children.pop(index, None)
+            if note is not None:
+                note.unlink(missing_ok=True)
 
     def _terminate_children(self) -> None:
         # All at once: one after another, each taking up to its SIGTERM's grace, the last

@@ -138,6 +138,56 @@ def test_run_kills_a_command_past_its_timeout(tmp_path: Path) -> None:
         wait_for(lambda pid=pid: process_gone(pid), timeout=30)
 
 
+LINGERS = """\
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+open(sys.argv[1] + ".tmp", "w").write(f"{os.getpid()} {child.pid}")
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(),
+    reason="no /proc: only there does a process's start time tell it from a later one",
+)
+def test_a_run_stops_the_commands_that_a_killed_run_left_running(tmp_path: Path) -> None:
+    # Left running, a command would go on beside its row started again once the lease ran out.
+    csv = _one_row(tmp_path)
+    pids = tmp_path / "pids"
+    command = python_script(tmp_path / "lingers.py", LINGERS)
+    argv = [str(CONSOLE_SCRIPT), "run", str(csv), "--lease", "1"]
+    first = subprocess.Popen([*argv, "--", *command, str(pids)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for(pids.exists)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    finally:
+        first.kill()
+        first.wait()
+    lingering = [int(pid) for pid in pids.read_text().split()]  # the command and its child
+    try:
+        assert not any(process_gone(pid) for pid in lingering)  # a kill -9 cannot stop them
+        second = subprocess.run(
+            [*argv, "--", sys.executable, "-c", "pass"],
+            capture_output=True,
+            text=True,
+            timeout=SUBPROCESS_TIMEOUT,
+            check=False,
+        )
+        assert second.returncode == 0, second.stderr
+        for pid in lingering:
+            wait_for(lambda pid=pid: process_gone(pid), timeout=30)
+    finally:  # whatever failed, no process of the test outlives it
+        for pid in lingering:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert "leftover_command_stopped" in second.stdout + second.stderr
+    assert statuses(csv) == {"1": "COMPLETED"}
+    assert list(Path(f"{csv}.backups", "running").iterdir()) == []
+
+
 WEIRD_VALUES = [
     "two words",
     "single ' and double \" quotes",
