@@ -7,11 +7,15 @@ and waiting for that would hold its row, and the run, for as long as it lives.
 
 A run killed with SIGKILL (by hand, by the kernel's out-of-memory killer) cannot stop its
 commands, and they go on. Once its leases run out, the next run would start their rows a
-second time beside them. So each running command is noted in a file (the run's process
-id, the command's, and when the command started: together they name that process and no
-later one given the same number), and a run stops the commands of dead runs before it
-claims anything. Where the system does not say when a process started (no ``/proc``),
-nothing is noted, and nothing is stopped.
+second time beside them. So every command gets ``CSVJOURNAL_RUN`` in its environment: the
+run's process id, when the run started (together they name that process and no later one
+given its number) and the journal. Before it claims anything, a run looks through the
+system's processes for that mark of a run of its journal that is gone, and stops them
+(its commands, and whatever they started that kept the variable). Where the system does
+not say when a process started or what its environment was (no ``/proc``), commands are
+not marked, and nothing is stopped. A file per command would have cost every commit's
+fsync the file system's journal entries for its creation and removal: a third of run's
+rate, measured.
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ from pathlib import Path
 
 import structlog
 
-from csvjournal._pids import start_ticks, writer_alive
+from csvjournal._pids import start_ticks
 from csvjournal.csvio import EXCEL_MAX_CELL
 
-__all__ = ["Outcome", "kill_group", "note_running", "start", "stop_leftovers", "wait"]
+__all__ = ["RUN_VARIABLE", "Outcome", "kill_group", "run_mark", "start", "stop_leftovers", "wait"]
 
 log = structlog.get_logger(__name__)
 
@@ -167,60 +171,68 @@ def kill_group(child: subprocess.Popen[bytes]) -> None:
     child.wait()
 
 
-def note_running(folder: Path, child: subprocess.Popen[bytes]) -> Path | None:
-    """Note the running ``child`` in ``folder`` for :func:`stop_leftovers` (remove the
-    note once it exited); None when it cannot be noted (no ``/proc``, a folder that cannot
-    be written: the command runs all the same)."""
-    ticks = start_ticks(child.pid)
-    if ticks is None:
-        return None
-    note = folder / f"{os.getpid()}-{child.pid}"
-    try:
-        folder.mkdir(exist_ok=True)
-        note.write_text(str(ticks), encoding="ascii")
-    except OSError:
-        return None
-    return note
+RUN_VARIABLE = "CSVJOURNAL_RUN"
 
 
-def stop_leftovers(folder: Path) -> list[int]:
-    """Stop the commands noted in ``folder`` whose run is gone and that still run (SIGTERM
-    to each one's process group, SIGKILL to what is left of it shortly after); forget the
-    notes of dead runs. Return the process ids of the commands stopped."""
-    try:
-        notes = list(folder.iterdir())
-    except OSError:  # none yet, or not readable: nothing known to stop
-        return []
-    stopped = []
-    for note in notes:
-        run, _, command = note.name.partition("-")
-        if not (run.isdigit() and command.isdigit()) or writer_alive(int(run), note):
-            continue
-        try:
-            ticks: int | None = int(note.read_text(encoding="ascii"))
-        except (OSError, ValueError):
-            ticks = None
-        pid = int(command)
-        if ticks is not None and start_ticks(pid) == ticks:  # that very process, still on
-            log.warning("leftover_command_stopped", pid=pid, run_pid=int(run))
-            _stop_group(pid)
-            stopped.append(pid)
-        note.unlink(missing_ok=True)
-    return stopped
+def run_mark(journal: Path) -> str | None:
+    """This process's mark for the commands it runs for ``journal`` (see the module's
+    docstring), or None where ``/proc`` cannot say when it started."""
+    ticks = start_ticks(os.getpid())
+    return None if ticks is None else f"{os.getpid()}:{ticks}:{journal}"
 
 
-def _stop_group(pid: int) -> None:
-    """:func:`kill_group` for a process that is not our child (its run's is dead)."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
+def stop_leftovers(journal: Path) -> list[int]:
+    """Stop the processes marked by runs of ``journal`` that are gone (SIGTERM, then
+    SIGKILL to those still there shortly after); return their process ids."""
+    left = {
+        pid: ticks
+        for pid in _processes()
+        if pid != os.getpid()
+        and _left_by_dead_run(pid, journal)
+        and (ticks := start_ticks(pid)) is not None
+    }
+    for pid in left:
+        log.warning("leftover_command_stopped", pid=pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + _TERM_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
+    while time.monotonic() < deadline and not all(map(_gone, left)):
         time.sleep(_POLL_SECONDS)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+    for pid, ticks in left.items():
+        # the same process, not one given its number since it ended
+        if not _gone(pid) and start_ticks(pid) == ticks:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    return list(left)
+
+
+def _processes() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+
+
+def _left_by_dead_run(pid: int, journal: Path) -> bool:
+    try:  # the environment the process started with; only our own user's are readable
+        environ = open(f"/proc/{pid}/environ", "rb").read()  # noqa: SIM115 - one read
+    except OSError:
+        return False
+    prefix = f"{RUN_VARIABLE}=".encode()
+    for variable in environ.split(b"\0"):
+        if variable.startswith(prefix):
+            run, _, rest = variable[len(prefix) :].decode(errors="replace").partition(":")
+            ticks, _, marked = rest.partition(":")
+            if marked != str(journal) or not (run.isdigit() and ticks.isdigit()):
+                return False
+            return start_ticks(int(run)) != int(ticks)  # that run is gone
+    return False
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only its zombie, waiting for its new parent to reap it."""
+    try:
+        stat = open(f"/proc/{pid}/stat", "rb").read()  # noqa: SIM115 - one read
+    except OSError:
+        return True
+    return stat[stat.rfind(b")") + 2 :].split()[:1] in ([b"Z"], [b"X"])

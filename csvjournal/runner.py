@@ -26,9 +26,16 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from csvjournal._process import Outcome, kill_group, note_running, start, stop_leftovers, wait
+from csvjournal._process import (
+    RUN_VARIABLE,
+    Outcome,
+    kill_group,
+    run_mark,
+    start,
+    stop_leftovers,
+    wait,
+)
 from csvjournal._work import Task
-from csvjournal.backup import backups_folder
 from csvjournal.errors import CommandError, CsvJournalError
 from csvjournal.journal import Journal
 
@@ -157,8 +164,8 @@ class Runner:
         self._kill = threading.Event()
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._children_lock = threading.Lock()
-        # running commands, noted for a run that comes after this one was killed
-        self._notes = backups_folder(journal.csv_path) / "running"
+        # in every command's environment: a run after this one was killed stops them
+        self._mark = run_mark(journal.journal_path)
         self.stats = RunStats()
         # what stopped the run, if the journal failed it (a full disk): the first error
         self.error: CsvJournalError | None = None
@@ -181,7 +188,7 @@ class Runner:
         # killed on its last attempt, a terminal set narrowed): skipped by the claims.
         # A run killed before this one left its commands running: they must not run on
         # beside the same rows started again.
-        stop_leftovers(self._notes)
+        stop_leftovers(self._journal.journal_path)
         limit = self._config.max_attempts
         claimable = set(self._journal.pending(max_attempts=limit))
         spent = [key for key in self._journal.pending() if key not in claimable]
@@ -293,10 +300,11 @@ class Runner:
             return Outcome(None, "")
         env = dict(os.environ)
         env.update({env_name(name): value for name, value in row.items()})
+        if self._mark is not None:
+            env[RUN_VARIABLE] = self._mark
         child = start(argv, env, show_output=self._config.show_output)
         if isinstance(child, Outcome):
             return child
-        note = note_running(self._notes, child)
         with self._children_lock:
             self._children[index] = child
         try:
@@ -304,8 +312,6 @@ class Runner:
         finally:
             with self._children_lock:
                 self._children.pop(index, None)
-            if note is not None:
-                note.unlink(missing_ok=True)
 
     def _terminate_children(self) -> None:
         # All at once: one after another, each taking up to its SIGTERM's grace, the last

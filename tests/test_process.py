@@ -1,4 +1,4 @@
-"""The notes of running commands that let a run stop what a killed run left running."""
+"""The mark in a command's environment that lets a run stop what a killed run left running."""
 
 from __future__ import annotations
 
@@ -7,89 +7,100 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from _cli import wait_for
 
 from csvjournal._pids import start_ticks
-from csvjournal._process import note_running, stop_leftovers
+from csvjournal._process import RUN_VARIABLE, run_mark, stop_leftovers
 
 pytestmark = pytest.mark.skipif(
-    not Path("/proc/self/stat").exists(),
+    not Path("/proc/self/environ").exists(),
     reason="no /proc: only there does a process's start time tell it from a later one",
 )
 
+Command = Callable[[str | None], subprocess.Popen[bytes]]
+
 
 @pytest.fixture(name="command")
-def command_fixture() -> Iterator[subprocess.Popen[bytes]]:
-    """A command as run starts one: asleep, in a session of its own."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
-    )
-    yield child
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(child.pid, signal.SIGKILL)
-    child.wait()
+def command_fixture() -> Iterator[Command]:
+    """Start a command as run starts one (asleep, in a session of its own), with ``mark``
+    as its ``CSVJOURNAL_RUN``."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(mark: str | None) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if k != RUN_VARIABLE}
+        if mark is not None:
+            env[RUN_VARIABLE] = mark
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(600)"],
+            env=env,
+            start_new_session=True,
+        )
+        started.append(child)
+        return child
+
+    yield start
+    for child in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGKILL)
+        child.wait()
 
 
-def _dead_pid() -> int:
+def _dead_run(journal: Path) -> str:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    return gone.pid
+    return f"{gone.pid}:1:{journal}"
 
 
-def _as_if_run_by(note: Path, run_pid: int, ticks: int | None = None) -> Path:
-    moved = note.with_name(f"{run_pid}-{note.name.split('-')[1]}")
-    note.rename(moved)
-    if ticks is not None:
-        moved.write_text(str(ticks), encoding="ascii")
-    return moved
-
-
-def test_the_commands_of_a_live_run_are_left_alone(
-    tmp_path: Path, command: subprocess.Popen[bytes]
-) -> None:
-    note = note_running(tmp_path / "running", command)
-    assert note is not None
-    assert note.name == f"{os.getpid()}-{command.pid}"
-    assert stop_leftovers(tmp_path / "running") == []
-    assert note.exists()
-    assert command.poll() is None
-
-
-def test_a_dead_run_s_command_is_stopped_and_its_note_removed(
-    tmp_path: Path, command: subprocess.Popen[bytes]
-) -> None:
-    note = note_running(tmp_path / "running", command)
-    assert note is not None
-    note = _as_if_run_by(note, _dead_pid())
-    assert stop_leftovers(tmp_path / "running") == [command.pid]
-    wait_for(lambda: command.poll() is not None, timeout=10)
-    assert not note.exists()
-
-
-def test_a_process_given_the_noted_number_later_is_not_stopped(
-    tmp_path: Path, command: subprocess.Popen[bytes]
-) -> None:
-    note = note_running(tmp_path / "running", command)
-    assert note is not None
-    ticks = start_ticks(command.pid)
+def test_a_command_of_a_run_that_is_gone_is_stopped(tmp_path: Path, command: Command) -> None:
+    journal = tmp_path / "t.csv.journal"
+    left = command(_dead_run(journal))
+    ticks = start_ticks(os.getpid())
     assert ticks is not None
-    note = _as_if_run_by(note, _dead_pid(), ticks - 1)  # started at another moment
-    assert stop_leftovers(tmp_path / "running") == []
-    assert command.poll() is None
-    assert not note.exists()  # its run is gone: nothing of it is left to stop
+    reused = command(f"{os.getpid()}:{ticks - 1}:{journal}")  # its number, another start
+    assert sorted(stop_leftovers(journal)) == sorted([left.pid, reused.pid])
+    wait_for(lambda: left.poll() is not None and reused.poll() is not None, timeout=10)
 
 
-def test_names_not_of_a_note_are_ignored_and_no_folder_is_nothing_to_stop(
-    tmp_path: Path,
+def test_commands_of_live_runs_other_journals_or_no_run_are_left_alone(
+    tmp_path: Path, command: Command
 ) -> None:
-    assert stop_leftovers(tmp_path / "missing") == []
-    folder = tmp_path / "running"
-    folder.mkdir()
-    (folder / "notes.txt").write_text("x")
-    (folder / f"{_dead_pid()}-x").write_text("1")
-    assert stop_leftovers(folder) == []
-    assert len(list(folder.iterdir())) == 2
+    journal = tmp_path / "t.csv.journal"
+    mark = run_mark(journal)
+    assert mark is not None
+    assert mark.startswith(f"{os.getpid()}:")
+    others = [
+        command(mark),  # this process's own run
+        command(_dead_run(tmp_path / "other.csv.journal")),
+        command(None),
+        command("garbage"),
+    ]
+    assert stop_leftovers(journal) == []
+    assert all(child.poll() is None for child in others)
+
+
+def test_a_leftover_that_ignores_sigterm_is_killed(tmp_path: Path) -> None:
+    journal = tmp_path / "t.csv.journal"
+    ready = tmp_path / "ready"
+    stubborn = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+            " pathlib.Path(sys.argv[1]).touch(); time.sleep(600)",
+            str(ready),
+        ],
+        env={**os.environ, RUN_VARIABLE: _dead_run(journal)},
+        start_new_session=True,
+    )
+    try:
+        wait_for(ready.exists, timeout=30)
+        assert stop_leftovers(journal) == [stubborn.pid]
+        assert stubborn.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stubborn.pid, signal.SIGKILL)
+        stubborn.wait()
