@@ -183,12 +183,12 @@ class Runner:
         self._kill.set()
 
     def start(self) -> list[threading.Thread]:
-        """Start the worker threads; return them (join them, or use :meth:`wait`)."""
+        """Start the worker threads; return them (join them, or use :meth:`wait`). First
+        stop the commands that a run of this journal killed outright left running: they must
+        not run on beside their rows started again."""
+        stop_leftovers(self._journal.journal_path)
         # Rows left pending with their attempts used up (reset to PENDING by hand, a worker
         # killed on its last attempt, a terminal set narrowed): skipped by the claims.
-        # A run killed before this one left its commands running: they must not run on
-        # beside the same rows started again.
-        stop_leftovers(self._journal.journal_path)
         limit = self._config.max_attempts
         claimable = set(self._journal.pending(max_attempts=limit))
         spent = [key for key in self._journal.pending() if key not in claimable]
