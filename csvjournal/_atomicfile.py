@@ -93,17 +93,42 @@ def create_like(path: Path, like: Path | None) -> bool:
     """
     # its owner reads and writes it (a journal made from a read-only CSV is written), and
     # nobody runs it
-    mode = 0o666 if like is None else stat.S_IMODE(like.stat().st_mode) & 0o666 | 0o600
+    found = None if like is None else like.stat()
+    mode = 0o666 if found is None else stat.S_IMODE(found.st_mode) & 0o666 | 0o600
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)  # less the umask
+        # less the umask; with a ``like``, its owner's alone until its group is settled
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode if found is None else 0o600)
     except FileExistsError:
         return False
     try:
-        if like is not None:
-            os.fchmod(fd, mode)  # exactly: wider than the umask too, as ``like`` is
+        if found is not None:  # exactly: wider than the umask too, as ``like`` is
+            os.fchmod(fd, _take_owner(fd, found, mode))
     finally:
         os.close(fd)
     return True
+
+
+def _take_owner(file: int | Path, like: os.stat_result, mode: int) -> int:
+    """Give ``file`` (a descriptor or a path) the owner and group of ``like``, as far as
+    this process may (root: both; another user: the group, if one of theirs), and return
+    ``mode`` to set on it after. A group that cannot be kept leaves the file in this
+    process's group, which must not get what ``like``'s group had: the group's bits are
+    then the others' (as vim does)."""
+    chown = os.fchown if isinstance(file, int) else os.chown
+    now = os.fstat(file) if isinstance(file, int) else os.stat(file)
+    if (now.st_uid, now.st_gid) == (like.st_uid, like.st_gid):
+        return mode
+    try:
+        chown(file, like.st_uid, like.st_gid)  # type: ignore[arg-type]
+        return mode
+    except PermissionError:  # not root: a file is its creator's
+        pass
+    if now.st_gid != like.st_gid:
+        try:
+            chown(file, -1, like.st_gid)  # type: ignore[arg-type]
+        except PermissionError:  # not a group of this process's user
+            return mode & ~0o070 | (mode & 0o007) << 3
+    return mode
 
 
 def copy_file(source: Path, target: Path) -> None:
@@ -178,9 +203,10 @@ def replace_with(temp: Path, path: Path) -> None:
     old file's permissions (a new file gets 0666 less the umask), then fsync the folder.
     On failure ``temp`` is removed, ``path`` kept.
 
-    A file this process may not write (write-protected, or another user's) is not
-    replaced: renaming over it needs only the folder's permission, but it would take the
-    file over.
+    The new file gets the old one's owner and group too, as far as this process may (see
+    :func:`_take_owner`): a sheet shared with a group stays readable by it. A file this
+    process may not write (write-protected, or another user's) is not replaced: renaming
+    over it needs only the folder's permission, but it would take the file over.
 
     Raises:
         OSError: renaming failed; PermissionError: ``path`` is there and not writable.
@@ -188,11 +214,13 @@ def replace_with(temp: Path, path: Path) -> None:
     target = _target(path)
     try:
         try:
-            mode = stat.S_IMODE(target.stat().st_mode)
+            old = target.stat()
         except FileNotFoundError:
             mode = 0o666 & ~_umask()
         else:
             _check_writable(target)
+            # before the mode: a chown by another user than root clears a setgid bit
+            mode = _take_owner(temp, old, stat.S_IMODE(old.st_mode))
         os.chmod(temp, mode)
         os.replace(temp, target)
     except BaseException:

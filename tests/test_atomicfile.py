@@ -207,3 +207,65 @@ def test_a_symlinked_csv_is_backed_up_as_the_file_it_points_at(
     copy = backup / "orders.csv"
     assert not copy.is_symlink()
     assert copy.read_bytes() == target.read_bytes()
+
+
+def _other_ids() -> tuple[int, int]:
+    """An owner and a group other than this process's, that it may give files: root may
+    give any; another user only a group of its own (then the owner stays its own)."""
+    if os.geteuid() == 0:
+        return 4321, 8765
+    others = [gid for gid in os.getgroups() if gid != os.getegid()]
+    if not others:
+        pytest.skip("this machine's test user belongs to no second group to give files")
+    return os.geteuid(), others[0]
+
+
+def test_a_csv_shared_with_a_group_keeps_its_owner_and_group_through_exports(
+    tmp_path: Path,
+) -> None:
+    uid, gid = _other_ids()
+    csv_path = tmp_path / "orders.csv"
+    csv_path.write_text("ID\na\n")
+    os.chown(csv_path, uid, gid)
+    csv_path.chmod(0o640)  # the group reads it: after an export too
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        journal.flush(timeout=10)
+        backup = journal.backup()
+    assert "a,COMPLETED" in csv_path.read_text()
+    journal_path = Path(f"{csv_path}.journal")
+    for path in (csv_path, journal_path, backup / csv_path.name, backup / journal_path.name):
+        found = path.stat()
+        assert (found.st_uid, found.st_gid) == (uid, gid), path
+    assert stat.S_IMODE(csv_path.stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize(
+    ("mode", "cut"), [(0o640, 0o600), (0o664, 0o644), (0o660, 0o600), (0o604, 0o644)], ids=oct
+)
+@pytest.mark.parametrize("member", [True, False], ids=["member", "not-member"])
+def test_the_owner_is_kept_as_far_as_the_user_may_and_a_group_not_kept_gets_no_more_than_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: int, cut: int, member: bool
+) -> None:
+    # as for a user who is not root: the system refuses another owner, and another group
+    # unless the user is a member of it (then it stays the user's own group, which must
+    # not get what the CSV's group had)
+    _, gid = _other_ids()
+    path = tmp_path / "old.csv"
+    path.write_text("old\n")
+    os.chown(path, -1, gid)
+    path.chmod(mode)
+    real_chown = os.chown
+
+    def chown(target: str, uid: int, group: int) -> None:
+        if uid != -1 or not member:
+            raise PermissionError(1, "Operation not permitted", target)
+        real_chown(target, uid, group)
+
+    monkeypatch.setattr(os, "chown", chown)
+    atomic_write(path, b"new\n")
+    monkeypatch.undo()
+    assert path.read_bytes() == b"new\n"
+    assert stat.S_IMODE(path.stat().st_mode) == (mode if member else cut)
+    assert (path.stat().st_gid == gid) is member
+    assert [p.name for p in tmp_path.iterdir()] == ["old.csv"]
