@@ -134,7 +134,8 @@ def read_csv(
 
     Raises:
         CsvFormatError: undecodable bytes, no header, empty or duplicate header names, an
-            unclosed quote, a blank line or a row with the wrong number of fields.
+            unclosed quote, a blank line, a row with the wrong number of fields, or a
+            byte-order mark starting a line after the first (two files joined).
         JournalIOError: the file could not be read (missing, a folder, no permission).
     """
     try:
@@ -158,6 +159,26 @@ def read_csv(
     header, count = _scan(path, text, dialect)
     _check_header(path, text, header, dialect)
     return ParsedCsv(path, dialect, header, count, digest, text)
+
+
+_INNER_BOM = re.compile("(?<=[\r\n])\ufeff")
+
+
+def _inner_boms(text: str) -> set[int]:
+    """The lines after the first that start with a byte-order mark: where two files were
+    joined (``cat a.csv b.csv``, each saved by Excel as "CSV UTF-8"), the second's header
+    would become a row whose key holds an invisible character. (Inside a quoted cell, such
+    a line is data: :func:`_scan` refuses only a record that starts there.)"""
+    lines: set[int] = set()
+    if "\ufeff" not in text:  # at memory speed
+        return lines
+    line, at = 1, 0
+    for found in _INNER_BOM.finditer(text):
+        end = found.start()  # lines end as the csv reader ends them: CRLF, LF or a lone CR
+        line += text.count("\n", at, end) + text.count("\r", at, end) - text.count("\r\n", at, end)
+        lines.add(line)
+        at = end
+    return lines
 
 
 def _reader(text: str, dialect: CsvDialect) -> Any:
@@ -198,8 +219,15 @@ def _scan(path: Path, text: str, dialect: CsvDialect) -> tuple[list[str], int]:
     header: list[str] = []
     width = count = 0
     start = 1
+    boms = _inner_boms(text)
     try:
         for record in reader:
+            if boms and start in boms:
+                raise CsvFormatError(
+                    f"{path}: line {start}, column 1: a byte-order mark (U+FEFF) starts this"
+                    " line, as where two files were joined; delete it, and the second file's"
+                    " header line if it repeats the first"
+                )
             if not record:
                 raise CsvFormatError(
                     f"{path}: line {start}, column 1: blank line (a CSV has none: delete it)"

@@ -50,6 +50,13 @@ BAD_INPUT = [
     pytest.param(b"\nk,v\n1,a\n", "k", [1], id="blank-first-line"),
     pytest.param(codecs.BOM_UTF8 + b"\r\n\r\nk,v\r\n1,a\r\n", "k", [1], id="blank-lines-first"),
     pytest.param(b"\rk,v\r1,a\r", "k", [1], id="blank-first-line-cr"),
+    # two Excel "CSV UTF-8" files joined by cat: the second's BOM and header mid-file
+    pytest.param(
+        codecs.BOM_UTF8 + b"k;v\r\n1;a\r\n" + codecs.BOM_UTF8 + b"k;v\r\n2;b\r\n",
+        "k",
+        [3],
+        id="joined-files-bom",
+    ),
 ]
 
 
@@ -103,6 +110,16 @@ BAD_COLUMNS = [
     pytest.param(b'k,v\n1,"a\nb"\n22\n', "line 4, column 3", id="too-few-fields"),
     pytest.param(b"k,v\n1,a\n\n3,c\n", "line 3, column 1", id="blank-line"),
     pytest.param(b"\nk,v\n1,a\n", "line 1, column 1", id="blank-first-line"),
+    pytest.param(
+        codecs.BOM_UTF8 + b'k,v\n1,"a\nb"\n' + codecs.BOM_UTF8 + b"k,v\n",
+        "line 4, column 1",
+        id="joined-files-bom-after-multiline",
+    ),
+    pytest.param(
+        "k\tv\r1\ta\r".encode("utf-16") + "k\tv\r".encode("utf-16"),
+        "line 3, column 1",
+        id="joined-files-bom-utf16-cr",
+    ),
     # a quote inside a field (not at its start) is data: the field count is still found
     pytest.param(b'k,v\n5" pipe\n1,2\n\n3,4\n', "line 2, column 8", id="too-few-with-a-quote"),
     pytest.param(b'k,v\n1,5" x,y\n', "line 2, column 8", id="too-many-with-a-quote"),
@@ -129,6 +146,16 @@ def test_bad_input_names_the_column(tmp_path: Path, data: bytes, where: str) -> 
     path.write_bytes(data)
     with pytest.raises(csvjournal.CsvFormatError, match=re.escape(f"{path}: {where}:")):
         csvjournal.open(path, key="k")
+
+
+def test_a_byte_order_mark_starting_a_line_inside_a_quoted_cell_is_data(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_bytes('k,v\n1,"a\n\ufeffb"\n2,c\n'.encode())
+    with csvjournal.open(path, key="k", export=False) as journal:
+        assert journal.get("1") == {"k": "1", "v": "a\n\ufeffb", "STATUS": "PENDING"} | {
+            "LAST_PROCESSED": ""
+        }
+        assert journal.pending() == ["1", "2"]
 
 
 def test_key_errors_name_the_key_column(tmp_path: Path) -> None:
