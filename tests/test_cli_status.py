@@ -45,6 +45,19 @@ def test_status_shows_counts_percent_rate_and_freshness(orders: Path) -> None:
     assert "rows/s" in out
 
 
+@pytest.mark.parametrize("status", ["[x]", "[/]", "[bold]DONE[/bold]", "[/]["])
+def test_status_shows_statuses_and_paths_as_they_are_not_as_markup(
+    tmp_path: Path, status: str
+) -> None:
+    csv_path = tmp_path / "orders [final] [b].csv"
+    csv_path.write_text("ID\n1\n2\n")
+    ok(invoke("init", csv_path, "--key", "ID"))
+    ok(invoke("record", csv_path, "1", "--status", status))
+    out = ok(invoke("status", csv_path))
+    assert str(csv_path) in out
+    assert re.search(re.escape(status) + r"\s*│\s*1", out), out
+
+
 def test_status_json_has_the_progress_fields(orders: Path) -> None:
     data = json.loads(ok(invoke("status", orders, "--json")))
     assert set(data) == {"csv"} | {field.name for field in dataclasses.fields(Progress)}

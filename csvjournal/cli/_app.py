@@ -304,7 +304,7 @@ def importing(csv: Path) -> Iterator[None]:
         yield
         return
     size = csv.stat().st_size if csv.exists() else 0
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    columns = (SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn())
     with Progress(
         *columns, console=console, transient=True, redirect_stdout=False, redirect_stderr=False
     ) as bar:
@@ -379,13 +379,14 @@ def log_json_wanted() -> bool:
 
 
 def stdout_console() -> Console:
-    """Where human output goes."""
-    return Console(highlight=False, soft_wrap=True)
+    """Where human output goes: text as it is (a path or a status holding ``[x]`` is
+    data, not rich markup)."""
+    return Console(highlight=False, soft_wrap=True, markup=False)
 
 
 def stderr_console() -> Console:
-    """Where progress bars go (stdout stays clean for data)."""
-    return Console(stderr=True, highlight=False)
+    """Where progress bars go (stdout stays clean for data); text as it is."""
+    return Console(stderr=True, highlight=False, markup=False)
 
 
 def print_json(data: object) -> None:

@@ -78,8 +78,8 @@ def _with_progress(runner: Runner, threads: list[threading.Thread]) -> None:
     columns = (
         BarColumn(bar_width=20),
         MofNCompleteColumn(),  # rows done (succeeded or failed for good) of all
-        TextColumn("{task.description}"),
-        TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.description}", markup=False),
+        TextColumn("{task.fields[rate]}", markup=False),
         TimeRemainingColumn(),
     )
     stats = runner.stats
