@@ -216,8 +216,9 @@ def restore(
     formula_guard: bool | None = None,
 ) -> Path | None:
     """Restore the journal of ``csv_path`` from the backup folder ``backup`` and rewrite
-    the CSV from it. The current journal and CSV are backed up first; that backup's folder
-    is returned (``None`` when there was no journal). Stop every worker first.
+    the CSV from it. The current journal and CSV are backed up first (a CSV without a
+    journal alone); that backup's folder is returned (``None`` when there was neither).
+    Stop every worker first.
 
     Raises:
         BackupNotFoundError: ``backup`` is not a backup folder of this journal.
@@ -253,6 +254,9 @@ def _restore(
         with _writers_held_off(journal):
             if journal.exists():  # pruned only once restored: retention might drop ``backup``
                 safety = _save_current(csv, journal)
+            elif csv.exists():  # a CSV without a journal: its rows may be found nowhere else
+                safety = PendingBackup(csv).finish_as_files(journal)
+                keep_for_good(safety, "the CSV, without a journal, before a restore")
             _put_in_place(source, journal, csv)
     finally:
         lock.release()

@@ -153,6 +153,26 @@ def test_restore_without_a_journal_puts_the_backup_in_place(csv_path: Path) -> N
     assert csv_path.read_bytes() == (backup / "orders.csv").read_bytes()
 
 
+def test_restore_over_a_csv_without_a_journal_keeps_that_csv_first(
+    csv_path: Path, tmp_path: Path
+) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED", N=1)
+        journal.flush(timeout=30)
+        backup = journal.backup()
+    other = tmp_path / "elsewhere" / "orders.csv"  # a sheet of its own, no journal
+    other.parent.mkdir()
+    other.write_bytes(b"ID,NOTE\n7,made by hand\n")
+    safety = csvjournal.restore(other, backup)
+    assert safety is not None
+    assert (safety / "orders.csv").read_bytes() == b"ID,NOTE\n7,made by hand\n"
+    assert other.read_bytes() == (backup / "orders.csv").read_bytes()
+    assert _dump(Path(f"{other}.journal")) == _dump(_journal_in(backup))
+    for _ in range(3):  # its only copy: retention leaves it alone
+        csvjournal.open(other, keep_backups=1).close()
+    assert (safety / "orders.csv").read_bytes() == b"ID,NOTE\n7,made by hand\n"
+
+
 def test_restore_refuses_a_damaged_backup_and_changes_nothing(csv_path: Path) -> None:
     with csvjournal.open(csv_path, key="ID") as journal:
         _record_some(journal, 0, 3000)
