@@ -94,7 +94,9 @@ def wait(
                 kill_group(child)
                 if stopped.is_set():
                     return Outcome(None, "")
-                return Outcome(child.wait(), f"timed out after {timeout:g} s")
+                # ended by our SIGTERM, also when it then exits 0 or 143 by itself: a timeout
+                code = min(child.wait(), 0) or -signal.SIGTERM
+                return Outcome(code, f"timed out after {timeout:g} s")
             wait_for = _POLL_SECONDS if deadline is None else deadline - time.monotonic()
             if not _read(selector, child, tail, min(_POLL_SECONDS, max(0.0, wait_for))):
                 _wait_a_little(child, deadline)  # stderr closed: only the exit is left

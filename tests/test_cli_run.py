@@ -110,6 +110,30 @@ def test_run_exits_0_when_every_row_is_done(rows8: Path) -> None:
     assert again.stdout == _summary(0, 0, 0, 0, rows8) + "\n"
 
 
+@pytest.mark.parametrize(
+    ("on_term", "code"),
+    [("signal.SIG_DFL", "-15"), ("lambda *a: sys.exit(0)", "-15"), ("signal.SIG_IGN", "-9")],
+    ids=["dies", "exits-0", "ignores"],
+)
+def test_a_command_past_its_timeout_fails_however_it_ends(
+    tmp_path: Path, on_term: str, code: str
+) -> None:
+    # a graceful shutdown (exit 0 on SIGTERM) is still a command that did not finish
+    csv = tmp_path / "hang.csv"
+    csv.write_text("ID\nslow\n")
+    command = python_script(
+        tmp_path / "hang.py",
+        f"import signal, sys, time\nsignal.signal(signal.SIGTERM, {on_term})\ntime.sleep(600)\n",
+    )
+    result = invoke(
+        "run", csv, "--key", "ID", "--timeout", "1", "--max-attempts", "1", "--", *command,
+    )  # fmt: skip
+    assert result.exit_code == 1, result.stderr
+    (row,) = read_rows(csv)
+    assert (row["STATUS"], row["EXIT_CODE"]) == ("FAILED", code)
+    assert row["ERROR_MESSAGE"] == "timed out after 1 s"
+
+
 def test_run_kills_a_command_past_its_timeout(tmp_path: Path) -> None:
     csv = tmp_path / "hang.csv"
     csv.write_text("ID\nfast\nslow\n")
