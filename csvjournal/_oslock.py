@@ -105,11 +105,18 @@ class ExporterLock:
 def exporter_alive(csv_path: Path) -> bool:
     """Tell whether a process (this one included) holds the exporter lock of ``csv_path``'s
     journal now."""
-    path = lock_path(csv_path)
-    if not path.exists():
+    path = lock_path(csv_path).resolve()
+    with _registry_lock:  # (a descriptor closed below would drop this process's own lock)
+        if path in _held:
+            return True
+        try:  # read-only: an operator who may read the job's files, not write them, asks too
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while an exporter holds it
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
         return False
-    lock = ExporterLock(path)
-    if lock.acquire():
-        lock.release()
-        return False
-    return True

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -56,6 +57,48 @@ def test_status_shows_statuses_and_paths_as_they_are_not_as_markup(
     out = ok(invoke("status", csv_path))
     assert str(csv_path) in out
     assert re.search(re.escape(status) + r"\s*│\s*1", out), out
+
+
+_EXPORTER = """
+import sys, csvjournal
+with csvjournal.open(sys.argv[1]) as journal:
+    print("exporting", flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("exporting", [True, False], ids=["exporter", "none"])
+def test_status_tells_of_the_exporter_to_a_user_who_may_not_write_its_lock(
+    orders: Path, monkeypatch: pytest.MonkeyPatch, exporting: bool
+) -> None:
+    # an operator who may read another account's job files, not write them
+    lock = orders.parent / f"{orders.name}.backups" / "exporter.lock"
+    assert lock.exists()
+    real_open = os.open
+
+    def read_only(path: str, flags: int, *args: object) -> int:
+        if Path(path).name == lock.name and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    exporter = subprocess.Popen(
+        [sys.executable, "-c", _EXPORTER, str(orders)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert exporter.stdout is not None
+        assert exporter.stdout.readline() == "exporting\n"
+        if not exporting:
+            exporter.communicate("", timeout=SUBPROCESS_TIMEOUT)
+        monkeypatch.setattr(os, "open", read_only)
+        data = json.loads(ok(invoke("status", orders, "--json")))
+        monkeypatch.undo()
+        assert data["exporter_alive"] is exporting
+    finally:
+        exporter.kill()
+        exporter.wait()
 
 
 def test_status_json_has_the_progress_fields(orders: Path) -> None:
