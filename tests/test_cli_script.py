@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import signal
@@ -222,3 +223,39 @@ def test_a_command_run_with_stderr_closed_exits_as_it_would(
     )
     assert done.returncode == 0, done.stdout
     assert done.stdout.strip() in {"1", "recorded #1"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("at", ["2. ", "3. "])
+def test_ctrl_c_stops_the_demo_with_one_line_and_leaves_no_worker(tmp_path: Path, at: str) -> None:
+    demo = subprocess.Popen(
+        [str(CONSOLE_SCRIPT), "demo", str(tmp_path / "demo")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's job has
+    )
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            if line.startswith(at):
+                break
+        os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C: every process of the group gets it
+        out, err = demo.communicate(timeout=SUBPROCESS_TIMEOUT)
+    finally:
+        demo.kill()
+    assert demo.returncode == 130, out
+    assert err == "csvjournal: interrupted\n"
+    deadline = time.monotonic() + 10  # no worker left running the job (multiprocessing's
+    while _group_alive(demo.pid):  # resource tracker ends on its own, a moment later)
+        assert time.monotonic() < deadline, "a process of the demo is still running"
+        time.sleep(0.05)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True

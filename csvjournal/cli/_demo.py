@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import random
@@ -9,9 +10,11 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
+from rich.console import Console
 from rich.table import Table
 
 import csvjournal
@@ -107,8 +110,34 @@ def _start(
 ) -> multiprocessing.process.BaseProcess:
     args = (journal, name, seed, log_json_wanted())
     process = ctx.Process(target=demo_worker, args=args, name=name)
-    process.start()
+    # Started ignoring Ctrl-C (a spawned Python keeps SIGINT ignored): a terminal's Ctrl-C
+    # reaches every process of its group, and each worker would print a traceback; the
+    # demo stops them itself (see _stop_workers). A Ctrl-C in the millisecond or so of a
+    # start is lost: pressed again, it stops the demo.
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process.start()
+    finally:
+        signal.signal(signal.SIGINT, before)
     return process
+
+
+@contextlib.contextmanager
+def _stop_workers(
+    workers: dict[str, multiprocessing.process.BaseProcess],
+) -> Iterator[dict[str, multiprocessing.process.BaseProcess]]:
+    """Stop whichever of ``workers`` still runs when the block ends early (Ctrl-C): their
+    rows go back to pending once their leases run out, as after any crash."""
+    try:
+        yield workers
+    finally:
+        running = [process for process in workers.values() if process.is_alive()]
+        for process in running:
+            process.terminate()
+            with contextlib.suppress(ProcessLookupError):  # one stopped by _stop_holding
+                os.kill(process.pid or 0, signal.SIGCONT)
+        for process in running:
+            process.join()
 
 
 # Marks a folder whose orders.csv files a demo wrote (and the next demo may replace).
@@ -170,38 +199,58 @@ def demo(directory: Path | None) -> None:
     ctx = multiprocessing.get_context("spawn")
     terminal = {"COMPLETED", "NO_ATTACHMENTS"}
     with csvjournal.open(csv_path, key="PO_NUMBER", terminal=terminal) as journal:
-        workers = {f"demo-{n}": _start(ctx, journal, f"demo-{n}", n) for n in range(1, WORKERS + 1)}
-        out.print(f"2. {WORKERS} worker processes claim rows and record what they found")
-        while sum(journal.counts().get(s, 0) for s in terminal) < ROWS // 3:
-            time.sleep(0.05)
-        victim = workers.pop("demo-2")
-        held = _stop_holding(victim, journal)
-        os.kill(victim.pid or 0, signal.SIGKILL)
-        victim.join()
-        done = sum(journal.counts().get(s, 0) for s in terminal)
-        out.print(
-            f"3. kill -9 of worker demo-2 (pid {victim.pid}) with {done:,} rows done;"
-            f" it held {', '.join(held) or 'no row'}: its lease runs out in {LEASE:g} s"
-            " and another worker takes the row over"
-        )
-        for process in workers.values():
-            process.join()
+        with _stop_workers({}) as workers:
+            for n in range(1, WORKERS + 1):
+                workers[f"demo-{n}"] = _start(ctx, journal, f"demo-{n}", n)
+            out.print(f"2. {WORKERS} worker processes claim rows and record what they found")
+            held = _crash(out, journal, workers, terminal)
+            for process in workers.values():
+                process.join()
         report = journal.recover()
         out.print("4. recover(): " + "; ".join(report.lines()))
         journal.flush(timeout=FLUSH_SECONDS)
-        table = Table("status", "rows", title="rows per status", title_justify="left")
-        for status, count in sorted(journal.counts().items()):
-            table.add_row(status, f"{count:,}")
-        out.print(table)
-        for key in [*held[:1], f"PO-2026-{97:05d}"]:
-            out.print(f"history of {key}:")
-            for event in journal.history(key):
-                note = f"  ({event.note})" if event.note else ""
-                fields = {k: v for k, v in event.fields.items() if v}
-                when = f"{event.at:%H:%M:%S.%f}"[:-3]
-                what = f"{event.status} {fields or ''}".rstrip() + note
-                out.print(f"  #{event.seq} {when} {event.worker}: {what}")
+        _show(out, journal, held)
     elapsed = time.perf_counter() - started
     out.print(f"done in {elapsed:.1f} s. The status sheet: {csv_path}")
     out.print(f"the journal: {csv_path}.journal, backups in {csv_path}.backups/")
     out.print(f"next: csvjournal status {csv_path}; csvjournal history {csv_path} PO-2026-00097")
+
+
+def _crash(
+    out: Console,
+    journal: csvjournal.Journal,
+    workers: dict[str, multiprocessing.process.BaseProcess],
+    terminal: set[str],
+) -> list[str]:
+    """Once a third of the rows are done, kill -9 worker demo-2 while it holds a row;
+    return the rows it held."""
+    while sum(journal.counts().get(s, 0) for s in terminal) < ROWS // 3:
+        time.sleep(0.05)
+    victim = workers["demo-2"]  # left in: stopped (SIGSTOP) by a Ctrl-C, it is ended too
+    held = _stop_holding(victim, journal)
+    os.kill(victim.pid or 0, signal.SIGKILL)
+    victim.join()
+    del workers["demo-2"]
+    done = sum(journal.counts().get(s, 0) for s in terminal)
+    out.print(
+        f"3. kill -9 of worker demo-2 (pid {victim.pid}) with {done:,} rows done;"
+        f" it held {', '.join(held) or 'no row'}: its lease runs out in {LEASE:g} s"
+        " and another worker takes the row over"
+    )
+    return held
+
+
+def _show(out: Console, journal: csvjournal.Journal, held: list[str]) -> None:
+    """The rows per status, and the history of a row taken over and of one that failed."""
+    table = Table("status", "rows", title="rows per status", title_justify="left")
+    for status, count in sorted(journal.counts().items()):
+        table.add_row(status, f"{count:,}")
+    out.print(table)
+    for key in [*held[:1], f"PO-2026-{97:05d}"]:
+        out.print(f"history of {key}:")
+        for event in journal.history(key):
+            note = f"  ({event.note})" if event.note else ""
+            fields = {k: v for k, v in event.fields.items() if v}
+            when = f"{event.at:%H:%M:%S.%f}"[:-3]
+            what = f"{event.status} {fields or ''}".rstrip() + note
+            out.print(f"  #{event.seq} {when} {event.worker}: {what}")
