@@ -9,6 +9,7 @@ role, the lock and the thread around it are :class:`~csvjournal.exporter.Exporte
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,12 +25,30 @@ from csvjournal._settings import Settings, forget_values, read_value, stored_gua
 from csvjournal.csvio import EXCEL_MAX_ROWS, replace_with, sync_file, write_temp
 from csvjournal.store import Store
 
-__all__ = ["ExportWriter", "Preview"]
+__all__ = ["ExportWriter", "Preview", "export_failure", "failure_text", "note_failure"]
 
 log = structlog.get_logger(__name__)
 
 # The rows a session's first write will change, read in the export's snapshot.
 Preview = Callable[[Connection], dict[int, tuple[str, list[str]]]]
+
+
+def note_failure(conn: Connection, error: str, failures: int) -> None:
+    """Note in the journal that this process's exporter could not write the CSV, for the
+    ``failures``-th time in a row (cleared by the next export that works): a flush() of
+    another process then hears why the CSV waits."""
+    write_value(conn, "csv_failed", {"error": error, "pid": os.getpid(), "failures": failures})
+
+
+def export_failure(conn: Connection) -> dict[str, object] | None:
+    """The note of the exporter's last export, while exports fail (see :func:`note_failure`)."""
+    note = read_value(conn, "csv_failed")
+    return note if isinstance(note, dict) else None
+
+
+def failure_text(note: dict[str, object]) -> str:
+    """What an :func:`export_failure` note says."""
+    return f"the exporter (process {note.get('pid')}) could not write it: {note.get('error')}"
 
 
 class ExportWriter(ExportSignals):
@@ -147,8 +166,9 @@ class ExportWriter(ExportSignals):
             write_value(conn, "csv_seq", rendered.seq)
             write_value(conn, "csv_rows", len(rendered))
             write_value(conn, "csv_guard", self._formula_guard)
-            if self.blocked is not None:
-                forget_values(conn, "csv_blocked")
+            # a failure noted by whichever exporter (a backup restored, say) is over
+            done = ("csv_failed", "csv_blocked") if self.blocked is not None else ("csv_failed",)
+            forget_values(conn, *done)
         self._exported(rendered.seq)
 
     def _went_as_planned(self, planned: dict[int, tuple[str, list[str]]], changed: object) -> bool:

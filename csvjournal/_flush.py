@@ -14,6 +14,7 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from csvjournal import _reads
+from csvjournal._export import export_failure, failure_text
 from csvjournal._forking import ForkGate
 from csvjournal._handedits import blocked_by
 from csvjournal._rendercache import stream_csv
@@ -108,6 +109,7 @@ def flush_csv(
     with operation(), store.read() as conn:
         target = _reads.last_seq(conn)
         guard = stored_guard(conn)
+        failed_before = export_failure(conn)  # another handle's exporter, failing already
     deadline = None if timeout is None else time.monotonic() + timeout
     if exporter is not None and exporter.leading:
         if exporter.formula_guard != guard:  # turned on or off by an open: no new commit
@@ -120,6 +122,7 @@ def flush_csv(
             if exported is not None and exported >= target and csv_path.exists():
                 return
             blocked = blocked_by(conn, csv_path)
+            failure = export_failure(conn)
         if blocked is not None:  # the exporter of another handle waits for the edit's fate
             raise CsvChangedError(blocked)
         try:
@@ -129,6 +132,11 @@ def flush_csv(
             raise ExportError(f"{csv_path}: could not write the CSV: {exc}") from exc
         if exported:
             continue
+        if failure is not None and failure != failed_before:  # another handle exports, and
+            raise ExportError(  # failed since the call: no use waiting for it
+                f"{csv_path}: the CSV is behind the journal: {failure_text(failure)} (it"
+                " tries again while its process runs; every record is safe in the journal)"
+            )
         if deadline is not None and time.monotonic() >= deadline:
             raise FlushTimeoutError(
                 f"{csv_path}: the CSV did not catch up with the journal in {timeout} s"

@@ -22,7 +22,7 @@ from pathlib import Path
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
-from csvjournal._export import ExportWriter, Preview
+from csvjournal._export import ExportWriter, Preview, note_failure
 from csvjournal._forking import ForkGate
 from csvjournal._handedits import block, check_csv
 from csvjournal._oslock import ExporterLock, lock_path
@@ -172,6 +172,11 @@ class Exporter(ExportWriter):
         self._failures += 1
         if self._failures == 1:
             log.error("csv_export_failed", path=str(self._csv_path), error=str(exc))
+        try:  # each time (backing off, at most every 30 s): a flush() waits for the next
+            with self._store.write(synced=False) as conn:
+                note_failure(conn, str(exc), self._failures)
+        except _FAILURES:  # the journal's own disk: other processes hear nothing
+            pass
 
     def start(self, leading: bool) -> None:
         """Run the exporter thread: exporting if ``leading``, else standing by."""

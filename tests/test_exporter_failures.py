@@ -236,6 +236,52 @@ def test_flush_says_when_the_exporter_cannot_write_instead_of_waiting(
         assert "b" in _rows(csv_path)
 
 
+_FAILING_EXPORTER = """
+import os, pathlib, sys, csvjournal
+flag, real = pathlib.Path(sys.argv[2]), os.replace
+def replace(src, dst):
+    if flag.exists():
+        raise PermissionError(13, "Read-only file system", str(dst))
+    return real(src, dst)
+os.replace = replace
+with csvjournal.open(sys.argv[1]):
+    print("exporting", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_flush_says_why_another_processs_exporter_cannot_write_instead_of_waiting(
+    csv_path: Path, tmp_path: Path
+) -> None:
+    csvjournal.open(csv_path, key="ID").close()
+    flag = tmp_path / "read-only"
+    flag.touch()
+    exporter = subprocess.Popen(
+        [sys.executable, "-c", _FAILING_EXPORTER, str(csv_path), str(flag)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert exporter.stdout is not None
+        assert exporter.stdout.readline() == "exporting\n"
+        with csvjournal.open(csv_path, export=False) as journal:
+            journal.record("b", "COMPLETED")
+            started = time.monotonic()
+            said = rf"process {exporter.pid}\b.*Read-only file system.*every record is safe"
+            with pytest.raises(csvjournal.ExportError, match=said):
+                journal.flush()  # no timeout: it would wait for good
+            assert time.monotonic() - started < 10
+            flag.unlink()  # the folder writable again: the exporter catches up
+            journal.flush(timeout=30)
+            assert "b" in _rows(csv_path)
+            journal.record("c", "COMPLETED")
+            journal.flush(timeout=30)  # the note went with the failure
+        assert "c" in _rows(csv_path)
+    finally:
+        exporter.communicate("", timeout=60)
+
+
 def test_a_stored_value_the_encoding_cannot_write_fails_exports_not_the_exporter(
     csv_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

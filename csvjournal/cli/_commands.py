@@ -167,7 +167,10 @@ def export(csv: Path, target: Path | None) -> None:
     with existing_journal(
         csv, export=target is None, keep_backups=0, reading=target is not None
     ) as journal:
-        journal.export(target)
+        if target is None:  # bounded: another process's exporter may be stopped, say
+            journal.flush(timeout=FLUSH_SECONDS)
+        else:
+            journal.export(target)
     click.echo(f"wrote {target or csv}")
 
 
