@@ -230,9 +230,9 @@ class Handle:
     def _recently_checked(self) -> bool:
         return self._session is not None and self._session.recently_checked()
 
-    def _session_recovered(self) -> tuple[list[tuple[str, str]], list[Path]]:
+    def _session_recovered(self) -> tuple[list[tuple[str, str]], list[Path], bool]:
         """What this handle's exporting open recovered and no recover() reported yet."""
-        return ([], []) if self._session is None else self._session.take_recovered()
+        return ([], [], False) if self._session is None else self._session.take_recovered()
 
     def _expire_leases(
         self, now: float | None = None, at: str | None = None

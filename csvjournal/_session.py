@@ -57,12 +57,17 @@ class Session:
         # what the session recovered, for the handle's next recover() to report (once)
         self.returned: list[tuple[str, str]] = []
         self.removed: list[Path] = []
+        self.stale = False  # the CSV was behind the journal (the open's export caught up)
 
     def begin(self) -> None:
         """The handle became the exporter: start SQLite's full integrity check."""
         self._time = time.time()
         self._stamp = format_timestamp(datetime.fromtimestamp(self._time, UTC))
         csv_path = self._options.csv_path
+        with self._gate.operation(), self._store.read() as conn:
+            exported = _reads.exported_seq(conn)  # None: a journal never exported (just made)
+            behind = exported is not None and exported < _reads.last_seq(conn)
+        self.stale = behind or (exported is not None and not csv_path.exists())
         self._check = Background(
             "csvjournal-check", lambda: check_integrity(self._store, csv_path, full=True)
         )
@@ -129,11 +134,13 @@ class Session:
 
         self._backup = Background("csvjournal-backup", finish)
 
-    def take_recovered(self) -> tuple[list[tuple[str, str]], list[Path]]:
-        """The leases the session returned and the leftovers it removed, once (then none)."""
+    def take_recovered(self) -> tuple[list[tuple[str, str]], list[Path], bool]:
+        """The leases the session returned, the leftovers it removed and whether it found
+        the CSV behind, once (then none)."""
         returned, self.returned = self.returned, []
         removed, self.removed = self.removed, []
-        return returned, removed
+        stale, self.stale = self.stale, False
+        return returned, removed, stale
 
     def wait_for_backup(self) -> None:
         """Return once the session's backup, if one is being taken, is done."""

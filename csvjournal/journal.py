@@ -276,7 +276,7 @@ class Journal(Claims):
             check_integrity(self._store, self.csv_path, full=True)
         integrity = "ok"
         # what this handle's exporting open did moments ago is this recovery's too
-        lost, removed = self._session_recovered()
+        lost, removed, stale_at_open = self._session_recovered()
         lost += self._expire_leases()
         exporter = self._exporter
         with self._reading() as conn:
@@ -284,7 +284,7 @@ class Journal(Claims):
             exported = _reads.exported_seq(conn)
             stale = exported is None or exported < _reads.last_seq(conn)
         missing = not self.csv_path.exists()  # deleted: an exporter writes after commits only
-        stale = stale or missing
+        stale = stale or missing or stale_at_open
         if exporter is not None and exporter.leading:
             # removed at this handle's take-over; reported once
             removed += exporter.removed_temp_files

@@ -89,6 +89,28 @@ def test_recover_regenerates_a_stale_csv_and_only_then(csv_path: Path) -> None:
         assert csv_path.stat().st_ino == inode  # not even rewritten
 
 
+@pytest.mark.parametrize("export", [True, False], ids=["exporting", "non-exporting"])
+def test_the_first_recover_after_an_open_reports_the_stale_csv_the_open_rewrote(
+    csv_path: Path, export: bool
+) -> None:
+    csvjournal.open(csv_path, key="ID").close()
+    with csvjournal.open(csv_path, export=False) as journal:  # as a job killed before export
+        journal.record("a", "COMPLETED")
+    assert _csv_status(csv_path) == {}
+    with csvjournal.open(csv_path, export=export) as journal:
+        report = journal.recover()
+        assert report.csv_was_stale
+        assert "CSV: regenerated" in report.lines()
+        assert _csv_status(csv_path) == {"a": "COMPLETED"}
+        assert not journal.recover().csv_was_stale  # said once
+
+
+def test_a_recover_right_after_a_journal_is_made_finds_its_csv_current(csv_path: Path) -> None:
+    csv_path.write_text("ID\na\n")
+    with csvjournal.open(csv_path, key="ID") as journal:
+        assert not journal.recover().csv_was_stale
+
+
 _KILLED_BEFORE_FIRST_EXPORT = """
 import os, signal, sys
 import csvjournal, csvjournal._export as export
