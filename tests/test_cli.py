@@ -205,6 +205,16 @@ def test_log_json_makes_stderr_json_lines(tmp_path: Path) -> None:
     assert all(entry["level"] == "info" for entry in failed)
 
 
+@pytest.mark.parametrize("after", [False, True], ids=["before", "after"])
+def test_with_log_json_the_error_is_a_json_line_too(tmp_path: Path, after: bool) -> None:
+    command = ["pending", tmp_path / "bare.csv"]
+    result = invoke(*([*command, "--log-json"] if after else ["--log-json", *command]))
+    assert result.exit_code == 2
+    (line,) = _json_lines(result.stderr)  # stderr holds JSON lines only
+    assert (line["event"], line["level"], line["exit_code"]) == ("command_failed", "error", 2)
+    assert "no journal for" in str(line["error"])
+
+
 def test_plain_logs_show_warnings_only(tmp_path: Path) -> None:
     csv = tmp_path / "t.csv"
     csv.write_text("ID\n1\n")

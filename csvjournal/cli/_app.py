@@ -63,7 +63,22 @@ class CliError(click.ClickException):
     exit_code = EXIT_BAD_INPUT
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"csvjournal: error: {_escaped(self.format_message())}", err=True, file=file)
+        if not _as_json_line(self, "command_failed"):
+            click.echo(f"csvjournal: error: {_escaped(self.format_message())}", err=True, file=file)
+
+
+# Whether logs go out as JSON lines (configure_logging): then so does the one error line,
+# and stderr carries JSON lines only.
+_json_logs = False
+
+
+def _as_json_line(error: click.ClickException, event: str) -> bool:
+    """Say ``error`` as a JSON log line if logs are JSON lines; whether it did."""
+    if _json_logs:
+        structlog.get_logger(__name__).error(
+            event, error=error.format_message(), exit_code=error.exit_code
+        )
+    return _json_logs
 
 
 def _escaped(text: str) -> str:
@@ -77,7 +92,8 @@ class Interrupted(CliError):
     exit_code = EXIT_INTERRUPTED
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"csvjournal: {_escaped(self.format_message())}", err=True, file=file)
+        if not _as_json_line(self, "command_interrupted"):
+            click.echo(f"csvjournal: {_escaped(self.format_message())}", err=True, file=file)
 
 
 # click >= 8.2 shows the help of `csvjournal` alone through this usage error
@@ -222,6 +238,8 @@ _STREAMING = frozenset({"run", "demo", "status"})
 def configure_logging(*, json_logs: bool, debug: bool, quiet: bool = False) -> None:
     """Send structlog's output to stderr: JSON lines or plain text, warnings and up
     (everything with ``debug``; errors only when ``quiet``)."""
+    global _json_logs  # noqa: PLW0603 - one process, one logging configuration
+    _json_logs = json_logs
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if json_logs
