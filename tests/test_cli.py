@@ -134,6 +134,20 @@ def test_a_csv_without_a_journal_is_refused(tmp_path: Path, command: str, csv_ex
     assert state_of(tmp_path) == before
 
 
+@pytest.mark.parametrize("command", ["backups", "pending", "status", "run"])
+def test_a_csv_whose_journal_was_lost_is_pointed_to_its_newest_backup(
+    tmp_path: Path, command: str
+) -> None:
+    csv = tmp_path / "plain.csv"
+    csv.write_text("ID,NAME\n1,a\n")
+    ok(invoke("init", csv, "--key", "ID"))
+    backup = ok(invoke("backup", csv)).strip()
+    for leftover in tmp_path.glob("plain.csv.journal*"):
+        leftover.unlink()
+    line = assert_error(invoke(command, csv, *ON_A_JOURNAL[command]), f"no journal for {csv}")
+    assert f"csvjournal restore {csv} {backup}" in line
+
+
 @pytest.mark.parametrize("command", sorted(set(ON_A_JOURNAL) - {"backups"}))
 def test_a_file_that_is_no_journal_is_refused(tmp_path: Path, command: str) -> None:
     csv = tmp_path / "plain.csv"

@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 
 import csvjournal
 from csvjournal import _migrate
+from csvjournal.backup import list_backups, newest_backup_hint
 from csvjournal.csvio import check_encoding
 from csvjournal.errors import CsvJournalError, SettingsError
 
@@ -336,12 +337,15 @@ def journal_path_of(csv: Path) -> Path:
 
 
 def no_journal(csv: Path, hint: str = "") -> CliError:
-    """The error for a CSV without a journal: run init; or, for a symlink to a CSV that
-    has one, use the file it points at."""
+    """The error for a CSV without a journal: run init, or restore a backup when it has
+    some (its journal was lost); for a symlink to a CSV that has one, use the file it
+    points at."""
     if csv.is_symlink():
         real = Path(os.path.realpath(csv))
         if journal_path_of(real).exists():
             return CliError(f"no journal for {csv}, a link to {real}, which has one: use {real}")
+    if list_backups(csv):  # its journal deleted or lost: the way back is a backup
+        return CliError(f"no journal for {csv}: {newest_backup_hint(csv)}{hint}")
     return CliError(f"no journal for {csv}: run csvjournal init {csv} --key COLUMN{hint}")
 
 
