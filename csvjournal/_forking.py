@@ -15,9 +15,19 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["PID", "ForkAware", "ForkGate", "register", "registered", "reopened", "unregister"]
+__all__ = [
+    "PID",
+    "ForkAware",
+    "ForkGate",
+    "open_here",
+    "register",
+    "registered",
+    "reopened",
+    "unregister",
+]
 
 _K = TypeVar("_K")
 _T = TypeVar("_T")
@@ -117,6 +127,20 @@ def register(obj: ForkAware) -> None:
 def registered() -> list[ForkAware]:
     """Every registered object still alive."""
     return list(_registered)
+
+
+def open_here(journal: Path, but: object = None) -> bool:
+    """Whether a handle of this process (other than ``but``) has ``journal`` open: POSIX
+    record locks, SQLite's included, never conflict within one process, so they cannot
+    tell."""
+    target = journal.resolve()
+    return any(
+        obj is not but
+        and not getattr(obj, "_closed", True)
+        and getattr(obj, "_pid", None) == PID
+        and Path(getattr(obj, "journal_path", "")).resolve() == target
+        for obj in list(_registered)
+    )
 
 
 def unregister(obj: ForkAware) -> None:

@@ -36,6 +36,7 @@ from csvjournal._interrupts import HeldInterrupts
 from csvjournal._leases import Action, expire_leases
 from csvjournal._options import Options
 from csvjournal._orphans import OrphanWatch
+from csvjournal._readonly import ReadOnlyVisit
 from csvjournal._session import Session
 from csvjournal._settings import Settings, read_value, settle, settled, stored_guard
 from csvjournal._tags import give_tag, take_tag
@@ -95,6 +96,7 @@ class Handle:
                 options.key or "",
                 formula_guard=bool(options.formula_guard),
             )
+        self._visit = ReadOnlyVisit(options.journal_path)  # (before SQLite makes the files)
         made, ours = self._open_store(created, source)
         try:
             with journal_errors(options.journal_path, options.csv_path):
@@ -398,6 +400,8 @@ class Handle:
                 self._watch.close()  # its export under way, or its last one
             with self._gate.operation():
                 self._store.close()
+            if not _forking.open_here(self._options.journal_path, but=self):
+                self._visit.end()
 
     def _catch_up(self) -> None:
         with self._gate.operation(), self._errors():

@@ -27,7 +27,6 @@ from csvjournal.backup import (
     take_backup,
 )
 from csvjournal.errors import BackupNotFoundError, JournalBusyError, SettingsError
-from csvjournal.journal import Journal
 
 __all__ = ["restore"]
 
@@ -64,19 +63,6 @@ def _in_use_elsewhere(journal: Path) -> bool:
         return False
     finally:
         os.close(fd)
-
-
-def _open_here(journal: Path) -> bool:
-    """Whether a handle of this process has ``journal`` open (an OS lock on the journal's
-    files cannot tell: POSIX record locks never conflict within one process)."""
-    target = journal.resolve()
-    return any(
-        isinstance(handle, Journal)
-        and not handle._closed
-        and handle._pid == os.getpid()
-        and handle.journal_path.resolve() == target
-        for handle in _forking.registered()
-    )
 
 
 def _csv_fingerprint(csv: Path) -> str | None:
@@ -241,7 +227,7 @@ def _restore(
     source = check_backup(backup, journal.name)
     _check_schema(source)
     _check_same_job(source, journal)
-    if _open_here(journal):  # before touching the -shm: closing it drops SQLite's locks
+    if _forking.open_here(journal):  # before touching the -shm: closing it drops SQLite's locks
         raise JournalBusyError(f"{journal}: this process has the journal open; close it first")
     lock_path(csv).parent.mkdir(exist_ok=True)
     lock = ExporterLock(lock_path(csv))

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from sqlalchemy import Column, Connection, Float, Index, Integer, MetaData, Table, Text, text
 
+from csvjournal._readonly import may_write, remove_made_companions
+
 __all__ = ["columns", "driver", "events", "free_rows", "metadata", "peek", "rows", "settings"]
 
 
@@ -69,7 +71,11 @@ def peek(path: Path) -> Iterator[sqlite3.Connection]:
 def _let_sqlite_tidy(path: Path) -> None:
     """Have SQLite remove the -wal/-shm files a read-only connection had to make (it
     cannot itself): the last connection to close removes them, and SQLite's own locks
-    tell whether this one is the last; another process's stay as they are."""
+    tell whether this one is the last; another process's stay as they are. A user who may
+    not write the journal removes them by hand (see :mod:`csvjournal._readonly`)."""
+    if not may_write(path):
+        remove_made_companions(path)
+        return
     try:
         with closing(sqlite3.connect(path)) as conn:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()

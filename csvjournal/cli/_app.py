@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 
 import csvjournal
 from csvjournal import _migrate
+from csvjournal._schema import peek
 from csvjournal.backup import list_backups, newest_backup_hint
 from csvjournal.csvio import check_encoding
 from csvjournal.errors import CsvJournalError, SettingsError
@@ -352,16 +353,11 @@ def no_journal(csv: Path, hint: str = "") -> CliError:
 def schema_revision(journal: Path) -> str | None:
     """The schema revision of the journal file, read without writing a byte of it (None:
     no csvjournal schema in it)."""
-    try:
-        conn = sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True)
+    try:  # (and without leaving the -wal/-shm files it had to make)
+        with peek(journal) as conn:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
     except sqlite3.Error:  # unreadable: the open that follows says so, naming it
         return None
-    try:
-        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-    except sqlite3.Error:
-        return None
-    finally:
-        conn.close()
     return None if row is None else str(row[0])
 
 

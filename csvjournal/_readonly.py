@@ -1,0 +1,80 @@
+"""A journal opened by a user who may read it but not write it: an operator looking at
+another account's job (``csvjournal status``, ``pending``, ``history``).
+
+SQLite reads a WAL journal through its -wal and -shm files. When no process has the
+journal open, they are not there, and the reader makes them, owned by its user. A
+connection that may not write the journal never removes them, so they would stay behind,
+and the job's owner, who may not write files of another user, could record nothing more.
+:class:`ReadOnlyVisit` removes them again once the reader is done with them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from csvjournal._posix import fcntl
+
+__all__ = ["ReadOnlyVisit", "may_write", "remove_made_companions"]
+
+# The -shm byte that every connection using the file holds a shared lock on while it does
+# (SQLite's "DMS" lock, os_unix.c: UNIX_SHM_DMS = (22 + SQLITE_SHM_NLOCK) * 4 + 8).
+_SHM_DMS_BYTE = 128
+
+
+def may_write(path: Path) -> bool:
+    """Whether this process's user may write the file ``path``."""
+    effective = os.access in os.supports_effective_ids
+    return os.access(path, os.W_OK, effective_ids=effective)
+
+
+def remove_made_companions(journal: Path) -> None:
+    """Remove the -wal and -shm files of ``journal`` that this user made to read it,
+    once this process has closed every connection to it: unless another process uses
+    them by now (it holds SQLite's lock on the -shm), or they are not the empty files of
+    this user. SQLite removes them for a user who may write the journal, never for one
+    who may not."""
+    wal, shm = Path(f"{journal}-wal"), Path(f"{journal}-shm")
+    uid = os.geteuid()
+    try:
+        fd = os.open(shm, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        found = wal.stat() if wal.exists() else None
+        if found is not None and (found.st_size or found.st_uid != uid):
+            return
+        if os.fstat(fd).st_uid != uid:
+            return
+        try:  # held until the files are gone: a process opening them now waits for it
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _SHM_DMS_BYTE)
+        except OSError:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            wal.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            shm.unlink()
+    finally:
+        os.close(fd)
+
+
+class ReadOnlyVisit:
+    """Whether an open of ``journal`` is a visit by a user who may not write it and will
+    make its -wal and -shm files; :meth:`end` removes them again."""
+
+    def __init__(self, journal: Path) -> None:
+        self._journal = journal
+        self.applies = (
+            journal.exists()
+            and not may_write(journal)
+            and not Path(f"{journal}-wal").exists()
+            and not Path(f"{journal}-shm").exists()
+        )
+
+    def end(self) -> None:
+        """Remove the files the visit made (see :func:`remove_made_companions`), once
+        this process has no connection to the journal left."""
+        if self.applies:
+            self.applies = False
+            remove_made_companions(self._journal)
