@@ -75,7 +75,9 @@ def render(csv: Path, snap: Progress) -> Group:
 @csv_argument
 @json_option
 @click.option(
-    "--watch", is_flag=True, help="Refresh in place until the job is done (Ctrl-C stops)."
+    "--watch",
+    is_flag=True,
+    help="Refresh in place until every row is done, in a terminal status (Ctrl-C stops).",
 )
 @click.option(
     "--interval",
