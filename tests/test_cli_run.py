@@ -481,10 +481,10 @@ def test_run_stops_on_a_signal_and_resumes(
         finally:
             proc.kill()
             proc.wait()
-    *json_lines, last = err_path.read_text().splitlines()
-    assert proc.returncode == 130, json_lines
-    assert last == "csvjournal: interrupted"  # as for any command that Ctrl-C stops
-    logged = _json_lines("\n".join(json_lines))
+    logged = _json_lines(err_path.read_text())  # JSON lines only, the last one too
+    assert proc.returncode == 130, logged
+    # as for any command that Ctrl-C stops: "csvjournal: interrupted", as a JSON line here
+    assert (logged[-1]["event"], logged[-1]["error"]) == ("command_interrupted", "interrupted")
     assert "run_stopping" in [entry["event"] for entry in logged]
     first_run = started()
     assert not any(line.split()[1] in {"7", "8"} for line in first_run)  # no claim after the stop
