@@ -121,12 +121,14 @@ def _take_owner(file: int | Path, like: os.stat_result, mode: int) -> int:
     try:
         chown(file, like.st_uid, like.st_gid)  # type: ignore[arg-type]
         return mode
-    except PermissionError:  # not root: a file is its creator's
+    # not root: a file is its creator's (EPERM); root of a user namespace, and ``like``'s
+    # owner not mapped into it (EINVAL)
+    except OSError:
         pass
     if now.st_gid != like.st_gid:
         try:
             chown(file, -1, like.st_gid)  # type: ignore[arg-type]
-        except PermissionError:  # not a group of this process's user
+        except OSError:  # not a group of this process's user, or not mapped
             return mode & ~0o070 | (mode & 0o007) << 3
     return mode
 
