@@ -7,12 +7,13 @@ same thread, and at commit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 
+from csvjournal._heldclaims import Change, ends
 from csvjournal._schema import driver
 from csvjournal._twins import may_twin, twin_problem
 from csvjournal._writer import RecordOp, Writer
@@ -38,17 +39,17 @@ class BatchState:
         conn: Connection,
         writer: Writer,
         errors: Callable[[], AbstractContextManager[None]],
-        committed: Callable[[list[RecordOp]], None],
+        committed: Callable[[list[Change]], None],
         twin_error: Callable[[str], Exception],
     ) -> None:
         self.conn = conn
         self._twin_error = twin_error  # refuses a new row shown as another (formula guard)
         self._writer = writer
         self._errors = errors
-        self._committed = committed  # told the records once the outermost block commits
+        self._committed = committed  # told the claims' changes once the outermost block commits
         self._raw = driver(conn)
         self._buffer: list[RecordOp] = []
-        self._recorded: list[RecordOp] = []  # in blocks not undone (so far)
+        self._recorded: list[Change] = []  # to the handle's claims, in blocks not undone (so far)
 
     def add(self, op: RecordOp) -> int:
         """Queue one record; return its sequence number.
@@ -60,7 +61,7 @@ class BatchState:
         self._refuse_twin(op)
         seq = self._writer.allocate(self._raw, op)
         self._buffer.append(op)
-        self._recorded.append(op)
+        self._recorded += ends((op,))
         if len(self._buffer) >= _FLUSH_EVERY:
             self.flush()
         return seq
@@ -72,9 +73,10 @@ class BatchState:
             if problem is not None:
                 raise self._twin_error(problem)
 
-    def track(self, op: RecordOp) -> None:
-        """Count ``op``, written by an :class:`Action`, among the block's records."""
-        self._recorded.append(op)
+    def track(self, changes: Iterable[Change]) -> None:
+        """Note these changes to the handle's claims (made by an :class:`Action` of the
+        block) if the block commits."""
+        self._recorded += changes
 
     def flush(self) -> None:
         """Write the queued records into the open transaction."""

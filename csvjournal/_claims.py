@@ -12,6 +12,7 @@ from collections.abc import Generator, Iterable, Mapping
 
 from csvjournal import _reads
 from csvjournal._handle import Handle
+from csvjournal._heldclaims import Change, ends
 from csvjournal._leases import (
     Action,
     claim_rows,
@@ -126,7 +127,7 @@ class Claims(Handle):
         (:class:`JournalBusyError`)."""
         # The time is read inside the transaction, once the write lock is ours: a claim that
         # waited for the lock must see the leases that ran out meanwhile, and get its whole lease.
-        keys: list[str] = self._write(  # type: ignore[assignment]
+        taken: list[tuple[str, int]] = self._write(  # type: ignore[assignment]
             Action(
                 lambda conn, writer: claim_rows(
                     conn,
@@ -142,12 +143,16 @@ class Claims(Handle):
             )
         )
         thread = threading.current_thread()  # not its ident, which a new thread may reuse
-        with self._held_lock:
-            for key in keys:
-                holders = self._held.setdefault(key, {})
-                holders.pop(name, None)  # the newest claim last
-                holders[name] = thread
-        return keys
+        self._note_claims([Change(key, seq, name, True, thread) for key, seq in taken])
+        return [key for key, _ in taken]
+
+    def _note_claims(self, changes: list[Change]) -> None:
+        """Note committed changes to the handle's claims; inside a batch, once it commits."""
+        batch = self._batches.get(threading.get_ident())
+        if batch is not None:
+            batch.track(changes)
+        elif changes:
+            self._held.note(changes)
 
     def extend(self, keys: Iterable[str], lease: float, *, worker: str | None = None) -> list[str]:
         """Renew the leases of rows claimed through this handle to ``lease`` seconds from
@@ -168,7 +173,7 @@ class Claims(Handle):
                 f"extend needs 0 < lease <= {MAX_LEASE_SECONDS:,} (30 days), not {lease}"
             )
         self._ensure()
-        held = self._holders(_keys(keys), worker)
+        held = self._held.holders(_keys(keys), worker, threading.current_thread())
         renewed: list[str] = self._write(  # type: ignore[assignment]
             Action(lambda conn, _writer: extend_leases(conn, held, time.time() + lease))
         )
@@ -189,33 +194,23 @@ class Claims(Handle):
             JournalClosedError: the handle is closed.
         """
         self._ensure()
-        return self._release(self._holders(_keys(keys), worker), note)
+        held = self._held.holders(_keys(keys), worker, threading.current_thread())
+        return self._release(held, note)
 
     def _release(self, held: list[tuple[str, str]], note: str) -> list[str]:
         """Give back each ``(key, worker)`` claim still holding its row (see :meth:`release`)."""
         at, by = timestamp_now(), self._worker_name()
-        released: list[str] = self._write(  # type: ignore[assignment]
+        released: list[tuple[str, str, int]] = self._write(  # type: ignore[assignment]
             Action(
                 lambda conn, writer: release_rows(
                     conn, writer, held, at=at, worker=by, note=f"{note} by {by}"
                 )
             )
         )
-        given_back = set(released)
         # A claim that held nothing stays known: the thread that made it must not act on
-        # the newer claim of another thread (see _holders) by a later call.
-        self._forget(pair for pair in held if pair[0] in given_back)
-        return released
-
-    def _forget(self, held: Iterable[tuple[str, str]]) -> None:
-        """Drop these ``(key, worker)`` claims from the handle's (they hold nothing now)."""
-        with self._held_lock:
-            for key, name in held:
-                holders = self._held.get(key)
-                if holders is not None:
-                    holders.pop(name, None)
-                    if not holders:
-                        del self._held[key]
+        # the newer claim of another thread (see HeldClaims.holders) by a later call.
+        self._note_claims([Change(key, seq, holder) for key, holder, seq in released])
+        return [key for key, _, _ in released]
 
     def _record_outcome(
         self,
@@ -243,11 +238,7 @@ class Claims(Handle):
         )
         if seq is None:  # the row is another claim's now; this one stays known (see _release)
             return None
-        batch = self._batches.get(threading.get_ident())
-        if batch is not None:  # the claim ends if the block commits
-            batch.track(op)
-        else:
-            self._commits.finished([op])
+        self._note_claims(ends([op]))
         return seq
 
     def defer(self, keys: Iterable[str], seconds: float) -> list[str]:
@@ -287,30 +278,6 @@ class Claims(Handle):
             Action(lambda conn, _writer: reset_attempts(conn, chosen, status))
         )
         return reset
-
-    def _holders(self, keys: Iterable[str], worker: str | None) -> list[tuple[str, str]]:
-        """``(key, claimer)`` for each of ``keys`` claimed through this handle: ``worker``'s
-        claim if given, else the newest this thread made, else the newest. A late worker's
-        thread so names its own claim, never the one another thread took over."""
-        thread = threading.current_thread()
-        found = []
-        with self._held_lock:
-            for key in keys:
-                holders = self._held.get(key)
-                if not holders:
-                    continue
-                if worker is not None:
-                    if worker in holders:
-                        found.append((key, worker))
-                    continue
-                mine = [name for name, by in holders.items() if by is thread]
-                found.append((key, (mine or list(holders))[-1]))
-        return found
-
-    def _every_claim(self) -> list[tuple[str, str]]:
-        """Every ``(key, worker)`` claim made through this handle and not yet ended."""
-        with self._held_lock:
-            return [(key, name) for key, holders in self._held.items() for name in holders]
 
     def work(
         self,

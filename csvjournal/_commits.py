@@ -21,11 +21,12 @@ from typing import Any
 import structlog
 
 from csvjournal._groupcommit import Refused
+from csvjournal._heldclaims import HeldClaims, ends
 from csvjournal._leases import Action
 from csvjournal._settings import Settings
 from csvjournal._twins import may_twin, twin_problem
 from csvjournal._values import timestamp_now
-from csvjournal._writer import IN_PROGRESS, RecordCall, RecordOp, Writer, prepare_record
+from csvjournal._writer import RecordCall, RecordOp, Writer, prepare_record
 from csvjournal.csvio import EXCEL_MAX_CELL
 from csvjournal.errors import JournalIOError, RecordError
 from csvjournal.store import Store
@@ -65,16 +66,14 @@ class Commits:
         writer: Writer,
         *,
         write_lock: threading.Lock,
-        held: dict[str, dict[str, threading.Thread]],
-        held_lock: threading.Lock,
+        held: HeldClaims,
         csv_path: Path,
     ) -> None:
         self._store = store
         self._settings = settings
         self._writer = writer
         self._write_lock = write_lock
-        self._held = held  # rows claimed through the handle (see Handle)
-        self._held_lock = held_lock
+        self._held = held  # rows claimed through the handle
         self._csv_path = csv_path
         self._warned_cells = False
         self._identity = _identity(store.path)  # the file this handle writes to
@@ -94,12 +93,10 @@ class Commits:
         return op
 
     def finished(self, ops: Sequence[RecordOp]) -> None:
-        """Forget the claims of the handle that ``ops`` finish (nothing to give back)."""
+        """Forget the claims of the handle that committed ``ops`` finish (nothing to give
+        back)."""
         if self._held:
-            with self._held_lock:
-                for op in ops:
-                    if op.status not in (None, IN_PROGRESS):
-                        self._held.pop(op.key, None)
+            self._held.note(ends(ops))
 
     def commit_group(self, calls: Sequence[Item]) -> list[object]:
         """Commit a group's items in one transaction; return one result per item, a

@@ -31,6 +31,7 @@ from csvjournal._commits import Commits, Item
 from csvjournal._dberrors import DB_ERRORS, journal_errors, translate
 from csvjournal._flush import catch_up
 from csvjournal._groupcommit import GroupCommitter
+from csvjournal._heldclaims import HeldClaims
 from csvjournal._importer import check_keys, import_rows, unfinished
 from csvjournal._interrupts import HeldInterrupts
 from csvjournal._leases import Action, expire_leases
@@ -69,8 +70,7 @@ class Handle:
         self._attach_lock = threading.Lock()
         # rows claimed through this handle: key -> {worker: the thread that claimed as it},
         # oldest claim first (a row whose lease ran out may be claimed again by another)
-        self._held: dict[str, dict[str, threading.Thread]] = {}
-        self._held_lock = threading.Lock()
+        self._held = HeldClaims()
         self._session: Session | None = None  # begun if this handle exports
         self._tag = take_tag(options.journal_path)
         try:
@@ -121,7 +121,6 @@ class Handle:
             self._writer,
             write_lock=self._write_lock,
             held=self._held,
-            held_lock=self._held_lock,
             csv_path=options.csv_path,
         )
         sync = self._store.sync_wal if options.durability == "full" else None
@@ -266,8 +265,7 @@ class Handle:
         """Become a non-exporting handle that reopens the journal on first use."""
         self._gate = _forking.ForkGate()
         self._attach_lock = threading.Lock()
-        self._held_lock = threading.Lock()
-        self._held = {}  # the parent's claims stay the parent's
+        self._held = HeldClaims()  # the parent's claims stay the parent's
         if self._closed or self._pid != os.getppid():
             return
         if self._exporter is not None:

@@ -89,6 +89,11 @@ def _write(conn: sqlite3.Connection, writer: Writer, ops: Sequence[RecordOp]) ->
         writer.apply(conn, ops)
 
 
+def _numbered(op: RecordOp) -> int:
+    assert op.seq is not None  # written: numbered
+    return op.seq
+
+
 _TAKEN_OVER = """
 SELECT 1 FROM rows WHERE key = ?1 AND holder IS NOT ?2 AND (done = 1
     OR (status = 'IN_PROGRESS' AND lease_until > ?3))
@@ -121,10 +126,11 @@ def claim_rows(
     worker: str,
     at: str,
     max_attempts: int | None,
-) -> list[str]:
+) -> list[tuple[str, int]]:
     """Take up to ``n`` open rows in CSV order: ``IN_PROGRESS``, leased to ``worker`` until
     ``now + lease``, attempts + 1, an event each. Rows with ``max_attempts`` attempts or more
-    are skipped. A row whose lease ran out says in its event whose lease it was."""
+    are skipped. A row whose lease ran out says in its event whose lease it was. Return
+    ``(key, sequence number of its event)`` for each row taken."""
     limit = _NO_LIMIT if max_attempts is None else max_attempts
     found = sorted(conn.execute(_OPEN, (now, limit, n)).fetchall())
     ops = [
@@ -140,7 +146,7 @@ def claim_rows(
         for _, key, holder, until in found[:n]
     ]
     _write(conn, writer, ops)  # the row's upsert takes the lease too
-    return [op.key for op in ops]
+    return [(op.key, _numbered(op)) for op in ops]
 
 
 def extend_leases(
@@ -159,13 +165,15 @@ def release_rows(
     at: str,
     worker: str,
     note: str,
-) -> list[str]:
+) -> list[tuple[str, str, int]]:
     """Give each ``(key, holder)`` row still held by that holder back: ``PENDING``, lease
-    ended, and the attempt not counted (it was abandoned, not failed). Return those keys."""
-    keys = [key for key, holder in held if conn.execute(_HELD, (key, holder)).fetchone()]
-    _write(conn, writer, [RecordOp(key, PENDING, {}, at, worker, note) for key in keys])
-    conn.executemany(_GIVE_BACK, [(key,) for key in keys])
-    return keys
+    ended, and the attempt not counted (it was abandoned, not failed). Return ``(key,
+    holder, sequence number of its event)`` for each."""
+    given = [(key, holder) for key, holder in held if conn.execute(_HELD, (key, holder)).fetchone()]
+    ops = [RecordOp(key, PENDING, {}, at, worker, note) for key, _ in given]
+    _write(conn, writer, ops)
+    conn.executemany(_GIVE_BACK, [(key,) for key, _ in given])
+    return [(key, holder, _numbered(op)) for (key, holder), op in zip(given, ops, strict=True)]
 
 
 _EXPIRING = """

@@ -113,7 +113,7 @@ class Journal(Claims):
                 conn,
                 self._writer,
                 self._errors,
-                self._commits.finished,
+                self._held.note,
                 self._commits.twin_error,
             )
             self._batches[threading.get_ident()] = state
@@ -351,7 +351,7 @@ class Journal(Claims):
         self._refuse_in_batch("close")
         if self._held and self._pid == _forking.PID:
             try:
-                self._release(self._every_claim(), "released")
+                self._release(self._held.every(), "released")
             except CsvJournalError as exc:  # their leases run out instead
                 log.warning("claims_not_released", path=str(self.csv_path), error=str(exc))
         self._closed = True  # no new record, batch or claim from here on

@@ -1,0 +1,103 @@
+"""The rows claimed through one handle, as far as that handle knows: what ``close()`` gives
+back, and what ``extend()``/``release()`` act on by default.
+
+Each claim is kept with the sequence number of the event that made it, and each end of
+claims (a record that finishes the row, a release) carries the sequence number of its own
+event. The threads of a handle note their commits one after another, in whatever order
+they get there, but the sequence numbers say the order the journal committed them in: an
+end removes only the claims made before it, never the claim another thread made of the
+same row just after (the row offered again at once, a failed one say). A claim noted after
+a later end is kept, though the journal ended it: it holds nothing there, and every use of
+it (renewing, giving back) finds so in the journal.
+
+Inside a ``batch()`` block the changes wait in the block (see
+:class:`~csvjournal._batch.BatchState`) and are noted only if it commits.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from csvjournal._writer import IN_PROGRESS, RecordOp
+
+__all__ = ["Change", "HeldClaims", "ends"]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One committed change to a handle's claims: ``worker`` claimed ``key`` (``claimed``),
+    or its claim was given back (``worker`` set, not ``claimed``), or every claim on the
+    row made before event ``seq`` ended (``worker`` None: the row was finished)."""
+
+    key: str
+    seq: int
+    worker: str | None = None
+    claimed: bool = False
+    thread: threading.Thread | None = None
+
+
+def ends(ops: Iterable[RecordOp]) -> list[Change]:
+    """The ends of claims that ``ops`` (numbered) make: each one that finishes its row, a
+    status other than ``IN_PROGRESS``, ends every claim on it made before it."""
+    return [
+        Change(op.key, op.seq)
+        for op in ops
+        if op.status not in (None, IN_PROGRESS) and op.seq is not None
+    ]
+
+
+class HeldClaims:
+    """``key -> {worker: (the thread that claimed, the claim's sequence number)}``, the
+    newest claim of a row last; safe to use from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, dict[str, tuple[threading.Thread | None, int]]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._held)
+
+    def note(self, changes: Iterable[Change]) -> None:
+        """Apply committed ``changes``, in the order given."""
+        with self._lock:
+            for change in changes:
+                holders = self._held.get(change.key)
+                if change.claimed:
+                    assert change.worker is not None
+                    if holders is None:
+                        holders = self._held[change.key] = {}
+                    holders.pop(change.worker, None)  # the newest claim last
+                    holders[change.worker] = (change.thread, change.seq)
+                elif holders is not None:
+                    for name, (_, seq) in list(holders.items()):
+                        if seq < change.seq and change.worker in (None, name):
+                            del holders[name]
+                    if not holders:
+                        del self._held[change.key]
+
+    def holders(
+        self, keys: Iterable[str], worker: str | None, thread: threading.Thread
+    ) -> list[tuple[str, str]]:
+        """``(key, claimer)`` for each of ``keys`` claimed through the handle: ``worker``'s
+        claim if given, else the newest ``thread`` made, else the newest. A late worker's
+        thread so names its own claim, never the one another thread took over."""
+        found = []
+        with self._lock:
+            for key in keys:
+                holders = self._held.get(key)
+                if not holders:
+                    continue
+                if worker is not None:
+                    if worker in holders:
+                        found.append((key, worker))
+                    continue
+                mine = [name for name, (by, _) in holders.items() if by is thread]
+                found.append((key, (mine or list(holders))[-1]))
+        return found
+
+    def every(self) -> list[tuple[str, str]]:
+        """Every ``(key, worker)`` claim noted and not ended."""
+        with self._lock:
+            return [(key, name) for key, holders in self._held.items() for name in holders]

@@ -1,0 +1,76 @@
+"""The claims a handle knows it holds: kept in the journal's order whatever order the
+threads note their commits in, and only what a committed block did."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import _leases
+import pytest
+from _leases import KEYS, LONG
+from _leases import Rollback as _Rollback
+
+import csvjournal
+from csvjournal import Journal
+from csvjournal._heldclaims import Change, HeldClaims
+
+csv_path = _leases.csv_path
+jr = _leases.jr
+
+ME = threading.current_thread()
+
+
+@pytest.mark.parametrize("end_noted_first", [True, False], ids=["end-first", "claim-first"])
+def test_an_end_never_removes_a_claim_the_journal_made_after_it(end_noted_first: bool) -> None:
+    # thread A's FAILED (event 11) ends A's claim (event 5); thread B claims the row again
+    # at once (event 12): B's claim stands whichever thread notes its commit first
+    held = HeldClaims()
+    held.note([Change("k", 5, "A", claimed=True, thread=ME)])
+    changes = [[Change("k", 11)], [Change("k", 12, "B", claimed=True, thread=ME)]]
+    for change in changes if end_noted_first else changes[::-1]:
+        held.note(change)
+    assert held.every() == [("k", "B")]
+
+
+def test_a_release_ends_only_its_own_claim_made_before_it() -> None:
+    held = HeldClaims()
+    held.note([Change("k", 5, "A", claimed=True), Change("k", 6, "B", claimed=True)])
+    held.note([Change("k", 7, "A"), Change("k", 4, "B")])  # B's release is of an older claim
+    assert held.every() == [("k", "B")]
+
+
+def _state(journal: Journal, key: str) -> tuple[str, ...]:
+    row = journal.get(key)
+    assert row is not None
+    return (row["STATUS"],)
+
+
+def test_a_release_in_a_block_that_is_undone_keeps_the_claim(jr: Journal, csv_path: Path) -> None:
+    (key,) = jr.claim(1, lease=LONG)
+    with pytest.raises(_Rollback), jr.batch():
+        assert jr.release([key]) == [key]
+        raise _Rollback
+    assert _state(jr, key) == ("IN_PROGRESS",)
+    assert jr.extend([key], LONG) == [key]  # still held through the handle
+    jr.close()  # gives it back
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert _state(journal, key) == ("PENDING",)
+
+
+def test_a_claim_in_a_block_after_a_record_that_ended_its_row_stays_held(jr: Journal) -> None:
+    with jr.batch():
+        (key,) = jr.claim(1, lease=LONG)
+        jr.record(key, "FAILED")  # the first row again: FAILED is not done
+        assert jr.claim(1, lease=LONG) == [key]
+    assert jr.extend([key], LONG) == [key]
+    assert jr.release([key]) == [key]
+    assert _state(jr, key) == ("PENDING",)
+
+
+def test_claims_in_a_block_that_is_undone_are_not_held(jr: Journal) -> None:
+    with pytest.raises(_Rollback), jr.batch():
+        assert jr.claim(2, lease=LONG) == KEYS[:2]
+        raise _Rollback
+    assert jr.extend(KEYS[:2], LONG) == []
+    assert jr.pending()[:2] == KEYS[:2]
