@@ -25,7 +25,7 @@ from csvjournal._leases import (
 from csvjournal._values import render_value, storable, timestamp_now
 from csvjournal._work import Task, work
 from csvjournal._writer import RecordCall
-from csvjournal.errors import SettingsError
+from csvjournal.errors import BatchOpenError, SettingsError
 
 __all__ = ["MAX_LEASE_SECONDS", "Claims"]
 
@@ -124,7 +124,9 @@ class Claims(Handle):
     ) -> list[str]:
         """:meth:`claim`, its arguments checked; once ``abandon`` is set, a claim still
         waiting for a journal that other processes keep busy gives up
-        (:class:`JournalBusyError`)."""
+        (:class:`JournalBusyError`). Raises :class:`JournalClosedError` on a closed handle
+        (a work loop still running at the close)."""
+        self._ensure()
         # The time is read inside the transaction, once the write lock is ours: a claim that
         # waited for the lock must see the leases that ran out meanwhile, and get its whole lease.
         taken: list[tuple[str, int]] = self._write(  # type: ignore[assignment]
@@ -145,6 +147,15 @@ class Claims(Handle):
         thread = threading.current_thread()  # not its ident, which a new thread may reuse
         self._note_claims([Change(key, seq, name, True, thread) for key, seq in taken])
         return [key for key, _ in taken]
+
+    def _refuse_in_batch(self, name: str) -> None:
+        # The exporter writes to the journal too: waiting for it under our own write lock
+        # would wait for ever (or for the busy timeout).
+        if threading.get_ident() in self._batches:
+            raise BatchOpenError(
+                f"{self.csv_path}: {name}() inside a batch() block would wait for the block's"
+                " own write lock; call it after the block"
+            )
 
     def _note_claims(self, changes: list[Change]) -> None:
         """Note committed changes to the handle's claims; inside a batch, once it commits."""
@@ -302,7 +313,10 @@ class Claims(Handle):
             SettingsError: ``success_status`` is not one of the journal's terminal
                 statuses, or ``lease``/``max_attempts`` as :meth:`claim` refuses them.
             TypeError: ``worker`` not text, ``max_attempts`` not an int.
-            JournalClosedError: the handle is closed.
+            JournalClosedError: the handle is closed (also when the loop asks for its next
+                row after a close).
+            BatchOpenError: the loop is iterated inside a ``batch()`` block of its thread
+                (its lease renewals would wait for the block's own write lock).
         """
         _claim_args(1, lease, worker, max_attempts)
         terminal = self.settings.terminal

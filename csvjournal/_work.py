@@ -57,6 +57,7 @@ class _Journal(Protocol):
         more: Mapping[str, object],
     ) -> int | None: ...
     def next_lease_end(self, max_attempts: int | None = None) -> float | None: ...
+    def _refuse_in_batch(self, name: str) -> None: ...
     @property
     def settings(self) -> _Settings: ...
 
@@ -64,12 +65,26 @@ class _Journal(Protocol):
 class _Settings(Protocol):
     @property
     def status_column(self) -> str: ...
+    @property
+    def dialect(self) -> _Dialect: ...
 
 
-def error_line(exc: BaseException) -> str:
-    """A one-line ``ERROR_MESSAGE`` for ``exc``: its type and first non-empty line."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+class _Dialect(Protocol):
+    @property
+    def encoding(self) -> str: ...
+
+
+def error_line(exc: BaseException, encoding: str = "utf-8") -> str:
+    """A one-line ``ERROR_MESSAGE`` for ``exc``: its type and first non-empty line, in
+    what ``encoding`` can write ('?' for the rest: a lone surrogate from a file name, "→"
+    in a cp1252 sheet), so that recording it cannot fail."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return line.encode(encoding, "replace").decode(encoding)
 
 
 class Task:
@@ -85,7 +100,9 @@ class Task:
         key: str,
         worker: str,
         success_status: str,
+        *,
         status_column: str | None = None,
+        encoding: str | None = None,
     ) -> None:
         self.key = key
         self.worker = worker
@@ -95,7 +112,11 @@ class Task:
         self._journal = journal
         self._success_status = success_status
         # fixed at the journal's creation: read once, not at every record
-        self._status_column = status_column or journal.settings.status_column
+        if status_column is None or encoding is None:
+            settings = journal.settings
+            status_column, encoding = settings.status_column, settings.dialect.encoding
+        self._status_column = status_column
+        self._encoding = encoding
 
     def record(
         self, status: str | None = None, fields: Mapping[str, object] | None = None, **more: object
@@ -152,7 +173,7 @@ class Task:
         if isinstance(exc, Exception):
             log.warning("task_failed", key=self.key, worker=self.worker, error=error_line(exc))
             log.debug("task_failed_traceback", key=self.key, exc_info=exc)
-            self.fail(error_line(exc))
+            self.fail(error_line(exc, self._encoding))
             return True
         self.release()  # KeyboardInterrupt, SystemExit: not the row's fault
         return False
@@ -221,11 +242,14 @@ def work(
     body returned normally); if the loop is left early (``break``, an exception), the
     current unfinished row is given back to ``PENDING``.
     """
+    journal._refuse_in_batch("work")
+    settings = journal.settings
+    status_column, encoding = settings.status_column, settings.dialect.encoding
     renewer = _Renewer(journal, lease)
-    status_column = journal.settings.status_column
     task: Task | None = None
 
     def claim() -> list[str]:
+        journal._refuse_in_batch("work")  # (the loop's next row, in a block opened since)
         try:  # a claim waiting for a journal other processes keep busy gives up at a stop
             return journal._claim(1, lease, worker, max_attempts, stop)
         except JournalBusyError:
@@ -252,7 +276,14 @@ def work(
                 keys = claim()
                 if not keys:
                     return
-            task = Task(journal, keys[0], worker, success_status, status_column)
+            task = Task(
+                journal,
+                keys[0],
+                worker,
+                success_status,
+                status_column=status_column,
+                encoding=encoding,
+            )
             renewer.watch(task)
             yield task
             renewer.watch(None)

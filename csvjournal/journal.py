@@ -20,7 +20,7 @@ from csvjournal._flush import check_copy_target, export_to, flush_csv
 from csvjournal._values import render_value, storable
 from csvjournal._writer import RecordCall
 from csvjournal.backup import list_backups, remove_leftovers
-from csvjournal.errors import BatchOpenError, CsvJournalError, ExportError, SettingsError
+from csvjournal.errors import CsvJournalError, ExportError, SettingsError
 from csvjournal.exporter import Exporter
 from csvjournal.recovery import RecoveryReport, check_integrity
 
@@ -126,15 +126,6 @@ class Journal(Claims):
                 self._batches.pop(threading.get_ident(), None)
         if self._watch is not None:
             self._watch.poke()
-
-    def _refuse_in_batch(self, name: str) -> None:
-        # The exporter writes to the journal too: waiting for it under our own write lock
-        # would wait for ever (or for the busy timeout).
-        if threading.get_ident() in self._batches:
-            raise BatchOpenError(
-                f"{self.csv_path}: {name}() inside a batch() block would wait for the block's"
-                " own write lock; call it after the block"
-            )
 
     # -- reading -------------------------------------------------------------------------
 

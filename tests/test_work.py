@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import _work
 import pytest
+from _jobs import open_journal as _open
 from _work import KEYS, LONG, WAIT
 from _work import finish_all_but_first as _finish_all_but_first
 from _work import me as _me
@@ -20,6 +22,7 @@ from _work import trail as _trail
 from _work import wait_for as _wait_for
 from structlog.testing import capture_logs
 
+import csvjournal
 from csvjournal import Journal
 
 RUNAWAY = 20  # a loop visiting more rows than this is not going to stop
@@ -316,3 +319,56 @@ def test_a_stop_event_ends_a_loop_that_waits_for_other_workers(jr: Journal) -> N
     timer.join()
     assert time.monotonic() - started < WAIT
     assert [e.worker for e in jr.history(KEYS[0])] == ["other"]
+
+
+# -- what the loop must survive ----------------------------------------------------------------
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no text")
+
+
+@pytest.mark.parametrize(
+    ("raised", "encoding", "said"),
+    [
+        (_Boom("payé → 3 €"), "cp1252", "_Boom: payé ? 3 €"),
+        (_Boom("no such file: caf\udce9.pdf"), "utf-8", "_Boom: no such file: caf?.pdf"),
+        (_Unprintable(), "utf-8", "_Unprintable"),
+    ],
+    ids=["cp1252-arrow", "lone-surrogate", "str-fails"],
+)
+def test_an_error_the_csv_cannot_write_is_recorded_as_it_can(
+    tmp_path: Path, raised: Exception, encoding: str, said: str
+) -> None:
+    csv = tmp_path / "sheet.csv"
+    csv.write_bytes("ID\nå\nb\n".encode(encoding))
+    with csvjournal.open(csv, key="ID", encoding=encoding) as journal:
+        for task in journal.work(lease=LONG, max_attempts=1):
+            with task:
+                if task.key == "å":
+                    raise raised
+        assert journal.counts() == {"FAILED": 1, "COMPLETED": 1}
+        row = journal.get("å")
+        assert row is not None
+        assert row["ERROR_MESSAGE"] == said
+
+
+def test_the_loop_refuses_to_run_inside_a_batch_of_its_thread(jr: Journal) -> None:
+    # its lease renewals would wait for the block's own write lock: for ever
+    with pytest.raises(csvjournal.BatchOpenError, match=r"work\(\) inside a batch"), jr.batch():
+        next(jr.work(lease=LONG))
+    assert jr.pending() == KEYS
+
+
+def test_a_loop_asking_for_a_row_after_the_close_claims_none(csv_path: Path) -> None:
+    _open(csv_path).close()
+    journal = csvjournal.open(csv_path, export=False)
+    loop = journal.work(lease=LONG)
+    with next(loop):
+        pass
+    journal.close()
+    with pytest.raises(csvjournal.JournalClosedError):
+        next(loop)
+    with csvjournal.open(csv_path, export=False) as again:
+        assert again.counts() == {"COMPLETED": 1, "PENDING": len(KEYS) - 1}
