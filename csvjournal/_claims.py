@@ -157,6 +157,14 @@ class Claims(Handle):
                 " own write lock; call it after the block"
             )
 
+    def _in_batch(self) -> bool:
+        return threading.get_ident() in self._batches
+
+    def _event_committed(self, seq: int) -> bool:
+        """Whether event ``seq`` is in the journal (not undone with its block)."""
+        with self._reading() as conn:
+            return _reads.event_exists(conn, seq)
+
     def _note_claims(self, changes: list[Change]) -> None:
         """Note committed changes to the handle's claims; inside a batch, once it commits."""
         batch = self._batches.get(threading.get_ident())

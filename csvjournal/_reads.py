@@ -25,6 +25,7 @@ __all__ = [
     "cells_of",
     "column_names",
     "counts",
+    "event_exists",
     "exported_seq",
     "get",
     "history",
@@ -75,6 +76,13 @@ def last_seq(conn: Connection) -> int:
     """The sequence number of the newest event (0 for none)."""
     (seq,) = t.driver(conn).execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
     return int(seq)
+
+
+def event_exists(conn: Connection, seq: int) -> bool:
+    """Whether the event ``seq`` is in the journal."""
+    return (
+        t.driver(conn).execute("SELECT 1 FROM events WHERE seq = ?", (seq,)).fetchone() is not None
+    )
 
 
 def exported_seq(conn: Connection) -> int | None:

@@ -58,6 +58,8 @@ class _Journal(Protocol):
     ) -> int | None: ...
     def next_lease_end(self, max_attempts: int | None = None) -> float | None: ...
     def _refuse_in_batch(self, name: str) -> None: ...
+    def _in_batch(self) -> bool: ...
+    def _event_committed(self, seq: int) -> bool: ...
     @property
     def settings(self) -> _Settings: ...
 
@@ -108,6 +110,7 @@ class Task:
         self.worker = worker
         self.finished = False
         self.finishing = False  # a record that finishes it is being committed
+        self._in_block: int | None = None  # the record that finished it, inside a batch()
         self.lost = False
         self._journal = journal
         self._success_status = success_status
@@ -145,6 +148,7 @@ class Task:
             log.warning("task_outcome_dropped", key=self.key, worker=self.worker, status=given)
         elif given is not None and given != IN_PROGRESS:
             self.finished = True
+            self._in_block = seq if self._journal._in_batch() else None
         return seq
 
     def fail(self, message: str, **more: object) -> int | None:
@@ -165,7 +169,7 @@ class Task:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        if self.finished:
+        if self.finished and not self._undone(exc):
             return exc is not None and isinstance(exc, Exception) and self._log_after(exc)
         if exc is None:
             self.record(self._success_status)
@@ -177,6 +181,17 @@ class Task:
             return True
         self.release()  # KeyboardInterrupt, SystemExit: not the row's fault
         return False
+
+    def _undone(self, exc: BaseException | None) -> bool:
+        """Whether the record that finished the task was made in a ``batch()`` block that
+        the exception undid (the block ended inside the task's): then it is unfinished."""
+        seq, self._in_block = self._in_block, None
+        if seq is None or exc is None or self._journal._in_batch():
+            return False
+        if self._journal._event_committed(seq):
+            return False
+        self.finished = False
+        return True
 
     def _log_after(self, exc: Exception) -> bool:
         # The body recorded a status and then raised: its record stands.

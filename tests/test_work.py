@@ -372,3 +372,28 @@ def test_a_loop_asking_for_a_row_after_the_close_claims_none(csv_path: Path) -> 
         next(loop)
     with csvjournal.open(csv_path, export=False) as again:
         assert again.counts() == {"COMPLETED": 1, "PENDING": len(KEYS) - 1}
+
+
+def test_a_record_undone_with_its_block_leaves_the_task_to_fail(jr: Journal) -> None:
+    seen = []
+    for task in jr.work(lease=LONG, max_attempts=1):
+        seen.append(task.key)
+        with task:
+            if task.key == KEYS[0]:
+                with jr.batch():
+                    task.record("COMPLETED", N=1)
+                    raise _Boom("invoice service down")  # undoes the record
+    assert seen == KEYS  # at once: no wait for the lease to run out
+    row = jr.get(KEYS[0])
+    assert row is not None
+    assert (row["STATUS"], row["ERROR_MESSAGE"]) == ("FAILED", "_Boom: invoice service down")
+    assert "N" not in row  # the undone record left no column
+
+
+def test_a_record_committed_with_its_block_stands_when_the_task_raises_after(jr: Journal) -> None:
+    for task in jr.work(lease=LONG):
+        with task:
+            with jr.batch():
+                task.record("COMPLETED", N=1)
+            raise _Boom("after the block")
+    assert jr.counts() == {"COMPLETED": len(KEYS)}
