@@ -19,6 +19,7 @@ import glob
 import os
 import re
 import secrets
+import shlex
 import shutil
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -82,7 +83,8 @@ def newest_backup_hint(csv_path: Path, journal_name: str | None = None) -> str:
         except (OSError, JournalCorruptError):
             continue
         newest = "newest" if backup == found[-1] else "newest sound"
-        return f"restore the {newest} backup: csvjournal restore {csv_path} {backup}"
+        command = shlex.join(["csvjournal", "restore", str(csv_path), str(backup)])
+        return f"restore the {newest} backup: {command}"
     if found:
         return f"no backup of {csv_path} passes the integrity check ({len(found)} found)"
     return f"no backup of {csv_path} exists"

@@ -148,6 +148,20 @@ def test_a_csv_whose_journal_was_lost_is_pointed_to_its_newest_backup(
     assert f"csvjournal restore {csv} {backup}" in line
 
 
+def test_a_csv_with_no_backup_to_restore_is_pointed_to_init(tmp_path: Path) -> None:
+    csv = tmp_path / "plain.csv"
+    csv.write_text("ID,NAME\n1,a\n")
+    ok(invoke("init", csv, "--key", "ID"))
+    ok(invoke("backup", csv))
+    for backup in (tmp_path / "plain.csv.backups").glob("2*"):
+        (backup / "plain.csv.journal").unlink()  # a backup with no journal to restore
+    for leftover in tmp_path.glob("plain.csv.journal*"):
+        leftover.unlink()
+    line = assert_error(invoke("pending", csv), f"no journal for {csv}")
+    assert f"run csvjournal init {csv} --key COLUMN" in line
+    assert "restore" not in line
+
+
 @pytest.mark.parametrize("command", sorted(set(ON_A_JOURNAL) - {"backups"}))
 def test_a_file_that_is_no_journal_is_refused(tmp_path: Path, command: str) -> None:
     csv = tmp_path / "plain.csv"
@@ -227,6 +241,29 @@ def test_with_log_json_the_error_is_a_json_line_too(tmp_path: Path, after: bool)
     (line,) = _json_lines(result.stderr)  # stderr holds JSON lines only
     assert (line["event"], line["level"], line["exit_code"]) == ("command_failed", "error", 2)
     assert "no journal for" in str(line["error"])
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--log-json", "statsu", "o.csv"], "No such command 'statsu'"),
+        (["--log-json", "status", "--bogus", "o.csv"], "No such option '--bogus'"),
+        (["status", "o.csv", "--log-json", "--bogus"], "No such option '--bogus'"),
+    ],
+    ids=["unknown-command", "unknown-option", "flag-after"],
+)
+def test_with_log_json_a_usage_error_is_a_json_line_too(args: list[str], said: str) -> None:
+    result = invoke(*args)
+    assert result.exit_code == 2
+    (line,) = _json_lines(result.stderr)
+    assert line["event"] == "command_failed"
+    assert said in str(line["error"])
+
+
+def test_log_json_after_the_command_of_run_is_the_commands(tmp_path: Path) -> None:
+    result = invoke("run", tmp_path / "none.csv", "--bogus", "--", "echo", "--log-json")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("csvjournal: error: No such option '--bogus'")
 
 
 def test_plain_logs_show_warnings_only(tmp_path: Path) -> None:

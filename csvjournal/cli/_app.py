@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sqlite3
 import sys
 import traceback
@@ -69,18 +70,23 @@ class CliError(click.ClickException):
             click.echo(f"csvjournal: error: {_escaped(self.format_message())}", err=True, file=file)
 
 
-# Whether logs go out as JSON lines (configure_logging): then so does the one error line,
-# and stderr carries JSON lines only.
-_json_logs = False
+# Whether --log-json is on the command line: then the one error line is a JSON log line
+# too, and stderr carries JSON lines only (also for an unknown command or option, which
+# fails before logging is configured).
+_json_asked = False
 
 
 def _as_json_line(error: click.ClickException, event: str) -> bool:
-    """Say ``error`` as a JSON log line if logs are JSON lines; whether it did."""
-    if _json_logs:
-        structlog.get_logger(__name__).error(
-            event, error=error.format_message(), exit_code=error.exit_code
-        )
-    return _json_logs
+    """Say ``error`` as a JSON log line if the command line asks for JSON logs; whether
+    it did."""
+    if not _json_asked:
+        return False
+    configure_logging(json_logs=True, debug=False)  # (not yet, when the command is unknown)
+    _STDERR.release(show=False)  # what a failed command held, its one line says
+    structlog.get_logger(__name__).error(
+        event, error=error.format_message(), exit_code=error.exit_code
+    )
+    return True
 
 
 def _escaped(text: str) -> str:
@@ -153,6 +159,9 @@ class _Group(click.Group):
         parent: click.Context | None = None,
         **extra: Any,
     ) -> click.Context:
+        global _json_asked  # noqa: PLW0603 - one command line a process
+        if parent is None:  # (not the words of `run`'s command, after --)
+            _json_asked = "--log-json" in (args[: args.index("--")] if "--" in args else args)
         try:
             return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as exc:
@@ -240,8 +249,6 @@ _STREAMING = frozenset({"run", "demo", "status"})
 def configure_logging(*, json_logs: bool, debug: bool, quiet: bool = False) -> None:
     """Send structlog's output to stderr: JSON lines or plain text, warnings and up
     (everything with ``debug``; errors only when ``quiet``)."""
-    global _json_logs  # noqa: PLW0603 - one process, one logging configuration
-    _json_logs = json_logs
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if json_logs
@@ -345,9 +352,12 @@ def no_journal(csv: Path, hint: str = "") -> CliError:
         real = Path(os.path.realpath(csv))
         if journal_path_of(real).exists():
             return CliError(f"no journal for {csv}, a link to {real}, which has one: use {real}")
-    if list_backups(csv):  # its journal deleted or lost: the way back is a backup
-        return CliError(f"no journal for {csv}: {newest_backup_hint(csv)}{hint}")
-    return CliError(f"no journal for {csv}: run csvjournal init {csv} --key COLUMN{hint}")
+    init = f"run csvjournal init {shlex.quote(str(csv))} --key COLUMN"
+    if list_backups(csv):  # its journal deleted or lost: the way back is a backup, if sound
+        restore = newest_backup_hint(csv)
+        if restore.startswith("restore"):
+            return CliError(f"no journal for {csv}: {restore}, or {init}{hint}")
+    return CliError(f"no journal for {csv}: {init}{hint}")
 
 
 def schema_revision(journal: Path) -> str | None:
