@@ -24,6 +24,8 @@ __all__ = [
     "create_like",
     "fingerprint",
     "is_empty",
+    "make_folder_like",
+    "open_lock_like",
     "remove_quietly",
     "remove_temp_files",
     "replace_with",
@@ -131,6 +133,66 @@ def _take_owner(file: int | Path, like: os.stat_result, mode: int) -> int:
         except OSError:  # not a group of this process's user, or not mapped
             return mode & ~0o070 | (mode & 0o007) << 3
     return mode
+
+
+def _shared_mode(like: os.stat_result) -> int:
+    """The read and write permissions of ``like``, always its owner's too."""
+    return stat.S_IMODE(like.st_mode) & 0o666 | 0o600
+
+
+def make_folder_like(folder: Path, like: Path, *, exist_ok: bool = True) -> None:
+    """Make ``folder`` with the owner, group and permissions of the file ``like`` (the
+    CSV) as far as this process may, reading giving search: the CSV's backups and lock
+    files are as shared as the CSV (a group that may write it may export it). A folder
+    already there is left as it is (unless not ``exist_ok``: FileExistsError). Without
+    ``like``, the folder gets 0777 less the umask.
+
+    Raises:
+        OSError: the folder could not be made.
+    """
+    try:
+        found = like.stat()
+    except OSError:
+        found = None
+    try:
+        folder.mkdir(mode=0o777 if found is None else 0o700)
+    except FileExistsError:
+        if not exist_ok:
+            raise
+        return
+    if found is not None:
+        mode = _shared_mode(found)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            mode = _take_owner(fd, found, mode)
+            os.fchmod(fd, mode | (mode & 0o444) >> 2)  # search where read
+        finally:
+            os.close(fd)
+
+
+def open_lock_like(path: Path, like: Path) -> int:
+    """Open the lock file ``path`` for reading and writing, making it if missing with the
+    owner, group and read and write permissions of the file ``like`` (the CSV), as far as
+    this process may: whoever may write the CSV may take the lock. Without ``like``, a
+    new lock file gets 0644 less the umask.
+
+    Raises:
+        OSError: the file could not be opened or made.
+    """
+    try:
+        found = like.stat()
+    except OSError:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return os.open(path, os.O_RDWR)
+    try:
+        os.fchmod(fd, _take_owner(fd, found, _shared_mode(found)))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def copy_file(source: Path, target: Path) -> None:

@@ -13,14 +13,29 @@ import os
 import threading
 from pathlib import Path
 
+from csvjournal._atomicfile import make_folder_like, open_lock_like
 from csvjournal._posix import fcntl
 
-__all__ = ["ExporterLock", "exporter_alive", "lock_path"]
+__all__ = ["ExporterLock", "exporter_alive", "lock_path", "open_lock_file"]
 
 
 def lock_path(csv_path: Path) -> Path:
     """The exporter lock of the journal of ``csv_path``."""
     return Path(f"{csv_path}.backups") / "exporter.lock"
+
+
+def open_lock_file(path: Path) -> int:
+    """Open the lock file ``path`` in a CSV's backups folder for reading and writing,
+    making the folder and the file as shared as the CSV if missing (see
+    :func:`~csvjournal._atomicfile.open_lock_like`).
+
+    Raises:
+        OSError: the folder or the file could not be made or opened.
+    """
+    folder = path.parent
+    csv_path = folder.with_name(folder.name.removesuffix(".backups"))
+    make_folder_like(folder, csv_path)  # the backups folder, deleted by hand say
+    return open_lock_like(path, csv_path)
 
 
 _registry_lock = threading.Lock()
@@ -43,8 +58,7 @@ class ExporterLock:
         with _registry_lock:
             if self.path in _held:
                 return _held[self.path] is self
-            self.path.parent.mkdir(exist_ok=True)  # the backups folder, deleted by hand
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_lock_file(self.path)
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -71,8 +85,7 @@ class ExporterLock:
             if found is not None and (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino):
                 return True
             try:
-                self.path.parent.mkdir(exist_ok=True)
-                new = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                new = open_lock_file(self.path)
             except OSError:  # a folder nobody can write: nobody makes another lock either
                 return True
             try:

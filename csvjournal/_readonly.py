@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 
 from csvjournal._posix import fcntl
@@ -59,22 +60,33 @@ def remove_made_companions(journal: Path) -> None:
         os.close(fd)
 
 
+# The journals whose -wal and -shm files this process made, as a user who may not write
+# them: whichever of its handles closes last removes them.
+_made: set[Path] = set()
+_made_lock = threading.Lock()
+
+
 class ReadOnlyVisit:
-    """Whether an open of ``journal`` is a visit by a user who may not write it and will
-    make its -wal and -shm files; :meth:`end` removes them again."""
+    """An open of ``journal`` by a user who may not write it, which may make its -wal and
+    -shm files; :meth:`end` removes them again."""
 
     def __init__(self, journal: Path) -> None:
-        self._journal = journal
-        self.applies = (
+        self._journal = journal.resolve()
+        made = (
             journal.exists()
             and not may_write(journal)
             and not Path(f"{journal}-wal").exists()
             and not Path(f"{journal}-shm").exists()
         )
+        if made:
+            with _made_lock:
+                _made.add(self._journal)
 
     def end(self) -> None:
-        """Remove the files the visit made (see :func:`remove_made_companions`), once
-        this process has no connection to the journal left."""
-        if self.applies:
-            self.applies = False
-            remove_made_companions(self._journal)
+        """Remove the files this process made (see :func:`remove_made_companions`); call
+        once this process has no connection to the journal left."""
+        with _made_lock:
+            if self._journal not in _made:
+                return
+            _made.discard(self._journal)
+        remove_made_companions(self._journal)

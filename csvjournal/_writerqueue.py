@@ -29,6 +29,7 @@ from pathlib import Path
 
 import structlog
 
+from csvjournal._oslock import open_lock_file
 from csvjournal._posix import fcntl
 from csvjournal.errors import JournalBusyError
 
@@ -68,8 +69,7 @@ class WriterQueue:
         only the first-come order is lost)."""
         if self._fd is None and not self._unavailable:
             try:
-                self.path.parent.mkdir(exist_ok=True)
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                self._fd = open_lock_file(self.path)
             except OSError as exc:
                 self._unavailable = True
                 log.warning("writers_queue_unavailable", path=str(self.path), error=str(exc))

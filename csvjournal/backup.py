@@ -27,7 +27,7 @@ from pathlib import Path
 
 import structlog
 
-from csvjournal._atomicfile import copy_file, create_like
+from csvjournal._atomicfile import copy_file, create_like, make_folder_like
 from csvjournal._pids import writer_alive
 from csvjournal.errors import BackupNotFoundError, JournalCorruptError
 
@@ -173,10 +173,10 @@ class PendingBackup:
     def __init__(self, csv_path: Path) -> None:
         self.csv_path = csv_path
         folder = backups_folder(csv_path)
-        folder.mkdir(exist_ok=True)
+        make_folder_like(folder, csv_path)  # as shared as the CSV: its owner prunes it
         _remove_leftovers(folder)
         self.partial = folder / f"{_PARTIAL}{os.getpid()}-{secrets.token_hex(6)}"
-        self.partial.mkdir()
+        make_folder_like(self.partial, csv_path, exist_ok=False)
         self._linked = False
         try:
             if csv_path.exists():  # a symlinked CSV: the file it points at

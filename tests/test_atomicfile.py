@@ -271,3 +271,28 @@ def test_the_owner_is_kept_as_far_as_the_user_may_and_a_group_not_kept_gets_no_m
     assert stat.S_IMODE(path.stat().st_mode) == (mode if member else cut)
     assert (path.stat().st_gid == gid) is member
     assert [p.name for p in tmp_path.iterdir()] == ["old.csv"]
+
+
+@pytest.mark.parametrize(("mode", "folder_mode"), [(0o664, 0o775), (0o640, 0o750), (0o600, 0o700)])
+def test_the_backups_and_lock_files_are_as_shared_as_the_csv(
+    tmp_path: Path, mode: int, folder_mode: int
+) -> None:
+    # a group that may write the CSV may export it; the CSV's owner prunes its backups
+    uid, gid = _other_ids()
+    csv_path = tmp_path / "orders.csv"
+    csv_path.write_text("ID\na\n")
+    os.chown(csv_path, uid, gid)
+    csv_path.chmod(mode)
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        backup = journal.backup()
+    folder = tmp_path / "orders.csv.backups"
+    for path, expected in [
+        (folder, folder_mode),
+        (backup, folder_mode),
+        (folder / "exporter.lock", mode),
+        (folder / "writer.lock", mode),
+    ]:
+        found = path.stat()
+        assert (found.st_uid, found.st_gid) == (uid, gid), path
+        assert stat.S_IMODE(found.st_mode) == expected, path

@@ -4,11 +4,14 @@ job): nothing of the visit stays behind, and the job's owner records on."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,10 +34,9 @@ def shared_folder() -> Iterator[Path]:
     shutil.rmtree(folder)
 
 
-def _as_nobody(work: str, csv_path: Path) -> tuple[int, str]:
-    """Run ``work`` ("pending" or "status") on ``csv_path`` in a child process of user
-    nobody (forked: the modules it needs are loaded already); its exit status and what it
-    found."""
+def _forked_as(uid: int, work: Callable[[], object]) -> tuple[int, int, int]:
+    """Start ``work`` in a child process of user ``uid`` (forked: the modules it needs are
+    loaded already); its pid and the pipe its result (``repr``) comes out of."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
@@ -42,23 +44,44 @@ def _as_nobody(work: str, csv_path: Path) -> tuple[int, str]:
         try:
             os.close(read)
             os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            if work.startswith("cli "):
-                result = CliRunner().invoke(cli, [work[4:], str(csv_path), "--json"])
-                found: object = result.exit_code, result.output
-            else:
-                with csvjournal.open(csv_path, export=False) as journal:
-                    found = journal.pending() if work == "pending" else journal.counts()
-            os.write(write, repr(found).encode())
+            os.setgid(uid)
+            os.setuid(uid)
+            os.write(write, repr(work()).encode())
             code = 0
         finally:
             os._exit(code)
     os.close(write)
+    return pid, read, uid
+
+
+def _result(started: tuple[int, int, int], timeout: float = 60.0) -> tuple[int, str]:
+    """The exit status and result of a :func:`_forked_as` child (killed after
+    ``timeout`` seconds: then its status is -9)."""
+    pid, read, _ = started
+    deadline = time.monotonic() + timeout
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            done = os.waitpid(pid, 0)
+            break
+        time.sleep(0.05)
     with os.fdopen(read, "rb") as pipe:
         said = pipe.read().decode()
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), said
+    return os.waitstatus_to_exitcode(done[1]), said
+
+
+def _as_nobody(work: str, csv_path: Path) -> tuple[int, str]:
+    """Run ``work`` ("pending" or "status", through the API or "cli ...") on ``csv_path``
+    as user nobody; its exit status and what it found."""
+
+    def look() -> object:
+        if work.startswith("cli "):
+            result = CliRunner().invoke(cli, [work[4:], str(csv_path), "--json"])
+            return result.exit_code, result.output
+        with csvjournal.open(csv_path, export=False) as journal:
+            return journal.pending() if work == "pending" else journal.counts()
+
+    return _result(_forked_as(NOBODY, look))
 
 
 @pytest.mark.parametrize("work", ["pending", "status", "cli pending", "cli status"])
@@ -100,3 +123,51 @@ def test_a_reader_leaves_the_files_of_a_journal_in_use_alone(shared_folder: Path
         assert Path(f"{journal.journal_path}-shm").exists()
         journal.record("b", "COMPLETED")
     assert "b,COMPLETED" in csv_path.read_text()
+
+
+def test_a_reader_with_two_handles_leaves_nothing_behind(shared_folder: Path) -> None:
+    csv_path = shared_folder / "orders.csv"
+    csv_path.write_text("ID\na\nb\n")
+    csvjournal.open(csv_path, key="ID").close()
+    before = sorted(path.name for path in shared_folder.iterdir())
+
+    def two() -> object:
+        first = csvjournal.open(csv_path, export=False)
+        with csvjournal.open(csv_path, export=False) as second:
+            first.close()  # the second still reads
+            return second.pending()
+
+    assert _result(_forked_as(NOBODY, two)) == (0, repr(["a", "b"]))
+    assert sorted(path.name for path in shared_folder.iterdir()) == before
+
+
+OWNER = 4321
+
+
+def test_the_jobs_user_records_while_an_operator_watches(shared_folder: Path) -> None:
+    csv_path = shared_folder / "orders.csv"
+    csv_path.write_text("ID\na\nb\n")
+    os.chown(csv_path, OWNER, OWNER)
+    owner = _result(_forked_as(OWNER, lambda: csvjournal.open(csv_path, key="ID").close()))
+    assert owner == (0, "None")
+    # the operator watches (the job is idle: no -wal/-shm yet) while the job's user records
+    watch = _forked_as(
+        NOBODY,
+        lambda: CliRunner().invoke(cli, ["status", str(csv_path), "--watch", "--interval", "0.1"]),
+    )
+    try:
+        time.sleep(1.5)  # some looks taken
+
+        def record() -> object:
+            with csvjournal.open(csv_path) as journal:
+                return [journal.record(key, "COMPLETED") for key in ("a", "b")]
+
+        assert _result(_forked_as(OWNER, record)) == (0, "[1, 2]")
+        code, _ = _result(watch, timeout=30)  # every row done: the watch ends
+        assert code == 0
+    finally:  # a watch that never ended must not outlive the test
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(watch[0], signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(watch[0], 0)
+    assert "a,COMPLETED" in csv_path.read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -12,13 +13,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-import csvjournal
+from csvjournal._readonly import may_write
 from csvjournal.cli._app import (
     CliError,
     Seconds,
     cli,
     csv_argument,
     existing_journal,
+    journal_path_of,
     json_option,
     print_json,
     stdout_console,
@@ -90,34 +92,43 @@ def status(csv: Path, as_json: bool, watch: bool, interval: float) -> None:
     """Show how far the job is: rows per status, % done, rate, ETA, exporter, CSV freshness."""
     if watch and as_json:  # one document is what --json promises a script
         raise CliError("--watch and --json do not go together: --json prints one document")
+    if watch and journal_path_of(csv).exists() and not may_write(journal_path_of(csv)):
+        # An operator, who may not write the journal: SQLite's -wal/-shm files made for
+        # the view are the operator's while it is open, and the job's user could not
+        # write the journal meanwhile. Open only for each look.
+        _watch(csv, lambda: _look(csv), interval)
+        return
     with existing_journal(csv, reading=True) as journal:
-        snap = progress(journal)
-        if as_json:
-            print_json({"csv": str(csv), **snap.to_dict()})
-            return
-        console = stdout_console()
         if not watch:
-            console.print(render(csv, snap))
+            snap = progress(journal)
+            if as_json:
+                print_json({"csv": str(csv), **snap.to_dict()})
+            else:
+                stdout_console().print(render(csv, snap))
             return
-        # Ctrl-C ends the watch as it ends any command: "interrupted", exit 130
-        if not console.is_terminal:  # a file or a pipe: one snapshot a refresh, as it comes
-            _print_snapshots(csv, journal, snap, interval)
-            return
-        with Live(render(csv, snap), console=console, auto_refresh=False) as live:
-            while snap.done < snap.rows:
-                time.sleep(interval)
-                snap = progress(journal)
-                live.update(render(csv, snap), refresh=True)
+        _watch(csv, lambda: progress(journal), interval)
 
 
-def _print_snapshots(
-    csv: Path, journal: csvjournal.Journal, snap: Progress, interval: float
-) -> None:
+def _look(csv: Path) -> Progress:
+    with existing_journal(csv, reading=True) as journal:
+        return progress(journal)
+
+
+def _watch(csv: Path, take: Callable[[], Progress], interval: float) -> None:
+    """Show a snapshot every ``interval`` seconds until every row is done; Ctrl-C ends it
+    as it ends any command ("interrupted", exit 130)."""
     console = stdout_console()
-    while True:
-        console.print(render(csv, snap))
-        sys.stdout.flush()
-        if snap.done >= snap.rows:
-            return
-        time.sleep(interval)
-        snap = progress(journal)
+    snap = take()
+    if not console.is_terminal:  # a file or a pipe: one snapshot a refresh, as it comes
+        while True:
+            console.print(render(csv, snap))
+            sys.stdout.flush()
+            if snap.done >= snap.rows:
+                return
+            time.sleep(interval)
+            snap = take()
+    with Live(render(csv, snap), console=console, auto_refresh=False) as live:
+        while snap.done < snap.rows:
+            time.sleep(interval)
+            snap = take()
+            live.update(render(csv, snap), refresh=True)
