@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 
-from csvjournal._heldclaims import Change, ends
+from csvjournal._heldclaims import Change
 from csvjournal._schema import driver
 from csvjournal._twins import may_twin, twin_problem
 from csvjournal._writer import RecordOp, Writer
@@ -39,7 +39,7 @@ class BatchState:
         conn: Connection,
         writer: Writer,
         errors: Callable[[], AbstractContextManager[None]],
-        committed: Callable[[list[Change]], None],
+        committed: Callable[[list[RecordOp | Change]], None],
         twin_error: Callable[[str], Exception],
     ) -> None:
         self.conn = conn
@@ -49,7 +49,8 @@ class BatchState:
         self._committed = committed  # told the claims' changes once the outermost block commits
         self._raw = driver(conn)
         self._buffer: list[RecordOp] = []
-        self._recorded: list[Change] = []  # to the handle's claims, in blocks not undone (so far)
+        # records and changes to the handle's claims, in blocks not undone (so far)
+        self._recorded: list[RecordOp | Change] = []
 
     def add(self, op: RecordOp) -> int:
         """Queue one record; return its sequence number.
@@ -61,7 +62,7 @@ class BatchState:
         self._refuse_twin(op)
         seq = self._writer.allocate(self._raw, op)
         self._buffer.append(op)
-        self._recorded += ends((op,))
+        self._recorded.append(op)  # (a record ends claims only if it finishes its row)
         if len(self._buffer) >= _FLUSH_EVERY:
             self.flush()
         return seq

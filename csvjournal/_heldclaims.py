@@ -59,6 +59,16 @@ class HeldClaims:
     def __bool__(self) -> bool:
         return bool(self._held)
 
+    def note_block(self, items: list[RecordOp | Change]) -> None:
+        """Apply what a committed ``batch()`` block did, in order: its changes, and the
+        ends its records make (looked at only when there are claims to end)."""
+        if self._held or any(type(item) is Change for item in items):
+            self.note(
+                change
+                for item in items
+                for change in (ends((item,)) if isinstance(item, RecordOp) else (item,))
+            )
+
     def note(self, changes: Iterable[Change]) -> None:
         """Apply committed ``changes``, in the order given."""
         with self._lock:

@@ -113,7 +113,7 @@ class Journal(Claims):
                 conn,
                 self._writer,
                 self._errors,
-                self._held.note,
+                self._held.note_block,
                 self._commits.twin_error,
             )
             self._batches[threading.get_ident()] = state
