@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,19 @@ def write_protect(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
         return real_access(target, mode, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(os, "access", access)
+
+
+def start_exporter(script: str, *args: object) -> subprocess.Popen[str]:
+    """Start ``script`` (Python source) with ``args`` in a process of its own, once it says
+    "exporting" on stdout; it ends when its stdin closes."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *map(str, args)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline() != "exporting\n":
+        proc.kill()
+        raise AssertionError(f"the exporter never started: exit {proc.wait()}")
+    return proc

@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from _cli import (
     start,
     wait_for,
 )
+from _exporter import start_exporter
 
 import csvjournal
 from csvjournal.progress import Progress
@@ -81,15 +81,8 @@ def test_status_tells_of_the_exporter_to_a_user_who_may_not_write_its_lock(
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, flags, *args)  # type: ignore[arg-type]
 
-    exporter = subprocess.Popen(
-        [sys.executable, "-c", _EXPORTER, str(orders)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    exporter = start_exporter(_EXPORTER, orders)
     try:
-        assert exporter.stdout is not None
-        assert exporter.stdout.readline() == "exporting\n"
         if not exporting:
             exporter.communicate("", timeout=SUBPROCESS_TIMEOUT)
         monkeypatch.setattr(os, "open", read_only)

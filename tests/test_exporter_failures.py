@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from _exporter import exported_rows as _rows
+from _exporter import start_exporter
 from structlog.testing import capture_logs
 
 import csvjournal
@@ -256,15 +257,8 @@ def test_flush_says_why_another_processs_exporter_cannot_write_instead_of_waitin
     csvjournal.open(csv_path, key="ID").close()
     flag = tmp_path / "read-only"
     flag.touch()
-    exporter = subprocess.Popen(
-        [sys.executable, "-c", _FAILING_EXPORTER, str(csv_path), str(flag)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    exporter = start_exporter(_FAILING_EXPORTER, csv_path, flag)
     try:
-        assert exporter.stdout is not None
-        assert exporter.stdout.readline() == "exporting\n"
         with csvjournal.open(csv_path, export=False) as journal:
             journal.record("b", "COMPLETED")
             started = time.monotonic()
