@@ -27,15 +27,27 @@ from csvjournal._work import Task, work
 from csvjournal._writer import RecordCall
 from csvjournal.errors import BatchOpenError, SettingsError
 
-__all__ = ["MAX_LEASE_SECONDS", "Claims"]
+__all__ = ["MAX_LEASE_SECONDS", "Claims", "as_count"]
 
 # A lease is how long a dead worker's row stays taken: past a month, a typo (and infinity
 # overflows the clock).
 MAX_LEASE_SECONDS = 30 * 86_400
 
 
-def _valid_lease(lease: float) -> bool:
-    return 0 < lease <= MAX_LEASE_SECONDS  # NaN is neither
+def _seconds(name: str, value: object) -> float:
+    """``value``, a number of seconds.
+
+    Raises:
+        TypeError: not an int or a float (text, a bool).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__} {value!r}")
+    return value
+
+
+def _valid_lease(lease: object) -> bool:
+    """Whether ``lease`` is a lease's length (see :func:`_seconds` for what it raises)."""
+    return 0 < _seconds("lease", lease) <= MAX_LEASE_SECONDS  # NaN is neither
 
 
 def _keys(keys: Iterable[str]) -> list[str]:
@@ -50,7 +62,7 @@ def _keys(keys: Iterable[str]) -> list[str]:
     return list(keys)
 
 
-def _count(name: str, value: object) -> int | None:
+def as_count(name: str, value: object) -> int | None:
     """``value`` as a count (an int, None kept): SQLite's limits are 64 bits, so a huge one
     is as good as all.
 
@@ -72,9 +84,10 @@ def _claim_args(
     Raises:
         SettingsError: ``n`` or ``max_attempts`` below 1, or ``lease`` not a number of
             seconds above 0 and at most :data:`MAX_LEASE_SECONDS` (30 days).
-        TypeError: ``n`` or ``max_attempts`` not an int, ``worker`` not text.
+        TypeError: ``n`` or ``max_attempts`` not an int, ``worker`` not text, ``lease``
+            not a number.
     """
-    count, limit = _count("n", n) or 0, _count("max_attempts", max_attempts)
+    count, limit = as_count("n", n) or 0, as_count("max_attempts", max_attempts)
     if worker is not None and (type(worker) is not str or not worker):
         raise TypeError(f"worker must be a name (non-empty text), not {worker!r}")
     if count < 1 or not _valid_lease(lease) or (limit is not None and limit < 1):
@@ -106,7 +119,8 @@ class Claims(Handle):
         Raises:
             SettingsError: ``n`` or ``max_attempts`` below 1, or ``lease`` not a number of
                 seconds above 0 and at most :data:`MAX_LEASE_SECONDS` (30 days).
-            TypeError: ``n`` or ``max_attempts`` not an int, ``worker`` not text.
+            TypeError: ``n`` or ``max_attempts`` not an int, ``worker`` not text, ``lease``
+                not a number.
             JournalBusyError: other writers held the journal longer than the busy timeout.
             JournalClosedError: the handle is closed.
         """
@@ -181,7 +195,8 @@ class Claims(Handle):
         made, else the newest.
 
         Raises:
-            TypeError: ``keys`` is one key (a string), not a list of them.
+            TypeError: ``keys`` is one key (a string), not a list of them; ``lease`` not a
+                number.
             SettingsError: ``lease`` not a number of seconds above 0 and at most
                 :data:`MAX_LEASE_SECONDS` (30 days).
             JournalBusyError: other writers held the journal longer than the busy timeout.
@@ -266,12 +281,13 @@ class Claims(Handle):
         alone).
 
         Raises:
-            TypeError: ``keys`` is one key (a string), not a list of them.
+            TypeError: ``keys`` is one key (a string), not a list of them; ``seconds`` not a
+                number.
             SettingsError: ``seconds`` not a number from 0 to :data:`MAX_LEASE_SECONDS`.
             JournalBusyError: other writers held the journal longer than the busy timeout.
             JournalClosedError: the handle is closed.
         """
-        if not 0 <= seconds <= MAX_LEASE_SECONDS:  # NaN is neither
+        if not 0 <= _seconds("seconds", seconds) <= MAX_LEASE_SECONDS:  # NaN is neither
             raise SettingsError(
                 f"defer needs 0 <= seconds <= {MAX_LEASE_SECONDS:,} (30 days), not {seconds}"
             )

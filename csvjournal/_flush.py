@@ -4,7 +4,6 @@ CSV written to another path, now)."""
 
 from __future__ import annotations
 
-import math
 import sqlite3
 import time
 from contextlib import nullcontext
@@ -101,10 +100,12 @@ def flush_csv(
         ExportError: the CSV could not be written, here or by ``exporter`` while this
             waited (it tries again).
         CsvChangedError: the CSV was edited by hand (the exporter leaves it as it is).
-        SettingsError: ``timeout`` is NaN (no deadline would ever come).
+        SettingsError: ``timeout`` is NaN (no deadline would ever come) or below 0.
     """
-    if timeout is not None and math.isnan(timeout):
-        raise SettingsError(f"flush(timeout=) must be a number of seconds, not {timeout}")
+    if timeout is not None and not timeout >= 0:  # NaN is not
+        raise SettingsError(
+            f"flush(timeout=) must be a number of seconds, 0 or more, not {timeout}"
+        )
     operation = gate.operation if gate is not None else nullcontext
     with operation(), store.read() as conn:
         target = _reads.last_seq(conn)

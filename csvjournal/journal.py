@@ -15,7 +15,7 @@ import structlog
 
 from csvjournal import _forking, _reads
 from csvjournal._batch import BatchState
-from csvjournal._claims import Claims
+from csvjournal._claims import Claims, as_count
 from csvjournal._flush import check_copy_target, export_to, flush_csv
 from csvjournal._values import render_value, storable
 from csvjournal._writer import RecordCall
@@ -158,8 +158,10 @@ class Journal(Claims):
 
         Raises:
             SettingsError: ``max_attempts`` below 1.
+            TypeError: ``max_attempts`` not an int.
             JournalClosedError: the handle is closed.
         """
+        max_attempts = as_count("max_attempts", max_attempts)
         if max_attempts is not None and max_attempts < 1:
             raise SettingsError(f"pending needs max_attempts >= 1 or None, not {max_attempts}")
         with self._reading() as conn:
@@ -192,7 +194,7 @@ class Journal(Claims):
 
         Raises:
             FlushTimeoutError: ``timeout`` seconds passed first.
-            SettingsError: ``timeout`` is NaN.
+            SettingsError: ``timeout`` is NaN or below 0.
             ExportError: the CSV could not be written (here, or by this handle's exporter
                 while the call waited; it tries again, the records are safe).
             CsvChangedError: the CSV was edited by hand (found at the export here, or it

@@ -397,7 +397,10 @@ def test_flush_with_a_timeout_too_short_raises_flush_timeout_error(csv_path: Pat
         journal.flush(timeout=10)  # and the CSV catches up all the same
 
 
-def test_flush_refuses_a_nan_timeout_at_once(journal: csvjournal.Journal) -> None:
+@pytest.mark.parametrize("timeout", [float("nan"), -1.0], ids=["nan", "negative"])
+def test_flush_refuses_a_timeout_that_is_no_time_at_once(
+    journal: csvjournal.Journal, timeout: float
+) -> None:
     journal.record("a")
-    with pytest.raises(csvjournal.SettingsError, match="not nan"):
-        journal.flush(timeout=float("nan"))
+    with pytest.raises(csvjournal.SettingsError, match=f"0 or more seconds, not {timeout}"):
+        journal.flush(timeout=timeout)

@@ -434,6 +434,11 @@ def test_defer_refuses_seconds_that_are_not_a_back_off(jr: Journal, seconds: flo
         (lambda j: j.release("k1"), "one key"),
         (lambda j: j.defer("k1", 5), "one key"),
         (lambda j: j.retry("k1"), "one key"),
+        (lambda j: j.claim(lease="5"), "lease must be a number of seconds, not str"),
+        (lambda j: j.extend(["k1"], "5"), "lease must be a number of seconds"),
+        (lambda j: j.defer(["k1"], "5"), "seconds must be a number of seconds"),
+        (lambda j: j.pending(max_attempts=1.5), "max_attempts must be an int"),
+        (lambda j: next(j.work(lease="5")), "lease must be a number of seconds"),
     ],
 )
 def test_arguments_of_the_wrong_kind_are_type_errors_that_change_nothing(
