@@ -103,9 +103,7 @@ def flush_csv(
         SettingsError: ``timeout`` is NaN (no deadline would ever come) or below 0.
     """
     if timeout is not None and not timeout >= 0:  # NaN is not
-        raise SettingsError(
-            f"flush(timeout=) must be a number of seconds, 0 or more, not {timeout}"
-        )
+        raise SettingsError(f"flush(timeout=) must be 0 or more seconds, not {timeout}")
     operation = gate.operation if gate is not None else nullcontext
     with operation(), store.read() as conn:
         target = _reads.last_seq(conn)
