@@ -163,8 +163,9 @@ class Claims(Handle):
         return [key for key, _ in taken]
 
     def _refuse_in_batch(self, name: str) -> None:
-        # The exporter writes to the journal too: waiting for it under our own write lock
-        # would wait for ever (or for the busy timeout).
+        # What the call waits for writes to the journal too (the exporter, a work loop's
+        # lease renewer): waiting for it under the block's own write lock would wait for
+        # ever (or for the busy timeout).
         if threading.get_ident() in self._batches:
             raise BatchOpenError(
                 f"{self.csv_path}: {name}() inside a batch() block would wait for the block's"
