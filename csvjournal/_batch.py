@@ -41,12 +41,15 @@ class BatchState:
         errors: Callable[[], AbstractContextManager[None]],
         committed: Callable[[list[RecordOp | Change]], None],
         twin_error: Callable[[str], Exception],
+        *,
+        undone: Callable[[list[RecordOp | Change]], None],
     ) -> None:
         self.conn = conn
         self._twin_error = twin_error  # refuses a new row shown as another (formula guard)
         self._writer = writer
         self._errors = errors
         self._committed = committed  # told the claims' changes once the outermost block commits
+        self._undone = undone  # told them when the block that made them is undone
         self._raw = driver(conn)
         self._buffer: list[RecordOp] = []
         # records and changes to the handle's claims, in blocks not undone (so far)
@@ -76,7 +79,8 @@ class BatchState:
 
     def track(self, changes: Iterable[Change]) -> None:
         """Note these changes to the handle's claims (made by an :class:`Action` of the
-        block) if the block commits."""
+        block) when the block commits (its claims are noted at once too: see
+        ``HeldClaims``), or undo them if it is undone."""
         self._recorded += changes
 
     def flush(self) -> None:
@@ -109,7 +113,8 @@ class BatchState:
                 tx.commit()
         except BaseException:
             self._buffer.clear()
-            self._recorded.clear()
+            recorded, self._recorded = self._recorded, []
+            self._undone(recorded)
             if tx.is_active:
                 tx.rollback()
             self._writer.restore(mark)
@@ -130,6 +135,7 @@ class BatchState:
                 self.flush()
         except BaseException:
             self._buffer.clear()
+            self._undone(self._recorded[recorded:])
             del self._recorded[recorded:]
             savepoint.rollback()
             self._writer.restore(mark)

@@ -6,6 +6,7 @@ workers; the SQL lives in :mod:`csvjournal._leases`, the loop in :mod:`csvjourna
 
 from __future__ import annotations
 
+import numbers
 import threading
 import time
 from collections.abc import Generator, Iterable, Mapping
@@ -38,11 +39,11 @@ def _seconds(name: str, value: object) -> float:
     """``value``, a number of seconds.
 
     Raises:
-        TypeError: not an int or a float (text, a bool).
+        TypeError: not a real number (text, a bool); numpy's and ``Fraction`` are.
     """
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__} {value!r}")
-    return value
+    return float(value)
 
 
 def _valid_lease(lease: object) -> bool:
@@ -67,13 +68,13 @@ def as_count(name: str, value: object) -> int | None:
     is as good as all.
 
     Raises:
-        TypeError: not an int (a float, a bool, text).
+        TypeError: not an integer (a float, a bool, text); numpy's are.
     """
     if value is None:
         return None
-    if type(value) is not int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy's are
         raise TypeError(f"{name} must be an int, not {type(value).__name__} {value!r}")
-    return min(value, 2**62)
+    return min(int(value), 2**62)
 
 
 def _claim_args(
@@ -183,7 +184,8 @@ class Claims(Handle):
     def _note_claims(self, changes: list[Change]) -> None:
         """Note committed changes to the handle's claims; inside a batch, once it commits."""
         batch = self._batches.get(threading.get_ident())
-        if batch is not None:
+        if batch is not None:  # its claims at once, the rest when it commits (HeldClaims)
+            self._held.note(change for change in changes if change.claimed)
             batch.track(changes)
         elif changes:
             self._held.note(changes)

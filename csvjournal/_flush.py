@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from contextlib import nullcontext
+from numbers import Real
 from pathlib import Path
 
 import structlog
@@ -101,7 +102,10 @@ def flush_csv(
             waited (it tries again).
         CsvChangedError: the CSV was edited by hand (the exporter leaves it as it is).
         SettingsError: ``timeout`` is NaN (no deadline would ever come) or below 0.
+        TypeError: ``timeout`` is not a number.
     """
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, Real)):
+        raise TypeError(f"flush(timeout=) must be a number of seconds, not {timeout!r}")
     if timeout is not None and not timeout >= 0:  # NaN is not
         raise SettingsError(f"flush(timeout=) must be 0 or more seconds, not {timeout}")
     operation = gate.operation if gate is not None else nullcontext

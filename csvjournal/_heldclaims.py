@@ -10,8 +10,10 @@ same row just after (the row offered again at once, a failed one say). A claim n
 a later end is kept, though the journal ended it: it holds nothing there, and every use of
 it (renewing, giving back) finds so in the journal.
 
-Inside a ``batch()`` block the changes wait in the block (see
-:class:`~csvjournal._batch.BatchState`) and are noted only if it commits.
+Inside a ``batch()`` block, a claim is noted at once (``extend()``, ``release()`` and
+``close()`` act on it before the block ends) and taken back if its block is undone; the
+ends wait in the block (see :class:`~csvjournal._batch.BatchState`) and are noted only
+if it commits.
 """
 
 from __future__ import annotations
@@ -68,6 +70,20 @@ class HeldClaims:
                 for item in items
                 for change in (ends((item,)) if isinstance(item, RecordOp) else (item,))
             )
+
+    def unnote(self, items: list[RecordOp | Change]) -> None:
+        """Take back the claims among ``items`` (noted at once in a ``batch()`` block
+        that is now undone): each one that is still the one noted."""
+        with self._lock:
+            for item in items:
+                if type(item) is not Change or not item.claimed:
+                    continue
+                holders = self._held.get(item.key)
+                assert item.worker is not None
+                if holders is not None and holders.get(item.worker, (None, -1))[1] == item.seq:
+                    del holders[item.worker]
+                    if not holders:
+                        del self._held[item.key]
 
     def note(self, changes: Iterable[Change]) -> None:
         """Apply committed ``changes``, in the order given."""

@@ -115,6 +115,7 @@ class Journal(Claims):
                 self._errors,
                 self._held.note_block,
                 self._commits.twin_error,
+                undone=self._held.unnote,
             )
             self._batches[threading.get_ident()] = state
             try:
@@ -158,7 +159,7 @@ class Journal(Claims):
 
         Raises:
             SettingsError: ``max_attempts`` below 1.
-            TypeError: ``max_attempts`` not an int.
+            TypeError: ``max_attempts`` not an integer.
             JournalClosedError: the handle is closed.
         """
         max_attempts = as_count("max_attempts", max_attempts)
@@ -195,6 +196,7 @@ class Journal(Claims):
         Raises:
             FlushTimeoutError: ``timeout`` seconds passed first.
             SettingsError: ``timeout`` is NaN or below 0.
+            TypeError: ``timeout`` is not a number.
             ExportError: the CSV could not be written (here, or by this handle's exporter
                 while the call waited; it tries again, the records are safe).
             CsvChangedError: the CSV was edited by hand (found at the export here, or it

@@ -74,3 +74,32 @@ def test_claims_in_a_block_that_is_undone_are_not_held(jr: Journal) -> None:
         raise _Rollback
     assert jr.extend(KEYS[:2], LONG) == []
     assert jr.pending()[:2] == KEYS[:2]
+
+
+def test_rows_claimed_in_a_block_are_held_inside_it(jr: Journal) -> None:
+    with jr.batch():
+        keys = jr.claim(3, lease=LONG)
+        assert jr.extend(keys, LONG) == keys
+        with jr.batch():  # a nested block that commits
+            assert jr.release(keys[1:]) == keys[1:]
+    assert [_state(jr, key) for key in keys] == [("IN_PROGRESS",), ("PENDING",), ("PENDING",)]
+    assert jr.extend(keys, LONG) == keys[:1]
+
+
+def test_close_gives_back_a_claim_another_threads_block_holds(jr: Journal, csv_path: Path) -> None:
+    claimed, go_on = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        with jr.batch():
+            jr.claim(1, lease=LONG)
+            claimed.set()
+            go_on.wait(10)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert claimed.wait(10)
+    go_on.set()
+    jr.close()  # waits for the block, then gives its row back
+    thread.join()
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert _state(journal, KEYS[0]) == ("PENDING",)

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import _leases
+import numpy as np
 import pytest
 from _jobs import TERMINAL
 from _jobs import open_journal as _open
@@ -450,6 +451,17 @@ def test_arguments_of_the_wrong_kind_are_type_errors_that_change_nothing(
             call(journal)
         assert journal.pending() == ["k1"]
         assert len(journal.history("k1")) == 1
+
+
+def test_numpy_numbers_are_numbers(tmp_path: Path) -> None:
+    # as a job fed by pandas gives them
+    with csvjournal.open(tmp_path / "small.csv", key="ID") as journal:
+        for key in ("a", "b", "c"):
+            journal.record(key)
+        assert journal.claim(np.int64(1), lease=np.int64(60), max_attempts=np.int64(3)) == ["a"]
+        assert journal.extend(["a"], np.float64(60)) == ["a"]
+        assert journal.defer(["b"], np.int64(5)) == ["b"]
+        assert journal.pending(max_attempts=np.int64(3)) == ["c"]
 
 
 def test_a_huge_count_takes_every_row(tmp_path: Path) -> None:
