@@ -23,7 +23,7 @@ from csvjournal._leases import (
     release_rows,
     reset_attempts,
 )
-from csvjournal._values import render_value, storable, timestamp_now
+from csvjournal._values import render_value, seconds_arg, storable, timestamp_now
 from csvjournal._work import Task, work
 from csvjournal._writer import RecordCall
 from csvjournal.errors import BatchOpenError, SettingsError
@@ -35,20 +35,10 @@ __all__ = ["MAX_LEASE_SECONDS", "Claims", "as_count"]
 MAX_LEASE_SECONDS = 30 * 86_400
 
 
-def _seconds(name: str, value: object) -> float:
-    """``value``, a number of seconds.
-
-    Raises:
-        TypeError: not a real number (text, a bool); numpy's and ``Fraction`` are.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__} {value!r}")
-    return float(value)
-
-
 def _valid_lease(lease: object) -> bool:
-    """Whether ``lease`` is a lease's length (see :func:`_seconds` for what it raises)."""
-    return 0 < _seconds("lease", lease) <= MAX_LEASE_SECONDS  # NaN is neither
+    """Whether ``lease`` is a lease's length (for what it raises, see
+    :func:`~csvjournal._values.seconds_arg`)."""
+    return 0 < seconds_arg("lease", lease) <= MAX_LEASE_SECONDS  # NaN is neither
 
 
 def _keys(keys: Iterable[str]) -> list[str]:
@@ -290,7 +280,7 @@ class Claims(Handle):
             JournalBusyError: other writers held the journal longer than the busy timeout.
             JournalClosedError: the handle is closed.
         """
-        if not 0 <= _seconds("seconds", seconds) <= MAX_LEASE_SECONDS:  # NaN is neither
+        if not 0 <= seconds_arg("seconds", seconds) <= MAX_LEASE_SECONDS:  # NaN is neither
             raise SettingsError(
                 f"defer needs 0 <= seconds <= {MAX_LEASE_SECONDS:,} (30 days), not {seconds}"
             )

@@ -7,7 +7,6 @@ from __future__ import annotations
 import sqlite3
 import time
 from contextlib import nullcontext
-from numbers import Real
 from pathlib import Path
 
 import structlog
@@ -19,6 +18,7 @@ from csvjournal._forking import ForkGate
 from csvjournal._handedits import blocked_by
 from csvjournal._rendercache import stream_csv
 from csvjournal._settings import Settings, stored_guard
+from csvjournal._values import seconds_arg
 from csvjournal.backup import backups_folder
 from csvjournal.csvio import atomic_write, remove_temp_files
 from csvjournal.errors import (
@@ -104,9 +104,7 @@ def flush_csv(
         SettingsError: ``timeout`` is NaN (no deadline would ever come) or below 0.
         TypeError: ``timeout`` is not a number.
     """
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, Real)):
-        raise TypeError(f"flush(timeout=) must be a number of seconds, not {timeout!r}")
-    if timeout is not None and not timeout >= 0:  # NaN is not
+    if timeout is not None and not seconds_arg("flush(timeout=)", timeout) >= 0:  # NaN is not
         raise SettingsError(f"flush(timeout=) must be 0 or more seconds, not {timeout}")
     operation = gate.operation if gate is not None else nullcontext
     with operation(), store.read() as conn:

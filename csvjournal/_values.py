@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import numbers
 import time
 from decimal import Decimal
 
 from csvjournal.errors import RecordError
 
-__all__ = ["format_timestamp", "parse_timestamp", "render_value", "storable", "timestamp_now"]
+__all__ = [
+    "format_timestamp",
+    "parse_timestamp",
+    "render_value",
+    "seconds_arg",
+    "storable",
+    "timestamp_now",
+]
 
 
 def render_value(name: str, value: object) -> str:
@@ -95,3 +103,14 @@ def timestamp_now() -> str:
 def parse_timestamp(text: str) -> dt.datetime:
     """Parse a timestamp written by :func:`format_timestamp` into an aware UTC datetime."""
     return dt.datetime.fromisoformat(text).astimezone(dt.UTC)
+
+
+def seconds_arg(name: str, value: object) -> float:
+    """``value``, an argument that is a number of seconds, as a float.
+
+    Raises:
+        TypeError: not a real number (text, a bool); numpy's and ``Fraction`` are.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__} {value!r}")
+    return float(value)
