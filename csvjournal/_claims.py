@@ -185,7 +185,7 @@ class Claims(Handle):
         now; return the keys renewed. A row that another worker took over after its lease
         ran out, or that was finished, is not renewed (and is left out). The claim renewed
         is ``worker``'s (the name given to :meth:`claim`); by default the one this thread
-        made, else the newest.
+        made, else the newest, unless this thread's own claim of the row has ended.
 
         Raises:
             TypeError: ``keys`` is one key (a string), not a list of them; ``lease`` not a
@@ -212,8 +212,9 @@ class Claims(Handle):
         """Give rows claimed through this handle back unfinished: ``PENDING``, lease ended,
         the attempt not counted. Return the keys given back. The claim given back is
         ``worker``'s (the name given to :meth:`claim`); by default the one this thread
-        made, else the newest. A row no longer held by that claim (its lease ran out and
-        another worker took it over, or it was finished) is left alone.
+        made, else the newest, unless this thread's own claim of the row has ended. A row
+        no longer held by that claim (its lease ran out and another worker took it over,
+        or it was finished) is left alone.
 
         Raises:
             TypeError: ``keys`` is one key (a string), not a list of them.

@@ -10,6 +10,11 @@ same row just after (the row offered again at once, a failed one say). A claim n
 a later end is kept, though the journal ended it: it holds nothing there, and every use of
 it (renewing, giving back) finds so in the journal.
 
+A thread also remembers its newest claims that ended (up to :data:`ENDED_KEPT` rows), so
+that its late ``release()`` or ``extend()`` of such a row acts on nothing rather than on the
+claim another thread has made of the row since: the default for a thread that never
+claimed the row stays the row's newest claim.
+
 Inside a ``batch()`` block, a claim is noted at once (``extend()``, ``release()`` and
 ``close()`` act on it before the block ends) and taken back if its block is undone; the
 ends wait in the block (see :class:`~csvjournal._batch.BatchState`) and are noted only
@@ -19,12 +24,16 @@ if it commits.
 from __future__ import annotations
 
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from csvjournal._writer import IN_PROGRESS, RecordOp
 
-__all__ = ["Change", "HeldClaims", "ends"]
+__all__ = ["ENDED_KEPT", "Change", "HeldClaims", "ends"]
+
+ENDED_KEPT = 4096  # rows whose ended claims a thread remembers; a bound, as threads live long
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +66,9 @@ class HeldClaims:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._held: dict[str, dict[str, tuple[threading.Thread | None, int]]] = {}
+        # thread -> the rows it claimed whose claims ended, the newest last
+        self._ended: weakref.WeakKeyDictionary[threading.Thread, OrderedDict[str, None]]
+        self._ended = weakref.WeakKeyDictionary()
 
     def __bool__(self) -> bool:
         return bool(self._held)
@@ -96,21 +108,37 @@ class HeldClaims:
                         holders = self._held[change.key] = {}
                     holders.pop(change.worker, None)  # the newest claim last
                     holders[change.worker] = (change.thread, change.seq)
+                    ended = None if change.thread is None else self._ended.get(change.thread)
+                    if ended is not None:
+                        ended.pop(change.key, None)
                 elif holders is not None:
-                    for name, (_, seq) in list(holders.items()):
+                    for name, (by, seq) in list(holders.items()):
                         if seq < change.seq and change.worker in (None, name):
                             del holders[name]
+                            if by is not None:
+                                self._note_ended(by, change.key)
                     if not holders:
                         del self._held[change.key]
+
+    def _note_ended(self, thread: threading.Thread, key: str) -> None:
+        ended = self._ended.get(thread)
+        if ended is None:
+            ended = self._ended[thread] = OrderedDict()
+        ended[key] = None
+        ended.move_to_end(key)
+        if len(ended) > ENDED_KEPT:
+            ended.popitem(last=False)
 
     def holders(
         self, keys: Iterable[str], worker: str | None, thread: threading.Thread
     ) -> list[tuple[str, str]]:
         """``(key, claimer)`` for each of ``keys`` claimed through the handle: ``worker``'s
-        claim if given, else the newest ``thread`` made, else the newest. A late worker's
-        thread so names its own claim, never the one another thread took over."""
+        claim if given, else the newest ``thread`` made, else (when ``thread`` has no claim
+        of the row that ended lately) the newest. A late worker's thread so names its own
+        claim, never the one another thread took over."""
         found = []
         with self._lock:
+            ended = self._ended.get(thread) or OrderedDict()
             for key in keys:
                 holders = self._held.get(key)
                 if not holders:
@@ -120,7 +148,8 @@ class HeldClaims:
                         found.append((key, worker))
                     continue
                 mine = [name for name, (by, _) in holders.items() if by is thread]
-                found.append((key, (mine or list(holders))[-1]))
+                if mine or key not in ended:
+                    found.append((key, (mine or list(holders))[-1]))
         return found
 
     def every(self) -> list[tuple[str, str]]:

@@ -4,6 +4,7 @@ threads note their commits in, and only what a committed block did."""
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import _leases
@@ -13,7 +14,7 @@ from _leases import Rollback as _Rollback
 
 import csvjournal
 from csvjournal import Journal
-from csvjournal._heldclaims import Change, HeldClaims
+from csvjournal._heldclaims import ENDED_KEPT, Change, HeldClaims
 
 csv_path = _leases.csv_path
 jr = _leases.jr
@@ -103,3 +104,39 @@ def test_close_gives_back_a_claim_another_threads_block_holds(jr: Journal, csv_p
     thread.join()
     with csvjournal.open(csv_path, export=False) as journal:
         assert _state(journal, KEYS[0]) == ("PENDING",)
+
+
+@pytest.mark.parametrize("ender", ["claimer", "other-thread"])
+def test_a_thread_whose_claim_ended_never_acts_on_another_threads_new_claim(
+    jr: Journal, ender: str
+) -> None:
+    # A's claim ends (FAILED, which offers the row again), B claims the row at once: A's
+    # late release()/extend() must leave B's claim alone, not fall back to it
+    with ThreadPoolExecutor(1) as a, ThreadPoolExecutor(1) as b, ThreadPoolExecutor(1) as c:
+        (key,) = a.submit(jr.claim, 1, lease=LONG).result()
+        by = a if ender == "claimer" else c
+        by.submit(jr.record, key, "FAILED").result()
+        assert b.submit(jr.claim, 1, lease=LONG).result() == [key]
+        assert a.submit(jr.release, [key]).result() == []
+        assert a.submit(jr.extend, [key], LONG).result() == []
+        assert _state(jr, key) == ("IN_PROGRESS",)
+        # a thread that never claimed the row acts on its newest claim, as before
+        assert jr.extend([key], LONG) == [key]
+        assert b.submit(jr.release, [key]).result() == [key]
+        # A claims it again: its own claim again
+        assert a.submit(jr.claim, 1, lease=LONG).result() == [key]
+        assert a.submit(jr.release, [key]).result() == [key]
+    assert _state(jr, key) == ("PENDING",)
+
+
+def test_a_thread_remembers_a_bounded_number_of_ended_claims() -> None:
+    held = HeldClaims()
+    keys = [f"k{n}" for n in range(ENDED_KEPT + 1)]
+    held.note(Change(key, n, "A", claimed=True, thread=ME) for n, key in enumerate(keys))
+    held.note(Change(key, len(keys) + n) for n, key in enumerate(keys))
+    other = threading.Thread()
+    held.note(Change(key, 2 * len(keys) + n, "B", True, other) for n, key in enumerate(keys))
+    # the oldest ended claim is forgotten (the newest claim again); the rest stay ended
+    assert held.holders(keys[:2], None, ME) == [(keys[0], "B")]
+    assert held.holders(keys[-1:], None, ME) == []
+    assert held.holders(keys[:1], None, other) == [(keys[0], "B")]
