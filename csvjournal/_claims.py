@@ -67,6 +67,19 @@ def as_count(name: str, value: object) -> int | None:
     return min(int(value), 2**62)
 
 
+def attempts_limit(caller: str, value: object) -> int | None:
+    """``max_attempts`` of ``caller`` as a count, or None.
+
+    Raises:
+        TypeError: not an integer.
+        SettingsError: below 1.
+    """
+    limit = as_count("max_attempts", value)
+    if limit is not None and limit < 1:
+        raise SettingsError(f"{caller} needs max_attempts >= 1 or None, not {limit}")
+    return limit
+
+
 def _claim_args(
     n: object, lease: float, worker: object, max_attempts: object
 ) -> tuple[int, int | None]:
@@ -364,7 +377,15 @@ class Claims(Handle):
 
     def next_lease_end(self, max_attempts: int | None = None) -> float | None:
         """When (epoch seconds) the first live lease on a row that could still be claimed
-        again runs out; ``None`` when no such row is leased."""
+        again (with ``max_attempts``: by :meth:`claim` with it) runs out; ``None`` when no
+        such row is leased.
+
+        Raises:
+            SettingsError: ``max_attempts`` below 1.
+            TypeError: ``max_attempts`` not an integer.
+            JournalClosedError: the handle is closed.
+        """
+        max_attempts = attempts_limit("next_lease_end", max_attempts)
         with self._reading() as conn:
             return _reads.next_lease_end(conn, time.time(), max_attempts)
 

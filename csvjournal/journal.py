@@ -15,12 +15,12 @@ import structlog
 
 from csvjournal import _forking, _reads
 from csvjournal._batch import BatchState
-from csvjournal._claims import Claims, as_count
+from csvjournal._claims import Claims, attempts_limit
 from csvjournal._flush import check_copy_target, export_to, flush_csv
 from csvjournal._values import render_value, storable
 from csvjournal._writer import RecordCall
 from csvjournal.backup import list_backups, remove_leftovers
-from csvjournal.errors import CsvJournalError, ExportError, SettingsError
+from csvjournal.errors import CsvJournalError, ExportError
 from csvjournal.exporter import Exporter
 from csvjournal.recovery import RecoveryReport, check_integrity
 
@@ -162,9 +162,7 @@ class Journal(Claims):
             TypeError: ``max_attempts`` not an integer.
             JournalClosedError: the handle is closed.
         """
-        max_attempts = as_count("max_attempts", max_attempts)
-        if max_attempts is not None and max_attempts < 1:
-            raise SettingsError(f"pending needs max_attempts >= 1 or None, not {max_attempts}")
+        max_attempts = attempts_limit("pending", max_attempts)
         with self._reading() as conn:
             return _reads.pending(conn, time.time(), max_attempts)
 

@@ -526,8 +526,11 @@ def test_a_symlink_loop_given_as_the_csv_is_a_journal_io_error(tmp_path: Path) -
 def test_pending_refuses_max_attempts_below_one(journal: Journal) -> None:
     journal.record("PO-1")
     assert journal.pending(max_attempts=1) == ["PO-1"]
-    with pytest.raises(csvjournal.SettingsError, match="max_attempts"):
+    assert journal.next_lease_end(max_attempts=1) is None
+    with pytest.raises(csvjournal.SettingsError, match="pending needs max_attempts"):
         journal.pending(max_attempts=0)
+    with pytest.raises(csvjournal.SettingsError, match="next_lease_end needs max_attempts"):
+        journal.next_lease_end(max_attempts=0)
 
 
 def test_a_database_url_is_not_supported_yet(csv_path: Path) -> None:

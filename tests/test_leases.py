@@ -439,6 +439,8 @@ def test_defer_refuses_seconds_that_are_not_a_back_off(jr: Journal, seconds: flo
         (lambda j: j.extend(["k1"], "5"), "lease must be a number of seconds"),
         (lambda j: j.defer(["k1"], "5"), "seconds must be a number of seconds"),
         (lambda j: j.pending(max_attempts=1.5), "max_attempts must be an int"),
+        (lambda j: j.next_lease_end(1.5), "max_attempts must be an int"),
+        (lambda j: j.next_lease_end("2"), "max_attempts must be an int"),
         (lambda j: next(j.work(lease="5")), "lease must be a number of seconds"),
     ],
 )
