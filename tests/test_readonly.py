@@ -11,6 +11,7 @@ import shutil
 import signal
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +22,21 @@ import csvjournal
 from csvjournal.cli import cli
 
 NOBODY = 65534
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _warmed_up(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """What the children do, once here first: the modules they would import late
+    (alembic's, ``_strptime``...) are loaded before they fork and become another user, who
+    may not read the files of a Python installed for root only."""
+    csv_path = tmp_path_factory.mktemp("warm") / "orders.csv"
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        journal.claim(1)
+        journal.history("a")
+        journal.recover()
+    csvjournal.open(csv_path).close()  # a second session's backup reads the first's time
+    CliRunner().invoke(cli, ["status", str(csv_path), "--json"])
 
 
 @pytest.fixture
@@ -48,6 +64,8 @@ def _forked_as(uid: int, work: Callable[[], object]) -> tuple[int, int, int]:
             os.setuid(uid)
             os.write(write, repr(work()).encode())
             code = 0
+        except BaseException:  # its traceback is the result: the assertion shows it
+            os.write(write, traceback.format_exc().encode())
         finally:
             os._exit(code)
     os.close(write)
