@@ -16,6 +16,8 @@ from csvjournal import _reads
 from csvjournal._export import export_failure, failure_text
 from csvjournal._forking import ForkGate
 from csvjournal._handedits import blocked_by
+from csvjournal._oslock import exporter_pid
+from csvjournal._pids import stopped
 from csvjournal._rendercache import stream_csv
 from csvjournal._settings import Settings, stored_guard
 from csvjournal._values import seconds_arg
@@ -91,8 +93,11 @@ def flush_csv(
     formula_guard: bool,
     timeout: float | None,
     gate: ForkGate | None = None,
+    not_for_stopped: bool = False,
 ) -> None:
-    """Wait until the CSV shows every commit made so far, exporting here if nobody does.
+    """Wait until the CSV shows every commit made so far, exporting here if nobody does
+    (with ``not_for_stopped``: not while the exporting process is stopped, SIGSTOP or
+    Ctrl-Z, which exports nothing until resumed: that times out at once).
     The handle's fork ``gate`` is held around each use of a connection, never while this
     waits: a fork meanwhile would wait for the wait, and the exporter for the fork.
 
@@ -138,11 +143,33 @@ def flush_csv(
                 f"{csv_path}: the CSV is behind the journal: {failure_text(failure)} (it"
                 " tries again while its process runs; every record is safe in the journal)"
             )
-        if deadline is not None and time.monotonic() >= deadline:
-            raise FlushTimeoutError(
-                f"{csv_path}: the CSV did not catch up with the journal in {timeout} s"
-            )
+        if deadline is not None:
+            _check_deadline(csv_path, deadline, timeout, not_for_stopped)
         time.sleep(POLL_SECONDS)
+
+
+def _check_deadline(
+    csv_path: Path, deadline: float, timeout: float | None, not_for_stopped: bool
+) -> None:
+    """Raise :class:`FlushTimeoutError` naming the exporter waited for (its process, and
+    whether it is stopped: the usual reason an exporter falls behind) once ``deadline``
+    passed, or at once for a stopped one with ``not_for_stopped``."""
+    late = time.monotonic() >= deadline
+    if not late and not not_for_stopped:
+        return
+    pid = exporter_pid(csv_path)
+    halted = pid is not None and stopped(pid)
+    if not late and not halted:
+        return
+    said = f"did not catch up with the journal in {timeout} s" if late else "is behind the journal"
+    if pid is None:
+        raise FlushTimeoutError(f"{csv_path}: the CSV {said}")
+    if halted:
+        raise FlushTimeoutError(
+            f"{csv_path}: the CSV {said}; its exporter, process {pid}, is stopped"
+            f" (`kill -CONT {pid}` resumes it)"
+        )
+    raise FlushTimeoutError(f"{csv_path}: the CSV {said}; its exporter is process {pid}")
 
 
 def export_here(store: Store, settings: Settings, csv_path: Path, formula_guard: bool) -> bool:
@@ -197,7 +224,15 @@ def catch_up(
     effort, logged when it fails: the records are safe in the journal whatever happens to
     the CSV."""
     try:
-        flush_csv(store, settings, csv_path, None, formula_guard=formula_guard, timeout=timeout)
+        flush_csv(
+            store,
+            settings,
+            csv_path,
+            None,
+            formula_guard=formula_guard,
+            timeout=timeout,
+            not_for_stopped=True,  # the close would only wait out its timeout
+        )
     # FlushTimeoutError, ExportError, CsvChangedError; the journal's disk, full or gone
     except (CsvJournalError, SQLAlchemyError, sqlite3.Error) as exc:
         log.warning("csv_behind_at_close", path=str(csv_path), error=str(exc))

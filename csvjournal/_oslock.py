@@ -16,7 +16,7 @@ from pathlib import Path
 from csvjournal._atomicfile import make_folder_like, open_lock_like
 from csvjournal._posix import fcntl
 
-__all__ = ["ExporterLock", "exporter_alive", "lock_path", "open_lock_file"]
+__all__ = ["ExporterLock", "exporter_alive", "exporter_pid", "lock_path", "open_lock_file"]
 
 
 def lock_path(csv_path: Path) -> Path:
@@ -36,6 +36,16 @@ def open_lock_file(path: Path) -> int:
     csv_path = folder.with_name(folder.name.removesuffix(".backups"))
     make_folder_like(folder, csv_path)  # the backups folder, deleted by hand say
     return open_lock_like(path, csv_path)
+
+
+def _say_pid(fd: int) -> None:
+    """Write this process's id in the lock file ``fd`` it just locked, for messages about a
+    stalled exporter (see :func:`exporter_pid`); the lock itself never depends on it."""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:  # a full disk, say: the lock holds all the same
+        pass
 
 
 _registry_lock = threading.Lock()
@@ -66,6 +76,7 @@ class ExporterLock:
                 return False
             self._fd = fd
             _held[self.path] = self
+            _say_pid(fd)  # under the registry lock: a release would close fd
             return True
 
     def keep(self) -> bool:
@@ -94,6 +105,7 @@ class ExporterLock:
                 os.close(new)
                 return False
             self._fd = new
+            _say_pid(new)
         os.close(fd)  # the old file's lock: nobody else can reach that file any more
         return True
 
@@ -133,3 +145,15 @@ def exporter_alive(csv_path: Path) -> bool:
         finally:
             os.close(fd)
         return False
+
+
+def exporter_pid(csv_path: Path) -> int | None:
+    """The process id that the exporter holding ``csv_path``'s lock wrote in it; None when
+    no exporter holds it, or the file does not say (an older csvjournal's)."""
+    if not exporter_alive(csv_path):
+        return None
+    try:
+        text = lock_path(csv_path).read_bytes()[:32]
+    except OSError:
+        return None
+    return int(text) if text.strip().isdigit() else None

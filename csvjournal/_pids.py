@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["start_ticks", "writer_alive"]
+__all__ = ["start_ticks", "stopped", "writer_alive"]
 
 # The boot time is whole seconds, and the clock may have been stepped since the boot: a
 # writer is taken for gone only when its number's process started well after the change.
@@ -49,6 +49,16 @@ def start_ticks(pid: int) -> int | None:
         return int(fields[19])
     except (IndexError, ValueError):
         return None
+
+
+def stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (SIGSTOP, Ctrl-Z) or traced, where ``/proc``
+    says (else False)."""
+    try:
+        stat = open(f"/proc/{pid}/stat", "rb").read()  # noqa: SIM115 - one read
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 :][:1] in (b"T", b"t")
 
 
 def _started(pid: int) -> float | None:

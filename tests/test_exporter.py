@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 from _exporter import exported_rows as _rows
+from structlog.testing import capture_logs
 
 import csvjournal
+from csvjournal._oslock import exporter_pid
 from csvjournal.csvio import temp_prefix
 
 
@@ -377,6 +379,44 @@ def test_export_to_a_path_never_writes_over_the_journals_own_files(
     journal.close()
     with csvjournal.open(csv_path) as again:  # the journal is whole
         assert again.get("PO-1") is not None
+
+
+def test_a_flush_behind_a_stopped_exporter_names_its_process(csv_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        assert exporter_pid(csv_path) == os.getpid()  # the lock file says who exports
+    exporter = subprocess.Popen(
+        [sys.executable, "-c", _FROZEN_EXPORTER, str(csv_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert exporter.stdout is not None
+        while exporter.stdout.readline() not in ("up\n", ""):
+            pass
+        assert exporter_pid(csv_path) == exporter.pid
+        with csvjournal.open(csv_path, export=False) as journal:
+            exporter.send_signal(signal.SIGSTOP)
+            journal.record("late", "COMPLETED")
+            with pytest.raises(csvjournal.FlushTimeoutError) as caught:
+                journal.flush(timeout=0.5)
+            assert f"its exporter, process {exporter.pid}, is stopped" in str(caught.value)
+            assert f"kill -CONT {exporter.pid}" in str(caught.value)
+            standby = csvjournal.open(csv_path, busy_timeout=600)  # exporting, standing by
+            standby.record("later", "COMPLETED")
+            started = time.monotonic()
+            with capture_logs() as logs:
+                standby.close()  # does not wait 600 s for an exporter that cannot export
+            assert time.monotonic() - started < 60
+            (behind,) = [entry for entry in logs if entry["event"] == "csv_behind_at_close"]
+            assert f"process {exporter.pid}, is stopped" in behind["error"]
+            exporter.send_signal(signal.SIGCONT)
+            journal.flush(timeout=30)
+        assert {"late", "later"} <= set(_rows(csv_path))
+    finally:
+        exporter.kill()
+        exporter.wait()
+    assert exporter_pid(csv_path) is None  # nobody holds the lock
 
 
 def test_flush_with_a_timeout_too_short_raises_flush_timeout_error(csv_path: Path) -> None:
