@@ -18,6 +18,7 @@ from csvjournal._migrate import check_revision
 from csvjournal._open import open as open_journal
 from csvjournal._oslock import ExporterLock, lock_path
 from csvjournal._posix import fcntl
+from csvjournal._readonly import ReadOnlyVisit
 from csvjournal.backup import (
     PendingBackup,
     check_backup,
@@ -215,8 +216,13 @@ def restore(
     """
     csv = Path(csv_path)
     journal = Path(journal_path) if journal_path is not None else Path(f"{csv}.journal")
-    with journal_errors(journal, csv, f"restore {backup}"):
-        return _restore(csv, Path(backup), journal, keep_backups, formula_guard)
+    visit = ReadOnlyVisit(journal)  # a user who may not write it is refused, leaving nothing
+    try:
+        with journal_errors(journal, csv, f"restore {backup}"):
+            return _restore(csv, Path(backup), journal, keep_backups, formula_guard)
+    finally:
+        if not _forking.open_here(journal):
+            visit.end()
 
 
 def _restore(

@@ -189,3 +189,35 @@ def test_the_jobs_user_records_while_an_operator_watches(shared_folder: Path) ->
         with contextlib.suppress(ChildProcessError):
             os.waitpid(watch[0], 0)
     assert "a,COMPLETED" in csv_path.read_text()
+
+
+def test_an_operators_refused_restore_leaves_the_owner_able_to_record(
+    shared_folder: Path,
+) -> None:
+    csv_path = shared_folder / "orders.csv"
+    csv_path.write_text("ID\na\nb\n")
+    os.chown(csv_path, OWNER, OWNER)
+
+    def back_up() -> object:
+        with csvjournal.open(csv_path, key="ID") as journal:
+            return str(journal.backup())
+
+    code, backup = _result(_forked_as(OWNER, back_up))
+    assert code == 0, backup
+    before = sorted(path.name for path in shared_folder.iterdir())
+
+    def restore() -> object:
+        try:
+            csvjournal.restore(csv_path, ast.literal_eval(backup))
+        except csvjournal.CsvJournalError as exc:
+            return type(exc).__name__
+        return "restored"
+
+    assert _result(_forked_as(NOBODY, restore)) == (0, repr("JournalIOError"))
+    assert sorted(path.name for path in shared_folder.iterdir()) == before  # no -wal, -shm
+
+    def record() -> object:
+        with csvjournal.open(csv_path) as journal:
+            return journal.record("a", "COMPLETED")
+
+    assert _result(_forked_as(OWNER, record)) == (0, "1")
