@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "all_cells",
     "attempts",
     "cells_of",
     "column_names",
@@ -224,22 +223,31 @@ def history(conn: Connection, key: str) -> list[Event]:
     ]
 
 
-def all_cells(conn: Connection, columns: list[str]) -> Iterator[list[str]]:
-    """Every row's cells in CSV order, one list per row."""
-    for (cells_json,) in conn.execute(select(t.rows.c.cells).order_by(t.rows.c.pos)):
-        yield cells_of(columns, cells_json)
-
-
 def keys(conn: Connection) -> Iterator[str]:
     """Every row's key, in CSV order."""
     for (key,) in t.driver(conn).execute("SELECT key FROM rows ORDER BY pos"):
         yield key
 
 
+_CHUNK_ROWS = 10_000  # rows parsed by one json.loads in to_dataframe()
+
+
 def to_dataframe(conn: Connection) -> pd.DataFrame:
     """Every row as a DataFrame of text, columns in CSV order, rows in CSV order."""
     import pandas as pd  # deferred: pandas costs a worker process half a second to import
 
-    columns = column_names(conn)
-    data = list(all_cells(conn, columns))
-    return pd.DataFrame(data, columns=pd.Index(columns, dtype=object), dtype=str)
+    names = column_names(conn)
+    keys = _cell_keys(len(names))
+    columns: list[list[str]] = [[] for _ in keys]
+    cursor = t.driver(conn).execute("SELECT cells FROM rows ORDER BY pos")
+    # One json.loads for many rows, and the cells gathered by column: 2-3 times faster
+    # than a row at a time, without one string of the whole table.
+    while chunk := cursor.fetchmany(_CHUNK_ROWS):
+        rows = json.loads(f"[{','.join([cells for (cells,) in chunk])}]")
+        for column, key in zip(columns, keys, strict=True):
+            column.extend([row.get(key, "") for row in rows])
+    frame = pd.DataFrame(
+        dict(enumerate(columns)), index=pd.RangeIndex(len(columns[0]) if columns else 0), dtype=str
+    )
+    frame.columns = pd.Index(names, dtype=object)
+    return frame

@@ -7,13 +7,14 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from _journal import stored_events as _events
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import csvjournal
-from csvjournal import Journal
+from csvjournal import Journal, _reads
 
 
 def test_counts_len_and_pending(journal: Journal) -> None:
@@ -171,6 +172,21 @@ def test_to_dataframe_is_all_text_in_csv_order(journal: Journal) -> None:
     assert list(frame["MISSING"]) == ["NA", ""]
     assert list(frame["AMOUNT"]) == ["", "100000.0"]
     assert all(isinstance(v, str) for col in frame.columns for v in frame[col])
+
+
+def test_to_dataframe_reads_as_the_exported_csv(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_reads, "_CHUNK_ROWS", 7)  # rows parsed in several chunks
+    with journal.batch():
+        for n in range(30):
+            fields = {"A": n} if n % 3 else {"B": f"x{n}", "A\u00e9": "\u2603"}
+            journal.record(f"PO-{n:02d}", "COMPLETED" if n % 2 else None, **fields)
+    journal.flush(timeout=30)
+    exported = pd.read_csv(journal.csv_path, dtype=str, keep_default_na=False)
+    frame = journal.to_dataframe()
+    assert frame.to_dict("split") == exported.to_dict("split")
+    assert len(frame) == 30
 
 
 def test_to_dataframe_of_an_empty_journal_has_the_columns(journal: Journal) -> None:
