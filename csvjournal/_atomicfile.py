@@ -262,10 +262,12 @@ def write_temp(path: Path, data: bytes | Iterable[bytes], *, sync: bool = True) 
     return Path(name), f"{length}:{crc:08x}"
 
 
-def replace_with(temp: Path, path: Path) -> None:
+def replace_with(temp: Path, path: Path) -> os.stat_result:
     """Rename ``temp`` over ``path`` (over its target if it is a symbolic link) with the
     old file's permissions (a new file gets 0666 less the umask), then fsync the folder.
-    On failure ``temp`` is removed, ``path`` kept.
+    On failure ``temp`` is removed, ``path`` kept. Returns ``temp``'s status as renamed
+    (its inode, size and modification time are the file's at ``path`` until another file
+    replaces it there, as another program's save may as soon as the rename is done).
 
     The new file gets the old one's owner and group too, as far as this process may (see
     :func:`_take_owner`): a sheet shared with a group stays readable by it. A file this
@@ -286,6 +288,7 @@ def replace_with(temp: Path, path: Path) -> None:
             # before the mode: a chown by another user than root clears a setgid bit
             mode = _take_owner(temp, old, stat.S_IMODE(old.st_mode))
         os.chmod(temp, mode)
+        renamed = os.stat(temp)
         os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -296,6 +299,7 @@ def replace_with(temp: Path, path: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    return renamed
 
 
 def _check_writable(target: Path) -> None:

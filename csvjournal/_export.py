@@ -156,8 +156,7 @@ class ExportWriter(ExportSignals):
         if unchanged:
             temp.unlink()
         else:
-            replace_with(temp, self._csv_path)
-            self._guard.placed()
+            self._guard.placed(replace_with(temp, self._csv_path))
         # Not synced: lost in a power cut, the CSV still matches csv_pending (synced before
         # the rename), so it is known, not a hand edit; and csv_seq only makes flush() and
         # the next exporter export once more.

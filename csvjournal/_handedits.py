@@ -7,6 +7,7 @@ was edited by someone else, never left by an exporter killed mid-export.
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
@@ -131,9 +132,12 @@ class CsvGuard:
         self._placed: tuple[int, ...] | None = None
         self._refused: tuple[tuple[int, ...], frozenset[object]] | None = None
 
-    def placed(self) -> None:
-        """The CSV on disk now is one csvjournal wrote or checked (or there is none)."""
-        self._placed = _identity(self._csv_path)
+    def placed(self, renamed: os.stat_result | None = None) -> None:
+        """The CSV on disk now is one csvjournal wrote or checked (or there is none); given
+        ``renamed``, the status of the file this exporter just renamed there: a save by
+        another program right after the rename is no file of ours, even if made before
+        this call."""
+        self._placed = _identity(self._csv_path) if renamed is None else _status_identity(renamed)
         self._refused = None
 
     def check(self) -> None:
@@ -186,4 +190,8 @@ def _identity(path: Path) -> tuple[int, ...] | None:
         stat = path.stat()
     except FileNotFoundError:
         return None
+    return _status_identity(stat)
+
+
+def _status_identity(stat: os.stat_result) -> tuple[int, ...]:
     return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns

@@ -45,6 +45,31 @@ def running(csv_path: Path) -> csvjournal.Journal:
     return journal
 
 
+def test_a_save_right_after_an_exports_rename_is_kept(
+    running: csvjournal.Journal, csv_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the save lands while the exporter syncs the folder after renaming its file in place:
+    # the exporter must not take the saved file for its own and overwrite it next time
+    real_fsync, saved, folder = os.fsync, [], csv_path.parent.stat()
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        if not saved and os.path.samestat(os.fstat(fd), folder):  # not a backup's folder
+            _edit_like_an_editor(csv_path)
+            saved.append(csv_path.read_bytes())
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    running.record("b", "COMPLETED")
+    _flushed(running)
+    assert saved
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    running.record("c", "COMPLETED")
+    with pytest.raises(csvjournal.CsvChangedError, match="import --merge"):
+        running.flush(timeout=10)
+    assert csv_path.read_bytes() == saved[0]
+    running.close()
+
+
 @pytest.mark.parametrize("edit", EDITS.values(), ids=EDITS.keys())
 def test_an_edit_made_while_exporting_is_kept_until_merged(
     running: csvjournal.Journal, csv_path: Path, edit: Callable[[Path], None]
