@@ -22,7 +22,7 @@ from csvjournal.csvio import fingerprint
 from csvjournal.errors import CsvChangedError
 from csvjournal.store import Store
 
-__all__ = ["CsvGuard", "block", "blocked_by", "check_csv"]
+__all__ = ["CsvGuard", "block", "blocked_by", "check_csv", "file_identity"]
 
 log = structlog.get_logger(__name__)
 
@@ -137,7 +137,9 @@ class CsvGuard:
         ``renamed``, the status of the file this exporter just renamed there: a save by
         another program right after the rename is no file of ours, even if made before
         this call."""
-        self._placed = _identity(self._csv_path) if renamed is None else _status_identity(renamed)
+        self._placed = (
+            file_identity(self._csv_path) if renamed is None else _status_identity(renamed)
+        )
         self._refused = None
 
     def check(self) -> None:
@@ -146,7 +148,7 @@ class CsvGuard:
         Raises:
             CsvChangedError: the CSV is neither the one placed nor one the journal knows.
         """
-        identity = _identity(self._csv_path)
+        identity = file_identity(self._csv_path)
         if identity is None or identity == self._placed:
             return
         with self._store.read() as conn:
@@ -165,10 +167,13 @@ class CsvGuard:
         )
 
 
-def block(conn: Connection, csv_path: Path, error: str) -> None:
+def block(conn: Connection, csv_path: Path, error: str) -> tuple[int, ...] | None:
     """Note that a hand edit of the CSV on disk stops the exports (inside ``conn``'s write
-    transaction), for :func:`blocked_by` in any process."""
-    write_value(conn, "csv_blocked", {"file": _identity(csv_path), "error": error})
+    transaction), for :func:`blocked_by` in any process; return the file noted (see
+    :func:`file_identity`)."""
+    identity = file_identity(csv_path)
+    write_value(conn, "csv_blocked", {"file": identity, "error": error})
+    return identity
 
 
 def blocked_by(conn: Connection, csv_path: Path) -> str | None:
@@ -178,14 +183,14 @@ def blocked_by(conn: Connection, csv_path: Path) -> str | None:
     note = read_value(conn, "csv_blocked")
     if not isinstance(note, dict):
         return None
-    current = _identity(csv_path)
+    current = file_identity(csv_path)
     if current is None or list(current) != note.get("file"):
         return None
     return str(note.get("error"))
 
 
-def _identity(path: Path) -> tuple[int, ...] | None:
-    """What tells one file from another at a path without reading it, or None if none."""
+def file_identity(path: Path) -> tuple[int, ...] | None:
+    """What tells the file at ``path`` from any other without reading it (None: none)."""
     try:
         stat = path.stat()
     except FileNotFoundError:

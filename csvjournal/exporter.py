@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from csvjournal._export import ExportWriter, Preview, note_failure
 from csvjournal._forking import ForkGate
-from csvjournal._handedits import block, check_csv
+from csvjournal._handedits import block, check_csv, file_identity
 from csvjournal._oslock import ExporterLock, lock_path
 from csvjournal._rendercache import SAVE_CHUNK
 from csvjournal._settings import Settings
@@ -79,6 +79,7 @@ class Exporter(ExportWriter):
         self._failures = 0
         self._saved_at = 0.0  # monotonic time of the last records stored after an export
         self._saving_failed = False  # said once until the records are stored again
+        self._blocked_file: tuple[int, ...] | None = None  # the hand edit noted as blocking
         self._thread: threading.Thread | None = None
         self.removed_temp_files: list[Path] = []
 
@@ -306,11 +307,10 @@ class Exporter(ExportWriter):
         except CsvChangedError as exc:  # a hand edit while we run: keep it, say what to do
             if self.blocked is None:
                 log.error("csv_changed_by_hand", path=str(self._csv_path), error=str(exc))
-                try:
-                    with self._store.write(synced=False) as conn:
-                        block(conn, self._csv_path, str(exc))
-                except _FAILURES as error:  # a full disk: other processes see no note
-                    log.warning("csv_block_not_noted", path=str(self._csv_path), error=str(error))
+            # Noted again for each file saved: a note about the first file saved is void
+            # once another replaces it, and the other processes would wait for exports.
+            if self.blocked is None or file_identity(self._csv_path) != self._blocked_file:
+                self._note_block(exc)
             self._missed(exc)
             return _BLOCKED_SECONDS
         except _FAILURES as exc:
@@ -332,6 +332,14 @@ class Exporter(ExportWriter):
             self._save_lines(SAVE_CHUNK)
             self._saved_at = now = time.monotonic()
         return max(_AFTER_EXPORT_SECONDS, _EVERY_SECONDS - (now - started))
+
+    def _note_block(self, exc: CsvChangedError) -> None:
+        """Note, for every process, that the hand edit on disk now stops the exports."""
+        try:
+            with self._store.write(synced=False) as conn:
+                self._blocked_file = block(conn, self._csv_path, str(exc))
+        except _FAILURES as error:  # a full disk: other processes see no note
+            log.warning("csv_block_not_noted", path=str(self._csv_path), error=str(error))
 
     # -- stop ----------------------------------------------------------------------------
 

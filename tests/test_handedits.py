@@ -15,6 +15,7 @@ from _exporter import exported_rows as _rows
 from structlog.testing import capture_logs
 
 import csvjournal
+from csvjournal.progress import progress
 
 HAND_ROW = "hand,,\n"  # a row typed in by someone: key, empty status and timestamp
 
@@ -109,6 +110,20 @@ def test_deleting_the_edited_csv_has_it_written_anew(
     running.record("c", "COMPLETED")
     _flushed(running)  # exporting as before
     assert "c" in _rows(csv_path)
+    running.close()
+
+
+@pytest.mark.parametrize("edit", EDITS.values(), ids=EDITS.keys())
+def test_other_handles_learn_of_a_second_save_of_the_edit(
+    running: csvjournal.Journal, csv_path: Path, edit: Callable[[Path], None]
+) -> None:
+    with csvjournal.open(csv_path, export=False) as worker:
+        for save in range(2):
+            edit(csv_path)
+            worker.record(f"w{save}", "COMPLETED")
+            with pytest.raises(csvjournal.CsvChangedError, match="import --merge"):
+                worker.flush(timeout=10)
+            assert progress(worker).csv_edited_by_hand
     running.close()
 
 
