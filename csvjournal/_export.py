@@ -75,9 +75,14 @@ class ExportWriter(ExportSignals):
 
     def behind(self, exported: int) -> bool:
         """Whether the CSV, showing event ``exported``, lacks a commit, or shows the
-        formula guard another open turned on or off since (a commit with no record)."""
+        formula guard another open turned on or off since, or no state of the journal
+        (a merge of a hand edit: a commit with no record, say)."""
         with self._store.read() as conn:
-            return _reads.last_seq(conn) > exported or stored_guard(conn) != self._formula_guard
+            return (
+                _reads.last_seq(conn) > exported
+                or stored_guard(conn) != self._formula_guard
+                or _reads.exported_seq(conn) is None
+            )
 
     def follow_guard(self, conn: Connection) -> None:
         """Take the formula guard as the journal stores it now: another handle's open may

@@ -115,22 +115,25 @@ def flush_csv(
     with operation(), store.read() as conn:
         target = _reads.last_seq(conn)
         guard = stored_guard(conn)
+        shown = _reads.exported_seq(conn)
         failed_before = export_failure(conn)  # another handle's exporter, failing already
     deadline = None if timeout is None else time.monotonic() + timeout
     if exporter is not None and exporter.leading:
-        if exporter.formula_guard != guard:  # turned on or off by an open: no new commit
+        # The guard turned on or off by an open, or a merged hand edit that the CSV still
+        # shows (its rows deleted, say): no new commit, and yet the CSV is behind.
+        if exporter.formula_guard != guard or shown is None:
             exporter.export_again(None if deadline is None else deadline - time.monotonic())
         if _by_this_exporter(exporter, csv_path, target, deadline):
             return
     while True:
         with operation(), store.read() as conn:
             exported = _reads.exported_seq(conn)  # None: never written from the journal
-            if exported is not None and exported >= target and csv_path.exists():
-                return
             blocked = blocked_by(conn, csv_path)
             failure = export_failure(conn)
         if blocked is not None:  # the exporter of another handle waits for the edit's fate
             raise CsvChangedError(blocked)
+        if exported is not None and exported >= target and csv_path.exists():
+            return
         try:
             with operation():
                 exported = export_here(store, settings, csv_path, formula_guard)
@@ -201,6 +204,8 @@ def _by_this_exporter(
     missed = exporter.missed
     timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
     if exporter.wait_for(target, timeout, lambda: exporter.leading):
+        if exporter.blocked is not None:  # the CSV on disk is a hand edit, not merged
+            raise CsvChangedError(str(exporter.blocked))
         if csv_path.exists():
             return True
         # deleted: written anew (the thread would notice, in a while)

@@ -142,6 +142,12 @@ class CsvGuard:
         )
         self._refused = None
 
+    def moved(self) -> bool:
+        """Whether the CSV on disk is another file than the one placed or last passed
+        (one ``stat``): an edit, or a file the journal knows; :meth:`check` tells."""
+        identity = file_identity(self._csv_path)
+        return identity is not None and identity != self._placed
+
     def check(self) -> None:
         """Refuse to replace the CSV on disk if it was edited by hand since :meth:`placed`.
 

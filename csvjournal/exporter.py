@@ -227,9 +227,11 @@ class Exporter(ExportWriter):
                     if not self._keep_role():
                         return False
                 with self._gate.operation():  # no connection may be open across a fork
-                    # A CSV deleted by hand is written anew, commits or not.
+                    # A CSV deleted by hand is written anew, commits or not; one edited
+                    # by hand is found at once (flush() and status say so), not at the
+                    # next commit's export.
                     idle = not (self._forced or self._failures or self.blocked)
-                    idle = idle and self._csv_path.exists()
+                    idle = idle and self._csv_path.exists() and not self._guard.moved()
                     # The newest event is read only if someone committed since the last poll.
                     try:
                         seen, version = version, self._store.data_version()

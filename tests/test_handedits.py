@@ -127,6 +127,30 @@ def test_other_handles_learn_of_a_second_save_of_the_edit(
     running.close()
 
 
+@pytest.mark.parametrize("edit", EDITS.values(), ids=EDITS.keys())
+def test_an_idle_job_finds_an_edit_without_a_commit(
+    running: csvjournal.Journal, csv_path: Path, edit: Callable[[Path], None]
+) -> None:
+    edit(csv_path)
+    edited = csv_path.read_bytes()
+    deadline = time.monotonic() + 10
+    while not progress(running).csv_edited_by_hand:  # found by the exporter, not a commit
+        assert time.monotonic() < deadline, "status never saw the edit"
+        time.sleep(0.02)
+    assert not progress(running).csv_current
+    with pytest.raises(csvjournal.CsvChangedError, match="import --merge"):
+        running.flush(timeout=10)
+    worker = csvjournal.open(csv_path, export=False)
+    with pytest.raises(csvjournal.CsvChangedError, match="import --merge"):
+        worker.flush(timeout=10)
+    worker.close()
+    assert csv_path.read_bytes() == edited
+    csvjournal.merge_csv(csv_path)
+    _flushed(running)  # exporting again, the hand row in the journal
+    assert "hand" in _rows(csv_path)
+    running.close()
+
+
 def test_other_handles_learn_of_the_edit_instead_of_waiting(
     running: csvjournal.Journal, csv_path: Path
 ) -> None:

@@ -8,8 +8,11 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import csvjournal
+from csvjournal.cli import cli
+from csvjournal.progress import progress
 
 
 def _start(csv_path: Path) -> None:
@@ -57,6 +60,29 @@ def test_rows_deleted_by_hand_come_back_after_a_merge_that_changed_nothing(
     with csvjournal.open(csv_path):  # the merged file is accepted, and written anew
         pass
     assert csv_path.read_text(encoding="utf-8") == exported
+
+
+@pytest.mark.parametrize("merge_by", ["api", "cli"])
+def test_a_merge_that_records_nothing_while_the_job_idles_rewrites_the_csv(
+    csv_path: Path, merge_by: str
+) -> None:
+    # the job's exporter idles: no commit comes to tell it that the CSV shows an edit
+    _start(csv_path)
+    with csvjournal.open(csv_path) as job:
+        job.flush(timeout=10)
+        exported = csv_path.read_text(encoding="utf-8")
+        edit = exported.replace("b,COMPLETED,y,\n", "").replace("c,COMPLETED", "c,PENDING")
+        csv_path.write_text(edit, encoding="utf-8")
+        if merge_by == "api":
+            report = csvjournal.merge_csv(csv_path)
+            assert (report.terminal_kept, report.missing) == (["c"], ["b"])
+            job.flush(timeout=10)
+        else:
+            result = CliRunner().invoke(cli, ["import", str(csv_path), "--merge"])
+            assert result.exit_code == 0, result.output
+            assert "1 terminal rows kept, 1 missing from the CSV" in result.output
+        assert csv_path.read_text(encoding="utf-8") == exported
+        assert progress(job).csv_current
 
 
 def test_merging_a_bad_csv_changes_nothing(csv_path: Path) -> None:
