@@ -6,7 +6,9 @@ again, the cell comes back as that program shows dates: ``30.11.2026 14:44``,
 sheet shows, so it reads such a cell back as a *window*: the minute (or second) shown. The
 day and month of ``1/2/2026`` may be either way round: both windows are candidates, and the
 row's own events tell which one is right (see :mod:`csvjournal.merge`). Times are taken as
-written: a spreadsheet shows the text's time, it does not convert it to a time zone.
+written: a spreadsheet shows the text's time, it does not convert it to a time zone. A
+time with its offset from UTC (``2026-11-30 15:44:12.345+01:00``, as pandas writes times
+it was told are UTC and then converted) is taken back to UTC.
 """
 
 from __future__ import annotations
@@ -16,7 +18,11 @@ from datetime import datetime, timedelta
 
 __all__ = ["stamp_windows"]
 
-_TIME = r"[ T,]+(\d{1,2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,6}))?)?\s*([AaPp]\.?\s?[Mm]\.?)?\s*Z?"
+_TIME = (
+    r"[ T,]+(\d{1,2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?\s*([AaPp]\.?\s?[Mm]\.?)?"
+    # a zone, as pandas and isoformat() write it (+00:00), or said (Z, UTC, GMT)
+    r"\s*(?:Z|UTC|GMT|([+-])(\d{2}):?(\d{2})?)?"
+)
 _YEAR_FIRST = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})" + _TIME)
 _YEAR_LAST = re.compile(r"(\d{1,2})([./-])(\d{1,2})[./-](\d{4}|\d{2})" + _TIME)
 
@@ -52,7 +58,7 @@ def stamp_windows(text: str) -> list[tuple[str, str]]:
 def _window(
     year: int, month: int, day: int, clock: tuple[str | None, ...]
 ) -> tuple[str, str] | None:
-    hour_text, minute, second, fraction, meridiem = clock
+    hour_text, minute, second, fraction, meridiem, sign, zone_hours, zone_minutes = clock
     hour = int(hour_text or 0)
     if meridiem is not None:
         if not 1 <= hour <= 12:
@@ -66,6 +72,9 @@ def _window(
             width = timedelta(milliseconds=10 ** (3 - len(digits)))
         else:
             width = timedelta(minutes=1) if second is None else timedelta(seconds=1)
+        if sign is not None:  # the time of that zone: UTC's is the offset less
+            offset = timedelta(hours=int(zone_hours or 0), minutes=int(zone_minutes or 0))
+            start -= offset if sign == "+" else -offset
         return _stamp(start), _stamp(start + width)
     except (ValueError, OverflowError):  # a 13th month (the other order), 31.12.9999 23:59
         return None

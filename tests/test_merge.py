@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import codecs
 import re
+import time
 import tracemalloc
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -629,3 +631,24 @@ def test_with_the_formula_guard_guarded_header_names_are_the_journals_columns(
         match=r"line 1, column 10: header name '@N' again \(line 1, column 6\)",
     ):
         csvjournal.merge_csv(csv_path)
+
+
+def test_a_sheet_pandas_read_with_dates_keeps_the_jobs_newer_records(csv_path: Path) -> None:
+    # an analyst reads the sheet with its stamps as dates, the job records on, the sheet
+    # comes back with pandas' stamps (2026-11-30 14:44:12.345000+00:00)
+    csv_path.write_text("PO,NOTE\nA1,\nA2,\n", encoding="utf-8")
+    with csvjournal.open(csv_path, key="PO") as job:
+        job.record("A2", "FAILED", ERROR="timed out")
+        job.flush(timeout=10)
+        sheet = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+        sheet["LAST_PROCESSED"] = pd.to_datetime(sheet["LAST_PROCESSED"], format="ISO8601")
+        sheet.loc[sheet.PO == "A1", "NOTE"] = "check supplier"
+        time.sleep(0.01)  # the next record's stamp is another millisecond
+        job.record("A2", "FAILED", ERROR="HTTP 404")
+        job.flush(timeout=10)
+        sheet.to_csv(csv_path, index=False)
+        assert "+00:00" in csv_path.read_text(encoding="utf-8")
+        report = csvjournal.merge_csv(csv_path)
+        assert (report.updated, report.newer_kept) == (["A1"], ["A2"])
+        assert job.get("A2")["ERROR"] == "HTTP 404"  # type: ignore[index]
+        assert job.get("A1")["NOTE"] == "check supplier"  # type: ignore[index]

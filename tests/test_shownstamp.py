@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -31,6 +32,22 @@ from csvjournal._values import format_timestamp
         ),
         ("13/2/2026 09:30", [("2026-02-13T09:30:00.000Z", "2026-02-13T09:31:00.000Z")]),
         ("2/2/2026 09:30", [("2026-02-02T09:30:00.000Z", "2026-02-02T09:31:00.000Z")]),
+        # pandas' and isoformat()'s, with a zone: taken back to UTC
+        (
+            "2026-11-30 14:44:12.345+00:00",
+            [("2026-11-30T14:44:12.345Z", "2026-11-30T14:44:12.346Z")],
+        ),
+        (
+            "2026-11-30 14:44:12.345000+00:00",
+            [("2026-11-30T14:44:12.345Z", "2026-11-30T14:44:12.346Z")],
+        ),
+        (
+            "2026-11-30 15:44:12.345+01:00",
+            [("2026-11-30T14:44:12.345Z", "2026-11-30T14:44:12.346Z")],
+        ),
+        ("2026-11-30 09:44:12-0500", [("2026-11-30T14:44:12.000Z", "2026-11-30T14:44:13.000Z")]),
+        ("2026-11-30 14:44:12 UTC", [("2026-11-30T14:44:12.000Z", "2026-11-30T14:44:13.000Z")]),
+        ("2026-12-01 00:14+09:30", [("2026-11-30T14:44:00.000Z", "2026-11-30T14:45:00.000Z")]),
     ],
 )
 def test_re_formatted_stamps_read_as_the_minute_or_second_shown(
@@ -53,6 +70,7 @@ def test_a_stamp_lies_in_a_window_of_each_rendering(moment: datetime) -> None:
         moment.strftime("%d.%m.%Y %H:%M"),
         moment.strftime("%m/%d/%Y %I:%M %p"),
         moment.strftime("%Y-%m-%d %H:%M:%S"),
+        str(pd.Timestamp(stamp).tz_convert("Asia/Kolkata")),  # as pandas writes it back
     ):
         assert any(start <= stamp < end for start, end in stamp_windows(cell)), cell
     assert stamp_windows(moment.strftime("%d.%m.%Y %H:%M"))[0][0] > format_timestamp(
