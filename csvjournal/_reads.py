@@ -29,6 +29,7 @@ __all__ = [
     "get",
     "history",
     "last_seq",
+    "leased_keys",
     "next_lease_end",
     "pending",
     "pending_count",
@@ -69,6 +70,16 @@ def rows_by_key(conn: Connection, columns: list[str], keys: list[str]) -> dict[s
         f"SELECT key, cells FROM rows WHERE key IN ({','.join('?' * len(keys))})", keys
     )
     return {key: dict(zip(columns, cells_of(columns, cells), strict=True)) for key, cells in found}
+
+
+def leased_keys(conn: Connection, keys: list[str], now: float) -> set[str]:
+    """Those of ``keys`` (a few hundred at most) whose rows a live lease holds."""
+    found = t.driver(conn).execute(
+        f"SELECT key FROM rows WHERE key IN ({','.join('?' * len(keys))})"
+        " AND done = 0 AND holder IS NOT NULL AND lease_until > ?",
+        [*keys, now],
+    )
+    return {key for (key,) in found}
 
 
 def last_seq(conn: Connection) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Context, Decimal
@@ -60,6 +61,8 @@ class MergeReport:
     newer_kept: list[str] = field(default_factory=list)
     # columns the edit added (kept even while every cell is empty)
     added_columns: list[str] = field(default_factory=list)
+    # rows a worker holds (a live lease): their status in the file not taken
+    leased_kept: list[str] = field(default_factory=list)
 
 
 def merge_csv(
@@ -194,6 +197,7 @@ def _merge_rows(
         other = [show(key) for key in typed]  # the row's key, if it has the ' itself
         with journal._reading() as conn:
             current = _reads.rows_by_key(conn, columns, list({*typed, *other}))
+            leased = _reads.leased_keys(conn, list(current), time.time())
         keys = [
             key if key in current or twin not in current else twin
             for key, twin in zip(typed, other, strict=True)
@@ -218,7 +222,16 @@ def _merge_rows(
                 # no version to go by (a stamp typed over): the last export's
                 newer = found if found is not None else since_export.get(key, set())
             try:
-                _merge_row(journal, settings, row, known, newer, key=key, report=report)
+                _merge_row(
+                    journal,
+                    settings,
+                    row,
+                    known,
+                    newer,
+                    key=key,
+                    leased=key in leased,
+                    report=report,
+                )
             except RecordError as exc:  # text the CSV's encoding cannot write, say
                 detail = str(exc).removeprefix(f"{journal.csv_path}: ")
                 raise CsvFormatError(f"{path}: line {line}: {detail}") from None
@@ -329,8 +342,12 @@ def _merge_row(
     newer: set[str],
     *,
     key: str,
+    leased: bool,
     report: MergeReport,
 ) -> None:
+    """Merge one ``row`` of the file into the journal's row ``known`` (None: a new row),
+    keeping the fields ``newer`` that records changed after the version the file shows;
+    the status of a row ``leased`` to a worker, which records it, stays."""
     shown = guard_formula if settings.formula_guard else str
     read = unguard_formula if settings.formula_guard else str
     ours = {settings.key_column, settings.status_column, settings.timestamp_column}
@@ -350,6 +367,9 @@ def _merge_row(
     blanked = status is None and settings.status_column in row  # not a deleted column
     if blanked and known_status not in ("", PENDING):
         status = PENDING  # a status blanked by hand: pending, as an empty status counts
+    if status is not None and status != known_status and leased:
+        report.leased_kept.append(key)  # two workers would hold the row at once
+        status = None
     if status is not None and status != known_status and settings.status_column in newer:
         stale.add(settings.status_column)
         status = None  # the journal's status is newer than the file's

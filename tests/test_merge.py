@@ -652,3 +652,29 @@ def test_a_sheet_pandas_read_with_dates_keeps_the_jobs_newer_records(csv_path: P
         assert (report.updated, report.newer_kept) == (["A1"], ["A2"])
         assert job.get("A2")["ERROR"] == "HTTP 404"  # type: ignore[index]
         assert job.get("A1")["NOTE"] == "check supplier"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("typed", ["PENDING", "", "COMPLETED"])
+def test_a_row_a_worker_holds_keeps_its_status_but_takes_other_edits(
+    csv_path: Path, typed: str
+) -> None:
+    csv_path.write_text("ID,NOTE\nA1,\nA2,\n", encoding="utf-8")
+    with csvjournal.open(csv_path, key="ID") as job:
+        assert job.claim(1, lease=600, worker="w1") == ["A1"]
+        job.flush(timeout=10)
+        text = csv_path.read_text(encoding="utf-8")
+        csv_path.write_text(text.replace("A1,,IN_PROGRESS", f"A1,look,{typed}"), encoding="utf-8")
+        report = csvjournal.merge_csv(csv_path)
+        assert (report.leased_kept, report.updated) == (["A1"], ["A1"])
+        row = job.get("A1")
+        assert row is not None
+        assert (row["STATUS"], row["NOTE"]) == ("IN_PROGRESS", "look")
+        assert job.claim(2, lease=600, worker="w2") == ["A2"]  # not A1 a second time
+        assert job.extend(["A1"], 600, worker="w1") == ["A1"]  # w1 holds it still
+        job.flush(timeout=10)
+        job.release(["A1"], worker="w1")
+        job.flush(timeout=10)  # once nobody holds it, the file's status is taken
+        text = csv_path.read_text(encoding="utf-8")
+        csv_path.write_text(text.replace("A1,look,PENDING", "A1,look,COMPLETED"), encoding="utf-8")
+        assert csvjournal.merge_csv(csv_path).leased_kept == []
+        assert job.get("A1")["STATUS"] == "COMPLETED"  # type: ignore[index]

@@ -200,6 +200,7 @@ def import_(csv: Path, merge: bool, encoding: str | None, as_json: bool) -> None
         ("columns added", report.added_columns),
         ("terminal rows kept (their status in the file not taken)", report.terminal_kept),
         ("rows whose newer records were kept over the file's", report.newer_kept),
+        ("rows a worker holds (their status in the file not taken)", report.leased_kept),
     ]
     for what, names in details:
         if names:
