@@ -73,6 +73,7 @@ def test_import_merge_reports_columns_and_kept_keys_and_json(orders: Path) -> No
         "missing": [],
         "newer_kept": [],
         "added_columns": [],
+        "leased_kept": [],
     }
 
 
