@@ -21,11 +21,9 @@ as shown, and a guarded value the edit brings in is recorded without its ``'``.
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from decimal import ROUND_DOWN, ROUND_HALF_UP, Context, Decimal
 from itertools import islice
 from pathlib import Path
 from typing import NoReturn
@@ -35,6 +33,7 @@ import structlog
 from csvjournal import _newer, _reads
 from csvjournal._importer import check_keys
 from csvjournal._leases import Action
+from csvjournal._mangledkeys import refuse_mangled_keys
 from csvjournal._mergeread import read_sheet
 from csvjournal._newer import MERGE_WORKER
 from csvjournal._open import open as open_journal
@@ -238,7 +237,9 @@ def _merge_rows(
     with journal._reading() as conn:
         report.missing.extend(key for key in _reads.keys(conn) if key not in seen)
     if report.added and report.missing:
-        _refuse_numbered_keys(path, parsed, settings.key_column, report, read)
+        refuse_mangled_keys(
+            path, parsed, settings.key_column, added=report.added, missing=report.missing, read=read
+        )
 
 
 _CHUNK_ROWS = 400  # rows merged between two reads of the journal's rows (<= 800 keys)
@@ -260,77 +261,6 @@ def _refuse_again(
     raise CsvFormatError(
         f"{path}: line {line}, column {column!r}: key {key!r} again (line {first}), once the"
         " formula guard's ' is taken off"
-    )
-
-
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,4})?")
-_LONGEST_NUMBER = 40  # characters: no spreadsheet shows a number longer
-_EXCEL_DIGITS = 15  # significant digits Excel keeps of a number
-
-
-def _as_number(key: str) -> Decimal | None:
-    if len(key) > _LONGEST_NUMBER or not _NUMBER.fullmatch(key):
-        return None
-    return Decimal(key)
-
-
-def _shown_by(gone: list[tuple[Decimal, str]], digits: int) -> dict[Decimal, str]:
-    """The keys ``gone`` by each number a spreadsheet could show them as with ``digits``
-    significant digits: rounded or cut (``1.23457E+11`` for ``123456789012``; Excel keeps
-    15 digits of a longer number)."""
-    shown: dict[Decimal, str] = {}
-    for number, key in gone:
-        if len(number.normalize().as_tuple().digits) <= digits:
-            shown.setdefault(number.normalize(), key)
-            continue
-        for mode in (ROUND_HALF_UP, ROUND_DOWN):
-            shown.setdefault(Context(prec=digits, rounding=mode).plus(number).normalize(), key)
-    return shown
-
-
-def _refuse_numbered_keys(
-    path: Path, parsed: ParsedCsv, column: str, report: MergeReport, read: Callable[[str], str]
-) -> None:
-    """Refuse new keys that are the number of a key missing from the file (``123`` for
-    ``00123``, ``1.23457E+11`` for ``123456789012``): a spreadsheet read the key column as
-    numbers and wrote them back as it shows them. Merged, every such row would be a new
-    row, its work done a second time.
-
-    Raises:
-        CsvFormatError: the first such key, at its line, with the key it stands for.
-    """
-    gone = [(number, key) for key in report.missing if (number := _as_number(key)) is not None]
-    if not gone:
-        return
-    by_digits: dict[int, dict[Decimal, str]] = {}  # one index per precision the file shows
-    pairs: dict[str, str] = {}
-    for key in report.added:
-        number = _as_number(key)
-        if number is None:
-            continue
-        shown = number.normalize()
-        # rounded only as spreadsheets round: in scientific notation, or to 15 digits
-        rounded = "e" in key.lower() or len(key.strip("+-0").replace(".", "")) >= _EXCEL_DIGITS
-        digits = len(shown.as_tuple().digits) if rounded else _LONGEST_NUMBER
-        if digits not in by_digits:
-            by_digits[digits] = _shown_by(gone, digits)
-        if shown in by_digits[digits]:
-            pairs[key] = by_digits[digits][shown]
-    if not pairs:
-        return
-    index = parsed.header.index(column)
-    line, new = next(
-        (line, read(values[index]))
-        for line, values in parsed.records()
-        if read(values[index]) in pairs
-    )
-    more = f" (and {len(pairs) - 1} more like it)" if len(pairs) > 1 else ""
-    raise CsvFormatError(
-        f"{path}: line {line}, column {column!r}: key {new!r} is not in the journal, and its"
-        f" key {pairs[new]!r} is missing from the file{more}: a spreadsheet read the keys as"
-        " numbers (leading zeros lost, digits rounded). Put the keys back (import the column"
-        " as text) and merge again; if the new keys are meant, keep the old rows in the file"
-        " too (a merge never deletes a row)"
     )
 
 

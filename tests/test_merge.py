@@ -327,9 +327,17 @@ def test_a_re_formatted_stamp_of_the_newest_version_lets_a_status_be_blanked(
         (["123", "5"], ["100", "5"], None),  # not a rounding a spreadsheet shows
         (["7", "100000"], ["7", "1E+05"], "key '1E+05' is not in the journal, and its key"
          " '100000'"),
+        # keys read as dates, shown as the spreadsheet's locale shows dates
+        (["2026-11-01", "2026-11-02"], ["11/1/2026", "11/2/2026"], "key '11/1/2026' is not in"
+         " the journal, and its key '2026-11-01' is missing from the file (and 1 more like it):"
+         " a spreadsheet read the keys as dates"),
+        (["2026-11-01"], ["01.11.2026"], "its key '2026-11-01' is missing"),
+        (["2026-03-04"], ["04/03/26"], "its key '2026-03-04' is missing"),
+        (["2026-11-01"], ["1-Nov-26"], "its key '2026-11-01' is missing"),
+        (["2026-11-01"], ["11/2/2026"], None),  # another day
     ],
 )  # fmt: skip
-def test_keys_a_spreadsheet_turned_into_numbers_are_refused_not_added(
+def test_keys_a_spreadsheet_turned_into_numbers_or_dates_are_refused_not_added(
     csv_path: Path, keys: list[str], resaved: list[str], message: str | None
 ) -> None:
     # Excel drops leading zeros: merged, each row would come back as a new, PENDING row
