@@ -142,6 +142,7 @@ def test_a_csv_whose_journal_was_lost_is_pointed_to_its_newest_backup(
     csv.write_text("ID,NAME\n1,a\n")
     ok(invoke("init", csv, "--key", "ID"))
     backup = ok(invoke("backup", csv)).strip()
+    assert ok(invoke("backups", csv)).split()[-1] == backup  # named alike
     for leftover in tmp_path.glob("plain.csv.journal*"):
         leftover.unlink()
     line = assert_error(invoke(command, csv, *ON_A_JOURNAL[command]), f"no journal for {csv}")

@@ -13,7 +13,7 @@ from csvjournal import _migrate
 from csvjournal._flush import RETRY_NOTE
 from csvjournal._importer import listed, unfinished
 from csvjournal._values import format_timestamp
-from csvjournal.backup import list_backups, prune_backups
+from csvjournal.backup import backups_folder, list_backups, prune_backups
 from csvjournal.cli._app import (
     FLUSH_SECONDS,
     CliError,
@@ -243,7 +243,7 @@ def backup(csv: Path, keep: int) -> None:
     with existing_journal(csv) as journal:
         folder = journal.backup()
     prune_backups(csv, keep)
-    click.echo(str(folder))
+    click.echo(str(backups_folder(csv) / folder.name))  # as `backups` lists it
 
 
 @cli.command()
