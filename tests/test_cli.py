@@ -142,7 +142,6 @@ def test_a_csv_whose_journal_was_lost_is_pointed_to_its_newest_backup(
     csv.write_text("ID,NAME\n1,a\n")
     ok(invoke("init", csv, "--key", "ID"))
     backup = ok(invoke("backup", csv)).strip()
-    assert ok(invoke("backups", csv)).split()[-1] == backup  # named alike
     for leftover in tmp_path.glob("plain.csv.journal*"):
         leftover.unlink()
     line = assert_error(invoke(command, csv, *ON_A_JOURNAL[command]), f"no journal for {csv}")
@@ -306,3 +305,14 @@ def test_every_command_lists_the_late_flags_in_its_help(command: str) -> None:
     out = ok(invoke(command, "--help"))
     assert "--log-json" in out
     assert "--debug" in out
+
+
+def test_backup_names_the_new_backup_as_backups_lists_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the CSV given by a relative path
+    Path("plain.csv").write_text("ID,NAME\n1,a\n")
+    ok(invoke("init", "plain.csv", "--key", "ID"))
+    made = ok(invoke("backup", "plain.csv")).strip()
+    assert made.startswith("plain.csv.backups/")
+    assert ok(invoke("backups", "plain.csv")).split()[-1] == made
