@@ -17,7 +17,7 @@ from pathlib import Path
 
 from csvjournal._posix import fcntl
 
-__all__ = ["ReadOnlyVisit", "may_write", "remove_made_companions"]
+__all__ = ["ReadOnlyVisit", "in_use", "may_write", "remove_made_companions"]
 
 # The -shm byte that every connection using the file holds a shared lock on while it does
 # (SQLite's "DMS" lock, os_unix.c: UNIX_SHM_DMS = (22 + SQLITE_SHM_NLOCK) * 4 + 8).
@@ -28,6 +28,25 @@ def may_write(path: Path) -> bool:
     """Whether this process's user may write the file ``path``."""
     effective = os.access in os.supports_effective_ids
     return os.access(path, os.W_OK, effective_ids=effective)
+
+
+def in_use(journal: Path) -> bool:
+    """Whether another process has ``journal`` open now: it holds SQLite's lock on the
+    journal's -shm file. Only for a process with no connection to it: POSIX locks are the
+    process's, and the look would drop its own."""
+    try:
+        fd = os.open(f"{journal}-shm", os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _SHM_DMS_BYTE)
+    except OSError:
+        return True
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, _SHM_DMS_BYTE)
+        return False
+    finally:
+        os.close(fd)
 
 
 def remove_made_companions(journal: Path) -> None:

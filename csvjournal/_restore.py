@@ -17,8 +17,7 @@ from csvjournal._dberrors import journal_errors
 from csvjournal._migrate import check_revision
 from csvjournal._open import open as open_journal
 from csvjournal._oslock import ExporterLock, lock_path
-from csvjournal._posix import fcntl
-from csvjournal._readonly import ReadOnlyVisit
+from csvjournal._readonly import ReadOnlyVisit, in_use
 from csvjournal.backup import (
     PendingBackup,
     check_backup,
@@ -33,10 +32,6 @@ __all__ = ["restore"]
 
 log = structlog.get_logger(__name__)
 
-# SQLite's unix VFS: every connection to a WAL database holds a shared lock on this byte of
-# the -shm file while it is open ("dead man switch"), so an exclusive lock on it succeeds
-# only when no other process has the journal open.
-_SHM_DMS_BYTE = 128
 _EXPORT_STATE = (
     "csv_digest",
     "csv_guard",
@@ -47,23 +42,6 @@ _EXPORT_STATE = (
     "csv_rows",
     "csv_seq",
 )
-
-
-def _in_use_elsewhere(journal: Path) -> bool:
-    shm = Path(f"{journal}-shm")
-    try:
-        fd = os.open(shm, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _SHM_DMS_BYTE)
-    except OSError:
-        return True
-    else:
-        fcntl.lockf(fd, fcntl.LOCK_UN, 1, _SHM_DMS_BYTE)
-        return False
-    finally:
-        os.close(fd)
 
 
 def _csv_fingerprint(csv: Path) -> str | None:
@@ -240,7 +218,7 @@ def _restore(
     if not lock.acquire():
         raise JournalBusyError(f"{csv}: another process exports this journal; close it first")
     try:
-        if _in_use_elsewhere(journal):
+        if in_use(journal):
             raise JournalBusyError(f"{journal}: another process has the journal open; stop it")
         safety = None
         with _writers_held_off(journal):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import shutil
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +15,8 @@ from click.testing import Result
 
 import csvjournal
 from csvjournal.cli import cli
+from csvjournal.cli._demo import _mark as mark_as_demo
+from csvjournal.cli._demo import write_sheet
 
 COMMANDS = [
     "backup",
@@ -214,6 +218,59 @@ def test_demo_never_replaces_a_job_it_did_not_write(tmp_path: Path) -> None:
     before = state_of(tmp_path)
     assert_error(invoke("demo", tmp_path), "not written by an earlier demo")
     assert state_of(tmp_path) == before
+
+
+def _an_earlier_demo(folder: Path) -> Path:
+    """An earlier demo's files in ``folder`` (quickly: no workers), its journal closed."""
+    csv = folder / "orders.csv"
+    write_sheet(csv, rows=5)
+    with csvjournal.open(csv, key="PO_NUMBER") as journal:
+        mark_as_demo(csv, journal)
+    return csv
+
+
+def test_demo_never_replaces_a_job_made_since_in_a_folder_of_an_earlier_demo(
+    tmp_path: Path,
+) -> None:
+    csv = _an_earlier_demo(tmp_path)
+    for made in tmp_path.glob("orders.csv.*"):  # the user's own job in its place
+        shutil.rmtree(made) if made.is_dir() else made.unlink()
+    csv.write_text("PO_NUMBER,NOTE\nMINE-1,precious\n")
+    ok(invoke("init", csv, "--key", "PO_NUMBER"))
+    ok(invoke("record", csv, "MINE-1", "--status", "COMPLETED"))
+    before = state_of(tmp_path)
+    assert_error(invoke("demo", tmp_path), "not written by an earlier demo")
+    assert state_of(tmp_path) == before
+    Path(f"{csv}.journal").unlink()  # a CSV of the user's, its journal gone
+    before = state_of(tmp_path)
+    assert_error(invoke("demo", tmp_path), "not written by an earlier demo")
+    assert state_of(tmp_path) == before
+
+
+def test_demo_never_replaces_a_demo_journal_a_process_has_open(tmp_path: Path) -> None:
+    csv = _an_earlier_demo(tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(csv)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "up\n"
+        before = state_of(tmp_path)
+        assert_error(invoke("demo", tmp_path), "in use by a running process")
+        assert state_of(tmp_path) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+_HOLDER = """\
+import sys, time
+import csvjournal
+journal = csvjournal.open(sys.argv[1], export=False)
+journal.pending()
+print("up", flush=True)
+time.sleep(60)
+"""
 
 
 # -- log output ------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from _cli import (
 )
 
 import csvjournal
-from csvjournal.cli._demo import DEMO_MARK, write_sheet
+from csvjournal.cli._demo import _mark as mark_as_demo
+from csvjournal.cli._demo import write_sheet
 from csvjournal.csvio import temp_prefix
 
 
@@ -114,10 +115,10 @@ def test_demo_runs_a_whole_job_and_replaces_an_earlier_demo(tmp_path: Path) -> N
     # 20-40 s demo): its journal, events, backups, a temp file; and a file of the user's.
     folder = tmp_path / "demo"
     folder.mkdir()
-    (folder / DEMO_MARK).write_text("an earlier demo's")
     csv = folder / "orders.csv"
     write_sheet(csv, rows=40)
     with csvjournal.open(csv, key="PO_NUMBER", terminal={"COMPLETED", "NO_ATTACHMENTS"}) as old:
+        mark_as_demo(csv, old)
         for n in range(1, 41):
             old.record(f"PO-2026-{n:05d}", "COMPLETED", NOTE="earlier demo")
         old_backups = {old.backup(), *old.backups()}

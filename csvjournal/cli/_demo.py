@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import random
+import secrets
 import shutil
 import signal
+import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,6 +21,9 @@ from rich.console import Console
 from rich.table import Table
 
 import csvjournal
+from csvjournal._oslock import exporter_alive
+from csvjournal._readonly import in_use
+from csvjournal._settings import write_value
 from csvjournal.cli._app import (
     FLUSH_SECONDS,
     CliError,
@@ -51,6 +57,10 @@ _SUPPLIERS = [
     "Tanaka 田中 Trading",
     "Línea\nDos S.L.",
 ]
+
+
+# How the demo's sheet starts, as written and as exported (a journal keeps the BOM and order)
+_HEADER = b"\xef\xbb\xbf" + ";".join(COLUMNS[:3]).encode() + b";"
 
 
 def write_sheet(path: Path, rows: int = ROWS, seed: int = 7) -> None:
@@ -140,30 +150,99 @@ def _stop_workers(
             process.join()
 
 
-# Marks a folder whose orders.csv files a demo wrote (and the next demo may replace).
+# Marks a folder whose orders.csv files a demo wrote (and the next demo may replace): it
+# holds a token the demo stored in its journal too, so that a journal made there since by
+# other hands (init, a copy; maybe under the old journal's inode number) is never taken for
+# the demo's.
 DEMO_MARK = ".csvjournal-demo"
+_TOKEN_SETTING = "demo_token"
 
 
 def _prepare(directory: Path | None) -> Path:
     folder = directory or Path(tempfile.mkdtemp(prefix="csvjournal-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     csv_path = folder / "orders.csv"
-    files = [csv_path, *folder.glob("orders.csv.journal*"), folder / "orders.csv.backups"]
-    found = [path for path in files if path.exists()]
-    mark = folder / DEMO_MARK
-    if found and not mark.exists():  # someone's own job: never replaced
-        raise CliError(
-            f"{found[0]}: not written by an earlier demo (no {DEMO_MARK} beside it);"
-            " the demo writes orders.csv and its journal: choose another folder"
-        )
-    for leftover in found:  # an earlier demo's
+    _check_ours(csv_path)
+    for leftover in _demo_files(csv_path):  # an earlier demo's
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
-    mark.write_text("csvjournal demo: the next demo here replaces orders.csv and its journal\n")
+    (folder / DEMO_MARK).unlink(missing_ok=True)  # until this demo's journal is made
     write_sheet(csv_path)
     return csv_path
+
+
+def _demo_files(csv_path: Path) -> list[Path]:
+    folder = csv_path.parent
+    files = [
+        csv_path,
+        *folder.glob(f"{csv_path.name}.journal*"),
+        folder / f"{csv_path.name}.backups",
+    ]
+    return [path for path in files if path.exists()]
+
+
+def _check_ours(csv_path: Path) -> None:
+    """Refuse to replace files an earlier demo did not write, or a journal in use.
+
+    Raises:
+        CliError: the files are someone's own job's, or a process has the journal open.
+    """
+    found = _demo_files(csv_path)
+    if not found:
+        return
+    journal = csv_path.with_name(f"{csv_path.name}.journal")
+    if exporter_alive(csv_path) or in_use(journal):
+        raise CliError(f"{journal}: in use by a running process: stop it, or choose another folder")
+    mark = csv_path.with_name(DEMO_MARK)
+    token: object = None
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # an older mark, say
+        token = json.loads(mark.read_text())["token"]
+    if journal.exists():
+        ours = token is not None and _stored_token(journal) == token
+    else:  # the journal deleted: is the CSV the demo's?
+        ours = mark.exists() and _a_demo_sheet(csv_path)
+    if not ours:
+        raise CliError(
+            f"{found[0]}: not written by an earlier demo (the demo replaces only its own"
+            " orders.csv and journal): choose another folder"
+        )
+
+
+def _stored_token(journal: Path) -> object:
+    """The demo's token stored in ``journal``; None if none (or it cannot be read)."""
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True)
+        ) as conn:
+            row = conn.execute(
+                "SELECT value FROM settings WHERE name = ?", (_TOKEN_SETTING,)
+            ).fetchone()
+        return None if row is None else json.loads(row[0])
+    except (sqlite3.Error, ValueError):
+        return None
+
+
+def _a_demo_sheet(csv_path: Path) -> bool:
+    """Whether ``csv_path`` (if there) starts with the demo sheet's header."""
+    try:
+        with csv_path.open("rb") as file:
+            return file.read(len(_HEADER)) == _HEADER
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+def _mark(csv_path: Path, journal: csvjournal.Journal) -> None:
+    """Note in the folder, and in ``journal``, that the demo made it (see :data:`DEMO_MARK`)."""
+    token = secrets.token_hex(16)
+    with journal._store.write() as conn:
+        write_value(conn, _TOKEN_SETTING, token)
+    csv_path.with_name(DEMO_MARK).write_text(
+        json.dumps({"token": token, "note": "made by csvjournal demo"}) + "\n"
+    )
 
 
 def _stop_holding(
@@ -199,6 +278,7 @@ def demo(directory: Path | None) -> None:
     ctx = multiprocessing.get_context("spawn")
     terminal = {"COMPLETED", "NO_ATTACHMENTS"}
     with csvjournal.open(csv_path, key="PO_NUMBER", terminal=terminal) as journal:
+        _mark(csv_path, journal)
         with _stop_workers({}) as workers:
             for n in range(1, WORKERS + 1):
                 workers[f"demo-{n}"] = _start(ctx, journal, f"demo-{n}", n)
