@@ -47,7 +47,7 @@ def check_copy_target(path: Path, csv_path: Path, journal_path: Path) -> None:
 
     Raises:
         SettingsError: one of the journal's own files (its CSV, the journal and its
-            -wal/-shm, a backup): never overwritten by a copy.
+            -wal/-shm, a backup), or the CSV of another journal: never overwritten by a copy.
         ExportError: there and no regular file (a FIFO, a device: not replaced), or a
             path the OS cannot follow (a folder we may not enter, a symlink loop).
     """
@@ -64,6 +64,11 @@ def check_copy_target(path: Path, csv_path: Path, journal_path: Path) -> None:
         raise SettingsError(
             f"{path}: one of the journal's own files; an export to a path writes a copy"
             " elsewhere (without a path, the journal's own CSV is brought up to date)"
+        )
+    if Path(f"{path}.journal").exists():  # overwritten, that job would take it for an edit
+        raise SettingsError(
+            f"{path}: the CSV of another job (its journal is {path}.journal); an export to a"
+            " path writes a copy where no job keeps its sheet"
         )
     if not regular:
         raise ExportError(f"{path}: not a regular file; an export writes a CSV file")

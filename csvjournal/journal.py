@@ -223,7 +223,8 @@ class Journal(Claims):
             ExportError: the file could not be written, or ``path`` is there and no
                 regular file (a folder, a FIFO, a device).
             SettingsError: ``path`` is one of the journal's own files (its CSV, the journal
-                and its -wal/-shm, a backup): they are never overwritten by a copy.
+                and its -wal/-shm, a backup), or the CSV of another journal: they are never
+                overwritten by a copy.
             BatchOpenError: the journal's own CSV, asked for inside a ``batch()`` block of
                 this thread.
         """

@@ -381,6 +381,18 @@ def test_export_to_a_path_never_writes_over_the_journals_own_files(
         assert again.get("PO-1") is not None
 
 
+def test_an_export_to_another_jobs_csv_is_refused(csv_path: Path) -> None:
+    other = csv_path.with_name("other.csv")
+    other.write_text("ID\nx\n")
+    csvjournal.open(other, key="ID").close()
+    sheet = other.read_bytes()
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a")
+        with pytest.raises(csvjournal.SettingsError, match="the CSV of another job"):
+            journal.export(other)
+    assert other.read_bytes() == sheet
+
+
 def test_a_flush_behind_a_stopped_exporter_names_its_process(csv_path: Path) -> None:
     with csvjournal.open(csv_path, key="ID") as journal:
         assert exporter_pid(csv_path) == os.getpid()  # the lock file says who exports
