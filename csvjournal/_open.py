@@ -21,7 +21,19 @@ __all__ = ["open"]
 
 
 def _as_set(names: Iterable[str]) -> Iterable[str]:
-    return (names,) if isinstance(names, str) else names
+    """``terminal=``'s statuses: one given as text is one status.
+
+    Raises:
+        SettingsError: text with a comma, the CLI's ``--terminal A,B``: meant as two.
+    """
+    if not isinstance(names, str):
+        return names
+    if "," in names:
+        statuses = ", ".join(repr(name.strip()) for name in names.split(","))
+        raise SettingsError(
+            f"terminal={names!r} is one status; give a set of them: terminal={{{statuses}}}"
+        )
+    return (names,)
 
 
 def open(  # noqa: A001 - the spec's name, as in builtins.open

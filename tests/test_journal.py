@@ -11,6 +11,7 @@ import datetime as dt
 import enum
 import os
 import pickle
+import re
 import subprocess
 import sys
 import time
@@ -267,6 +268,15 @@ def test_fields_and_keys_round_trip(journal: Journal, fields: dict[str, str], ke
 def test_a_new_journal_needs_a_key_and_creates_nothing_without_one(csv_path: Path) -> None:
     with pytest.raises(csvjournal.SettingsError, match="key="):
         csvjournal.open(csv_path)
+    assert list(csv_path.parent.iterdir()) == []
+
+
+def test_terminal_statuses_written_as_the_clis_list_are_refused(csv_path: Path) -> None:
+    with pytest.raises(
+        csvjournal.SettingsError,
+        match=re.escape("give a set of them: terminal={'COMPLETED', 'NO_ATTACHMENTS'}"),
+    ):
+        csvjournal.open(csv_path, key="ID", terminal="COMPLETED,NO_ATTACHMENTS")
     assert list(csv_path.parent.iterdir()) == []
 
 
