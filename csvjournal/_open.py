@@ -93,6 +93,8 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
         flags={"export": export, "allow_network_fs": allow_network_fs},
         formula_guard=formula_guard,
     )
+    if Path(csv_path).name in ("", ".", ".."):  # "" is the current folder, as "." is
+        raise SettingsError(f"{os.fspath(csv_path)!r}: no CSV file named, but a folder")
     csv = _absolute(csv_path)
     path = _absolute(journal_path) if journal_path is not None else Path(f"{csv}.journal")
     if path == csv or (path.exists() and csv.exists() and path.samefile(csv)):

@@ -373,3 +373,19 @@ def test_backup_names_the_new_backup_as_backups_lists_it(
     made = ok(invoke("backup", "plain.csv")).strip()
     assert made.startswith("plain.csv.backups/")
     assert ok(invoke("backups", "plain.csv")).split()[-1] == made
+
+
+@pytest.mark.parametrize("command", ["status", "init", "pending"])
+def test_a_csv_argument_naming_a_journal_or_a_folder_is_refused(
+    tmp_path: Path, command: str
+) -> None:
+    csv = tmp_path / "o.csv"
+    csv.write_text("ID\n1\n")
+    ok(invoke("init", csv, "--key", "ID"))
+    before = state_of(tmp_path)
+    extra = ["--key", "ID"] if command == "init" else []
+    assert_error(
+        invoke(command, f"{csv}.journal", *extra), f"is a journal; name the CSV it keeps: {csv}"
+    )
+    assert_error(invoke(command, "", *extra), "names a folder, not a CSV file")
+    assert state_of(tmp_path) == before

@@ -698,3 +698,13 @@ def test_with_no_lock_files_beside_the_csv_the_journal_kept_elsewhere_still_reco
     assert "2,,COMPLETED," in (tmp_path / "copy.csv").read_text(encoding="utf-8")
     with csvjournal.open(csv, journal_path=journal_path, export=False) as j:
         assert j.counts() == {"COMPLETED": 2}
+
+
+@pytest.mark.parametrize("name", ["", ".", ".."])
+def test_open_refuses_a_path_naming_no_csv_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(csvjournal.SettingsError, match="no CSV file named"):
+        csvjournal.open(name, key="ID")
+    assert list(tmp_path.iterdir()) == []

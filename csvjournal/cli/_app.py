@@ -7,6 +7,7 @@ stderr and exit status 2 (``--debug`` shows the traceback before it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -295,7 +296,25 @@ def cli(ctx: click.Context, log_json: bool, debug: bool) -> None:
 
 def csv_argument(func: Any) -> Any:
     """The CSV argument every command takes first."""
-    return click.argument("csv", type=click.Path(dir_okay=False, path_type=Path))(func)
+    return click.argument(
+        "csv", type=click.Path(dir_okay=False, path_type=Path), callback=_a_csv_file
+    )(func)
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _a_csv_file(_ctx: click.Context, _param: click.Parameter, csv: Path) -> Path:
+    """Refuse a CSV argument that names a folder ("" is the current one) or a journal."""
+    if csv.name in ("", ".", ".."):
+        raise click.BadParameter(f"{str(csv)!r} names a folder, not a CSV file")
+    if csv.suffix == ".journal":
+        with contextlib.suppress(OSError), csv.open("rb") as file:
+            if file.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER:
+                raise click.BadParameter(
+                    f"{csv} is a journal; name the CSV it keeps: {csv.with_suffix('')}"
+                )
+    return csv
 
 
 def json_option(func: Any) -> Any:
