@@ -35,17 +35,22 @@ def test_the_readme_has_the_two_commands_first() -> None:
 def test_python_examples_print_what_their_comments_say(
     block: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.chdir(tmp_path)
+    _check_python(block)
+    assert list(tmp_path.glob("*.csv.journal"))  # the example made a journal beside its CSV
+
+
+def _check_python(block: str) -> None:
+    """Run the Python ``block`` in the current folder; it prints what its comments say."""
     expected = [
         ast.literal_eval(match.group(1))
         for match in re.finditer(r"print\(.*\)\s+# ([\[{].*)$", block, re.M)
     ]
-    monkeypatch.chdir(tmp_path)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(block, str(README), "exec"), {})
     printed = [ast.literal_eval(line) for line in out.getvalue().splitlines() if line[:1] in "[{"]
     assert printed[: len(expected)] == expected
-    assert list(tmp_path.glob("*.csv.journal"))  # the example made a journal beside its CSV
 
 
 def _console_blocks() -> list[str]:
@@ -65,13 +70,18 @@ def _steps(block: str) -> list[tuple[str, list[str]]]:
 
 @pytest.mark.parametrize("block", _console_blocks())
 def test_shell_examples_print_what_the_readme_shows(block: str, tmp_path: Path) -> None:
+    _check_console(block, tmp_path)
+
+
+def _check_console(block: str, folder: Path) -> None:
+    """Run the ``$`` lines of ``block`` in ``folder``; each prints what the README shows."""
     # The installed console script comes first on PATH, as after the README's install.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "PATH": path, "LC_ALL": "C.UTF-8"}
     for command, shown in _steps(block):
         done = subprocess.run(
             ["bash", "-c", command],
-            cwd=tmp_path,
+            cwd=folder,
             env=env,
             capture_output=True,
             text=True,
@@ -79,6 +89,19 @@ def test_shell_examples_print_what_the_readme_shows(block: str, tmp_path: Path) 
             check=False,
         )
         assert done.stdout.splitlines() == shown, (command, done.stderr)
+
+
+def test_the_examples_run_one_after_another_in_one_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # as a reader trying them in one folder would: no example trips over another's files
+    monkeypatch.chdir(tmp_path)
+    text = README.read_text(encoding="utf-8")
+    for kind, block in re.findall(r"```(python|console)\n(.*?)```", text, re.S):
+        if kind == "python":
+            _check_python(block)
+        else:
+            _check_console(block, tmp_path)
 
 
 def _json_documents() -> dict[str, str]:
