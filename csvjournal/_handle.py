@@ -185,13 +185,17 @@ class Handle:
 
     def _settle(self, source: ParsedCsv | None) -> None:
         """Load the journal's settings; create the journal (importing ``source``) or
-        store new terminal statuses in a write transaction only when there is any."""
+        store new terminal statuses or formula guard in a write transaction only when there
+        is any, after a backup of the journal as it was (unless backups are off)."""
         if source is None:
             with self._store.read() as conn:
                 stored = settled(conn, self._options)
+                made = read_value(conn, "key_column") is not None
             if stored is not None:
                 self._settings = stored
                 return
+            if made and self._options.keep_backups:  # the state before the new settings
+                self._backup_now()
         with self._store.write() as conn:
             self._settings, columns = settle(conn, self._options, source)
             if source is not None and columns is not None:

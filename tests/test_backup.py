@@ -59,6 +59,21 @@ def test_an_exporting_open_takes_one_backup_a_non_exporting_open_none(csv_path: 
         assert len(standby.backups()) == 3
 
 
+@pytest.mark.parametrize("export", [True, False])
+@pytest.mark.parametrize("change", ["terminal", "formula_guard"])
+def test_an_open_that_changes_the_settings_backs_up_the_journal_as_it_was(
+    csv_path: Path, export: bool, change: str
+) -> None:
+    csv_path.write_text("ID,NAME\na,Anna\n")
+    csvjournal.open(csv_path, key="ID", terminal={"DONE"}).close()
+    new = {"terminal": {"terminal": {"FINISHED"}}, "formula_guard": {"formula_guard": True}}[change]
+    with csvjournal.open(csv_path, export=export, **new) as journal:  # type: ignore[arg-type]
+        backups = journal.backups()
+    assert len(backups) == (3 if export else 2)  # (and the session's, when exporting)
+    before = dict(_dump(_journal_in(backups[1]))["settings"])
+    assert (before["terminal"], before["formula_guard"]) == ('["DONE"]', "false")
+
+
 def test_retention_keeps_the_newest_n_over_sessions_and_manual_backups(csv_path: Path) -> None:
     made: list[Path] = []
     for session in range(4):
