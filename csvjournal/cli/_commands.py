@@ -236,7 +236,10 @@ def recover(csv: Path, as_json: bool) -> None:
     type=click.IntRange(min=0),
     default=5,
     show_default=True,
-    help="Backups to keep (0: all).",
+    help=(
+        "Backups to keep now, the new one among them (0: delete none now; each exporting"
+        " open prunes to its own number, 5 by default)."
+    ),
 )
 def backup(csv: Path, keep: int) -> None:
     """Back up the journal and the CSV (consistent even while workers record)."""
