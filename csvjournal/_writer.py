@@ -170,7 +170,7 @@ def _field_name(key: str, name: object, named: dict[str, str]) -> str:
     """
     text = str.__str__(name) if isinstance(name, str) else None
     if text is None:
-        problem = f"field name {name!r} is a {type(name).__name__}, not text"
+        problem = f"field name {name!r} is of type {type(name).__name__}, not text"
     elif not text:
         problem = "a field name must not be empty"
     elif text in named:

@@ -389,3 +389,11 @@ def test_a_csv_argument_naming_a_journal_or_a_folder_is_refused(
     )
     assert_error(invoke(command, "", *extra), "names a folder, not a CSV file")
     assert state_of(tmp_path) == before
+
+
+def test_init_counts_rows_in_words(tmp_path: Path) -> None:
+    one = tmp_path / "one.csv"
+    one.write_text("ID\n1\n")
+    assert (
+        ok(invoke("init", one, "--key", "ID")) == f"created {one}.journal: 1 row, key column ID\n"
+    )

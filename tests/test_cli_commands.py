@@ -177,6 +177,7 @@ def test_record_new_adds_a_row(orders: Path) -> None:
         (["PO-1", "NOEQUALS"], ["bad FIELD=VALUE 'NOEQUALS'"]),
         (["PO-1", "=value"], ["bad FIELD=VALUE '=value'"]),
         (["PO-1", "A=1", "B"], ["bad FIELD=VALUE 'B'"]),
+        (["PO-1", "NOTE=first", "NOTE=second"], ["field 'NOTE' given twice"]),
     ],
 )
 def test_record_refuses_bad_input_and_changes_nothing(

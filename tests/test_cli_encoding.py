@@ -126,7 +126,7 @@ def test_init_shows_the_import_on_a_terminal(
     csv.write_text("ID\n" + "".join(f"{n}\n" for n in range(1000)))
     _terminal_stderr(monkeypatch)
     result = invoke("init", csv, "--key", "ID")
-    assert ok(result) == f"created {csv}.journal: 1000 rows, key column ID\n"  # stdout clean
+    assert ok(result) == f"created {csv}.journal: 1,000 rows, key column ID\n"  # stdout clean
     assert f"importing {csv}" in result.stderr
 
 

@@ -163,7 +163,7 @@ def test_fields_that_are_not_a_mapping_are_a_type_error(journal: Journal, fields
         (("",), {}, "key must not be empty"),
         (("PO-1",), {"fields": {"": 1}}, "a field name must not be empty"),
         (("PO-1",), {"fields": {"A": 1}, "A": 2}, r"field 'A' given twice \(in fields= and as"),
-        (("PO-1",), {"fields": {1: "x"}}, "field name 1 is a int, not text"),
+        (("PO-1",), {"fields": {1: "x"}}, "field name 1 is of type int, not text"),
         (("PO-1", "COMPLETED"), {"STATUS": "FAILED"}, "two different statuses"),
         (("PO-1", ""), {}, "status must not be empty"),
         (("PO-1",), {"PO_NUMBER": "PO-2"}, "contradicts the key"),

@@ -67,7 +67,9 @@ def init(
         )
     with journal:
         rows = len(journal)
-    click.echo(f"created {journal_path_of(csv)}: {rows} rows, key column {key}")
+    click.echo(
+        f"created {journal_path_of(csv)}: {rows:,} row{'' if rows == 1 else 's'}, key column {key}"
+    )
 
 
 @cli.command()
@@ -101,7 +103,12 @@ def record(
     csv: Path, key: str, fields: tuple[str, ...], status: str | None, allow_new: bool
 ) -> None:
     """Record an update of row KEY (from a shell script), then bring the CSV up to date."""
-    values = dict(_field(text) for text in fields)
+    values: dict[str, str] = {}
+    for text in fields:
+        name, value = _field(text)
+        if name in values:
+            raise CliError(f"field {name!r} given twice ({name}={values[name]!r} and {text!r})")
+        values[name] = value
     # Exporting (when no other process does, without the session's backup): a CSV edited
     # by hand is refused at open, before anything is recorded.
     with existing_journal(csv, export=True, keep_backups=0) as journal:

@@ -66,7 +66,7 @@ def render(csv: Path, snap: Progress) -> Group:
         freshness += f", written {snap.csv_age_seconds:.1f} s ago"
     lines = [
         f"{snap.done:,} of {snap.rows:,} rows done ({snap.percent_done:.1f} %),"
-        f" {snap.pending:,} pending, {snap.in_progress:,} in progress",
+        f" {snap.pending:,} pending, {snap.in_progress:,} held by a worker (leased)",
         f"rate: {rate}; ETA: {_duration(snap.eta_seconds)}",
         f"exporter: {'alive' if snap.exporter_alive else 'none running'}; CSV: {freshness}",
     ]
@@ -92,6 +92,9 @@ def status(csv: Path, as_json: bool, watch: bool, interval: float) -> None:
     """Show how far the job is: rows per status, % done, rate, ETA, exporter, CSV freshness."""
     if watch and as_json:  # one document is what --json promises a script
         raise CliError("--watch and --json do not go together: --json prints one document")
+    source = click.get_current_context().get_parameter_source("interval")
+    if not watch and source is not click.core.ParameterSource.DEFAULT:
+        raise CliError("--interval sets the refresh of --watch: give --watch too")
     if watch and journal_path_of(csv).exists() and not may_write(journal_path_of(csv)):
         # An operator, who may not write the journal: SQLite's -wal/-shm files made for
         # the view are the operator's while it is open, and the job's user could not
