@@ -32,7 +32,7 @@ from csvjournal._dberrors import DB_ERRORS, journal_errors, translate
 from csvjournal._flush import catch_up
 from csvjournal._groupcommit import GroupCommitter
 from csvjournal._heldclaims import HeldClaims
-from csvjournal._importer import check_keys, import_rows, unfinished
+from csvjournal._importer import check_keys, check_own_columns, import_rows, unfinished
 from csvjournal._interrupts import HeldInterrupts
 from csvjournal._leases import Action, expire_leases
 from csvjournal._options import Options
@@ -95,6 +95,11 @@ class Handle:
                 source,
                 options.key or "",
                 formula_guard=bool(options.formula_guard),
+            )
+            check_own_columns(
+                options.csv_path,
+                source,
+                [str.__str__(options.status_column), str.__str__(options.timestamp_column)],
             )
         self._visit = ReadOnlyVisit(options.journal_path)  # (before SQLite makes the files)
         made, ours = self._open_store(created, source)

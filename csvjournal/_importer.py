@@ -19,7 +19,7 @@ from csvjournal._writer import PENDING
 from csvjournal.csvio import EXCEL_MAX_CELL, ParsedCsv
 from csvjournal.errors import CsvFormatError
 
-__all__ = ["check_keys", "import_rows", "listed", "unfinished"]
+__all__ = ["check_keys", "check_own_columns", "import_rows", "listed", "unfinished"]
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +67,25 @@ def _near_miss(key: str, header: list[str]) -> str:
     names = {plain(name): name for name in reversed(header)}  # the first of equals wins
     near = difflib.get_close_matches(plain(key), list(names), n=1, cutoff=0.75)
     return f"; did you mean {names[near[0]]!r}?" if near else ""
+
+
+def check_own_columns(path: Path, parsed: ParsedCsv, columns: list[str]) -> None:
+    """Refuse a header whose name is one of csvjournal's ``columns`` (status, timestamp)
+    but for spaces around it (``ID, NAME, STATUS``): the journal would add the column a
+    second time beside it.
+
+    Raises:
+        CsvFormatError: the name, at its line and column.
+    """
+    for index, name in enumerate(parsed.header):
+        plain = name.strip()
+        if plain != name and plain in columns and plain not in parsed.header:
+            line, column = parsed.header_place(index)
+            raise CsvFormatError(
+                f"{path}: line {line}, column {column}: header name {name!r} is {plain!r}"
+                " with spaces around it: the journal would add a second column"
+                f" {plain!r}; take the spaces out of the header"
+            )
 
 
 def check_keys(path: Path, parsed: ParsedCsv, key: str, *, formula_guard: bool = False) -> None:

@@ -214,6 +214,29 @@ def test_a_missing_key_column_shows_the_header_and_a_near_miss(
         assert "did you mean" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("header", "said"),
+    [
+        ("ID, NAME, STATUS", "line 1, column 10: header name ' STATUS' is 'STATUS' with spaces"),
+        ("ID,LAST_PROCESSED ", "column 4: header name 'LAST_PROCESSED ' is 'LAST_PROCESSED'"),
+    ],
+)
+def test_a_status_column_written_with_spaces_is_refused_not_added_twice(
+    tmp_path: Path, header: str, said: str
+) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text(f"{header}\n" + ",".join("1" * len(header.split(","))) + "\n")
+    before = path.read_bytes()
+    with pytest.raises(csvjournal.CsvFormatError, match=re.escape(said)):
+        csvjournal.open(path, key="ID")
+    assert sorted(tmp_path.iterdir()) == [path]
+    assert path.read_bytes() == before
+    # beside the status column itself, such a name is a column of its own
+    path.write_text("ID,STATUS, STATUS\n1,,x\n")
+    with csvjournal.open(path, key="ID") as journal:
+        assert journal.get("1") == {"ID": "1", "STATUS": "", " STATUS": "x", "LAST_PROCESSED": ""}
+
+
 def test_single_quotes_in_a_plain_csv_are_data(tmp_path: Path) -> None:
     path = tmp_path / "notes.csv"
     original = b"ID,NOTE,STATUS,LAST_PROCESSED\n1,'urgent',PENDING,\n"
