@@ -24,6 +24,7 @@ __all__ = [
     "defer_rows",
     "expire_leases",
     "extend_leases",
+    "leased_to",
     "release_rows",
     "reset_attempts",
 ]
@@ -165,15 +166,31 @@ def release_rows(
     at: str,
     worker: str,
     note: str,
+    counted: bool = False,
 ) -> list[tuple[str, str, int]]:
     """Give each ``(key, holder)`` row still held by that holder back: ``PENDING``, lease
-    ended, and the attempt not counted (it was abandoned, not failed). Return ``(key,
-    holder, sequence number of its event)`` for each."""
+    ended, and the attempt not counted (it was abandoned, not failed), unless ``counted``
+    (its worker died on it, as when its lease runs out). Return ``(key, holder, sequence
+    number of its event)`` for each."""
     given = [(key, holder) for key, holder in held if conn.execute(_HELD, (key, holder)).fetchone()]
     ops = [RecordOp(key, PENDING, {}, at, worker, note) for key, _ in given]
     _write(conn, writer, ops)
-    conn.executemany(_GIVE_BACK, [(key,) for key, _ in given])
+    if not counted:
+        conn.executemany(_GIVE_BACK, [(key,) for key, _ in given])
     return [(key, holder, _numbered(op)) for (key, holder), op in zip(given, ops, strict=True)]
+
+
+_LEASED_TO = """
+SELECT key, holder FROM rows INDEXED BY rows_leased
+WHERE lease_until > ? AND status = 'IN_PROGRESS' AND substr(holder, 1, ?) = ?
+ORDER BY pos
+"""
+
+
+def leased_to(conn: sqlite3.Connection, prefix: str, now: float) -> list[tuple[str, str]]:
+    """``(key, holder)`` of the rows whose live lease a worker named ``prefix...`` holds."""
+    found = conn.execute(_LEASED_TO, (now, len(prefix), prefix))
+    return [(str(key), str(holder)) for key, holder in found]
 
 
 _EXPIRING = """

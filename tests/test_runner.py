@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 import csvjournal
 from csvjournal.errors import CommandError, CsvJournalError
@@ -254,3 +257,34 @@ def test_the_runner_refuses_an_unknown_placeholder_before_claiming(rows: Path) -
             Runner(journal, RunConfig(command=("echo", "{NOPE}")))
         assert journal.counts() == {"PENDING": 4}
         assert journal.history("1") == []
+
+
+def test_a_run_takes_the_rows_of_a_run_that_is_gone_at_once(tmp_path: Path, rows: Path) -> None:
+    # a run killed outright (kill -9) left its rows leased for 300 s: its process is gone,
+    # so the next run returns them at once (the attempt counted); a live one's rows wait
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    host = socket.gethostname()
+    try:
+        with csvjournal.open(rows, key="ID", keep_backups=0) as journal:
+            assert journal.claim(2, lease=300, worker=f"{host}:{gone.pid}:run-0") == ["1", "2"]
+            assert journal.claim(1, lease=300, worker=f"{host}:{alive.pid}:run-0") == ["3"]
+            assert journal.claim(1, lease=300, worker=f"{host}:{gone.pid}:mine") == ["4"]
+            runner = Runner(journal, RunConfig(command=("true",), workers=2, grace=5))
+            runner.stop()  # stopped first: it claims nothing, and the rows stay to see
+            with capture_logs() as logs:
+                runner.wait(runner.start())
+            (returned,) = [entry for entry in logs if entry["event"] == "rows_of_gone_run_returned"]
+            assert (returned["rows"], returned["workers"]) == (2, [f"{host}:{gone.pid}:run-0"])
+            assert journal.pending() == ["1", "2"]
+            assert journal.attempts("1") == 1  # counted, as when a lease runs out
+            assert (
+                journal.history("1")[-1].note
+                == f"lease of {host}:{gone.pid}:run-0 returned: its run is gone"
+            )
+            assert journal.get("3")["STATUS"] == "IN_PROGRESS"  # type: ignore[index]
+            assert journal.get("4")["STATUS"] == "IN_PROGRESS"  # type: ignore[index]
+    finally:
+        alive.kill()
+        alive.wait()
