@@ -61,9 +61,12 @@ WHERE key = ? AND holder = ? AND status = 'IN_PROGRESS' AND done = 0
 """
 _HELD = "SELECT 1 FROM rows WHERE key = ? AND holder = ? AND status = 'IN_PROGRESS'"
 _GIVE_BACK = "UPDATE rows SET attempts = max(attempts - 1, 0) WHERE key = ?"
+# A lease some worker held: a row set IN_PROGRESS by hand during a back-off (defer) keeps
+# the back-off's end with no holder, and has no worker to lose.
 _EXPIRED = """
 SELECT key, holder FROM rows INDEXED BY rows_leased
 WHERE lease_until IS NOT NULL AND lease_until <= ? AND status = 'IN_PROGRESS'
+    AND holder IS NOT NULL
 ORDER BY pos
 """
 
@@ -196,6 +199,7 @@ def leased_to(conn: sqlite3.Connection, prefix: str, now: float) -> list[tuple[s
 _EXPIRING = """
 SELECT pos, key, cells FROM rows INDEXED BY rows_leased
 WHERE lease_until IS NOT NULL AND lease_until <= ? AND status = 'IN_PROGRESS'
+    AND holder IS NOT NULL
 ORDER BY pos
 """
 

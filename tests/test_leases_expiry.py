@@ -154,6 +154,16 @@ def test_recover_returns_expired_leases_naming_the_lost_worker(
     assert jr.recover().expired == ()
 
 
+def test_a_row_set_in_progress_by_hand_during_a_back_off_is_no_lost_lease(jr: Journal) -> None:
+    key = KEYS[0]
+    jr.record(key, "FAILED")
+    assert jr.defer([key], 0) == [key]  # a back-off over at once: no worker holds the row
+    jr.record(key, "IN_PROGRESS")  # a script marks it in progress
+    assert jr.recover().expired == ()  # no worker named 'None' lost
+    assert [event.note for event in jr.history(key)] == [None, None]
+    assert jr.claim(1, lease=LONG) == [key]  # claimable, as a row set IN_PROGRESS by hand
+
+
 @pytest.mark.slow
 def test_an_exporting_open_returns_expired_leases(tmp_path: Path, csv_path: Path) -> None:
     _open(csv_path).close()
