@@ -188,7 +188,7 @@ class Claims(Handle):
         """Note committed changes to the handle's claims; inside a batch, once it commits."""
         batch = self._batches.get(threading.get_ident())
         if batch is not None:  # its claims at once, the rest when it commits (HeldClaims)
-            self._held.note(change for change in changes if change.claimed)
+            self._held.note((change for change in changes if change.claimed), in_block=True)
             batch.track(changes)
         elif changes:
             self._held.note(changes)

@@ -69,6 +69,9 @@ class HeldClaims:
         # thread -> the rows it claimed whose claims ended, the newest last
         self._ended: weakref.WeakKeyDictionary[threading.Thread, OrderedDict[str, None]]
         self._ended = weakref.WeakKeyDictionary()
+        # (key, worker, seq) of a claim noted in a block -> the claim it replaced, put back
+        # if the block is undone (the worker's earlier claim of the row, lapsed, say)
+        self._replaced: dict[tuple[str, str, int], tuple[threading.Thread | None, int]] = {}
 
     def __bool__(self) -> bool:
         return bool(self._held)
@@ -82,23 +85,34 @@ class HeldClaims:
                 for item in items
                 for change in (ends((item,)) if isinstance(item, RecordOp) else (item,))
             )
+        if self._replaced:
+            with self._lock:
+                for item in items:
+                    if type(item) is Change and item.claimed and item.worker is not None:
+                        self._replaced.pop((item.key, item.worker, item.seq), None)
 
     def unnote(self, items: list[RecordOp | Change]) -> None:
         """Take back the claims among ``items`` (noted at once in a ``batch()`` block
         that is now undone): each one that is still the one noted."""
         with self._lock:
-            for item in items:
+            for item in reversed(items):
                 if type(item) is not Change or not item.claimed:
                     continue
-                holders = self._held.get(item.key)
                 assert item.worker is not None
-                if holders is not None and holders.get(item.worker, (None, -1))[1] == item.seq:
-                    del holders[item.worker]
-                    if not holders:
-                        del self._held[item.key]
+                before = self._replaced.pop((item.key, item.worker, item.seq), None)
+                holders = self._held.get(item.key)
+                if holders is None or holders.get(item.worker, (None, -1))[1] != item.seq:
+                    continue
+                if before is not None:  # the claim it replaced holds the row again
+                    holders[item.worker] = before
+                    continue
+                del holders[item.worker]
+                if not holders:
+                    del self._held[item.key]
 
-    def note(self, changes: Iterable[Change]) -> None:
-        """Apply committed ``changes``, in the order given."""
+    def note(self, changes: Iterable[Change], *, in_block: bool = False) -> None:
+        """Apply committed ``changes``, in the order given (``in_block``: claims made in
+        a ``batch()`` block, which :meth:`unnote` may take back)."""
         with self._lock:
             for change in changes:
                 holders = self._held.get(change.key)
@@ -106,7 +120,9 @@ class HeldClaims:
                     assert change.worker is not None
                     if holders is None:
                         holders = self._held[change.key] = {}
-                    holders.pop(change.worker, None)  # the newest claim last
+                    before = holders.pop(change.worker, None)  # the newest claim last
+                    if in_block and before is not None:
+                        self._replaced[(change.key, change.worker, change.seq)] = before
                     holders[change.worker] = (change.thread, change.seq)
                     ended = None if change.thread is None else self._ended.get(change.thread)
                     if ended is not None:

@@ -4,6 +4,7 @@ threads note their commits in, and only what a committed block did."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -140,3 +141,21 @@ def test_a_thread_remembers_a_bounded_number_of_ended_claims() -> None:
     assert held.holders(keys[:2], None, ME) == [(keys[0], "B")]
     assert held.holders(keys[-1:], None, ME) == []
     assert held.holders(keys[:1], None, other) == [(keys[0], "B")]
+
+
+def test_a_claim_undone_with_its_block_gives_the_earlier_claim_back(
+    jr: Journal, csv_path: Path
+) -> None:
+    # the row's lease lapsed, the same worker claimed it again in a block that is undone:
+    # the journal holds the first claim still, and so must the handle
+    (key,) = jr.claim(1, lease=0.001, worker="w")
+    time.sleep(0.02)
+    with pytest.raises(_Rollback), jr.batch():
+        assert jr.claim(1, lease=LONG, worker="w") == [key]
+        raise _Rollback
+    assert _state(jr, key) == ("IN_PROGRESS",)
+    assert jr.extend([key], LONG) == [key]
+    jr.close()  # gives it back
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert _state(journal, key) == ("PENDING",)
+        assert journal.history(key)[-1].note.startswith("released by")  # type: ignore[union-attr]
