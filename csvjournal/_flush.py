@@ -151,18 +151,18 @@ def flush_csv(
                 f"{csv_path}: the CSV is behind the journal: {failure_text(failure)} (it"
                 " tries again while its process runs; every record is safe in the journal)"
             )
-        if deadline is not None:
+        if deadline is not None or not_for_stopped:
             _check_deadline(csv_path, deadline, timeout, not_for_stopped)
         time.sleep(POLL_SECONDS)
 
 
 def _check_deadline(
-    csv_path: Path, deadline: float, timeout: float | None, not_for_stopped: bool
+    csv_path: Path, deadline: float | None, timeout: float | None, not_for_stopped: bool
 ) -> None:
     """Raise :class:`FlushTimeoutError` naming the exporter waited for (its process, and
     whether it is stopped: the usual reason an exporter falls behind) once ``deadline``
     passed, or at once for a stopped one with ``not_for_stopped``."""
-    late = time.monotonic() >= deadline
+    late = deadline is not None and time.monotonic() >= deadline
     if not late and not not_for_stopped:
         return
     pid = exporter_pid(csv_path)

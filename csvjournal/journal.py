@@ -189,10 +189,13 @@ class Journal(Claims):
 
     def flush(self, timeout: float | None = None) -> None:
         """Return once the CSV on disk shows every commit made before the call, by any
-        process. When no exporter is alive, this handle exports itself.
+        process. When no exporter is alive, this handle exports itself. With a
+        ``timeout``, a flush that waits for another process's exporter gives up at once
+        when that process is stopped (SIGSTOP, Ctrl-Z): it exports nothing until resumed.
 
         Raises:
-            FlushTimeoutError: ``timeout`` seconds passed first.
+            FlushTimeoutError: ``timeout`` seconds passed first, or the exporting process
+                is stopped (the error names it).
             SettingsError: ``timeout`` is NaN or below 0.
             TypeError: ``timeout`` is not a number.
             ExportError: the CSV could not be written (here, or by this handle's exporter
@@ -202,6 +205,10 @@ class Journal(Claims):
             BatchOpenError: called inside a ``batch()`` block of this thread.
             JournalClosedError: the handle is closed.
         """
+        self._flush(timeout, not_for_stopped=timeout is not None)
+
+    def _flush(self, timeout: float | None, *, not_for_stopped: bool) -> None:
+        """:meth:`flush`; ``not_for_stopped``: not waiting for a stopped exporter."""
         self._ensure()
         self._refuse_in_batch("flush")
         with self._errors():
@@ -213,6 +220,7 @@ class Journal(Claims):
                 formula_guard=self._settings.formula_guard,
                 timeout=timeout,
                 gate=self._gate,
+                not_for_stopped=not_for_stopped,
             )
 
     def export(self, path: str | os.PathLike[str] | None = None) -> None:
@@ -256,6 +264,8 @@ class Journal(Claims):
             JournalCorruptError: the journal fails the integrity check (the message names
                 the newest backup).
             ExportError: the CSV could not be written.
+            FlushTimeoutError: another process exports, and it is stopped (SIGSTOP,
+                Ctrl-Z): the CSV stays behind until it is resumed (the error names it).
             BatchOpenError: called inside a ``batch()`` block of this thread.
             JournalClosedError: the handle is closed.
         """
@@ -295,7 +305,7 @@ class Journal(Claims):
                 except OSError as exc:
                     raise ExportError(f"{self.csv_path}: could not write the CSV: {exc}") from exc
                 helper.release()
-        self.flush()
+        self._flush(None, not_for_stopped=True)  # a stopped exporter: said, not waited for
         removed += remove_leftovers(self.csv_path, self.journal_path)  # of backups, restores
         with self._reading() as conn:
             pending = _reads.pending_count(conn, time.time())

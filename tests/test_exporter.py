@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 from _exporter import exported_rows as _rows
+from click.testing import CliRunner
 from structlog.testing import capture_logs
 
 import csvjournal
 from csvjournal._oslock import exporter_pid
+from csvjournal.cli import cli
 from csvjournal.csvio import temp_prefix
 
 
@@ -410,10 +412,17 @@ def test_a_flush_behind_a_stopped_exporter_names_its_process(csv_path: Path) -> 
         with csvjournal.open(csv_path, export=False) as journal:
             exporter.send_signal(signal.SIGSTOP)
             journal.record("late", "COMPLETED")
+            started = time.monotonic()
             with pytest.raises(csvjournal.FlushTimeoutError) as caught:
-                journal.flush(timeout=0.5)
+                journal.flush(timeout=600)  # not waited out: said at once
             assert f"its exporter, process {exporter.pid}, is stopped" in str(caught.value)
             assert f"kill -CONT {exporter.pid}" in str(caught.value)
+            with pytest.raises(csvjournal.FlushTimeoutError, match="is stopped"):
+                journal.recover()  # no flush without a timeout waits for it either
+            result = CliRunner().invoke(cli, ["recover", str(csv_path)])
+            assert result.exit_code == 2
+            assert f"process {exporter.pid}, is stopped" in result.stderr
+            assert time.monotonic() - started < 60
             standby = csvjournal.open(csv_path, busy_timeout=600)  # exporting, standing by
             standby.record("later", "COMPLETED")
             started = time.monotonic()
