@@ -368,6 +368,15 @@ class Runner:
             with self._children_lock:
                 self._children.pop(index, None)
 
+    def signal_commands(self, signum: int) -> None:
+        """Send ``signum`` to the running commands (each to its process group): they run
+        in sessions of their own, out of reach of the terminal's signals."""
+        with self._children_lock:
+            children = list(self._children.values())
+        for child in children:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signum)
+
     def _terminate_children(self) -> None:
         # All at once: one after another, each taking up to its SIGTERM's grace, the last
         # would get its signal seconds late (and a command finishing meanwhile given back)

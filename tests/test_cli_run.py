@@ -29,6 +29,7 @@ from _cli import (
 )
 from _exporter import write_protect
 
+from csvjournal._pids import stopped
 from csvjournal.csvio import EXCEL_MAX_CELL
 
 
@@ -767,3 +768,43 @@ def test_a_status_that_means_not_done_is_neither_success_nor_terminal(
     before = state_of(tmp_path)
     assert_error(invoke("run", csv, *options, "--", "true"), "mean a row is not done")
     assert state_of(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_ctrl_z_stops_the_running_commands_with_the_run_and_fg_goes_on(
+    rows8: Path, tmp_path: Path
+) -> None:
+    # the commands run in sessions of their own: the terminal's SIGTSTP never reaches them
+    job = tmp_path / "job.py"
+    job.write_text(JOB)
+    log = tmp_path / "calls.log"
+    argv = [
+        str(CONSOLE_SCRIPT), "run", str(rows8), "--workers", "2",
+        "--", sys.executable, str(job), "{ID}", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+
+        def hung() -> list[int]:
+            lines = log.read_text().splitlines() if log.exists() else []
+            return [
+                int(s.split()[2])
+                for s in lines
+                if s.split()[:2] in (["start", "5"], ["start", "6"])
+            ]
+
+        wait_for(lambda: len(hung()) == 2)
+        proc.send_signal(signal.SIGTSTP)
+        wait_for(lambda: stopped(proc.pid) and all(stopped(pid) for pid in hung()))
+        proc.send_signal(signal.SIGCONT)  # fg
+        wait_for(lambda: not stopped(proc.pid) and not any(stopped(pid) for pid in hung()))
+        (tmp_path / "release").touch()
+        out, _ = proc.communicate(timeout=SUBPROCESS_TIMEOUT)
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in hung():  # in sessions of their own: a failed test must not leave them
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    assert proc.returncode == 0, out
+    assert set(statuses(rows8).values()) == {"COMPLETED"}

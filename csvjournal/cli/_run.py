@@ -48,7 +48,8 @@ EXIT_SOME_FAILED = 1
 @contextmanager
 def _stop_on_signals(runner: Runner) -> Iterator[None]:
     """SIGINT/SIGTERM/SIGHUP stop claiming (a second one kills the running commands):
-    a closed terminal or ssh session stops the run as Ctrl-C does, its rows given back."""
+    a closed terminal or ssh session stops the run as Ctrl-C does, its rows given back.
+    SIGTSTP (Ctrl-Z) stops the running commands with the run."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -58,9 +59,19 @@ def _stop_on_signals(runner: Runner) -> Iterator[None]:
         seen.append(signum)
         (runner.stop if len(seen) == 1 else runner.kill)()
 
+    def pause(_signum: int, _frame: FrameType | None) -> None:
+        # Ctrl-Z: the commands stop with the run (the terminal's SIGTSTP never reaches
+        # their sessions), and go on with it; while stopped, no lease is renewed
+        runner.signal_commands(signal.SIGSTOP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # stopped here, until SIGCONT (fg, bg)
+        signal.signal(signal.SIGTSTP, pause)
+        runner.signal_commands(signal.SIGCONT)
+
     old = {
         sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     }
+    old[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, pause)
     try:
         yield
     finally:
