@@ -130,6 +130,18 @@ def test_init_shows_the_import_on_a_terminal(
     assert f"importing {csv}" in result.stderr
 
 
+def test_import_merge_shows_the_merge_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    csv = tmp_path / "big.csv"
+    csv.write_text("ID\n" + "".join(f"{n}\n" for n in range(1000)))
+    ok(invoke("init", csv, "--key", "ID"))
+    _terminal_stderr(monkeypatch)
+    result = invoke("import", csv, "--merge")
+    assert ok(result).startswith(f"merged {csv}: 0 added")  # stdout clean
+    assert f"merging {csv}" in result.stderr
+
+
 def test_init_shows_no_import_without_a_terminal_or_with_json_logs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -341,9 +341,9 @@ def encoding_option(help_text: str) -> Callable[[Any], Any]:
 
 
 @contextmanager
-def importing(csv: Path) -> Iterator[None]:
-    """Show that ``csv`` is being imported (a spinner and the time so far) while the block
-    runs, when stderr is a terminal and carries no JSON logs.
+def importing(csv: Path, doing: str = "importing") -> Iterator[None]:
+    """Show that ``csv`` is being imported, or merged (``doing``), with a spinner and the
+    time so far while the block runs, when stderr is a terminal and carries no JSON logs.
 
     The import reads, checks and inserts the whole file in one call that reports nothing
     on the way: an elapsed time, not a bar, is what can be shown.
@@ -357,7 +357,7 @@ def importing(csv: Path) -> Iterator[None]:
     with Progress(
         *columns, console=console, transient=True, redirect_stdout=False, redirect_stderr=False
     ) as bar:
-        bar.add_task(f"importing {csv} ({filesize.decimal(size)})", total=None)
+        bar.add_task(f"{doing} {csv} ({filesize.decimal(size)})", total=None)
         yield
 
 

@@ -191,7 +191,8 @@ def import_(csv: Path, merge: bool, encoding: str | None, as_json: bool) -> None
     a terminal row never moves back), then rewrite the CSV."""
     if not journal_path_of(csv).exists():
         raise no_journal(csv)
-    report = csvjournal.merge_csv(csv, encoding=encoding)
+    with importing(csv, "merging"):
+        report = csvjournal.merge_csv(csv, encoding=encoding)
     with existing_journal(csv) as journal:
         journal.flush(timeout=FLUSH_SECONDS)
     if as_json:
