@@ -43,7 +43,10 @@ def start_exporter(script: str, *args: object) -> subprocess.Popen[str]:
         text=True,
     )
     assert proc.stdout is not None
-    if proc.stdout.readline() != "exporting\n":
+    said = []  # the library's log lines come first, on stdout where nothing configured them
+    while (line := proc.stdout.readline()) not in ("exporting\n", ""):
+        said.append(line)
+    if line != "exporting\n":
         proc.kill()
-        raise AssertionError(f"the exporter never started: exit {proc.wait()}")
+        raise AssertionError(f"the exporter never started: exit {proc.wait()}: {said}")
     return proc
