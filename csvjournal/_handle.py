@@ -45,7 +45,7 @@ from csvjournal._values import timestamp_now
 from csvjournal._writer import RecordCall, Writer
 from csvjournal.backup import backups_folder, keep_for_good, take_backup
 from csvjournal.csvio import ParsedCsv, read_csv
-from csvjournal.errors import JournalBusyError, JournalClosedError, JournalIOError
+from csvjournal.errors import CsvJournalError, JournalBusyError, JournalClosedError, JournalIOError
 from csvjournal.exporter import Exporter
 from csvjournal.store import Store, remove_journal_files
 
@@ -188,6 +188,17 @@ class Handle:
         # The way back to the csvjournal that wrote the old schema: never pruned.
         keep_for_good(self._backup_now(), "taken before a schema upgrade")
 
+    def _backup_before_settings(self) -> None:
+        """Back the journal up as it is before this open changes its settings (under the
+        write lock: one of several opens asking for the change at once backs up). Best
+        effort: a CSV in a folder this user may not write has no backups folder."""
+        if not self._options.keep_backups:
+            return
+        try:
+            self._backup_now()
+        except CsvJournalError as exc:
+            log.warning("backup_before_settings_failed", path=str(self.csv_path), error=str(exc))
+
     def _settle(self, source: ParsedCsv | None) -> None:
         """Load the journal's settings; create the journal (importing ``source``) or
         store new terminal statuses or formula guard in a write transaction only when there
@@ -195,14 +206,13 @@ class Handle:
         if source is None:
             with self._store.read() as conn:
                 stored = settled(conn, self._options)
-                made = read_value(conn, "key_column") is not None
             if stored is not None:
                 self._settings = stored
                 return
-            if made and self._options.keep_backups:  # the state before the new settings
-                self._backup_now()
         with self._store.write() as conn:
-            self._settings, columns = settle(conn, self._options, source)
+            self._settings, columns = settle(
+                conn, self._options, source, before_change=self._backup_before_settings
+            )
             if source is not None and columns is not None:
                 import_rows(conn, source, self._settings, columns)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import structlog
@@ -157,11 +158,16 @@ def _new_dialect(encoding: str | None) -> CsvDialect:
 
 
 def settle(
-    conn: Connection, options: Options, source: ParsedCsv | None = None
+    conn: Connection,
+    options: Options,
+    source: ParsedCsv | None = None,
+    *,
+    before_change: Callable[[], object] | None = None,
 ) -> tuple[Settings, list[str] | None]:
     """Return the journal's settings, creating them for a new journal (in ``conn``'s write
-    transaction) or reconciling the ``open()`` arguments with the stored ones. For a new
-    journal also return its columns (from ``source``, the CSV being imported, if any).
+    transaction) or reconciling the ``open()`` arguments with the stored ones (calling
+    ``before_change`` first when they change the stored ones). For a new journal also
+    return its columns (from ``source``, the CSV being imported, if any).
 
     Raises:
         SettingsError: a new journal without ``key``, or arguments that contradict the
@@ -188,6 +194,12 @@ def settle(
         log.info("journal_created", path=str(path), key_column=key)
         return created, columns
     _check_against(stored, options)
+    guard = options.formula_guard
+    changing = wanted_terminal is not None and wanted_terminal != stored.terminal
+    if before_change is not None and (
+        changing or (guard is not None and guard != stored.formula_guard)
+    ):
+        before_change()
     if wanted_terminal is not None and wanted_terminal != stored.terminal:
         _replace_terminal(conn, wanted_terminal)
         log.info(
@@ -197,7 +209,6 @@ def settle(
             new=sorted(wanted_terminal),
         )
         stored = replace(stored, terminal=wanted_terminal)
-    guard = options.formula_guard
     if guard is not None and guard != stored.formula_guard:
         if guard:
             twins.check_journal(t.driver(conn), path)

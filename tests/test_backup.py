@@ -8,9 +8,11 @@ Restoring a backup is tested in test_backup_restore.py.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import sqlite3
+import threading
 import time
 from contextlib import closing
 from datetime import UTC, datetime
@@ -70,8 +72,33 @@ def test_an_open_that_changes_the_settings_backs_up_the_journal_as_it_was(
     with csvjournal.open(csv_path, export=export, **new) as journal:  # type: ignore[arg-type]
         backups = journal.backups()
     assert len(backups) == (3 if export else 2)  # (and the session's, when exporting)
-    before = dict(_dump(_journal_in(backups[1]))["settings"])
+    before = {row[0]: row[1] for row in _dump(_journal_in(backups[1]))["settings"]}
     assert (before["terminal"], before["formula_guard"]) == ('["DONE"]', "false")
+
+
+def _open_with_new_terminal(csv_path: Path, together: threading.Barrier) -> None:
+    together.wait(60)  # every process started: the opens come at once
+    with csvjournal.open(csv_path, terminal={"FINISHED"}, export=False) as journal:
+        journal.counts()
+
+
+def test_opens_that_change_the_settings_at_once_back_up_once(csv_path: Path) -> None:
+    csv_path.write_text("ID\n" + "".join(f"{n}\n" for n in range(2000)))
+    with csvjournal.open(csv_path, key="ID") as journal:
+        before = journal.backups()
+    context = multiprocessing.get_context("spawn")
+    together = context.Barrier(4)
+    workers = [
+        context.Process(target=_open_with_new_terminal, args=(csv_path, together)) for _ in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [worker.exitcode for worker in workers] == [0] * 4
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert len(journal.backups()) == len(before) + 1  # the one that changed them
+        assert journal.settings.terminal == {"FINISHED"}
 
 
 def test_retention_keeps_the_newest_n_over_sessions_and_manual_backups(csv_path: Path) -> None:

@@ -221,3 +221,26 @@ def test_an_operators_refused_restore_leaves_the_owner_able_to_record(
             return journal.record("a", "COMPLETED")
 
     assert _result(_forked_as(OWNER, record)) == (0, "1")
+
+
+def test_an_open_that_changes_the_settings_goes_on_where_no_backup_can_be_made(
+    shared_folder: Path,
+) -> None:
+    # the CSV in a folder this user may not write, its journal kept elsewhere (the README's
+    # case): the backup before new settings cannot be made, and the open goes on
+    sheets = shared_folder / "sheets"
+    sheets.mkdir()
+    sheets.chmod(0o755)  # root's: nobody may not write here
+    csv_path = sheets / "orders.csv"
+    csv_path.write_text("ID\na\n")
+    csv_path.chmod(0o644)
+    journal_path = shared_folder / "orders.csv.journal"
+
+    def reopen() -> object:
+        csvjournal.open(csv_path, key="ID", journal_path=journal_path, export=False).close()
+        with csvjournal.open(
+            csv_path, journal_path=journal_path, export=False, terminal={"X"}
+        ) as journal:
+            return sorted(journal.settings.terminal)
+
+    assert _result(_forked_as(NOBODY, reopen)) == (0, "['X']")
