@@ -150,10 +150,21 @@ def exporter_alive(csv_path: Path) -> bool:
 def exporter_pid(csv_path: Path) -> int | None:
     """The process id that the exporter holding ``csv_path``'s lock wrote in it; None when
     no exporter holds it, or the file does not say (an older csvjournal's)."""
-    if not exporter_alive(csv_path):
-        return None
-    try:
-        text = lock_path(csv_path).read_bytes()[:32]
-    except OSError:
-        return None
+    path = lock_path(csv_path).resolve()
+    with _registry_lock:  # as in exporter_alive: closing a descriptor drops our own lock
+        if path in _held:
+            return os.getpid()
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:  # an exporter holds it: what did it write?
+                text = os.pread(fd, 32, 0)
+            else:
+                return None
+        finally:
+            os.close(fd)
     return int(text) if text.strip().isdigit() else None

@@ -383,6 +383,41 @@ def test_export_to_a_path_never_writes_over_the_journals_own_files(
         assert again.get("PO-1") is not None
 
 
+_LOCK_SEEN = """
+import sys, pathlib
+from csvjournal._oslock import exporter_alive
+print(exporter_alive(pathlib.Path(sys.argv[1])))
+"""
+
+
+def _lock_seen_elsewhere(csv_path: Path) -> bool:
+    done = subprocess.run(
+        [sys.executable, "-c", _LOCK_SEEN, str(csv_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_a_second_handles_flush_and_recover_keep_the_processs_exporter_lock(
+    csv_path: Path,
+) -> None:
+    # POSIX locks are the process's: a descriptor of the lock file closed anywhere in it
+    # drops its lock, and another process would export beside this one
+    with csvjournal.open(csv_path, key="ID") as exporting:
+        assert exporting._exporter is not None
+        assert exporting._exporter.leading
+        assert exporter_pid(csv_path) == os.getpid()
+        with csvjournal.open(csv_path, export=False) as second:
+            for n in range(20):
+                second.record(f"k{n}")
+                second.flush(timeout=5)
+            second.recover()
+        assert _lock_seen_elsewhere(csv_path)
+
+
 def test_an_export_to_another_jobs_csv_is_refused(csv_path: Path) -> None:
     other = csv_path.with_name("other.csv")
     other.write_text("ID\nx\n")
