@@ -18,7 +18,6 @@ import os
 import random
 import re
 import socket
-import sqlite3
 import subprocess
 import threading
 import time
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from csvjournal._leases import Action, leased_to, release_rows
+from csvjournal._leases import Action
 from csvjournal._process import (
     RUN_VARIABLE,
     Outcome,
@@ -37,9 +36,9 @@ from csvjournal._process import (
     stop_leftovers,
     wait,
 )
+from csvjournal._runs import forget_run, note_run_and_free_gone
 from csvjournal._values import timestamp_now
 from csvjournal._work import Task
-from csvjournal._writer import Writer
 from csvjournal.errors import CommandError, CsvJournalError
 from csvjournal.journal import Journal
 
@@ -109,22 +108,6 @@ class Template:
             return row[name] if name in known else match.group(0)
 
         return [_PLACEHOLDER.sub(fill, arg) for arg in self.argv]
-
-
-def _run_gone(worker: str) -> bool:
-    """Whether ``worker`` (a name ``run`` gave: ``host:pid:run-N``, of this host) belongs
-    to a run whose process is gone. A process id taken since by another process reads as
-    a run still there: its rows wait for their leases, as before."""
-    _, pid_text, thread = [*worker.split(":", 2), "", ""][:3]
-    if not (pid_text.isdigit() and thread.startswith("run-")) or int(pid_text) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # another user's process: there
-        return False
-    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,31 +215,14 @@ class Runner:
         """Return to ``PENDING`` now, their attempt counted, the rows that the workers of a
         run of this journal on this machine held when the run was killed outright (kill
         -9): its process is gone, so its leases hold nothing, and this run would otherwise
-        wait until they run out (300 s by default)."""
-        prefix = f"{socket.gethostname()}:"
-
-        def give_back(conn: sqlite3.Connection, writer: Writer) -> list[tuple[str, str, int]]:
-            gone = [
-                (key, holder)
-                for key, holder in leased_to(conn, prefix, time.time())
-                if _run_gone(holder)
-            ]
-            return [
-                returned
-                for holder in dict.fromkeys(holder for _, holder in gone)
-                for returned in release_rows(
-                    conn,
-                    writer,
-                    [pair for pair in gone if pair[1] == holder],
-                    at=timestamp_now(),
-                    worker=self._journal._worker_name(),
-                    note=f"lease of {holder} returned: its run is gone",
-                    counted=True,
-                )
-            ]
-
+        wait until they run out (300 s by default). See :mod:`csvjournal._runs`."""
+        worker = self._journal._worker_name()
         returned: list[tuple[str, str, int]] = self._journal._write(  # type: ignore[assignment]
-            Action(give_back)
+            Action(
+                lambda conn, writer: note_run_and_free_gone(
+                    conn, writer, now=time.time(), at=timestamp_now(), worker=worker
+                )
+            )
         )
         if returned:
             workers = sorted({holder for _, holder, _ in returned})
@@ -284,6 +250,8 @@ class Runner:
                 thread.join(poll / len(threads))
             if on_tick is not None:
                 on_tick()
+        with contextlib.suppress(CsvJournalError):  # noted gone by the next run, if not here
+            self._journal._write(Action(forget_run))
 
     def _worker(self, index: int) -> None:
         try:

@@ -6,12 +6,15 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 import csvjournal
+from csvjournal import _runs
+from csvjournal._leases import Action
 from csvjournal.errors import CommandError, CsvJournalError
 from csvjournal.runner import RunConfig, Runner, Template, env_name
 
@@ -259,32 +262,64 @@ def test_the_runner_refuses_an_unknown_placeholder_before_claiming(rows: Path) -
         assert journal.history("1") == []
 
 
-def test_a_run_takes_the_rows_of_a_run_that_is_gone_at_once(tmp_path: Path, rows: Path) -> None:
-    # a run killed outright (kill -9) left its rows leased for 300 s: its process is gone,
-    # so the next run returns them at once (the attempt counted); a live one's rows wait
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    host = socket.gethostname()
+def _rows_held(csv: Path) -> int:
+    with csvjournal.open(csv, export=False) as journal:
+        return journal.counts().get("IN_PROGRESS", 0)
+
+
+def _returned_at_start(journal: csvjournal.Journal) -> list[dict[str, object]]:
+    runner = Runner(journal, RunConfig(command=("true",), workers=2, grace=5))
+    runner.stop()  # stopped first: it claims nothing, and the rows stay to see
+    with capture_logs() as logs:
+        runner.wait(runner.start())
+    return [entry for entry in logs if entry["event"] == "rows_of_gone_run_returned"]
+
+
+@pytest.mark.slow
+def test_a_run_takes_the_rows_of_a_run_killed_outright_at_once(tmp_path: Path, rows: Path) -> None:
+    hang = _script(tmp_path, "import time\ntime.sleep(600)\n")
+    csvjournal.open(rows, key="ID", keep_backups=0).close()
+    argv = [sys.executable, "-m", "csvjournal", "run", str(rows), "--workers", "2", "--", *hang]
+    first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        with csvjournal.open(rows, key="ID", keep_backups=0) as journal:
-            assert journal.claim(2, lease=300, worker=f"{host}:{gone.pid}:run-0") == ["1", "2"]
-            assert journal.claim(1, lease=300, worker=f"{host}:{alive.pid}:run-0") == ["3"]
-            assert journal.claim(1, lease=300, worker=f"{host}:{gone.pid}:mine") == ["4"]
-            runner = Runner(journal, RunConfig(command=("true",), workers=2, grace=5))
-            runner.stop()  # stopped first: it claims nothing, and the rows stay to see
-            with capture_logs() as logs:
-                runner.wait(runner.start())
-            (returned,) = [entry for entry in logs if entry["event"] == "rows_of_gone_run_returned"]
-            assert (returned["rows"], returned["workers"]) == (2, [f"{host}:{gone.pid}:run-0"])
-            assert journal.pending() == ["1", "2"]
-            assert journal.attempts("1") == 1  # counted, as when a lease runs out
-            assert (
-                journal.history("1")[-1].note
-                == f"lease of {host}:{gone.pid}:run-0 returned: its run is gone"
-            )
-            assert journal.get("3")["STATUS"] == "IN_PROGRESS"  # type: ignore[index]
-            assert journal.get("4")["STATUS"] == "IN_PROGRESS"  # type: ignore[index]
+        deadline = time.monotonic() + 60
+        while _rows_held(rows) < 2:
+            assert time.monotonic() < deadline, "the first run never claimed its rows"
+            time.sleep(0.1)
     finally:
-        alive.kill()
-        alive.wait()
+        first.kill()  # kill -9: its rows stay leased for 300 s
+        first.wait()
+    worker = f"{socket.gethostname()}:{first.pid}:run-"
+    with csvjournal.open(rows, keep_backups=0) as journal:
+        (returned,) = _returned_at_start(journal)  # (and its sleeping commands are stopped)
+        assert returned["rows"] == 2
+        assert journal.pending()[:2] == ["1", "2"]
+        assert journal.attempts("1") == 1  # counted, as when a lease runs out
+        note = journal.history("1")[-1].note
+        assert note is not None
+        assert note.startswith(f"lease of {worker}")
+        assert note.endswith("its run is gone")
+        assert _returned_at_start(journal) == []  # that run is forgotten
+
+
+@pytest.mark.parametrize(
+    ("other", "returned"),
+    [("namespace", False), ("boot", True)],
+    ids=["another-pid-namespace", "before-the-last-boot"],
+)
+def test_the_rows_of_a_run_out_of_sight_wait_for_their_leases(
+    rows: Path, other: str, returned: bool
+) -> None:
+    # a run in another PID namespace (a container with this host name) may be alive;
+    # one noted before the machine's last boot is not
+    host = socket.gethostname()
+    with csvjournal.open(rows, key="ID", keep_backups=0) as journal:
+        assert journal.claim(1, lease=300, worker=f"{host}:4242:run-0") == ["1"]
+        here = _runs._here()
+        assert here is not None
+        run = {**here, "pid": 4242, "ticks": 1}
+        run[other] = [0, 0] if other == "namespace" else "another boot"
+        noted = json.dumps({f"{host}:4242": run})
+        journal._write(Action(lambda conn, _w: conn.execute(_runs._WRITE, ("runs", noted))))
+        assert bool(_returned_at_start(journal)) == returned
+        assert (journal.get("1")["STATUS"] == "PENDING") == returned  # type: ignore[index]
