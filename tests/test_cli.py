@@ -15,7 +15,9 @@ from click.testing import Result
 
 import csvjournal
 from csvjournal.cli import cli
+from csvjournal.cli._app import CliError
 from csvjournal.cli._demo import _mark as mark_as_demo
+from csvjournal.cli._demo import _prepare as prepare_demo
 from csvjournal.cli._demo import write_sheet
 
 COMMANDS = [
@@ -399,3 +401,17 @@ def test_init_counts_rows_in_words(tmp_path: Path) -> None:
     assert (
         ok(invoke("init", one, "--key", "ID")) == f"created {one}.journal: 1 row, key column ID\n"
     )
+
+
+def test_a_demo_stopped_before_it_marked_its_journal_is_replaced_by_the_next(
+    tmp_path: Path,
+) -> None:
+    csv = prepare_demo(tmp_path)  # the sheet written, the mark without a token yet
+    csvjournal.open(csv, key="PO_NUMBER").close()  # its journal made; Ctrl-C here
+    assert prepare_demo(tmp_path) == csv  # replaced: no record of anyone's was in it
+    assert not Path(f"{csv}.journal").exists()
+    with csvjournal.open(csv, key="PO_NUMBER") as journal:  # someone works on the sheet
+        journal.record("PO-2026-00001", "COMPLETED")
+    with pytest.raises(CliError, match="not written by an earlier demo"):
+        prepare_demo(tmp_path)
+    assert Path(f"{csv}.journal").exists()

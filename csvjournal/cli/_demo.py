@@ -168,7 +168,7 @@ def _prepare(directory: Path | None) -> Path:
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
-    (folder / DEMO_MARK).unlink(missing_ok=True)  # until this demo's journal is made
+    _write_mark(csv_path, None)  # its journal not made yet: see _check_ours
     write_sheet(csv_path)
     return csv_path
 
@@ -195,30 +195,53 @@ def _check_ours(csv_path: Path) -> None:
     journal = csv_path.with_name(f"{csv_path.name}.journal")
     if exporter_alive(csv_path) or in_use(journal):
         raise CliError(f"{journal}: in use by a running process: stop it, or choose another folder")
-    mark = csv_path.with_name(DEMO_MARK)
-    token: object = None
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # an older mark, say
-        token = json.loads(mark.read_text())["token"]
-    if journal.exists():
-        ours = token is not None and _stored_token(journal) == token
-    else:  # the journal deleted: is the CSV the demo's?
-        ours = mark.exists() and _a_demo_sheet(csv_path)
-    if not ours:
+    if not _ours(csv_path, journal):
         raise CliError(
             f"{found[0]}: not written by an earlier demo (the demo replaces only its own"
             " orders.csv and journal): choose another folder"
         )
 
 
-def _stored_token(journal: Path) -> object:
-    """The demo's token stored in ``journal``; None if none (or it cannot be read)."""
+def _ours(csv_path: Path, journal: Path) -> bool:
+    """Whether the files are a demo's: its journal holds the mark's token; or the demo was
+    stopped before it stored one (or it is an older csvjournal's), and the CSV is the
+    demo's sheet, and its journal, if any, has no record of anyone's."""
+    mark = csv_path.with_name(DEMO_MARK)
+    try:
+        text = mark.read_text()
+    except OSError:
+        return False
+    try:
+        token = json.loads(text)["token"]
+    except (ValueError, KeyError, TypeError):  # an older demo's mark: plain text
+        token = None
+    if token is not None and journal.exists() and _stored(journal, _TOKEN_SETTING) == token:
+        return True
+    if not _a_demo_sheet(csv_path):
+        return False
+    return not journal.exists() or (
+        _stored(journal, _TOKEN_SETTING) is None and not _has_events(journal)
+    )
+
+
+def _has_events(journal: Path) -> bool:
+    """Whether ``journal`` holds any event (yes, when it cannot be read)."""
     try:
         with contextlib.closing(
             sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True)
         ) as conn:
-            row = conn.execute(
-                "SELECT value FROM settings WHERE name = ?", (_TOKEN_SETTING,)
-            ).fetchone()
+            return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM events)").fetchone()[0])
+    except sqlite3.Error:
+        return True
+
+
+def _stored(journal: Path, name: str) -> object:
+    """The setting ``name`` stored in ``journal``; None if none (or it cannot be read)."""
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True)
+        ) as conn:
+            row = conn.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
         return None if row is None else json.loads(row[0])
     except (sqlite3.Error, ValueError):
         return None
@@ -240,6 +263,10 @@ def _mark(csv_path: Path, journal: csvjournal.Journal) -> None:
     token = secrets.token_hex(16)
     with journal._store.write() as conn:
         write_value(conn, _TOKEN_SETTING, token)
+    _write_mark(csv_path, token)
+
+
+def _write_mark(csv_path: Path, token: str | None) -> None:
     csv_path.with_name(DEMO_MARK).write_text(
         json.dumps({"token": token, "note": "made by csvjournal demo"}) + "\n"
     )
