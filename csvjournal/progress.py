@@ -11,7 +11,8 @@ from sqlalchemy import text
 from csvjournal import _reads
 from csvjournal._atomicfile import fingerprint
 from csvjournal._handedits import blocked_by
-from csvjournal._oslock import exporter_alive
+from csvjournal._oslock import exporter_alive, exporter_pid
+from csvjournal._pids import stopped
 from csvjournal._settings import read_value
 from csvjournal._values import parse_timestamp
 
@@ -65,6 +66,10 @@ class Progress:
     # the CSV was written from the journal, but with the other formula guard (an open
     # turned it on or off since): then ``exported_seq`` is None too
     csv_shows_other_guard: bool = False
+    # the process that exports (None: none, or unknown), and whether it is stopped (SIGSTOP,
+    # Ctrl-Z): alive, but exporting nothing until resumed
+    exporter_pid: int | None = None
+    exporter_stopped: bool = False
 
     def to_dict(self) -> dict[str, object]:
         """The snapshot as plain JSON-ready data."""
@@ -91,6 +96,7 @@ def progress(journal: Journal) -> Progress:
         edited = blocked_by(conn, journal.csv_path) is not None
         known = {read_value(conn, "csv_digest"), read_value(conn, "csv_pending")} - {None}
     alive = exporter_alive(journal.csv_path)
+    pid = exporter_pid(journal.csv_path) if alive else None
     if not edited and not alive:  # no exporter to notice an edit: look at the file
         edited = _unknown_file(journal.csv_path, known)
     rows = sum(counts.values())
@@ -119,6 +125,8 @@ def progress(journal: Journal) -> Progress:
         csv_age_seconds=None if age is None else round(age, 3),
         csv_edited_by_hand=edited,
         exporter_alive=alive,
+        exporter_pid=pid,
+        exporter_stopped=pid is not None and stopped(pid),
         csv_shows_other_guard=other_guard,
     )
 

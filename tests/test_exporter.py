@@ -20,6 +20,7 @@ import csvjournal
 from csvjournal._oslock import exporter_pid
 from csvjournal.cli import cli
 from csvjournal.csvio import temp_prefix
+from csvjournal.progress import progress
 
 
 def test_flush_returns_once_the_csv_shows_every_record(csv_path: Path) -> None:
@@ -457,6 +458,10 @@ def test_a_flush_behind_a_stopped_exporter_names_its_process(csv_path: Path) -> 
             result = CliRunner().invoke(cli, ["recover", str(csv_path)])
             assert result.exit_code == 2
             assert f"process {exporter.pid}, is stopped" in result.stderr
+            snap = progress(journal)
+            assert (snap.exporter_pid, snap.exporter_stopped) == (exporter.pid, True)
+            shown = CliRunner().invoke(cli, ["status", str(csv_path)]).stdout
+            assert f"exporter: stopped, process {exporter.pid} (`kill -CONT" in shown
             assert time.monotonic() - started < 60
             standby = csvjournal.open(csv_path, busy_timeout=600)  # exporting, standing by
             standby.record("later", "COMPLETED")
@@ -468,6 +473,7 @@ def test_a_flush_behind_a_stopped_exporter_names_its_process(csv_path: Path) -> 
             assert f"process {exporter.pid}, is stopped" in behind["error"]
             exporter.send_signal(signal.SIGCONT)
             journal.flush(timeout=30)
+            assert not progress(journal).exporter_stopped
         assert {"late", "later"} <= set(_rows(csv_path))
     finally:
         exporter.kill()

@@ -68,9 +68,17 @@ def render(csv: Path, snap: Progress) -> Group:
         f"{snap.done:,} of {snap.rows:,} rows done ({snap.percent_done:.1f} %),"
         f" {snap.pending:,} pending, {snap.in_progress:,} held by a worker (leased)",
         f"rate: {rate}; ETA: {_duration(snap.eta_seconds)}",
-        f"exporter: {'alive' if snap.exporter_alive else 'none running'}; CSV: {freshness}",
+        f"exporter: {_exporter(snap)}; CSV: {freshness}",
     ]
     return Group(table, Text("\n".join(lines)))
+
+
+def _exporter(snap: Progress) -> str:
+    if not snap.exporter_alive:
+        return "none running"
+    if snap.exporter_stopped:
+        return f"stopped, process {snap.exporter_pid} (`kill -CONT {snap.exporter_pid}` resumes it)"
+    return "alive" if snap.exporter_pid is None else f"alive, process {snap.exporter_pid}"
 
 
 @cli.command()
