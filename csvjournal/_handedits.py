@@ -143,10 +143,12 @@ class CsvGuard:
         self._refused = None
 
     def moved(self) -> bool:
-        """Whether the CSV on disk is another file than the one placed or last passed
-        (one ``stat``): an edit, or a file the journal knows; :meth:`check` tells."""
+        """Whether the CSV on disk changed size or modification time since it was placed
+        or last passed (one ``stat``): an edit, or a file the journal knows; :meth:`check`
+        tells. (Not the inode number, which some network file systems make up anew: a
+        CSV on one would be read at every look.)"""
         identity = file_identity(self._csv_path)
-        return identity is not None and identity != self._placed
+        return identity is not None and (self._placed is None or identity[2:] != self._placed[2:])
 
     def check(self) -> None:
         """Refuse to replace the CSV on disk if it was edited by hand since :meth:`placed`.
