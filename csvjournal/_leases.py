@@ -120,6 +120,15 @@ def record_outcome(
     return op.seq
 
 
+# Back-offs (``defer``) that ran out: their rows free again, listed in ``free_rows`` (by
+# its trigger) once, rather than found and sorted with the lapsed leases at every claim,
+# which cost a claim milliseconds per 10,000 such rows.
+_BACK_OFFS_OVER = """
+UPDATE rows INDEXED BY rows_leased SET lease_until = NULL
+WHERE lease_until IS NOT NULL AND lease_until <= ? AND holder IS NULL
+"""
+
+
 def claim_rows(
     conn: sqlite3.Connection,
     writer: Writer,
@@ -136,6 +145,7 @@ def claim_rows(
     are skipped. A row whose lease ran out says in its event whose lease it was. Return
     ``(key, sequence number of its event)`` for each row taken."""
     limit = _NO_LIMIT if max_attempts is None else max_attempts
+    conn.execute(_BACK_OFFS_OVER, (now,))
     found = sorted(conn.execute(_OPEN, (now, limit, n)).fetchall())
     ops = [
         RecordOp(

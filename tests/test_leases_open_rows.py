@@ -125,3 +125,19 @@ def test_free_rows_lists_exactly_the_rows_neither_done_nor_leased(
     with csvjournal.open(csv_path, terminal={"COMPLETED"}, export=False) as journal:
         _free_rows_match(journal.journal_path)  # NO_ATTACHMENTS rows are open again
         assert set(expected) <= set(journal.pending())
+
+
+def test_back_offs_that_ran_out_are_free_rows_again_after_a_claim(jr: Journal) -> None:
+    # found once by a claim, not sorted with the lapsed leases at every claim after
+    deferred = KEYS[1::2]
+    for key in deferred:
+        jr.record(key, "FAILED")
+    assert jr.defer(deferred, 0) == deferred  # back-offs over at once
+    assert jr.claim(1, lease=LONG) == KEYS[:1]
+    with closing(sqlite3.connect(jr.journal_path)) as conn:
+        lapsed = conn.execute(
+            "SELECT count(*) FROM rows WHERE lease_until IS NOT NULL AND holder IS NULL"
+        ).fetchone()[0]
+    assert lapsed == 0
+    _free_rows_match(jr.journal_path)
+    assert jr.claim(len(KEYS), lease=LONG) == KEYS[1:]  # in CSV order, free and deferred
