@@ -130,16 +130,28 @@ def test_init_shows_the_import_on_a_terminal(
     assert f"importing {csv}" in result.stderr
 
 
-def test_import_merge_shows_the_merge_on_a_terminal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("command", "doing", "said"),
+    [
+        (["import", "--merge"], "merging", "merged "),
+        (["recover"], "recovering", "integrity check: ok"),
+        (["backup"], "backing up", ""),
+        (["export"], "exporting", "wrote "),
+        (["restore"], "restoring", "restored "),
+    ],
+)
+def test_long_commands_show_what_they_do_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str], doing: str, said: str
 ) -> None:
     csv = tmp_path / "big.csv"
     csv.write_text("ID\n" + "".join(f"{n}\n" for n in range(1000)))
     ok(invoke("init", csv, "--key", "ID"))
+    if command == ["restore"]:
+        command = ["restore", ok(invoke("backup", csv)).strip()]
     _terminal_stderr(monkeypatch)
-    result = invoke("import", csv, "--merge")
-    assert ok(result).startswith(f"merged {csv}: 0 added")  # stdout clean
-    assert f"merging {csv}" in result.stderr
+    result = invoke(command[0], csv, *command[1:])
+    assert said in ok(result)  # stdout clean
+    assert f"{doing} {csv}" in result.stderr
 
 
 def test_init_shows_no_import_without_a_terminal_or_with_json_logs(

@@ -44,12 +44,12 @@ __all__ = [
     "csv_argument",
     "encoding_option",
     "existing_journal",
-    "importing",
     "json_option",
     "log_json_wanted",
     "print_json",
     "stderr_console",
     "stdout_console",
+    "working_on",
 ]
 
 EXIT_BAD_INPUT = 2
@@ -341,12 +341,13 @@ def encoding_option(help_text: str) -> Callable[[Any], Any]:
 
 
 @contextmanager
-def importing(csv: Path, doing: str = "importing") -> Iterator[None]:
-    """Show that ``csv`` is being imported, or merged (``doing``), with a spinner and the
-    time so far while the block runs, when stderr is a terminal and carries no JSON logs.
+def working_on(csv: Path, doing: str) -> Iterator[None]:
+    """Show what a long command is ``doing`` to ``csv`` (importing, merging, recovering...)
+    with a spinner and the time so far while the block runs, when stderr is a terminal
+    and carries no JSON logs.
 
-    The import reads, checks and inserts the whole file in one call that reports nothing
-    on the way: an elapsed time, not a bar, is what can be shown.
+    The work (an import reads, checks and inserts the whole file) is one call that reports
+    nothing on the way: an elapsed time, not a bar, is what can be shown.
     """
     console = stderr_console()
     if log_json_wanted() or not console.is_terminal:

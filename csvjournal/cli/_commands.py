@@ -21,12 +21,12 @@ from csvjournal.cli._app import (
     csv_argument,
     encoding_option,
     existing_journal,
-    importing,
     journal_path_of,
     json_option,
     no_journal,
     print_json,
     schema_revision,
+    working_on,
 )
 from csvjournal.events import Event
 
@@ -61,7 +61,7 @@ def init(
     if not csv.exists():
         raise CliError(f"{csv}: no such file (init imports an existing CSV)")
     names = _names(terminal)
-    with importing(csv):
+    with working_on(csv, "importing"):
         journal = csvjournal.open(
             csv, key=key, terminal=names, encoding=encoding, formula_guard=formula_guard
         )
@@ -171,9 +171,12 @@ def export(csv: Path, target: Path | None) -> None:
     """Regenerate the CSV from the journal now (or write it to --to)."""
     # Exporting (without the session's backup): the CSV is written even when the journal
     # thinks it current (deleted meanwhile), and hand edits are refused, not overwritten.
-    with existing_journal(
-        csv, export=target is None, keep_backups=0, reading=target is not None
-    ) as journal:
+    with (
+        working_on(csv, "exporting"),
+        existing_journal(
+            csv, export=target is None, keep_backups=0, reading=target is not None
+        ) as journal,
+    ):
         if target is None:  # bounded: another process's exporter may be stopped, say
             journal.flush(timeout=FLUSH_SECONDS)
         else:
@@ -191,7 +194,7 @@ def import_(csv: Path, merge: bool, encoding: str | None, as_json: bool) -> None
     a terminal row never moves back), then rewrite the CSV."""
     if not journal_path_of(csv).exists():
         raise no_journal(csv)
-    with importing(csv, "merging"):
+    with working_on(csv, "merging"):
         report = csvjournal.merge_csv(csv, encoding=encoding)
     with existing_journal(csv) as journal:
         journal.flush(timeout=FLUSH_SECONDS)
@@ -220,7 +223,7 @@ def import_(csv: Path, merge: bool, encoding: str | None, as_json: bool) -> None
 @json_option
 def recover(csv: Path, as_json: bool) -> None:
     """After a crash: check the journal, return expired leases, clean up, re-export."""
-    with existing_journal(csv) as journal:
+    with working_on(csv, "recovering"), existing_journal(csv) as journal:
         report = journal.recover()
     if as_json:
         print_json(
@@ -251,9 +254,10 @@ def recover(csv: Path, as_json: bool) -> None:
 )
 def backup(csv: Path, keep: int) -> None:
     """Back up the journal and the CSV (consistent even while workers record)."""
-    with existing_journal(csv) as journal:
-        folder = journal.backup()
-    prune_backups(csv, keep)
+    with working_on(csv, "backing up"):
+        with existing_journal(csv) as journal:
+            folder = journal.backup()
+        prune_backups(csv, keep)
     click.echo(str(backups_folder(csv) / folder.name))  # as `backups` lists it
 
 
@@ -280,7 +284,8 @@ def backups(csv: Path, as_json: bool) -> None:
 def restore(csv: Path, backup_dir: Path) -> None:
     """Restore the journal from BACKUP (a folder `backups` lists) and rewrite the CSV.
     The current state is backed up first. Stop every worker before."""
-    safety = csvjournal.restore(csv, backup_dir)
+    with working_on(csv, "restoring"):
+        safety = csvjournal.restore(csv, backup_dir)
     click.echo(f"restored {csv} from {backup_dir}")
     if safety is not None:
         click.echo(f"the state before is in {safety}")

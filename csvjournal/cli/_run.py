@@ -30,11 +30,11 @@ from csvjournal.cli._app import (
     cli,
     csv_argument,
     encoding_option,
-    importing,
     journal_path_of,
     log_json_wanted,
     no_journal,
     stderr_console,
+    working_on,
 )
 from csvjournal.cli._commands import _names
 from csvjournal.csvio import read_csv
@@ -179,7 +179,7 @@ def _run_job(
     not show the run's records (None: it does)."""
     # a journal that exists keeps the encoding stored when it was created
     creating = not journal_path_of(csv).exists() or unfinished(journal_path_of(csv))
-    with importing(csv) if creating else nullcontext():
+    with working_on(csv, "importing") if creating else nullcontext():
         journal = csvjournal.open(csv, key=key, terminal=terminal, encoding=encoding)
     with journal:
         runner = Runner(journal, config)
