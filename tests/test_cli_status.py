@@ -34,7 +34,7 @@ from csvjournal.progress import Progress
 def test_status_shows_counts_percent_rate_and_freshness(orders: Path) -> None:
     out = ok(invoke("status", orders))
     assert "PENDING" in out
-    assert "0 of 3 rows done (0.0 %), 3 pending, 0 held by a worker (leased)" in out
+    assert "0 of 3 rows done (0.0 %), 3 pending, 0 leased to workers" in out
     assert "rate: no rows finished in the last minute; ETA: unknown" in out
     assert "exporter: none running; CSV: current" in out
     ok(invoke("record", orders, "PO-1", "--status", "COMPLETED"))
@@ -42,7 +42,7 @@ def test_status_shows_counts_percent_rate_and_freshness(orders: Path) -> None:
     out = ok(invoke("status", orders))
     assert re.search(r"COMPLETED \(done\)\s*│\s*1", out), out
     assert re.search(r"FAILED\s*│\s*1", out), out
-    assert "1 of 3 rows done (33.3 %), 2 pending, 0 held by a worker (leased)" in out
+    assert "1 of 3 rows done (33.3 %), 2 pending, 0 leased to workers" in out
     assert "rows/s" in out
 
 

@@ -66,7 +66,7 @@ def render(csv: Path, snap: Progress) -> Group:
         freshness += f", written {snap.csv_age_seconds:.1f} s ago"
     lines = [
         f"{snap.done:,} of {snap.rows:,} rows done ({snap.percent_done:.1f} %),"
-        f" {snap.pending:,} pending, {snap.in_progress:,} held by a worker (leased)",
+        f" {snap.pending:,} pending, {snap.in_progress:,} leased to workers",
         f"rate: {rate}; ETA: {_duration(snap.eta_seconds)}",
         f"exporter: {_exporter(snap)}; CSV: {freshness}",
     ]
