@@ -212,14 +212,21 @@ def test_an_init_that_never_finished_is_said_so_and_can_be_done_again(tmp_path: 
     assert ok(invoke("pending", csv)).split() == ["1", "2"]
 
 
-def test_demo_never_replaces_a_job_it_did_not_write(tmp_path: Path) -> None:
-    csv = tmp_path / "orders.csv"
+def _a_job_of_ones_own(csv: Path) -> None:
     csv.write_text("PO_NUMBER,NOTE\nMINE-1,precious\n")
     ok(invoke("init", csv, "--key", "PO_NUMBER"))
     ok(invoke("record", csv, "MINE-1", "--status", "COMPLETED"))
-    before = state_of(tmp_path)
-    assert_error(invoke("demo", tmp_path), "not written by an earlier demo")
-    assert state_of(tmp_path) == before
+
+
+def _demo_refused(folder: Path) -> None:
+    before = state_of(folder)
+    assert_error(invoke("demo", folder), "not written by an earlier demo")
+    assert state_of(folder) == before
+
+
+def test_demo_never_replaces_a_job_it_did_not_write(tmp_path: Path) -> None:
+    _a_job_of_ones_own(tmp_path / "orders.csv")
+    _demo_refused(tmp_path)
 
 
 def _an_earlier_demo(folder: Path) -> Path:
@@ -237,16 +244,10 @@ def test_demo_never_replaces_a_job_made_since_in_a_folder_of_an_earlier_demo(
     csv = _an_earlier_demo(tmp_path)
     for made in tmp_path.glob("orders.csv.*"):  # the user's own job in its place
         shutil.rmtree(made) if made.is_dir() else made.unlink()
-    csv.write_text("PO_NUMBER,NOTE\nMINE-1,precious\n")
-    ok(invoke("init", csv, "--key", "PO_NUMBER"))
-    ok(invoke("record", csv, "MINE-1", "--status", "COMPLETED"))
-    before = state_of(tmp_path)
-    assert_error(invoke("demo", tmp_path), "not written by an earlier demo")
-    assert state_of(tmp_path) == before
+    _a_job_of_ones_own(csv)
+    _demo_refused(tmp_path)
     Path(f"{csv}.journal").unlink()  # a CSV of the user's, its journal gone
-    before = state_of(tmp_path)
-    assert_error(invoke("demo", tmp_path), "not written by an earlier demo")
-    assert state_of(tmp_path) == before
+    _demo_refused(tmp_path)
 
 
 def test_demo_never_replaces_a_demo_journal_a_process_has_open(tmp_path: Path) -> None:

@@ -163,17 +163,23 @@ time.sleep(120)
 """
 
 
-def test_a_standby_outlives_a_deleted_backups_folder_and_takes_over(csv_path: Path) -> None:
+def _start_frozen_exporter(csv_path: Path) -> subprocess.Popen[str]:
+    """A process that exports ``csv_path``'s journal and does nothing else, once it is up."""
     exporter = subprocess.Popen(
         [sys.executable, "-c", _FROZEN_EXPORTER, str(csv_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
+    assert exporter.stdout is not None
+    while exporter.stdout.readline() not in ("up\n", ""):  # after its log lines
+        pass
+    return exporter
+
+
+def test_a_standby_outlives_a_deleted_backups_folder_and_takes_over(csv_path: Path) -> None:
+    exporter = _start_frozen_exporter(csv_path)
     try:
-        assert exporter.stdout is not None
-        while exporter.stdout.readline() not in ("up\n", ""):  # after its log lines
-            pass
         with csvjournal.open(csv_path) as standby:
             assert standby._exporter is not None
             assert not standby._exporter.leading
@@ -434,16 +440,8 @@ def test_an_export_to_another_jobs_csv_is_refused(csv_path: Path) -> None:
 def test_a_flush_behind_a_stopped_exporter_names_its_process(csv_path: Path) -> None:
     with csvjournal.open(csv_path, key="ID") as journal:
         assert exporter_pid(csv_path) == os.getpid()  # the lock file says who exports
-    exporter = subprocess.Popen(
-        [sys.executable, "-c", _FROZEN_EXPORTER, str(csv_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    exporter = _start_frozen_exporter(csv_path)
     try:
-        assert exporter.stdout is not None
-        while exporter.stdout.readline() not in ("up\n", ""):
-            pass
         assert exporter_pid(csv_path) == exporter.pid
         with csvjournal.open(csv_path, export=False) as journal:
             exporter.send_signal(signal.SIGSTOP)
