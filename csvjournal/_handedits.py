@@ -150,6 +150,12 @@ class CsvGuard:
         identity = file_identity(self._csv_path)
         return identity is not None and (self._placed is None or identity[2:] != self._placed[2:])
 
+    def still_refused(self, conn: Connection) -> bool:
+        """Whether the file :meth:`check` refused is still unknown to the journal (read in
+        ``conn``): a merge of it since makes it known, and the refusal is void."""
+        known = frozenset({read_value(conn, "csv_digest"), read_value(conn, "csv_pending")})
+        return self._refused is not None and self._refused[1] == known
+
     def check(self) -> None:
         """Refuse to replace the CSV on disk if it was edited by hand since :meth:`placed`.
 

@@ -28,6 +28,7 @@ __all__ = [
     "exported_seq",
     "get",
     "history",
+    "keys_recorded_since",
     "last_seq",
     "leased_keys",
     "next_lease_end",
@@ -79,6 +80,12 @@ def leased_keys(conn: Connection, keys: list[str], now: float) -> set[str]:
         " AND done = 0 AND holder IS NOT NULL AND lease_until > ?",
         [*keys, now],
     )
+    return {key for (key,) in found}
+
+
+def keys_recorded_since(conn: Connection, seq: int) -> set[str]:
+    """The keys of the rows that events after event ``seq`` changed."""
+    found = t.driver(conn).execute("SELECT DISTINCT key FROM events WHERE seq > ?", (seq,))
     return {key for (key,) in found}
 
 

@@ -339,7 +339,10 @@ class Exporter(ExportWriter):
         """Note, for every process, that the hand edit on disk now stops the exports."""
         try:
             with self._store.write(synced=False) as conn:
-                self._blocked_file = block(conn, self._csv_path, str(exc))
+                # a merge of the file between the check and now: no stop (the next look
+                # exports), or it would outlive the merge that ended it
+                if self._guard.still_refused(conn):
+                    self._blocked_file = block(conn, self._csv_path, str(exc))
         except _FAILURES as error:  # a full disk: other processes see no note
             log.warning("csv_block_not_noted", path=str(self._csv_path), error=str(error))
 

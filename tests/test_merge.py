@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import csvjournal
+from csvjournal import _reads
 from csvjournal.cli import cli
 from csvjournal.progress import progress
 
@@ -686,3 +687,27 @@ def test_a_row_a_worker_holds_keeps_its_status_but_takes_other_edits(
         csv_path.write_text(text.replace("A1,look,PENDING", "A1,look,COMPLETED"), encoding="utf-8")
         assert csvjournal.merge_csv(csv_path).leased_kept == []
         assert job.get("A1")["STATUS"] == "COMPLETED"  # type: ignore[index]
+
+
+def test_a_merge_works_its_rows_out_without_holding_the_journal(
+    csv_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # workers record while a big sheet is compared (tens of seconds): they must not wait
+    # for the merge, and a row one of them changed meanwhile keeps the newer record
+    csv_path.write_text("ID,NOTE\na,x\nb,y\n", encoding="utf-8")
+    with csvjournal.open(csv_path, key="ID") as job:
+        job.flush(timeout=10)
+        sheet = csv_path.read_text(encoding="utf-8")
+        csv_path.write_text(sheet.replace("a,x,", "a,x2,").replace("b,y,", "b,y2,"))
+        real, recorded = _reads.rows_by_key, []
+
+        def meanwhile(conn: object, columns: list[str], keys: list[str]) -> object:
+            if not recorded:  # a worker, while the merge reads the journal's rows
+                recorded.append(job.record("a", NOTE="worker's"))
+            return real(conn, columns, keys)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(_reads, "rows_by_key", meanwhile)
+        report = csvjournal.merge_csv(csv_path)
+        assert recorded
+        assert (report.updated, report.newer_kept) == (["b"], ["a"])
+        assert (job.get("a")["NOTE"], job.get("b")["NOTE"]) == ("worker's", "y2")  # type: ignore[index]
