@@ -44,12 +44,12 @@ class MergeReport:
 
 @dataclass(frozen=True, slots=True)
 class Planned:
-    """A record a merge makes: the file's ``row`` at ``line`` sets ``key``'s ``status``
-    (None: left alone) and ``fields``."""
+    """A record a merge makes: the file's row at ``line`` sets ``key``'s ``status`` (None:
+    left alone) and ``fields`` (the changed ones: the row itself is read again from the
+    file for the few rows worked out again, not held for all)."""
 
     line: int
     key: str
-    row: dict[str, str]
     status: str | None
     fields: dict[str, str]
 
@@ -120,7 +120,7 @@ def plan_rows(
                 leased=key in leased,
                 since_export=known.since_export,
                 report=report,
-                record=_planner(planned, line, row),
+                record=_planner(planned, line),
             )
     with journal._reading() as conn:
         report.missing.extend(key for key in _reads.keys(conn) if key not in seen)
@@ -131,9 +131,9 @@ def plan_rows(
     return planned
 
 
-def _planner(planned: list[Planned], line: int, row: dict[str, str]) -> _Record:
+def _planner(planned: list[Planned], line: int) -> _Record:
     def plan(key: str, status: str | None, fields: dict[str, str]) -> None:
-        planned.append(Planned(line, key, row, status, fields))
+        planned.append(Planned(line, key, status, fields))
 
     return plan
 
@@ -141,27 +141,30 @@ def _planner(planned: list[Planned], line: int, row: dict[str, str]) -> _Record:
 def apply_plan(
     journal: Journal,
     settings: Settings,
-    path: Path,
+    parsed: ParsedCsv,
     report: MergeReport,
     *,
     planned: list[Planned],
     since: int,
 ) -> None:
     """Inside the merge's batch (under the write lock): add the columns and make the
-    records of ``planned``; a planned row that a record after event ``since`` changed is
-    worked out again from the journal as it is now.
+    records of ``planned``; a planned row that a record after event ``since`` changed (under
+    its key, or the key the formula guard shows alike) is worked out again from the journal
+    as it is now.
 
     Raises:
         CsvFormatError: a record is refused (text the CSV's encoding cannot write, say).
     """
+    path = parsed.path
     if report.added_columns:
         new = list(report.added_columns)
         journal._write(Action(lambda conn, writer: [writer.columns.cell(conn, n) for n in new]))
     with journal._reading() as conn:
         touched = _reads.keys_recorded_since(conn, since)
-    again = [item for item in planned if item.key in touched]
+    again = [item for item in planned if not touched.isdisjoint(_spellings(settings, item.key))]
+    lines = {item.line for item in again}
     for item in planned:
-        if item.key not in touched:
+        if item.line not in lines:
             _record(journal, path, item)
     if not again:
         return
@@ -170,26 +173,55 @@ def apply_plan(
         kept[:] = [key for key in kept if key not in keys]
     report.leased_kept[:] = [key for key in report.leased_kept if key not in keys]
     known = _known(journal, settings)
-    for item in again:
-        with journal._reading() as conn:
-            current = _reads.rows_by_key(conn, known.columns, [item.key])
-            leased = _reads.leased_keys(conn, [item.key], time.time())
-        _merge_one(
-            journal,
-            settings,
-            item.row,
-            current.get(item.key),
-            key=item.key,
-            leased=item.key in leased,
-            since_export=known.since_export,
-            report=report,
-            record=_recorder(journal, path, item),
+    rows = {line: values for line, values in parsed.records() if line in lines}
+    for item in {item.line: item for item in again}.values():
+        _work_out_again(
+            journal, settings, parsed, item, values=rows[item.line], known=known, report=report
         )
 
 
-def _recorder(journal: Journal, path: Path, item: Planned) -> _Record:
+def _spellings(settings: Settings, key: str) -> set[str]:
+    """``key``, and with the formula guard on, the key it shows alike (``=A``, ``'=A``)."""
+    if not settings.formula_guard:
+        return {key}
+    typed = unguard_formula(key)
+    return {key, typed, guard_formula(typed)}
+
+
+def _work_out_again(
+    journal: Journal,
+    settings: Settings,
+    parsed: ParsedCsv,
+    item: Planned,
+    *,
+    values: list[str],
+    known: _Journal,
+    report: MergeReport,
+) -> None:
+    """Merge the file's row at ``item.line`` again, the journal as it is now (its key as
+    :func:`plan_rows` picks it: the row that the file's spelling names, if there is one)."""
+    typed = unguard_formula(item.key) if settings.formula_guard else item.key
+    twin = guard_formula(typed) if settings.formula_guard else typed
+    with journal._reading() as conn:
+        current = _reads.rows_by_key(conn, known.columns, list({typed, twin}))
+        key = typed if typed in current or twin not in current else twin
+        leased = _reads.leased_keys(conn, [key], time.time())
+    _merge_one(
+        journal,
+        settings,
+        dict(zip(parsed.header, values, strict=True)),
+        current.get(key),
+        key=key,
+        leased=key in leased,
+        since_export=known.since_export,
+        report=report,
+        record=_recorder(journal, parsed.path, item.line),
+    )
+
+
+def _recorder(journal: Journal, path: Path, line: int) -> _Record:
     def record(key: str, status: str | None, fields: dict[str, str]) -> None:
-        _record(journal, path, Planned(item.line, key, item.row, status, fields))
+        _record(journal, path, Planned(line, key, status, fields))
 
     return record
 

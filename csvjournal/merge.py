@@ -84,7 +84,7 @@ def merge_csv(
             since = _reads.last_seq(conn)
         planned = plan_rows(journal, settings, path, parsed, report)  # without the lock
         with journal.batch():
-            apply_plan(journal, settings, path, report, planned=planned, since=since)
+            apply_plan(journal, settings, parsed, report, planned=planned, since=since)
         with journal._store.write() as conn:  # the edited file is now known, not foreign
             # the digest of the bytes parsed (a second read could see a later edit)
             write_value(conn, "csv_digest", parsed.digest)

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import csvjournal
-from csvjournal import _reads
+from csvjournal import _reads, merge
 from csvjournal.cli import cli
 from csvjournal.progress import progress
 
@@ -711,3 +711,28 @@ def test_a_merge_works_its_rows_out_without_holding_the_journal(
         assert recorded
         assert (report.updated, report.newer_kept) == (["b"], ["a"])
         assert (job.get("a")["NOTE"], job.get("b")["NOTE"]) == ("worker's", "y2")  # type: ignore[index]
+
+
+def test_a_row_a_worker_adds_under_the_other_spelling_while_a_merge_plans_is_merged_into(
+    csv_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # with the formula guard, the sheet's new row '=A is the row =A or the row '=A; a worker
+    # records the row '=A after the merge planned to add =A: the merge takes that row
+    csv_path.write_text("ID,NOTE\nb,x\n", encoding="utf-8")
+    with csvjournal.open(csv_path, key="ID", formula_guard=True) as job:
+        job.flush(timeout=10)
+        csv_path.write_text(
+            csv_path.read_text(encoding="utf-8") + "'=A,from sheet,PENDING,\n", encoding="utf-8"
+        )
+        real = merge.plan_rows
+
+        def planned_then_a_worker(*args: object, **kwargs: object) -> object:
+            plan = real(*args, **kwargs)  # type: ignore[arg-type]
+            job.record("'=A", NOTE="worker")
+            return plan
+
+        monkeypatch.setattr(merge, "plan_rows", planned_then_a_worker)
+        report = csvjournal.merge_csv(csv_path)
+        assert (report.added, report.newer_kept) == ([], ["'=A"])
+        assert job.get("'=A")["NOTE"] == "worker"  # type: ignore[index]
+        assert job.get("=A") is None
