@@ -16,7 +16,14 @@ from pathlib import Path
 from csvjournal._atomicfile import make_folder_like, open_lock_like
 from csvjournal._posix import fcntl
 
-__all__ = ["ExporterLock", "exporter_alive", "exporter_pid", "lock_path", "open_lock_file"]
+__all__ = [
+    "ExporterLock",
+    "exporter",
+    "exporter_alive",
+    "exporter_pid",
+    "lock_path",
+    "open_lock_file",
+]
 
 
 def lock_path(csv_path: Path) -> Path:
@@ -130,41 +137,34 @@ class ExporterLock:
 def exporter_alive(csv_path: Path) -> bool:
     """Tell whether a process (this one included) holds the exporter lock of ``csv_path``'s
     journal now."""
-    path = lock_path(csv_path).resolve()
-    with _registry_lock:  # (a descriptor closed below would drop this process's own lock)
-        if path in _held:
-            return True
-        try:  # read-only: an operator who may read the job's files, not write them, asks too
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while an exporter holds it
-        except OSError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+    return exporter(csv_path)[0]
 
 
 def exporter_pid(csv_path: Path) -> int | None:
     """The process id that the exporter holding ``csv_path``'s lock wrote in it; None when
     no exporter holds it, or the file does not say (an older csvjournal's)."""
+    return exporter(csv_path)[1]
+
+
+def exporter(csv_path: Path) -> tuple[bool, int | None]:
+    """Whether a process (this one included) holds the exporter lock of ``csv_path``'s
+    journal now, and the process id it wrote in the lock file (None if it did not), in one
+    look at the file."""
     path = lock_path(csv_path).resolve()
-    with _registry_lock:  # as in exporter_alive: closing a descriptor drops our own lock
+    with _registry_lock:  # (a descriptor closed below would drop this process's own lock)
         if path in _held:
-            return os.getpid()
-        try:
+            return True, os.getpid()
+        try:  # read-only: an operator who may read the job's files, not write them, asks too
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            return None
+            return False, None
         try:
             try:
-                fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while one holds it
             except OSError:  # an exporter holds it: what did it write?
                 text = os.pread(fd, 32, 0)
             else:
-                return None
+                return False, None
         finally:
             os.close(fd)
-    return int(text) if text.strip().isdigit() else None
+    return True, int(text) if text.strip().isdigit() else None

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from csvjournal import _reads
 from csvjournal._atomicfile import fingerprint
 from csvjournal._handedits import blocked_by
-from csvjournal._oslock import exporter_alive, exporter_pid
+from csvjournal._oslock import exporter, exporter_alive
 from csvjournal._pids import stopped
 from csvjournal._settings import read_value
 from csvjournal._values import parse_timestamp
@@ -95,8 +95,7 @@ def progress(journal: Journal) -> Progress:
         recent = [(str(at), str(status), before) for at, status, before in found]
         edited = blocked_by(conn, journal.csv_path) is not None
         known = {read_value(conn, "csv_digest"), read_value(conn, "csv_pending")} - {None}
-    alive = exporter_alive(journal.csv_path)
-    pid = exporter_pid(journal.csv_path) if alive else None
+    alive, pid = exporter(journal.csv_path)
     if not edited and not alive:  # no exporter to notice an edit: look at the file
         edited = _unknown_file(journal.csv_path, known)
     rows = sum(counts.values())
