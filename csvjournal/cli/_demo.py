@@ -215,36 +215,26 @@ def _ours(csv_path: Path, journal: Path) -> bool:
         token = json.loads(text)["token"]
     except (ValueError, KeyError, TypeError):  # an older demo's mark: plain text
         token = None
-    if token is not None and journal.exists() and _stored(journal, _TOKEN_SETTING) == token:
+    stored, recorded = _token_and_events(journal) if journal.exists() else (None, False)
+    if token is not None and stored == token:
         return True
-    if not _a_demo_sheet(csv_path):
-        return False
-    return not journal.exists() or (
-        _stored(journal, _TOKEN_SETTING) is None and not _has_events(journal)
-    )
+    return _a_demo_sheet(csv_path) and stored is None and not recorded
 
 
-def _has_events(journal: Path) -> bool:
-    """Whether ``journal`` holds any event (yes, when it cannot be read)."""
+def _token_and_events(journal: Path) -> tuple[object, bool]:
+    """The demo's token stored in ``journal`` (None if none), and whether it holds any
+    event; (None, True) when it cannot be read."""
     try:
         with contextlib.closing(
             sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True)
         ) as conn:
-            return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM events)").fetchone()[0])
-    except sqlite3.Error:
-        return True
-
-
-def _stored(journal: Path, name: str) -> object:
-    """The setting ``name`` stored in ``journal``; None if none (or it cannot be read)."""
-    try:
-        with contextlib.closing(
-            sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True)
-        ) as conn:
-            row = conn.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
-        return None if row is None else json.loads(row[0])
+            row = conn.execute(
+                "SELECT value FROM settings WHERE name = ?", (_TOKEN_SETTING,)
+            ).fetchone()
+            (recorded,) = conn.execute("SELECT EXISTS (SELECT 1 FROM events)").fetchone()
+        return (None if row is None else json.loads(row[0])), bool(recorded)
     except (sqlite3.Error, ValueError):
-        return None
+        return None, True
 
 
 def _a_demo_sheet(csv_path: Path) -> bool:
