@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["start_ticks", "stopped", "writer_alive"]
+__all__ = ["pid_namespace", "start_ticks", "stopped", "writer_alive"]
 
 # The boot time is whole seconds, and the clock may have been stepped since the boot: a
 # writer is taken for gone only when its number's process started well after the change.
@@ -49,6 +49,16 @@ def start_ticks(pid: int) -> int | None:
         return int(fields[19])
     except (IndexError, ValueError):
         return None
+
+
+def pid_namespace() -> tuple[int, int] | None:
+    """This process's PID namespace (device and inode of ``/proc/self/ns/pid``), or None
+    where ``/proc`` does not say: process ids name processes only within one namespace."""
+    try:
+        found = os.stat("/proc/self/ns/pid")
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def stopped(pid: int) -> bool:

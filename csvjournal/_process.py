@@ -9,11 +9,13 @@ A run killed with SIGKILL (by hand, by the kernel's out-of-memory killer) cannot
 commands, and they go on. Once its leases run out, the next run would start their rows a
 second time beside them. So every command gets ``CSVJOURNAL_RUN`` in its environment: the
 run's process id, when the run started (together they name that process and no later one
-given its number) and the journal. Before it claims anything, a run looks through the
-system's processes for that mark of a run of its journal that is gone, and stops them
-(its commands, and whatever they started that kept the variable). Where the system does
-not say when a process started or what its environment was (no ``/proc``), commands are
-not marked, and nothing is stopped. A file per command would have cost every commit's
+given its number), its PID namespace and the journal. Before it claims anything, a run looks
+through the system's processes for that mark of a run of its journal that is gone, and stops
+them (its commands, and whatever they started that kept the variable). A process id names a
+process only in its own namespace: the commands of a run in a container, which the host
+sees, are never judged by the host's process of that number (they are left alone). Where
+the system does not say when a process started or what its environment was (no ``/proc``),
+commands are not marked, and nothing is stopped. A file per command would have cost every commit's
 fsync the file system's journal entries for its creation and removal: a third of run's
 rate, measured.
 """
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import structlog
 
-from csvjournal._pids import start_ticks
+from csvjournal._pids import pid_namespace, start_ticks
 from csvjournal.csvio import EXCEL_MAX_CELL
 
 __all__ = ["RUN_VARIABLE", "Outcome", "kill_group", "run_mark", "start", "stop_leftovers", "wait"]
@@ -176,21 +178,30 @@ def kill_group(child: subprocess.Popen[bytes]) -> None:
 RUN_VARIABLE = "CSVJOURNAL_RUN"
 
 
+def _namespace() -> str | None:
+    found = pid_namespace()
+    return None if found is None else f"{found[0]}.{found[1]}"
+
+
 def run_mark(journal: Path) -> str | None:
     """This process's mark for the commands it runs for ``journal`` (see the module's
-    docstring), or None where ``/proc`` cannot say when it started."""
-    ticks = start_ticks(os.getpid())
-    return None if ticks is None else f"{os.getpid()}:{ticks}:{journal}"
+    docstring): ``pid:start:namespace:journal``, or None where ``/proc`` cannot say when
+    it started or in which PID namespace it runs."""
+    ticks, namespace = start_ticks(os.getpid()), _namespace()
+    if ticks is None or namespace is None:
+        return None
+    return f"{os.getpid()}:{ticks}:{namespace}:{journal}"
 
 
 def stop_leftovers(journal: Path) -> list[int]:
     """Stop the processes marked by runs of ``journal`` that are gone (SIGTERM, then
     SIGKILL to those still there shortly after); return their process ids."""
+    namespace = _namespace()
     left = {
         pid: ticks
         for pid in _processes()
         if pid != os.getpid()
-        and _left_by_dead_run(pid, journal)
+        and _left_by_dead_run(pid, journal, namespace)
         and (ticks := start_ticks(pid)) is not None
     }
     for pid in left:
@@ -215,7 +226,7 @@ def _processes() -> list[int]:
         return []
 
 
-def _left_by_dead_run(pid: int, journal: Path) -> bool:
+def _left_by_dead_run(pid: int, journal: Path, namespace: str | None) -> bool:
     try:  # the environment the process started with; only our own user's are readable
         environ = open(f"/proc/{pid}/environ", "rb").read()  # noqa: SIM115 - one read
     except OSError:
@@ -223,9 +234,13 @@ def _left_by_dead_run(pid: int, journal: Path) -> bool:
     prefix = f"{RUN_VARIABLE}=".encode()
     for variable in environ.split(b"\0"):
         if variable.startswith(prefix):
-            run, _, rest = variable[len(prefix) :].decode(errors="replace").partition(":")
-            ticks, _, marked = rest.partition(":")
-            if marked != str(journal) or not (run.isdigit() and ticks.isdigit()):
+            mark = variable[len(prefix) :].decode(errors="replace")
+            run, ticks, marked_in, marked = [*mark.split(":", 3), "", "", ""][:4]
+            if (
+                marked != str(journal)
+                or marked_in != namespace  # another namespace's run: its number is not ours
+                or not (run.isdigit() and ticks.isdigit())
+            ):
                 return False
             return start_ticks(int(run)) != int(ticks)  # that run is gone
     return False

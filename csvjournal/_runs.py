@@ -20,7 +20,7 @@ import sqlite3
 from pathlib import Path
 
 from csvjournal._leases import leased_to, release_rows
-from csvjournal._pids import start_ticks
+from csvjournal._pids import pid_namespace, start_ticks
 from csvjournal._writer import Writer
 
 __all__ = ["forget_run", "note_run_and_free_gone"]
@@ -37,18 +37,12 @@ def _here() -> dict[str, object] | None:
     """This process as a run notes itself; None where ``/proc`` cannot say enough."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        namespace = os.stat("/proc/self/ns/pid")
     except OSError:
         return None
-    ticks = start_ticks(os.getpid())
-    if ticks is None:
+    ticks, namespace = start_ticks(os.getpid()), pid_namespace()
+    if ticks is None or namespace is None:
         return None
-    return {
-        "pid": os.getpid(),
-        "ticks": ticks,
-        "namespace": [namespace.st_dev, namespace.st_ino],
-        "boot": boot,
-    }
+    return {"pid": os.getpid(), "ticks": ticks, "namespace": list(namespace), "boot": boot}
 
 
 def _gone(run: dict[str, object], here: dict[str, object]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,10 +50,15 @@ def command_fixture() -> Iterator[Command]:
         child.wait()
 
 
-def _dead_run(journal: Path) -> str:
+def _namespace() -> str:
+    found = os.stat("/proc/self/ns/pid")
+    return f"{found.st_dev}.{found.st_ino}"
+
+
+def _dead_run(journal: Path, namespace: str | None = None) -> str:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    return f"{gone.pid}:1:{journal}"
+    return f"{gone.pid}:1:{namespace or _namespace()}:{journal}"
 
 
 def test_a_command_of_a_run_that_is_gone_is_stopped(tmp_path: Path, command: Command) -> None:
@@ -60,7 +66,7 @@ def test_a_command_of_a_run_that_is_gone_is_stopped(tmp_path: Path, command: Com
     left = command(_dead_run(journal))
     ticks = start_ticks(os.getpid())
     assert ticks is not None
-    reused = command(f"{os.getpid()}:{ticks - 1}:{journal}")  # its number, another start
+    reused = command(f"{os.getpid()}:{ticks - 1}:{_namespace()}:{journal}")  # another start
     assert sorted(stop_leftovers(journal)) == sorted([left.pid, reused.pid])
     wait_for(lambda: left.poll() is not None and reused.poll() is not None, timeout=10)
 
@@ -77,6 +83,9 @@ def test_commands_of_live_runs_other_journals_or_no_run_are_left_alone(
         command(_dead_run(tmp_path / "other.csv.journal")),
         command(None),
         command("garbage"),
+        # a run in another PID namespace (a container): its number names no process here
+        command(_dead_run(journal, namespace="1.2")),
+        command(f"{os.getpid()}:1:{journal}"),  # a mark without its namespace
     ]
     assert stop_leftovers(journal) == []
     assert all(child.poll() is None for child in others)
@@ -104,3 +113,68 @@ def test_a_leftover_that_ignores_sigterm_is_killed(tmp_path: Path) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(stubborn.pid, signal.SIGKILL)
         stubborn.wait()
+
+
+def _may_unshare() -> bool:
+    probe = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, check=False
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or not _may_unshare(),
+    reason="making a PID namespace takes root (or user namespaces) and unshare(1)",
+)
+def test_the_commands_of_a_live_run_in_another_pid_namespace_are_left_alone(
+    tmp_path: Path,
+) -> None:
+    """The host sees a container's processes, whose run's number means another process
+    here: the old check took that run for gone and stopped its live commands."""
+    journal = tmp_path / "t.csv.journal"
+    ready = tmp_path / "ready"
+    script = (
+        "import os, pathlib, subprocess, sys, time\n"
+        "from csvjournal._process import RUN_VARIABLE, run_mark\n"
+        "env = {**os.environ, RUN_VARIABLE: run_mark(pathlib.Path(sys.argv[1]))}\n"
+        "sleep = [sys.executable, '-c', 'import time; time.sleep(600)']\n"
+        "child = subprocess.Popen(sleep, env=env)\n"
+        "pathlib.Path(sys.argv[2]).write_text(str(os.getpid()))\n"
+        "time.sleep(600)\n"
+    )
+    container = subprocess.Popen(
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            sys.executable,
+            "-c",
+            script,
+            str(journal),
+            str(ready),
+        ],
+        start_new_session=True,
+    )
+    try:
+        wait_for(ready.exists, timeout=30)
+        assert int(ready.read_text()) < 10  # its own number inside the namespace
+        marked = _marked_with(journal)
+        assert len(marked) == 1
+        assert stop_leftovers(journal) == []
+        assert start_ticks(marked[0]) is not None
+    finally:
+        os.killpg(container.pid, signal.SIGKILL)
+        container.wait()
+
+
+def _marked_with(journal: Path) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            if (
+                name.isdigit()
+                and str(journal).encode() in Path(f"/proc/{name}/environ").read_bytes()
+            ):
+                found.append(int(name))
+    return found
