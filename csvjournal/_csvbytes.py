@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from csvjournal._csvlocate import locate_offset
+from csvjournal._csvtext import CsvText
 from csvjournal.errors import CsvFormatError, SettingsError
 
 __all__ = ["BOM_OF", "check_encoding", "decode", "single_byte", "writing_encoding"]
@@ -24,6 +25,7 @@ _BOMS = (  # UTF-32 LE's before UTF-16 LE's, which begins it
 _NO_BOM = {"utf-8-sig": "utf-8", "utf-16": "utf-16-le", "utf-32": "utf-32-le"}
 BOM_OF = {name: bom for bom, name in _BOMS}
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_CHUNK = 1 << 22  # bytes decoded at a time
 
 
 # Text codecs no CSV file is written in: Python's escapes (a line break becomes the two
@@ -61,7 +63,7 @@ def _family(encoding: str) -> str:
 
 def decode(
     path: Path, data: bytes, encoding: str | None, *, usual: str | None = None
-) -> tuple[str, str, bool]:
+) -> tuple[CsvText, str, bool]:
     """The text of ``data``, the encoding to write it back in, and whether it had a BOM.
 
     A BOM is honoured unless ``encoding`` names another encoding (a cp1252 file may begin
@@ -104,11 +106,20 @@ def _resaved(data: bytes, usual: str) -> str | None:
         return usual if b"\x00" in data[:256] else None
     if data.isascii() or not single_byte(usual):  # GBK text may be valid UTF-8 too
         return usual
+    return None if _is_utf8(memoryview(data)) else usual
+
+
+def _is_utf8(data: memoryview) -> bool:
+    """Whether ``data`` is UTF-8, decoded a chunk at a time (whole, text with one emoji in
+    it would take 4 bytes a character)."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
     try:
-        data.decode("utf-8")
+        for start in range(0, len(data), _CHUNK):
+            decoder.decode(data[start : start + _CHUNK])
+        decoder.decode(b"", final=True)
     except UnicodeDecodeError:
-        return usual
-    return None
+        return False
+    return True
 
 
 def single_byte(encoding: str) -> bool:
@@ -157,18 +168,35 @@ def _lookup(path: Path, encoding: str) -> str:
         raise CsvFormatError(f"{path}: {exc}") from None
 
 
-def _decode_as(path: Path, data: memoryview, encoding: str) -> str:
+def _decode_as(path: Path, data: memoryview, encoding: str) -> CsvText:
     try:
-        text = str(data, encoding)  # a view: a BOM cut off copies no bytes
-        if not text.isascii() and (lone := _SURROGATE.search(text)) is not None:
+        text = CsvText.decode(data, encoding)  # a view: a BOM cut off copies no bytes
+        if any(not piece.isascii() and _SURROGATE.search(piece) for piece in text.pieces):
             # utf-7 can decode to one: no encoding writes it back
-            line, column = locate_offset(text, lone.start())
+            whole = text.whole()
+            lone = _SURROGATE.search(whole)
+            assert lone is not None
+            line, column = locate_offset(whole, lone.start())
             raise CsvFormatError(
                 f"{path}: line {line}, column {column}: {encoding} decodes the bytes here to"
                 f" a lone surrogate ({lone.group()!r}), which no CSV can hold; name the"
                 " file's encoding (encoding=, or --encoding on the command line)"
             )
         return text
+    except UnicodeDecodeError:
+        _locate_undecodable(path, data, encoding)
+        raise
+    except UnicodeError as exc:  # a codec's own failure, not one of the bytes
+        raise CsvFormatError(f"{path}: cannot be read as {encoding}: {exc}") from None
+    except LookupError:
+        raise CsvFormatError(f"{path}: unknown encoding {encoding!r}") from None
+
+
+def _locate_undecodable(path: Path, data: memoryview, encoding: str) -> None:
+    """Raise the error naming the line and column of the first bytes of ``data`` that are
+    not ``encoding`` (decoded whole, as the slow path may)."""
+    try:
+        str(data, encoding)
     except UnicodeDecodeError as exc:
         # Counted in the decoded text, as the csv reader counts lines: CRLF, LF or a lone CR
         # (a CR-only file is one line to a count of LF bytes, and so is UTF-16).
@@ -179,7 +207,3 @@ def _decode_as(path: Path, data: memoryview, encoding: str) -> str:
             f" ({bytes(data[exc.start : exc.end])!r}); name the file's encoding (encoding=, or"
             " --encoding on the command line)"
         ) from None
-    except UnicodeError as exc:  # a codec's own failure, not one of the bytes
-        raise CsvFormatError(f"{path}: cannot be read as {encoding}: {exc}") from None
-    except LookupError:
-        raise CsvFormatError(f"{path}: unknown encoding {encoding!r}") from None

@@ -27,6 +27,7 @@ from csvjournal._atomicfile import (
 from csvjournal._csvbytes import BOM_OF, check_encoding, decode
 from csvjournal._csvlocate import locate_after_quote, locate_field, locate_open_quote
 from csvjournal._csvsniff import sniff
+from csvjournal._csvtext import CsvText
 from csvjournal.errors import CsvFormatError, JournalIOError
 
 __all__ = [
@@ -54,11 +55,6 @@ __all__ = [
 
 EXCEL_MAX_ROWS = 1_048_576  # the header included
 EXCEL_MAX_CELL = 32_767
-_LINE_BREAK = re.compile("\r\n|\r|\n")
-# What str.splitlines() also ends a line at, and the csv module does not.
-_OTHER_BREAK = re.compile("[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
-_PIECE = 1 << 20  # characters split into lines at a time
-_BLANK = re.compile("[\r\n]*")
 _FIELD_LIMIT = 2**31 - 1  # the csv module's default of 131,072 characters is too small
 
 
@@ -89,7 +85,9 @@ class ParsedCsv:
     and number of data records, and the :func:`fingerprint` of the file's bytes.
 
     The records are read from the text again at each :meth:`records` call: the file is held
-    once, as text, never as a table of Python strings (ten times its size).
+    once, as text in pieces (see :mod:`csvjournal._csvtext`), never as a table of Python
+    strings (ten times its size). ``header_text`` is text from the file's start that holds
+    the header record whole.
     """
 
     path: Path
@@ -97,7 +95,8 @@ class ParsedCsv:
     header: list[str]
     count: int
     digest: str
-    text: str = field(repr=False)
+    text: CsvText = field(repr=False)
+    header_text: str = field(repr=False)
 
     def records(self) -> Iterator[tuple[int, list[str]]]:
         """Each data record and the physical line it starts on, in file order."""
@@ -111,7 +110,7 @@ class ParsedCsv:
     def header_place(self, field: int) -> tuple[int, int]:
         """(line, column) where header field number ``field`` (from 0) starts."""
         dialect = self.dialect
-        return locate_field(self.text, 1, field, dialect.delimiter, dialect.quotechar)
+        return locate_field(self.header_text, 1, field, dialect.delimiter, dialect.quotechar)
 
     @property
     def rows(self) -> list[list[str]]:
@@ -145,47 +144,64 @@ def read_csv(
     digest = fingerprint(data)
     text, encoding_name, bom = decode(path, data, encoding, usual=usual_encoding)
     del data  # the text is all that is read from now on
-    if _BLANK.fullmatch(text):  # (text.strip() would copy the whole text)
+    if text.blank():
         raise CsvFormatError(f"{path}: line 1, column 1: the file is empty (no header line)")
-    delimiter, quotechar, terminator = sniff(text, expected)
+    delimiter, quotechar, terminator = sniff(text.head, expected)
     dialect = CsvDialect(
         delimiter=delimiter,
         quotechar=quotechar,
         lineterminator=terminator,
         encoding=encoding_name,
         bom=bom,
-        final_newline=text.endswith(("\n", "\r")),
+        final_newline=text.ends_with_break(),
     )
-    header, count = _scan(path, text, dialect)
-    _check_header(path, text, header, dialect)
-    return ParsedCsv(path, dialect, header, count, digest, text)
+    header, count, header_lines = _scan(path, text, dialect)
+    head = text.head
+    if header_lines > _breaks(head, 0, len(head)):  # a header of more than a piece
+        head = text.whole()
+    _check_header(path, head, header, dialect)
+    return ParsedCsv(path, dialect, header, count, digest, text, head)
 
 
 _INNER_BOM = re.compile("(?<=[\r\n])\ufeff")
 
 
-def _inner_boms(text: str) -> set[int]:
+def _breaks(text: str, start: int, end: int) -> int:
+    """The line breaks in ``text[start:end]`` as the csv reader ends lines: CRLF, LF or a
+    lone CR."""
+    return (
+        text.count("\n", start, end) + text.count("\r", start, end) - text.count("\r\n", start, end)
+    )
+
+
+def _inner_boms(text: CsvText) -> set[int]:
     """The lines after the first that start with a byte-order mark: where two files were
     joined (``cat a.csv b.csv``, each saved by Excel as "CSV UTF-8"), the second's header
     would become a row whose key holds an invisible character. (Inside a quoted cell, such
     a line is data: :func:`_scan` refuses only a record that starts there.)"""
-    lines: set[int] = set()
-    if "\ufeff" not in text:  # at memory speed
-        return lines
-    line, at = 1, 0
-    for found in _INNER_BOM.finditer(text):
-        end = found.start()  # lines end as the csv reader ends them: CRLF, LF or a lone CR
-        line += text.count("\n", at, end) + text.count("\r", at, end) - text.count("\r\n", at, end)
-        lines.add(line)
-        at = end
-    return lines
+    found: set[int] = set()
+    if not text.holds("\ufeff"):  # at memory speed
+        return found
+    line = 1  # the line the piece starts on
+    for index, piece in enumerate(text.pieces):
+        if "\ufeff" in piece:
+            starts = [match.start() for match in _INNER_BOM.finditer(piece)]
+            if index and piece.startswith("\ufeff"):  # a piece starts after a line break
+                starts.insert(0, 0)
+            at, counted = 0, line
+            for start in starts:
+                counted += _breaks(piece, at, start)
+                found.add(counted)
+                at = start
+        line += _breaks(piece, 0, len(piece))
+    return found
 
 
-def _reader(text: str, dialect: CsvDialect) -> Any:
+def _reader(text: CsvText, dialect: CsvDialect) -> Any:
     if csv.field_size_limit() < _FIELD_LIMIT:
         csv.field_size_limit(_FIELD_LIMIT)  # process-wide, but only ever raised
     return csv.reader(
-        _lines(text),
+        text.lines(),
         delimiter=dialect.delimiter,
         quotechar=dialect.quotechar,
         doublequote=True,
@@ -193,31 +209,12 @@ def _reader(text: str, dialect: CsvDialect) -> Any:
     )
 
 
-def _lines(text: str) -> Iterator[str]:
-    """The lines of ``text`` as ``io.StringIO(text, newline="")`` gives them (each ends at a
-    CRLF, LF or lone CR, kept), without its copy of the text at 4 bytes a character."""
-    if _OTHER_BREAK.search(text) is None:  # str.splitlines, in C, a piece at a time
-        start = 0
-        while start < len(text):
-            end = text.find("\n", start + _PIECE) + 1 or len(text)  # never inside a CRLF
-            yield from text[start:end].splitlines(keepends=True)
-            start = end
-        return
-    start = 0
-    for match in _LINE_BREAK.finditer(text):  # also breaks splitlines() would cut at
-        end = match.end()
-        yield text[start:end]
-        start = end
-    if start < len(text):
-        yield text[start:]
-
-
-def _scan(path: Path, text: str, dialect: CsvDialect) -> tuple[list[str], int]:
-    """The header and the number of data records of ``text``, checking every record (the
-    records themselves are not kept)."""
+def _scan(path: Path, text: CsvText, dialect: CsvDialect) -> tuple[list[str], int, int]:
+    """The header, the number of data records of ``text`` and the lines the header spans,
+    checking every record (the records themselves are not kept)."""
     reader = _reader(text, dialect)
     header: list[str] = []
-    width = count = 0
+    width = count = header_lines = 0
     start = 1
     boms = _inner_boms(text)
     try:
@@ -233,22 +230,23 @@ def _scan(path: Path, text: str, dialect: CsvDialect) -> tuple[list[str], int]:
                     f"{path}: line {start}, column 1: blank line (a CSV has none: delete it)"
                 )
             if not width:  # a record has a field at least: this is the header
-                header, width = record, len(record)
+                header, width, header_lines = record, len(record), reader.line_num
             elif len(record) != width:
-                _wrong_width(path, text, dialect, line=start, got=len(record), width=width)
+                _wrong_width(path, text.whole(), dialect, line=start, got=len(record), width=width)
             else:
                 count += 1
             start = reader.line_num + 1
     except csv.Error as exc:
-        stray = locate_after_quote(text, start, dialect.delimiter, dialect.quotechar)
+        whole = text.whole()
+        stray = locate_after_quote(whole, start, dialect.delimiter, dialect.quotechar)
         if stray is not None:  # "c"d: text after a closing quote
             line, column = stray
             what = f"{dialect.delimiter!r} or the line's end expected after a closing quote"
         else:
-            line, column = locate_open_quote(text, start, dialect.delimiter, dialect.quotechar)
+            line, column = locate_open_quote(whole, start, dialect.delimiter, dialect.quotechar)
             what = "unclosed quote" if "end of data" in str(exc) else str(exc)
         raise CsvFormatError(f"{path}: line {line}, column {column}: {what}") from None
-    return header, count
+    return header, count, header_lines
 
 
 def _wrong_width(

@@ -4,7 +4,6 @@ the dialect detected from the first records."""
 from __future__ import annotations
 
 import codecs
-import io
 import re
 import tempfile
 import tracemalloc
@@ -578,25 +577,6 @@ def test_a_journal_made_without_a_csv_writes_in_the_encoding_named(tmp_path: Pat
 
 
 # -- 4. big files ------------------------------------------------------------------------------
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.text(alphabet='ab,"\r\n\x0c\x85\u2028', max_size=60))
-def test_records_are_split_into_lines_as_the_csv_module_reads_a_file(text: str) -> None:
-    # The reader is fed lines cut from the text (no 4-byte-a-character copy of it): they
-    # must be the lines io.StringIO(newline="") gives, or quoted line breaks change.
-    assert list(csvio._lines(text)) == list(io.StringIO(text, newline=""))
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.text(alphabet='ab,"\r\n', max_size=80), st.integers(min_value=1, max_value=9))
-def test_lines_cut_a_piece_at_a_time_are_the_same_lines(text: str, piece: int) -> None:
-    # (a big file is split into lines a piece of 1 MB at a time: here a few characters)
-    saved, csvio._PIECE = csvio._PIECE, piece
-    try:
-        assert list(csvio._lines(text)) == list(io.StringIO(text, newline=""))
-    finally:
-        csvio._PIECE = saved
 
 
 def test_an_import_holds_the_file_once_not_a_table_of_it(tmp_path: Path) -> None:
