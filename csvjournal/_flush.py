@@ -65,13 +65,47 @@ def check_copy_target(path: Path, csv_path: Path, journal_path: Path) -> None:
             f"{path}: one of the journal's own files; an export to a path writes a copy"
             " elsewhere (without a path, the journal's own CSV is brought up to date)"
         )
-    if Path(f"{path}.journal").exists():  # overwritten, that job would take it for an edit
-        raise SettingsError(
-            f"{path}: the CSV of another job (its journal is {path}.journal); an export to a"
-            " path writes a copy where no job keeps its sheet"
-        )
     if not regular:
         raise ExportError(f"{path}: not a regular file; an export writes a CSV file")
+    other = _another_jobs(path) or _another_jobs(target)  # a symlink's own name, or its file
+    if other is not None:
+        raise SettingsError(
+            f"{path}: {other}; an export to a path writes a copy where no job keeps its files"
+        )
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
+
+
+def _another_jobs(path: Path) -> str | None:
+    """What file of another job ``path`` is (its CSV, its journal or the journal's
+    -wal/-shm, a file in its backups folder), or any SQLite database: overwritten by a copy
+    of a sheet, the job's state would be lost, or its sheet taken for a hand edit."""
+    if Path(f"{path}.journal").exists():
+        return f"the CSV of another job (its journal is {path}.journal)"
+    for folder in path.parents:
+        if folder.name.endswith(".backups") and Path(f"{str(folder)[:-8]}.journal").exists():
+            return f"in the backups folder of another job ({folder})"
+    if path.name.endswith(("-wal", "-shm", "-journal")) and _is_database(
+        Path(str(path).rsplit("-", 1)[0])
+    ):
+        return "a file of another job's journal"
+    if _is_database(path):
+        return "an SQLite database (a job's journal, or its backup)"
+    return None
+
+
+def _is_database(path: Path) -> bool:
+    """Whether ``path`` is a regular file that begins as an SQLite database or its WAL."""
+    try:
+        if not path.is_file():  # (a FIFO would block the read)
+            return False
+        with path.open("rb") as file:
+            head = file.read(len(_SQLITE_HEADER))
+    except OSError:
+        return False
+    return head == _SQLITE_HEADER or head[:4] in _WAL_MAGIC
 
 
 def export_to(store: Store, settings: Settings, path: Path) -> int:

@@ -437,6 +437,39 @@ def test_an_export_to_another_jobs_csv_is_refused(csv_path: Path) -> None:
     assert other.read_bytes() == sheet
 
 
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        ("other.csv.journal", "an SQLite database"),
+        ("other.csv.journal-wal", "a file of another job's journal"),
+        ("link.csv", "the CSV of another job"),  # a symlink to it
+        ("other.csv.backups/exporter.lock", "in the backups folder of another job"),
+        ("copy.db", "an SQLite database"),  # a backup copied elsewhere
+    ],
+)
+def test_an_export_over_another_jobs_files_is_refused(
+    csv_path: Path, target: str, said: str
+) -> None:
+    other = csv_path.with_name("other.csv")
+    other.write_text("X\nx\n")
+    with csvjournal.open(other, key="X") as live:  # its WAL is there while it is open
+        live.record("x", "COMPLETED")
+        live.flush()
+        (csv_path.parent / "link.csv").symlink_to(other)
+        shutil.copy(f"{other}.journal", csv_path.parent / "copy.db")
+        path = (csv_path.parent / target).resolve()
+        before = path.stat().st_ino
+        with csvjournal.open(csv_path, key="ID") as journal:
+            journal.record("a")
+            with pytest.raises(csvjournal.SettingsError, match=said):
+                journal.export(csv_path.parent / target)
+        assert path.stat().st_ino == before  # not replaced (a copy is written by a rename)
+        assert not path.read_bytes().startswith(b"ID,")
+        live.record("y", "COMPLETED")  # the other job goes on
+    with csvjournal.open(other) as reopened:
+        assert reopened.counts() == {"COMPLETED": 2}
+
+
 def test_a_flush_behind_a_stopped_exporter_names_its_process(csv_path: Path) -> None:
     with csvjournal.open(csv_path, key="ID") as journal:
         assert exporter_pid(csv_path) == os.getpid()  # the lock file says who exports
