@@ -27,7 +27,7 @@ from csvjournal._forking import ForkGate
 from csvjournal._handedits import block, check_csv, file_identity
 from csvjournal._oslock import ExporterLock, lock_path
 from csvjournal._rendercache import SAVE_CHUNK
-from csvjournal._settings import Settings
+from csvjournal._settings import Settings, read_value
 from csvjournal.csvio import remove_temp_files
 from csvjournal.errors import CsvChangedError, CsvJournalError
 from csvjournal.store import Store
@@ -190,16 +190,22 @@ class Exporter(ExportWriter):
 
     def _run(self, leading: bool) -> None:
         failed = False  # said once
+        edited: tuple[object, ...] | None = None  # the hand-edited CSV a take-over met
         while True:
             while not leading:
                 if self._stopped(_STANDBY_SECONDS):
                     return
                 try:
                     with self._gate.operation():
+                        if edited is not None and self._edit_state() == edited:
+                            continue  # not merged, nor deleted, nor saved again: stand by
                         leading = self.try_lead(retry=True)
                 except CsvChangedError as exc:
-                    log.error("csv_changed_by_hand", path=str(self._csv_path), error=str(exc))
-                    return
+                    if edited is None:
+                        log.error("csv_changed_by_hand", path=str(self._csv_path), error=str(exc))
+                    with self._gate.operation():
+                        edited = self._edit_state()
+                    continue
                 except _FAILURES as exc:  # no lock file to be made now: stand by on
                     if not failed:
                         log.warning(
@@ -211,6 +217,17 @@ class Exporter(ExportWriter):
             if self._export_loop():
                 return
             leading = False
+
+    def _edit_state(self) -> tuple[object, ...]:
+        """The CSV's file and the exports the journal knows: a take-over refused for a hand
+        edit is tried again once one of them changes (a merge, the file deleted or saved)."""
+        known: tuple[object, ...] = ()
+        try:
+            with self._store.read() as conn:
+                known = (read_value(conn, "csv_digest"), read_value(conn, "csv_pending"))
+        except _FAILURES:
+            pass
+        return file_identity(self._csv_path), *known
 
     def _export_loop(self) -> bool:
         """Export until asked to stop (True), or until the role is lost (False)."""

@@ -245,3 +245,32 @@ def test_the_merge_command_in_the_error_is_quoted_for_the_shell(tmp_path: Path) 
     with pytest.raises(csvjournal.CsvChangedError) as caught:
         csvjournal.open(csv)
     assert f"`csvjournal import --merge '{csv}'`" in str(caught.value)
+
+
+def test_a_standby_that_meets_an_edit_at_its_take_over_exports_once_it_is_merged(
+    running: csvjournal.Journal, csv_path: Path
+) -> None:
+    # its thread ended at the edit: after the merge nobody exported, the CSV fell behind
+    standby = csvjournal.open(csv_path)
+    try:
+        assert standby._exporter is not None
+        assert not standby._exporter.leading
+        _edit_in_place(csv_path)
+        with capture_logs() as logs:
+            running.close()  # the exporter leaves; the standby's take-over meets the edit
+            time.sleep(1.5)
+            standby.record("b", "COMPLETED")
+            time.sleep(1.0)
+        assert not standby._exporter.leading
+        assert [entry["event"] for entry in logs].count("csv_changed_by_hand") == 1
+        csvjournal.merge_csv(csv_path)
+        deadline = time.monotonic() + 5
+        while not standby._exporter.leading and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert standby._exporter.leading
+        standby.record("c", "COMPLETED")
+        time.sleep(1.0)  # no flush(): the exporter thread writes it
+        assert sorted(_rows(csv_path)) == ["a", "b", "c", "hand"]
+        assert progress(standby).csv_current
+    finally:
+        standby.close()
