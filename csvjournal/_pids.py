@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["pid_namespace", "start_ticks", "stopped", "writer_alive"]
+__all__ = ["described", "holding", "pid_namespace", "start_ticks", "stopped", "writer_alive"]
 
 # The boot time is whole seconds, and the clock may have been stepped since the boot: a
 # writer is taken for gone only when its number's process started well after the change.
@@ -59,6 +59,39 @@ def pid_namespace() -> tuple[int, int] | None:
     except OSError:
         return None
     return found.st_dev, found.st_ino
+
+
+def holding(paths: list[Path]) -> list[int]:
+    """The other processes that have one of ``paths`` open, where ``/proc`` shows them (this
+    user's processes, or every one for root); none where it does not."""
+    wanted = {str(path.resolve()) for path in paths}
+    found = []
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+    for pid in pids:
+        if pid == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in wanted for fd in fds):
+                found.append(pid)
+        except OSError:  # gone, or another user's
+            continue
+    return found
+
+
+def described(pid: int) -> str:
+    """``process N`` and its command line where ``/proc`` shows it (shortened)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return f"process {pid}"
+    words = [Path(argv[0].decode(errors="replace")).name]
+    words += [word.decode(errors="replace") for word in argv[1:]]
+    command = " ".join(words)
+    return f"process {pid}: {command[:77] + '...' if len(command) > 80 else command}"
 
 
 def stopped(pid: int) -> bool:

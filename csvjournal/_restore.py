@@ -17,6 +17,7 @@ from csvjournal._dberrors import journal_errors
 from csvjournal._migrate import check_revision
 from csvjournal._open import open as open_journal
 from csvjournal._oslock import ExporterLock, lock_path
+from csvjournal._pids import described, holding
 from csvjournal._readonly import ReadOnlyVisit, in_use
 from csvjournal.backup import (
     PendingBackup,
@@ -219,7 +220,12 @@ def _restore(
         raise JournalBusyError(f"{csv}: another process exports this journal; close it first")
     try:
         if in_use(journal):
-            raise JournalBusyError(f"{journal}: another process has the journal open; stop it")
+            companions = [Path(f"{journal}{suffix}") for suffix in ("", "-wal", "-shm")]
+            who = "; ".join(map(described, holding(companions)))
+            raise JournalBusyError(
+                f"{journal}: another process has the journal open{f' ({who})' if who else ''};"
+                " stop it"
+            )
         safety = None
         with _writers_held_off(journal):
             if journal.exists():  # pruned only once restored: retention might drop ``backup``

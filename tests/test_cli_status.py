@@ -243,6 +243,33 @@ def test_status_watch_into_a_pipe_writes_a_snapshot_each_refresh(tmp_path: Path)
         child.wait(SUBPROCESS_TIMEOUT)
 
 
+def test_a_restore_goes_ahead_while_status_watches_and_the_watch_follows_it(
+    tmp_path: Path,
+) -> None:
+    # the watch held the journal open from look to look: every restore was refused
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("ID\n1\n2\n")
+    ok(invoke("init", csv, "--key", "ID"))
+    backup = ok(invoke("backup", csv)).strip()
+    ok(invoke("record", csv, "1", "--status", "COMPLETED"))
+    child = subprocess.Popen(
+        [str(CONSOLE_SCRIPT), "status", str(csv), "--watch", "--interval", "0.1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out = child.stdout
+        assert out is not None
+        wait_for(lambda: "1 of 2 rows done" in out.readline(), timeout=10)
+        ok(invoke("restore", csv, backup))
+        wait_for(lambda: "0 of 2 rows done" in out.readline(), timeout=10)
+        child.send_signal(signal.SIGINT)
+        assert child.wait(SUBPROCESS_TIMEOUT) == 130
+    finally:
+        child.terminate()
+        child.wait(SUBPROCESS_TIMEOUT)
+
+
 @pytest.mark.parametrize("edit", ["longer", "same size"])
 def test_status_says_edited_by_hand_with_no_exporter_running(tmp_path: Path, edit: str) -> None:
     csv = tmp_path / "jobs.csv"

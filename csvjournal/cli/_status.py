@@ -13,14 +13,12 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from csvjournal._readonly import may_write
 from csvjournal.cli._app import (
     CliError,
     Seconds,
     cli,
     csv_argument,
     existing_journal,
-    journal_path_of,
     json_option,
     print_json,
     stdout_console,
@@ -103,21 +101,18 @@ def status(csv: Path, as_json: bool, watch: bool, interval: float) -> None:
     source = click.get_current_context().get_parameter_source("interval")
     if not watch and source is not click.core.ParameterSource.DEFAULT:
         raise CliError("--interval sets the refresh of --watch: give --watch too")
-    if watch and journal_path_of(csv).exists() and not may_write(journal_path_of(csv)):
-        # An operator, who may not write the journal: SQLite's -wal/-shm files made for
-        # the view are the operator's while it is open, and the job's user could not
-        # write the journal meanwhile. Open only for each look.
+    if watch:
+        # Open only for each look: a watch left running would keep a restore out (it needs
+        # the journal closed everywhere), and for an operator who may not write the
+        # journal, SQLite's -wal/-shm files made for the view are the operator's while it
+        # is open: the job's user could not write the journal meanwhile.
         _watch(csv, lambda: _look(csv), interval)
         return
-    with existing_journal(csv, reading=True) as journal:
-        if not watch:
-            snap = progress(journal)
-            if as_json:
-                print_json({"csv": str(csv), **snap.to_dict()})
-            else:
-                stdout_console().print(render(csv, snap))
-            return
-        _watch(csv, lambda: progress(journal), interval)
+    snap = _look(csv)
+    if as_json:
+        print_json({"csv": str(csv), **snap.to_dict()})
+    else:
+        stdout_console().print(render(csv, snap))
 
 
 def _look(csv: Path) -> Progress:
