@@ -40,6 +40,8 @@ class MergeReport:
     added_columns: list[str] = field(default_factory=list)
     # rows a worker holds (a live lease): their status in the file not taken
     leased_kept: list[str] = field(default_factory=list)
+    # the file is one csvjournal wrote (no hand edit): nothing was merged
+    unedited: bool = False
 
 
 @dataclass(frozen=True, slots=True)

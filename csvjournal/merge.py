@@ -74,6 +74,10 @@ def merge_csv(
             settings = replace(settings, formula_guard=written_with)
         with journal._reading() as conn:
             parsed = read_sheet(conn, path, settings, encoding)
+            known = {read_value(conn, "csv_digest"), read_value(conn, "csv_pending")}
+        if parsed.digest in known:  # an export, behind the journal: no edit to merge
+            log.info("csv_merge_unedited", path=str(path))
+            return replace(report, unedited=True)
         if settings.formula_guard:
             with journal._reading() as conn:
                 parsed = _unguarded_header(path, parsed, _reads.column_names(conn))

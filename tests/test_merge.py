@@ -88,6 +88,40 @@ def test_a_merge_that_records_nothing_while_the_job_idles_rewrites_the_csv(
         assert progress(job).csv_current
 
 
+@pytest.mark.parametrize("merge_by", ["api", "cli"])
+def test_merging_a_csv_as_csvjournal_wrote_it_merges_nothing(csv_path: Path, merge_by: str) -> None:
+    # the last export, behind the journal as it is while a job runs: no edit in it; it was
+    # reported as newer records kept over the file's, and a held row's status not taken
+    _start(csv_path)
+    sheet = csv_path.read_bytes()
+    with csvjournal.open(csv_path, export=False) as job:
+        job.record("a", "COMPLETED", NOTE="later")
+        job.record("d")
+        (claimed,) = job.claim(1)
+        events = _reads_last(job)
+        if merge_by == "api":
+            report = csvjournal.merge_csv(csv_path)
+            assert report.unedited
+            assert (report.newer_kept, report.leased_kept, report.updated) == ([], [], [])
+        else:
+            result = CliRunner().invoke(cli, ["import", str(csv_path), "--merge"])
+            assert result.exit_code == 0, result.output
+            assert (
+                result.output
+                == f"nothing to merge: {csv_path} is as csvjournal wrote it (no hand edits)\n"
+            )
+        assert _reads_last(job) == events  # nothing recorded
+        assert job.get(claimed)["STATUS"] == "IN_PROGRESS"  # type: ignore[index]
+        assert job.get("a")["NOTE"] == "later"  # type: ignore[index]
+        job.release([claimed])
+    assert csv_path.read_bytes() != sheet or merge_by == "api"  # the CLI brought it up to date
+
+
+def _reads_last(journal: csvjournal.Journal) -> int:
+    with journal._reading() as conn:
+        return _reads.last_seq(conn)
+
+
 def test_merging_a_bad_csv_changes_nothing(csv_path: Path) -> None:
     _start(csv_path)
     bad = csv_path.read_text(encoding="utf-8") + "a,PENDING,dup,\n"

@@ -201,6 +201,9 @@ def import_(csv: Path, merge: bool, encoding: str | None, as_json: bool) -> None
     if as_json:
         print_json({"csv": str(csv), **asdict(report)})
         return
+    if report.unedited:
+        click.echo(f"nothing to merge: {csv} is as csvjournal wrote it (no hand edits)")
+        return
     click.echo(
         f"merged {csv}: {len(report.added)} added, {len(report.updated)} updated,"
         f" {len(report.terminal_kept)} terminal rows kept,"
