@@ -78,6 +78,7 @@ class Commits:
         self._warned_cells = False
         self._identity = _identity(store.path)  # the file this handle writes to
         self._check_at = 0.0  # monotonic time of the next look at it after a commit
+        self._lost: str | None = None  # once it was found deleted or replaced: why
 
     def prepare(self, call: RecordCall, at: str | None = None) -> RecordOp:
         """Validate a ``record()`` call, stamped ``at`` or now (see :func:`prepare_record`
@@ -153,12 +154,15 @@ class Commits:
         writer = self._writer
         store = self._store
         with self._write_lock:
+            if self._lost is not None:  # for good: the handle writes to a file no one reads
+                raise JournalIOError(self._lost)
             conn = store.writer()
             if conn.in_transaction:  # left open by an exception an application's signal
                 conn.execute("ROLLBACK")  # handler raised mid-commit: nothing of it holds
             queued = store.begin_writer(conn, _abandoned(items))
-            mark = writer.begin(conn)
+            mark = writer.mark()
             try:
+                mark = writer.begin(conn)  # (reads the journal: it may fail as any statement)
                 if writer.formula_guard:
                     items = self._refuse_twins(conn, items)
                 if len(items) == 1 and type(items[0]) is RecordOp:  # SQLite numbers it
@@ -225,12 +229,14 @@ class Commits:
         Raises:
             JournalIOError: the journal file is not there, or is another file.
         """
-        if _identity(self._store.path) != self._identity:
-            raise JournalIOError(
+        if self._lost is None and _identity(self._store.path) != self._identity:
+            self._lost = (
                 f"{self._store.path}: the journal was deleted or replaced while this process"
-                " had it open; what was recorded since is not in it (stop every worker, then"
-                " restore a backup or open the journal anew)"
+                " had it open; what was recorded since may not be in it (stop every worker,"
+                " then restore a backup or open the journal anew)"
             )
+        if self._lost is not None:
+            raise JournalIOError(self._lost)
 
     def _apply_one(self, conn: Any, op: RecordOp) -> int:
         seq = self._writer.allocate(conn, op)

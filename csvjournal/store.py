@@ -127,6 +127,7 @@ class Store:
         self.path = path
         self.durability = durability
         self.busy_timeout = busy_timeout
+        self._created = False  # until then a connection may create the file
         self.engine = self._make_engine()
         self._writer: PoolProxiedConnection | None = None
         self._writer_dbapi: sqlite3.Connection | None = None  # the DBAPI connection under it
@@ -140,6 +141,7 @@ class Store:
         try:
             self._precheck()
             self._migrate()
+            self._created = True
         except (DBAPIError, sqlite3.DatabaseError) as exc:
             self.engine.dispose()
             if is_busy(exc):
@@ -158,9 +160,18 @@ class Store:
     # -- connections -------------------------------------------------------------------
 
     def _make_engine(self) -> Engine:
-        engine = create_engine(
-            URL.create("sqlite", database=str(self.path)),  # as it is: a '?' or '%41' is a name
-            connect_args={"check_same_thread": False, "isolation_level": None},
+        uri = self.path.absolute().as_uri()  # a '?' or '%41' in the name: escaped
+
+        def connect() -> sqlite3.Connection:
+            # Once the journal exists, a connection never makes a new, empty one in its
+            # place: deleted by hand, the handle's commits must fail, not go elsewhere.
+            mode = "rw" if self._created else "rwc"
+            return sqlite3.connect(
+                f"{uri}?mode={mode}", uri=True, check_same_thread=False, isolation_level=None
+            )
+
+        engine = create_engine(  # the URL picks the pool for a file
+            URL.create("sqlite", database=str(self.path)), creator=connect
         )
         synchronous = _SYNCHRONOUS[self.durability]
         attempt_ms = min(_ATTEMPT_MS, int(self.busy_timeout * 1000))

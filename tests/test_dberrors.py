@@ -5,6 +5,7 @@ goes on once there is room again. The disk fills for real: the process's file si
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import signal
 import sqlite3
@@ -243,6 +244,29 @@ def test_a_journal_deleted_or_replaced_under_a_handle_fails_its_writes(
         quiet_journal.record("after", "DONE")
     with pytest.raises(JournalIOError, match="deleted or replaced"), quiet_journal.batch():
         quiet_journal.record("after-batch", "DONE")
+
+
+@pytest.mark.parametrize("export", [True, False], ids=["exporting", "non-exporting"])
+@pytest.mark.parametrize("flushed", [True, False], ids=["flushed", "just-opened"])
+def test_every_write_after_the_journal_was_deleted_fails_and_no_new_file_is_made(
+    tmp_path: Path, export: bool, flushed: bool
+) -> None:
+    # Commits after the first failure, within 50 ms of it, returned their sequence numbers
+    # (into a file no one reads); a connection made meanwhile made a new, empty journal
+    # there, and a record met "no such table" (a bare sqlite3 error), then a busy error.
+    csv = tmp_path / "d.csv"
+    journal = csvjournal.open(csv, key="ID", export=export, busy_timeout=3)
+    journal.record("a")
+    if flushed:
+        journal.flush(timeout=10)
+    journal.journal_path.unlink()
+    time.sleep(0.2)
+    for key in "bcde":
+        with pytest.raises(JournalIOError, match="deleted or replaced"):
+            journal.record(key)
+    with contextlib.suppress(JournalIOError):
+        journal.close()
+    assert not journal.journal_path.exists()
 
 
 @pytest.mark.parametrize(
