@@ -144,7 +144,7 @@ def claim_rows(
     ``now + lease``, attempts + 1, an event each. Rows with ``max_attempts`` attempts or more
     are skipped. A row whose lease ran out says in its event whose lease it was. Return
     ``(key, sequence number of its event)`` for each row taken."""
-    limit = _NO_LIMIT if max_attempts is None else max_attempts
+    limit = _NO_LIMIT if max_attempts is None else min(max_attempts, _NO_LIMIT)
     conn.execute(_BACK_OFFS_OVER, (now,))
     found = sorted(conn.execute(_OPEN, (now, limit, n)).fetchall())
     ops = [

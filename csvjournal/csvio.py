@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import re
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -138,9 +139,15 @@ def read_csv(
         JournalIOError: the file could not be read (missing, a folder, no permission).
     """
     try:
-        data = path.read_bytes()
+        mode = path.stat().st_mode
+        if stat.S_ISREG(mode):  # a FIFO would wait for a writer for good, a device not end
+            data = path.read_bytes()
     except OSError as exc:
         raise JournalIOError(f"{path}: could not read the CSV ({exc.strerror or exc})") from exc
+    if stat.S_ISDIR(mode):
+        raise JournalIOError(f"{path}: a folder, not a CSV file")
+    if not stat.S_ISREG(mode):
+        raise JournalIOError(f"{path}: not a regular file (a FIFO or a device, say)")
     digest = fingerprint(data)
     text, encoding_name, bom = decode(path, data, encoding, usual=usual_encoding)
     del data  # the text is all that is read from now on

@@ -111,6 +111,36 @@ def test_run_exits_0_when_every_row_is_done(rows8: Path) -> None:
     assert again.stdout == _summary(0, 0, 0, 0, rows8) + "\n"
 
 
+def test_max_attempts_beyond_sqlites_integers_means_no_limit(rows8: Path) -> None:
+    # every worker thread died on "Python int too large to convert to SQLite INTEGER"
+    result = invoke("run", rows8, "--max-attempts", str(10**20), "--", sys.executable, "-c", "")
+    assert result.exit_code == 0, result.stderr
+    assert set(statuses(rows8).values()) == {"COMPLETED"}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_run_key_on_a_fifo_or_device_is_refused_not_read(tmp_path: Path, kind: str) -> None:
+    # a FIFO made run --key wait for a writer for good, /dev/zero read until memory ran
+    # out (init refused them)
+    csv = tmp_path / "o.csv"
+    if kind == "fifo":
+        os.mkfifo(csv)
+    else:
+        csv.symlink_to("/dev/zero")
+    result = subprocess.run(  # (a process: a wait for a writer would not hang the tests)
+        [str(CONSOLE_SCRIPT), "run", str(csv), "--key", "ID", "--", "true"],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr == f"csvjournal: error: {csv}: not a regular file (a FIFO or a device, say)\n"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["o.csv"]
+
+
 @pytest.mark.parametrize(
     ("on_term", "code"),
     [("signal.SIG_DFL", "-15"), ("lambda *a: sys.exit(0)", "-15"), ("signal.SIG_IGN", "-9")],
