@@ -41,15 +41,15 @@ class CsvText:
         decoder = codecs.getincrementaldecoder(encoding)("strict")
         pieces: list[str] = []
         carry = ""
-        for start in range(0, len(data), _CHUNK):
+        starts = range(0, len(data) - _CHUNK, _CHUNK)  # each chunk but the last
+        for start in starts:
             text = carry + decoder.decode(data[start : start + _CHUNK])
             cut = _cut(text)
             if cut:
                 pieces.append(text[:cut])
             carry = text[cut:]
-        carry += decoder.decode(b"", final=True)
-        if carry or not pieces:
-            pieces.append(carry)
+        # the rest is the last piece: a file of one chunk is one piece
+        pieces.append(carry + decoder.decode(data[len(starts) * _CHUNK :], final=True))
         return cls(tuple(pieces))
 
     @property

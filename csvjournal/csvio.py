@@ -12,7 +12,7 @@ import csv
 import re
 import stat
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -164,8 +164,9 @@ def read_csv(
     )
     header, count, header_lines = _scan(path, text, dialect)
     head = text.head
-    if header_lines > _breaks(head, 0, len(head)):  # a header of more than a piece
-        head = text.whole()
+    if header_lines > _breaks(head, 0, len(head)):  # a header of more than a piece (MBs)
+        head = text.whole()  # its end is the line terminator (the rest sniffs a prefix)
+        dialect = replace(dialect, lineterminator=sniff(head, expected)[2])
     _check_header(path, head, header, dialect)
     return ParsedCsv(path, dialect, header, count, digest, text, head)
 

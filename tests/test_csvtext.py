@@ -161,3 +161,16 @@ def test_an_import_of_a_file_with_one_emoji_takes_what_a_plain_one_takes(
     _one_emoji_file(wide, 40_000)
     plain.write_bytes(wide.read_bytes().replace("🙂".encode(), b"xxxx"))  # as many bytes
     assert _import_peak(wide) < 1.2 * _import_peak(plain)
+
+
+def test_a_header_longer_than_the_first_piece_keeps_its_line_terminator(
+    tmp_path: Path, small_chunks: None
+) -> None:
+    # (a header of MBs: the first piece ends at a line break inside its quotes)
+    path = _csv(tmp_path, 'ID,"N\nMMMMMMMMMMMM"\r\n1,a\r\n2,b\r\n')
+    parsed = read_csv(path)
+    assert len(parsed.text.pieces) > 1
+    assert "\r\n" not in parsed.text.head
+    assert parsed.header == ["ID", "N\nMMMMMMMMMMMM"]
+    assert parsed.dialect.lineterminator == "\r\n"
+    assert parsed.header_place(1) == (1, 4)
