@@ -8,11 +8,11 @@ import io
 
 from csvjournal._csvlocate import outside_quotes
 
-__all__ = ["DELIMITERS", "sniff"]
+__all__ = ["DELIMITERS", "SNIFF_CHARS", "sniff"]
 
 DELIMITERS = (",", ";", "\t", "|")
 _SNIFF_RECORDS = 20  # records (the header included) the dialect is detected from
-_SNIFF_CHARS = 1 << 16  # ...within this many characters at the start of the file
+SNIFF_CHARS = 1 << 16  # ...within this many characters at the start of the file
 
 
 def _first_record_end(text: str, quotechar: str) -> int:
@@ -35,7 +35,7 @@ def sniff(text: str, expected: tuple[str, str, str] | None = None) -> tuple[str,
     header most, then ``,``.
     """
     # Only a prefix is read: detection stays cheap on a file of millions of rows.
-    prefix = text[:_SNIFF_CHARS]
+    prefix = text[:SNIFF_CHARS]
     complete = len(prefix) == len(text)
     quotechar = '"'
     delimiter = _consistent_delimiter(prefix, complete, quotechar)
@@ -65,7 +65,7 @@ def _terminator(text: str, end: int) -> str:
 def _header_holds(text: str, delimiter: str, quotechar: str, name: str) -> bool:
     """Whether the first record of ``text``, read in this dialect, has a field ``name``."""
     # (a header longer than the sample is not ours: our columns' names are short)
-    header = text[: _first_record_end(text[:_SNIFF_CHARS], quotechar)]
+    header = text[: _first_record_end(text[:SNIFF_CHARS], quotechar)]
     reader = csv.reader(
         [header], delimiter=delimiter, quotechar=quotechar, doublequote=True, strict=True
     )

@@ -57,6 +57,16 @@ class CsvText:
         """The first piece: the first line whole, and the first MBs of the file."""
         return self.pieces[0]
 
+    def start(self, chars: int) -> str:
+        """The first pieces, as many as hold ``chars`` characters (or all)."""
+        taken, length = [], 0
+        for piece in self.pieces:
+            if length >= chars:
+                break
+            taken.append(piece)
+            length += len(piece)
+        return taken[0] if len(taken) == 1 else "".join(taken)
+
     def whole(self) -> str:
         """The text as one string (for error messages: the slow path)."""
         return self.pieces[0] if len(self.pieces) == 1 else "".join(self.pieces)

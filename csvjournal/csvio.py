@@ -27,7 +27,7 @@ from csvjournal._atomicfile import (
 )
 from csvjournal._csvbytes import BOM_OF, check_encoding, decode
 from csvjournal._csvlocate import locate_after_quote, locate_field, locate_open_quote
-from csvjournal._csvsniff import sniff
+from csvjournal._csvsniff import SNIFF_CHARS, sniff
 from csvjournal._csvtext import CsvText
 from csvjournal.errors import CsvFormatError, JournalIOError
 
@@ -153,7 +153,7 @@ def read_csv(
     del data  # the text is all that is read from now on
     if text.blank():
         raise CsvFormatError(f"{path}: line 1, column 1: the file is empty (no header line)")
-    delimiter, quotechar, terminator = sniff(text.head, expected)
+    delimiter, quotechar, terminator = sniff(text.start(SNIFF_CHARS), expected)
     dialect = CsvDialect(
         delimiter=delimiter,
         quotechar=quotechar,

@@ -174,3 +174,15 @@ def test_a_header_longer_than_the_first_piece_keeps_its_line_terminator(
     assert parsed.header == ["ID", "N\nMMMMMMMMMMMM"]
     assert parsed.dialect.lineterminator == "\r\n"
     assert parsed.header_place(1) == (1, 4)
+
+
+def test_the_dialect_is_sniffed_from_more_than_a_short_first_piece(
+    tmp_path: Path, small_chunks: None
+) -> None:
+    # (hypothesis found it: the first piece was '"\n', which shows no delimiter)
+    path = _csv(tmp_path, '"\n";00;000\n1;2;3\n4;5;6\n')
+    parsed = read_csv(path)
+    assert parsed.text.head == '"\n'
+    assert parsed.dialect.delimiter == ";"
+    assert parsed.header == ["\n", "00", "000"]
+    assert [record for _, record in parsed.records()] == [["1", "2", "3"], ["4", "5", "6"]]
