@@ -6,7 +6,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterator
-from contextlib import closing, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import structlog
@@ -19,6 +19,7 @@ from csvjournal._open import open as open_journal
 from csvjournal._oslock import ExporterLock, lock_path
 from csvjournal._pids import described, holding
 from csvjournal._readonly import ReadOnlyVisit, in_use
+from csvjournal._schema import peek
 from csvjournal.backup import (
     PendingBackup,
     check_backup,
@@ -99,7 +100,7 @@ def _check_schema(source: Path) -> None:
     Raises:
         SchemaTooNewError: its schema revision is unknown here.
     """
-    with closing(sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+    with peek(source) as conn:
         tables = [name for (name,) in conn.execute("SELECT name FROM sqlite_master")]
         found = (
             conn.execute("SELECT version_num FROM alembic_version").fetchone()
@@ -112,8 +113,7 @@ def _check_schema(source: Path) -> None:
 def _key_column(journal: Path) -> object:
     """The key column stored in ``journal``; ``None`` when it cannot be read (damaged)."""
     try:
-        uri = f"{journal.resolve().as_uri()}?mode=ro"
-        with closing(sqlite3.connect(uri, uri=True)) as conn:
+        with peek(journal) as conn:  # (the -wal/-shm files it has to make are removed)
             found = conn.execute("SELECT value FROM settings WHERE name = 'key_column'")
             row = found.fetchone()
     except sqlite3.Error:

@@ -488,8 +488,10 @@ def test_restore_refuses_a_backup_of_another_job(csv_path: Path, tmp_path: Path)
     with csvjournal.open(csv_path, key="ID") as journal:
         journal.record("a", "COMPLETED")
     before = _folder_listing(csv_path)
+    files = sorted(path.name for path in csv_path.parent.iterdir())
     journal_bytes = Path(f"{csv_path}.journal").read_bytes()
     with pytest.raises(csvjournal.SettingsError, match="another job"):
         csvjournal.restore(csv_path, theirs)
     assert _folder_listing(csv_path) == before
+    assert sorted(path.name for path in csv_path.parent.iterdir()) == files  # no -wal/-shm
     assert Path(f"{csv_path}.journal").read_bytes() == journal_bytes

@@ -220,8 +220,10 @@ def _a_job_of_ones_own(csv: Path) -> None:
 
 def _demo_refused(folder: Path) -> None:
     before = state_of(folder)
+    companions = sorted(folder.glob("*-[ws][ah][lm]"))  # the -wal/-shm files there
     assert_error(invoke("demo", folder), "not written by an earlier demo")
     assert state_of(folder) == before
+    assert sorted(folder.glob("*-[ws][ah][lm]")) == companions  # its look left none
 
 
 def test_demo_never_replaces_a_job_it_did_not_write(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from rich.table import Table
 import csvjournal
 from csvjournal._oslock import exporter_alive
 from csvjournal._readonly import in_use
+from csvjournal._schema import peek
 from csvjournal._settings import write_value
 from csvjournal.cli._app import (
     FLUSH_SECONDS,
@@ -225,9 +226,7 @@ def _token_and_events(journal: Path) -> tuple[object, bool]:
     """The demo's token stored in ``journal`` (None if none), and whether it holds any
     event; (None, True) when it cannot be read."""
     try:
-        with contextlib.closing(
-            sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True)
-        ) as conn:
+        with peek(journal) as conn:  # (the -wal/-shm files it has to make are removed)
             row = conn.execute(
                 "SELECT value FROM settings WHERE name = ?", (_TOKEN_SETTING,)
             ).fetchone()
