@@ -89,7 +89,7 @@ def merge_csv(
         planned = plan_rows(journal, settings, path, parsed, report)  # without the lock
         with journal.batch():
             apply_plan(journal, settings, parsed, report, planned=planned, since=since)
-        with journal._store.write() as conn:  # the edited file is now known, not foreign
+        with journal._errors(), journal._store.write() as conn:  # the edited file is known now
             # the digest of the bytes parsed (a second read could see a later edit)
             write_value(conn, "csv_digest", parsed.digest)
             # ... but it shows no state of the journal: the next open rewrites it, also

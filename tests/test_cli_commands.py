@@ -74,6 +74,7 @@ def test_import_merge_reports_columns_and_kept_keys_and_json(orders: Path) -> No
         "newer_kept": [],
         "added_columns": [],
         "leased_kept": [],
+        "unedited": True,  # the CSV the first merge's export wrote: no edit in it
     }
 
 
@@ -154,6 +155,31 @@ def test_record_says_what_it_recorded_when_the_csv_cannot_be_written(
     monkeypatch.undo()
     ok(invoke("export", orders))  # writable again: the record reaches the CSV
     assert "PO-1,ACME,10.00,COMPLETED," in orders.read_text(encoding="utf-8")
+
+
+def test_init_and_export_fail_when_the_csv_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # init said "created" and exited 0, the CSV without its status columns; export's line
+    # promised a retry that nothing makes once the command is over
+    csv = tmp_path / "o.csv"
+    csv.write_text("ID,N\n1,a\n")
+    write_protect(monkeypatch, csv)
+    result = invoke("init", csv, "--key", "ID")
+    assert result.exit_code == 2
+    assert result.stdout == f"created {csv}.journal: 1 row, key column ID\n"
+    [error] = result.stderr.splitlines()
+    assert error.startswith(f"csvjournal: error: created {csv}.journal, but the CSV was not")
+    assert "write-protected" in error
+    assert csv.read_text() == "ID,N\n1,a\n"
+    result = invoke("export", csv)
+    assert result.exit_code == 2
+    [error] = result.stderr.splitlines()
+    assert "write-protected" in error
+    assert "tries again" not in error
+    monkeypatch.undo()
+    ok(invoke("export", csv))
+    assert csv.read_text().startswith("ID,N,STATUS,LAST_PROCESSED\n")
 
 
 def test_a_short_command_shows_the_librarys_warnings_once_it_succeeded(orders: Path) -> None:

@@ -67,9 +67,17 @@ def init(
         )
     with journal:
         rows = len(journal)
-    click.echo(
-        f"created {journal_path_of(csv)}: {rows:,} row{'' if rows == 1 else 's'}, key column {key}"
-    )
+        click.echo(
+            f"created {journal_path_of(csv)}: {rows:,} row{'' if rows == 1 else 's'},"
+            f" key column {key}"
+        )
+        try:  # the exporting open wrote the CSV, or failed to (a write-protected file, say)
+            journal.flush(timeout=FLUSH_SECONDS)
+        except csvjournal.CsvJournalError as exc:  # (no retry: the handle closes now)
+            why = str(exc).removesuffix(RETRY_NOTE)
+            raise CliError(
+                f"created {journal_path_of(csv)}, but the CSV was not brought up to date: {why}"
+            ) from exc
 
 
 @cli.command()
@@ -178,7 +186,10 @@ def export(csv: Path, target: Path | None) -> None:
         ) as journal,
     ):
         if target is None:  # bounded: another process's exporter may be stopped, say
-            journal.flush(timeout=FLUSH_SECONDS)
+            try:
+                journal.flush(timeout=FLUSH_SECONDS)
+            except csvjournal.CsvJournalError as exc:  # (no retry: the handle closes now)
+                raise CliError(str(exc).removesuffix(RETRY_NOTE)) from exc
         else:
             journal.export(target)
     click.echo(f"wrote {target or csv}")
