@@ -243,6 +243,25 @@ def test_status_watch_into_a_pipe_writes_a_snapshot_each_refresh(tmp_path: Path)
         child.wait(SUBPROCESS_TIMEOUT)
 
 
+def test_status_watch_into_a_pipe_closed_by_its_reader_exits_0(tmp_path: Path) -> None:
+    # rich's console exited 1 where `pending | head` exits 0
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("ID\n1\n2\n")
+    ok(invoke("init", csv, "--key", "ID"))
+    child = subprocess.Popen(
+        [str(CONSOLE_SCRIPT), "status", str(csv), "--watch", "--interval", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline()
+    child.stdout.close()  # the reader has enough
+    assert child.wait(SUBPROCESS_TIMEOUT) == 0
+    assert child.stderr is not None
+    assert child.stderr.read() == ""
+
+
 def test_a_restore_goes_ahead_while_status_watches_and_the_watch_follows_it(
     tmp_path: Path,
 ) -> None:

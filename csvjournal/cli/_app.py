@@ -429,10 +429,19 @@ def log_json_wanted() -> bool:
     return bool(root is not None and root.obj and root.obj.get("log_json"))
 
 
+class _PipedConsole(Console):
+    """A console whose reader may have enough (``| head``): the command ends as any
+    command whose output pipe closed does, with exit 0 (rich's default exits 1)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def stdout_console() -> Console:
     """Where human output goes: text as it is (a path or a status holding ``[x]`` is
     data, not rich markup)."""
-    return Console(highlight=False, soft_wrap=True, markup=False)
+    return _PipedConsole(highlight=False, soft_wrap=True, markup=False)
 
 
 def stderr_console() -> Console:
