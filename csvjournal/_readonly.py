@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -58,9 +59,14 @@ def remove_made_companions(journal: Path) -> None:
     wal, shm = Path(f"{journal}-wal"), Path(f"{journal}-shm")
     uid = os.geteuid()
     try:
-        fd = os.open(shm, os.O_RDWR)
+        opened: int | None = os.open(shm, os.O_RDWR)
+    except PermissionError:  # made read-only like a journal its owner made read-only
+        opened = _open_own(shm, uid)
     except OSError:
         return
+    if opened is None:
+        return
+    fd = opened
     try:
         found = wal.stat() if wal.exists() else None
         if found is not None and (found.st_size or found.st_uid != uid):
@@ -77,6 +83,19 @@ def remove_made_companions(journal: Path) -> None:
             shm.unlink()
     finally:
         os.close(fd)
+
+
+def _open_own(path: Path, uid: int) -> int | None:
+    """``path`` opened to read and write, made writable first if it is this user's (the
+    user may change its mode); None if it is not, or cannot be opened."""
+    try:
+        found = path.stat()
+        if found.st_uid != uid:
+            return None
+        path.chmod(found.st_mode | stat.S_IWUSR)
+        return os.open(path, os.O_RDWR)
+    except OSError:
+        return None
 
 
 # The journals whose -wal and -shm files this process made, as a user who may not write

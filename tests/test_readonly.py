@@ -244,3 +244,30 @@ def test_an_open_that_changes_the_settings_goes_on_where_no_backup_can_be_made(
             return sorted(journal.settings.terminal)
 
     assert _result(_forked_as(NOBODY, reopen)) == (0, "['X']")
+
+
+def test_the_owner_reading_its_own_write_protected_journal_leaves_nothing_behind(
+    shared_folder: Path,
+) -> None:
+    # SQLite made the -wal/-shm read-only like the journal: they stayed, and once the
+    # journal was writable again every record failed on them
+    csv_path = shared_folder / "orders.csv"
+    csv_path.write_text("ID\na\nb\n")
+
+    def owner() -> object:
+        with csvjournal.open(csv_path, key="ID") as journal:
+            journal.record("a", "COMPLETED")
+        journal_path = Path(f"{csv_path}.journal")
+        journal_path.chmod(0o444)  # write-protected for a while
+        result = CliRunner().invoke(cli, ["pending", str(csv_path)])
+        left = sorted(path.name for path in shared_folder.iterdir())
+        journal_path.chmod(0o644)
+        with csvjournal.open(csv_path) as journal:
+            journal.record("b", "COMPLETED")
+        return result.exit_code, result.output, left
+
+    code, found = _result(_forked_as(NOBODY, owner))
+    assert code == 0, found
+    exit_code, output, left = ast.literal_eval(found)
+    assert (exit_code, output) == (0, "b\n")
+    assert [name for name in left if name.endswith(("-wal", "-shm"))] == []
