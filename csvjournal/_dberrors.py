@@ -26,7 +26,7 @@ from csvjournal.errors import (
     JournalIOError,
 )
 
-__all__ = ["DB_ERRORS", "io_error", "is_damaged", "journal_errors", "translate"]
+__all__ = ["DB_ERRORS", "io_error", "is_damaged", "journal_errors", "read_only_error", "translate"]
 
 DB_ERRORS = (sqlite3.DatabaseError, DBAPIError)
 
@@ -84,6 +84,19 @@ def _io_error(
     if doing is not None:
         return JournalIOError(f"{csv_path}: could not {doing} ({orig}){hint}")
     return JournalIOError(f"{journal}: SQLite could not read or write the journal ({orig}){hint}")
+
+
+def read_only_error(journal: Path) -> JournalIOError | None:
+    """The error a write to ``journal`` would meet because this process may not write it
+    (or its -wal/-shm files, or its folder), found before writing; None if it may."""
+    for path, what in (
+        (journal, "the journal file"),
+        (Path(f"{journal}-wal"), "its -wal file"),
+        (Path(f"{journal}-shm"), "its -shm file"),
+    ):
+        if path.exists() and not os.access(path, os.W_OK):
+            return JournalIOError(f"{journal}: {what} {path} is read-only to this process")
+    return None
 
 
 def _read_only_hint(journal: Path) -> str:

@@ -77,6 +77,9 @@ class Handle:
             self._attach()
         except BaseException:
             give_tag(options.journal_path, self._tag)
+            visit: ReadOnlyVisit | None = getattr(self, "_visit", None)
+            if visit is not None and not _forking.open_here(options.journal_path):
+                visit.end()  # the -wal/-shm files a refused open made (a read-only user's)
             raise
         _forking.register(self)
 

@@ -20,6 +20,7 @@ from sqlalchemy import Connection
 
 from csvjournal import _reads
 from csvjournal._background import Background
+from csvjournal._dberrors import read_only_error
 from csvjournal._forking import ForkGate
 from csvjournal._leases import expiring_rows
 from csvjournal._options import Options
@@ -100,6 +101,11 @@ class Session:
             log.info("leftover_removed", path=str(leftover))
             self.removed.append(leftover)
         if self._options.keep_backups > 0:
+            # a journal this process may not write fails its first write: no backup first
+            # (each would push an older one out)
+            error = read_only_error(self._options.journal_path)
+            if error is not None:
+                raise error
             self._start_backup()
         lost = self._expire(self._time, self._stamp)
         self.returned += lost

@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from csvjournal import _migrate
-from csvjournal._dberrors import io_error, is_damaged
+from csvjournal._dberrors import io_error, is_damaged, read_only_error
 from csvjournal._fsinfo import NETWORK_FILESYSTEMS, filesystem_of
 from csvjournal._schema import peek
 from csvjournal._writerqueue import GAVE_UP, WriterQueue
@@ -413,6 +413,9 @@ class Store:
             revision = _migrate.current_revision(conn)
             if revision != head:
                 if revision is not None:  # a new journal is created, not upgraded
+                    error = read_only_error(self.path)  # before a backup, kept for good
+                    if error is not None:
+                        raise error
                     if self._before_upgrade is not None:
                         self._before_upgrade()  # reads through its own connection (WAL)
                     log.info("journal_schema_upgrade", path=str(self.path), old=revision, new=head)

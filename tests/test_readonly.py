@@ -271,3 +271,40 @@ def test_the_owner_reading_its_own_write_protected_journal_leaves_nothing_behind
     exit_code, output, left = ast.literal_eval(found)
     assert (exit_code, output) == (0, "b\n")
     assert [name for name in left if name.endswith(("-wal", "-shm"))] == []
+
+
+def test_a_write_protected_journal_is_refused_before_a_backup_is_made(
+    shared_folder: Path,
+) -> None:
+    # each exporting open (run) took a session backup, pruning an older one, and each
+    # upgrade one kept for good, then failed at the first write
+    csv_path = shared_folder / "orders.csv"
+    csv_path.write_text("ID\na\n")
+    old = shared_folder / "old" / "orders.csv"
+    old.parent.mkdir(mode=0o777)
+    shutil.copy(Path(__file__).parent / "fixtures" / "journal-0005.sqlite", f"{old}.journal")
+    os.chown(f"{old}.journal", NOBODY, NOBODY)
+
+    def owner() -> object:
+        with csvjournal.open(csv_path, key="ID"):
+            pass
+        outcomes = []
+        for path in (csv_path, old):
+            Path(f"{path}.journal").chmod(0o444)
+            before = sorted(p.name for p in path.parent.rglob("*"))
+            try:
+                with csvjournal.open(path) as journal:  # (a run)
+                    journal.record("a", "COMPLETED")
+            except csvjournal.JournalIOError as exc:
+                outcomes.append(str(exc))
+            outcomes.append(sorted(p.name for p in path.parent.rglob("*")) == before)
+        return outcomes
+
+    code, found = _result(_forked_as(NOBODY, owner))
+    assert code == 0, found
+    refused, unchanged, old_refused, old_unchanged = ast.literal_eval(found)
+    assert "the journal file" in refused
+    assert "read-only to this process" in refused
+    assert "read-only to this process" in old_refused
+    assert unchanged
+    assert old_unchanged
