@@ -136,8 +136,22 @@ def test_a_csv_without_a_journal_is_refused(tmp_path: Path, command: str, csv_ex
         csv.write_text("ID,NAME\n1,a\n")
     before = state_of(tmp_path)
     line = assert_error(invoke(command, csv, *ON_A_JOURNAL[command]), f"no journal for {csv}")
-    assert f"run csvjournal init {csv}" in line
+    if csv_exists:
+        assert f"run csvjournal init {csv}" in line
+    else:  # (init would refuse it too)
+        assert "no such file" in line
+        assert "run csvjournal init" not in line
     assert state_of(tmp_path) == before
+
+
+def test_the_init_hint_for_a_csv_named_like_an_option_works_as_typed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("-x.csv").write_text("ID\n1\n")
+    line = assert_error(invoke("status", "--", "-x.csv"), "no journal for -x.csv")
+    assert "run csvjournal init ./-x.csv --key COLUMN" in line
+    ok(invoke("init", "./-x.csv", "--key", "ID"))
 
 
 @pytest.mark.parametrize("command", ["backups", "pending", "status", "run"])

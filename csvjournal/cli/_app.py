@@ -375,11 +375,14 @@ def no_journal(csv: Path, hint: str = "") -> CliError:
         real = Path(os.path.realpath(csv))
         if journal_path_of(real).exists():
             return CliError(f"no journal for {csv}, a link to {real}, which has one: use {real}")
-    init = f"run csvjournal init {shlex.quote(str(csv))} --key COLUMN"
+    shown = f"./{csv}" if str(csv).startswith("-") else str(csv)  # not read as an option
+    init = f"run csvjournal init {shlex.quote(shown)} --key COLUMN"
     if list_backups(csv):  # its journal deleted or lost: the way back is a backup, if sound
         restore = newest_backup_hint(csv)
         if restore.startswith("restore"):
             return CliError(f"no journal for {csv}: {restore}, or {init}{hint}")
+    if not csv.exists() and not csv.is_symlink():  # init would refuse it too
+        return CliError(f"no journal for {csv}, and no such file (init imports an existing CSV)")
     return CliError(f"no journal for {csv}: {init}{hint}")
 
 
