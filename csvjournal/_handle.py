@@ -326,6 +326,7 @@ class Handle:
         if self._pid != _forking.PID:
             with self._attach_lock:
                 if self._pid != _forking.PID:  # another thread may have reopened meanwhile
+                    self._tag = take_tag(self._options.journal_path)  # this process's own
                     self._attach()
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -3,14 +3,16 @@ open in one process."""
 
 from __future__ import annotations
 
+import os
 import threading
 from itertools import count
 from pathlib import Path
 
 __all__ = ["give_tag", "take_tag"]
 
-# Per journal, the tags of this process's open handles (see take_tag).
-_tags: dict[Path, set[str]] = {}
+# Per process and journal, the tags of its open handles (see take_tag): a forked child's
+# own start with no tag, whatever handles it inherited (they take theirs anew if used).
+_tags: dict[tuple[int, Path], set[str]] = {}
 _tags_lock = threading.Lock()
 
 
@@ -20,7 +22,7 @@ def take_tag(journal: Path) -> str:
     claim belongs to its worker name: two handles used from one thread must not share one,
     or one would renew and give back rows the other took over."""
     with _tags_lock:
-        taken = _tags.setdefault(journal.resolve(), set())
+        taken = _tags.setdefault((os.getpid(), journal.resolve()), set())
         tag = next(t for n in count(1) if (t := "" if n == 1 else f"#{n}") not in taken)
         taken.add(tag)
         return tag
@@ -29,4 +31,4 @@ def take_tag(journal: Path) -> str:
 def give_tag(journal: Path, tag: str) -> None:
     """Free ``tag`` (from :func:`take_tag`) once its handle is closed."""
     with _tags_lock:
-        _tags.get(journal.resolve(), set()).discard(tag)
+        _tags.get((os.getpid(), journal.resolve()), set()).discard(tag)

@@ -343,6 +343,25 @@ def test_processes_share_one_journal(tmp_path: Path, start_method: str, runner: 
         journal.close()
 
 
+def _record_one(journal: csvjournal.Journal, key: str) -> int:
+    return journal.record(key, "COMPLETED")
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_journal_passed_to_a_worker_process_records_under_the_workers_plain_name(
+    tmp_path: Path, start_method: str
+) -> None:
+    # forked, the worker's handle was named as a second handle there ("MainThread#2"): the
+    # parent's, inherited and never used, held the first name
+    ctx = multiprocessing.get_context(start_method)
+    with csvjournal.open(tmp_path / "orders.csv", key=KEY) as journal:
+        journal.record("parent", "COMPLETED")
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            pool.submit(_record_one, journal, "child").result(JOIN_TIMEOUT)
+        (event,) = journal.history("child")
+        assert event.worker.endswith(f":{event.pid}:MainThread")
+
+
 # -- fork: no SQLite connection crosses it -------------------------------------------------
 
 
