@@ -97,6 +97,23 @@ def test_usage_errors_are_one_line_too(tmp_path: Path, args: list[str], fragment
     assert state_of(tmp_path) == before
 
 
+@pytest.mark.parametrize(
+    ("args", "help_of"),
+    [
+        (["init", "x.csv", "--key"], "csvjournal init"),
+        (["run", "x.csv", "-j"], "csvjournal run"),
+        (["status", "x.csv", "--interval"], "csvjournal status"),
+        (["--bogus"], "csvjournal"),
+        (["status", "x.csv", "--bogus"], "csvjournal status"),
+    ],
+)
+def test_a_usage_error_points_to_the_help_that_lists_the_option(
+    args: list[str], help_of: str
+) -> None:
+    # an option without its value pointed to `csvjournal --help`, which does not list it
+    assert assert_error(invoke(*args), "").endswith(f"(see {help_of} --help)")
+
+
 def _traceback_then_the_line(result: Result) -> None:
     assert result.exit_code == 2, result.stderr
     assert "Traceback" in result.stderr

@@ -111,12 +111,17 @@ _SHOWS_HELP: tuple[type[click.UsageError], ...] = tuple(
 )
 
 
-def _one_line(exc: click.UsageError) -> click.ClickException:
+def _one_line(exc: click.UsageError, group: click.Context | None = None) -> click.ClickException:
     """A usage error (a missing argument, an unknown option...) as one line, like the rest;
     ``csvjournal`` alone keeps showing the help."""
     if isinstance(exc, _SHOWS_HELP):
         return exc
-    where = exc.ctx.command_path if exc.ctx is not None else "csvjournal"
+    if exc.ctx is not None:
+        where = exc.ctx.command_path
+    elif group is not None:  # (an option without its value: click's parser names no context)
+        where = " ".join(filter(None, [group.command_path, group.invoked_subcommand]))
+    else:
+        where = "csvjournal"
     return CliError(f"{exc.format_message().rstrip('.')} (see {where} --help)")
 
 
@@ -181,7 +186,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:
-            raise _one_line(exc) from exc
+            raise _one_line(exc, ctx) from exc
         except KeyboardInterrupt as exc:  # Ctrl-C: one line and 130, not click's "Aborted!"
             raise Interrupted("interrupted") from exc
         except BrokenPipeError:  # `csvjournal pending x.csv | head`: the reader has enough
