@@ -206,6 +206,8 @@ def _check(
     if encoding is not None:
         check_encoding(encoding)
     _check_csv_file(csv)
+    if path.is_dir():  # (SQLite says "disk I/O error")
+        raise SettingsError(f"{path}: a folder, not a journal")
     _check_name_lengths(csv, path)
     _check_linked_journal(csv, path)
     folder = Path(f"{csv}.backups")

@@ -114,6 +114,24 @@ def test_a_usage_error_points_to_the_help_that_lists_the_option(
     assert assert_error(invoke(*args), "").endswith(f"(see {help_of} --help)")
 
 
+@pytest.mark.parametrize("thing", ["folder", "text file"])
+def test_a_journal_path_that_is_no_journal_is_named_as_such(tmp_path: Path, thing: str) -> None:
+    # init said "already exists: the journal is there"; status, "disk I/O error"
+    csv = tmp_path / "o.csv"
+    csv.write_text("ID\n1\n")
+    journal = tmp_path / "o.csv.journal"
+    if thing == "folder":
+        journal.mkdir()
+    else:
+        journal.write_text("hello\n")
+    before = state_of(tmp_path)
+    said = "a folder, not a journal" if thing == "folder" else "cannot be read as a csvjournal"
+    assert_error(invoke("init", csv, "--key", "ID"), said)
+    if thing == "folder":
+        assert_error(invoke("status", csv), f"{journal}: a folder, not a journal")
+    assert state_of(tmp_path) == before
+
+
 def _traceback_then_the_line(result: Result) -> None:
     assert result.exit_code == 2, result.stderr
     assert "Traceback" in result.stderr

@@ -56,8 +56,16 @@ def init(
     csv: Path, key: str, terminal: str | None, encoding: str | None, formula_guard: bool
 ) -> None:
     """Create the journal of CSV (importing its rows) and add the status columns."""
-    if journal_path_of(csv).exists() and not unfinished(journal_path_of(csv)):
-        raise CliError(f"{journal_path_of(csv)} already exists: the journal is there")
+    journal_path = journal_path_of(csv)
+    if journal_path.exists() and not unfinished(journal_path):
+        if journal_path.is_dir():
+            raise CliError(f"{journal_path}: a folder, not a journal (move it away)")
+        if schema_revision(journal_path) is None:
+            raise CliError(
+                f"{journal_path} is there, but cannot be read as a csvjournal journal (another"
+                " file, or damaged: move it away, or restore a backup)"
+            )
+        raise CliError(f"{journal_path} already exists: the journal is there")
     if not csv.exists():
         raise CliError(f"{csv}: no such file (init imports an existing CSV)")
     names = _names(terminal)
