@@ -87,6 +87,10 @@ def test_every_help_from_the_console_script() -> None:
         (["status", "x.csv", "--interval", "0"], "--interval"),
         (["import", "x.csv"], "Missing option '--merge'"),
         (["run", "x.csv"], "Missing argument 'COMMAND...'"),
+        # click kept the last value: record B, key by ID
+        (["record", "x.csv", "1", "--status", "A", "--status=B"], "--status given twice"),
+        (["init", "x.csv", "--key", "N", "--key", "ID"], "--key given twice"),
+        (["run", "x.csv", "-j", "2", "-j3", "--", "true"], "--workers given twice"),
     ],
 )
 def test_usage_errors_are_one_line_too(tmp_path: Path, args: list[str], fragment: str) -> None:

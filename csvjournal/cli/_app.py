@@ -154,6 +154,31 @@ class _Command(click.Command):
         super().__init__(*args, **kwargs)
         self.params += [_late_flag("--log-json", "log_json"), _late_flag("--debug", "debug")]
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Refuse an option of one value given twice (click keeps the last): ``record
+        --status A --status B`` must not record B, as ``FIELD=a FIELD=b`` is refused."""
+        words = args[: args.index("--")] if "--" in args else args
+        for param in self.params:
+            if not isinstance(param, click.Option) or param.multiple or param.is_flag:
+                continue
+            given = [word for word in words if _names_option(word, param.opts)]
+            if len(given) > 1:
+                raise click.UsageError(
+                    f"option {max(param.opts, key=len)} given twice ({' and '.join(given)})", ctx=ctx
+                )
+        return super().parse_args(ctx, args)
+
+
+def _names_option(word: str, names: list[str]) -> bool:
+    """Whether the command-line word ``word`` gives the option of these ``names``
+    (``--key``, ``--key=ID``, ``-j``, ``-j4``)."""
+    for name in names:
+        if word == name or (name.startswith("--") and word.startswith(f"{name}=")):
+            return True
+        if len(name) == 2 and word.startswith(name) and not word.startswith("--"):
+            return True
+    return False
+
 
 class _Group(click.Group):
     command_class = _Command
