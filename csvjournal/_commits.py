@@ -160,27 +160,10 @@ class Commits:
             if conn.in_transaction:  # left open by an exception an application's signal
                 conn.execute("ROLLBACK")  # handler raised mid-commit: nothing of it holds
             queued = store.begin_writer(conn, _abandoned(items))
-            mark = writer.mark()
+            mark = None
             try:
                 mark = writer.begin(conn)  # (reads the journal: it may fail as any statement)
-                if writer.formula_guard:
-                    items = self._refuse_twins(conn, items)
-                if len(items) == 1 and type(items[0]) is RecordOp:  # SQLite numbers it
-                    writer.apply(conn, items)  # type: ignore[arg-type]
-                    results: list[object] = [items[0].seq]
-                elif type(items[0]) is RecordOp and all(type(i) is RecordOp for i in items):
-                    ops: Sequence[RecordOp] = items  # type: ignore[assignment]
-                    for op in ops:
-                        writer.allocate(conn, op)
-                    writer.apply(conn, ops)
-                    results = [op.seq for op in ops]
-                else:
-                    results = [
-                        item.run(conn, writer)
-                        if isinstance(item, Action)
-                        else self._apply_one(conn, item)
-                        for item in items
-                    ]
+                results = self._apply(conn, items)
                 conn.execute("COMMIT")
                 if (now := time.monotonic()) >= self._check_at:  # a stat costs a record 4%
                     self._check_at = now + _CHECK_SECONDS
@@ -188,13 +171,33 @@ class Commits:
             except BaseException as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                writer.restore(mark)
+                if mark is not None:
+                    writer.restore(mark)
                 if isinstance(exc, sqlite3.Error):  # a new, empty file in its place, say
                     self.check_journal()
                 raise
             finally:
                 store.end_writer(queued)
         return results
+
+    def _apply(self, conn: sqlite3.Connection, items: Sequence[RecordOp | Action]) -> list[object]:
+        """Write ``items`` in the open transaction; their results, in order."""
+        writer = self._writer
+        if writer.formula_guard:
+            items = self._refuse_twins(conn, items)
+        if len(items) == 1 and type(items[0]) is RecordOp:  # SQLite numbers it
+            writer.apply(conn, items)  # type: ignore[arg-type]
+            return [items[0].seq]
+        if type(items[0]) is RecordOp and all(type(i) is RecordOp for i in items):
+            ops: Sequence[RecordOp] = items  # type: ignore[assignment]
+            for op in ops:
+                writer.allocate(conn, op)
+            writer.apply(conn, ops)
+            return [op.seq for op in ops]
+        return [
+            item.run(conn, writer) if isinstance(item, Action) else self._apply_one(conn, item)
+            for item in items
+        ]
 
     def _refuse_twins(
         self, conn: sqlite3.Connection, items: Sequence[RecordOp | Action]

@@ -223,15 +223,25 @@ def test_pending_lists_rows_neither_terminal_nor_leased(orders: Path) -> None:
     assert data == {"csv": str(orders), "count": 1, "pending": ["PO-3"]}
 
 
-def test_status_watch_into_a_pipe_writes_a_snapshot_each_refresh(tmp_path: Path) -> None:
+def _two_rows(tmp_path: Path) -> Path:
     csv = tmp_path / "jobs.csv"
     csv.write_text("ID\n1\n2\n")
     ok(invoke("init", csv, "--key", "ID"))
-    child = subprocess.Popen(
+    return csv
+
+
+def _watching(csv: Path) -> subprocess.Popen[str]:
+    """``status --watch`` of ``csv`` into a pipe (stdout and stderr), refreshed often."""
+    return subprocess.Popen(
         [str(CONSOLE_SCRIPT), "status", str(csv), "--watch", "--interval", "0.1"],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_status_watch_into_a_pipe_writes_a_snapshot_each_refresh(tmp_path: Path) -> None:
+    child = _watching(_two_rows(tmp_path))
     try:
         assert child.stdout is not None
         seen = [child.stdout.readline() for _ in range(40)]  # several snapshots, as they come
@@ -245,15 +255,7 @@ def test_status_watch_into_a_pipe_writes_a_snapshot_each_refresh(tmp_path: Path)
 
 def test_status_watch_into_a_pipe_closed_by_its_reader_exits_0(tmp_path: Path) -> None:
     # rich's console exited 1 where `pending | head` exits 0
-    csv = tmp_path / "jobs.csv"
-    csv.write_text("ID\n1\n2\n")
-    ok(invoke("init", csv, "--key", "ID"))
-    child = subprocess.Popen(
-        [str(CONSOLE_SCRIPT), "status", str(csv), "--watch", "--interval", "0.1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    child = _watching(_two_rows(tmp_path))
     assert child.stdout is not None
     assert child.stdout.readline()
     child.stdout.close()  # the reader has enough
@@ -266,16 +268,10 @@ def test_a_restore_goes_ahead_while_status_watches_and_the_watch_follows_it(
     tmp_path: Path,
 ) -> None:
     # the watch held the journal open from look to look: every restore was refused
-    csv = tmp_path / "jobs.csv"
-    csv.write_text("ID\n1\n2\n")
-    ok(invoke("init", csv, "--key", "ID"))
+    csv = _two_rows(tmp_path)
     backup = ok(invoke("backup", csv)).strip()
     ok(invoke("record", csv, "1", "--status", "COMPLETED"))
-    child = subprocess.Popen(
-        [str(CONSOLE_SCRIPT), "status", str(csv), "--watch", "--interval", "0.1"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    child = _watching(csv)
     try:
         out = child.stdout
         assert out is not None

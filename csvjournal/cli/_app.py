@@ -164,7 +164,8 @@ class _Command(click.Command):
             given = [word for word in words if _names_option(word, param.opts)]
             if len(given) > 1:
                 raise click.UsageError(
-                    f"option {max(param.opts, key=len)} given twice ({' and '.join(given)})", ctx=ctx
+                    f"option {max(param.opts, key=len)} given twice ({' and '.join(given)})",
+                    ctx=ctx,
                 )
         return super().parse_args(ctx, args)
 

@@ -79,13 +79,23 @@ def init(
             f"created {journal_path_of(csv)}: {rows:,} row{'' if rows == 1 else 's'},"
             f" key column {key}"
         )
-        try:  # the exporting open wrote the CSV, or failed to (a write-protected file, say)
-            journal.flush(timeout=FLUSH_SECONDS)
-        except csvjournal.CsvJournalError as exc:  # (no retry: the handle closes now)
-            why = str(exc).removesuffix(RETRY_NOTE)
-            raise CliError(
-                f"created {journal_path_of(csv)}, but the CSV was not brought up to date: {why}"
-            ) from exc
+        # the exporting open wrote the CSV, or failed to (a write-protected file, say)
+        _flush(journal, done=f"created {journal_path_of(csv)}")
+
+
+def _flush(journal: csvjournal.Journal, done: str = "") -> None:
+    """Bring the CSV up to date now, or fail saying what was ``done`` already.
+
+    Raises:
+        CliError: the CSV could not be written (no retry: the handle closes next).
+    """
+    try:
+        journal.flush(timeout=FLUSH_SECONDS)
+    except csvjournal.CsvJournalError as exc:
+        why = str(exc).removesuffix(RETRY_NOTE)
+        if done:
+            why = f"{done}, but the CSV was not brought up to date: {why}"
+        raise CliError(why) from exc
 
 
 @cli.command()
@@ -132,13 +142,7 @@ def record(
             raise CliError(f"{csv}: no row with key {key!r} (pass --new to add one)")
         seq = journal.record(key, status, fields=values)
         click.echo(f"recorded #{seq}")  # committed: a script must not record it again
-        try:
-            journal.flush(timeout=FLUSH_SECONDS)
-        except csvjournal.CsvJournalError as exc:  # (no retry: the handle closes now)
-            why = str(exc).removesuffix(RETRY_NOTE)
-            raise CliError(
-                f"recorded #{seq}, but the CSV was not brought up to date: {why}"
-            ) from exc
+        _flush(journal, done=f"recorded #{seq}")
 
 
 def _event_data(event: Event) -> dict[str, object]:
@@ -194,10 +198,7 @@ def export(csv: Path, target: Path | None) -> None:
         ) as journal,
     ):
         if target is None:  # bounded: another process's exporter may be stopped, say
-            try:
-                journal.flush(timeout=FLUSH_SECONDS)
-            except csvjournal.CsvJournalError as exc:  # (no retry: the handle closes now)
-                raise CliError(str(exc).removesuffix(RETRY_NOTE)) from exc
+            _flush(journal)
         else:
             journal.export(target)
     click.echo(f"wrote {target or csv}")
