@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
 
+from csvjournal._fsinfo import companion
 from csvjournal.backup import newest_backup_hint
 from csvjournal.errors import (
     CsvJournalError,
@@ -91,8 +92,8 @@ def read_only_error(journal: Path) -> JournalIOError | None:
     (or its -wal/-shm files, or its folder), found before writing; None if it may."""
     for path, what in (
         (journal, "the journal file"),
-        (Path(f"{journal}-wal"), "its -wal file"),
-        (Path(f"{journal}-shm"), "its -shm file"),
+        (companion(journal, "-wal"), "its -wal file"),
+        (companion(journal, "-shm"), "its -shm file"),
     ):
         if path.exists() and not os.access(path, os.W_OK):
             return JournalIOError(f"{journal}: {what} {path} is read-only to this process")
@@ -105,8 +106,8 @@ def _read_only_hint(journal: Path) -> str:
     folder = journal.parent
     for path, what in (
         (journal, "the journal file"),
-        (Path(f"{journal}-wal"), "its -wal file"),
-        (Path(f"{journal}-shm"), "its -shm file"),
+        (companion(journal, "-wal"), "its -wal file"),
+        (companion(journal, "-shm"), "its -shm file"),
     ):
         if path.exists() and not os.access(path, os.W_OK):
             return f": {what} {path} is read-only to this process"

@@ -4,6 +4,7 @@ CSV written to another path, now)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from contextlib import nullcontext
@@ -67,7 +68,8 @@ def check_copy_target(path: Path, csv_path: Path, journal_path: Path) -> None:
         )
     if not regular:
         raise ExportError(f"{path}: not a regular file; an export writes a CSV file")
-    other = _another_jobs(path) or _another_jobs(target)  # a symlink's own name, or its file
+    # the name as given ('..' applied: no symlink followed), or the file it leads to
+    other = _another_jobs(Path(os.path.abspath(path))) or _another_jobs(target)
     if other is not None:
         raise SettingsError(
             f"{path}: {other}; an export to a path writes a copy where no job keeps its files"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["NETWORK_FILESYSTEMS", "filesystem_of"]
+__all__ = ["NETWORK_FILESYSTEMS", "companion", "filesystem_of"]
 
 NETWORK_FILESYSTEMS = frozenset(
     {
@@ -56,3 +56,9 @@ def filesystem_of(path: Path, mounts: str | None = None) -> str | None:
         if inside and len(point) >= len(best):
             best, kind = point, parts[2]
     return kind
+
+
+def companion(journal: Path, suffix: str) -> Path:
+    """The journal's ``-wal``, ``-shm`` or ``-journal`` file (``suffix``), where SQLite
+    makes it: beside the file a symlinked journal points to, not beside the link."""
+    return Path(f"{os.path.realpath(journal)}{suffix}")

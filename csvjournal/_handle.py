@@ -411,8 +411,8 @@ class Handle:
         """Stop the exporter (it writes the last commits first), see the CSV catch up if
         another handle exports, and close the store."""
         _forking.unregister(self)
-        give_tag(self._options.journal_path, self._tag)
-        if self._pid == _forking.PID:
+        if self._pid == _forking.PID:  # (an inherited handle's tag is its parent's)
+            give_tag(self._options.journal_path, self._tag)
             self._wait_for_session_backup()
             if self._exporter is not None:
                 self._exporter.stop()

@@ -90,7 +90,7 @@ def described(pid: int) -> str:
         return f"process {pid}"
     words = [Path(argv[0].decode(errors="replace")).name]
     words += [word.decode(errors="replace") for word in argv[1:]]
-    command = " ".join(words)
+    command = " ".join(" ".join(words).split())  # (a python -c script's lines, say)
     return f"process {pid}: {command[:77] + '...' if len(command) > 80 else command}"
 
 

@@ -16,6 +16,7 @@ import stat
 import threading
 from pathlib import Path
 
+from csvjournal._fsinfo import companion
 from csvjournal._posix import fcntl
 
 __all__ = ["ReadOnlyVisit", "in_use", "may_write", "remove_made_companions"]
@@ -36,7 +37,7 @@ def in_use(journal: Path) -> bool:
     journal's -shm file. Only for a process with no connection to it: POSIX locks are the
     process's, and the look would drop its own."""
     try:
-        fd = os.open(f"{journal}-shm", os.O_RDWR)
+        fd = os.open(companion(journal, "-shm"), os.O_RDWR)
     except FileNotFoundError:
         return False
     try:
@@ -56,7 +57,7 @@ def remove_made_companions(journal: Path) -> None:
     them by now (it holds SQLite's lock on the -shm), or they are not the empty files of
     this user. SQLite removes them for a user who may write the journal, never for one
     who may not."""
-    wal, shm = Path(f"{journal}-wal"), Path(f"{journal}-shm")
+    wal, shm = companion(journal, "-wal"), companion(journal, "-shm")
     uid = os.geteuid()
     try:
         opened: int | None = os.open(shm, os.O_RDWR)
@@ -113,8 +114,8 @@ class ReadOnlyVisit:
         made = (
             journal.exists()
             and not may_write(journal)
-            and not Path(f"{journal}-wal").exists()
-            and not Path(f"{journal}-shm").exists()
+            and not companion(journal, "-wal").exists()
+            and not companion(journal, "-shm").exists()
         )
         if made:
             with _made_lock:

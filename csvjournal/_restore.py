@@ -14,6 +14,7 @@ import structlog
 from csvjournal import _forking
 from csvjournal._atomicfile import fingerprint
 from csvjournal._dberrors import journal_errors
+from csvjournal._fsinfo import companion
 from csvjournal._migrate import check_revision
 from csvjournal._open import open as open_journal
 from csvjournal._oslock import ExporterLock, lock_path
@@ -55,6 +56,7 @@ def _csv_fingerprint(csv: Path) -> str | None:
 
 
 def _put_in_place(source: Path, journal: Path, csv: Path) -> None:
+    journal = Path(os.path.realpath(journal))  # a symlinked journal: the file it points to
     temp = journal.with_name(f".{journal.name}.restoring-{os.getpid()}")
     try:
         reader = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
@@ -220,7 +222,7 @@ def _restore(
         raise JournalBusyError(f"{csv}: another process exports this journal; close it first")
     try:
         if in_use(journal):
-            companions = [Path(f"{journal}{suffix}") for suffix in ("", "-wal", "-shm")]
+            companions = [companion(journal, suffix) for suffix in ("", "-wal", "-shm")]
             who = "; ".join(map(described, holding(companions)))
             raise JournalBusyError(
                 f"{journal}: another process has the journal open{f' ({who})' if who else ''};"

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from sqlalchemy import Column, Connection, Float, Index, Integer, MetaData, Table, Text, text
 
+from csvjournal._fsinfo import companion
 from csvjournal._readonly import may_write, remove_made_companions
 
 __all__ = ["columns", "driver", "events", "free_rows", "metadata", "peek", "rows", "settings"]
@@ -53,16 +54,16 @@ def peek(path: Path) -> Iterator[sqlite3.Connection]:
     Raises:
         sqlite3.Error: the file cannot be opened or read as a database.
     """
-    companions = [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm")]
-    existed = [companion.exists() for companion in companions]
+    companions = [companion(path, suffix) for suffix in ("-wal", "-shm")]
+    existed = [made.exists() for made in companions]
     try:
         with closing(_read_only(path)) as conn:
             yield conn
     except BaseException:
-        for companion, was_there in zip(companions, existed, strict=True):
+        for made, was_there in zip(companions, existed, strict=True):
             # one made here holds no commit (at most an empty -shm index): ours to remove
-            if not was_there and companion.exists() and companion.stat().st_size <= 32768:
-                companion.unlink(missing_ok=True)
+            if not was_there and made.exists() and made.stat().st_size <= 32768:
+                made.unlink(missing_ok=True)
         raise
     if not any(existed):
         _let_sqlite_tidy(path)

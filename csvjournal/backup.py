@@ -28,6 +28,7 @@ from pathlib import Path
 import structlog
 
 from csvjournal._atomicfile import copy_file, create_like, make_folder_like
+from csvjournal._fsinfo import companion
 from csvjournal._pids import writer_alive
 from csvjournal.errors import BackupNotFoundError, JournalCorruptError
 
@@ -254,7 +255,7 @@ class PendingBackup:
         try:
             self._own_csv()
             for suffix in ("", "-wal"):
-                source = Path(f"{journal_path}{suffix}")
+                source = companion(journal_path, suffix)
                 if source.exists():
                     copy_file(source, partial / f"{journal_path.name}{suffix}")
         except BaseException:

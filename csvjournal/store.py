@@ -27,7 +27,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from csvjournal import _migrate
 from csvjournal._dberrors import io_error, is_damaged, read_only_error
-from csvjournal._fsinfo import NETWORK_FILESYSTEMS, filesystem_of
+from csvjournal._fsinfo import NETWORK_FILESYSTEMS, companion, filesystem_of
 from csvjournal._schema import peek
 from csvjournal._writerqueue import GAVE_UP, WriterQueue
 from csvjournal.errors import (
@@ -320,8 +320,8 @@ class Store:
         if fd is None:
             with self._writer_lock:
                 if self._wal_fd is None:
-                    self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
-                    folder = os.open(self.path.parent, os.O_RDONLY)
+                    self._wal_fd = os.open(companion(self.path, "-wal"), os.O_RDONLY)
+                    folder = os.open(companion(self.path, "").parent, os.O_RDONLY)
                     try:
                         os.fsync(folder)
                     finally:

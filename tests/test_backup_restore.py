@@ -495,3 +495,33 @@ def test_restore_refuses_a_backup_of_another_job(csv_path: Path, tmp_path: Path)
     assert _folder_listing(csv_path) == before
     assert sorted(path.name for path in csv_path.parent.iterdir()) == files  # no -wal/-shm
     assert Path(f"{csv_path}.journal").read_bytes() == journal_bytes
+
+
+@pytest.mark.slow
+def test_a_symlinked_journal_records_and_restores_through_its_link(tmp_path: Path) -> None:
+    # SQLite keeps the -wal/-shm beside the file the link points to: a record's fsync of
+    # "<link>-wal" failed after its commit, and a restore saw no process holding the
+    # journal (it looked for "<link>-shm") and replaced the link with a file
+    csv_path = tmp_path / "orders.csv"
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        backup = journal.backup()
+    fast = tmp_path / "fast"
+    fast.mkdir()
+    Path(f"{csv_path}.journal").rename(fast / "j.journal")
+    Path(f"{csv_path}.journal").symlink_to(fast / "j.journal")
+    with csvjournal.open(csv_path) as journal:
+        journal.record("b", "COMPLETED")
+        journal.flush(timeout=30)
+    report, log = tmp_path / "report.txt", tmp_path / "stderr.txt"
+    proc = _start(_script(tmp_path, "holder", HOLDER), csv_path, report, 0, log=log)
+    try:
+        _wait_for_line(proc, report, "ready", log)
+        with pytest.raises(csvjournal.JournalBusyError, match="has the journal open"):
+            csvjournal.restore(csv_path, backup)
+    finally:
+        _stop(proc)
+    assert csvjournal.restore(csv_path, backup) is not None
+    assert Path(f"{csv_path}.journal").is_symlink()  # the file it points to was replaced
+    with csvjournal.open(csv_path) as journal:
+        assert journal.counts() == {"COMPLETED": 1}

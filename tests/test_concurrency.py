@@ -362,6 +362,35 @@ def test_a_journal_passed_to_a_worker_process_records_under_the_workers_plain_na
         assert event.worker.endswith(f":{event.pid}:MainThread")
 
 
+def test_handles_opened_in_a_forked_child_have_names_of_their_own(tmp_path: Path) -> None:
+    # closing the inherited, unused handle gave back a tag the child's own handle held:
+    # the next handle opened took it, and two open handles recorded under one name
+    csv_path = tmp_path / "orders.csv"
+    inherited = csvjournal.open(csv_path, key=KEY, export=False)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        names = b""
+        try:
+            first = csvjournal.open(csv_path, export=False)
+            inherited.close()
+            second = csvjournal.open(csv_path, export=False)
+            first.record("b", "COMPLETED")
+            second.record("c", "COMPLETED")
+            worked = (first.history("b")[0].worker, second.history("c")[0].worker)
+            names = "|".join(worked).encode()
+        finally:
+            os.write(write, names)
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        first_name, second_name = pipe.read().decode().split("|")
+    inherited.close()
+    assert first_name != second_name
+    assert second_name.endswith("#2")
+
+
 # -- fork: no SQLite connection crosses it -------------------------------------------------
 
 

@@ -470,6 +470,17 @@ def test_an_export_over_another_jobs_files_is_refused(
         assert reopened.counts() == {"COMPLETED": 2}
 
 
+def test_an_export_to_a_path_through_the_backups_folder_and_out_is_written(
+    csv_path: Path,
+) -> None:
+    # refused as "in the backups folder of another job": '..' was not applied
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a")
+        target = Path(f"{csv_path}.backups") / ".." / "copy.csv"
+        journal.export(target)
+    assert (csv_path.parent / "copy.csv").read_text().startswith("ID,")
+
+
 def test_a_flush_behind_a_stopped_exporter_names_its_process(csv_path: Path) -> None:
     with csvjournal.open(csv_path, key="ID") as journal:
         assert exporter_pid(csv_path) == os.getpid()  # the lock file says who exports
