@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _cli import _json_lines, assert_error, finish, invoke, ok, start, state_of
+from _cli import _json_lines, assert_error, finish, invoke, ok, start, state_of, statuses
 from click.testing import Result
 
 import csvjournal
@@ -99,6 +99,19 @@ def test_usage_errors_are_one_line_too(tmp_path: Path, args: list[str], fragment
     line = assert_error(result, fragment)
     assert "--help" in line
     assert state_of(tmp_path) == before
+
+
+def test_a_value_that_looks_like_an_option_is_no_second_option(tmp_path: Path) -> None:
+    # the check for an option given twice took these values for the option itself
+    csv = tmp_path / "o.csv"
+    csv.write_text("ID\nA\nB\n")
+    ok(invoke("init", csv, "--key", "ID"))
+    ok(invoke("record", csv, "A", "--status", "--status"))
+    ok(invoke("record", csv, "B", "--status=-j", "NOTE=--status"))
+    assert statuses(csv, "ID") == {"A": "--status", "B": "-j"}
+    words = ["-j", "1", "--terminal", "-jX,--status,COMPLETED", "--", "true", "-j", "2"]
+    result = invoke("run", csv, *words)
+    assert result.exit_code == 0, result.stderr
 
 
 @pytest.mark.parametrize(

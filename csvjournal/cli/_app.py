@@ -157,28 +157,39 @@ class _Command(click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         """Refuse an option of one value given twice (click keeps the last): ``record
         --status A --status B`` must not record B, as ``FIELD=a FIELD=b`` is refused."""
-        words = args[: args.index("--")] if "--" in args else args
-        for param in self.params:
-            if not isinstance(param, click.Option) or param.multiple or param.is_flag:
-                continue
-            given = [word for word in words if _names_option(word, param.opts)]
-            if len(given) > 1:
+        given: dict[str, list[str]] = {}
+        for param, word in _options_given(self, args):
+            if not param.multiple and not param.is_flag:
+                given.setdefault(max(param.opts, key=len), []).append(word)
+        for name, words in given.items():
+            if len(words) > 1:
                 raise click.UsageError(
-                    f"option {max(param.opts, key=len)} given twice ({' and '.join(given)})",
-                    ctx=ctx,
+                    f"option {name} given twice ({' and '.join(words)})", ctx=ctx
                 )
         return super().parse_args(ctx, args)
 
 
-def _names_option(word: str, names: list[str]) -> bool:
-    """Whether the command-line word ``word`` gives the option of these ``names``
-    (``--key``, ``--key=ID``, ``-j``, ``-j4``)."""
-    for name in names:
-        if word == name or (name.startswith("--") and word.startswith(f"{name}=")):
-            return True
-        if len(name) == 2 and word.startswith(name) and not word.startswith("--"):
-            return True
-    return False
+def _options_given(command: click.Command, args: list[str]) -> Iterator[tuple[click.Option, str]]:
+    """Each option of ``command`` in the command line ``args``, with the word giving it, as
+    click reads them: the word after an option that takes a value is that value (even
+    ``-j`` or ``--status``), and nothing after ``--`` is an option."""
+    options = {
+        name: param
+        for param in command.params
+        if isinstance(param, click.Option)
+        for name in param.opts + param.secondary_opts
+    }
+    words = iter(args)
+    for word in words:
+        if word == "--":
+            return
+        name = word.split("=", 1)[0] if word.startswith("--") else word[:2]
+        param = options.get(name) if word.startswith("-") else None
+        if param is None:
+            continue
+        yield param, word
+        if not param.is_flag and not param.count and word == name:  # its value: the next word
+            next(words, None)
 
 
 class _Group(click.Group):
