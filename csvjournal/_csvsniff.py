@@ -8,11 +8,17 @@ import io
 
 from csvjournal._csvlocate import outside_quotes
 
-__all__ = ["DELIMITERS", "SNIFF_CHARS", "sniff"]
+__all__ = ["DELIMITERS", "SNIFF_CHARS", "first_record_whole", "sniff"]
 
 DELIMITERS = (",", ";", "\t", "|")
 _SNIFF_RECORDS = 20  # records (the header included) the dialect is detected from
 SNIFF_CHARS = 1 << 16  # ...within this many characters at the start of the file
+
+
+def first_record_whole(text: str) -> bool:
+    """Whether ``text`` (a file's first pieces) holds its first record whole, read with
+    ``"`` quoting: a line break outside quotes ends it before the text does."""
+    return _first_record_end(text, '"') < len(text)
 
 
 def _first_record_end(text: str, quotechar: str) -> int:

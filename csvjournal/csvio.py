@@ -12,7 +12,7 @@ import csv
 import re
 import stat
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -27,7 +27,7 @@ from csvjournal._atomicfile import (
 )
 from csvjournal._csvbytes import BOM_OF, check_encoding, decode
 from csvjournal._csvlocate import locate_after_quote, locate_field, locate_open_quote
-from csvjournal._csvsniff import SNIFF_CHARS, sniff
+from csvjournal._csvsniff import SNIFF_CHARS, first_record_whole, sniff
 from csvjournal._csvtext import CsvText
 from csvjournal.errors import CsvFormatError, JournalIOError
 
@@ -153,7 +153,10 @@ def read_csv(
     del data  # the text is all that is read from now on
     if text.blank():
         raise CsvFormatError(f"{path}: line 1, column 1: the file is empty (no header line)")
-    delimiter, quotechar, terminator = sniff(text.start(SNIFF_CHARS), expected)
+    sample = text.start(SNIFF_CHARS)
+    if len(text.pieces) > 1 and not first_record_whole(sample):  # a header of MBs
+        sample = text.whole()  # (the sniff reads the header whole)
+    delimiter, quotechar, terminator = sniff(sample, expected)
     dialect = CsvDialect(
         delimiter=delimiter,
         quotechar=quotechar,
@@ -163,10 +166,9 @@ def read_csv(
         final_newline=text.ends_with_break(),
     )
     header, count, header_lines = _scan(path, text, dialect)
-    head = text.head
-    if header_lines > _breaks(head, 0, len(head)):  # a header of more than a piece (MBs)
-        head = text.whole()  # its end is the line terminator (the rest sniffs a prefix)
-        dialect = replace(dialect, lineterminator=sniff(head, expected)[2])
+    head = sample if len(sample) > len(text.head) else text.head
+    if header_lines > _breaks(head, 0, len(head)):  # a header of more than the sample
+        head = text.whole()
     _check_header(path, head, header, dialect)
     return ParsedCsv(path, dialect, header, count, digest, text, head)
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import csvjournal
-from csvjournal import _csvtext
+from csvjournal import _csvtext, csvio
 from csvjournal._csvtext import CsvText, lines
 from csvjournal.csvio import read_csv
 from csvjournal.errors import CsvFormatError
@@ -186,3 +186,16 @@ def test_the_dialect_is_sniffed_from_more_than_a_short_first_piece(
     assert parsed.dialect.delimiter == ";"
     assert parsed.header == ["\n", "00", "000"]
     assert [record for _, record in parsed.records()] == [["1", "2", "3"], ["4", "5", "6"]]
+
+
+def test_a_header_longer_than_the_sniffs_sample_is_sniffed_whole(
+    tmp_path: Path, small_chunks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (a header name of MBs holding line breaks: the sample, cut inside it, showed no ';')
+    monkeypatch.setattr(csvio, "SNIFF_CHARS", 4)
+    path = _csv(tmp_path, '"NNNN\nMMMMMMMMMMMM";A;B\r\n1;2;3\r\n')
+    parsed = read_csv(path)
+    assert parsed.text.head == '"NNNN\n'
+    assert (parsed.dialect.delimiter, parsed.dialect.lineterminator) == (";", "\r\n")
+    assert parsed.header == ["NNNN\nMMMMMMMMMMMM", "A", "B"]
+    assert parsed.header_place(2) == (2, 17)
