@@ -2,40 +2,33 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 __all__ = ["locate_field", "locate_offset", "locate_open_quote", "outside_quotes"]
 
 
+_BREAK = re.compile("\r\n|\r|\n")
+
+
 def _line_start(text: str, line: int) -> int:
     """Offset of the first character of physical ``line`` (1-based; CR, LF or CRLF end lines)."""
-    offset = 0
-    for _ in range(line - 1):
-        next_cr = text.find("\r", offset)
-        next_lf = text.find("\n", offset)
-        ends = [i for i in (next_cr, next_lf) if i >= 0]
-        if not ends:
-            return len(text)
-        end = min(ends)
-        offset = end + (2 if text.startswith("\r\n", end) else 1)
-    return offset
+    if line <= 1:
+        return 0
+    # one pass (a search for each line's CR and LF went to the text's end for each line)
+    for number, found in enumerate(_BREAK.finditer(text), start=2):
+        if number == line:
+            return found.end()
+    return len(text)
 
 
 def _position(text: str, offset: int) -> tuple[int, int]:
     """(line, column), both from 1, of ``offset`` in ``text``."""
-    line = 1
-    start = 0
-    index = 0
-    while True:
-        next_cr = text.find("\r", index, offset)
-        next_lf = text.find("\n", index, offset)
-        ends = [i for i in (next_cr, next_lf) if i >= 0]
-        if not ends:
-            return line, offset - start + 1
-        end = min(ends)
-        index = end + (2 if text.startswith("\r\n", end) and end + 1 < offset else 1)
+    line, start = 1, 0
+    for found in _BREAK.finditer(text, 0, offset):  # a CRLF cut at ``offset``: its CR
         line += 1
-        start = index
+        start = found.end()
+    return line, offset - start + 1
 
 
 def locate_offset(text: str, offset: int) -> tuple[int, int]:
