@@ -166,7 +166,7 @@ def read_csv(
         final_newline=text.ends_with_break(),
     )
     header, count, header_lines = _scan(path, text, dialect)
-    head = sample if len(sample) > len(text.head) else text.head
+    head = sample  # (the first piece at least)
     if header_lines > _breaks(head, 0, len(head)):  # a header of more than the sample
         head = text.whole()
     _check_header(path, head, header, dialect)

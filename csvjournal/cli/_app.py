@@ -32,6 +32,7 @@ import csvjournal
 from csvjournal import _migrate
 from csvjournal._schema import peek
 from csvjournal.backup import list_backups, newest_backup_hint
+from csvjournal.cli._usage import refuse_repeated
 from csvjournal.csvio import check_encoding
 from csvjournal.errors import CsvJournalError, SettingsError
 
@@ -148,48 +149,16 @@ def _late_flag(name: str, what: str) -> click.Option:
 
 class _Command(click.Command):
     """Every command: also takes the group's ``--log-json`` and ``--debug`` after its name
-    (``csvjournal record x.csv 1 --log-json``), since scripts add them at the end."""
+    (``csvjournal record x.csv 1 --log-json``), since scripts add them at the end, and
+    refuses an option of one value given twice (see :mod:`csvjournal.cli._usage`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.params += [_late_flag("--log-json", "log_json"), _late_flag("--debug", "debug")]
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        """Refuse an option of one value given twice (click keeps the last): ``record
-        --status A --status B`` must not record B, as ``FIELD=a FIELD=b`` is refused."""
-        given: dict[str, list[str]] = {}
-        for param, word in _options_given(self, args):
-            if not param.multiple and not param.is_flag:
-                given.setdefault(max(param.opts, key=len), []).append(word)
-        for name, words in given.items():
-            if len(words) > 1:
-                raise click.UsageError(
-                    f"option {name} given twice ({' and '.join(words)})", ctx=ctx
-                )
+        refuse_repeated(self, ctx, args)
         return super().parse_args(ctx, args)
-
-
-def _options_given(command: click.Command, args: list[str]) -> Iterator[tuple[click.Option, str]]:
-    """Each option of ``command`` in the command line ``args``, with the word giving it, as
-    click reads them: the word after an option that takes a value is that value (even
-    ``-j`` or ``--status``), and nothing after ``--`` is an option."""
-    options = {
-        name: param
-        for param in command.params
-        if isinstance(param, click.Option)
-        for name in param.opts + param.secondary_opts
-    }
-    words = iter(args)
-    for word in words:
-        if word == "--":
-            return
-        name = word.split("=", 1)[0] if word.startswith("--") else word[:2]
-        param = options.get(name) if word.startswith("-") else None
-        if param is None:
-            continue
-        yield param, word
-        if not param.is_flag and not param.count and word == name:  # its value: the next word
-            next(words, None)
 
 
 class _Group(click.Group):

@@ -1,0 +1,49 @@
+"""The command line as click will read it: which words give which options (before click
+parses it, which keeps the last value of an option given twice)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import click
+
+__all__ = ["refuse_repeated"]
+
+
+def refuse_repeated(command: click.Command, ctx: click.Context, args: list[str]) -> None:
+    """Refuse an option of one value given twice (click keeps the last): ``record
+    --status A --status B`` must not record B, as ``FIELD=a FIELD=b`` is refused.
+
+    Raises:
+        click.UsageError: the option, and the words that gave it.
+    """
+    given: dict[str, list[str]] = {}
+    for param, word in _options_given(command, args):
+        if not param.multiple and not param.is_flag:
+            given.setdefault(max(param.opts, key=len), []).append(word)
+    for name, words in given.items():
+        if len(words) > 1:
+            raise click.UsageError(f"option {name} given twice ({' and '.join(words)})", ctx=ctx)
+
+
+def _options_given(command: click.Command, args: list[str]) -> Iterator[tuple[click.Option, str]]:
+    """Each option of ``command`` in the command line ``args``, with the word giving it, as
+    click reads them: the word after an option that takes a value is that value (even
+    ``-j`` or ``--status``), and nothing after ``--`` is an option."""
+    options = {
+        name: param
+        for param in command.params
+        if isinstance(param, click.Option)
+        for name in param.opts + param.secondary_opts
+    }
+    words = iter(args)
+    for word in words:
+        if word == "--":
+            return
+        name = word.split("=", 1)[0] if word.startswith("--") else word[:2]
+        param = options.get(name) if word.startswith("-") else None
+        if param is None:
+            continue
+        yield param, word
+        if not param.is_flag and not param.count and word == name:  # its value: the next word
+            next(words, None)
