@@ -59,24 +59,31 @@ def remove_made_companions(journal: Path) -> None:
     who may not."""
     wal, shm = companion(journal, "-wal"), companion(journal, "-shm")
     uid = os.geteuid()
+    found = wal.stat() if wal.exists() else None
+    if found is not None and (found.st_size or found.st_uid != uid):
+        return
+    made_writable = None  # the mode of a -shm made read-only like its journal
     try:
-        opened: int | None = os.open(shm, os.O_RDWR)
-    except PermissionError:  # made read-only like a journal its owner made read-only
-        opened = _open_own(shm, uid)
+        fd = os.open(shm, os.O_RDWR)
+    except PermissionError:
+        made_writable = _make_own_writable(shm, uid)
+        if made_writable is None:
+            return
+        try:
+            fd = os.open(shm, os.O_RDWR)
+        except OSError:
+            _restore_mode(shm, made_writable)
+            return
     except OSError:
         return
-    if opened is None:
-        return
-    fd = opened
     try:
-        found = wal.stat() if wal.exists() else None
-        if found is not None and (found.st_size or found.st_uid != uid):
-            return
         if os.fstat(fd).st_uid != uid:
             return
         try:  # held until the files are gone: a process opening them now waits for it
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _SHM_DMS_BYTE)
-        except OSError:
+        except OSError:  # another process uses them: they stay, as they were
+            if made_writable is not None:
+                _restore_mode(shm, made_writable)
             return
         with contextlib.suppress(FileNotFoundError):
             wal.unlink()
@@ -86,17 +93,22 @@ def remove_made_companions(journal: Path) -> None:
         os.close(fd)
 
 
-def _open_own(path: Path, uid: int) -> int | None:
-    """``path`` opened to read and write, made writable first if it is this user's (the
-    user may change its mode); None if it is not, or cannot be opened."""
+def _restore_mode(path: Path, mode: int) -> None:
+    with contextlib.suppress(OSError):
+        path.chmod(mode)
+
+
+def _make_own_writable(path: Path, uid: int) -> int | None:
+    """Make ``path`` writable by its owner if it is this user's (the user may change its
+    mode); its mode before, or None if it is not this user's."""
     try:
         found = path.stat()
         if found.st_uid != uid:
             return None
         path.chmod(found.st_mode | stat.S_IWUSR)
-        return os.open(path, os.O_RDWR)
     except OSError:
         return None
+    return stat.S_IMODE(found.st_mode)
 
 
 # The journals whose -wal and -shm files this process made, as a user who may not write
