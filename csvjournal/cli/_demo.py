@@ -39,6 +39,7 @@ __all__: list[str] = []
 ROWS = 2500
 WORKERS = 4
 LEASE = 2.0
+MAX_ATTEMPTS = 3  # a worker's tries of a row
 COLUMNS = [
     "PO_NUMBER",
     "STATUS",
@@ -96,7 +97,7 @@ def demo_worker(journal: csvjournal.Journal, name: str, seed: int, json_logs: bo
     # in the journal: no warning line per failed attempt.
     configure_logging(json_logs=json_logs, debug=False, quiet=not json_logs)
     rng = random.Random(seed)
-    for task in journal.work(lease=LEASE, worker=name, max_attempts=3):
+    for task in journal.work(lease=LEASE, worker=name, max_attempts=MAX_ATTEMPTS):
         with task:
             time.sleep(rng.uniform(0.001, 0.006))  # the download
             number = int(task.key.rsplit("-", 1)[1])
@@ -264,16 +265,22 @@ def _write_mark(csv_path: Path, token: str | None) -> None:
 def _stop_holding(
     victim: multiprocessing.process.BaseProcess, journal: csvjournal.Journal
 ) -> list[str]:
-    """Stop ``victim`` (SIGSTOP) at a moment it holds a row; return the rows it holds."""
+    """Stop ``victim`` (SIGSTOP) at a moment it holds a row with an attempt left (its
+    last, lost with it, would leave the row spent: no worker takes it over); return the
+    rows it holds."""
     held: list[str] = []
     for _ in range(50):
         os.kill(victim.pid or 0, signal.SIGSTOP)
         held = _held_by(journal, victim.name)
-        if held:
+        if held and all(_attempts(journal, key) < MAX_ATTEMPTS for key in held):
             break
         os.kill(victim.pid or 0, signal.SIGCONT)
         time.sleep(0.005)
     return held
+
+
+def _attempts(journal: csvjournal.Journal, key: str) -> int:
+    return sum(event.status == "IN_PROGRESS" for event in journal.history(key))
 
 
 def _held_by(journal: csvjournal.Journal, worker: str) -> list[str]:
