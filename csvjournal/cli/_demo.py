@@ -40,6 +40,7 @@ ROWS = 2500
 WORKERS = 4
 LEASE = 2.0
 MAX_ATTEMPTS = 3  # a worker's tries of a row
+_LOOK_SECONDS = 5.0  # for a moment to kill a worker at (see _stop_holding)
 COLUMNS = [
     "PO_NUMBER",
     "STATUS",
@@ -267,16 +268,18 @@ def _stop_holding(
 ) -> list[str]:
     """Stop ``victim`` (SIGSTOP) at a moment it holds a row with an attempt left (its
     last, lost with it, would leave the row spent: no worker takes it over); return the
-    rows it holds."""
-    held: list[str] = []
-    for _ in range(50):
+    rows it holds, or none if no such moment came within a few seconds (the job ended)."""
+    deadline = time.monotonic() + _LOOK_SECONDS
+    while time.monotonic() < deadline and victim.is_alive():
         os.kill(victim.pid or 0, signal.SIGSTOP)
         held = _held_by(journal, victim.name)
         if held and all(_attempts(journal, key) < MAX_ATTEMPTS for key in held):
-            break
+            return held
         os.kill(victim.pid or 0, signal.SIGCONT)
-        time.sleep(0.005)
-    return held
+        time.sleep(random.uniform(0.001, 0.008))  # not in step with the worker's rhythm
+    if victim.is_alive():
+        os.kill(victim.pid or 0, signal.SIGSTOP)
+    return []
 
 
 def _attempts(journal: csvjournal.Journal, key: str) -> int:
