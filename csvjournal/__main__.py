@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from csvjournal.cli import main
+from csvjournal._entry import main
 
 if __name__ == "__main__":
     main()

@@ -8,6 +8,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -203,6 +204,70 @@ def test_ctrl_c_during_a_command_is_one_line_and_exit_130(tmp_path: Path) -> Non
     assert out == ""
     again = script("init", csv, "--key", "ID")  # the import begun is done again
     assert again.returncode == 0, again.stderr
+
+
+# A Ctrl-C at the moment SQLAlchemy starts to load, as the console script's entry runs
+_CTRL_C_WHILE_LOADING = """\
+import os, signal, sys
+
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "sqlalchemy":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["csvjournal", *sys.argv[1:]]
+from csvjournal._entry import main
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("flags", "line"),
+    [
+        ([], "csvjournal: interrupted"),
+        (["--log-json"], '"event": "command_interrupted"'),
+        (["--", "--log-json"], "csvjournal: interrupted"),  # a CSV named --log-json
+    ],
+)
+def test_ctrl_c_while_the_command_line_loads_is_one_line_and_exit_130(
+    tmp_path: Path, flags: list[str], line: str
+) -> None:
+    csv = tmp_path / "a.csv"
+    done = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_WHILE_LOADING, "status", *flags, str(csv)],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 130, done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert line in done.stderr
+    if flags == ["--log-json"]:
+        assert json.loads(done.stderr)["exit_code"] == 130
+    assert done.stdout == ""
+    assert not csv.exists()
+
+
+def test_the_console_script_loads_nothing_heavy_before_it_takes_ctrl_c() -> None:
+    code = "import sys, csvjournal, csvjournal._entry; print(sorted(sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    for heavy in ["sqlalchemy", "structlog", "click", "csvjournal.journal"]:
+        assert f"'{heavy}'" not in loaded
+
+
+def test_the_package_gives_every_public_name_and_refuses_others() -> None:
+    for name in csvjournal.__all__:
+        assert getattr(csvjournal, name) is not None
+        assert name in dir(csvjournal)
+    assert csvjournal.Journal.__module__ == "csvjournal.journal"
+    assert issubclass(csvjournal.JournalBusyError, csvjournal.CsvJournalError)
+    with pytest.raises(AttributeError, match="no attribute 'Jornal'"):
+        csvjournal.Jornal  # noqa: B018
 
 
 @pytest.mark.parametrize("command", [["pending"], ["record", "1", "Z=1"]], ids=" ".join)
