@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from csvjournal._pids import writer_alive
+from csvjournal._pids import owner_tag, tag_alive
 
 __all__ = [
     "atomic_write",
@@ -76,12 +76,10 @@ def remove_temp_files(path: Path, *, dead_only: bool = False) -> list[Path]:
 
 
 def _writer_alive(leftover: Path, suffix: str) -> bool:
-    """Whether the process named in a temporary file's ``<pid>-<random>`` suffix may still
-    write it (one without a pid, from an older csvjournal, is long dead)."""
-    pid, dash, _ = suffix.partition("-")
-    if not (dash and pid.isdigit()):
-        return False
-    return writer_alive(int(pid), leftover)
+    """Whether the process named in a temporary file's ``<owner tag>-<random>`` suffix may
+    still write it (one without a tag, from an older csvjournal, is long dead)."""
+    tag, dash, _ = suffix.partition("-")
+    return bool(dash) and bool(tag_alive(tag, leftover))
 
 
 def create_like(path: Path, like: Path | None) -> bool:
@@ -243,7 +241,7 @@ def write_temp(path: Path, data: bytes | Iterable[bytes], *, sync: bool = True) 
         OSError: writing or syncing failed.
     """
     chunks = (data,) if isinstance(data, bytes) else data
-    prefix = f"{temp_prefix(path)}{os.getpid()}-"  # whose it is, for remove_temp_files
+    prefix = f"{temp_prefix(path)}{owner_tag()}-"  # whose it is, for remove_temp_files
     fd, name = tempfile.mkstemp(prefix=prefix, dir=_target(path).parent)
     length, crc = 0, 0
     try:

@@ -10,13 +10,27 @@ started after the leftover was last changed is not its writer.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
-__all__ = ["described", "holding", "pid_namespace", "start_ticks", "stopped", "writer_alive"]
+__all__ = [
+    "described",
+    "holding",
+    "owner_tag",
+    "pid_namespace",
+    "start_ticks",
+    "stopped",
+    "tag_alive",
+    "writer_alive",
+]
 
 # The boot time is whole seconds, and the clock may have been stepped since the boot: a
 # writer is taken for gone only when its number's process started well after the change.
 _SLACK_SECONDS = 60.0
+# A leftover of a process in another PID namespace (a container sharing the folder): its
+# number names no process here, so it is taken for gone only once it has not changed for
+# this long (its writer writes on, or renames it, within seconds).
+_FOREIGN_QUIET_SECONDS = 600.0
 
 
 def writer_alive(pid: int, leftover: Path) -> bool:
@@ -34,6 +48,30 @@ def writer_alive(pid: int, leftover: Path) -> bool:
         pass
     started = _started(pid)
     return started is None or started <= changed + _SLACK_SECONDS
+
+
+def owner_tag() -> str:
+    """This process, as the names of the leftovers it may leave give it: ``<pid>``, or
+    ``<pid>.<namespace inode>`` where ``/proc`` says (see :func:`tag_alive`)."""
+    namespace = pid_namespace()
+    return str(os.getpid()) if namespace is None else f"{os.getpid()}.{namespace[1]}"
+
+
+def tag_alive(tag: str, leftover: Path) -> bool | None:
+    """Whether the process ``tag`` (an :func:`owner_tag`) may still write ``leftover``: one
+    of this PID namespace as :func:`writer_alive` says; one of another while ``leftover``
+    changed in the last ten minutes. None when ``tag`` is not a tag."""
+    pid, dot, namespace = tag.partition(".")
+    if not pid.isdigit() or (dot and not namespace.isdigit()):
+        return None
+    ours = pid_namespace()
+    if dot and ours is not None and int(namespace) != ours[1]:
+        try:
+            quiet = time.time() - leftover.stat().st_mtime
+        except FileNotFoundError:
+            return True  # gone already: its writer renamed or removed it
+        return quiet < _FOREIGN_QUIET_SECONDS
+    return writer_alive(int(pid), leftover)
 
 
 def start_ticks(pid: int) -> int | None:

@@ -18,7 +18,7 @@ from csvjournal._fsinfo import companion
 from csvjournal._migrate import check_revision
 from csvjournal._open import open as open_journal
 from csvjournal._oslock import ExporterLock, lock_path
-from csvjournal._pids import described, holding
+from csvjournal._pids import described, holding, owner_tag
 from csvjournal._readonly import ReadOnlyVisit, in_use
 from csvjournal._schema import peek
 from csvjournal.backup import (
@@ -57,7 +57,7 @@ def _csv_fingerprint(csv: Path) -> str | None:
 
 def _put_in_place(source: Path, journal: Path, csv: Path) -> None:
     journal = Path(os.path.realpath(journal))  # a symlinked journal: the file it points to
-    temp = journal.with_name(f".{journal.name}.restoring-{os.getpid()}")
+    temp = journal.with_name(f".{journal.name}.restoring-{owner_tag()}")
     try:
         reader = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
         try:

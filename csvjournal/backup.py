@@ -29,7 +29,7 @@ import structlog
 
 from csvjournal._atomicfile import copy_file, create_like, make_folder_like
 from csvjournal._fsinfo import companion
-from csvjournal._pids import writer_alive
+from csvjournal._pids import owner_tag, tag_alive
 from csvjournal.errors import BackupNotFoundError, JournalCorruptError
 
 __all__ = [
@@ -53,7 +53,7 @@ _FORMAT = "%Y%m%dT%H%M%S.%fZ"
 # hidden work folders: ".partial-<pid>-<token>" (being written), ".removing-<pid>-<name>"
 _PARTIAL = ".partial-"
 _REMOVING = ".removing-"
-_LEFTOVER = re.compile(r"^\.(?:partial|removing)-(?:(\d+)-)?")
+_LEFTOVER = re.compile(r"^\.(?:partial|removing)-(?:(\d+(?:\.\d+)?)-)?")  # an owner tag
 _NAME_ATTEMPTS = 1000
 _BRIEF = 300  # characters of SQLite's integrity findings in a message
 _KEPT = ".kept"  # in a backup folder: never deleted by retention (see keep_for_good)
@@ -132,8 +132,8 @@ def remove_leftovers(csv_path: Path, journal_path: Path) -> list[Path]:
         removed += _remove_leftovers(folder)
     prefix = f".{journal_path.name}.restoring-"
     for leftover in journal_path.parent.glob(f"{glob.escape(prefix)}*"):
-        pid = leftover.name[len(prefix) :].removesuffix("-journal")
-        if pid.isdigit() and not writer_alive(int(pid), leftover):
+        tag = leftover.name[len(prefix) :].removesuffix("-journal")
+        if tag_alive(tag, leftover) is False:
             leftover.unlink(missing_ok=True)
             removed.append(leftover)
     return removed
@@ -144,9 +144,7 @@ def _remove_leftovers(folder: Path) -> list[Path]:
     removed = []
     for leftover in folder.iterdir():
         found = _LEFTOVER.match(leftover.name)
-        if found is None or (
-            found.group(1) is not None and writer_alive(int(found.group(1)), leftover)
-        ):
+        if found is None or (found.group(1) is not None and tag_alive(found.group(1), leftover)):
             continue
         shutil.rmtree(leftover, ignore_errors=True)
         removed.append(leftover)
@@ -176,7 +174,7 @@ class PendingBackup:
         folder = backups_folder(csv_path)
         make_folder_like(folder, csv_path)  # as shared as the CSV: its owner prunes it
         _remove_leftovers(folder)
-        self.partial = folder / f"{_PARTIAL}{os.getpid()}-{secrets.token_hex(6)}"
+        self.partial = folder / f"{_PARTIAL}{owner_tag()}-{secrets.token_hex(6)}"
         make_folder_like(self.partial, csv_path, exist_ok=False)
         self._linked = False
         try:
@@ -311,7 +309,7 @@ def prune_backups(csv_path: Path, keep: int) -> list[Path]:
     removed = []
     for path in old:
         # out of sight first: a prune killed half-way leaves no half a backup listed
-        hidden = path.with_name(f"{_REMOVING}{os.getpid()}-{path.name}")
+        hidden = path.with_name(f"{_REMOVING}{owner_tag()}-{path.name}")
         try:
             os.rename(path, hidden)
         except FileNotFoundError:  # another process pruned it meanwhile

@@ -27,6 +27,7 @@ from _children import wait_for_line as _wait_for_line
 
 import csvjournal
 from csvjournal import _migrate
+from csvjournal._pids import pid_namespace
 from csvjournal.backup import check_backup
 from csvjournal.csvio import temp_prefix
 
@@ -413,6 +414,39 @@ def test_leftovers_whose_process_number_was_reused_are_removed(csv_path: Path) -
     with csvjournal.open(csv_path, keep_backups=0, export=False) as journal:
         assert fresh not in journal.recover().temp_files_removed
     assert fresh.exists()
+
+
+@pytest.mark.parametrize("minutes_quiet", [1, 11])
+def test_leftovers_of_another_pid_namespace_are_kept_while_they_change(
+    csv_path: Path, minutes_quiet: int
+) -> None:
+    # A container sharing the folder: its process numbers name other processes here (or
+    # none), so its leftovers go only once they have not changed for ten minutes.
+    namespace = pid_namespace()
+    if namespace is None:
+        pytest.skip("PID namespaces are read from /proc (Linux)")
+    csvjournal.open(csv_path, key="ID").close()
+    tag = f"{2**22 + 12345}.{namespace[1] + 1}"  # no such process here
+    partial = Path(f"{csv_path}.backups") / f".partial-{tag}-0123456789ab"
+    partial.mkdir()
+    removing = Path(f"{csv_path}.backups") / f".removing-{tag}-20261201T000000.000000Z"
+    removing.mkdir()
+    export = csv_path.with_name(f"{temp_prefix(csv_path)}{tag}-abcd1234")
+    export.write_bytes(b"ID,STATUS\nhalf an expo")
+    restoring = csv_path.with_name(f".{JOURNAL}.restoring-{tag}")
+    restoring.write_bytes(b"half a journal")
+    ours = csv_path.with_name(f"{temp_prefix(csv_path)}{2**22 + 12345}.{namespace[1]}-ab12")
+    ours.write_bytes(b"ID,STATUS\nhalf an expo")  # of this namespace: its writer is gone
+    then = time.time() - minutes_quiet * 60
+    leftovers = [partial, removing, export, restoring]
+    for leftover in leftovers:
+        os.utime(leftover, (then, then))
+    with csvjournal.open(csv_path, keep_backups=0, export=False) as journal:
+        removed = journal.recover().temp_files_removed
+    assert ours in removed
+    gone = minutes_quiet > 10
+    assert set(leftovers) <= set(removed) if gone else not set(leftovers) & set(removed)
+    assert all(leftover.exists() != gone for leftover in leftovers)
 
 
 def test_an_exporting_open_removes_them_with_automatic_backups_off(csv_path: Path) -> None:

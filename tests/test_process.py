@@ -8,13 +8,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from _cli import wait_for
 
-from csvjournal._pids import start_ticks
+from csvjournal._atomicfile import remove_temp_files, temp_prefix
+from csvjournal._pids import pid_namespace, start_ticks
 from csvjournal._process import RUN_VARIABLE, run_mark, stop_leftovers
 
 pytestmark = pytest.mark.skipif(
@@ -166,6 +168,36 @@ def test_the_commands_of_a_live_run_in_another_pid_namespace_are_left_alone(
     finally:
         os.killpg(container.pid, signal.SIGKILL)
         container.wait()
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or not _may_unshare(),
+    reason="making a PID namespace takes root (or user namespaces) and unshare(1)",
+)
+def test_a_leftover_written_in_another_pid_namespace_names_it(tmp_path: Path) -> None:
+    csv = tmp_path / "t.csv"
+    code = (
+        "import pathlib, sys\n"
+        "from csvjournal._atomicfile import write_temp\n"
+        "temp, _ = write_temp(pathlib.Path(sys.argv[1]), b'ID\\n1\\n')\n"
+        "print(temp.name)\n"
+    )
+    done = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code, str(csv)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    leftover = tmp_path / done.stdout.strip()
+    assert leftover.exists()
+    tag = leftover.name[len(temp_prefix(csv)) :].split("-")[0]
+    pid, namespace = tag.split(".")
+    assert int(pid) < 10  # its number inside the namespace: some process's here, maybe
+    assert int(namespace) != (pid_namespace() or (0, 0))[1]
+    assert remove_temp_files(csv, dead_only=True) == []  # its writer cannot be told gone
+    quiet = time.time() - 11 * 60
+    os.utime(leftover, (quiet, quiet))
+    assert remove_temp_files(csv, dead_only=True) == [leftover]
 
 
 def _marked_with(journal: Path) -> list[int]:
