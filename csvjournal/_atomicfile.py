@@ -26,6 +26,7 @@ __all__ = [
     "is_empty",
     "make_folder_like",
     "open_lock_like",
+    "reason",
     "remove_quietly",
     "remove_temp_files",
     "replace_with",
@@ -80,6 +81,23 @@ def _writer_alive(leftover: Path, suffix: str) -> bool:
     still write it (one without a tag, from an older csvjournal, is long dead)."""
     tag, dash, _ = suffix.partition("-")
     return bool(dash) and bool(tag_alive(tag, leftover))
+
+
+def reason(exc: BaseException | None) -> str:
+    """Why writing failed, for a message that names the file being written already: an
+    OSError about one of our temporary files gives its reason alone (that hidden name
+    means nothing to the user, and is gone), any other error all it says."""
+    name = getattr(exc, "filename", None)
+    if isinstance(exc, OSError) and exc.strerror and _is_temp(name) and exc.filename2 is None:
+        return exc.strerror
+    return str(exc)
+
+
+def _is_temp(name: object) -> bool:
+    if not isinstance(name, str | bytes | os.PathLike):
+        return False
+    base = os.path.basename(os.fsdecode(name))
+    return base.startswith(".") and ".csvjournal-" in base
 
 
 def create_like(path: Path, like: Path | None) -> bool:

@@ -14,6 +14,7 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from csvjournal import _reads
+from csvjournal._atomicfile import reason
 from csvjournal._export import export_failure, failure_text
 from csvjournal._forking import ForkGate
 from csvjournal._handedits import blocked_by
@@ -179,7 +180,7 @@ def flush_csv(
             with operation():
                 exported = export_here(store, settings, csv_path, formula_guard)
         except (OSError, UnicodeError) as exc:  # the CSV's folder deleted, say
-            raise ExportError(f"{csv_path}: could not write the CSV: {exc}") from exc
+            raise ExportError(f"{csv_path}: could not write the CSV: {reason(exc)}") from exc
         if exported:
             continue
         if failure is not None and failure != failed_before:  # another handle exports, and
@@ -256,7 +257,7 @@ def _by_this_exporter(
         raise CsvChangedError(str(exporter.blocked))
     if exporter.missed != missed:  # it retries; the caller hears now, not never
         raise ExportError(
-            f"{csv_path}: could not write the CSV: {exporter.last_failure}{RETRY_NOTE}"
+            f"{csv_path}: could not write the CSV: {reason(exporter.last_failure)}{RETRY_NOTE}"
         )
     return False
 

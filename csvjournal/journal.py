@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from csvjournal import _forking, _reads
+from csvjournal._atomicfile import reason
 from csvjournal._batch import BatchState
 from csvjournal._claims import Claims, attempts_limit
 from csvjournal._flush import check_copy_target, export_to, flush_csv
@@ -250,7 +251,7 @@ class Journal(Claims):
                     raise ExportError(
                         f"{path}: could not write the CSV: no folder {Path(path).parent}"
                     ) from exc
-                raise ExportError(f"{path}: could not write the CSV: {exc}") from exc
+                raise ExportError(f"{path}: could not write the CSV: {reason(exc)}") from exc
 
     # -- recovery and backups ----------------------------------------------------------
 
@@ -303,7 +304,9 @@ class Journal(Claims):
                 try:
                     removed += helper.removed_temp_files if helper.try_lead() else []
                 except OSError as exc:
-                    raise ExportError(f"{self.csv_path}: could not write the CSV: {exc}") from exc
+                    raise ExportError(
+                        f"{self.csv_path}: could not write the CSV: {reason(exc)}"
+                    ) from exc
                 helper.release()
         self._flush(None, not_for_stopped=True)  # a stopped exporter: said, not waited for
         removed += remove_leftovers(self.csv_path, self.journal_path)  # of backups, restores

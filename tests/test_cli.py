@@ -460,7 +460,22 @@ def test_a_csv_argument_naming_a_journal_or_a_folder_is_refused(
     assert_error(
         invoke(command, f"{csv}.journal", *extra), f"is a journal; name the CSV it keeps: {csv}"
     )
-    assert_error(invoke(command, "", *extra), "names a folder, not a CSV file")
+    assert_error(invoke(command, "", *extra), "an empty name")
+    assert state_of(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "words", [["demo", ""], ["export", "o.csv", "--to", ""], ["restore", "o.csv", ""]]
+)
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, words: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # an unset variable: `csvjournal demo "$DIR"`
+    Path("o.csv").write_text("ID\n1\n")
+    ok(invoke("init", "o.csv", "--key", "ID"))
+    before = state_of(tmp_path)
+    option = "--to" if "--to" in words else ("BACKUP" if words[0] == "restore" else "DIRECTORY")
+    assert option in assert_error(invoke(*words), "an empty name")
     assert state_of(tmp_path) == before
 
 

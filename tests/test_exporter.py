@@ -341,6 +341,19 @@ def test_export_to_a_missing_folder_names_the_folder(csv_path: Path, tmp_path: P
     assert not (tmp_path / "no").exists()
 
 
+def test_export_to_a_folder_that_takes_no_file_says_why_without_a_temp_name(
+    csv_path: Path,
+) -> None:
+    target = Path("/proc/copy.csv")  # a folder no one may create a file in, not even root
+    with (
+        csvjournal.open(csv_path, key="ID") as journal,
+        pytest.raises(csvjournal.ExportError) as caught,
+    ):
+        journal.export(target)
+    assert str(caught.value).startswith(f"{target}: could not write the CSV: ")
+    assert ".csvjournal-" not in str(caught.value)  # the hidden file, gone, means nothing
+
+
 @pytest.mark.parametrize("kind", ["fifo", "folder", "symlink loop"])
 def test_export_to_a_path_that_is_no_regular_file_leaves_it_as_it_is(
     journal: csvjournal.Journal, tmp_path: Path, kind: str

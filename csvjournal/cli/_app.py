@@ -32,7 +32,7 @@ import csvjournal
 from csvjournal import _migrate
 from csvjournal._schema import peek
 from csvjournal.backup import list_backups, newest_backup_hint
-from csvjournal.cli._usage import refuse_repeated
+from csvjournal.cli._usage import PathArgument, refuse_repeated
 from csvjournal.csvio import check_encoding
 from csvjournal.errors import CsvJournalError, SettingsError
 
@@ -47,6 +47,7 @@ __all__ = [
     "existing_journal",
     "json_option",
     "log_json_wanted",
+    "one_line",
     "print_json",
     "stderr_console",
     "stdout_console",
@@ -69,7 +70,7 @@ class CliError(click.ClickException):
 
     def show(self, file: IO[Any] | None = None) -> None:
         if not _as_json_line(self, "command_failed"):
-            click.echo(f"csvjournal: error: {_escaped(self.format_message())}", err=True, file=file)
+            click.echo(f"csvjournal: error: {one_line(self.format_message())}", err=True, file=file)
 
 
 # Whether --log-json is on the command line: then the one error line is a JSON log line
@@ -91,7 +92,7 @@ def _as_json_line(error: click.ClickException, event: str) -> bool:
     return True
 
 
-def _escaped(text: str) -> str:
+def one_line(text: str) -> str:
     """``text`` on one line: a line break in it (a file name may hold one) as ``\\n``."""
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
@@ -103,7 +104,7 @@ class Interrupted(CliError):
 
     def show(self, file: IO[Any] | None = None) -> None:
         if not _as_json_line(self, "command_interrupted"):
-            click.echo(f"csvjournal: {_escaped(self.format_message())}", err=True, file=file)
+            click.echo(f"csvjournal: {one_line(self.format_message())}", err=True, file=file)
 
 
 # click >= 8.2 shows the help of `csvjournal` alone through this usage error
@@ -310,16 +311,14 @@ def cli(ctx: click.Context, log_json: bool, debug: bool) -> None:
 
 def csv_argument(func: Any) -> Any:
     """The CSV argument every command takes first."""
-    return click.argument(
-        "csv", type=click.Path(dir_okay=False, path_type=Path), callback=_a_csv_file
-    )(func)
+    return click.argument("csv", type=PathArgument(dir_okay=False), callback=_a_csv_file)(func)
 
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def _a_csv_file(_ctx: click.Context, _param: click.Parameter, csv: Path) -> Path:
-    """Refuse a CSV argument that names a folder ("" is the current one) or a journal."""
+    """Refuse a CSV argument that names a folder or a journal."""
     if csv.name in ("", ".", ".."):
         raise click.BadParameter(f"{str(csv)!r} names a folder, not a CSV file")
     if csv.suffix == ".journal":

@@ -24,10 +24,12 @@ from csvjournal.cli._app import (
     journal_path_of,
     json_option,
     no_journal,
+    one_line,
     print_json,
     schema_revision,
     working_on,
 )
+from csvjournal.cli._usage import PathArgument
 from csvjournal.events import Event
 
 __all__: list[str] = []
@@ -102,14 +104,15 @@ def _flush(journal: csvjournal.Journal, done: str = "") -> None:
 @csv_argument
 @json_option
 def pending(csv: Path, as_json: bool) -> None:
-    """List the keys of pending rows, in CSV order."""
+    """List the keys of pending rows, in CSV order, one a line (a line break in a key
+    shows as \\n; --json gives the keys exactly)."""
     with existing_journal(csv, reading=True) as journal:
         keys = journal.pending()
     if as_json:
         print_json({"csv": str(csv), "count": len(keys), "pending": keys})
     else:
-        for key in keys:
-            click.echo(key)
+        for key in keys:  # one a line: `pending x.csv | wc -l` counts rows
+            click.echo(one_line(key))
 
 
 def _field(text: str) -> tuple[str, str]:
@@ -184,9 +187,7 @@ def history(csv: Path, key: str, as_json: bool) -> None:
 
 @cli.command()
 @csv_argument
-@click.option(
-    "--to", "target", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead."
-)
+@click.option("--to", "target", type=PathArgument(dir_okay=False), help="Write here instead.")
 def export(csv: Path, target: Path | None) -> None:
     """Regenerate the CSV from the journal now (or write it to --to)."""
     # Exporting (without the session's backup): the CSV is written even when the journal
@@ -303,7 +304,7 @@ def backups(csv: Path, as_json: bool) -> None:
 
 @cli.command()
 @csv_argument
-@click.argument("backup_dir", metavar="BACKUP", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("backup_dir", metavar="BACKUP", type=PathArgument(file_okay=False))
 def restore(csv: Path, backup_dir: Path) -> None:
     """Restore the journal from BACKUP (a folder `backups` lists) and rewrite the CSV.
     The current state is backed up first. Stop every worker before."""

@@ -33,6 +33,7 @@ from csvjournal.cli._app import (
     log_json_wanted,
     stdout_console,
 )
+from csvjournal.cli._usage import PathArgument
 
 __all__: list[str] = []
 
@@ -293,7 +294,7 @@ def _held_by(journal: csvjournal.Journal, worker: str) -> list[str]:
 
 
 @cli.command()
-@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory", required=False, type=PathArgument(file_okay=False))
 def demo(directory: Path | None) -> None:
     """Run a complete job on built-in sample data: a purchase-order sheet processed by
     worker processes, one of them killed part-way, recovery, and the final CSV."""

@@ -1,13 +1,28 @@
 """The command line as click will read it: which words give which options (before click
-parses it, which keeps the last value of an option given twice)."""
+parses it, which keeps the last value of an option given twice); path arguments."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import click
 
-__all__ = ["refuse_repeated"]
+__all__ = ["PathArgument", "refuse_repeated"]
+
+
+class PathArgument(click.Path):
+    """A path argument or option, given as a :class:`~pathlib.Path`; an empty one (an
+    unset shell variable, say) is refused, not taken for the current folder."""
+
+    def __init__(self, *, file_okay: bool = True, dir_okay: bool = True) -> None:
+        super().__init__(file_okay=file_okay, dir_okay=dir_okay, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == "":
+            self.fail("an empty name (an unset variable?)", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def refuse_repeated(command: click.Command, ctx: click.Context, args: list[str]) -> None:
