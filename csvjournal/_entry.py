@@ -16,12 +16,12 @@ def main() -> None:
     try:
         from csvjournal.cli import main as run
     except KeyboardInterrupt:
-        sys.stderr.write(_interrupted(sys.argv[1:]))
+        sys.stderr.write(interrupted_line(sys.argv[1:]))
         raise SystemExit(EXIT_INTERRUPTED) from None
     run()
 
 
-def _interrupted(args: list[str]) -> str:
+def interrupted_line(args: list[str]) -> str:
     """The line a command interrupted gives, as a JSON log line if ``--log-json`` is asked."""
     if "--log-json" not in (args[: args.index("--")] if "--" in args else args):
         return "csvjournal: interrupted\n"

@@ -251,6 +251,42 @@ def test_ctrl_c_while_the_command_line_loads_is_one_line_and_exit_130(
     assert not csv.exists()
 
 
+# A Ctrl-C as the command line's process ends: in its last atexit callback
+_CTRL_C_AT_EXIT = """\
+import atexit, os, signal, sys, time
+
+def ctrl_c():
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)  # (a handler runs between two steps of Python code)
+
+atexit.register(ctrl_c)  # the first registered runs last
+sys.argv = ["csvjournal", *sys.argv[1:]]
+from csvjournal._entry import main
+main()
+"""
+
+
+@pytest.mark.parametrize("flags", [[], ["--log-json"]])
+def test_ctrl_c_as_a_command_ends_is_one_line_and_exit_130(
+    tmp_path: Path, flags: list[str]
+) -> None:
+    csv = tmp_path / "a.csv"
+    csv.write_text("ID\n1\n")
+    done = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_AT_EXIT, "init", *flags, str(csv), "--key", "ID"],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 130, done.stderr  # (Python's own: a traceback, exit 0)
+    assert done.stdout == f"created {csv}.journal: 1 row, key column ID\n"
+    if flags:  # (after the command's own log lines)
+        assert json.loads(done.stderr.splitlines()[-1])["event"] == "command_interrupted"
+    else:
+        assert done.stderr == "csvjournal: interrupted\n"
+
+
 def test_the_console_script_loads_nothing_heavy_before_it_takes_ctrl_c() -> None:
     code = "import sys, csvjournal, csvjournal._entry; print(sorted(sys.modules))"
     loaded = subprocess.run(

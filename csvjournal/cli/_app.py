@@ -13,12 +13,14 @@ import logging
 import math
 import os
 import shlex
+import signal
 import sqlite3
 import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 import click
@@ -30,6 +32,7 @@ from sqlalchemy.exc import DBAPIError
 
 import csvjournal
 from csvjournal import _migrate
+from csvjournal._entry import interrupted_line
 from csvjournal._schema import peek
 from csvjournal.backup import list_backups, newest_backup_hint
 from csvjournal.cli._usage import PathArgument, refuse_repeated
@@ -162,6 +165,29 @@ class _Command(click.Command):
         return super().parse_args(ctx, args)
 
 
+# Whether this process is the console script (not a test's CliRunner): see _Group.invoke
+_as_script = False
+
+
+def run_as_script() -> None:
+    """Run the command line as the ``csvjournal`` program: errors print one line on
+    stderr and exit 2; Ctrl-C, one line and exit 130, at any moment."""
+    global _as_script  # noqa: PLW0603 - one command line a process
+    _as_script = True
+    cli.main(prog_name="csvjournal")
+
+
+def _interrupted_now(_signum: int, _frame: FrameType | None) -> None:
+    os.write(2, interrupted_line(sys.argv[1:]).encode())
+    os._exit(EXIT_INTERRUPTED)  # (the command's output is flushed: see _Group.invoke)
+
+
+def _flush_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # (closed, say: nothing to lose)
+            stream.flush()
+
+
 class _Group(click.Group):
     command_class = _Command
 
@@ -181,13 +207,27 @@ class _Group(click.Group):
             raise _one_line(exc) from exc
 
     def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return self._invoke_released(ctx)
+        except KeyboardInterrupt as exc:  # in the instant after the command ended
+            raise Interrupted("interrupted") from exc
+
+    def _invoke_released(self, ctx: click.Context) -> Any:
         succeeded = False
         try:
             result = self._invoke(ctx)
             succeeded = True
             return result
-        finally:  # the log lines a short command held (see _Stderr)
-            _STDERR.release(show=succeeded)
+        finally:
+            try:
+                if _as_script:
+                    # The command is done; what is left is click's and Python's teardown,
+                    # in which a Ctrl-C gave click's "Aborted!" (exit 1), a traceback from
+                    # an atexit callback, or death by the signal: one line and 130 instead.
+                    _flush_output()
+                    signal.signal(signal.SIGINT, _interrupted_now)
+            finally:
+                _STDERR.release(show=succeeded)  # the log lines a short command held
 
     def _invoke(self, ctx: click.Context) -> Any:
         try:
