@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -192,7 +193,8 @@ def restore(
         BackupNotFoundError: ``backup`` is not a backup folder of this journal.
         SettingsError: ``backup`` is of another job (another key column; nothing changed).
         JournalCorruptError: the backup fails SQLite's integrity check (nothing changed).
-        JournalBusyError: another process exports or has the journal open (nothing changed).
+        JournalBusyError: another process exports, or has the journal open for two
+            seconds (one that only looks for moments is waited out; nothing changed).
         JournalIOError: a file could not be read or written (the disk is full, say).
     """
     csv = Path(csv_path)
@@ -204,6 +206,21 @@ def restore(
     finally:
         if not _forking.open_here(journal):
             visit.end()
+
+
+# A process that opens the journal for moments (status --watch's looks) lets go within this
+_HOLD_SECONDS = 2.0
+
+
+def _held(journal: Path) -> bool:
+    """Whether another process holds ``journal`` open for the next :data:`_HOLD_SECONDS`:
+    one that opens it only for moments is waited out."""
+    deadline = time.monotonic() + _HOLD_SECONDS
+    while in_use(journal):
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def _restore(
@@ -221,7 +238,7 @@ def _restore(
     if not lock.acquire():
         raise JournalBusyError(f"{csv}: another process exports this journal; close it first")
     try:
-        if in_use(journal):
+        if _held(journal):
             companions = [companion(journal, suffix) for suffix in ("", "-wal", "-shm")]
             who = "; ".join(map(described, holding(companions)))
             raise JournalBusyError(

@@ -254,6 +254,40 @@ def test_restore_is_refused_while_another_process_has_the_journal(
     assert _csv_keys(csv_path) == ["a"]
 
 
+BRIEF_HOLDER = """
+csv_path, report_path = sys.argv[1], sys.argv[2]
+journal = csvjournal.open(csv_path, export=False)
+journal.get("a")
+with open(report_path, "wb", buffering=0) as report:
+    report.write(b"ready\\n")
+    time.sleep(0.5)  # a look of status --watch, say, if a long one
+    journal.close()
+    report.write(b"closed\\n")
+    time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_restore_waits_out_a_process_that_has_the_journal_open_for_a_moment(
+    tmp_path: Path,
+) -> None:
+    csv_path = tmp_path / "orders.csv"
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        journal.flush(timeout=30)
+        backup = journal.backup()
+        journal.record("b")
+    report, log = tmp_path / "report.txt", tmp_path / "stderr.txt"
+    proc = _start(_script(tmp_path, "brief", BRIEF_HOLDER), csv_path, report, log=log)
+    try:
+        _wait_for_line(proc, report, "ready", log)
+        assert csvjournal.restore(csv_path, backup) is not None  # not refused
+        assert "closed" in report.read_text()
+        assert _csv_keys(csv_path) == ["a"]
+    finally:
+        _stop(proc)
+
+
 @pytest.mark.parametrize("export", [True, False], ids=["exporting", "non-exporting"])
 def test_restore_is_refused_while_this_process_has_the_journal_open(
     csv_path: Path, export: bool
