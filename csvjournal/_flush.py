@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -136,12 +137,15 @@ def flush_csv(
     timeout: float | None,
     gate: ForkGate | None = None,
     not_for_stopped: bool = False,
+    check_journal: Callable[[], None] | None = None,
 ) -> None:
     """Wait until the CSV shows every commit made so far, exporting here if nobody does
     (with ``not_for_stopped``: not while the exporting process is stopped, SIGSTOP or
     Ctrl-Z, which exports nothing until resumed: that times out at once).
     The handle's fork ``gate`` is held around each use of a connection, never while this
     waits: a fork meanwhile would wait for the wait, and the exporter for the fork.
+    ``check_journal`` raises once the journal file is lost (deleted, replaced): called
+    first and at each look, as no exporter will show what went into a lost file.
 
     Raises:
         FlushTimeoutError: ``timeout`` seconds passed first.
@@ -154,6 +158,8 @@ def flush_csv(
     if timeout is not None and not seconds_arg("flush(timeout=)", timeout) >= 0:  # NaN is not
         raise SettingsError(f"flush(timeout=) must be 0 or more seconds, not {timeout}")
     operation = gate.operation if gate is not None else nullcontext
+    check = check_journal or (lambda: None)
+    check()
     with operation(), store.read() as conn:
         target = _reads.last_seq(conn)
         guard = stored_guard(conn)
@@ -168,6 +174,7 @@ def flush_csv(
         if _by_this_exporter(exporter, csv_path, target, deadline):
             return
     while True:
+        check()
         with operation(), store.read() as conn:
             exported = _reads.exported_seq(conn)  # None: never written from the journal
             blocked = blocked_by(conn, csv_path)

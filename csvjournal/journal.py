@@ -203,6 +203,8 @@ class Journal(Claims):
                 while the call waited; it tries again, the records are safe).
             CsvChangedError: the CSV was edited by hand (found at the export here, or it
                 stopped the exporter's exports: see ``csvjournal import --merge``).
+            JournalIOError: the journal file was deleted or replaced while this handle
+                had it open (no exporter will show what went into it).
             BatchOpenError: called inside a ``batch()`` block of this thread.
             JournalClosedError: the handle is closed.
         """
@@ -222,6 +224,7 @@ class Journal(Claims):
                 timeout=timeout,
                 gate=self._gate,
                 not_for_stopped=not_for_stopped,
+                check_journal=self._commits.check_journal,
             )
 
     def export(self, path: str | os.PathLike[str] | None = None) -> None:

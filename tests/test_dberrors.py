@@ -269,6 +269,42 @@ def test_every_write_after_the_journal_was_deleted_fails_and_no_new_file_is_made
     assert not journal.journal_path.exists()
 
 
+@pytest.mark.parametrize("which", ["exporting", "standing by"])
+def test_a_flush_after_the_journal_was_deleted_fails_and_never_waits(
+    tmp_path: Path, which: str
+) -> None:
+    # The second exporting handle of a process stands behind the first; after the journal
+    # was deleted, its flush() without a timeout waited for good for an export that no
+    # exporter will ever make of a lost file.
+    csv = tmp_path / "d.csv"
+    first = csvjournal.open(csv, key="ID")
+    second = csvjournal.open(csv)
+    try:
+        second.record("a")
+        journal = first if which == "exporting" else second
+        journal.journal_path.unlink()
+        raised: list[BaseException] = []
+
+        def flush() -> None:
+            try:
+                journal.flush()
+            except BaseException as exc:
+                raised.append(exc)
+
+        waiter = threading.Thread(target=flush, daemon=True)
+        waiter.start()
+        waiter.join(timeout=30)
+        assert not waiter.is_alive(), "flush() still waits"
+        assert len(raised) == 1
+        assert isinstance(raised[0], JournalIOError)
+        assert "deleted or replaced" in str(raised[0])
+    finally:
+        for handle in (second, first):
+            with contextlib.suppress(JournalIOError):
+                handle.close()
+    assert not csv.with_name("d.csv.journal").exists()
+
+
 @pytest.mark.parametrize(
     ("denied", "says"),
     [
