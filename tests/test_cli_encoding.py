@@ -11,7 +11,7 @@ from _cli import assert_error, invoke, ok, state_of
 from rich.console import Console
 
 import csvjournal
-from csvjournal.cli import _app
+from csvjournal.cli import _output
 
 LATIN1 = "ID,NAME\n1,Müller\n2,Gérard\n"
 
@@ -115,7 +115,7 @@ def test_an_unknown_encoding_is_one_line_and_changes_nothing(
 def _terminal_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the command line take stderr for a terminal."""
     monkeypatch.setattr(
-        _app, "stderr_console", lambda: Console(stderr=True, force_terminal=True, width=100)
+        _output, "stderr_console", lambda: Console(stderr=True, force_terminal=True, width=100)
     )
 
 

@@ -1,5 +1,6 @@
-"""The ``csvjournal`` command group and what every command shares: logging, errors, opening
-a journal, printing data.
+"""The ``csvjournal`` command group and what every command shares: its flags, errors,
+Ctrl-C, and the arguments and options several commands take (output: ``_output``;
+journals: ``_journals``).
 
 This package is the only place that configures logging and prints. Errors are one line on
 stderr and exit status 2 (``--debug`` shows the traceback before it).
@@ -8,53 +9,39 @@ stderr and exit status 2 (``--debug`` shows the traceback before it).
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import math
 import os
-import shlex
 import signal
 import sqlite3
 import sys
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
 import click
 import structlog
-from rich import filesize
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from sqlalchemy.exc import DBAPIError
 
 import csvjournal
-from csvjournal import _migrate
 from csvjournal._entry import interrupted_line
-from csvjournal._schema import peek
-from csvjournal.backup import list_backups, newest_backup_hint
+from csvjournal.cli._output import STDERR, configure_logging, one_line
 from csvjournal.cli._usage import PathArgument, refuse_repeated
 from csvjournal.csvio import check_encoding
 from csvjournal.errors import CsvJournalError, SettingsError
 
 __all__ = [
+    "EXIT_INTERRUPTED",
     "FLUSH_SECONDS",
     "CliError",
     "Interrupted",
+    "Seconds",
     "cli",
-    "configure_logging",
     "csv_argument",
     "encoding_option",
-    "existing_journal",
     "json_option",
-    "log_json_wanted",
-    "one_line",
-    "print_json",
-    "stderr_console",
-    "stdout_console",
-    "working_on",
+    "run_as_script",
 ]
 
 EXIT_BAD_INPUT = 2
@@ -88,16 +75,11 @@ def _as_json_line(error: click.ClickException, event: str) -> bool:
     if not _json_asked:
         return False
     configure_logging(json_logs=True, debug=False)  # (not yet, when the command is unknown)
-    _STDERR.release(show=False)  # what a failed command held, its one line says
+    STDERR.release(show=False)  # what a failed command held, its one line says
     structlog.get_logger(__name__).error(
         event, error=error.format_message(), exit_code=error.exit_code
     )
     return True
-
-
-def one_line(text: str) -> str:
-    """``text`` on one line: a line break in it (a file name may hold one) as ``\\n``."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class Interrupted(CliError):
@@ -143,7 +125,7 @@ def _late_flag(name: str, what: str) -> click.Option:
             # before the command runs, exactly as if the flag had come first
             flags[what] = True
             configure_logging(json_logs=flags["log_json"], debug=flags["debug"])
-            _STDERR.release(show=True)  # every line, as it comes
+            STDERR.release(show=True)  # every line, as it comes
 
     helps = {"log_json": _LOG_JSON_HELP, "debug": _DEBUG_HELP}
     return click.Option(
@@ -227,7 +209,7 @@ class _Group(click.Group):
                     _flush_output()
                     signal.signal(signal.SIGINT, _interrupted_now)
             finally:
-                _STDERR.release(show=succeeded)  # the log lines a short command held
+                STDERR.release(show=succeeded)  # the log lines a short command held
 
     def _invoke(self, ctx: click.Context) -> Any:
         try:
@@ -266,70 +248,7 @@ class Seconds(click.FloatRange):
         return super().convert(value, param, ctx)
 
 
-class _Stderr:
-    """Where the library's log lines go: stderr (looked up at each write: click's test
-    runner swaps it), or held while a short command runs. A command that fails then
-    prints only its one error line, which says what the held lines would have said; one
-    that succeeds prints them after its work. ``run``, ``demo`` and ``status`` stream
-    them: a long job's warnings matter while it runs."""
-
-    def __init__(self) -> None:
-        self.held: list[str] | None = None
-
-    def write(self, text: str) -> int:
-        if self.held is not None:
-            self.held.append(text)
-        elif sys.stderr is not None:  # None: started with stderr closed (`2>&-`)
-            sys.stderr.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        if self.held is None and sys.stderr is not None:
-            sys.stderr.flush()
-
-    def hold(self) -> None:
-        self.held = []
-
-    def release(self, *, show: bool) -> None:
-        held, self.held = self.held, None
-        if show and held:
-            for text in held:
-                self.write(text)
-            self.flush()
-
-
-_STDERR = _Stderr()
-_STREAMING = frozenset({"run", "demo", "status"})
-
-
-def configure_logging(*, json_logs: bool, debug: bool, quiet: bool = False) -> None:
-    """Send structlog's output to stderr: JSON lines or plain text, warnings and up
-    (everything with ``debug``; errors only when ``quiet``)."""
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
-        if json_logs
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info if json_logs else lambda _l, _m, e: e,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.DEBUG
-            if debug
-            else logging.ERROR
-            if quiet
-            else logging.INFO
-            if json_logs
-            else logging.WARNING
-        ),
-        # one write per line: worker processes sharing stderr never splice their lines
-        logger_factory=structlog.WriteLoggerFactory(file=_STDERR),  # type: ignore[arg-type]
-        cache_logger_on_first_use=False,
-    )
+_STREAMING = frozenset({"run", "demo", "status"})  # their log lines are not held
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -346,7 +265,7 @@ def cli(ctx: click.Context, log_json: bool, debug: bool) -> None:
     configure_logging(json_logs=log_json, debug=debug)
     ctx.obj = {"debug": debug, "log_json": log_json}
     if ctx.invoked_subcommand not in _STREAMING and not (debug or log_json):
-        _STDERR.hold()
+        STDERR.hold()
 
 
 def csv_argument(func: Any) -> Any:
@@ -388,120 +307,3 @@ def encoding_option(help_text: str) -> Callable[[Any], Any]:
     """``--encoding NAME``: the CSV's encoding when it is not UTF-8 (or has a BOM); an
     unknown name is refused before anything is read or written."""
     return click.option("--encoding", metavar="NAME", callback=_known_encoding, help=help_text)
-
-
-@contextmanager
-def working_on(csv: Path, doing: str) -> Iterator[None]:
-    """Show what a long command is ``doing`` to ``csv`` (importing, merging, recovering...)
-    with a spinner and the time so far while the block runs, when stderr is a terminal
-    and carries no JSON logs.
-
-    The work (an import reads, checks and inserts the whole file) is one call that reports
-    nothing on the way: an elapsed time, not a bar, is what can be shown.
-    """
-    console = stderr_console()
-    if log_json_wanted() or not console.is_terminal:
-        yield
-        return
-    size = csv.stat().st_size if csv.exists() else 0
-    columns = (SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn())
-    with Progress(
-        *columns, console=console, transient=True, redirect_stdout=False, redirect_stderr=False
-    ) as bar:
-        bar.add_task(f"{doing} {csv} ({filesize.decimal(size)})", total=None)
-        yield
-
-
-def journal_path_of(csv: Path) -> Path:
-    """Where the journal of ``csv`` lives."""
-    return Path(f"{csv}.journal")
-
-
-def no_journal(csv: Path, hint: str = "") -> CliError:
-    """The error for a CSV without a journal: run init, or restore a backup when it has
-    some (its journal was lost); for a symlink to a CSV that has one, use the file it
-    points at."""
-    if csv.is_symlink():
-        real = Path(os.path.realpath(csv))
-        if journal_path_of(real).exists():
-            return CliError(f"no journal for {csv}, a link to {real}, which has one: use {real}")
-    shown = f"./{csv}" if str(csv).startswith("-") else str(csv)  # not read as an option
-    init = f"run csvjournal init {shlex.quote(shown)} --key COLUMN"
-    if list_backups(csv):  # its journal deleted or lost: the way back is a backup, if sound
-        restore = newest_backup_hint(csv)
-        if restore.startswith("restore"):
-            return CliError(f"no journal for {csv}: {restore}, or {init}{hint}")
-    if not csv.exists() and not csv.is_symlink():  # init would refuse it too
-        return CliError(f"no journal for {csv}, and no such file (init imports an existing CSV)")
-    return CliError(f"no journal for {csv}: {init}{hint}")
-
-
-def schema_revision(journal: Path) -> str | None:
-    """The schema revision of the journal file, read without writing a byte of it (None:
-    no csvjournal schema in it)."""
-    try:  # (and without leaving the -wal/-shm files it had to make)
-        with peek(journal) as conn:
-            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-    except sqlite3.Error:  # unreadable: the open that follows says so, naming it
-        return None
-    return None if row is None else str(row[0])
-
-
-@contextmanager
-def existing_journal(
-    csv: Path, *, export: bool = False, keep_backups: int | None = None, reading: bool = False
-) -> Iterator[csvjournal.Journal]:
-    """Open the existing journal of ``csv`` (non-exporting unless asked; an exporting open
-    takes the automatic backup unless ``keep_backups`` is 0). A command that only
-    ``reading`` refuses a journal of an older schema: the open would upgrade it, and the
-    older csvjournal still running the job would then refuse it.
-
-    Raises:
-        CliError: there is no journal beside ``csv``, or ``reading`` an older schema.
-    """
-    journal_path = journal_path_of(csv)
-    if not journal_path.exists():
-        raise no_journal(csv)
-    revision = schema_revision(journal_path) if reading else None
-    if revision in _migrate.KNOWN_REVISIONS[:-1]:
-        raise CliError(
-            f"{journal_path}: schema {revision}, older than this csvjournal's"
-            f" ({_migrate.head_revision()}); reading it would upgrade it, and the csvjournal"
-            f" that wrote it would then refuse it: run csvjournal upgrade {csv} once no job"
-            " uses that one"
-        )
-    keep = keep_backups if keep_backups is not None else 5 if export else 0
-    with csvjournal.open(csv, export=export, keep_backups=keep) as journal:
-        yield journal
-
-
-def log_json_wanted() -> bool:
-    """Whether ``--log-json`` was given (then stderr carries JSON lines only)."""
-    ctx = click.get_current_context(silent=True)
-    root = ctx.find_root() if ctx is not None else None
-    return bool(root is not None and root.obj and root.obj.get("log_json"))
-
-
-class _PipedConsole(Console):
-    """A console whose reader may have enough (``| head``): the command ends as any
-    command whose output pipe closed does, with exit 0 (rich's default exits 1)."""
-
-    def on_broken_pipe(self) -> None:
-        self.quiet = True
-        raise BrokenPipeError
-
-
-def stdout_console() -> Console:
-    """Where human output goes: text as it is (a path or a status holding ``[x]`` is
-    data, not rich markup)."""
-    return _PipedConsole(highlight=False, soft_wrap=True, markup=False)
-
-
-def stderr_console() -> Console:
-    """Where progress bars go (stdout stays clean for data); text as it is."""
-    return Console(stderr=True, highlight=False, markup=False)
-
-
-def print_json(data: object) -> None:
-    """Print one JSON document on stdout."""
-    click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))

@@ -20,15 +20,15 @@ from csvjournal.cli._app import (
     cli,
     csv_argument,
     encoding_option,
+    json_option,
+)
+from csvjournal.cli._journals import (
     existing_journal,
     journal_path_of,
-    json_option,
     no_journal,
-    one_line,
-    print_json,
     schema_revision,
-    working_on,
 )
+from csvjournal.cli._output import one_line, print_json, working_on
 from csvjournal.cli._usage import PathArgument
 from csvjournal.events import Event
 

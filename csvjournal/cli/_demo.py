@@ -25,14 +25,8 @@ from csvjournal._oslock import exporter_alive
 from csvjournal._readonly import in_use
 from csvjournal._schema import peek
 from csvjournal._settings import write_value
-from csvjournal.cli._app import (
-    FLUSH_SECONDS,
-    CliError,
-    cli,
-    configure_logging,
-    log_json_wanted,
-    stdout_console,
-)
+from csvjournal.cli._app import FLUSH_SECONDS, CliError, cli
+from csvjournal.cli._output import configure_logging, log_json_wanted, stdout_console
 from csvjournal.cli._usage import PathArgument
 
 __all__: list[str] = []

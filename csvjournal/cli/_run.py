@@ -30,13 +30,10 @@ from csvjournal.cli._app import (
     cli,
     csv_argument,
     encoding_option,
-    journal_path_of,
-    log_json_wanted,
-    no_journal,
-    stderr_console,
-    working_on,
 )
 from csvjournal.cli._commands import _names
+from csvjournal.cli._journals import journal_path_of, no_journal
+from csvjournal.cli._output import log_json_wanted, stderr_console, working_on
 from csvjournal.csvio import read_csv
 from csvjournal.runner import RunConfig, Runner, RunStats, Template
 

@@ -18,11 +18,10 @@ from csvjournal.cli._app import (
     Seconds,
     cli,
     csv_argument,
-    existing_journal,
     json_option,
-    print_json,
-    stdout_console,
 )
+from csvjournal.cli._journals import existing_journal
+from csvjournal.cli._output import print_json, stdout_console
 from csvjournal.progress import Progress, progress
 
 __all__: list[str] = []
