@@ -5,7 +5,7 @@ empty: a delimiter each, before the line break)."""
 
 from __future__ import annotations
 
-from csvjournal.csvio import CsvDialect
+from csvjournal.csvio import GUARD_RULES, CsvDialect
 
 __all__ = ["lines_format", "stored_columns", "stored_count", "stored_line"]
 
@@ -14,14 +14,19 @@ def lines_format(column_count: int, formula_guard: bool) -> dict[str, object]:
     """What stored records were rendered for (the ``lines_format`` setting): the column
     count of a record whose ``line_columns`` is NULL, and the formula guard. Records are
     saved at the column count of their time, which only grows: while it is this count
-    still, every stored record has it."""
-    return {"columns": column_count, "formula_guard": formula_guard}
+    still, every stored record has it. Guarded, the guard's rules too (:data:`GUARD_RULES`):
+    records guarded by an older csvjournal's rules are rendered anew."""
+    if formula_guard:
+        return {"columns": column_count, "formula_guard": True, "guard_rules": GUARD_RULES}
+    return {"columns": column_count, "formula_guard": False}
 
 
 def stored_columns(stored: object, formula_guard: bool) -> int | None:
     """The column count of a stored record without ``line_columns``, when the stored
     ``lines_format`` suits ``formula_guard``; ``None`` when no stored record does."""
     if not isinstance(stored, dict) or stored.get("formula_guard") is not formula_guard:
+        return None
+    if formula_guard and stored.get("guard_rules") != GUARD_RULES:
         return None
     columns = stored.get("columns")
     return columns if type(columns) is int else None

@@ -34,6 +34,7 @@ from csvjournal.errors import CsvFormatError, JournalIOError
 __all__ = [
     "EXCEL_MAX_CELL",
     "EXCEL_MAX_ROWS",
+    "GUARD_RULES",
     "TWIN_START",
     "CsvDialect",
     "ParsedCsv",
@@ -308,12 +309,18 @@ def _field_pattern(dialect: CsvDialect) -> re.Pattern[str]:
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # What a text starts with when guard_formula shows it as it shows another (see guard_twin).
 TWIN_START = ("'", *_FORMULA_START)
-_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+# Which rules guard_formula follows: records an exporter stored under others are rendered
+# anew (2: numbers with a decimal comma or group separators are left alone too).
+GUARD_RULES = 2
+# A number as a sheet may hold it: a decimal point or comma, group separators (-1,234.50;
+# -1.234,50): digits and separators alone run nothing, whatever the spreadsheet's locale.
+_PLAIN_NUMBER = re.compile(r"[+-]?[.,]?\d[\d.,]*([eE][+-]?\d+)?")
 
 
 def guard_formula(value: str) -> str:
     """``value`` as a spreadsheet will not run it (OWASP "CSV injection"): text starting
-    with ``= + - @``, tab or CR gets a leading ``'``; plain numbers such as ``-12.5`` stay."""
+    with ``= + - @``, tab or CR gets a leading ``'``; plain numbers such as ``-12.5`` or
+    ``-12,5`` stay."""
     if value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
         return "'" + value
     return value

@@ -349,8 +349,21 @@ def test_latin1_bytes_need_an_encoding(tmp_path: Path) -> None:
 
 # -- 6. formula guard ------------------------------------------------------------------------
 
-DANGEROUS = ["=SUM(A1)", "+1+1", "-cmd", "@x", "\tx"]
-HARMLESS = ["-12.5", "+3", "1e5", "plain", "a=b", ""]
+DANGEROUS = ["=SUM(A1)", "+1+1", "-cmd", "@x", "\tx", "-1-1", "-2e3+cmd|' /C calc'!A0", "-", "-,"]
+# numbers with a decimal comma or group separators too (a ;-delimited European sheet)
+HARMLESS = [
+    "-12.5",
+    "+3",
+    "1e5",
+    "-12,5",
+    "-1.234,50",
+    "-1,234.50",
+    "+.5",
+    "-,5",
+    "plain",
+    "a=b",
+    "",
+]
 
 
 @pytest.mark.parametrize("guard", [True, False])

@@ -387,3 +387,35 @@ def test_a_csv_written_with_the_other_formula_guard_is_not_taken_as_current(
         expected = render_csv(list(frame.columns), frame.values.tolist(), journal._settings.dialect)
     assert csv_path.read_bytes() == expected
     assert b"k1,=1+1," in expected
+
+
+def test_records_stored_under_an_older_csvjournals_guard_rules_are_rendered_anew(
+    tmp_path: Path,
+) -> None:
+    # Before rules 2, the guard prefixed numbers with a decimal comma: "'-12,5".
+    csv_path = tmp_path / "amounts.csv"
+    csv_path.write_text("ID;AMOUNT\nk1;-12,5\nk2;=1+1\n")  # a European sheet
+    csvjournal.open(csv_path, key="ID", formula_guard=True).close()
+    journal_path = Path(f"{csv_path}.journal")
+    with closing(sqlite3.connect(journal_path)) as conn, conn:  # as an older one stored them
+        query = "SELECT value FROM settings WHERE name = 'lines_format'"
+        older = json.loads(conn.execute(query).fetchone()[0])
+        older.pop("guard_rules", None)
+        conn.execute(
+            "UPDATE settings SET value = ? WHERE name = 'lines_format'", (json.dumps(older),)
+        )
+        conn.execute("UPDATE rows SET line = replace(line, ';-12,5', ';''-12,5') WHERE key = 'k1'")
+        assert conn.total_changes == 2
+    with csvjournal.open(csv_path) as journal:
+        journal.record("k2", "DONE")
+        journal.flush()
+        assert csv_path.read_bytes() == _from_scratch_guarded(journal)
+    assert b"k1;-12,5;" in csv_path.read_bytes()
+    assert b"'=1+1" in csv_path.read_bytes()
+
+
+def _from_scratch_guarded(journal: csvjournal.Journal) -> bytes:
+    frame = journal.to_dataframe()
+    return render_csv(
+        list(frame.columns), frame.values.tolist(), journal._settings.dialect, formula_guard=True
+    )
