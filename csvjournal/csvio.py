@@ -315,20 +315,38 @@ GUARD_RULES = 2
 # A number as a sheet may hold it: a decimal point or comma, group separators (-1,234.50;
 # -1.234,50): digits and separators alone run nothing, whatever the spreadsheet's locale.
 _PLAIN_NUMBER = re.compile(r"[+-]?[.,]?\d[\d.,]*([eE][+-]?\d+)?")
+# ... and as rules 1 knew it: it guarded the others, "-12,5" as "'-12,5"
+_PLAIN_NUMBER_1 = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def guard_formula(value: str) -> str:
     """``value`` as a spreadsheet will not run it (OWASP "CSV injection"): text starting
     with ``= + - @``, tab or CR gets a leading ``'``; plain numbers such as ``-12.5`` or
-    ``-12,5`` stay."""
+    ``-12,5`` stay. So does ``'-12,5``: a sheet shows it as ``''-12,5``, since
+    ``'-12,5`` is how an older csvjournal showed ``-12,5`` (see :func:`unguard_formula`)."""
     if value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    if value.startswith("'") and _guarded_by_rules_1(value[1:]):
         return "'" + value
     return value
 
 
+def _guarded_by_rules_1(value: str) -> bool:
+    """Whether rules 1 guarded ``value`` and rules 2 do not (``-12,5``, say)."""
+    return (
+        value.startswith(("+", "-"))
+        and _PLAIN_NUMBER.fullmatch(value) is not None
+        and _PLAIN_NUMBER_1.fullmatch(value) is None
+    )
+
+
 def unguard_formula(value: str) -> str:
-    """The value that :func:`guard_formula` showed as ``value`` (itself if not guarded)."""
-    if value.startswith("'") and guard_formula(value[1:]) == value:
+    """The value that :func:`guard_formula` showed as ``value`` (itself if not guarded),
+    under these rules or the older ones: a sheet an older csvjournal wrote shows
+    ``-12,5`` as ``'-12,5``."""
+    if value.startswith("'") and (
+        guard_formula(value[1:]) == value or _guarded_by_rules_1(value[1:])
+    ):
         return value[1:]
     return value
 
@@ -336,9 +354,11 @@ def unguard_formula(value: str) -> str:
 def guard_twin(value: str) -> str | None:
     """The other text that :func:`guard_formula` shows as it shows ``value`` (``=A`` and
     ``'=A`` both show as ``'=A``), or ``None`` when no other text does."""
-    if value.startswith("'"):
-        return value[1:] if guard_formula(value[1:]) == value else None
-    return "'" + value if guard_formula(value) != value else None
+    if guard_formula(value) != value:
+        return "'" + value
+    if value.startswith("'") and guard_formula(value[1:]) == value:
+        return value[1:]
+    return None
 
 
 def render_rows(

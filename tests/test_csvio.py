@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 import csvjournal
 from csvjournal.cli import cli
-from csvjournal.csvio import read_csv, render_csv
+from csvjournal.csvio import guard_formula, guard_twin, read_csv, render_csv, unguard_formula
 from csvjournal.progress import progress
 
 # The shared corpora sit beside the repository: <parent>/main (or any clone) and
@@ -383,6 +383,37 @@ def test_formula_guard_prefixes_only_the_exported_formulas(tmp_path: Path, guard
     else:
         assert exported == values
     assert [row[0] for row in records[1:]] == [f"PO-{i}" for i in range(len(values))]
+
+
+_GUARD_TEXT = st.one_of(
+    st.text(max_size=8),
+    st.builds(
+        "".join,
+        st.lists(st.sampled_from(["'", "-", "+", "=", "1", "2", ",", ".", "e", "x"]), max_size=7),
+    ),
+)
+
+
+@given(value=_GUARD_TEXT)
+def test_the_guard_shows_each_text_as_at_most_one_other_and_reads_it_back(value: str) -> None:
+    shown = guard_formula(value)
+    twin = guard_twin(value)
+    assert unguard_formula(shown) in {value, twin}
+    if twin is None:
+        assert unguard_formula(shown) == value
+    else:
+        assert twin != value
+        assert guard_formula(twin) == shown
+        assert guard_twin(twin) == value
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("-12,5", "-12,5"), ("'-12,5", "''-12,5"), ("'-12.5", "'-12.5"), ("'=A", "'=A")],
+)
+def test_a_sheet_an_older_guard_wrote_reads_as_it_meant(value: str, shown: str) -> None:
+    assert guard_formula(value) == shown
+    assert unguard_formula("'-12,5") == "-12,5"  # rules 1 showed -12,5 so
 
 
 @pytest.mark.parametrize("rendering", ["exporter", "export(path)"])
