@@ -101,8 +101,9 @@ class BatchState:
         return action.run(self._raw, self._writer)
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """The outermost block: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (or rollback if it raises)."""
+    def transaction(self, before_commit: Callable[[], None]) -> Iterator[None]:
+        """The outermost block: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (or rollback if it
+        raises, ``before_commit`` too: the handler of a signal held off, say)."""
         with self._errors():
             tx = self.conn.begin()
         mark = self._writer.begin(self._raw)
@@ -110,6 +111,8 @@ class BatchState:
             yield
             with self._errors():
                 self.flush()
+            before_commit()
+            with self._errors():
                 tx.commit()
         except BaseException:
             self._buffer.clear()
@@ -123,8 +126,9 @@ class BatchState:
         self._committed(recorded)
 
     @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        """A nested block: a SAVEPOINT whose records alone are undone if it raises."""
+    def savepoint(self, before_release: Callable[[], None]) -> Iterator[None]:
+        """A nested block: a SAVEPOINT whose records alone are undone if it raises (or
+        ``before_release`` does)."""
         with self._errors():
             self.flush()
             savepoint = self.conn.begin_nested()
@@ -133,6 +137,7 @@ class BatchState:
             yield
             with self._errors():
                 self.flush()
+            before_release()
         except BaseException:
             self._buffer.clear()
             self._undone(self._recorded[recorded:])

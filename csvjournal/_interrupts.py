@@ -1,4 +1,5 @@
-"""Ctrl-C held off while the main thread commits, and raised as soon as the commit is over.
+"""Ctrl-C (and the other signals an application handles) held off while the main thread
+commits, and handled as soon as the commit is over.
 
 A ``KeyboardInterrupt`` can be raised between any two Python calls of the thread that runs
 the signal handler, the main thread. Raised inside a group commit, between ``BEGIN
@@ -11,9 +12,10 @@ block ends, once the commit is done and every lock released. The wait for a turn
 commit long (or, when other processes keep the journal busy, up to the busy timeout); a
 Ctrl-C pressed again half a second or more after the first is raised at once.
 
-The handler held off may be the default one or one the application installed (raising
-``SystemExit`` from it would do the same damage); it runs once the commit is over. The
-C-level ``_signal`` calls cost half a microsecond, against six for ``signal``'s.
+The handler held off may be the default one or one the application installed; the same
+holds for ``SIGTERM`` (a handler calling ``sys.exit``), ``SIGALRM`` (a timeout that
+raises) and the rest of :data:`HELD_SIGNALS`, which do the same damage. The C-level
+``_signal`` calls cost half a microsecond, against six for ``signal``'s.
 """
 
 from __future__ import annotations
@@ -22,11 +24,22 @@ import _signal  # type: ignore[import-not-found]  # no stubs; signal.signal cost
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType, TracebackType
+from typing import Any
 
-__all__ = ["HeldInterrupts"]
+__all__ = ["HELD_SIGNALS", "HeldInterrupts"]
 
 _SIGINT = 2  # the same number on every POSIX system
+# The signals an application commonly handles in Python (a handler that raises or exits
+# would land mid-commit): Ctrl-C, a service manager's stop, a hang-up, a timeout's alarm,
+# the user signals.
+HELD_SIGNALS = tuple(
+    getattr(_signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGALRM", "SIGVTALRM", "SIGUSR1", "SIGUSR2")
+    if hasattr(_signal, name)
+)
 # A Ctrl-C this long after the first one held off is raised at once: the commit is waiting
 # for the journal (other processes keep it busy), and the user has waited enough.
 _IMPATIENT_SECONDS = 0.5
@@ -44,31 +57,45 @@ os.register_at_fork(after_in_child=_forked)
 
 
 class HeldInterrupts:
-    """A ``with`` block in which a SIGINT waits (in the main thread, whatever Python handler
-    is installed: the default one, which raises ``KeyboardInterrupt``, or the
-    application's); the handler runs when the block ends. One instance per block."""
+    """A ``with`` block in which the signals of :data:`HELD_SIGNALS` wait (in the main
+    thread, whatever Python handler is installed: the default one, which raises
+    ``KeyboardInterrupt``, or the application's: a ``SIGTERM`` handler that calls
+    ``sys.exit``, a ``SIGALRM`` one that raises a timeout); each runs when the block ends,
+    in the order they came. :meth:`released` lets them through for a part of the block
+    (the user's own code in a ``batch()``). One instance per block."""
 
-    __slots__ = ("_noted", "_previous")
+    __slots__ = ("_main", "_noted", "_previous")
 
     def __init__(self) -> None:
-        self._previous: object = None  # the handler held off, while it is
-        self._noted: float | None = None  # when the first SIGINT came
+        self._main = False  # in the main thread, the one that runs signal handlers
+        self._previous: dict[int, Any] | None = None  # the handlers held off, while they are
+        self._noted: dict[int, float] = {}  # when each held signal first came
 
-    def __enter__(self) -> None:
-        if threading.get_ident() != _main_ident:
-            return
-        previous = _signal.getsignal(_SIGINT)
-        if callable(previous):  # not SIG_IGN or SIG_DFL: Python code would run mid-commit
-            _signal.signal(_SIGINT, self._note)
-            self._previous = previous
+    def __enter__(self) -> HeldInterrupts:
+        self._main = threading.get_ident() == _main_ident
+        if self._main:
+            self._hold()
+        return self
+
+    def _hold(self) -> None:
+        getsignal, previous = _signal.getsignal, None
+        for signum in HELD_SIGNALS:
+            handler = getsignal(signum)
+            if callable(handler):  # not SIG_IGN or SIG_DFL: Python code would run mid-commit
+                _signal.signal(signum, self._note)
+                if previous is None:
+                    previous = {}
+                previous[signum] = handler
+        self._previous = previous
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
         now = time.monotonic()
-        if self._noted is not None and now - self._noted >= _IMPATIENT_SECONDS:
-            self._noted = None  # run once, now: again, a while later
-            self._previous(signum, frame)  # type: ignore[operator]
-        elif self._noted is None:
-            self._noted = now
+        noted = self._noted.get(signum)
+        if noted is None:
+            self._noted[signum] = now
+        elif signum == _SIGINT and now - noted >= _IMPATIENT_SECONDS and self._previous:
+            del self._noted[signum]  # run once, now: again, a while later
+            self._previous[signum](signum, frame)
 
     def __exit__(
         self,
@@ -76,9 +103,46 @@ class HeldInterrupts:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        """Put the handlers back, and run those of the signals that came meanwhile."""
         previous, self._previous = self._previous, None
         if previous is None:
             return
-        _signal.signal(_SIGINT, previous)
-        if self._noted is not None:
-            previous(_SIGINT, None)  # type: ignore[operator]  # its turn, the commit done
+        for signum, handler in previous.items():
+            _signal.signal(signum, handler)
+        if self._noted:
+            self._run_noted(previous)
+
+    def _run_noted(self, previous: dict[int, Any]) -> None:
+        """Run the handler of each signal that came, the commit done; the first exception
+        one raises is raised once every one has run (a second one's is dropped)."""
+        noted, self._noted = self._noted, {}
+        raised: BaseException | None = None
+        for signum in noted:  # in the order they came
+            try:
+                previous[signum](signum, None)
+            except BaseException as exc:
+                raised = raised or exc
+        if raised is not None:
+            raise raised
+
+    def deliver(self) -> None:
+        """Run the handlers of the signals that came so far, now, holding the later ones
+        off still (before a COMMIT: raising, they undo it)."""
+        if self._noted and self._previous is not None:
+            self._run_noted(self._previous)
+
+    @contextmanager
+    def released(self) -> Iterator[None]:
+        """A part of the block in which signals are handled as they come; one that came
+        before it is handled as it begins (and may raise there)."""
+        if not self._main:
+            yield
+            return
+        try:
+            self._release()
+            yield
+        finally:
+            self._hold()  # (the handlers as they are now: the part may have set its own)

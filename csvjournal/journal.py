@@ -18,6 +18,7 @@ from csvjournal._atomicfile import reason
 from csvjournal._batch import BatchState
 from csvjournal._claims import Claims, attempts_limit
 from csvjournal._flush import check_copy_target, export_to, flush_csv
+from csvjournal._interrupts import HeldInterrupts
 from csvjournal._values import render_value, storable
 from csvjournal._writer import RecordCall
 from csvjournal.backup import list_backups, remove_leftovers
@@ -104,12 +105,21 @@ class Journal(Claims):
         """
         self._ensure()
         state: BatchState | None = self._batches.get(threading.get_ident())
+        # Signals wait (see HeldInterrupts) but in the block itself: one raising in its
+        # commit, its rollback or the bookkeeping after would leave the batch half-ended.
+        # One that came while the block's last records were written is handled before
+        # the COMMIT: raising, it undoes the block, as raising in the block does.
         if state is not None:
-            with state.savepoint():
+            with HeldInterrupts() as held, state.savepoint(held.deliver), held.released():
                 yield self
             return
         self._commits.check_journal()  # a connection would make a new, empty file there
-        with self._gate.operation(), self._write_lock, self._store.engine.connect() as conn:
+        with (
+            HeldInterrupts() as held,
+            self._gate.operation(),
+            self._write_lock,
+            self._store.engine.connect() as conn,
+        ):
             state = BatchState(
                 conn,
                 self._writer,
@@ -120,7 +130,7 @@ class Journal(Claims):
             )
             self._batches[threading.get_ident()] = state
             try:
-                with state.transaction():
+                with state.transaction(held.deliver), held.released():
                     yield self
                 self._commits.check_journal()
             finally:

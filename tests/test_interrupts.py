@@ -4,11 +4,15 @@ see the interrupt, nothing is lost. A real process under a storm of real SIGINTs
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+import csvjournal
 
 pytestmark = pytest.mark.slow
 
@@ -141,3 +145,217 @@ def test_an_applications_own_raising_handler_never_leaves_the_handle_stuck(
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok "), done.stdout
+
+
+# batch() under a storm of Ctrl-C: a block is all or nothing, the handle stays whole
+BATCH_STORM = """\
+import json, os, signal, sys, threading, time
+import structlog
+import csvjournal
+
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+journal = csvjournal.open(sys.argv[1], key="K", durability=sys.argv[2], busy_timeout=2)
+stop = threading.Event()
+
+def ctrl_c():
+    while not stop.is_set():
+        time.sleep(0.0003)
+        os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=ctrl_c, daemon=True).start()
+blocks, interrupted, records, errors = [], [], [], []
+end, n = time.monotonic() + 1.5, 0
+while time.monotonic() < end:
+    n += 1
+    try:
+        with journal.batch():
+            journal.record(f"b{n}-1", "COMPLETED")
+            with journal.batch():
+                journal.record(f"b{n}-2", "COMPLETED")
+        blocks.append(n)
+    except KeyboardInterrupt:
+        interrupted.append(n)
+    except Exception as exc:
+        errors.append(repr(exc))
+    try:
+        journal.record(f"r{n}", "COMPLETED")
+        records.append(f"r{n}")
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:
+        errors.append(repr(exc))
+stop.set()
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+left_open = len(journal._batches)
+journal.record("after", "COMPLETED")
+journal.close()
+print(json.dumps({"blocks": blocks, "interrupted": interrupted, "records": records,
+                  "errors": errors, "left_open": left_open}))
+"""
+
+
+@pytest.mark.parametrize("durability", ["full", "normal"])
+def test_ctrl_c_storm_on_batches_leaves_each_block_whole_and_the_handle_working(
+    tmp_path: Path, durability: str
+) -> None:
+    script = tmp_path / "batch_storm.py"
+    script.write_text(BATCH_STORM)
+    csv_path = tmp_path / "storm.csv"
+    done = subprocess.run(
+        [sys.executable, str(script), str(csv_path), durability],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout.splitlines()[-1])
+    assert outcome["interrupted"], "no SIGINT reached a batch()"
+    assert outcome["errors"] == []  # a KeyboardInterrupt, or nothing
+    assert outcome["left_open"] == 0  # (an unlucky one left a dead batch behind)
+    with csvjournal.open(csv_path, export=False) as journal:  # as another process sees it
+        keys = set(journal.to_dataframe()["K"])
+    assert "after" in keys  # (a record after a dead batch went nowhere)
+    assert set(outcome["records"]) <= keys
+    for n in outcome["blocks"]:
+        assert {f"b{n}-1", f"b{n}-2"} <= keys
+    for n in outcome["interrupted"]:  # all or nothing (the commit's own write: see README)
+        assert (f"b{n}-1" in keys) == (f"b{n}-2" in keys)
+
+
+# Other signals an application handles: a timeout's SIGALRM that raises, while other
+# threads record too
+ALARMS = """\
+import json, signal, sys, threading, time
+import structlog
+import csvjournal
+
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
+class Alarm(Exception):
+    pass
+
+armed = False  # the alarm raises inside record() calls only: the script stays whole
+
+def alarm(signum, frame):
+    if armed:
+        raise Alarm
+
+signal.signal(signal.SIGALRM, alarm)
+journal = csvjournal.open(sys.argv[1], key="K", busy_timeout=3)
+stop = threading.Event()
+others = {"done": [], "errors": []}
+
+def record(name):
+    n = 0
+    while not stop.is_set():
+        n += 1
+        try:
+            journal.record(f"{name}-{n}", "COMPLETED")
+            others["done"].append(f"{name}-{n}")
+        except BaseException as exc:
+            others["errors"].append(repr(exc))
+
+threads = [threading.Thread(target=record, args=(f"t{i}",)) for i in range(2)]
+for thread in threads:
+    thread.start()
+signal.setitimer(signal.ITIMER_REAL, 0.0007, 0.0007)
+done, alarms, errors, end, n = [], 0, [], time.monotonic() + 1.5, 0
+while time.monotonic() < end:
+    n += 1
+    try:
+        armed = True
+        journal.record(f"main-{n}", "COMPLETED")
+        armed = False
+        done.append(f"main-{n}")
+    except Alarm:
+        armed = False
+        alarms += 1
+    except Exception as exc:
+        armed = False
+        errors.append(repr(exc))
+signal.setitimer(signal.ITIMER_REAL, 0)
+stop.set()
+for thread in threads:
+    thread.join()
+journal.record("after", "COMPLETED")
+journal.close()
+print(json.dumps({"done": done + others["done"] + ["after"], "alarms": alarms,
+                  "errors": errors, "other_errors": others["errors"]}))
+"""
+
+
+def test_a_timeouts_raising_alarm_never_wedges_the_handle_nor_fails_other_threads(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "alarms.py"
+    script.write_text(ALARMS)
+    csv_path = tmp_path / "alarms.csv"
+    done = subprocess.run(
+        [sys.executable, str(script), str(csv_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout.splitlines()[-1])
+    assert outcome["alarms"] > 0, "no alarm reached a record()"
+    assert outcome["errors"] == []
+    assert outcome["other_errors"] == []  # (the main thread's Alarm reached them)
+    rows = {line.split(",")[0] for line in csv_path.read_text().splitlines()[1:]}
+    assert set(outcome["done"]) <= rows
+
+
+# A service's SIGTERM handler that exits: the process ends, nothing that returned is lost
+TERMINATED = """\
+import signal, sys
+import structlog
+import csvjournal
+
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+journal = csvjournal.open(sys.argv[1], key="K")
+with open(sys.argv[2], "w") as report:
+    n = 0
+    while True:
+        n += 1
+        journal.record(f"k{n}", "COMPLETED")
+        report.write(f"k{n}\\n")
+        report.flush()
+"""
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_sigterm_handler_that_exits_ends_the_process_and_loses_nothing(
+    tmp_path: Path, attempt: int
+) -> None:
+    script = tmp_path / "terminated.py"
+    script.write_text(TERMINATED)
+    csv_path, report = tmp_path / "t.csv", tmp_path / "report.txt"
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(csv_path), str(report)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(_lines(report)) < 50 * (attempt + 1):
+            assert child.poll() is None, child.stderr.read() if child.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=20) == 143  # (one in three still ran after 20 s)
+    finally:
+        child.kill()
+        child.wait()
+    reported = _lines(report)
+    with csvjournal.open(csv_path, export=False) as journal:
+        keys = set(journal.to_dataframe()["K"])
+    assert set(reported) <= keys
+
+
+def _lines(report: Path) -> list[str]:
+    if not report.exists():
+        return []
+    return report.read_text().split("\n")[:-1]
