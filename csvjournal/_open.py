@@ -25,8 +25,13 @@ def _as_set(names: Iterable[str]) -> Iterable[str]:
 
     Raises:
         SettingsError: text with a comma, the CLI's ``--terminal A,B``: meant as two.
+        TypeError: not text nor an iterable of statuses (``terminal=5``).
     """
     if not isinstance(names, str):
+        if not isinstance(names, Iterable):
+            raise TypeError(
+                f"terminal= must be a set of statuses, not {type(names).__name__} {names!r}"
+            )
         return names
     if "," in names:
         statuses = ", ".join(repr(name.strip()) for name in names.split(","))

@@ -267,7 +267,8 @@ def _wrong_width(
         text, line, min(got, width), dialect.delimiter, dialect.quotechar
     )
     raise CsvFormatError(
-        f"{path}: line {at_line}, column {column}: {got} fields where the header has {width}"
+        f"{path}: line {at_line}, column {column}: {got} field{'s' if got != 1 else ''}"
+        f" where the header has {width}"
     )
 
 
@@ -314,7 +315,7 @@ TWIN_START = ("'", *_FORMULA_START)
 GUARD_RULES = 2
 # A number as a sheet may hold it: a decimal point or comma, group separators (-1,234.50;
 # -1.234,50): digits and separators alone run nothing, whatever the spreadsheet's locale.
-_PLAIN_NUMBER = re.compile(r"[+-]?[.,]?\d[\d.,]*([eE][+-]?\d+)?")
+_PLAIN_NUMBER = re.compile(r"[+-]?[.,]?[0-9][0-9.,]*([eE][+-]?[0-9]+)?")
 # ... and as rules 1 knew it: it guarded the others, "-12,5" as "'-12,5"
 _PLAIN_NUMBER_1 = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 

@@ -350,6 +350,7 @@ def test_latin1_bytes_need_an_encoding(tmp_path: Path) -> None:
 # -- 6. formula guard ------------------------------------------------------------------------
 
 DANGEROUS = ["=SUM(A1)", "+1+1", "-cmd", "@x", "\tx", "-1-1", "-2e3+cmd|' /C calc'!A0", "-", "-,"]
+DANGEROUS += ["-\u0661\u0662"]  # digits, but not ASCII ones: not a number to a spreadsheet
 # numbers with a decimal comma or group separators too (a ;-delimited European sheet)
 HARMLESS = [
     "-12.5",

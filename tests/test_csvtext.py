@@ -87,6 +87,7 @@ def _error(path: Path) -> str:
     [
         ('1,a\n2,"b\n3,c\n', "line 3, column 3: unclosed quote"),
         ("1,a\n2,b\n3,c,d\n", "line 4, column 5: 3 fields where the header has 2"),
+        ("1,a\n2\n", "line 3, column 2: 1 field where the header has 2"),
         ('1,a\n2,"x\ny"z\n', "line 4, column 3"),
         ("1,a\n\ufeffID,N\n2,b\n", "line 3, column 1: a byte-order mark"),
         ('1,"é\n\ufeff"\n\ufeffID,N\n', "line 4, column 1: a byte-order mark"),

@@ -492,6 +492,7 @@ def test_a_folder_given_as_the_csv_is_a_settings_error(tmp_path: Path) -> None:
         ({"timestamp_column": ("S",)}, TypeError, "timestamp_column must be a column name"),
         ({"key": b"ID"}, TypeError, "key must be a column name"),
         ({"keep_backups": 1.5}, TypeError, "keep_backups must be an int"),
+        ({"terminal": 5}, TypeError, "terminal= must be a set of statuses, not int 5"),
         ({"busy_timeout": "30"}, TypeError, "busy_timeout must be a number"),
         ({"export": "yes"}, TypeError, "export must be True or False"),
         ({"formula_guard": 1}, TypeError, "formula_guard must be True or False"),
