@@ -31,3 +31,7 @@ class Background:
         if self._error is not None:
             raise self._error
         return self._value
+
+    def wait(self) -> None:
+        """Wait for the action to end, whatever its outcome (an abandoned one's)."""
+        self._thread.join()

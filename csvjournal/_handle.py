@@ -237,6 +237,7 @@ class Handle:
             log.error("csv_export_failed", path=str(options.csv_path), error=str(exc))
             leading = False
         except BaseException:
+            session.abandon()
             self._store.close()
             raise
         exporter.start(leading)

@@ -148,6 +148,15 @@ class Session:
         stale, self.stale = self.stale, False
         return returned, removed, stale
 
+    def abandon(self) -> None:
+        """The open failed (the CSV was edited by hand, say): wait for the session's
+        check and backup to end, their outcome unwanted, before the store is closed (a
+        check still running would open a connection after, kept for good)."""
+        for work in (self._check, self._backup):
+            if work is not None:
+                work.wait()
+        self._check = self._backup = None
+
     def wait_for_backup(self) -> None:
         """Return once the session's backup, if one is being taken, is done."""
         backup, self._backup = self._backup, None

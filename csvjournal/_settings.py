@@ -196,6 +196,8 @@ def settle(
     _check_against(stored, options)
     guard = options.formula_guard
     changing = wanted_terminal is not None and wanted_terminal != stored.terminal
+    if guard and not stored.formula_guard:  # refused before the backup: nothing changes
+        twins.check_journal(t.driver(conn), path)
     if before_change is not None and (
         changing or (guard is not None and guard != stored.formula_guard)
     ):
@@ -210,8 +212,6 @@ def settle(
         )
         stored = replace(stored, terminal=wanted_terminal)
     if guard is not None and guard != stored.formula_guard:
-        if guard:
-            twins.check_journal(t.driver(conn), path)
         write_value(conn, "formula_guard", guard)
         log.info("formula_guard_changed", path=str(path), formula_guard=guard)
         stored = replace(stored, formula_guard=guard)

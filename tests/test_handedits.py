@@ -198,6 +198,36 @@ def test_an_edit_at_close_is_kept_and_refused_at_the_next_open(
         csvjournal.open(csv_path)
 
 
+def test_an_open_refused_for_an_edit_leaves_no_file_nor_connection_behind(
+    tmp_path: Path,
+) -> None:
+    # The session's integrity check, begun before the edit was found, opened a connection
+    # after the refused open closed its store: kept for good, with the -wal/-shm files.
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text("ID,A\n" + "".join(f"{n},x\n" for n in range(20_000)))
+    csvjournal.open(csv_path, key="ID").close()
+    csv_path.write_text(csv_path.read_text() + "new,y\n")  # edited by hand
+    journal = Path(f"{csv_path}.journal")
+    for _ in range(5):
+        with pytest.raises(csvjournal.CsvChangedError):
+            csvjournal.open(csv_path)
+        assert not Path(f"{journal}-wal").exists()
+        assert not Path(f"{journal}-shm").exists()
+        assert _open_here(journal) == []
+
+
+def _open_here(journal: Path) -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # (the listing's own descriptor, closed)
+            continue
+        if target.startswith(str(journal)):
+            found.append(target)
+    return found
+
+
 def test_a_merge_while_the_job_runs_keeps_the_records_made_after_the_edit(
     csv_path: Path,
 ) -> None:

@@ -98,8 +98,11 @@ def test_without_the_formula_guard_both_rows_are_kept(csv_path: Path) -> None:
     with csvjournal.open(csv_path, key="ID", export=False) as journal:
         journal.record("=A")
         journal.record("'=A")
-    with pytest.raises(csvjournal.SettingsError, match="would show keys \"'=A\" and '=A'"):
-        csvjournal.open(csv_path, formula_guard=True)
+    backups = sorted(Path(f"{csv_path}.backups").iterdir())
+    for _ in range(3):  # each refused before its backup: none pushes an older one out
+        with pytest.raises(csvjournal.SettingsError, match="would show keys \"'=A\" and '=A'"):
+            csvjournal.open(csv_path, formula_guard=True, keep_backups=2)
+    assert sorted(Path(f"{csv_path}.backups").iterdir()) == backups
     with csvjournal.open(csv_path, export=False) as journal:
         assert journal.settings.formula_guard is False
         assert len(journal) == 2
