@@ -30,12 +30,16 @@ def _first_record_end(text: str, quotechar: str) -> int:
     return next((index for index in outside if text[index] in "\r\n"), len(text))
 
 
-def sniff(text: str, expected: tuple[str, str, str] | None = None) -> tuple[str, str, str]:
+def sniff(
+    text: str, expected: tuple[str, str, str] | None = None, key: str | None = None
+) -> tuple[str, str, str]:
     """(delimiter, quote character, line terminator) of the CSV ``text``.
 
     The delimiter is the candidate that splits the first records (header included) into
-    one field count above 1. Failing that, ``expected`` (delimiter, quote character, a
-    column name) when that dialect reads a header holding the name: a file our exporter
+    one field count above 1 (the widest, preferring one whose header holds the column
+    ``key``, or ``expected``'s column, when given). Failing that, ``expected``
+    (delimiter, quote character, a column name) when that dialect reads a header
+    holding the name: a file our exporter
     wrote, edited by hand, with a broken row among the first (a file re-saved in another
     dialect reads consistently in that one). Failing that, the delimiter splitting the
     header most, then ``,``.
@@ -44,13 +48,15 @@ def sniff(text: str, expected: tuple[str, str, str] | None = None) -> tuple[str,
     prefix = text[:SNIFF_CHARS]
     complete = len(prefix) == len(text)
     quotechar = '"'
-    delimiter = _consistent_delimiter(prefix, complete, quotechar)
+    if key is None and expected is not None:
+        key = expected[2]
+    delimiter = _consistent_delimiter(prefix, complete, quotechar, key)
     if delimiter is None and quotechar not in prefix:
         # The single quote only on unambiguous evidence: a file with no quoting at all may
         # well hold 'single-quoted' data, and taking ' as the quote character would strip
         # it. Evidence is a table that only ' quoting makes consistent, with a field that
         # needed the quotes (see _width).
-        delimiter = _consistent_delimiter(prefix, complete, "'")
+        delimiter = _consistent_delimiter(prefix, complete, "'", key)
         if delimiter is not None:
             quotechar = "'"
     if delimiter is None and expected is not None and _header_holds(text, *expected):
@@ -81,16 +87,21 @@ def _header_holds(text: str, delimiter: str, quotechar: str, name: str) -> bool:
         return False
 
 
-def _consistent_delimiter(prefix: str, complete: bool, quotechar: str) -> str | None:
+def _consistent_delimiter(
+    prefix: str, complete: bool, quotechar: str, key: str | None = None
+) -> str | None:
     """The delimiter giving the sampled records of ``prefix`` the widest consistent field
-    count (ties: in the order of :data:`DELIMITERS`); ``None`` when none is consistent."""
+    count, among those whose header holds the column ``key`` if any does (``A;1,50``
+    reads as two fields either way: the header ``Key;Amount, EUR`` says which); ties in
+    the order of :data:`DELIMITERS`. ``None`` when none is consistent."""
     needs_quotes = quotechar != '"'
-    widths = {
-        delimiter: _width(_sample(prefix, complete, delimiter, quotechar), delimiter, needs_quotes)
-        for delimiter in DELIMITERS
-    }
-    best = max(DELIMITERS, key=lambda d: (widths[d], -DELIMITERS.index(d)))
-    return best if widths[best] else None
+    samples = {d: _sample(prefix, complete, d, quotechar) for d in DELIMITERS}
+    widths = {d: _width(samples[d], d, needs_quotes) for d in DELIMITERS}
+    candidates = [d for d in DELIMITERS if widths[d]]
+    holding = [d for d in candidates if key is not None and key in samples[d][0]]
+    if not candidates:
+        return None
+    return max(holding or candidates, key=lambda d: (widths[d], -DELIMITERS.index(d)))
 
 
 def _sample(prefix: str, complete: bool, delimiter: str, quotechar: str) -> list[list[str]]:

@@ -92,7 +92,7 @@ class Handle:
         # right now, it finishes first, and this open finds the journal made).
         source = None
         if (created or unfinished(options.journal_path)) and options.csv_path.exists():
-            source = read_csv(options.csv_path, encoding=options.encoding)
+            source = read_csv(options.csv_path, encoding=options.encoding, key=options.key)
             check_keys(
                 options.csv_path,
                 source,

@@ -126,12 +126,14 @@ def read_csv(
     encoding: str | None = None,
     expected: tuple[str, str, str] | None = None,
     usual_encoding: str | None = None,
+    key: str | None = None,
 ) -> ParsedCsv:
     """Read ``path`` as text in its own dialect, checking it is a well-formed table.
     ``expected`` is (delimiter, quote character, a column name): the dialect to read in
     when the first records fit no dialect and its header holds that name (see
     :func:`~csvjournal._csvsniff.sniff`); ``usual_encoding`` the encoding to read in when
-    ``encoding`` is None and the bytes show no other (a BOM, a re-save in UTF-8).
+    ``encoding`` is None and the bytes show no other (a BOM, a re-save in UTF-8); ``key``
+    the key column, which decides between delimiters that read the file alike.
 
     Raises:
         CsvFormatError: undecodable bytes, no header, empty or duplicate header names, an
@@ -157,7 +159,7 @@ def read_csv(
     sample = text.start(SNIFF_CHARS)
     if len(text.pieces) > 1 and not first_record_whole(sample):  # a header of MBs
         sample = text.whole()  # (the sniff reads the header whole)
-    delimiter, quotechar, terminator = sniff(sample, expected)
+    delimiter, quotechar, terminator = sniff(sample, expected, key)
     dialect = CsvDialect(
         delimiter=delimiter,
         quotechar=quotechar,

@@ -387,6 +387,31 @@ def test_the_dialect_is_detected_from_the_first_records(
     assert render_csv(parsed.header, parsed.rows, parsed.dialect) == data
 
 
+@pytest.mark.parametrize(
+    ("data", "key", "delimiter", "header"),
+    [
+        (b"Key;Amount, EUR\nA;1,50\nB;2,25\n", "Key", ";", ["Key", "Amount, EUR"]),
+        (b"ID\tName, first\n1001\tDoe, John\n", "ID", "\t", ["ID", "Name, first"]),
+        (b"Customer, ID\tName\n1001, A\tDoe\n", "Name", "\t", ["Customer, ID", "Name"]),
+        (b"A;B,C\n1;2,3\n", "A;B", ",", ["A;B", "C"]),  # the key says "," too
+        (b"A;B,C\n1;2,3\n", "Z", ",", ["A;B", "C"]),  # no header has it: the tie's rule
+    ],
+)
+def test_the_key_column_decides_between_delimiters_that_read_the_file_alike(
+    tmp_path: Path, data: bytes, key: str, delimiter: str, header: list[str]
+) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_bytes(data)
+    parsed = read_csv(path, key=key)
+    assert (parsed.dialect.delimiter, parsed.header) == (delimiter, header)
+    if key in header:  # and an import takes it so, exporting in that delimiter alone
+        with csvjournal.open(path, key=key) as journal:
+            journal.record(journal.pending()[0], "DONE")
+        assert all(
+            line.count(delimiter) == len(header) + 1 for line in path.read_text().splitlines()
+        )
+
+
 def test_a_double_quote_anywhere_rules_out_the_single_quote(tmp_path: Path) -> None:
     path = tmp_path / "orders.csv"
     data = b"ID,NOTE\n1,'a,b'\n2,say \"hi\"\n"

@@ -133,7 +133,7 @@ def _check_before_writing(
     else:
         if not csv.exists():  # a path mistyped would make an empty job and "succeed"
             raise CliError(f"{csv}: no such file (run --key imports an existing CSV)")
-        header = read_csv(csv, encoding=encoding).header
+        header = read_csv(csv, encoding=encoding, key=key).header
         extra = [name for name in (DEFAULT_STATUS, DEFAULT_TIMESTAMP) if name not in header]
         columns, stored = [*header, *extra], DEFAULT_TERMINAL
     Template(command, columns)
