@@ -144,26 +144,33 @@ class Claims(Handle):
         waiting for a journal that other processes keep busy gives up
         (:class:`JournalBusyError`). Raises :class:`JournalClosedError` on a closed handle
         (a work loop still running at the close)."""
-        self._ensure()
-        # The time is read inside the transaction, once the write lock is ours: a claim that
-        # waited for the lock must see the leases that ran out meanwhile, and get its whole lease.
-        taken: list[tuple[str, int]] = self._write(  # type: ignore[assignment]
-            Action(
-                lambda conn, writer: claim_rows(
-                    conn,
-                    writer,
-                    n=n,
-                    now=time.time(),
-                    lease=lease,
-                    worker=name,
-                    at=timestamp_now(),
-                    max_attempts=max_attempts,
-                ),
-                abandon=abandon,
+        with self._held.claiming():
+            self._ensure()
+            # The time is read inside the transaction, once the write lock is ours: a claim
+            # that waited for the lock must see the leases that ran out meanwhile, and get
+            # its whole lease. Once close() began, it takes nothing (close gives rows back).
+            taken: list[tuple[str, int]] = self._write(  # type: ignore[assignment]
+                Action(
+                    lambda conn, writer: (
+                        []
+                        if self._closed
+                        else claim_rows(
+                            conn,
+                            writer,
+                            n=n,
+                            now=time.time(),
+                            lease=lease,
+                            worker=name,
+                            at=timestamp_now(),
+                            max_attempts=max_attempts,
+                        )
+                    ),
+                    abandon=abandon,
+                )
             )
-        )
-        thread = threading.current_thread()  # not its ident, which a new thread may reuse
-        self._note_claims([Change(key, seq, name, True, thread) for key, seq in taken])
+            thread = threading.current_thread()  # not its ident, which a new thread may reuse
+            self._note_claims([Change(key, seq, name, True, thread) for key, seq in taken])
+        self._ensure()  # (closed meanwhile: nothing taken)
         return [key for key, _ in taken]
 
     def _refuse_in_batch(self, name: str) -> None:

@@ -26,7 +26,8 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from csvjournal._writer import IN_PROGRESS, RecordOp
@@ -73,8 +74,31 @@ class HeldClaims:
         # if the block is undone (the worker's earlier claim of the row, lapsed, say)
         self._replaced: dict[tuple[str, str, int], tuple[threading.Thread | None, int]] = {}
 
+        self._claiming = 0  # claims under way: committing, not noted yet
+        self._claimed = threading.Condition(self._lock)
+
     def __bool__(self) -> bool:
         return bool(self._held)
+
+    @contextmanager
+    def claiming(self) -> Iterator[None]:
+        """A claim under way, from before its commit until it is noted (see
+        :meth:`wait_for_claims`)."""
+        with self._lock:
+            self._claiming += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._claiming -= 1
+                self._claimed.notify_all()
+
+    def wait_for_claims(self, timeout: float) -> bool:
+        """Wait until no claim is under way (``close()``: none takes a row once it began,
+        and what those under way took is given back with the rest); False if ``timeout``
+        seconds passed first."""
+        with self._lock:
+            return self._claimed.wait_for(lambda: not self._claiming, timeout)
 
     def note_block(self, items: list[RecordOp | Change]) -> None:
         """Apply what a committed ``batch()`` block did, in order: its changes, and the

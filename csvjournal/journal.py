@@ -369,13 +369,14 @@ class Journal(Claims):
         if self._closed:
             return
         self._refuse_in_batch("close")
-        if self._held and self._pid == _forking.PID:
-            try:
-                self._release(self._held.every(), "released")
-            except CsvJournalError as exc:  # their leases run out instead
-                log.warning("claims_not_released", path=str(self.csv_path), error=str(exc))
         self._closed = True  # no new record, batch or claim from here on
         if self._pid == _forking.PID:
+            self._held.wait_for_claims(self._options.busy_timeout)  # those under way end
+            if self._held:
+                try:
+                    self._release(self._held.every(), "released")
+                except CsvJournalError as exc:  # their leases run out instead
+                    log.warning("claims_not_released", path=str(self.csv_path), error=str(exc))
             self._wait_for_writes()
         self._shut()
 

@@ -347,6 +347,36 @@ def test_a_record_with_another_status_ends_the_lease(
 # -- close ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("trial", range(3))
+def test_close_while_threads_claim_leaves_no_row_held(tmp_path: Path, trial: int) -> None:
+    # A claim under way as close() gave the handle's rows back committed after it: its
+    # row stayed IN_PROGRESS for the whole lease (4 rows in every try).
+    csv = tmp_path / "rows.csv"
+    csv.write_text("ID\n" + "".join(f"{n}\n" for n in range(3000)))
+    journal = csvjournal.open(csv, key="ID", durability="normal", keep_backups=0)
+    stop = threading.Event()
+    claimed: list[str] = []
+
+    def claim() -> None:
+        while not stop.is_set():
+            try:
+                claimed.extend(journal.claim(1, lease=300))
+            except csvjournal.JournalClosedError:
+                return
+
+    threads = [threading.Thread(target=claim) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    _wait_for("claims", lambda: len(claimed) > 20 * (trial + 1))
+    journal.close()
+    stop.set()
+    for thread in threads:
+        thread.join()
+    with csvjournal.open(csv, export=False) as after:
+        assert after.counts().get("IN_PROGRESS", 0) == 0
+        assert len(after.pending()) == 3000
+
+
 def test_close_gives_held_rows_back_and_leaves_recorded_rows_alone(
     csv_path: Path, jr: Journal
 ) -> None:
