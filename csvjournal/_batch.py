@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
@@ -17,11 +18,16 @@ from csvjournal._heldclaims import Change
 from csvjournal._schema import driver
 from csvjournal._twins import may_twin, twin_problem
 from csvjournal._writer import RecordOp, Writer
+from csvjournal.errors import BatchOpenError
 
 if TYPE_CHECKING:
     from csvjournal._leases import Action
 
-__all__ = ["BatchState"]
+__all__ = ["BatchState", "foreign_batch_error"]
+
+# The blocks open in this context: an asyncio task's (or a thread's) own. Batches are kept
+# per thread; a task switch inside a block would let another task's records into it.
+_OPEN_HERE: ContextVar[tuple[BatchState, ...]] = ContextVar("csvjournal_batches", default=())
 
 _FLUSH_EVERY = 5000
 
@@ -54,6 +60,23 @@ class BatchState:
         self._buffer: list[RecordOp] = []
         # records and changes to the handle's claims, in blocks not undone (so far)
         self._recorded: list[RecordOp | Change] = []
+
+    @contextmanager
+    def open_here(self) -> Iterator[None]:
+        """The block is open in this context (see :meth:`here`) while the ``with`` lasts."""
+        token = _OPEN_HERE.set((*_OPEN_HERE.get(), self))
+        try:
+            yield
+        finally:
+            try:
+                _OPEN_HERE.reset(token)
+            except ValueError:  # (the block was left in another context than its own)
+                _OPEN_HERE.set(tuple(state for state in _OPEN_HERE.get() if state is not self))
+
+    def here(self) -> bool:
+        """Whether this block was opened in the running context: not in another asyncio
+        task of its thread, or a callback the event loop runs meanwhile."""
+        return self in _OPEN_HERE.get()
 
     def add(self, op: RecordOp) -> int:
         """Queue one record; return its sequence number.
@@ -147,3 +170,13 @@ class BatchState:
             raise
         with self._errors():
             savepoint.commit()
+
+
+def foreign_batch_error(path: object) -> BatchOpenError:
+    """The error for a write from this thread while a block of another task is open in it."""
+    return BatchOpenError(
+        f"{path}: another asyncio task (or code the event loop ran meanwhile) of this thread"
+        " has a batch() block open: its records would join that block. Blocks are per"
+        " thread: do not await inside one, or give the journal calls threads of their own"
+        " (asyncio.to_thread)"
+    )

@@ -26,7 +26,7 @@ from sqlalchemy import Connection
 
 from csvjournal import _forking
 from csvjournal._atomicfile import create_like, is_empty, remove_quietly
-from csvjournal._batch import BatchState
+from csvjournal._batch import BatchState, foreign_batch_error
 from csvjournal._commits import Commits, Item
 from csvjournal._dberrors import DB_ERRORS, journal_errors, translate
 from csvjournal._flush import catch_up
@@ -373,6 +373,8 @@ class Handle:
         batch: BatchState | None = self._batches.get(threading.get_ident())
         try:
             if batch is not None:
+                if not batch.here():
+                    raise foreign_batch_error(self._options.csv_path)
                 if isinstance(item, RecordCall):  # its claim ends once the block commits
                     return batch.add(self._commits.prepare(item))
                 return batch.run(item)

@@ -15,7 +15,7 @@ import structlog
 
 from csvjournal import _forking, _reads
 from csvjournal._atomicfile import reason
-from csvjournal._batch import BatchState
+from csvjournal._batch import BatchState, foreign_batch_error
 from csvjournal._claims import Claims, attempts_limit
 from csvjournal._flush import check_copy_target, export_to, flush_csv
 from csvjournal._interrupts import HeldInterrupts
@@ -110,6 +110,8 @@ class Journal(Claims):
         # One that came while the block's last records were written is handled before
         # the COMMIT: raising, it undoes the block, as raising in the block does.
         if state is not None:
+            if not state.here():
+                raise foreign_batch_error(self.csv_path)
             with HeldInterrupts() as held, state.savepoint(held.deliver), held.released():
                 yield self
             return
@@ -130,7 +132,7 @@ class Journal(Claims):
             )
             self._batches[threading.get_ident()] = state
             try:
-                with state.transaction(held.deliver), held.released():
+                with state.transaction(held.deliver), state.open_here(), held.released():
                     yield self
                 self._commits.check_journal()
             finally:

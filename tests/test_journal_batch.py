@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,52 @@ def test_a_claim_finished_in_a_committed_block_is_no_longer_held(journal: Journa
         journal.record("a", "COMPLETED")
     assert journal.extend(["a"], 600) == []
     assert journal.get("a")["STATUS"] == "COMPLETED"  # type: ignore[index]
+
+
+def test_another_asyncio_tasks_write_never_joins_a_block_open_across_an_await(
+    journal: Journal,
+) -> None:
+    # Blocks are per thread: task B's record() while task A's block awaited went into A's
+    # block, returned its number, and was undone with it.
+    seen: dict[str, object] = {}
+
+    async def a() -> None:
+        with journal.batch():
+            journal.record("A1")
+            await asyncio.sleep(0.05)  # B runs now
+            journal.record("A2")
+
+    async def b() -> None:
+        await asyncio.sleep(0.01)
+        for name, call in [
+            ("record", lambda: journal.record("B1")),
+            ("claim", lambda: journal.claim(1, lease=60)),
+            ("nested", lambda: journal.batch().__enter__()),
+        ]:
+            try:
+                call()
+            except csvjournal.BatchOpenError as exc:
+                seen[name] = exc
+
+    async def both() -> None:
+        await asyncio.gather(a(), b())
+
+    asyncio.run(both())
+    assert sorted(seen) == ["claim", "nested", "record"]
+    assert "another asyncio task" in str(seen["record"])
+    assert journal.get("A1") is not None
+    assert journal.get("A2") is not None
+    assert journal.get("B1") is None
+    journal.record("B1")  # and after the block, as ever
+    assert journal.get("B1") is not None
+
+
+def test_a_generator_driven_inside_a_block_writes_into_it(journal: Journal) -> None:
+    def rows() -> Iterator[int]:
+        for n in range(3):
+            yield journal.record(f"g{n}")
+
+    with contextlib.suppress(RuntimeError), journal.batch():
+        assert len(list(rows())) == 3
+        raise RuntimeError("undo")
+    assert journal.get("g0") is None
