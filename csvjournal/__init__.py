@@ -91,9 +91,17 @@ if not TYPE_CHECKING:
         elif name in _HOMES:
             value = getattr(importlib.import_module(_HOMES[name]), name)
         else:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+            value = _submodule(name)  # csvjournal.errors after a bare `import csvjournal`
         globals()[name] = value
         return value
+
+    def _submodule(name: str) -> object:
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":  # one the module imports is missing
+                raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
     def __dir__() -> list[str]:
         return sorted({*globals(), *__all__})

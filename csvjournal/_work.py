@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from csvjournal._writer import IN_PROGRESS
-from csvjournal.errors import JournalBusyError, JournalClosedError
+from csvjournal.errors import JournalBusyError, JournalClosedError, RecordError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -131,8 +131,15 @@ class Task:
         finished). A late terminal outcome is recorded after theirs.
 
         Raises:
+            RecordError: the task is finished already (its outcome recorded, or its row
+                given back): ``journal.record()`` changes the row further.
             the errors of :meth:`Journal.record`.
         """
+        if self.finished and not self.lost:  # (a second outcome was dropped as another's)
+            raise RecordError(
+                f"{self.key}: this task is finished already (its outcome is recorded, or its"
+                " row given back); journal.record() changes the row further"
+            )
         # The status may come as the status column among the fields, in either mapping.
         named = {**(fields or {}), **more}
         given = status if status is not None else named.get(self._status_column)

@@ -296,6 +296,13 @@ def test_the_console_script_loads_nothing_heavy_before_it_takes_ctrl_c() -> None
         assert f"'{heavy}'" not in loaded
 
 
+@pytest.mark.parametrize("module", ["errors", "events", "journal", "merge", "recovery", "backup"])
+def test_a_bare_import_gives_the_submodules_as_before(module: str) -> None:
+    code = f"import csvjournal; print(csvjournal.{module}.__name__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.stdout == f"csvjournal.{module}\n", done.stderr
+
+
 def test_the_package_gives_every_public_name_and_refuses_others() -> None:
     for name in csvjournal.__all__:
         assert getattr(csvjournal, name) is not None

@@ -397,3 +397,16 @@ def test_a_record_committed_with_its_block_stands_when_the_task_raises_after(jr:
                 task.record("COMPLETED", N=1)
             raise _Boom("after the block")
     assert jr.counts() == {"COMPLETED": len(KEYS)}
+
+
+def test_a_finished_tasks_second_outcome_is_refused_not_dropped(jr: Journal) -> None:
+    # It returned None, marked the task lost (as if another worker had taken the row over)
+    # and lost its fields.
+    for task in jr.work(lease=60):
+        with task:
+            assert task.record("COMPLETED") is not None
+            with pytest.raises(csvjournal.RecordError, match="finished already"):
+                task.record("FAILED", B=2)
+        break
+    assert not task.lost
+    assert jr.get(task.key)["STATUS"] == "COMPLETED"  # type: ignore[index]
