@@ -71,8 +71,10 @@ def remove_temp_files(path: Path, *, dead_only: bool = False) -> list[Path]:
     for leftover in sorted(_target(path).parent.glob(pattern)):
         if dead_only and _writer_alive(leftover, leftover.name[len(temp_prefix(path)) :]):
             continue
-        leftover.unlink(missing_ok=True)
-        removed.append(leftover)
+        with contextlib.suppress(OSError):  # (a folder of that name: not ours, left)
+            leftover.unlink()
+        if not os.path.lexists(leftover):
+            removed.append(leftover)
     return removed
 
 

@@ -10,6 +10,7 @@ started after the leftover was last changed is not its writer.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -31,6 +32,10 @@ _SLACK_SECONDS = 60.0
 # number names no process here, so it is taken for gone only once it has not changed for
 # this long (its writer writes on, or renames it, within seconds).
 _FOREIGN_QUIET_SECONDS = 600.0
+# An owner tag: <pid>, or <pid>.<inode of the PID namespace> (ASCII digits: int() takes
+# others too); no process number is above Linux's greatest pid_max
+_TAG = re.compile(r"([0-9]{1,10})(?:\.([0-9]{1,20}))?")
+_PID_MAX = 2**22
 
 
 def writer_alive(pid: int, leftover: Path) -> bool:
@@ -59,19 +64,21 @@ def owner_tag() -> str:
 
 def tag_alive(tag: str, leftover: Path) -> bool | None:
     """Whether the process ``tag`` (an :func:`owner_tag`) may still write ``leftover``: one
-    of this PID namespace as :func:`writer_alive` says; one of another while ``leftover``
-    changed in the last ten minutes. None when ``tag`` is not a tag."""
-    pid, dot, namespace = tag.partition(".")
-    if not pid.isdigit() or (dot and not namespace.isdigit()):
+    of this PID namespace as :func:`writer_alive` says; one of another (or of a namespace
+    this process cannot tell its own from: no ``/proc``) while ``leftover`` changed in the
+    last ten minutes. None when ``tag`` is not a tag."""
+    found = _TAG.fullmatch(tag)
+    if found is None or int(found[1]) > _PID_MAX:
         return None
+    pid, namespace = int(found[1]), found[2]
     ours = pid_namespace()
-    if dot and ours is not None and int(namespace) != ours[1]:
+    if namespace is not None and (ours is None or int(namespace) != ours[1]):
         try:
-            quiet = time.time() - leftover.stat().st_mtime
+            quiet = time.time() - leftover.lstat().st_mtime
         except FileNotFoundError:
             return True  # gone already: its writer renamed or removed it
         return quiet < _FOREIGN_QUIET_SECONDS
-    return writer_alive(int(pid), leftover)
+    return writer_alive(pid, leftover)
 
 
 def start_ticks(pid: int) -> int | None:

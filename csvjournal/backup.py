@@ -14,6 +14,7 @@ times to the microsecond, chosen when the backup is whole, and sort by time.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import os
@@ -53,7 +54,7 @@ _FORMAT = "%Y%m%dT%H%M%S.%fZ"
 # hidden work folders: ".partial-<pid>-<token>" (being written), ".removing-<pid>-<name>"
 _PARTIAL = ".partial-"
 _REMOVING = ".removing-"
-_LEFTOVER = re.compile(r"^\.(?:partial|removing)-(?:(\d+(?:\.\d+)?)-)?")  # an owner tag
+_LEFTOVER = re.compile(r"^\.(?:partial|removing)-(?:([0-9]+(?:\.[0-9]+)?)-)?")  # owner tag
 _NAME_ATTEMPTS = 1000
 _BRIEF = 300  # characters of SQLite's integrity findings in a message
 _KEPT = ".kept"  # in a backup folder: never deleted by retention (see keep_for_good)
@@ -134,8 +135,10 @@ def remove_leftovers(csv_path: Path, journal_path: Path) -> list[Path]:
     for leftover in journal_path.parent.glob(f"{glob.escape(prefix)}*"):
         tag = leftover.name[len(prefix) :].removesuffix("-journal")
         if tag_alive(tag, leftover) is False:
-            leftover.unlink(missing_ok=True)
-            removed.append(leftover)
+            with contextlib.suppress(OSError):  # (a folder of that name: not ours)
+                leftover.unlink()
+            if not os.path.lexists(leftover):
+                removed.append(leftover)
     return removed
 
 
@@ -146,8 +149,13 @@ def _remove_leftovers(folder: Path) -> list[Path]:
         found = _LEFTOVER.match(leftover.name)
         if found is None or (found.group(1) is not None and tag_alive(found.group(1), leftover)):
             continue
-        shutil.rmtree(leftover, ignore_errors=True)
-        removed.append(leftover)
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:  # (a file or link of that name: ours never are, yet it goes too)
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        if not os.path.lexists(leftover):  # (what could not be removed is not said to be)
+            removed.append(leftover)
     return removed
 
 

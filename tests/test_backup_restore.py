@@ -483,6 +483,44 @@ def test_leftovers_of_another_pid_namespace_are_kept_while_they_change(
     assert all(leftover.exists() != gone for leftover in leftovers)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        ".partial-99999999999999999999-x",  # no pid: it made os.kill overflow
+        ".partial-\u00b2-x",  # a digit to str.isdigit, not to int()
+        ".removing-\u0661\u0662-x",  # a digit to int(), not ASCII
+        ".partial-junk",
+    ],
+)
+@pytest.mark.parametrize("kind", ["folder", "file", "link"])
+def test_odd_names_among_the_backups_never_stop_a_command(
+    csv_path: Path, tmp_path: Path, name: str, kind: str
+) -> None:
+    csvjournal.open(csv_path, key="ID").close()
+    odd = Path(f"{csv_path}.backups") / name
+    if kind == "folder":
+        odd.mkdir()
+    elif kind == "file":
+        odd.write_text("x")
+    else:
+        (tmp_path / "target").write_text("kept")
+        odd.symlink_to(tmp_path / "target")
+    beside = [
+        csv_path.with_name(f".{JOURNAL}.restoring-\u00b2"),
+        csv_path.with_name(f"{temp_prefix(csv_path)}\u00b2-x"),
+        csv_path.with_name(f"{temp_prefix(csv_path)}99999999999999999999-x"),
+    ]
+    for path in beside:
+        path.mkdir()  # a folder of such a name is never ours: it stays
+    with csvjournal.open(csv_path, keep_backups=0, export=False) as journal:
+        removed = journal.recover().temp_files_removed
+        journal.record("after", "DONE")
+    assert (odd in removed) == (not odd.exists() and not odd.is_symlink())
+    assert all(path.is_dir() and path not in removed for path in beside)
+    if kind == "link":
+        assert (tmp_path / "target").read_text() == "kept"
+
+
 def test_an_exporting_open_removes_them_with_automatic_backups_off(csv_path: Path) -> None:
     csvjournal.open(csv_path, key="ID").close()
     partial = Path(f"{csv_path}.backups") / f".partial-{2**22 + 12345}-0123456789ab"

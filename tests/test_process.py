@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -198,6 +199,38 @@ def test_a_leftover_written_in_another_pid_namespace_names_it(tmp_path: Path) ->
     quiet = time.time() - 11 * 60
     os.utime(leftover, (quiet, quiet))
     assert remove_temp_files(csv, dead_only=True) == [leftover]
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or not _may_unshare(),
+    reason="making a PID namespace takes root (or user namespaces) and unshare(1)",
+)
+def test_a_process_that_cannot_tell_its_namespace_keeps_a_named_ones_leftover(
+    tmp_path: Path,
+) -> None:
+    # Without a /proc it took the namespace named for its own, found no such process in
+    # it, and removed a live writer's file (a backup's work folder, say).
+    csv = tmp_path / "t.csv"
+    leftover = tmp_path / f"{temp_prefix(csv)}4000000.{(pid_namespace() or (0, 0))[1]}-x"
+    leftover.write_text("half")
+    code = (
+        "import pathlib, sys\n"
+        "from csvjournal._atomicfile import remove_temp_files\n"
+        "from csvjournal._pids import pid_namespace\n"
+        "assert pid_namespace() is None\n"
+        "print(remove_temp_files(pathlib.Path(sys.argv[1]), dead_only=True))\n"
+    )
+    python = shlex.quote(sys.executable)
+    shell = f"mount -t tmpfs none /proc && exec {python} -c {shlex.quote(code)} {csv}"
+    done = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount", "sh", "-c", shell],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[]\n"
+    assert leftover.exists()
 
 
 def _marked_with(journal: Path) -> list[int]:
