@@ -33,7 +33,7 @@ _SLACK_SECONDS = 60.0
 # this long (its writer writes on, or renames it, within seconds).
 _FOREIGN_QUIET_SECONDS = 600.0
 # An owner tag: <pid>, or <pid>.<inode of the PID namespace> (ASCII digits: int() takes
-# others too); no process number is above Linux's greatest pid_max
+# others too); no process number is above Linux's greatest pid_max (nor is os.kill's C long)
 _TAG = re.compile(r"([0-9]{1,10})(?:\.([0-9]{1,20}))?")
 _PID_MAX = 2**22
 
@@ -68,9 +68,11 @@ def tag_alive(tag: str, leftover: Path) -> bool | None:
     this process cannot tell its own from: no ``/proc``) while ``leftover`` changed in the
     last ten minutes. None when ``tag`` is not a tag."""
     found = _TAG.fullmatch(tag)
-    if found is None or int(found[1]) > _PID_MAX:
+    if found is None:
         return None
     pid, namespace = int(found[1]), found[2]
+    if pid > _PID_MAX:
+        return False  # no such process, in any namespace
     ours = pid_namespace()
     if namespace is not None and (ours is None or int(namespace) != ours[1]):
         try:

@@ -460,7 +460,7 @@ def test_leftovers_of_another_pid_namespace_are_kept_while_they_change(
     if namespace is None:
         pytest.skip("PID namespaces are read from /proc (Linux)")
     csvjournal.open(csv_path, key="ID").close()
-    tag = f"{2**22 + 12345}.{namespace[1] + 1}"  # no such process here
+    tag = f"4000000.{namespace[1] + 1}"  # a number no process has here
     partial = Path(f"{csv_path}.backups") / f".partial-{tag}-0123456789ab"
     partial.mkdir()
     removing = Path(f"{csv_path}.backups") / f".removing-{tag}-20261201T000000.000000Z"
