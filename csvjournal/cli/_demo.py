@@ -329,15 +329,18 @@ def _crash(
         time.sleep(0.05)
     victim = workers["demo-2"]  # left in: stopped (SIGSTOP) by a Ctrl-C, it is ended too
     held = _stop_holding(victim, journal)
-    os.kill(victim.pid or 0, signal.SIGKILL)
+    if victim.is_alive():  # (not if the job ended while it looked)
+        os.kill(victim.pid or 0, signal.SIGKILL)
     victim.join()
     del workers["demo-2"]
     done = sum(journal.counts().get(s, 0) for s in terminal)
-    out.print(
-        f"3. kill -9 of worker demo-2 (pid {victim.pid}) with {done:,} rows done;"
-        f" it held {', '.join(held) or 'no row'}: its lease runs out in {LEASE:g} s"
-        " and another worker takes the row over"
+    then = (
+        f"it held {', '.join(held)}: its lease runs out in {LEASE:g} s and another worker"
+        " takes the row over"
+        if held
+        else "it held no row at that moment"
     )
+    out.print(f"3. kill -9 of worker demo-2 (pid {victim.pid}) with {done:,} rows done; {then}")
     return held
 
 
