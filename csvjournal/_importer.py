@@ -106,12 +106,14 @@ def check_keys(path: Path, parsed: ParsedCsv, key: str, *, formula_guard: bool =
     for line, record in parsed.records():
         value = record[index]
         if not value:
-            raise CsvFormatError(f"{path}: line {line}, column {key!r}: empty key")
+            at, column = parsed.place(line, index)
+            raise CsvFormatError(f"{path}: line {at}, column {column}: empty key ({key!r})")
         if value in seen:
             first = next(at for at, other in parsed.records() if other[index] == value)
+            at, column = parsed.place(line, index)
             raise CsvFormatError(
-                f"{path}: line {line}, column {key!r}: duplicate key {value!r}"
-                f" (first on line {first})"
+                f"{path}: line {at}, column {column}: duplicate key {value!r} in {key!r}"
+                f" (first on line {parsed.place(first, index)[0]})"
             )
         seen.add(value)
     if formula_guard:

@@ -92,9 +92,11 @@ def check_import(path: Path, parsed: ParsedCsv, key: str, keys: set[str]) -> Non
             lines[value] = line
             twin = guard_twin(value)
             if twin in lines:
+                found, column = parsed.place(line, index)
                 raise CsvFormatError(
-                    f"{path}: line {line}, column {key!r}: key {value!r} would show in the CSV"
-                    f" as key {twin!r} (line {lines[twin]}) does, with the formula guard on"
+                    f"{path}: line {found}, column {column}: key {value!r} would show in the CSV"
+                    f" as key {twin!r} (line {parsed.place(lines[twin], index)[0]}) does,"
+                    " with the formula guard on"
                 )
 
 

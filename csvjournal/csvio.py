@@ -114,6 +114,13 @@ class ParsedCsv:
         dialect = self.dialect
         return locate_field(self.header_text, 1, field, dialect.delimiter, dialect.quotechar)
 
+    def place(self, line: int, field: int) -> tuple[int, int]:
+        """(line, column) where field number ``field`` (from 0) of the record starting on
+        ``line`` starts: a field after a quoted line break is on a later line (for an
+        error: the text is joined whole)."""
+        dialect = self.dialect
+        return locate_field(self.text.whole(), line, field, dialect.delimiter, dialect.quotechar)
+
     @property
     def rows(self) -> list[list[str]]:
         """Every data record, as one list: the whole table in memory (for small files)."""

@@ -24,7 +24,7 @@ def test_with_the_formula_guard_keys_it_would_show_alike_are_refused(tmp_path: P
     before = path.read_bytes()
     with pytest.raises(
         csvjournal.CsvFormatError,
-        match=r"line 4, column 'ID': key '@b' would show in the CSV as key \"'@b\" \(line 2\)",
+        match=r"line 4, column 1: key '@b' would show in the CSV as key \"'@b\" \(line 2\)",
     ):
         csvjournal.open(path, key="ID", formula_guard=True)
     assert _names(tmp_path) == ["orders.csv"]
