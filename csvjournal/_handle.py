@@ -106,6 +106,7 @@ class Handle:
             )
         self._visit = ReadOnlyVisit(options.journal_path)  # (before SQLite makes the files)
         made, ours = self._open_store(created, source)
+        self._created = False  # whether this open made the journal's settings (see _settle)
         try:
             with journal_errors(options.journal_path, options.csv_path):
                 self._settle(source)
@@ -218,6 +219,8 @@ class Handle:
             )
             if source is not None and columns is not None:
                 import_rows(conn, source, self._settings, columns)
+        # (init: not another process's, made between its look and this open)
+        self._created = columns is not None
 
     def _start_exporter(self) -> None:
         options = self._options

@@ -313,6 +313,20 @@ def test_the_package_gives_every_public_name_and_refuses_others() -> None:
         csvjournal.Jornal  # noqa: B018
 
 
+@pytest.mark.parametrize("trial", range(3))
+def test_two_inits_at_once_make_one_journal_and_one_says_so(tmp_path: Path, trial: int) -> None:
+    # Both printed "created" and exited 0 (the second opened the first's journal).
+    csv = tmp_path / "a.csv"
+    csv.write_text("ID,V\n" + "".join(f"{n},x\n" for n in range(20_000 + trial)))
+    both = [start("init", csv, "--key", "ID") for _ in range(2)]
+    results = [finish(child) for child in both]
+    created = [out for code, out, _ in results if code == 0 and out.startswith("created")]
+    assert len(created) == 1, results
+    (code, _, err) = next(result for result in results if not result[1].startswith("created"))
+    assert code == 2
+    assert "already exists" in err
+
+
 @pytest.mark.parametrize("command", [["pending"], ["record", "1", "Z=1"]], ids=" ".join)
 def test_a_command_run_with_stderr_closed_exits_as_it_would(
     tmp_path: Path, command: list[str]

@@ -76,6 +76,8 @@ def init(
             csv, key=key, terminal=names, encoding=encoding, formula_guard=formula_guard
         )
     with journal:
+        if not journal._created:  # another init made it between the look above and the open
+            raise CliError(f"{journal_path} already exists: another process made it just now")
         rows = len(journal)
         click.echo(
             f"created {journal_path_of(csv)}: {rows:,} row{'' if rows == 1 else 's'},"
