@@ -36,7 +36,14 @@ from csvjournal.errors import (
 from csvjournal.exporter import POLL_SECONDS, Exporter
 from csvjournal.store import Store
 
-__all__ = ["RETRY_NOTE", "catch_up", "check_copy_target", "export_to", "flush_csv"]
+__all__ = [
+    "RETRY_NOTE",
+    "UNSEEN_EXPORTER_SECONDS",
+    "catch_up",
+    "check_copy_target",
+    "export_to",
+    "flush_csv",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -127,6 +134,10 @@ def export_to(store: Store, settings: Settings, path: Path) -> int:
     return seq
 
 
+# How long a wait that must not wait for a stopped exporter waits for one it cannot see
+UNSEEN_EXPORTER_SECONDS = 60.0
+
+
 def flush_csv(
     store: Store,
     settings: Settings,
@@ -173,12 +184,15 @@ def flush_csv(
             exporter.export_again(None if deadline is None else deadline - time.monotonic())
         if _by_this_exporter(exporter, csv_path, target, deadline):
             return
+    seen, since = shown, time.monotonic()  # what the CSV showed last, and since when
     while True:
         check()
         with operation(), store.read() as conn:
             exported = _reads.exported_seq(conn)  # None: never written from the journal
             blocked = blocked_by(conn, csv_path)
             failure = export_failure(conn)
+        if exported != seen:
+            seen, since = exported, time.monotonic()
         if blocked is not None:  # the exporter of another handle waits for the edit's fate
             raise CsvChangedError(blocked)
         if exported is not None and exported >= target and csv_path.exists():
@@ -196,22 +210,35 @@ def flush_csv(
                 " tries again while its process runs; every record is safe in the journal)"
             )
         if deadline is not None or not_for_stopped:
-            _check_deadline(csv_path, deadline, timeout, not_for_stopped)
+            stalled = time.monotonic() - since
+            _check_deadline(csv_path, deadline, timeout, not_for_stopped, stalled)
         time.sleep(POLL_SECONDS)
 
 
 def _check_deadline(
-    csv_path: Path, deadline: float | None, timeout: float | None, not_for_stopped: bool
+    csv_path: Path,
+    deadline: float | None,
+    timeout: float | None,
+    not_for_stopped: bool,
+    stalled: float = 0.0,
 ) -> None:
     """Raise :class:`FlushTimeoutError` naming the exporter waited for (its process, and
     whether it is stopped: the usual reason an exporter falls behind) once ``deadline``
-    passed, or at once for a stopped one with ``not_for_stopped``."""
+    passed, or at once for a stopped one with ``not_for_stopped``; with that, also for one
+    this process cannot see (of another PID namespace) once the CSV has shown nothing new
+    for ``stalled`` >= :data:`UNSEEN_EXPORTER_SECONDS` (it may be stopped)."""
     late = deadline is not None and time.monotonic() >= deadline
     if not late and not not_for_stopped:
         return
     pid = exporter_pid(csv_path)
     halted = pid is not None and stopped(pid)
     if not late and not halted:
+        if pid is None and stalled >= UNSEEN_EXPORTER_SECONDS:
+            raise FlushTimeoutError(
+                f"{csv_path}: the CSV is behind the journal, and has shown nothing new for"
+                f" {stalled:.0f} s; its exporter is a process this one cannot see (of another"
+                " PID namespace, a container, say), perhaps stopped"
+            )
         return
     said = f"did not catch up with the journal in {timeout} s" if late else "is behind the journal"
     if pid is None:

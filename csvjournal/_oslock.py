@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from csvjournal._atomicfile import make_folder_like, open_lock_like
+from csvjournal._pids import pid_namespace
 from csvjournal._posix import fcntl
 
 __all__ = [
@@ -48,9 +49,11 @@ def open_lock_file(path: Path) -> int:
 def _say_pid(fd: int) -> None:
     """Write this process's id in the lock file ``fd`` it just locked, for messages about a
     stalled exporter (see :func:`exporter_pid`); the lock itself never depends on it."""
+    namespace = pid_namespace()  # (a process id names a process in one PID namespace)
+    said = f"{os.getpid()}" if namespace is None else f"{os.getpid()} {namespace[1]}"
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{said}\n".encode(), 0)
     except OSError:  # a full disk, say: the lock holds all the same
         pass
 
@@ -142,7 +145,8 @@ def exporter_alive(csv_path: Path) -> bool:
 
 def exporter_pid(csv_path: Path) -> int | None:
     """The process id that the exporter holding ``csv_path``'s lock wrote in it; None when
-    no exporter holds it, or the file does not say (an older csvjournal's)."""
+    no exporter holds it, or the file does not say (an older csvjournal's), or it names a
+    process of another PID namespace."""
     return exporter(csv_path)[1]
 
 
@@ -167,4 +171,17 @@ def exporter(csv_path: Path) -> tuple[bool, int | None]:
                 return False, None
         finally:
             os.close(fd)
-    return True, int(text) if text.strip().isdigit() else None
+    return True, _pid_said(text.decode(errors="replace"))
+
+
+def _pid_said(text: str) -> int | None:
+    """The process id an exporter wrote, if it names a process of this PID namespace (an
+    exporter in a container sharing the folder names one of its own)."""
+    words = text.split()
+    if not words or not words[0].isascii() or not words[0].isdigit():
+        return None
+    if len(words) > 1:
+        ours = pid_namespace()
+        if ours is None or words[1] != str(ours[1]):
+            return None
+    return int(words[0])

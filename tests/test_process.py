@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,10 @@ from pathlib import Path
 import pytest
 from _cli import wait_for
 
+import csvjournal
+from csvjournal import _flush
 from csvjournal._atomicfile import remove_temp_files, temp_prefix
+from csvjournal._oslock import exporter
 from csvjournal._pids import pid_namespace, start_ticks
 from csvjournal._process import RUN_VARIABLE, run_mark, stop_leftovers
 
@@ -231,6 +235,59 @@ def test_a_process_that_cannot_tell_its_namespace_keeps_a_named_ones_leftover(
     assert done.returncode == 0, done.stderr
     assert done.stdout == "[]\n"
     assert leftover.exists()
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or not _may_unshare(),
+    reason="making a PID namespace takes root (or user namespaces) and unshare(1)",
+)
+def test_recover_gives_up_on_a_stopped_exporter_it_cannot_see(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The exporter's process number means another process here (or none): recover could
+    # not tell it was stopped, and waited for good.
+    csv = tmp_path / "t.csv"
+    ready = tmp_path / "ready"
+    csvjournal.open(csv, key="ID").close()
+    script = (
+        "import pathlib, sys, time, csvjournal\n"
+        "journal = csvjournal.open(sys.argv[1])\n"
+        "journal.record('a')\n"
+        "journal.flush()\n"
+        "pathlib.Path(sys.argv[2]).touch()\n"
+        "time.sleep(600)\n"
+    )
+    unshare = ["unshare", "--pid", "--fork", "--mount-proc"]
+    container = subprocess.Popen(
+        [*unshare, sys.executable, "-c", script, str(csv), str(ready)], start_new_session=True
+    )
+    monkeypatch.setattr(_flush, "UNSEEN_EXPORTER_SECONDS", 1.0)
+    try:
+        wait_for(ready.exists, timeout=60)
+        assert exporter(csv)[0]
+        assert exporter(csv)[1] is None  # its number names no process of this namespace
+        os.killpg(container.pid, signal.SIGSTOP)
+        with csvjournal.open(csv, export=False) as journal:
+            journal.record("b")
+            outcome: list[BaseException] = []
+            waiter = threading.Thread(target=lambda: _catch(journal.recover, outcome))
+            waiter.start()
+            waiter.join(timeout=30)
+            assert not waiter.is_alive(), "recover() still waits"
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], csvjournal.FlushTimeoutError)
+        assert "cannot see" in str(outcome[0])
+    finally:
+        os.killpg(container.pid, signal.SIGKILL)
+        os.killpg(container.pid, signal.SIGCONT)
+        container.wait()
+
+
+def _catch(call: Callable[[], object], caught: list[BaseException]) -> None:
+    try:
+        call()
+    except BaseException as exc:
+        caught.append(exc)
 
 
 def _marked_with(journal: Path) -> list[int]:
