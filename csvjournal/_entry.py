@@ -4,9 +4,7 @@ a traceback."""
 
 from __future__ import annotations
 
-import json
 import sys
-from datetime import UTC, datetime
 
 EXIT_INTERRUPTED = 130
 
@@ -25,6 +23,8 @@ def interrupted_line(args: list[str]) -> str:
     """The line a command interrupted gives, as a JSON log line if ``--log-json`` is asked."""
     if "--log-json" not in (args[: args.index("--")] if "--" in args else args):
         return "csvjournal: interrupted\n"
+    import json  # (here: the fewer imports before main's try, the shorter the gap)
+    from datetime import UTC, datetime
     line = {
         "error": "interrupted",
         "exit_code": EXIT_INTERRUPTED,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from _cli import _json_lines, assert_error, finish, invoke, ok, start, state_of, statuses
 from click.testing import Result
@@ -499,3 +500,16 @@ def test_a_demo_stopped_before_it_marked_its_journal_is_replaced_by_the_next(
     with pytest.raises(CliError, match="not written by an earlier demo"):
         prepare_demo(tmp_path)
     assert Path(f"{csv}.journal").exists()
+
+
+def test_ctrl_c_while_the_command_line_is_read_is_one_line_and_130(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # (click's own reading of the group's options: it said "Aborted!" and exited 1)
+    def interrupted(*_args: object) -> list[str]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(click.Group, "parse_args", interrupted)
+    result = invoke("status", "x.csv")
+    assert result.exit_code == 130
+    assert result.stderr == "csvjournal: interrupted\n"

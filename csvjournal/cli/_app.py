@@ -187,6 +187,8 @@ class _Group(click.Group):
             return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as exc:
             raise _one_line(exc) from exc
+        except KeyboardInterrupt as exc:  # reading the command line: not click's "Aborted!"
+            raise Interrupted("interrupted") from exc
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
