@@ -64,9 +64,18 @@ def _near_miss(key: str, header: list[str]) -> str:
     def plain(name: str) -> str:
         return name.strip().lstrip("\ufeff").strip().casefold()
 
+    if header and header[0].startswith(_UTF8_BOM_MISREAD):  # (given --encoding cp1252, say)
+        return (
+            "; the file starts with UTF-8's byte-order mark, read in another encoding:"
+            " it is UTF-8 (give no encoding)"
+        )
     names = {plain(name): name for name in reversed(header)}  # the first of equals wins
     near = difflib.get_close_matches(plain(key), list(names), n=1, cutoff=0.75)
     return f"; did you mean {names[near[0]]!r}?" if near else ""
+
+
+# UTF-8's byte-order mark read as cp1252 or Latin-1 (the encodings a sheet is often given)
+_UTF8_BOM_MISREAD = ("\u00ef\u00bb\u00bf",)
 
 
 def check_own_columns(path: Path, parsed: ParsedCsv, columns: list[str]) -> None:

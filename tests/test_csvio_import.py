@@ -222,6 +222,14 @@ def test_a_missing_key_column_shows_the_header_and_a_near_miss(
         assert "did you mean" not in str(caught.value)
 
 
+@pytest.mark.parametrize("encoding", ["cp1252", "latin-1"])
+def test_a_utf8_file_read_in_another_encoding_is_named_utf8(tmp_path: Path, encoding: str) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_bytes(b"\xef\xbb\xbfk,v\n1,a\n")
+    with pytest.raises(csvjournal.CsvFormatError, match=r"it is UTF-8 \(give no encoding\)"):
+        csvjournal.open(path, key="k", encoding=encoding)
+
+
 @pytest.mark.parametrize(
     ("header", "said"),
     [
