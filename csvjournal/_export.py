@@ -22,7 +22,7 @@ from csvjournal._exportsignals import ExportSignals
 from csvjournal._handedits import CsvGuard
 from csvjournal._rendercache import RenderedCsv
 from csvjournal._settings import Settings, forget_values, read_value, stored_guard, write_value
-from csvjournal.csvio import EXCEL_MAX_ROWS, replace_with, sync_file, write_temp
+from csvjournal.csvio import EXCEL_MAX_ROWS, GUARD_RULES, replace_with, sync_file, write_temp
 from csvjournal.store import Store
 
 __all__ = ["ExportWriter", "Preview", "export_failure", "failure_text", "note_failure"]
@@ -143,6 +143,7 @@ class ExportWriter(ExportSignals):
                     write_value(conn, "csv_pending_seq", rendered.seq)
                     write_value(conn, "csv_pending_rows", len(rendered))
                     write_value(conn, "csv_pending_guard", self._formula_guard)
+                    write_value(conn, "csv_pending_guard_rules", GUARD_RULES)
             if not unchanged and self._store.durability == "full":
                 self._store.sync_wal()
             syncing.result()
@@ -170,6 +171,7 @@ class ExportWriter(ExportSignals):
             write_value(conn, "csv_seq", rendered.seq)
             write_value(conn, "csv_rows", len(rendered))
             write_value(conn, "csv_guard", self._formula_guard)
+            write_value(conn, "csv_guard_rules", GUARD_RULES)  # how a merge reads its sheet
             # a failure noted by whichever exporter (a backup restored, say) is over
             done = ("csv_failed", "csv_blocked") if self.blocked is not None else ("csv_failed",)
             forget_values(conn, *done)

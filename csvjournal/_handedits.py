@@ -88,6 +88,7 @@ _PLACED_FROM_PENDING = (
     ("csv_seq", "csv_pending_seq"),
     ("csv_rows", "csv_pending_rows"),
     ("csv_guard", "csv_pending_guard"),
+    ("csv_guard_rules", "csv_pending_guard_rules"),
 )
 
 

@@ -19,7 +19,7 @@ from csvjournal._leases import Action
 from csvjournal._mangledkeys import refuse_mangled_keys
 from csvjournal._settings import Settings, read_value
 from csvjournal._writer import PENDING
-from csvjournal.csvio import ParsedCsv, guard_formula, unguard_formula
+from csvjournal.csvio import ParsedCsv, sheet_guard
 from csvjournal.errors import CsvFormatError, RecordError
 from csvjournal.journal import Journal
 
@@ -93,8 +93,7 @@ def plan_rows(
     report.added_columns.extend(name for name in parsed.header if name not in known.columns)
     # The file shows a key as the guard shows it: '=A for the row =A, and for the row '=A
     # (the guard leaves it as it is); =A typed without the ' is the same row.
-    show = guard_formula if settings.formula_guard else str
-    read = unguard_formula if settings.formula_guard else str
+    show, read = sheet_guard(settings.formula_guard, settings.guard_rules)
     key_index = parsed.header.index(settings.key_column)
     seen: set[str] = set()
     planned: list[Planned] = []
@@ -186,8 +185,9 @@ def _spellings(settings: Settings, key: str) -> set[str]:
     """``key``, and with the formula guard on, the key it shows alike (``=A``, ``'=A``)."""
     if not settings.formula_guard:
         return {key}
-    typed = unguard_formula(key)
-    return {key, typed, guard_formula(typed)}
+    show, read = sheet_guard(True, settings.guard_rules)
+    typed = read(key)
+    return {key, typed, show(typed)}
 
 
 def _work_out_again(
@@ -202,8 +202,9 @@ def _work_out_again(
 ) -> None:
     """Merge the file's row at ``item.line`` again, the journal as it is now (its key as
     :func:`plan_rows` picks it: the row that the file's spelling names, if there is one)."""
-    typed = unguard_formula(item.key) if settings.formula_guard else item.key
-    twin = guard_formula(typed) if settings.formula_guard else typed
+    show, read = sheet_guard(settings.formula_guard, settings.guard_rules)
+    typed = read(item.key)
+    twin = show(typed)
     with journal._reading() as conn:
         current = _reads.rows_by_key(conn, known.columns, list({typed, twin}))
         key = typed if typed in current or twin not in current else twin
@@ -251,7 +252,7 @@ def _merge_one(
     """Merge the file's ``row`` into the journal's row ``known`` (None: a new row): find
     which fields records changed after the version the file shows, then
     :func:`_merge_row`."""
-    read = unguard_formula if settings.formula_guard else str
+    read = sheet_guard(settings.formula_guard, settings.guard_rules)[1]
     shown_at = row.get(settings.timestamp_column)
     if known is None or shown_at is None:
         newer = since_export.get(key, set()) if known else set()
@@ -304,8 +305,7 @@ def _merge_row(
     """Merge one ``row`` of the file into the journal's row ``known`` (None: a new row),
     keeping the fields ``newer`` that records changed after the version the file shows;
     the status of a row ``leased`` to a worker, which records it, stays."""
-    shown = guard_formula if settings.formula_guard else str
-    read = unguard_formula if settings.formula_guard else str
+    shown, read = sheet_guard(settings.formula_guard, settings.guard_rules)
     ours = {settings.key_column, settings.status_column, settings.timestamp_column}
     status = read(row.get(settings.status_column) or "") or None
     fields = {name: value for name, value in row.items() if name not in ours}

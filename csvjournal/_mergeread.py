@@ -20,7 +20,7 @@ from sqlalchemy import Connection, text
 
 from csvjournal._csvbytes import single_byte
 from csvjournal._settings import Settings
-from csvjournal.csvio import ParsedCsv, guard_formula, read_csv
+from csvjournal.csvio import ParsedCsv, read_csv, sheet_guard
 from csvjournal.errors import CsvFormatError
 
 __all__ = ["read_sheet"]
@@ -40,7 +40,7 @@ def read_sheet(conn: Connection, path: Path, settings: Settings, encoding: str |
         CsvFormatError: the file is not valid input.
         JournalIOError: the file could not be read.
     """
-    show = guard_formula if settings.formula_guard else str
+    show = sheet_guard(settings.formula_guard, settings.guard_rules)[0]
     # When the first records fit no dialect (a broken row), the exported one.
     expected = (settings.dialect.delimiter, settings.dialect.quotechar, show(settings.key_column))
     stored = settings.dialect.encoding

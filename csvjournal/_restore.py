@@ -39,8 +39,10 @@ log = structlog.get_logger(__name__)
 _EXPORT_STATE = (
     "csv_digest",
     "csv_guard",
+    "csv_guard_rules",
     "csv_pending",
     "csv_pending_guard",
+    "csv_pending_guard_rules",
     "csv_pending_seq",
     "csv_pending_rows",
     "csv_rows",

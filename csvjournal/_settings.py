@@ -15,7 +15,7 @@ from csvjournal import _schema as t
 from csvjournal import _twins as twins
 from csvjournal._csvbytes import writing_encoding
 from csvjournal._options import Options
-from csvjournal.csvio import CsvDialect, ParsedCsv
+from csvjournal.csvio import GUARD_RULES, CsvDialect, ParsedCsv
 from csvjournal.errors import SettingsError
 
 __all__ = [
@@ -62,6 +62,8 @@ class Settings:
     dialect: CsvDialect
     # Stored, so that every exporter of the journal (another process, the CLI) guards alike.
     formula_guard: bool = False
+    # Not stored: the guard's rules a sheet was written with, as a merge reads it
+    guard_rules: int = GUARD_RULES
 
 
 def _load(conn: Connection) -> Settings | None:

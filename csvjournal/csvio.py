@@ -11,8 +11,9 @@ from __future__ import annotations
 import csv
 import re
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -35,6 +36,7 @@ __all__ = [
     "EXCEL_MAX_CELL",
     "EXCEL_MAX_ROWS",
     "GUARD_RULES",
+    "GUARD_RULES_KNOWN",
     "TWIN_START",
     "CsvDialect",
     "ParsedCsv",
@@ -50,6 +52,7 @@ __all__ = [
     "render_csv",
     "render_rows",
     "replace_with",
+    "sheet_guard",
     "sync_file",
     "temp_prefix",
     "write_temp",
@@ -319,56 +322,52 @@ def _field_pattern(dialect: CsvDialect) -> re.Pattern[str]:
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # What a text starts with when guard_formula shows it as it shows another (see guard_twin).
 TWIN_START = ("'", *_FORMULA_START)
-# Which rules guard_formula follows: records an exporter stored under others are rendered
-# anew (2: numbers with a decimal comma or group separators are left alone too).
+# Which rules guard_formula follows (each export notes them, for a merge of its sheet; the
+# records an exporter stored under others are rendered anew). 2: a number with a decimal
+# comma or group separators is left alone too (rules 2 guard a part of what 1 did: no two
+# texts they show alike were shown apart before).
 GUARD_RULES = 2
-# A number as a sheet may hold it: a decimal point or comma, group separators (-1,234.50;
-# -1.234,50): digits and separators alone run nothing, whatever the spreadsheet's locale.
-_PLAIN_NUMBER = re.compile(r"[+-]?[.,]?[0-9][0-9.,]*([eE][+-]?[0-9]+)?")
-# ... and as rules 1 knew it: it guarded the others, "-12,5" as "'-12,5"
-_PLAIN_NUMBER_1 = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+GUARD_RULES_KNOWN = (1, 2)
+# A number as a sheet may hold it, by the rules: a decimal point or comma, group separators
+# (-1,234.50; -1.234,50): digits and separators alone run nothing, whatever the locale.
+_PLAIN_NUMBER = {
+    1: re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"),
+    2: re.compile(r"[+-]?[.,]?\d[\d.,]*([eE][+-]?\d+)?"),
+}
 
 
-def guard_formula(value: str) -> str:
+def guard_formula(value: str, rules: int = GUARD_RULES) -> str:
     """``value`` as a spreadsheet will not run it (OWASP "CSV injection"): text starting
     with ``= + - @``, tab or CR gets a leading ``'``; plain numbers such as ``-12.5`` or
-    ``-12,5`` stay. So does ``'-12,5``: a sheet shows it as ``''-12,5``, since
-    ``'-12,5`` is how an older csvjournal showed ``-12,5`` (see :func:`unguard_formula`)."""
-    if value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
-        return "'" + value
-    if value.startswith("'") and _guarded_by_rules_1(value[1:]):
+    ``-12,5`` stay (``rules`` 1, an older csvjournal's: only the first)."""
+    if value.startswith(_FORMULA_START) and not _PLAIN_NUMBER[rules].fullmatch(value):
         return "'" + value
     return value
 
 
-def _guarded_by_rules_1(value: str) -> bool:
-    """Whether rules 1 guarded ``value`` and rules 2 do not (``-12,5``, say)."""
-    return (
-        value.startswith(("+", "-"))
-        and _PLAIN_NUMBER.fullmatch(value) is not None
-        and _PLAIN_NUMBER_1.fullmatch(value) is None
-    )
-
-
-def unguard_formula(value: str) -> str:
-    """The value that :func:`guard_formula` showed as ``value`` (itself if not guarded),
-    under these rules or the older ones: a sheet an older csvjournal wrote shows
-    ``-12,5`` as ``'-12,5``."""
-    if value.startswith("'") and (
-        guard_formula(value[1:]) == value or _guarded_by_rules_1(value[1:])
-    ):
+def unguard_formula(value: str, rules: int = GUARD_RULES) -> str:
+    """The value that :func:`guard_formula` showed as ``value`` (itself if not guarded)."""
+    if value.startswith("'") and guard_formula(value[1:], rules) == value:
         return value[1:]
     return value
 
 
-def guard_twin(value: str) -> str | None:
+def sheet_guard(
+    formula_guard: bool, rules: int = GUARD_RULES
+) -> tuple[Callable[[str], str], Callable[[str], str]]:
+    """How a sheet written with (or without) the guard, under ``rules``, shows a text, and
+    what it means by a text it shows."""
+    if not formula_guard:
+        return str, str
+    return partial(guard_formula, rules=rules), partial(unguard_formula, rules=rules)
+
+
+def guard_twin(value: str, rules: int = GUARD_RULES) -> str | None:
     """The other text that :func:`guard_formula` shows as it shows ``value`` (``=A`` and
     ``'=A`` both show as ``'=A``), or ``None`` when no other text does."""
-    if guard_formula(value) != value:
-        return "'" + value
-    if value.startswith("'") and guard_formula(value[1:]) == value:
-        return value[1:]
-    return None
+    if value.startswith("'"):
+        return value[1:] if guard_formula(value[1:], rules) == value else None
+    return "'" + value if guard_formula(value, rules) != value else None
 
 
 def render_rows(

@@ -37,7 +37,7 @@ from csvjournal._mergeread import read_sheet
 from csvjournal._newer import MERGE_WORKER
 from csvjournal._open import open as open_journal
 from csvjournal._settings import forget_values, read_value, write_value
-from csvjournal.csvio import ParsedCsv, guard_formula, unguard_formula
+from csvjournal.csvio import GUARD_RULES_KNOWN, ParsedCsv, guard_formula, unguard_formula
 from csvjournal.errors import CsvFormatError
 
 __all__ = ["MergeReport", "merge_csv"]
@@ -70,8 +70,11 @@ def merge_csv(
         settings = journal.settings
         with journal._reading() as conn:  # the sheet shows the guard it was written with
             written_with = read_value(conn, "csv_guard")
+            rules = read_value(conn, "csv_guard_rules")
         if isinstance(written_with, bool):  # (an open may have turned it on or off since)
-            settings = replace(settings, formula_guard=written_with)
+            # under its rules: an older csvjournal noted none, and followed rules 1
+            rules = rules if rules in GUARD_RULES_KNOWN else 1
+            settings = replace(settings, formula_guard=written_with, guard_rules=rules)
         with journal._reading() as conn:
             parsed = read_sheet(conn, path, settings, encoding)
             known = {read_value(conn, "csv_digest"), read_value(conn, "csv_pending")}
@@ -80,7 +83,8 @@ def merge_csv(
             return replace(report, unedited=True)
         if settings.formula_guard:
             with journal._reading() as conn:
-                parsed = _unguarded_header(path, parsed, _reads.column_names(conn))
+                columns = _reads.column_names(conn)
+                parsed = _unguarded_header(path, parsed, columns, settings.guard_rules)
         check_keys(path, parsed, settings.key_column)
         _refuse_unwritable_names(path, parsed, settings.dialect.encoding)
         journal._local.worker = MERGE_WORKER  # this handle is the merge's own
@@ -95,7 +99,9 @@ def merge_csv(
             # ... but it shows no state of the journal: the next open rewrites it, also
             # when the merge changed nothing (rows deleted by hand come back); a running
             # exporter that the edit stopped resumes (it knows the file now)
-            forget_values(conn, "csv_seq", "csv_rows", "csv_blocked", "csv_guard")
+            forget_values(
+                conn, "csv_seq", "csv_rows", "csv_blocked", "csv_guard", "csv_guard_rules"
+            )
     log.info(
         "csv_merged",
         path=str(path),
@@ -128,7 +134,7 @@ def _refuse_unwritable_names(path: Path, parsed: ParsedCsv, encoding: str) -> No
             ) from None
 
 
-def _unguarded_header(path: Path, parsed: ParsedCsv, columns: list[str]) -> ParsedCsv:
+def _unguarded_header(path: Path, parsed: ParsedCsv, columns: list[str], rules: int) -> ParsedCsv:
     """``parsed`` with the column names its header shows as the formula guard shows them
     (``'=X``) taken as the journal's columns: ``=X``, or ``'=X`` if that is the one there
     is; a new name without the guard's ``'``.
@@ -139,8 +145,8 @@ def _unguarded_header(path: Path, parsed: ParsedCsv, columns: list[str]) -> Pars
     known = set(columns)
     header: list[str] = []
     for index, name in enumerate(parsed.header):
-        typed = unguard_formula(name)
-        shown = guard_formula(typed)
+        typed = unguard_formula(name, rules)
+        shown = guard_formula(typed, rules)
         column = typed if typed in known or shown not in known else shown
         if column in header:
             (line, at), first = (

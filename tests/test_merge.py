@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import sqlite3
 import time
 import tracemalloc
 from pathlib import Path
@@ -52,21 +53,22 @@ def test_merge_adds_updates_and_never_moves_a_terminal_row_back(csv_path: Path) 
     assert "c,COMPLETED,z," in text
 
 
-def test_a_guarded_sheet_an_older_csvjournal_wrote_merges_its_edits_and_no_quote(
+def test_a_guarded_sheet_an_older_csvjournal_wrote_is_read_by_its_rules(
     csv_path: Path,
 ) -> None:
-    # Its guard showed -12,5 as '-12,5 (rules 1); read as written, every such amount
-    # would have become a text with a ' in the journal.
+    # Its guard (rules 1) showed -12,5 as '-12,5, as it showed the text '-12,5 itself; read
+    # by today's rules, every such amount became a text with a ' in the journal.
     csv_path.write_text("ID;AMOUNT;NOTE\na;-12,5;x\nb;'=1+1;y\nc;'-1,5;z\n", encoding="utf-8")
     with csvjournal.open(csv_path, key="ID", formula_guard=True) as journal:
         journal.record("a", "COMPLETED")
         journal.flush()
-        assert journal.get("c")["AMOUNT"] == "'-1,5"  # type: ignore[index]
     text = csv_path.read_text(encoding="utf-8")
-    assert "a;-12,5;" in text  # shown as it is now
-    assert "c;''-1,5;" in text  # the text '-1,5, not the older guard's -1,5
-    older = text.replace("a;-12,5;x", "a;'-12,5;x2")  # as the older one showed it, edited
+    assert "a;-12,5;" in text  # shown as it is, today
+    older = text.replace("a;-12,5;x", "a;'-12,5;x2")  # as rules 1 showed it, then edited
     csv_path.write_text(older, encoding="utf-8")
+    with sqlite3.connect(f"{csv_path}.journal") as conn:  # an older csvjournal's export
+        conn.execute("DELETE FROM settings WHERE name = 'csv_guard_rules'")
+    conn.close()
     report = csvjournal.merge_csv(csv_path)
     assert report.updated == ["a"]
     with csvjournal.open(csv_path) as journal:
@@ -74,6 +76,7 @@ def test_a_guarded_sheet_an_older_csvjournal_wrote_merges_its_edits_and_no_quote
         assert journal.get("a")["NOTE"] == "x2"  # type: ignore[index]
         assert journal.get("b")["AMOUNT"] == "'=1+1"  # type: ignore[index]
         assert journal.get("c")["AMOUNT"] == "'-1,5"  # type: ignore[index]
+        assert [e.status for e in journal.history("c")] == []  # untouched
 
 
 def test_rows_deleted_by_hand_come_back_after_a_merge_that_changed_nothing(
