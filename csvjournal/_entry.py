@@ -25,6 +25,7 @@ def interrupted_line(args: list[str]) -> str:
         return "csvjournal: interrupted\n"
     import json  # (here: the fewer imports before main's try, the shorter the gap)
     from datetime import UTC, datetime
+
     line = {
         "error": "interrupted",
         "exit_code": EXIT_INTERRUPTED,

@@ -41,8 +41,10 @@ _PID_MAX = 2**22
 def writer_alive(pid: int, leftover: Path) -> bool:
     """Whether process ``pid`` runs and may have written ``leftover`` (a file or folder it
     named after itself) as it is now: it started before the leftover last changed."""
+    if pid <= 0:  # (os.kill would signal this process's own group)
+        return False
     try:
-        changed = leftover.stat().st_mtime
+        changed = leftover.lstat().st_mtime  # (a link's own: its target may be gone)
     except FileNotFoundError:
         return True  # gone already: its writer renamed or removed it
     try:

@@ -134,7 +134,7 @@ def remove_leftovers(csv_path: Path, journal_path: Path) -> list[Path]:
     prefix = f".{journal_path.name}.restoring-"
     for leftover in journal_path.parent.glob(f"{glob.escape(prefix)}*"):
         tag = leftover.name[len(prefix) :].removesuffix("-journal")
-        if tag_alive(tag, leftover) is False:
+        if not tag_alive(tag, leftover):  # (a name without a tag: an older one's, or junk)
             with contextlib.suppress(OSError):  # (a folder of that name: not ours)
                 leftover.unlink()
             if not os.path.lexists(leftover):

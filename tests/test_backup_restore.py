@@ -490,9 +490,11 @@ def test_leftovers_of_another_pid_namespace_are_kept_while_they_change(
         ".partial-\u00b2-x",  # a digit to str.isdigit, not to int()
         ".removing-\u0661\u0662-x",  # a digit to int(), not ASCII
         ".partial-junk",
+        ".partial-0-x",  # os.kill(0, 0) signals this process's own group
+        ".removing-4000000-x",
     ],
 )
-@pytest.mark.parametrize("kind", ["folder", "file", "link"])
+@pytest.mark.parametrize("kind", ["folder", "file", "link", "dangling link"])
 def test_odd_names_among_the_backups_never_stop_a_command(
     csv_path: Path, tmp_path: Path, name: str, kind: str
 ) -> None:
@@ -502,9 +504,11 @@ def test_odd_names_among_the_backups_never_stop_a_command(
         odd.mkdir()
     elif kind == "file":
         odd.write_text("x")
-    else:
+    elif kind == "link":
         (tmp_path / "target").write_text("kept")
         odd.symlink_to(tmp_path / "target")
+    else:
+        odd.symlink_to(tmp_path / "nowhere")
     beside = [
         csv_path.with_name(f".{JOURNAL}.restoring-\u00b2"),
         csv_path.with_name(f"{temp_prefix(csv_path)}\u00b2-x"),
@@ -515,7 +519,9 @@ def test_odd_names_among_the_backups_never_stop_a_command(
     with csvjournal.open(csv_path, keep_backups=0, export=False) as journal:
         removed = journal.recover().temp_files_removed
         journal.record("after", "DONE")
-    assert (odd in removed) == (not odd.exists() and not odd.is_symlink())
+    assert odd in removed
+    assert not odd.exists()
+    assert not odd.is_symlink()
     assert all(path.is_dir() and path not in removed for path in beside)
     if kind == "link":
         assert (tmp_path / "target").read_text() == "kept"
