@@ -28,7 +28,7 @@ from csvjournal.cli._journals import (
     no_journal,
     schema_revision,
 )
-from csvjournal.cli._output import one_line, print_json, working_on
+from csvjournal.cli._output import key_line, print_json, working_on
 from csvjournal.cli._usage import PathArgument
 from csvjournal.events import Event
 
@@ -106,15 +106,15 @@ def _flush(journal: csvjournal.Journal, done: str = "") -> None:
 @csv_argument
 @json_option
 def pending(csv: Path, as_json: bool) -> None:
-    """List the keys of pending rows, in CSV order, one a line (a line break in a key
-    shows as \\n; --json gives the keys exactly)."""
+    """List the keys of pending rows, in CSV order, one a line (a backslash or line break
+    in a key is escaped: \\\\, \\n; --json gives the keys exactly)."""
     with existing_journal(csv, reading=True) as journal:
         keys = journal.pending()
     if as_json:
         print_json({"csv": str(csv), "count": len(keys), "pending": keys})
     else:
         for key in keys:  # one a line: `pending x.csv | wc -l` counts rows
-            click.echo(one_line(key))
+            click.echo(key_line(key))
 
 
 def _field(text: str) -> tuple[str, str]:

@@ -20,6 +20,7 @@ __all__ = [
     "STDERR",
     "Stderr",
     "configure_logging",
+    "key_line",
     "log_json_wanted",
     "one_line",
     "print_json",
@@ -27,6 +28,25 @@ __all__ = [
     "stdout_console",
     "working_on",
 ]
+
+
+# What would end a line for a shell's `read` or Python's splitlines(), and the escape itself
+_LINE_ENDS = str.maketrans(
+    {
+        "\\": "\\\\",
+        "\n": "\\n",
+        "\r": "\\r",
+        "\x85": "\\x85",
+        "\u2028": "\\u2028",
+        "\u2029": "\\u2029",
+    }
+)
+
+
+def key_line(key: str) -> str:
+    """``key`` on one line, unambiguously: a backslash and whatever ends a line escaped as
+    Python writes them (``a\\nb`` is a line break, ``a\\\\nb`` a backslash and n)."""
+    return key.translate(_LINE_ENDS)
 
 
 def one_line(text: str) -> str:
