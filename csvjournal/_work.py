@@ -135,7 +135,7 @@ class Task:
                 given back): ``journal.record()`` changes the row further.
             the errors of :meth:`Journal.record`.
         """
-        if self.finished and not self.lost:  # (a second outcome was dropped as another's)
+        if self.finished and not self.lost and not self._reopened():
             raise RecordError(
                 f"{self.key}: this task is finished already (its outcome is recorded, or its"
                 " row given back); journal.record() changes the row further"
@@ -191,12 +191,21 @@ class Task:
 
     def _undone(self, exc: BaseException | None) -> bool:
         """Whether the record that finished the task was made in a ``batch()`` block that
-        the exception undid (the block ended inside the task's): then it is unfinished."""
+        was undone (by ``exc``, or by an error the body caught): then it is unfinished."""
         seq, self._in_block = self._in_block, None
-        if seq is None or exc is None or self._journal._in_batch():
+        if seq is None or (exc is not None and self._journal._in_batch()):
             return False
         if self._journal._event_committed(seq):
             return False
+        self.finished = False
+        return True
+
+    def _reopened(self) -> bool:
+        """Whether the record that finished the task was undone with its ``batch()`` block
+        (or savepoint) since: then the task is unfinished again, and may record."""
+        if self._in_block is None or self._journal._event_committed(self._in_block):
+            return False
+        self._in_block = None
         self.finished = False
         return True
 
@@ -309,7 +318,7 @@ def work(
             renewer.watch(task)
             yield task
             renewer.watch(None)
-            if not task.finished:
+            if not task.finished or task._reopened():  # (its outcome undone with a block)
                 task.record(success_status)
             task = None
     finally:

@@ -410,3 +410,24 @@ def test_a_finished_tasks_second_outcome_is_refused_not_dropped(jr: Journal) -> 
         break
     assert not task.lost
     assert jr.get(task.key)["STATUS"] == "COMPLETED"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("retry", [False, True])
+def test_an_outcome_undone_with_its_block_leaves_the_task_unfinished(
+    jr: Journal, retry: bool
+) -> None:
+    # The task stayed finished: the loop recorded nothing, stopped renewing, and waited
+    # for the lease it held itself; a second record() was refused.
+    first = KEYS[0]
+    for task in jr.work(lease=60):
+        try:
+            with jr.batch():
+                task.record("COMPLETED", NOTE="undone")
+                if task.key == first:
+                    raise _Boom
+        except _Boom:
+            if retry:
+                assert task.record("COMPLETED", NOTE="again") is not None
+    statuses = {key: jr.get(key)["STATUS"] for key in KEYS}  # type: ignore[index]
+    assert set(statuses.values()) == {"COMPLETED"}
+    assert jr.get(first)["NOTE"] == ("again" if retry else "")  # type: ignore[index]
