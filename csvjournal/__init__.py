@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+from csvjournal import _posix  # noqa: F401 - a system without POSIX locks is refused at import
+
 # (not typing's: importing typing takes 12 ms, in which a Ctrl-C would print a traceback;
 # type checkers take any name TYPE_CHECKING for theirs)
 TYPE_CHECKING = False
