@@ -10,10 +10,12 @@ import numbers
 import threading
 import time
 from collections.abc import Generator, Iterable, Mapping
+from typing import cast
 
 from csvjournal import _reads
 from csvjournal._handle import Handle
 from csvjournal._heldclaims import Change, ends
+from csvjournal._interrupts import HeldInterrupts
 from csvjournal._leases import (
     Action,
     claim_rows,
@@ -144,7 +146,15 @@ class Claims(Handle):
         waiting for a journal that other processes keep busy gives up
         (:class:`JournalBusyError`). Raises :class:`JournalClosedError` on a closed handle
         (a work loop still running at the close)."""
-        with self._held.claiming():
+        thread = threading.current_thread()  # not its ident, which a new thread may reuse
+
+        def note(taken: object) -> None:  # before a signal held off meanwhile raises
+            pairs = cast("list[tuple[str, int]]", taken)
+            self._note_claims([Change(key, seq, name, True, thread) for key, seq in pairs])
+
+        # (signals held off: one raising in the count's bookkeeping would leave close()
+        # waiting for a claim that ended)
+        with HeldInterrupts(), self._held.claiming():
             self._ensure()
             # The time is read inside the transaction, once the write lock is ours: a claim
             # that waited for the lock must see the leases that ran out meanwhile, and get
@@ -166,10 +176,9 @@ class Claims(Handle):
                         )
                     ),
                     abandon=abandon,
-                )
+                ),
+                committed=note,
             )
-            thread = threading.current_thread()  # not its ident, which a new thread may reuse
-            self._note_claims([Change(key, seq, name, True, thread) for key, seq in taken])
         self._ensure()  # (closed meanwhile: nothing taken)
         return [key for key, _ in taken]
 

@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -65,6 +65,7 @@ class Handle:
     def __init__(self, options: Options) -> None:
         self._options = options
         self._closed = False
+        self._closing = False  # a close begun and not done (see Journal.close)
         self._gate = _forking.ForkGate()
         self._fork_safe = True
         self._attach_lock = threading.Lock()
@@ -371,8 +372,10 @@ class Handle:
             self._local.worker = name
         return name
 
-    def _write(self, item: Item) -> object:
-        """Commit ``item``: in this thread's open batch, else in a group commit."""
+    def _write(self, item: Item, committed: Callable[[object], object] | None = None) -> object:
+        """Commit ``item``: in this thread's open batch, else in a group commit. Then
+        ``committed`` is told the result, before a signal held off meanwhile is handled
+        (which may raise: the caller's bookkeeping of a claim would be lost)."""
         batch: BatchState | None = self._batches.get(threading.get_ident())
         try:
             if batch is not None:
@@ -380,13 +383,18 @@ class Handle:
                     raise foreign_batch_error(self._options.csv_path)
                 if isinstance(item, RecordCall):  # its claim ends once the block commits
                     return batch.add(self._commits.prepare(item))
-                return batch.run(item)
+                result = batch.run(item)
+                if committed is not None:
+                    committed(result)
+                return result
             with HeldInterrupts():  # no Ctrl-C inside the commit: it would leave locks held
                 self._gate.enter()
                 try:
                     result = self._committer.submit(item)
                 finally:
                     self._gate.exit()
+                if committed is not None:
+                    committed(result)
             if self._watch is not None:
                 self._watch.poke()
             return result

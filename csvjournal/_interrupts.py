@@ -130,9 +130,13 @@ class HeldInterrupts:
 
     def deliver(self) -> None:
         """Run the handlers of the signals that came so far, now, holding the later ones
-        off still (before a COMMIT: raising, they undo it)."""
+        off again after (before a COMMIT: raising, they undo it). The handlers are put
+        back first: one that installs another (a one-shot handler) keeps it."""
         if self._noted and self._previous is not None:
-            self._run_noted(self._previous)
+            try:
+                self._release()
+            finally:
+                self._hold()
 
     @contextmanager
     def released(self) -> Iterator[None]:

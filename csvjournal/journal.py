@@ -368,19 +368,22 @@ class Journal(Claims):
             BatchOpenError: called inside a ``batch()`` block of this thread (the block's
                 records are not committed yet; close after it).
         """
-        if self._closed:
+        if self._closed and not self._closing:
             return
         self._refuse_in_batch("close")
         self._closed = True  # no new record, batch or claim from here on
-        if self._pid == _forking.PID:
-            self._held.wait_for_claims(self._options.busy_timeout)  # those under way end
-            if self._held:
-                try:
-                    self._release(self._held.every(), "released")
-                except CsvJournalError as exc:  # their leases run out instead
-                    log.warning("claims_not_released", path=str(self.csv_path), error=str(exc))
-            self._wait_for_writes()
-        self._shut()
+        self._closing = True  # until done: a close a signal cut short is taken up again
+        with HeldInterrupts():
+            if self._pid == _forking.PID:
+                self._held.wait_for_claims(self._options.busy_timeout)  # those under way end
+                if self._held:
+                    try:
+                        self._release(self._held.every(), "released")
+                    except CsvJournalError as exc:  # their leases run out instead
+                        log.warning("claims_not_released", path=str(self.csv_path), error=str(exc))
+                self._wait_for_writes()
+            self._shut()
+            self._closing = False
 
     def _wait_for_writes(self) -> None:
         """Let the batches and commits of other threads that began before the close end:

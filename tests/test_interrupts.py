@@ -359,3 +359,171 @@ def _lines(report: Path) -> list[str]:
     if not report.exists():
         return []
     return report.read_text().split("\n")[:-1]
+
+
+# A raising handler held off during a claim's commit: the rows it took stay the handle's
+CLAIMS = """\
+import json, signal, sys, time
+import structlog
+import csvjournal
+
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
+class Alarm(Exception):
+    pass
+
+armed = False
+
+def alarm(signum, frame):
+    if armed:
+        raise Alarm
+
+signal.signal(signal.SIGALRM, alarm)
+journal = csvjournal.open(sys.argv[1], key="K", durability="normal")
+signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+alarms, end = 0, time.monotonic() + 0.5
+while time.monotonic() < end:
+    try:
+        armed = True
+        journal.claim(1, lease=600)
+        armed = False
+    except Alarm:
+        armed = False
+        alarms += 1
+signal.setitimer(signal.ITIMER_REAL, 0)
+journal.close()
+print(json.dumps({"alarms": alarms}))
+"""
+
+
+def test_a_claim_cut_short_by_a_held_signal_keeps_its_rows_the_handles(tmp_path: Path) -> None:
+    # Its rows were committed IN_PROGRESS, never returned, and close() did not give them
+    # back: held for the whole lease.
+    script = tmp_path / "claims.py"
+    script.write_text(CLAIMS)
+    csv_path = tmp_path / "rows.csv"
+    csv_path.write_text("K\n" + "".join(f"{n}\n" for n in range(3000)))
+    done = subprocess.run(
+        [sys.executable, str(script), str(csv_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1])["alarms"] > 0
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.counts().get("IN_PROGRESS", 0) == 0
+
+
+# A one-shot handler (it installs another) whose signal comes while a block commits
+ONE_SHOT = """\
+import os, signal, sys, threading, time
+import structlog
+import csvjournal
+
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
+def second(signum, frame):
+    pass
+
+journal = csvjournal.open(sys.argv[1], key="K", durability="normal")
+stop = threading.Event()
+
+def pester():
+    while not stop.is_set():
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.0005)
+
+signal.signal(signal.SIGUSR1, second)
+threading.Thread(target=pester, daemon=True).start()
+end, n, blocks, stale = time.monotonic() + 1.5, 0, 0, 0
+while time.monotonic() < end:
+    ran = []
+
+    def first(signum, frame):
+        ran.append(1)
+        signal.signal(signal.SIGUSR1, second)
+
+    signal.signal(signal.SIGUSR1, first)
+    with journal.batch():
+        for _ in range(2000):
+            n += 1
+            journal.record(f"k{n}")
+    blocks += 1
+    if ran and signal.getsignal(signal.SIGUSR1) is not second:
+        stale += 1
+stop.set()
+journal.close()
+print(blocks, stale)
+"""
+
+
+def test_a_handler_that_installs_another_keeps_it_across_a_blocks_commit(tmp_path: Path) -> None:
+    # The handlers held off were put back over the one the first handler installed.
+    script = tmp_path / "one_shot.py"
+    script.write_text(ONE_SHOT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "one.csv")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    blocks, stale = map(int, done.stdout.split())
+    assert blocks > 0
+    assert stale == 0
+
+
+# A raising handler whose signal comes while close() writes the last records
+CLOSING = """\
+import json, signal, sys
+import structlog
+import csvjournal
+
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
+class Alarm(Exception):
+    pass
+
+def alarm(signum, frame):
+    raise Alarm
+
+journal = csvjournal.open(sys.argv[1], key="K", durability="normal")
+with journal.batch():
+    for n in range(20000):
+        journal.record(f"k{n}", "DONE")
+signal.signal(signal.SIGALRM, alarm)
+signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+alarms = 0
+for _ in range(3):
+    try:
+        journal.close()
+    except Alarm:
+        alarms += 1
+signal.setitimer(signal.ITIMER_REAL, 0)
+print(json.dumps({"alarms": alarms}))
+"""
+
+
+def test_close_cut_short_by_a_signal_still_writes_the_csv_and_removes_its_files(
+    tmp_path: Path,
+) -> None:
+    # close() was left half done (the CSV behind, -wal/-shm left), and every later close(),
+    # the one at exit too, did nothing.
+    script = tmp_path / "closing.py"
+    script.write_text(CLOSING)
+    csv_path = tmp_path / "c.csv"
+    done = subprocess.run(
+        [sys.executable, str(script), str(csv_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1])["alarms"] >= 1
+    assert len(csv_path.read_text().splitlines()) == 20001
+    assert not Path(f"{csv_path}.journal-wal").exists()
+    assert not Path(f"{csv_path}.journal-shm").exists()
