@@ -73,18 +73,9 @@ print(json.dumps({"done": done + others["done"] + ["after"], "interrupted": inte
 def test_ctrl_c_while_recording_leaves_the_handle_whole_and_other_threads_alone(
     tmp_path: Path,
 ) -> None:
-    script = tmp_path / "storm.py"
-    script.write_text(STORM)
     csv_path = tmp_path / "storm.csv"
-    done = subprocess.run(
-        [sys.executable, str(script), str(csv_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    outcome = json.loads(done.stdout.splitlines()[-1])
+    out = _run_script(tmp_path, STORM, str(csv_path))
+    outcome = json.loads(out.splitlines()[-1])
     assert outcome["interrupted"] > 0, "no SIGINT reached a record()"
     assert outcome["errors"] == []  # no foreign error: a KeyboardInterrupt, or nothing
     assert outcome["other_errors"] == []  # the other threads never see the interrupt
@@ -134,17 +125,8 @@ print("ok", stops)
 def test_an_applications_own_raising_handler_never_leaves_the_handle_stuck(
     tmp_path: Path,
 ) -> None:
-    script = tmp_path / "own.py"
-    script.write_text(OWN_HANDLER)
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "own.csv")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.startswith("ok "), done.stdout
+    out = _run_script(tmp_path, OWN_HANDLER, str(tmp_path / "own.csv"))
+    assert out.startswith("ok "), out
 
 
 # batch() under a storm of Ctrl-C: a block is all or nothing, the handle stays whole
@@ -198,18 +180,9 @@ print(json.dumps({"blocks": blocks, "interrupted": interrupted, "records": recor
 def test_ctrl_c_storm_on_batches_leaves_each_block_whole_and_the_handle_working(
     tmp_path: Path, durability: str
 ) -> None:
-    script = tmp_path / "batch_storm.py"
-    script.write_text(BATCH_STORM)
     csv_path = tmp_path / "storm.csv"
-    done = subprocess.run(
-        [sys.executable, str(script), str(csv_path), durability],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    outcome = json.loads(done.stdout.splitlines()[-1])
+    out = _run_script(tmp_path, BATCH_STORM, str(csv_path), durability)
+    outcome = json.loads(out.splitlines()[-1])
     assert outcome["interrupted"], "no SIGINT reached a batch()"
     assert outcome["errors"] == []  # a KeyboardInterrupt, or nothing
     assert outcome["left_open"] == 0  # (an unlucky one left a dead batch behind)
@@ -288,18 +261,9 @@ print(json.dumps({"done": done + others["done"] + ["after"], "alarms": alarms,
 def test_a_timeouts_raising_alarm_never_wedges_the_handle_nor_fails_other_threads(
     tmp_path: Path,
 ) -> None:
-    script = tmp_path / "alarms.py"
-    script.write_text(ALARMS)
     csv_path = tmp_path / "alarms.csv"
-    done = subprocess.run(
-        [sys.executable, str(script), str(csv_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    outcome = json.loads(done.stdout.splitlines()[-1])
+    out = _run_script(tmp_path, ALARMS, str(csv_path))
+    outcome = json.loads(out.splitlines()[-1])
     assert outcome["alarms"] > 0, "no alarm reached a record()"
     assert outcome["errors"] == []
     assert outcome["other_errors"] == []  # (the main thread's Alarm reached them)
@@ -399,19 +363,10 @@ print(json.dumps({"alarms": alarms}))
 def test_a_claim_cut_short_by_a_held_signal_keeps_its_rows_the_handles(tmp_path: Path) -> None:
     # Its rows were committed IN_PROGRESS, never returned, and close() did not give them
     # back: held for the whole lease.
-    script = tmp_path / "claims.py"
-    script.write_text(CLAIMS)
     csv_path = tmp_path / "rows.csv"
     csv_path.write_text("K\n" + "".join(f"{n}\n" for n in range(3000)))
-    done = subprocess.run(
-        [sys.executable, str(script), str(csv_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.splitlines()[-1])["alarms"] > 0
+    out = _run_script(tmp_path, CLAIMS, str(csv_path))
+    assert json.loads(out.splitlines()[-1])["alarms"] > 0
     with csvjournal.open(csv_path, export=False) as journal:
         assert journal.counts().get("IN_PROGRESS", 0) == 0
 
@@ -461,17 +416,8 @@ print(blocks, stale)
 
 def test_a_handler_that_installs_another_keeps_it_across_a_blocks_commit(tmp_path: Path) -> None:
     # The handlers held off were put back over the one the first handler installed.
-    script = tmp_path / "one_shot.py"
-    script.write_text(ONE_SHOT)
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "one.csv")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    blocks, stale = map(int, done.stdout.split())
+    out = _run_script(tmp_path, ONE_SHOT, str(tmp_path / "one.csv"))
+    blocks, stale = map(int, out.split())
     assert blocks > 0
     assert stale == 0
 
@@ -512,18 +458,25 @@ def test_close_cut_short_by_a_signal_still_writes_the_csv_and_removes_its_files(
 ) -> None:
     # close() was left half done (the CSV behind, -wal/-shm left), and every later close(),
     # the one at exit too, did nothing.
-    script = tmp_path / "closing.py"
-    script.write_text(CLOSING)
     csv_path = tmp_path / "c.csv"
+    out = _run_script(tmp_path, CLOSING, str(csv_path))
+    assert json.loads(out.splitlines()[-1])["alarms"] >= 1
+    assert len(csv_path.read_text().splitlines()) == 20001
+    assert not Path(f"{csv_path}.journal-wal").exists()
+    assert not Path(f"{csv_path}.journal-shm").exists()
+
+
+def _run_script(tmp_path: Path, source: str, *args: str) -> str:
+    """Run ``source`` as a script in a process of its own; return its stdout (it must
+    end with status 0)."""
+    script = tmp_path / "script.py"
+    script.write_text(source)
     done = subprocess.run(
-        [sys.executable, str(script), str(csv_path)],
+        [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.splitlines()[-1])["alarms"] >= 1
-    assert len(csv_path.read_text().splitlines()) == 20001
-    assert not Path(f"{csv_path}.journal-wal").exists()
-    assert not Path(f"{csv_path}.journal-shm").exists()
+    return done.stdout
