@@ -53,7 +53,10 @@ def test_the_demo_stops_its_worker_only_while_it_holds_a_row_with_an_attempt_lef
             # the row held on its last attempt: killed then, it would be spent, so no
             # moment comes, and no stale list of rows is returned
             assert _demo._stop_holding(victim, journal) == expected
-            assert _state(victim.pid or 0) == "T"  # stopped, for the demo's kill -9
+            deadline = time.monotonic() + READY_TIMEOUT  # (a signal is delivered, not done)
+            while _state(victim.pid or 0) != "T":  # stopped, for the demo's kill -9
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
         finally:
             victim.kill()
             victim.join()

@@ -812,7 +812,12 @@ def test_ctrl_z_stops_the_running_commands_with_the_run_and_fg_goes_on(
         str(CONSOLE_SCRIPT), "run", str(rows8), "--workers", "2",
         "--", sys.executable, str(job), "{ID}", str(tmp_path),
     ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    # A process group of its own whose parent is in another group of the session, as a
+    # shell's job is: in an orphaned group (this test's own, once whoever started the
+    # tests has gone) the kernel discards a Ctrl-Z's stop.
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, process_group=0
+    )
     try:
 
         def hung() -> list[int]:
