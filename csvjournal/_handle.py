@@ -24,15 +24,15 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection
 
-from csvjournal import _forking
-from csvjournal._atomicfile import create_like, is_empty, remove_quietly
+from csvjournal import _forking, _opening
+from csvjournal._atomicfile import remove_quietly
 from csvjournal._batch import BatchState, foreign_batch_error
 from csvjournal._commits import Commits, Item
 from csvjournal._dberrors import DB_ERRORS, journal_errors, translate
 from csvjournal._flush import catch_up
 from csvjournal._groupcommit import GroupCommitter
 from csvjournal._heldclaims import HeldClaims
-from csvjournal._importer import check_keys, check_own_columns, import_rows, unfinished
+from csvjournal._importer import import_rows
 from csvjournal._interrupts import HeldInterrupts
 from csvjournal._leases import Action, expire_leases
 from csvjournal._options import Options
@@ -43,11 +43,11 @@ from csvjournal._settings import Settings, read_value, settle, settled, stored_g
 from csvjournal._tags import give_tag, take_tag
 from csvjournal._values import timestamp_now
 from csvjournal._writer import RecordCall, Writer
-from csvjournal.backup import backups_folder, keep_for_good, take_backup
-from csvjournal.csvio import ParsedCsv, read_csv
-from csvjournal.errors import CsvJournalError, JournalBusyError, JournalClosedError, JournalIOError
+from csvjournal.backup import keep_for_good
+from csvjournal.csvio import ParsedCsv
+from csvjournal.errors import CsvJournalError, JournalBusyError, JournalClosedError
 from csvjournal.exporter import Exporter
-from csvjournal.store import Store, remove_journal_files
+from csvjournal.store import remove_journal_files
 
 __all__ = ["Handle"]
 
@@ -88,25 +88,11 @@ class Handle:
         options = self._options
         self._pid = _forking.PID
         created = not options.journal_path.exists()
-        # A new journal imports an existing CSV: read and check it before anything exists.
-        # So does one whose creation never finished (if another process is creating it
-        # right now, it finishes first, and this open finds the journal made).
-        source = None
-        if (created or unfinished(options.journal_path)) and options.csv_path.exists():
-            source = read_csv(options.csv_path, encoding=options.encoding, key=options.key)
-            check_keys(
-                options.csv_path,
-                source,
-                options.key or "",
-                formula_guard=bool(options.formula_guard),
-            )
-            check_own_columns(
-                options.csv_path,
-                source,
-                [str.__str__(options.status_column), str.__str__(options.timestamp_column)],
-            )
+        source = _opening.source_to_import(options, created)
         self._visit = ReadOnlyVisit(options.journal_path)  # (before SQLite makes the files)
-        made, ours = self._open_store(created, source)
+        self._store, made, ours = _opening.open_store(
+            options, created, source, self._backup_before_upgrade
+        )
         self._created = False  # whether this open made the journal's settings (see _settle)
         try:
             with journal_errors(options.journal_path, options.csv_path):
@@ -146,48 +132,8 @@ class Handle:
             # a multiprocessing worker ends with os._exit: atexit never runs, finalizers do
             multiprocessing.util.Finalize(None, self._close_at_worker_exit, exitpriority=10)
 
-    def _open_store(self, created: bool, source: ParsedCsv | None) -> tuple[list[Path], bool]:
-        """Open (or create) the journal's store; return what a failed creation must
-        remove again (the writers' queue makes its lock file, in a folder perhaps new),
-        and whether this open made the journal's file (another process may be making it
-        at the same moment: never ours to remove)."""
-        options = self._options
-        folder = backups_folder(options.csv_path)
-        made = [path for path in (folder / "writer.lock", folder) if not path.exists()]
-        journal = options.journal_path
-        # the CSV's data, readable by the same people
-        try:
-            ours = created and create_like(journal, options.csv_path if source else None)
-        except OSError as exc:  # its folder read-only or missing, say
-            raise JournalIOError(
-                f"{journal}: cannot create the journal ({exc.strerror or exc})"
-            ) from exc
-        try:
-            with self._errors():  # a damaged journal: the message names the backup
-                self._store = Store(
-                    journal,
-                    durability=options.durability,
-                    busy_timeout=options.busy_timeout,
-                    allow_network_fs=options.allow_network_fs,
-                    before_upgrade=self._backup_before_upgrade,
-                    queue_path=folder / "writer.lock",
-                )
-        except BaseException as exc:
-            if ours and (isinstance(exc, JournalIOError) or is_empty(journal)):
-                remove_journal_files(journal)  # a full disk, say: nothing written in
-                remove_quietly(made)
-            raise
-        return made, ours
-
     def _backup_now(self) -> Path:
-        options = self._options
-        with journal_errors(options.journal_path, options.csv_path, "back up the journal"):
-            return take_backup(
-                options.csv_path,
-                options.journal_path,
-                keep=options.keep_backups,
-                busy_timeout=options.busy_timeout,
-            )
+        return _opening.backup_now(self._options)
 
     def _backup_before_upgrade(self) -> None:
         # The way back to the csvjournal that wrote the old schema: never pruned.

@@ -1,0 +1,98 @@
+"""What a handle's open does first: read the CSV a new journal imports, open the store.
+
+Kept apart from :mod:`csvjournal._handle` (the handle's lifetime) because these steps run
+before the handle has a store or settings, and clean up after themselves when they fail:
+an open refused leaves nothing behind that it made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from csvjournal._atomicfile import create_like, is_empty, remove_quietly
+from csvjournal._dberrors import journal_errors
+from csvjournal._importer import check_keys, check_own_columns, unfinished
+from csvjournal._options import Options
+from csvjournal.backup import backups_folder, take_backup
+from csvjournal.csvio import ParsedCsv, read_csv
+from csvjournal.errors import JournalIOError
+from csvjournal.store import Store, remove_journal_files
+
+__all__ = ["backup_now", "open_store", "source_to_import"]
+
+
+def source_to_import(options: Options, created: bool) -> ParsedCsv | None:
+    """The CSV a new journal imports, read and checked before anything exists; ``None``
+    when there is none to import. A journal whose creation never finished imports it too
+    (if another process is creating it right now, it finishes first, and the open finds
+    the journal made).
+
+    Raises :class:`~csvjournal.errors.CsvFormatError` (or another
+    :class:`~csvjournal.errors.CsvJournalError`) for a CSV that cannot be imported."""
+    if not (created or unfinished(options.journal_path)) or not options.csv_path.exists():
+        return None
+    source = read_csv(options.csv_path, encoding=options.encoding, key=options.key)
+    check_keys(
+        options.csv_path, source, options.key or "", formula_guard=bool(options.formula_guard)
+    )
+    check_own_columns(
+        options.csv_path,
+        source,
+        [str.__str__(options.status_column), str.__str__(options.timestamp_column)],
+    )
+    return source
+
+
+def open_store(
+    options: Options,
+    created: bool,
+    source: ParsedCsv | None,
+    before_upgrade: Callable[[], None],
+) -> tuple[Store, list[Path], bool]:
+    """Open (or create) the journal's store. Also return what a failed creation must
+    remove again (the writers' queue makes its lock file, in a folder perhaps new), and
+    whether this open made the journal's file (another process may be making it at the
+    same moment: never ours to remove).
+
+    Raises :class:`~csvjournal.errors.JournalIOError` when the journal cannot be created,
+    and the store's errors (a damaged journal's message names the backup)."""
+    folder = backups_folder(options.csv_path)
+    made = [path for path in (folder / "writer.lock", folder) if not path.exists()]
+    journal = options.journal_path
+    # the CSV's data, readable by the same people
+    try:
+        ours = created and create_like(journal, options.csv_path if source else None)
+    except OSError as exc:  # its folder read-only or missing, say
+        raise JournalIOError(
+            f"{journal}: cannot create the journal ({exc.strerror or exc})"
+        ) from exc
+    try:
+        with journal_errors(options.journal_path, options.csv_path):
+            store = Store(
+                journal,
+                durability=options.durability,
+                busy_timeout=options.busy_timeout,
+                allow_network_fs=options.allow_network_fs,
+                before_upgrade=before_upgrade,
+                queue_path=folder / "writer.lock",
+            )
+    except BaseException as exc:
+        if ours and (isinstance(exc, JournalIOError) or is_empty(journal)):
+            remove_journal_files(journal)  # a full disk, say: nothing written in
+            remove_quietly(made)
+        raise
+    return store, made, ours
+
+
+def backup_now(options: Options) -> Path:
+    """Back the journal up now, as the options keep backups; return the backup's path.
+
+    Raises :class:`~csvjournal.errors.CsvJournalError` when it cannot be taken."""
+    with journal_errors(options.journal_path, options.csv_path, "back up the journal"):
+        return take_backup(
+            options.csv_path,
+            options.journal_path,
+            keep=options.keep_backups,
+            busy_timeout=options.busy_timeout,
+        )
