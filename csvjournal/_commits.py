@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from csvjournal._twins import may_twin, twin_problem
 from csvjournal._values import timestamp_now
 from csvjournal._writer import RecordCall, RecordOp, Writer, prepare_record
 from csvjournal.csvio import EXCEL_MAX_CELL
-from csvjournal.errors import JournalIOError, RecordError
+from csvjournal.errors import JournalBusyError, JournalIOError, RecordError
 from csvjournal.store import Store
 
 __all__ = ["Commits", "Item"]
@@ -46,6 +47,15 @@ _CHECK_SECONDS = 0.05
 def _refusal(error: BaseException) -> Action:
     """An item that writes nothing and fails its own caller alone with ``error``."""
     return Action(lambda conn, writer: Refused(error))
+
+
+def _lock_timeout(store: Store) -> JournalBusyError:
+    # A thread that waits for good would hang for good on a block that awaits its write
+    # (asyncio.to_thread inside batch()): bounded as another process's wait is.
+    return JournalBusyError(
+        f"{store.path}: journal still locked by another thread of this process after"
+        f" {store.busy_timeout:g} s (a batch() block that long, or one waiting for this write)"
+    )
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -150,10 +160,27 @@ class Commits:
             results = [next(done) if r is None else r for r in results]
         return results
 
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the handle's write lock, waiting for another thread's commit or
+        ``batch()`` block up to the busy timeout.
+
+        Raises:
+            JournalBusyError: another thread held it longer than the busy timeout.
+        """
+        if not self._write_lock.acquire(timeout=self._store.busy_timeout):
+            raise _lock_timeout(self._store)
+        try:
+            yield
+        finally:
+            self._write_lock.release()
+
     def _commit(self, items: Sequence[RecordOp | Action]) -> list[object]:
         writer = self._writer
         store = self._store
-        with self._write_lock:
+        if not self._write_lock.acquire(timeout=store.busy_timeout):  # (inline: every commit)
+            raise _lock_timeout(store)
+        try:
             if self._lost is not None:  # for good: the handle writes to a file no one reads
                 raise JournalIOError(self._lost)
             conn = store.writer()
@@ -178,6 +205,8 @@ class Commits:
                 raise
             finally:
                 store.end_writer(queued)
+        finally:
+            self._write_lock.release()
         return results
 
     def _apply(self, conn: sqlite3.Connection, items: Sequence[RecordOp | Action]) -> list[object]:

@@ -119,7 +119,7 @@ class Journal(Claims):
         with (
             HeldInterrupts() as held,
             self._gate.operation(),
-            self._write_lock,
+            self._commits.locked(),
             self._store.engine.connect() as conn,
         ):
             state = BatchState(

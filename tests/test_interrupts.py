@@ -138,6 +138,13 @@ import csvjournal
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 journal = csvjournal.open(sys.argv[1], key="K", durability=sys.argv[2], busy_timeout=2)
 stop = threading.Event()
+armed = False  # Ctrl-C raises inside the tries only: one between them would end the script
+
+def interrupt(signum, frame):
+    if armed:
+        raise KeyboardInterrupt
+
+signal.signal(signal.SIGINT, interrupt)
 
 def ctrl_c():
     while not stop.is_set():
@@ -150,21 +157,28 @@ end, n = time.monotonic() + 1.5, 0
 while time.monotonic() < end:
     n += 1
     try:
+        armed = True
         with journal.batch():
             journal.record(f"b{n}-1", "COMPLETED")
             with journal.batch():
                 journal.record(f"b{n}-2", "COMPLETED")
+        armed = False
         blocks.append(n)
     except KeyboardInterrupt:
+        armed = False
         interrupted.append(n)
     except Exception as exc:
+        armed = False
         errors.append(repr(exc))
     try:
+        armed = True
         journal.record(f"r{n}", "COMPLETED")
+        armed = False
         records.append(f"r{n}")
     except KeyboardInterrupt:
-        pass
+        armed = False
     except Exception as exc:
+        armed = False
         errors.append(repr(exc))
 stop.set()
 signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -229,3 +229,86 @@ def test_a_generator_driven_inside_a_block_writes_into_it(journal: Journal) -> N
         assert len(list(rows())) == 3
         raise RuntimeError("undo")
     assert journal.get("g0") is None
+
+
+@pytest.fixture
+def quick(csv_path: Path) -> Iterator[Journal]:
+    """A journal whose writers wait at most half a second for one another."""
+    with csvjournal.open(csv_path, key="PO_NUMBER", terminal={"DONE"}, busy_timeout=0.5) as j:
+        yield j
+
+
+def test_a_block_awaiting_another_threads_write_gets_busy_not_a_hang(quick: Journal) -> None:
+    # The write waits for the block and the block for the write: it hung for good.
+    async def job() -> None:
+        with quick.batch():
+            quick.record("A1")
+            await asyncio.to_thread(quick.record, "B1")
+
+    started = time.monotonic()
+    with pytest.raises(csvjournal.JournalBusyError, match="another thread of this process"):
+        asyncio.run(job())
+    assert time.monotonic() - started < 10
+    assert quick.get("A1") is None  # the block raised: undone, and the journal works on
+    assert quick.record("B1") == 1
+    assert quick.pending() == ["B1"]
+
+
+@pytest.mark.parametrize("write", ["record", "batch"])
+def test_another_threads_write_waits_for_a_long_block_up_to_the_busy_timeout(
+    quick: Journal, write: str
+) -> None:
+    inside, done = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def hold() -> None:
+        with quick.batch():
+            quick.record("LONG")
+            inside.set()
+            done.wait(10)
+
+    def other() -> None:
+        if write == "record":
+            quick.record("OTHER")
+        else:
+            with quick.batch():
+                quick.record("OTHER")
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert inside.wait(10)
+        started = time.monotonic()
+        try:
+            other()
+        except csvjournal.JournalBusyError as exc:
+            errors.append(exc)
+        waited = time.monotonic() - started
+    finally:
+        done.set()
+        holder.join(10)
+    assert len(errors) == 1
+    assert "0.5 s" in str(errors[0])
+    assert 0.4 < waited < 5
+    assert quick.get("LONG") is not None  # the block committed all the same
+    assert quick.get("OTHER") is None
+    other()  # once the block is over, the write goes through
+    assert quick.get("OTHER") is not None
+
+
+def test_another_threads_write_waits_for_a_short_block(quick: Journal) -> None:
+    inside = threading.Event()
+
+    def hold() -> None:
+        with quick.batch():
+            quick.record("SHORT")
+            inside.set()
+            time.sleep(0.1)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert inside.wait(10)
+    quick.record("AFTER")  # waits 0.1 s of the 0.5 allowed
+    holder.join(10)
+    assert [e.key for e in quick.history("AFTER")] == ["AFTER"]
+    assert quick.pending() == ["SHORT", "AFTER"]
