@@ -322,8 +322,10 @@ def work(
                 task.record(success_status)
             task = None
     finally:
-        renewer.stop()
-        if task is not None and not task.finished:
-            # closed first: close() gave the row back already
-            with contextlib.suppress(JournalClosedError):
-                task.release()
+        try:
+            renewer.stop()  # (a signal handler may raise while it joins)
+        finally:
+            if task is not None and not task.finished:
+                # closed first: close() gave the row back already
+                with contextlib.suppress(JournalClosedError):
+                    task.release()

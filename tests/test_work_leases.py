@@ -441,3 +441,43 @@ def test_a_task_finished_while_its_lease_is_renewed_is_never_called_lost(tmp_pat
                 lost.append(task.key)
         assert journal.pending() == []
     assert lost == []
+
+
+class _Alarm(Exception):
+    pass
+
+
+def _raise_alarm(signum: int, frame: object) -> None:
+    raise _Alarm
+
+
+def test_a_signal_raising_while_the_loop_stops_its_renewer_still_gives_the_row_back(
+    csv_path: Path,
+) -> None:
+    # Leaving the loop joins the renewer; a timeout's SIGALRM that raised during that
+    # join skipped giving the row back: IN_PROGRESS under this worker until close().
+    journal = _open(csv_path, busy_timeout=5)
+    try:
+        loop = journal.work(lease=0.3)
+        task = next(loop)
+        other = sqlite3.connect(journal.journal_path, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")  # the renewer's next extend() waits for it
+        time.sleep(0.2)
+        unblock = threading.Timer(0.5, other.rollback)
+        unblock.start()
+        previous = signal.signal(signal.SIGALRM, _raise_alarm)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            with pytest.raises(_Alarm):
+                loop.close()  # the join is under way when the alarm comes
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            unblock.join()
+            other.close()
+        row = journal.get(task.key)
+        assert row is not None
+        assert row["STATUS"] == "PENDING"
+        assert journal.claim(5, lease=LONG)[0] == task.key  # anyone may take it at once
+    finally:
+        journal.close()
