@@ -178,5 +178,6 @@ def foreign_batch_error(path: object) -> BatchOpenError:
         f"{path}: another asyncio task (or code the event loop ran meanwhile) of this thread"
         " has a batch() block open: its records would join that block. Blocks are per"
         " thread: do not await inside one (nor wait there for another thread's write: it"
-        " waits for the block), or run each whole block in a thread (asyncio.to_thread)"
+        " waits for the block, then fails with JournalBusyError), or run each whole block"
+        " in a thread (asyncio.to_thread)"
     )
