@@ -7,10 +7,11 @@ same thread, and at commit.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from sqlalchemy import Connection
 
@@ -21,9 +22,14 @@ from csvjournal._writer import RecordOp, Writer
 from csvjournal.errors import BatchOpenError
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
+    from csvjournal._interrupts import HeldInterrupts
     from csvjournal._leases import Action
 
-__all__ = ["BatchState", "foreign_batch_error"]
+__all__ = ["BatchState", "Block", "foreign_batch_error"]
+
+T = TypeVar("T")
 
 # The blocks open in this context: an asyncio task's (or a thread's) own. Batches are kept
 # per thread; a task switch inside a block would let another task's records into it.
@@ -136,6 +142,7 @@ class BatchState:
                 self.flush()
             before_commit()
             with self._errors():
+                self.flush()  # what a handler that ran there recorded
                 tx.commit()
         except BaseException:
             self._buffer.clear()
@@ -161,6 +168,8 @@ class BatchState:
             with self._errors():
                 self.flush()
             before_release()
+            with self._errors():
+                self.flush()  # what a handler that ran there recorded
         except BaseException:
             self._buffer.clear()
             self._undone(self._recorded[recorded:])
@@ -181,3 +190,58 @@ def foreign_batch_error(path: object) -> BatchOpenError:
         " waits for the block, then fails with JournalBusyError), or run each whole block"
         " in a thread (asyncio.to_thread)"
     )
+
+
+class _EndCutShort(Exception):
+    """What a block whose ``__exit__`` never ran is ended with (see :meth:`Block.__del__`)."""
+
+
+class Block(Generic[T]):
+    """A ``batch()`` block: ``inner`` opens and ends it with signals held (it yields its
+    :class:`~csvjournal._interrupts.HeldInterrupts`); the block's own body gets them as they
+    come. A class, not a generator: a signal's handler that raised after a generator's
+    ``yield``, still in ``__enter__``, left the block open and registered for good (only
+    the garbage collector, in any thread, ended it)."""
+
+    __slots__ = ("_inner", "_open", "_released", "_thread", "_value")
+
+    def __init__(self, inner: AbstractContextManager[HeldInterrupts], value: T) -> None:
+        self._inner = inner
+        self._value = value
+        self._open = False
+
+    def __enter__(self) -> T:
+        released = self._inner.__enter__().released()
+        try:
+            released.__enter__()  # (signals that came meanwhile run here: may raise)
+        except BaseException as exc:
+            self._inner.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._released, self._thread, self._open = released, threading.get_ident(), True
+        return self._value
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self._open = False
+        try:
+            self._released.__exit__(exc_type, exc, tb)  # signals held again
+        except BaseException as raised:  # a handler, as the hold began: the block raised it
+            self._inner.__exit__(type(raised), raised, raised.__traceback__)
+            raise
+        return self._inner.__exit__(exc_type, exc, tb)
+
+    def __del__(self) -> None:
+        # Python runs signal handlers as any function begins: one that raised as the with
+        # statement called __exit__ left the block open, its write lock held. The block,
+        # dropped as that exception unwinds, is undone here, as if it had raised.
+        if getattr(self, "_open", False) and threading.get_ident() == self._thread:
+            self._open = False
+            cut = _EndCutShort("the block's end was cut short by a signal's handler")
+            with suppress(BaseException):
+                self._released.__exit__(None, None, None)
+            with suppress(BaseException):
+                self._inner.__exit__(_EndCutShort, cut, None)

@@ -24,8 +24,8 @@ import _signal  # type: ignore[import-not-found]  # no stubs; signal.signal cost
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import deque
+from itertools import starmap
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -46,6 +46,7 @@ _IMPATIENT_SECONDS = 0.5
 # The thread that runs Python's signal handlers (a fork makes the forking thread the
 # child's): asking threading for it costs every commit of every thread a property call.
 _main_ident = threading.main_thread().ident
+_getsignal = _signal.getsignal
 
 
 def _forked() -> None:
@@ -54,6 +55,24 @@ def _forked() -> None:
 
 
 os.register_at_fork(after_in_child=_forked)
+
+
+def _put_back(previous: dict[int, Any]) -> None:
+    """Put each signal's handler back. ``signal()`` first runs the handlers of signals that
+    came (those already put back are the application's): one that raises is raised once
+    every handler is back, the rest put back again. The calls run in one C loop: no
+    Python code (where handlers run too) comes between them."""
+    raised: BaseException | None = None
+    left = list(previous.items())
+    while left:
+        try:
+            left = [(signum, handler) for signum, handler in left if _getsignal(signum) != handler]
+            deque(starmap(_signal.signal, left), maxlen=0)
+            left = []
+        except BaseException as exc:
+            raised = raised or exc
+    if raised is not None:
+        raise raised
 
 
 class HeldInterrupts:
@@ -78,15 +97,18 @@ class HeldInterrupts:
         return self
 
     def _hold(self) -> None:
-        getsignal, previous = _signal.getsignal, None
-        for signum in HELD_SIGNALS:
-            handler = getsignal(signum)
-            if callable(handler):  # not SIG_IGN or SIG_DFL: Python code would run mid-commit
-                _signal.signal(signum, self._note)
-                if previous is None:
-                    previous = {}
-                previous[signum] = handler
-        self._previous = previous
+        # not SIG_IGN or SIG_DFL: Python code would run mid-commit
+        previous = {
+            signum: handler for signum in HELD_SIGNALS if callable(handler := _getsignal(signum))
+        }
+        try:
+            # (signal() first runs the handlers of signals already come: one may raise,
+            # its own swap not made, and those swapped before must go back)
+            deque(starmap(_signal.signal, [(signum, self._note) for signum in previous]), maxlen=0)
+        except BaseException:
+            _put_back(previous)
+            raise
+        self._previous = previous or None
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
         now = time.monotonic()
@@ -95,7 +117,23 @@ class HeldInterrupts:
             self._noted[signum] = now
         elif signum == _SIGINT and now - noted >= _IMPATIENT_SECONDS and self._previous:
             del self._noted[signum]  # run once, now: again, a while later
-            self._previous[signum](signum, frame)
+            previous = self._previous
+            try:
+                previous[signum](signum, frame)
+            finally:
+                self._keep_new_handler(previous, signum)
+
+    def _keep_new_handler(self, previous: dict[int, Any], signum: int) -> None:
+        """A handler run while held that installed another (a one-shot one) keeps it: it
+        is put back at the end, and held off until then."""
+        now = _getsignal(signum)
+        if now == self._note:
+            return
+        if callable(now):
+            previous[signum] = now
+            _signal.signal(signum, self._note)
+        else:  # SIG_IGN, SIG_DFL: nothing of Python's to hold off
+            del previous[signum]
 
     def __exit__(
         self,
@@ -110,10 +148,18 @@ class HeldInterrupts:
         previous, self._previous = self._previous, None
         if previous is None:
             return
-        for signum, handler in previous.items():
-            _signal.signal(signum, handler)
+        raised: BaseException | None = None
+        try:
+            _put_back(previous)
+        except BaseException as exc:  # a signal's own handler, run as it was put back
+            raised = exc
         if self._noted:
-            self._run_noted(previous)
+            try:
+                self._run_noted(previous)
+            except BaseException as exc:
+                raised = raised or exc
+        if raised is not None:
+            raise raised
 
     def _run_noted(self, previous: dict[int, Any]) -> None:
         """Run the handler of each signal that came, the commit done; the first exception
@@ -121,6 +167,8 @@ class HeldInterrupts:
         noted, self._noted = self._noted, {}
         raised: BaseException | None = None
         for signum in noted:  # in the order they came
+            if signum not in previous:  # replaced by SIG_IGN or SIG_DFL meanwhile
+                continue
             try:
                 previous[signum](signum, None)
             except BaseException as exc:
@@ -138,15 +186,45 @@ class HeldInterrupts:
             finally:
                 self._hold()
 
-    @contextmanager
-    def released(self) -> Iterator[None]:
+    def released(self) -> _Released:
         """A part of the block in which signals are handled as they come; one that came
         before it is handled as it begins (and may raise there)."""
-        if not self._main:
-            yield
+        return _Released(self)
+
+
+class _Released:
+    """:meth:`HeldInterrupts.released`. A class, not a generator: a signal's handler that
+    raised just after a generator's ``yield``, still inside ``__enter__``, left it
+    suspended, the hold never taken again but at its garbage collection, in any thread."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self, held: HeldInterrupts) -> None:
+        self._held = held
+
+    def __enter__(self) -> None:
+        held = self._held
+        if held._main:
+            try:
+                held._release()
+            except BaseException:
+                held._hold()
+                raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._held._main:
             return
-        try:
-            self._release()
-            yield
-        finally:
-            self._hold()  # (the handlers as they are now: the part may have set its own)
+        raised: BaseException | None = None
+        for _ in range(64):  # held again whatever comes: what follows ends a commit
+            try:
+                self._held._hold()  # (the handlers as they are now: the part may set its own)
+                break
+            except BaseException as error:  # a signal that came, handled by its own handler
+                raised = raised or error
+        if raised is not None:
+            raise raised

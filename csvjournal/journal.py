@@ -15,7 +15,7 @@ import structlog
 
 from csvjournal import _forking, _reads
 from csvjournal._atomicfile import reason
-from csvjournal._batch import BatchState, foreign_batch_error
+from csvjournal._batch import BatchState, Block, foreign_batch_error
 from csvjournal._claims import Claims, attempts_limit
 from csvjournal._flush import check_copy_target, export_to, flush_csv
 from csvjournal._interrupts import HeldInterrupts
@@ -89,8 +89,7 @@ class Journal(Claims):
         seq: int = self._write(call)  # type: ignore[assignment]
         return seq
 
-    @contextmanager
-    def batch(self) -> Iterator[Journal]:
+    def batch(self) -> Block[Journal]:
         """Commit every ``record()`` of this thread inside the block as one transaction.
 
         Nothing is committed if the block raises. A nested block is a savepoint: if it
@@ -103,17 +102,23 @@ class Journal(Claims):
                 of the block was committed.
             JournalClosedError: the handle is closed.
         """
+        return Block(self._block(), self)
+
+    @contextmanager
+    def _block(self) -> Iterator[HeldInterrupts]:
+        """:meth:`batch`'s opening and end, signals held (see :class:`Block`)."""
         self._ensure()
         state: BatchState | None = self._batches.get(threading.get_ident())
         # Signals wait (see HeldInterrupts) but in the block itself: one raising in its
         # commit, its rollback or the bookkeeping after would leave the batch half-ended.
         # One that came while the block's last records were written is handled before
-        # the COMMIT: raising, it undoes the block, as raising in the block does.
+        # the COMMIT (still open here: a handler's records join it); raising, it undoes
+        # the block, as raising in the block does.
         if state is not None:
             if not state.here():
                 raise foreign_batch_error(self.csv_path)
-            with HeldInterrupts() as held, state.savepoint(held.deliver), held.released():
-                yield self
+            with HeldInterrupts() as held, state.savepoint(held.deliver):
+                yield held
             return
         self._commits.check_journal()  # a connection would make a new, empty file there
         with (
@@ -132,8 +137,8 @@ class Journal(Claims):
             )
             self._batches[threading.get_ident()] = state
             try:
-                with state.transaction(held.deliver), state.open_here(), held.released():
-                    yield self
+                with state.open_here(), state.transaction(held.deliver):
+                    yield held
                 self._commits.check_journal()
             finally:
                 # (a forked child that left the block reattached: a new dict of its own)
