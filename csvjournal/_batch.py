@@ -7,11 +7,11 @@ same thread, and at commit.
 
 from __future__ import annotations
 
-import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sqlalchemy import Connection
 
@@ -36,6 +36,10 @@ T = TypeVar("T")
 _OPEN_HERE: ContextVar[tuple[BatchState, ...]] = ContextVar("csvjournal_batches", default=())
 
 _FLUSH_EVERY = 5000
+
+
+def _opening() -> object:
+    return True  # (a block being opened: not abandoned)
 
 
 class BatchState:
@@ -64,8 +68,37 @@ class BatchState:
         self._undone = undone  # told them when the block that made them is undone
         self._raw = driver(conn)
         self._buffer: list[RecordOp] = []
+        self.owner: Callable[[], object] = _opening  # the Block, once open (see own)
+        self._ending: tuple[AbstractContextManager[Any], AbstractContextManager[None]] | None = None
         # records and changes to the handle's claims, in blocks not undone (so far)
         self._recorded: list[RecordOp | Change] = []
+
+    def own(
+        self,
+        block: Block[Any],
+        inner: AbstractContextManager[Any],
+        released: AbstractContextManager[None],
+    ) -> None:
+        """``block`` holds this outermost block open: ``inner`` ends it, signals held again
+        by ``released``."""
+        self.owner = weakref.ref(block)
+        self._ending = (inner, released)
+
+    def end_abandoned(self) -> None:
+        """Undo the block, its :class:`Block` gone without its ``__exit__`` having run:
+        Python runs signal handlers as any function begins, and one that raised as the
+        ``with`` statement called ``__exit__`` left the block open, the write lock held.
+        That exception came out of the block: none of its records stands.
+
+        Raises:
+            the exceptions of the handlers of signals that came meanwhile."""
+        if self._ending is None:
+            return
+        (inner, released), self._ending = self._ending, None
+        released.__exit__(None, None, None)  # signals held while it ends
+        cut = _EndCutShort("the end of this batch() block was cut short by a signal's handler")
+        with suppress(_EndCutShort):
+            inner.__exit__(_EndCutShort, cut, None)
 
     @contextmanager
     def open_here(self) -> Iterator[None]:
@@ -203,21 +236,27 @@ class Block(Generic[T]):
     ``yield``, still in ``__enter__``, left the block open and registered for good (only
     the garbage collector, in any thread, ended it)."""
 
-    __slots__ = ("_inner", "_open", "_released", "_thread", "_value")
+    __slots__ = ("__weakref__", "_inner", "_released", "_value")
 
-    def __init__(self, inner: AbstractContextManager[HeldInterrupts], value: T) -> None:
+    def __init__(
+        self,
+        inner: AbstractContextManager[tuple[HeldInterrupts, BatchState | None]],
+        value: T,
+    ) -> None:
         self._inner = inner
         self._value = value
-        self._open = False
 
     def __enter__(self) -> T:
-        released = self._inner.__enter__().released()
+        held, state = self._inner.__enter__()
+        released = held.released()
         try:
             released.__enter__()  # (signals that came meanwhile run here: may raise)
         except BaseException as exc:
             self._inner.__exit__(type(exc), exc, exc.__traceback__)
             raise
-        self._released, self._thread, self._open = released, threading.get_ident(), True
+        self._released = released
+        if state is not None:  # the outermost block
+            state.own(self, self._inner, released)
         return self._value
 
     def __exit__(
@@ -226,22 +265,9 @@ class Block(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        self._open = False
         try:
             self._released.__exit__(exc_type, exc, tb)  # signals held again
         except BaseException as raised:  # a handler, as the hold began: the block raised it
             self._inner.__exit__(type(raised), raised, raised.__traceback__)
             raise
         return self._inner.__exit__(exc_type, exc, tb)
-
-    def __del__(self) -> None:
-        # Python runs signal handlers as any function begins: one that raised as the with
-        # statement called __exit__ left the block open, its write lock held. The block,
-        # dropped as that exception unwinds, is undone here, as if it had raised.
-        if getattr(self, "_open", False) and threading.get_ident() == self._thread:
-            self._open = False
-            cut = _EndCutShort("the block's end was cut short by a signal's handler")
-            with suppress(BaseException):
-                self._released.__exit__(None, None, None)
-            with suppress(BaseException):
-                self._inner.__exit__(_EndCutShort, cut, None)

@@ -186,14 +186,14 @@ class Claims(Handle):
         # What the call waits for writes to the journal too (the exporter, a work loop's
         # lease renewer): waiting for it under the block's own write lock would wait for
         # ever (or for the busy timeout).
-        if threading.get_ident() in self._batches:
+        if self._open_batch() is not None:
             raise BatchOpenError(
                 f"{self.csv_path}: {name}() inside a batch() block would wait for the block's"
                 " own write lock; call it after the block"
             )
 
     def _in_batch(self) -> bool:
-        return threading.get_ident() in self._batches
+        return self._open_batch() is not None
 
     def _event_committed(self, seq: int) -> bool:
         """Whether event ``seq`` is in the journal (not undone with its block)."""
@@ -257,16 +257,21 @@ class Claims(Handle):
     def _release(self, held: list[tuple[str, str]], note: str) -> list[str]:
         """Give back each ``(key, worker)`` claim still holding its row (see :meth:`release`)."""
         at, by = timestamp_now(), self._worker_name()
+
+        def given_back(result: object) -> None:  # (before a signal held off is handled)
+            # A claim that held nothing stays known: the thread that made it must not act
+            # on the newer claim of another thread (see HeldClaims.holders) by a later call.
+            given = cast("list[tuple[str, str, int]]", result)
+            self._note_claims([Change(key, seq, holder) for key, holder, seq in given])
+
         released: list[tuple[str, str, int]] = self._write(  # type: ignore[assignment]
             Action(
                 lambda conn, writer: release_rows(
                     conn, writer, held, at=at, worker=by, note=f"{note} by {by}"
                 )
-            )
+            ),
+            committed=given_back,
         )
-        # A claim that held nothing stays known: the thread that made it must not act on
-        # the newer claim of another thread (see HeldClaims.holders) by a later call.
-        self._note_claims([Change(key, seq, holder) for key, holder, seq in released])
         return [key for key, _, _ in released]
 
     def _record_outcome(
@@ -288,14 +293,17 @@ class Claims(Handle):
         """
         self._ensure()
         op = self._commits.prepare(RecordCall(key, status, fields, more, worker))
+
+        def note(result: object) -> None:  # (before a signal held off meanwhile is handled)
+            if result is not None:  # else the row is another claim's now; this one stays
+                self._note_claims(ends([op]))  # known (see _release)
+
         seq: int | None = self._write(  # type: ignore[assignment]
             Action(
                 lambda conn, writer: record_outcome(conn, writer, op, worker, time.time()), op=op
-            )
+            ),
+            committed=note,
         )
-        if seq is None:  # the row is another claim's now; this one stays known (see _release)
-            return None
-        self._note_claims(ends([op]))
         return seq
 
     def defer(self, keys: Iterable[str], seconds: float) -> list[str]:

@@ -318,11 +318,20 @@ class Handle:
             self._local.worker = name
         return name
 
+    def _open_batch(self) -> BatchState | None:
+        """This thread's open ``batch()``, if any (one whose end a signal's handler cut
+        short is undone first: see :meth:`BatchState.end_abandoned`)."""
+        batch: BatchState | None = self._batches.get(threading.get_ident())
+        if batch is not None and batch.owner() is None:
+            batch.end_abandoned()
+            return None
+        return batch
+
     def _write(self, item: Item, committed: Callable[[object], object] | None = None) -> object:
         """Commit ``item``: in this thread's open batch, else in a group commit. Then
         ``committed`` is told the result, before a signal held off meanwhile is handled
         (which may raise: the caller's bookkeeping of a claim would be lost)."""
-        batch: BatchState | None = self._batches.get(threading.get_ident())
+        batch = self._open_batch()
         try:
             if batch is not None:
                 if not batch.here():
@@ -354,7 +363,7 @@ class Handle:
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
         self._ensure()
-        batch: BatchState | None = self._batches.get(threading.get_ident())
+        batch = self._open_batch()
         with self._errors():
             if batch is not None:  # this thread's own uncommitted records are visible to it
                 batch.flush()

@@ -43,6 +43,9 @@ HELD_SIGNALS = tuple(
 # A Ctrl-C this long after the first one held off is raised at once: the commit is waiting
 # for the journal (other processes keep it busy), and the user has waited enough.
 _IMPATIENT_SECONDS = 0.5
+# How many note-takers left behind one after another are followed to the handler they hold
+# off (each is a hold whose swaps and put-backs two handlers cut short).
+_CHAIN = 16
 # The thread that runs Python's signal handlers (a fork makes the forking thread the
 # child's): asking threading for it costs every commit of every thread a property call.
 _main_ident = threading.main_thread().ident
@@ -83,12 +86,14 @@ class HeldInterrupts:
     in the order they came. :meth:`released` lets them through for a part of the block
     (the user's own code in a ``batch()``). One instance per block."""
 
-    __slots__ = ("_main", "_noted", "_previous")
+    __slots__ = ("_active", "_main", "_noted", "_previous", "_saved")
 
     def __init__(self) -> None:
         self._main = False  # in the main thread, the one that runs signal handlers
+        self._active = False  # holding, or about to: its note-taker notes (see _note)
         self._previous: dict[int, Any] | None = None  # the handlers held off, while they are
         self._noted: dict[int, float] = {}  # when each held signal first came
+        self._saved: dict[int, Any] = {}  # the handlers the last hold swapped (see _heal)
 
     def __enter__(self) -> HeldInterrupts:
         self._main = threading.get_ident() == _main_ident
@@ -97,27 +102,60 @@ class HeldInterrupts:
         return self
 
     def _hold(self) -> None:
-        # not SIG_IGN or SIG_DFL: Python code would run mid-commit
-        previous = {
-            signum: handler for signum in HELD_SIGNALS if callable(handler := _getsignal(signum))
-        }
+        self._active = True  # (a signal that comes from here on is noted)
+        previous: dict[int, Any] = {}
+        for signum in HELD_SIGNALS:  # (a handler that raises here swaps nothing)
+            handler = self._held_off(signum, _getsignal(signum))
+            if callable(handler):  # not SIG_IGN or SIG_DFL: Python code would run mid-commit
+                previous[signum] = handler
+        self._saved = previous
         try:
             # (signal() first runs the handlers of signals already come: one may raise,
             # its own swap not made, and those swapped before must go back)
             deque(starmap(_signal.signal, [(signum, self._note) for signum in previous]), maxlen=0)
         except BaseException:
+            self._active = False
             _put_back(previous)
             raise
         self._previous = previous or None
 
+    def _held_off(self, signum: int, handler: Any) -> Any:
+        """The handler to hold off for ``signum``: ``handler``, or the one that a block's
+        note-taker left behind held off (a signal's handler that raised as that block
+        swapped handlers, and again as it put them back, left it installed), taking over
+        the signal it noted."""
+        for _ in range(_CHAIN):
+            owner = getattr(handler, "__self__", None)
+            if type(owner) is not HeldInterrupts or (owner._active and owner is not self):
+                return handler  # the application's, or a block's that holds (nested)
+            if owner._noted.pop(signum, None) is not None:
+                self._noted.setdefault(signum, time.monotonic())
+            handler = owner._saved.get(signum, _signal.SIG_DFL)
+        return handler
+
     def _note(self, signum: int, frame: FrameType | None) -> None:
+        if not self._active:  # left behind (see _held_off): the handler it held off
+            handler = self._saved.get(signum)
+            for _ in range(_CHAIN):
+                owner = getattr(handler, "__self__", None)
+                if type(owner) is not HeldInterrupts or (owner._active and owner is not self):
+                    break
+                handler = owner._saved.get(signum)
+            else:
+                return
+            if callable(handler):
+                handler(signum, frame)
+            return
         now = time.monotonic()
         noted = self._noted.get(signum)
         if noted is None:
             self._noted[signum] = now
-        elif signum == _SIGINT and now - noted >= _IMPATIENT_SECONDS and self._previous:
+        elif (
+            signum == _SIGINT
+            and now - noted >= _IMPATIENT_SECONDS
+            and (previous := self._previous) is not None
+        ):
             del self._noted[signum]  # run once, now: again, a while later
-            previous = self._previous
             try:
                 previous[signum](signum, frame)
             finally:
@@ -148,6 +186,7 @@ class HeldInterrupts:
         previous, self._previous = self._previous, None
         if previous is None:
             return
+        self._active = False  # (a signal that comes from here on runs its own handler)
         raised: BaseException | None = None
         try:
             _put_back(previous)

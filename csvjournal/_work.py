@@ -186,7 +186,10 @@ class Task:
             log.debug("task_failed_traceback", key=self.key, exc_info=exc)
             self.fail(error_line(exc, self._encoding))
             return True
-        self.release()  # KeyboardInterrupt, SystemExit: not the row's fault
+        # KeyboardInterrupt, SystemExit: not the row's fault. A handler that closed the
+        # journal first (SIGTERM: close, exit) gave the row back: its exit goes on.
+        with contextlib.suppress(JournalClosedError):
+            self.release()
         return False
 
     def _undone(self, exc: BaseException | None) -> bool:

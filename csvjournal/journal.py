@@ -105,10 +105,10 @@ class Journal(Claims):
         return Block(self._block(), self)
 
     @contextmanager
-    def _block(self) -> Iterator[HeldInterrupts]:
+    def _block(self) -> Iterator[tuple[HeldInterrupts, BatchState | None]]:
         """:meth:`batch`'s opening and end, signals held (see :class:`Block`)."""
         self._ensure()
-        state: BatchState | None = self._batches.get(threading.get_ident())
+        state = self._open_batch()
         # Signals wait (see HeldInterrupts) but in the block itself: one raising in its
         # commit, its rollback or the bookkeeping after would leave the batch half-ended.
         # One that came while the block's last records were written is handled before
@@ -118,7 +118,7 @@ class Journal(Claims):
             if not state.here():
                 raise foreign_batch_error(self.csv_path)
             with HeldInterrupts() as held, state.savepoint(held.deliver):
-                yield held
+                yield held, None
             return
         self._commits.check_journal()  # a connection would make a new, empty file there
         with (
@@ -138,7 +138,7 @@ class Journal(Claims):
             self._batches[threading.get_ident()] = state
             try:
                 with state.open_here(), state.transaction(held.deliver):
-                    yield held
+                    yield held, state
                 self._commits.check_journal()
             finally:
                 # (a forked child that left the block reattached: a new dict of its own)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import csvjournal
+
 
 def _run(tmp_path: Path, source: str, *args: str) -> dict[str, object]:
     script = tmp_path / "script.py"
@@ -31,7 +33,7 @@ def _run(tmp_path: Path, source: str, *args: str) -> dict[str, object]:
     return outcome
 
 
-# A timeout's SIGALRM that raises, every 0.3 ms, while the main thread records (or records
+# A timeout's SIGALRM that raises, every millisecond, while the main thread records (or records
 # in blocks): the handlers of SIGINT and SIGTERM must be the application's after each call.
 ALARM_STORM = """\
 import json, os, signal, sys, time
@@ -54,9 +56,9 @@ signal.signal(signal.SIGALRM, on_alarm)
 signal.signal(signal.SIGTERM, on_term)
 journal = csvjournal.open(sys.argv[1], key="K", durability="normal", keep_backups=0)
 blocks = sys.argv[2] == "batch"
-signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.0003)
-n, timeouts, replaced, end = 0, 0, [], time.monotonic() + 1.5
-while time.monotonic() < end and not replaced:
+signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.001)
+n, timeouts, end = 0, 0, time.monotonic() + 1.5
+while time.monotonic() < end:
     n += 1
     try:
         armed = True
@@ -70,20 +72,28 @@ while time.monotonic() < end and not replaced:
     except Timeout:
         armed = False
         timeouts += 1
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        replaced.append(f"SIGINT after {n} calls: {signal.getsignal(signal.SIGINT)!r}")
-    if signal.getsignal(signal.SIGTERM) is not on_term:
-        replaced.append(f"SIGTERM after {n} calls: {signal.getsignal(signal.SIGTERM)!r}")
 signal.setitimer(signal.ITIMER_REAL, 0)
 signal.signal(signal.SIGALRM, signal.SIG_IGN)
-ctrl_c = False
+journal.record("last", "DONE")  # (the next hold puts back what an unlucky one left)
+replaced = [
+    repr(signal.getsignal(signum))
+    for signum, handler in [(signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, on_term)]
+    if signal.getsignal(signum) is not handler
+]
+ctrl_c = term = False
 try:
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(1)
 except KeyboardInterrupt:
     ctrl_c = True
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(1)
+except SystemExit:
+    term = True
 journal.close()
-print(json.dumps({"calls": n, "timeouts": timeouts, "replaced": replaced, "ctrl_c": ctrl_c}))
+print(json.dumps({"calls": n, "timeouts": timeouts, "replaced": replaced, "ctrl_c": ctrl_c,
+                  "term": term}))
 """
 
 
@@ -95,3 +105,113 @@ def test_a_raising_alarm_storm_never_leaves_the_applications_handlers_replaced(
     assert outcome["timeouts"], "no alarm raised in a call"
     assert outcome["replaced"] == []
     assert outcome["ctrl_c"], "Ctrl-C was swallowed"
+    assert outcome["term"], "SIGTERM was swallowed"
+
+
+# Handlers that write to the journal themselves.
+HANDLER_RECORDS = """\
+import json, os, signal, sys, threading, time
+import structlog, logging
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+import csvjournal
+
+journal = csvjournal.open(
+    sys.argv[1], key="K", terminal={"COMPLETED", "DONE", "ALIVE"}, durability="normal",
+    keep_backups=0,
+)
+beats = []
+
+def heartbeat(signum, frame):
+    beats.append(journal.record("heartbeat", "ALIVE", BEATS=len(beats) + 1))
+
+signal.signal(signal.SIGALRM, heartbeat)
+signal.signal(signal.SIGUSR1, heartbeat)
+outcome = {}
+if sys.argv[2] == "work":  # a heartbeat every 0.5 ms while a work() loop finishes rows
+    with journal.batch():
+        for n in range(3000):
+            journal.record(f"w{n}")
+    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0005)
+    done = 0
+    for task in journal.work(lease=30):
+        with task:
+            done += 1
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    outcome["done"] = done
+else:  # one heartbeat as a block's body ends: it joins the block
+    ending = threading.Event()
+    def send():
+        ending.wait()
+        os.kill(os.getpid(), signal.SIGUSR1)
+    threading.Thread(target=send).start()
+    with journal.batch():
+        for n in range(3000):
+            journal.record(f"b{n}", "DONE", PAYLOAD="x" * 200)
+        ending.set()
+    time.sleep(0.2)
+outcome["beats"] = len(beats)
+outcome["rows"] = len(journal)
+outcome["counts"] = journal.counts()
+journal.close()
+print(json.dumps(outcome))
+"""
+
+
+@pytest.mark.parametrize("where", ["work", "batch_end"])
+def test_a_handler_that_records_never_deadlocks_nor_undoes_a_block(
+    tmp_path: Path, where: str
+) -> None:
+    # In a work() loop it took the claims' lock a second time (a hang for good); as a
+    # block ended, its record was refused as another task's, and undid the whole block.
+    outcome = _run(tmp_path, HANDLER_RECORDS, where)
+    assert outcome["beats"]
+    if where == "work":
+        assert outcome["done"] == 3000
+        assert outcome["counts"] == {"COMPLETED": 3000, "ALIVE": 1}
+    else:
+        assert outcome["beats"] == 1
+        assert outcome["counts"] == {"DONE": 3000, "ALIVE": 1}
+
+
+# A SIGTERM handler that closes the journal and exits, inside a work() task.
+CLOSE_AND_EXIT = """\
+import os, signal, sys, threading
+import structlog, logging
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+import csvjournal
+
+journal = csvjournal.open(sys.argv[1], key="K", durability="normal", keep_backups=0)
+journal.record("A")
+
+def stop(signum, frame):
+    journal.close()
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, stop)
+for task in journal.work(lease=30):
+    with task:
+        os.kill(os.getpid(), signal.SIGTERM)
+        threading.Event().wait(5)
+print("not reached")
+"""
+
+
+def test_a_sigterm_handler_that_closes_and_exits_inside_a_task_exits_cleanly(
+    tmp_path: Path,
+) -> None:
+    # The task's end gave the row back to a closed journal: JournalClosedError replaced
+    # the SystemExit (exit status 1, a traceback).
+    script = tmp_path / "script.py"
+    script.write_text(CLOSE_AND_EXIT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "j.csv")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert "not reached" not in done.stdout
+    with csvjournal.open(tmp_path / "j.csv", export=False) as journal:
+        assert journal.pending() == ["A"]  # given back by close()
