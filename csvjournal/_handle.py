@@ -47,7 +47,7 @@ from csvjournal.backup import keep_for_good
 from csvjournal.csvio import ParsedCsv
 from csvjournal.errors import CsvJournalError, JournalBusyError, JournalClosedError
 from csvjournal.exporter import Exporter
-from csvjournal.store import remove_journal_files
+from csvjournal.store import Store, remove_journal_files
 
 __all__ = ["Handle"]
 
@@ -77,6 +77,7 @@ class Handle:
         try:
             self._attach()
         except BaseException:
+            self._undo_attach()
             give_tag(options.journal_path, self._tag)
             visit: ReadOnlyVisit | None = getattr(self, "_visit", None)
             if visit is not None and not _forking.open_here(options.journal_path):
@@ -190,8 +191,21 @@ class Handle:
             session.abandon()
             self._store.close()
             raise
-        exporter.start(leading)
         self._exporter = exporter
+        exporter.start(leading)
+
+    def _undo_attach(self) -> None:
+        """After an open that failed (a signal's handler may raise anywhere in it): stop
+        the exporter it started, and close the store, as if it had never been called."""
+        exporter: Exporter | None = getattr(self, "_exporter", None)
+        if exporter is not None:
+            self._exporter = None
+            exporter.stop()
+        if self._session is not None:
+            self._session.abandon()
+        store: Store | None = getattr(self, "_store", None)
+        if store is not None:
+            store.close()
 
     def _confirm_session(self) -> list[str]:
         assert self._session is not None  # begun when this handle began leading

@@ -181,10 +181,11 @@ class Exporter(ExportWriter):
 
     def start(self, leading: bool) -> None:
         """Run the exporter thread: exporting if ``leading``, else standing by."""
-        self._thread = threading.Thread(
+        thread = threading.Thread(
             target=self._run, args=(leading,), name="csvjournal-exporter", daemon=True
         )
-        self._thread.start()
+        self._thread = thread  # (before it starts: a signal's handler may raise in start())
+        thread.start()
 
     # -- the thread ------------------------------------------------------------------------
 
@@ -368,5 +369,7 @@ class Exporter(ExportWriter):
     def stop(self) -> None:
         """Export what is left (if leading), stop the thread and release the lock."""
         self._ask_to_stop()
-        if self._thread is not None:
+        if self._thread is not None and self._thread.ident is not None:
             self._thread.join()
+        elif self.leading:  # its thread never ran (a start cut short): the lock is ours
+            self.release()

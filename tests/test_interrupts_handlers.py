@@ -215,3 +215,62 @@ def test_a_sigterm_handler_that_closes_and_exits_inside_a_task_exits_cleanly(
     assert "not reached" not in done.stdout
     with csvjournal.open(tmp_path / "j.csv", export=False) as journal:
         assert journal.pending() == ["A"]  # given back by close()
+
+
+# open() cut short at every moment by a handler that raises.
+OPEN_CUT_SHORT = """\
+import json, os, signal, sys, threading, time
+import structlog, logging
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+import csvjournal
+
+class Stop(Exception):
+    pass
+
+armed = False
+def stop(signum, frame):
+    if armed:
+        raise Stop
+
+signal.signal(signal.SIGUSR1, stop)
+csv_path = sys.argv[1]
+with open(csv_path, "w") as out:
+    out.write("K,STATUS\\n" + "".join(f"w{n},\\n" for n in range(200)))
+with csvjournal.open(csv_path, key="K", keep_backups=0) as journal:
+    journal.record("w0", "DONE")
+began = time.monotonic()
+csvjournal.open(csv_path, key="K", keep_backups=0).close()
+span = time.monotonic() - began  # the signal comes at every moment of an open, and after
+opened = interrupted = 0
+for step in range(150):
+    journal = None
+    timer = threading.Timer(span * step / 100, os.kill, (os.getpid(), signal.SIGUSR1))
+    timer.start()
+    try:
+        armed = True
+        journal = csvjournal.open(csv_path, key="K", keep_backups=0)
+        armed = False
+        opened += 1
+    except Stop:
+        armed = False
+        interrupted += 1
+    timer.join()
+    if journal is not None:
+        journal.close()
+    left = [t.name for t in threading.enumerate() if t.name.startswith("csvjournal")]
+    if left:
+        break
+folder = os.path.dirname(csv_path)
+print(json.dumps({"opened": opened, "interrupted": interrupted, "threads": left,
+                  "files": sorted(os.listdir(folder))}))
+"""
+
+
+def test_an_open_cut_short_by_a_signal_leaves_no_thread_nor_file_behind(tmp_path: Path) -> None:
+    # A handler that raised as open() started the exporter left its thread running (and
+    # the journal's -wal/-shm files, for good).
+    outcome = _run(tmp_path, OPEN_CUT_SHORT)
+    assert outcome["interrupted"]
+    assert outcome["opened"]
+    assert outcome["threads"] == []
+    assert not [name for name in outcome["files"] if name.endswith(("-wal", "-shm"))]  # type: ignore[attr-defined]
