@@ -378,15 +378,19 @@ class Journal(Claims):
         self._refuse_in_batch("close")
         self._closed = True  # no new record, batch or claim from here on
         self._closing = True  # until done: a close a signal cut short is taken up again
-        with HeldInterrupts():
+        with HeldInterrupts() as held:
             if self._pid == _forking.PID:
-                self._held.wait_for_claims(self._options.busy_timeout)  # those under way end
+                # (waits of up to busy_timeout: a signal cutting one short is handled then,
+                # and the next close takes this one up again)
+                with held.released():
+                    self._held.wait_for_claims(self._options.busy_timeout)  # those under way
                 if self._held:
                     try:
                         self._release(self._held.every(), "released")
                     except CsvJournalError as exc:  # their leases run out instead
                         log.warning("claims_not_released", path=str(self.csv_path), error=str(exc))
-                self._wait_for_writes()
+                with held.released():
+                    self._wait_for_writes()
             self._shut()
             self._closing = False
 

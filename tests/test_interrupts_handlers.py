@@ -274,3 +274,49 @@ def test_an_open_cut_short_by_a_signal_leaves_no_thread_nor_file_behind(tmp_path
     assert outcome["opened"]
     assert outcome["threads"] == []
     assert not [name for name in outcome["files"] if name.endswith(("-wal", "-shm"))]  # type: ignore[attr-defined]
+
+
+# close() waiting for another thread's long block, and a SIGTERM handler that exits.
+CLOSE_WAITS = """\
+import json, os, signal, sys, threading, time
+import structlog, logging
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+import csvjournal
+
+journal = csvjournal.open(sys.argv[1], key="K", keep_backups=0)
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+inside = threading.Event()
+
+def slow_block():
+    with journal.batch():
+        journal.record("slow", "DONE")
+        inside.set()
+        time.sleep(4)
+
+worker = threading.Thread(target=slow_block)
+worker.start()
+inside.wait()
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+began = time.monotonic()
+try:
+    journal.close()
+    exited = None
+except SystemExit as exc:
+    exited = exc.code
+waited = time.monotonic() - began
+worker.join()
+journal.close()  # takes the close up again: the block's record reaches the CSV
+with open(sys.argv[1]) as sheet:
+    shown = "slow" in sheet.read()
+print(json.dumps({"exited": exited, "waited": waited, "shown": shown}))
+"""
+
+
+def test_a_sigterm_during_closes_wait_for_another_threads_block_is_handled_at_once(
+    tmp_path: Path,
+) -> None:
+    # close() held SIGTERM and SIGALRM for as long as it waited: up to busy_timeout.
+    outcome = _run(tmp_path, CLOSE_WAITS)
+    assert outcome["exited"] == 143
+    assert outcome["waited"] < 3  # the block lasts 4 s
+    assert outcome["shown"]
