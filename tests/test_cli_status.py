@@ -230,7 +230,9 @@ def test_pending_lists_rows_neither_terminal_nor_leased(orders: Path) -> None:
         ("a\\nb", "a\\\\nb"),  # a backslash and n: not the line break's line
         ("a\r\nb", "a\\r\\nb"),
         ("a\u2028b", "a\\u2028b"),
-        ("tab\there", "tab\there"),
+        ("tab\there", "tab\\there"),
+        ("e\x1b[31mRED", "e\\x1b[31mRED"),  # not the terminal's, nor dropped from a pipe
+        ("bel\x07del\x7fnext\x85", "bel\\x07del\\x7fnext\\x85"),
     ],
 )
 def test_pending_gives_each_key_one_line_and_json_gives_it_exactly(

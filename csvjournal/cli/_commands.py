@@ -106,8 +106,9 @@ def _flush(journal: csvjournal.Journal, done: str = "") -> None:
 @csv_argument
 @json_option
 def pending(csv: Path, as_json: bool) -> None:
-    """List the keys of pending rows, in CSV order, one a line (a backslash or line break
-    in a key is escaped: \\\\, \\n; --json gives the keys exactly)."""
+    """List the keys of pending rows, in CSV order, one a line (a backslash, line break or
+    other control character in a key is escaped: \\\\, \\n, \\x1b; --json gives the keys
+    exactly)."""
     with existing_journal(csv, reading=True) as journal:
         keys = journal.pending()
     if as_json:

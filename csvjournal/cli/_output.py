@@ -30,13 +30,16 @@ __all__ = [
 ]
 
 
-# What would end a line for a shell's `read` or Python's splitlines(), and the escape itself
+# What would end a line for a shell's `read` or Python's splitlines(), what a terminal would
+# act on (ESC starts its escape sequences; click drops them from a pipe), and the escape itself
+_CONTROLS = [chr(code) for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))]
 _LINE_ENDS = str.maketrans(
     {
-        "\\": "\\\\",
+        **{char: f"\\x{ord(char):02x}" for char in _CONTROLS},
+        "\t": "\\t",
         "\n": "\\n",
         "\r": "\\r",
-        "\x85": "\\x85",
+        "\\": "\\\\",
         "\u2028": "\\u2028",
         "\u2029": "\\u2029",
     }
@@ -44,8 +47,9 @@ _LINE_ENDS = str.maketrans(
 
 
 def key_line(key: str) -> str:
-    """``key`` on one line, unambiguously: a backslash and whatever ends a line escaped as
-    Python writes them (``a\\nb`` is a line break, ``a\\\\nb`` a backslash and n)."""
+    """``key`` on one line, unambiguously and harmless to a terminal: a backslash, whatever
+    ends a line and every control character escaped as Python writes them (``a\\nb`` is a
+    line break, ``a\\\\nb`` a backslash and n, ``\\x1b`` ESC)."""
     return key.translate(_LINE_ENDS)
 
 
