@@ -27,6 +27,7 @@ __all__ = [
     "make_folder_like",
     "open_lock_like",
     "reason",
+    "remove_dead_temp_files",
     "remove_quietly",
     "remove_temp_files",
     "replace_with",
@@ -54,9 +55,12 @@ def _target(path: Path) -> Path:
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
+_TEMP_MARK = ".csvjournal-"
+
+
 def temp_prefix(path: Path) -> str:
     """The name prefix of temporary files written beside ``path`` (removed after a crash)."""
-    return f".{_target(path).name}.csvjournal-"
+    return f".{_target(path).name}{_TEMP_MARK}"
 
 
 def remove_temp_files(path: Path, *, dead_only: bool = False) -> list[Path]:
@@ -72,6 +76,22 @@ def remove_temp_files(path: Path, *, dead_only: bool = False) -> list[Path]:
         if dead_only and _writer_alive(leftover, leftover.name[len(temp_prefix(path)) :]):
             continue
         with contextlib.suppress(OSError):  # (a folder of that name: not ours, left)
+            leftover.unlink()
+        if not os.path.lexists(leftover):
+            removed.append(leftover)
+    return removed
+
+
+def remove_dead_temp_files(path: Path) -> list[Path]:
+    """Delete the temporary files that killed writers left in the folder of ``path``,
+    beside any file there (``export --to`` copies: no journal knows where they go); return
+    them. Only those whose writing process is gone: another may be writing one now."""
+    removed = []
+    for leftover in sorted(_target(path).parent.glob(".*" + _TEMP_MARK + "*")):
+        _, mark, suffix = leftover.name.partition(_TEMP_MARK)
+        if not mark or _writer_alive(leftover, suffix) or not leftover.is_file():
+            continue
+        with contextlib.suppress(OSError):
             leftover.unlink()
         if not os.path.lexists(leftover):
             removed.append(leftover)

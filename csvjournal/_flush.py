@@ -15,7 +15,7 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from csvjournal import _reads
-from csvjournal._atomicfile import reason
+from csvjournal._atomicfile import reason, remove_dead_temp_files
 from csvjournal._export import export_failure, failure_text
 from csvjournal._forking import ForkGate
 from csvjournal._handedits import blocked_by
@@ -25,7 +25,7 @@ from csvjournal._rendercache import stream_csv
 from csvjournal._settings import Settings, stored_guard
 from csvjournal._values import seconds_arg
 from csvjournal.backup import backups_folder
-from csvjournal.csvio import atomic_write, remove_temp_files
+from csvjournal.csvio import atomic_write
 from csvjournal.errors import (
     CsvChangedError,
     CsvJournalError,
@@ -125,7 +125,8 @@ def export_to(store: Store, settings: Settings, path: Path) -> int:
     Raises:
         OSError: the file could not be written.
     """
-    for leftover in remove_temp_files(path, dead_only=True):  # an export to it killed
+    # an export to it, or to another name there, that was killed
+    for leftover in remove_dead_temp_files(path):
         log.info("temp_file_removed", path=str(leftover))
     with store.read() as conn:  # one snapshot, streamed to the file
         seq = _reads.last_seq(conn)

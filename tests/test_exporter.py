@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from structlog.testing import capture_logs
 
 import csvjournal
+import csvjournal._pids
 from csvjournal._oslock import exporter_pid
 from csvjournal.cli import cli
 from csvjournal.csvio import temp_prefix
@@ -282,6 +283,41 @@ def test_export_to_another_path_leaves_the_csv_alone(csv_path: Path, tmp_path: P
         assert csv_path.read_bytes() == before or "b" in _rows(csv_path)
     with pytest.raises(csvjournal.ExportError), csvjournal.open(csv_path) as journal:
         journal.export(tmp_path / "no-such-folder" / "x.csv")
+
+
+KILLED_MID_COPY = """\
+import os, sys
+from pathlib import Path
+from csvjournal._atomicfile import atomic_write
+
+def chunks():
+    yield b"ID,STATUS\\n" * 1000
+    os.kill(os.getpid(), 9)  # mid-write, the temporary file half written
+
+atomic_write(Path(sys.argv[1]), chunks())
+"""
+
+
+def test_a_copy_killed_mid_write_is_cleaned_up_by_the_next_copy_to_that_folder(
+    csv_path: Path, tmp_path: Path
+) -> None:
+    # A killed `export --to copies/a.csv` left its hidden temporary file (as big as the
+    # CSV) for good: only a copy to that very name removed it.
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_COPY, str(copies / "a.csv")], check=False, timeout=60
+    )
+    assert killed.returncode == -signal.SIGKILL
+    (leftover,) = copies.glob(".a.csv.csvjournal-*")
+    live = copies / f"{temp_prefix(copies / 'b.csv')}{csvjournal._pids.owner_tag()}-x"
+    live.write_text("being written")  # by a live process (this one): left alone
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        journal.export(copies / "other.csv")
+    assert not leftover.exists()
+    assert live.exists()
+    assert sorted(p.name for p in copies.iterdir()) == [live.name, "other.csv"]
 
 
 def test_permissions_of_the_old_csv_are_kept(csv_path: Path) -> None:
