@@ -383,7 +383,9 @@ class Handle:
                 batch.flush()
                 yield batch.conn
                 return
-            with self._gate.operation(), self._store.read() as conn:
+            # Signals wait (see HeldInterrupts): a handler raising inside the connection
+            # pool's checkout or return leaked a connection, or left its lock held.
+            with HeldInterrupts(), self._gate.operation(), self._store.read() as conn:
                 yield conn
 
     def _errors(self) -> contextlib.AbstractContextManager[None]:

@@ -320,3 +320,48 @@ def test_a_sigterm_during_closes_wait_for_another_threads_block_is_handled_at_on
     assert outcome["exited"] == 143
     assert outcome["waited"] < 3  # the block lasts 4 s
     assert outcome["shown"]
+
+
+# Reads (get) under a timeout's SIGALRM that raises every half millisecond.
+READ_STORM = """\
+import json, os, signal, sys, time
+import structlog, logging
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+import csvjournal
+
+journal = csvjournal.open(sys.argv[1], key="K", durability="normal", keep_backups=0)
+journal.record("x", "DONE")
+armed, raised = False, 0
+
+def timeout(signum, frame):
+    global raised
+    if armed:
+        raised += 1
+        raise TimeoutError
+
+signal.signal(signal.SIGALRM, timeout)
+signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0005)
+end = time.monotonic() + 3
+while time.monotonic() < end:
+    try:
+        armed = True
+        journal.get("x")
+        armed = False
+    except TimeoutError:
+        armed = False
+signal.setitimer(signal.ITIMER_REAL, 0)
+began = time.monotonic()
+journal.record("after", "DONE")
+journal.close()
+print(json.dumps({"raised": raised, "closed_in": time.monotonic() - began}))
+"""
+
+
+def test_reads_cut_short_by_a_raising_handler_leak_nothing_and_close_returns(
+    tmp_path: Path,
+) -> None:
+    # A handler raising inside the connection pool's checkout or return leaked
+    # connections, or left the pool's lock held: close() then waited for good.
+    outcome = _run(tmp_path, READ_STORM)
+    assert outcome["raised"]
+    assert outcome["closed_in"] < 10
