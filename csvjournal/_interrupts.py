@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from itertools import starmap
-from types import FrameType, TracebackType
+from types import FrameType, MethodType, TracebackType
 from typing import Any
 
 __all__ = ["HELD_SIGNALS", "HeldInterrupts"]
@@ -105,7 +105,9 @@ class HeldInterrupts:
         self._active = True  # (a signal that comes from here on is noted)
         previous: dict[int, Any] = {}
         for signum in HELD_SIGNALS:  # (a handler that raises here swaps nothing)
-            handler = self._held_off(signum, _getsignal(signum))
+            handler = _getsignal(signum)
+            if type(handler) is MethodType:  # a note-taker's, maybe (see _held_off)
+                handler = self._held_off(signum, handler)
             if callable(handler):  # not SIG_IGN or SIG_DFL: Python code would run mid-commit
                 previous[signum] = handler
         self._saved = previous
