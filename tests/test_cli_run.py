@@ -337,6 +337,9 @@ def test_run_success_status(rows8: Path, tmp_path: Path) -> None:
     refused = invoke("run", rows8, "--success-status", "DOWNLOADED", "--", *command, "{ID}")
     assert_error(refused, "--success-status DOWNLOADED", "--terminal COMPLETED,DOWNLOADED")
     assert state_of(tmp_path) == before  # not even a backup
+    empty = invoke("run", rows8, "--success-status", " ", "--", *command, "{ID}")
+    assert_error(empty, "--success-status is empty")  # (not a --terminal hint, itself refused)
+    assert state_of(tmp_path) == before
     result = invoke(
         "run", rows8, "--success-status", "DOWNLOADED", "--terminal", "COMPLETED,DOWNLOADED",
         "--", *command, "{ID}",

@@ -137,6 +137,8 @@ def _check_before_writing(
         extra = [name for name in (DEFAULT_STATUS, DEFAULT_TIMESTAMP) if name not in header]
         columns, stored = [*header, *extra], DEFAULT_TERMINAL
     Template(command, columns)
+    if not success_status.strip():
+        raise CliError("--success-status is empty: give the status a command that exits 0 records")
     working = {PENDING, IN_PROGRESS}  # (the open would refuse them, after this hint)
     if success_status in working or (terminal is not None and working & set(terminal)):
         raise CliError(
