@@ -9,6 +9,7 @@ import contextlib
 import errno
 import glob
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -56,6 +57,7 @@ def _target(path: Path) -> Path:
 
 
 _TEMP_MARK = ".csvjournal-"
+_MKSTEMP = re.compile(r"[a-z0-9_]{8}")  # the random part tempfile.mkstemp adds
 
 
 def temp_prefix(path: Path) -> str:
@@ -88,8 +90,13 @@ def remove_dead_temp_files(path: Path) -> list[Path]:
     them. Only those whose writing process is gone: another may be writing one now."""
     removed = []
     for leftover in sorted(_target(path).parent.glob(".*" + _TEMP_MARK + "*")):
-        _, mark, suffix = leftover.name.partition(_TEMP_MARK)
-        if not mark or _writer_alive(leftover, suffix) or not leftover.is_file():
+        _, _, suffix = leftover.name.rpartition(_TEMP_MARK)
+        tag, _, rest = suffix.partition("-")
+        # only what write_temp names (an owner tag, then mkstemp's 8 characters): a
+        # user's own file of a name like ours is never taken for one
+        if not _MKSTEMP.fullmatch(rest) or tag_alive(tag, leftover) is not False:
+            continue
+        if not leftover.is_file() or leftover.is_symlink():
             continue
         with contextlib.suppress(OSError):
             leftover.unlink()

@@ -310,14 +310,19 @@ def test_a_copy_killed_mid_write_is_cleaned_up_by_the_next_copy_to_that_folder(
     )
     assert killed.returncode == -signal.SIGKILL
     (leftover,) = copies.glob(".a.csv.csvjournal-*")
-    live = copies / f"{temp_prefix(copies / 'b.csv')}{csvjournal._pids.owner_tag()}-x"
+    live = copies / f"{temp_prefix(copies / 'b.csv')}{csvjournal._pids.owner_tag()}-abcd1234"
     live.write_text("being written")  # by a live process (this one): left alone
+    users = [copies / name for name in (".notes.csvjournal-backup", ".x.csvjournal-12345-keep")]
+    for own in users:
+        own.write_text("a user's own file, named like ours")
     with csvjournal.open(csv_path, key="ID") as journal:
         journal.record("a", "COMPLETED")
         journal.export(copies / "other.csv")
     assert not leftover.exists()
     assert live.exists()
-    assert sorted(p.name for p in copies.iterdir()) == [live.name, "other.csv"]
+    assert sorted(p.name for p in copies.iterdir()) == sorted(
+        [live.name, "other.csv", *(own.name for own in users)]
+    )
 
 
 def test_permissions_of_the_old_csv_are_kept(csv_path: Path) -> None:
