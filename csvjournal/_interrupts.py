@@ -245,7 +245,7 @@ class _Released:
 
     def __enter__(self) -> None:
         held = self._held
-        if held._main:
+        if held._main and threading.get_ident() == _main_ident:
             try:
                 held._release()
             except BaseException:
@@ -258,8 +258,8 @@ class _Released:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self._held._main:
-            return
+        if not self._held._main or threading.get_ident() != _main_ident:
+            return  # (a generator holding this part, closed by the collector elsewhere)
         raised: BaseException | None = None
         for _ in range(64):  # held again whatever comes: what follows ends a commit
             try:
