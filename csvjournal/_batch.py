@@ -7,6 +7,7 @@ same thread, and at commit.
 
 from __future__ import annotations
 
+import sys
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -84,6 +85,23 @@ class BatchState:
         self.owner = weakref.ref(block)
         self._ending = (inner, released)
 
+    def abandoned(self) -> bool:
+        """Whether the block's ``with`` statement is over though its ``__exit__`` never ran
+        (see :meth:`end_abandoned`): its :class:`Block` is gone, or the exception being
+        handled now came out of that ``__exit__`` (a record in the ``except`` clause
+        around the block, the block still referenced by the exception's traceback)."""
+        owner = self.owner()
+        if owner is None:
+            return True
+        exc = sys.exception()
+        tb = None if exc is None else exc.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            if frame.f_code is _BLOCK_EXIT and frame.f_locals.get("self") is owner:
+                return True
+            tb = tb.tb_next
+        return False
+
     def end_abandoned(self) -> None:
         """Undo the block, its :class:`Block` gone without its ``__exit__`` having run:
         Python runs signal handlers as any function begins, and one that raised as the
@@ -95,10 +113,12 @@ class BatchState:
         if self._ending is None:
             return
         (inner, released), self._ending = self._ending, None
-        released.__exit__(None, None, None)  # signals held while it ends
-        cut = _EndCutShort("the end of this batch() block was cut short by a signal's handler")
-        with suppress(_EndCutShort):
-            inner.__exit__(_EndCutShort, cut, None)
+        try:
+            released.__exit__(None, None, None)  # signals held while it ends (may raise:
+        finally:  # a handler, as the hold began; the block ends all the same)
+            cut = _EndCutShort("the end of this batch() block was cut short by a signal's handler")
+            with suppress(_EndCutShort):
+                inner.__exit__(_EndCutShort, cut, None)
 
     @contextmanager
     def open_here(self) -> Iterator[None]:
@@ -248,15 +268,15 @@ class Block(Generic[T]):
 
     def __enter__(self) -> T:
         held, state = self._inner.__enter__()
-        released = held.released()
+        # (all but the release with signals held: a handler may raise as any call begins)
+        self._released = released = held.released()
+        if state is not None:  # the outermost block
+            state.own(self, self._inner, released)
         try:
             released.__enter__()  # (signals that came meanwhile run here: may raise)
         except BaseException as exc:
             self._inner.__exit__(type(exc), exc, exc.__traceback__)
             raise
-        self._released = released
-        if state is not None:  # the outermost block
-            state.own(self, self._inner, released)
         return self._value
 
     def __exit__(
@@ -271,3 +291,6 @@ class Block(Generic[T]):
             self._inner.__exit__(type(raised), raised, raised.__traceback__)
             raise
         return self._inner.__exit__(exc_type, exc, tb)
+
+
+_BLOCK_EXIT = Block.__exit__.__code__

@@ -336,7 +336,7 @@ class Handle:
         """This thread's open ``batch()``, if any (one whose end a signal's handler cut
         short is undone first: see :meth:`BatchState.end_abandoned`)."""
         batch: BatchState | None = self._batches.get(threading.get_ident())
-        if batch is not None and batch.owner() is None:
+        if batch is not None and batch.abandoned():
             batch.end_abandoned()
             return None
         return batch

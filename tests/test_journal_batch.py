@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -312,3 +313,38 @@ def test_another_threads_write_waits_for_a_short_block(quick: Journal) -> None:
     holder.join(10)
     assert [e.key for e in quick.history("AFTER")] == ["AFTER"]
     assert quick.pending() == ["SHORT", "AFTER"]
+
+
+def test_a_block_whose_exit_a_handler_cut_short_is_undone_and_later_records_commit(
+    journal: Journal,
+) -> None:
+    # Python runs a signal's handler as any function begins: one that raised as the with
+    # statement called the block's __exit__ left the block open. Records made in the
+    # except clause around it (a "last status") joined that dead block, and were undone
+    # when the exception went.
+    from csvjournal._batch import Block
+
+    cut = False
+
+    def tracer(frame: object, event: str, arg: object) -> None:
+        nonlocal cut
+        if event == "call" and frame.f_code is Block.__exit__.__code__ and not cut:  # type: ignore[attr-defined]
+            cut = True
+            sys.settrace(None)
+            raise KeyboardInterrupt
+
+    try:
+        sys.settrace(tracer)
+        with journal.batch():
+            journal.record("in-block", "COMPLETED")
+    except KeyboardInterrupt:
+        journal.record("interrupted", "FAILED")  # the block's exception still at hand
+    finally:
+        sys.settrace(None)
+    assert cut
+    assert journal.get("in-block") is None  # undone, as a block that raised
+    journal.record("later")
+    with csvjournal.open(journal.csv_path, export=False) as other:  # committed for all
+        assert other.get("interrupted") is not None
+        assert other.get("later") is not None
+        assert other.get("in-block") is None
