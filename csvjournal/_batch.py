@@ -267,6 +267,8 @@ class Block(Generic[T]):
         self._value = value
 
     def __enter__(self) -> T:
+        if hasattr(self, "_released"):
+            raise RuntimeError("a batch() block is entered once: call journal.batch() again")
         held, state = self._inner.__enter__()
         # (all but the release with signals held: a handler may raise as any call begins)
         self._released = released = held.released()

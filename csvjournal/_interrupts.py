@@ -54,7 +54,23 @@ _getsignal = _signal.getsignal
 
 def _forked() -> None:
     global _main_ident  # noqa: PLW0603 - the one place that changes it
+    forked_by_main = threading.get_ident() == _main_ident
     _main_ident = threading.get_ident()
+    if forked_by_main:
+        return  # (a hold of the forking thread ends in the child as in the parent)
+    # Forked by another thread while the main thread held signals: that hold never ends
+    # in the child (its thread is not there), so its note-takers would keep the
+    # application's handlers off for good. They go back now.
+    for signum in HELD_SIGNALS:
+        handler = held = _getsignal(signum)
+        for _ in range(_CHAIN):
+            owner = getattr(handler, "__self__", None)
+            if type(owner) is not HeldInterrupts:
+                break
+            owner._active, owner._previous = False, None
+            handler = owner._saved.get(signum, _signal.SIG_DFL)
+        if handler is not held:
+            _signal.signal(signum, handler)
 
 
 os.register_at_fork(after_in_child=_forked)

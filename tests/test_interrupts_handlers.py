@@ -365,3 +365,47 @@ def test_reads_cut_short_by_a_raising_handler_leak_nothing_and_close_returns(
     outcome = _run(tmp_path, READ_STORM)
     assert outcome["raised"]
     assert outcome["closed_in"] < 10
+
+
+# Another thread forks while the main thread records (and so holds signals).
+FORK_FROM_A_THREAD = """\
+import json, os, signal, sys, threading, time
+import structlog, logging
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+import csvjournal
+
+journal = csvjournal.open(sys.argv[1], key="K", durability="normal", keep_backups=0)
+done, swallowed = threading.Event(), []
+
+def fork_children():
+    for _ in range(15):
+        time.sleep(0.01)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+                os._exit(3)  # Ctrl-C swallowed
+            except KeyboardInterrupt:
+                os._exit(0)
+        swallowed.append(os.waitpid(pid, 0)[1] != 0)
+    done.set()
+
+threading.Thread(target=fork_children).start()
+n = 0
+while not done.is_set():
+    n += 1
+    journal.record(f"k{n % 50}", "DONE")
+journal.close()
+print(json.dumps({"children": len(swallowed), "swallowed": sum(swallowed)}))
+"""
+
+
+def test_a_child_forked_by_another_thread_while_the_main_thread_commits_gets_its_ctrl_c(
+    tmp_path: Path,
+) -> None:
+    # The child inherited the main thread's hold, which never ends there: every child's
+    # Ctrl-C (and SIGTERM handler) was swallowed for good.
+    outcome = _run(tmp_path, FORK_FROM_A_THREAD)
+    assert outcome["children"] == 15
+    assert outcome["swallowed"] == 0

@@ -348,3 +348,15 @@ def test_a_block_whose_exit_a_handler_cut_short_is_undone_and_later_records_comm
         assert other.get("interrupted") is not None
         assert other.get("later") is not None
         assert other.get("in-block") is None
+
+
+def test_a_batch_object_is_entered_once(journal: Journal) -> None:
+    block = journal.batch()
+    with block:
+        journal.record("a")
+    with pytest.raises(RuntimeError, match="entered once"), block:
+        journal.record("b")
+    assert journal.get("b") is None
+    with journal.batch():  # a new one works
+        journal.record("b")
+    assert journal.get("b") is not None
