@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections import deque
-from itertools import starmap
+from itertools import repeat, starmap
 from types import FrameType, MethodType, TracebackType
 from typing import Any
 
@@ -81,7 +81,11 @@ def _put_back(previous: dict[int, Any]) -> None:
     came (those already put back are the application's): one that raises is raised once
     every handler is back, the rest put back again. The calls run in one C loop: no
     Python code (where handlers run too) comes between them."""
-    raised: BaseException | None = None
+    try:
+        deque(map(_signal.signal, previous.keys(), previous.values()), maxlen=0)
+        return
+    except BaseException as exc:
+        raised: BaseException = exc
     left = list(previous.items())
     while left:
         try:
@@ -90,8 +94,7 @@ def _put_back(previous: dict[int, Any]) -> None:
             left = []
         except BaseException as exc:
             raised = raised or exc
-    if raised is not None:
-        raise raised
+    raise raised
 
 
 class HeldInterrupts:
@@ -130,7 +133,7 @@ class HeldInterrupts:
         try:
             # (signal() first runs the handlers of signals already come: one may raise,
             # its own swap not made, and those swapped before must go back)
-            deque(starmap(_signal.signal, [(signum, self._note) for signum in previous]), maxlen=0)
+            deque(map(_signal.signal, previous, repeat(self._note, len(previous))), maxlen=0)
         except BaseException:
             self._active = False
             _put_back(previous)
