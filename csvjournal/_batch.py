@@ -246,7 +246,8 @@ def foreign_batch_error(path: object) -> BatchOpenError:
 
 
 class _EndCutShort(Exception):
-    """What a block whose ``__exit__`` never ran is ended with (see :meth:`Block.__del__`)."""
+    """What a block whose ``__exit__`` never ran is ended with (see
+    :meth:`BatchState.end_abandoned`)."""
 
 
 class Block(Generic[T]):

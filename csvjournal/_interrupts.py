@@ -97,6 +97,15 @@ def _put_back(previous: dict[int, Any]) -> None:
     raise raised
 
 
+def _left_behind(handler: Any, me: HeldInterrupts) -> HeldInterrupts | None:
+    """The block whose note-taker ``handler`` is, if that block no longer holds (or is
+    ``me``, looking for the handler behind its own); None for any other handler."""
+    owner = getattr(handler, "__self__", None)
+    if type(owner) is HeldInterrupts and (not owner._active or owner is me):
+        return owner
+    return None
+
+
 class HeldInterrupts:
     """A ``with`` block in which the signals of :data:`HELD_SIGNALS` wait (in the main
     thread, whatever Python handler is installed: the default one, which raises
@@ -112,7 +121,7 @@ class HeldInterrupts:
         self._active = False  # holding, or about to: its note-taker notes (see _note)
         self._previous: dict[int, Any] | None = None  # the handlers held off, while they are
         self._noted: dict[int, float] = {}  # when each held signal first came
-        self._saved: dict[int, Any] = {}  # the handlers the last hold swapped (see _heal)
+        self._saved: dict[int, Any] = {}  # the handlers the last hold swapped (see _held_off)
 
     def __enter__(self) -> HeldInterrupts:
         self._main = threading.get_ident() == _main_ident
@@ -146,8 +155,8 @@ class HeldInterrupts:
         swapped handlers, and again as it put them back, left it installed), taking over
         the signal it noted."""
         for _ in range(_CHAIN):
-            owner = getattr(handler, "__self__", None)
-            if type(owner) is not HeldInterrupts or (owner._active and owner is not self):
+            owner = _left_behind(handler, self)
+            if owner is None:
                 return handler  # the application's, or a block's that holds (nested)
             if owner._noted.pop(signum, None) is not None:
                 self._noted.setdefault(signum, time.monotonic())
@@ -156,15 +165,8 @@ class HeldInterrupts:
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
         if not self._active:  # left behind (see _held_off): the handler it held off
-            handler = self._saved.get(signum)
-            for _ in range(_CHAIN):
-                owner = getattr(handler, "__self__", None)
-                if type(owner) is not HeldInterrupts or (owner._active and owner is not self):
-                    break
-                handler = owner._saved.get(signum)
-            else:
-                return
-            if callable(handler):
+            handler = self._held_off(signum, self._saved.get(signum))
+            if callable(handler) and _left_behind(handler, self) is None:
                 handler(signum, frame)
             return
         now = time.monotonic()

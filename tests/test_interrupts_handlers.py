@@ -18,7 +18,9 @@ import pytest
 import csvjournal
 
 
-def _run(tmp_path: Path, source: str, *args: str) -> dict[str, object]:
+def _spawn(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as a script in a process of its own, on ``tmp_path/j.csv``; it must
+    end with status 0."""
     script = tmp_path / "script.py"
     script.write_text(source)
     done = subprocess.run(
@@ -29,6 +31,12 @@ def _run(tmp_path: Path, source: str, *args: str) -> dict[str, object]:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _run(tmp_path: Path, source: str, *args: str) -> dict[str, object]:
+    """:func:`_spawn`; the JSON document its last line prints."""
+    done = _spawn(tmp_path, source, *args)
     outcome: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
     return outcome
 
@@ -201,16 +209,7 @@ def test_a_sigterm_handler_that_closes_and_exits_inside_a_task_exits_cleanly(
 ) -> None:
     # The task's end gave the row back to a closed journal: JournalClosedError replaced
     # the SystemExit (exit status 1, a traceback).
-    script = tmp_path / "script.py"
-    script.write_text(CLOSE_AND_EXIT)
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "j.csv")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _spawn(tmp_path, CLOSE_AND_EXIT)
     assert "Traceback" not in done.stderr
     assert "not reached" not in done.stdout
     with csvjournal.open(tmp_path / "j.csv", export=False) as journal:
