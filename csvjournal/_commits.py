@@ -160,6 +160,15 @@ class Commits:
             results = [next(done) if r is None else r for r in results]
         return results
 
+    def reentered(self) -> JournalBusyError:
+        """The error for a write from a signal handler run while its own thread commits
+        (an impatient second Ctrl-C's): it would wait for that commit, under it, for good."""
+        return JournalBusyError(
+            f"{self._csv_path}: a signal handler wrote to the journal while its thread was"
+            " committing (a Ctrl-C pressed twice while the journal was busy): the write would"
+            " wait for that commit, which waits for the handler to return"
+        )
+
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the handle's write lock, waiting for another thread's commit or

@@ -122,7 +122,7 @@ class Handle:
         )
         sync = self._store.sync_wal if options.durability == "full" else None
         self._committer: GroupCommitter[Item, object] = GroupCommitter(
-            self._commits.commit_group, sync
+            self._commits.commit_group, sync, reentered=self._commits.reentered
         )
         self._exporter: Exporter | None = None
         self._watch: OrphanWatch | None = None

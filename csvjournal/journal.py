@@ -13,7 +13,7 @@ import structlog
 
 from csvjournal import _forking, _reads
 from csvjournal._batch import BatchState, Block, foreign_batch_error
-from csvjournal._claims import attempts_limit
+from csvjournal._claimargs import attempts_limit
 from csvjournal._interrupts import HeldInterrupts
 from csvjournal._upkeep import Upkeep
 from csvjournal._values import render_value, storable
@@ -115,6 +115,8 @@ class Journal(Upkeep):
                 yield held, None
             return
         self._commits.check_journal()  # a connection would make a new, empty file there
+        if self._committer.inside():
+            raise self._commits.reentered()
         with (
             HeldInterrupts() as held,
             self._gate.operation(),
@@ -217,6 +219,12 @@ class Journal(Upkeep):
         self._refuse_in_batch("close")
         self._closed = True  # no new record, batch or claim from here on
         self._closing = True  # until done: a close a signal cut short is taken up again
+        if self._committer.inside():
+            # A signal handler's, run while its thread commits (Ctrl-C pressed twice while
+            # the journal was busy): the waits below would be for that commit, under this
+            # call. The handle takes no new call; the next close (at exit, if no other)
+            # does the rest, once the commit is over.
+            return
         with HeldInterrupts() as held:
             if self._pid == _forking.PID:
                 # (waits of up to busy_timeout: a signal cutting one short is handled then,

@@ -224,3 +224,45 @@ def test_an_interrupted_caller_still_wakes_the_rest_of_its_group(
         assert not thread.is_alive()
     assert results == {1: 10, 2: 20, 4: 40}
     assert [sorted(group) for group in commit.groups] == [[1], [2, 3, 4]]
+
+
+class Reentered(Exception):
+    pass
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("role", ["alone", "leader", "follower"])
+def test_a_submit_from_inside_a_submit_of_the_same_thread_fails_at_once(role: str) -> None:
+    # A signal handler that records, run while its thread commits (or waits for its
+    # group), waited for itself for good. It now fails at once; the submit under it
+    # still commits.
+    commit = Committer(seconds=0.3)
+    committer = GroupCommitter(commit, gather_seconds=0.05, reentered=Reentered)
+    inner: list[BaseException] = []
+
+    def handler(signum: int, frame: object) -> None:
+        try:
+            committer.submit(99)
+        except Reentered as exc:
+            inner.append(exc)
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    other = None
+    try:
+        if role != "alone":  # another thread commits first (follower) or waits for us
+            other = threading.Timer(0.0 if role == "follower" else 0.02, committer.submit, (1,))
+            other.start()
+            time.sleep(0.1 if role == "follower" else 0.0)
+        threading.Timer(
+            0.15, signal.pthread_kill, (threading.main_thread().ident, signal.SIGUSR1)
+        ).start()
+        assert committer.submit(7) == 70
+    finally:
+        if other is not None:
+            other.join(timeout=5)
+        signal.signal(signal.SIGUSR1, previous)
+    assert len(inner) == 1
+    assert 7 in commit.durable
+    assert 99 not in commit.durable
+    groups = [sorted(group) for group in commit.groups]
+    assert groups == {"alone": [[7]], "leader": [[7], [1]], "follower": [[1], [7]]}[role]

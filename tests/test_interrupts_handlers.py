@@ -408,3 +408,82 @@ def test_a_child_forked_by_another_thread_while_the_main_thread_commits_gets_its
     outcome = _run(tmp_path, FORK_FROM_A_THREAD)
     assert outcome["children"] == 15
     assert outcome["swallowed"] == 0
+
+
+# Ctrl-C pressed twice while record() waits for a journal another connection holds: the
+# second press runs the application's handler at once, inside that commit. The handler
+# records, opens a block, or closes the journal and exits.
+HANDLER_INSIDE_A_BUSY_COMMIT = """\
+import json, os, signal, sqlite3, sys, threading, time
+import structlog, logging
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+import csvjournal
+
+what = sys.argv[2]
+journal = csvjournal.open(sys.argv[1], key="K", durability="normal", keep_backups=0,
+                          busy_timeout=20)
+journal.record("first")
+outcome = {"handler": []}
+
+def on_int(signum, frame):
+    try:
+        if what == "close":
+            journal.close()
+            outcome["closed"] = True
+            print(json.dumps(outcome), flush=True)
+            sys.exit(0)
+        if what == "record":
+            journal.record("interrupted", "STOP")
+        else:
+            with journal.batch():
+                journal.record("interrupted", "STOP")
+        outcome["handler"].append("recorded")
+    except csvjournal.JournalBusyError as exc:
+        outcome["handler"].append(str(exc))
+
+signal.signal(signal.SIGINT, on_int)
+locked = threading.Event()
+
+def hold_the_journal():
+    conn = sqlite3.connect(str(journal.journal_path), isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    locked.set()
+    time.sleep(0.3)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.8)  # over half a second after the first: the second press runs the handler
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.5)
+    conn.execute("ROLLBACK")
+    conn.close()
+
+thread = threading.Thread(target=hold_the_journal, daemon=True)
+thread.start()
+locked.wait()
+outcome["main"] = journal.record("main", "DONE")
+thread.join()
+outcome["rows"] = {key: journal.get(key)["STATUS"] for key in ("first", "main")}
+journal.close()
+print(json.dumps(outcome))
+"""
+
+
+@pytest.mark.parametrize("what", ["record", "batch", "close"])
+def test_a_handler_run_inside_its_threads_busy_commit_neither_hangs_nor_loses_it(
+    tmp_path: Path, what: str
+) -> None:
+    # Its record waited for the group commit its own thread led, under it: a hang for good
+    # (a block waited out the busy timeout); its close() waited for that commit too.
+    outcome = _run(tmp_path, HANDLER_INSIDE_A_BUSY_COMMIT, what)
+    lines = (tmp_path / "j.csv").read_text().splitlines()
+    if what == "close":
+        assert outcome == {"handler": [], "closed": True}
+        # the record under the handler did not commit: the handler exited inside it
+        assert len(lines) == 2
+        assert lines[1].startswith("first,PENDING,")
+    else:
+        (refusal,) = outcome["handler"]
+        assert isinstance(refusal, str)
+        assert "signal handler" in refusal
+        assert outcome["rows"] == {"first": "PENDING", "main": "DONE"}
+        assert [line.split(",")[0] for line in lines[1:]] == ["first", "main"]
+    assert not list(tmp_path.glob("j.csv.journal-*"))
