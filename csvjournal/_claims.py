@@ -6,13 +6,19 @@ workers; the SQL lives in :mod:`csvjournal._leases`, the loop in :mod:`csvjourna
 
 from __future__ import annotations
 
-import numbers
 import threading
 import time
 from collections.abc import Generator, Iterable, Mapping
 from typing import cast
 
 from csvjournal import _reads
+from csvjournal._claimargs import (
+    MAX_LEASE_SECONDS,
+    attempts_limit,
+    claim_args,
+    key_list,
+    valid_lease,
+)
 from csvjournal._handle import Handle
 from csvjournal._heldclaims import Change, ends
 from csvjournal._interrupts import HeldInterrupts
@@ -30,78 +36,7 @@ from csvjournal._work import Task, work
 from csvjournal._writer import RecordCall
 from csvjournal.errors import BatchOpenError, SettingsError
 
-__all__ = ["MAX_LEASE_SECONDS", "Claims", "as_count"]
-
-# A lease is how long a dead worker's row stays taken: past a month, a typo (and infinity
-# overflows the clock).
-MAX_LEASE_SECONDS = 30 * 86_400
-
-
-def _valid_lease(lease: object) -> bool:
-    """Whether ``lease`` is a lease's length (for what it raises, see
-    :func:`~csvjournal._values.seconds_arg`)."""
-    return 0 < seconds_arg("lease", lease) <= MAX_LEASE_SECONDS  # NaN is neither
-
-
-def _keys(keys: Iterable[str]) -> list[str]:
-    """``keys`` as a list; a lone key given for a list of them is refused, not taken for
-    its characters.
-
-    Raises:
-        TypeError: ``keys`` is a string (or bytes), or not iterable.
-    """
-    if isinstance(keys, str | bytes):
-        raise TypeError(f"keys must be a list of keys, not the one key {keys!r}: use [{keys!r}]")
-    return list(keys)
-
-
-def as_count(name: str, value: object) -> int | None:
-    """``value`` as a count (an int, None kept): SQLite's limits are 64 bits, so a huge one
-    is as good as all.
-
-    Raises:
-        TypeError: not an integer (a float, a bool, text); numpy's are.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy's are
-        raise TypeError(f"{name} must be an int, not {type(value).__name__} {value!r}")
-    return min(int(value), 2**62)
-
-
-def attempts_limit(caller: str, value: object) -> int | None:
-    """``max_attempts`` of ``caller`` as a count, or None.
-
-    Raises:
-        TypeError: not an integer.
-        SettingsError: below 1.
-    """
-    limit = as_count("max_attempts", value)
-    if limit is not None and limit < 1:
-        raise SettingsError(f"{caller} needs max_attempts >= 1 or None, not {limit}")
-    return limit
-
-
-def _claim_args(
-    n: object, lease: float, worker: object, max_attempts: object
-) -> tuple[int, int | None]:
-    """``n`` and ``max_attempts`` as counts, once every argument of a claim is checked.
-
-    Raises:
-        SettingsError: ``n`` or ``max_attempts`` below 1, or ``lease`` not a number of
-            seconds above 0 and at most :data:`MAX_LEASE_SECONDS` (30 days).
-        TypeError: ``n`` or ``max_attempts`` not an int, ``worker`` not text, ``lease``
-            not a number.
-    """
-    count, limit = as_count("n", n) or 0, as_count("max_attempts", max_attempts)
-    if worker is not None and (type(worker) is not str or not worker):
-        raise TypeError(f"worker must be a name (non-empty text), not {worker!r}")
-    if count < 1 or not _valid_lease(lease) or (limit is not None and limit < 1):
-        raise SettingsError(
-            f"claim needs n >= 1, 0 < lease <= {MAX_LEASE_SECONDS:,} (30 days) and"
-            f" max_attempts >= 1 or None, not n={count}, lease={lease}, max_attempts={limit}"
-        )
-    return count, limit
+__all__ = ["Claims"]
 
 
 class Claims(Handle):
@@ -130,7 +65,7 @@ class Claims(Handle):
             JournalBusyError: other writers held the journal longer than the busy timeout.
             JournalClosedError: the handle is closed.
         """
-        n, max_attempts = _claim_args(n, lease, worker, max_attempts)
+        n, max_attempts = claim_args(n, lease, worker, max_attempts)
         self._ensure()
         return self._claim(n, lease, worker or self._worker_name(), max_attempts, None)
 
@@ -224,12 +159,12 @@ class Claims(Handle):
             JournalBusyError: other writers held the journal longer than the busy timeout.
             JournalClosedError: the handle is closed.
         """
-        if not _valid_lease(lease):
+        if not valid_lease(lease):
             raise SettingsError(
                 f"extend needs 0 < lease <= {MAX_LEASE_SECONDS:,} (30 days), not {lease}"
             )
         self._ensure()
-        held = self._held.holders(_keys(keys), worker, threading.current_thread())
+        held = self._held.holders(key_list(keys), worker, threading.current_thread())
         renewed: list[str] = self._write(  # type: ignore[assignment]
             Action(lambda conn, _writer: extend_leases(conn, held, time.time() + lease))
         )
@@ -251,7 +186,7 @@ class Claims(Handle):
             JournalClosedError: the handle is closed.
         """
         self._ensure()
-        held = self._held.holders(_keys(keys), worker, threading.current_thread())
+        held = self._held.holders(key_list(keys), worker, threading.current_thread())
         return self._release(held, note)
 
     def _release(self, held: list[tuple[str, str]], note: str) -> list[str]:
@@ -323,7 +258,7 @@ class Claims(Handle):
                 f"defer needs 0 <= seconds <= {MAX_LEASE_SECONDS:,} (30 days), not {seconds}"
             )
         self._ensure()
-        chosen, until = [key for key in _keys(keys) if storable(key)], time.time() + seconds
+        chosen, until = [key for key in key_list(keys) if storable(key)], time.time() + seconds
         deferred: list[str] = self._write(  # type: ignore[assignment]
             Action(lambda conn, _writer: defer_rows(conn, chosen, until))
         )
@@ -339,7 +274,7 @@ class Claims(Handle):
             JournalClosedError: the handle is closed.
         """
         self._ensure()
-        chosen = None if keys is None else [key for key in _keys(keys) if storable(key)]
+        chosen = None if keys is None else [key for key in key_list(keys) if storable(key)]
         reset: list[str] = self._write(  # type: ignore[assignment]
             Action(lambda conn, _writer: reset_attempts(conn, chosen, status))
         )
@@ -373,7 +308,7 @@ class Claims(Handle):
             BatchOpenError: the loop is iterated inside a ``batch()`` block of its thread
                 (its lease renewals would wait for the block's own write lock).
         """
-        _claim_args(1, lease, worker, max_attempts)
+        claim_args(1, lease, worker, max_attempts)
         terminal = self.settings.terminal
         if success_status not in terminal:
             raise SettingsError(

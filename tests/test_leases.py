@@ -30,7 +30,7 @@ from _leases import wait_for as _wait_for
 
 import csvjournal
 from csvjournal import Journal
-from csvjournal._claims import MAX_LEASE_SECONDS
+from csvjournal._claimargs import MAX_LEASE_SECONDS
 
 # The fixtures of the ten-row CSV and its exporting journal (assigned, not imported by name,
 # so that the test parameters naming them do not shadow an import).

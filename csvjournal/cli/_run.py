@@ -16,7 +16,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import csvjournal
-from csvjournal._claims import MAX_LEASE_SECONDS
+from csvjournal._claimargs import MAX_LEASE_SECONDS
 from csvjournal._flush import RETRY_NOTE
 from csvjournal._importer import unfinished
 from csvjournal._settings import DEFAULT_STATUS, DEFAULT_TERMINAL, DEFAULT_TIMESTAMP
