@@ -136,7 +136,7 @@ def test_init_shows_the_import_on_a_terminal(
         (["import", "--merge"], "merging", "merged "),
         (["recover"], "recovering", "integrity check: ok"),
         (["backup"], "backing up", ""),
-        (["export"], "exporting", "wrote "),
+        (["export"], "exporting", " is current"),
         (["restore"], "restoring", "restored "),
     ],
 )
