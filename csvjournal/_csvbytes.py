@@ -78,6 +78,12 @@ def decode(
     for bom, name in _BOMS:
         if data.startswith(bom) and (encoding is None or _bom_fits(name, encoding)):
             return _decode_as(path, memoryview(data)[len(bom) :], name), name, True
+    if encoding is not None and (found := _wide_bom(data, encoding)) is not None:
+        raise CsvFormatError(  # its NULs read as text: a field count would be blamed
+            f"{path}: line 1, column 1: the file starts with {found.upper()}'s byte-order"
+            f" mark and holds NUL bytes, read as {encoding}: it is {found.upper()} (give no"
+            " encoding)"
+        )
     if encoding is None and usual is not None:
         encoding = _resaved(data, usual)
     if encoding is None and (guess := _utf16_without_bom(data)) is not None:
@@ -147,6 +153,15 @@ def writing_encoding(encoding: str) -> str:
     """The codec to write a file without a BOM in ``encoding`` with, record by record:
     ``encoding`` itself, but ``utf-16`` would put a BOM before every record."""
     return _NO_BOM.get(codecs.lookup(encoding).name, encoding)
+
+
+def _wide_bom(data: bytes, encoding: str) -> str | None:
+    """The UTF-16 or UTF-32 byte order whose BOM ``data`` starts with, text of it (NUL
+    bytes) following, when ``encoding`` is of neither family (else None)."""
+    for bom, name in _BOMS[1:]:
+        if data.startswith(bom) and b"\x00" in data[len(bom) : 256]:
+            return None if _family(encoding) in ("utf-16", "utf-32") else name
+    return None
 
 
 def _bom_fits(bom_encoding: str, encoding: str) -> bool:

@@ -332,7 +332,9 @@ def render_rows(
     rows: Iterable[Sequence[str]], dialect: CsvDialect, *, formula_guard: bool = False
 ) -> Iterable[str]:
     """Each row as one CSV record in ``dialect``, line terminator included (minimal quoting:
-    a field is quoted when it holds the delimiter, the quote character or a line break)."""
+    a field is quoted when it holds the delimiter, the quote character or a line break,
+    and a record's first field when it starts with U+FEFF: read back, a byte-order mark
+    starting a line is where two files were joined)."""
     if formula_guard:
         rows = ([guard_formula(value) for value in row] for row in rows)
     needs_quotes = _field_pattern(dialect).search
@@ -344,16 +346,16 @@ def render_rows(
     for row in rows:
         line = joiner.join(row)
         # Most rows need no quotes: no quote or line break anywhere, no delimiter in a value.
-        if special(line) is None and line.count(joiner) == len(row) - 1:
+        if special(line) is None and line.count(joiner) == len(row) - 1 and line[:1] != "\ufeff":
             yield (line if line or len(row) != 1 else doubled) + end  # "" keeps a lone empty
             continue
-        yield (
-            joiner.join(
-                f"{quote}{value.replace(quote, doubled)}{quote}" if needs_quotes(value) else value
-                for value in row
-            )
-            + end
-        )
+        fields = [
+            f"{quote}{value.replace(quote, doubled)}{quote}" if needs_quotes(value) else value
+            for value in row
+        ]
+        if line[:1] == "\ufeff" and fields[0][:1] == "\ufeff":
+            fields[0] = f"{quote}{fields[0]}{quote}"  # (no quote inside: it was not quoted)
+        yield joiner.join(fields) + end
 
 
 def render_csv(

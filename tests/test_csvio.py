@@ -519,3 +519,32 @@ def test_init_formula_guard_sets_the_guard_from_the_start(tmp_path: Path) -> Non
         assert journal.settings.formula_guard
         journal.record("1", "COMPLETED")
     assert _parse(path.read_bytes())[1][:2] == ["1", "'=cmd"]
+
+
+@pytest.mark.parametrize("bom", [False, True])
+@pytest.mark.parametrize("first", ["key", "note"])
+def test_a_first_field_starting_with_u_feff_is_quoted_and_reads_back_the_same(
+    tmp_path: Path, first: str, bom: bool
+) -> None:
+    # Written bare at a line's start, it read back as a byte-order mark where two files
+    # were joined: csvjournal refused its own export (a new journal of it, a merge).
+    header = ["ID", "NOTE"] if first == "key" else ["NOTE", "ID"]
+    path = tmp_path / "a.csv"
+    path.write_bytes((codecs.BOM_UTF8 if bom else b"") + f"{','.join(header)}\n".encode())
+    with csvjournal.open(path, key="ID") as journal:
+        journal.record("\ufeffP1", "DONE", NOTE="\ufeffpasted")
+        journal.record("P2", "DONE", NOTE="plain")
+        journal.record('\ufeff"q"', "DONE", NOTE="\ufeff,")
+    exported = path.read_bytes()
+    copy = tmp_path / "copy" / "a.csv"
+    copy.parent.mkdir()
+    copy.write_bytes(exported)
+    with csvjournal.open(copy, key="ID") as journal:
+        assert journal.get("\ufeffP1")["NOTE"] == "\ufeffpasted"
+        assert journal.get('\ufeff"q"')["NOTE"] == "\ufeff,"
+    assert copy.read_bytes() == exported
+    path.write_bytes(exported.replace(b"plain", b"edited"))
+    csvjournal.merge_csv(path)  # a hand edit beside them merges
+    with csvjournal.open(path) as journal:
+        assert journal.get("P2")["NOTE"] == "edited"
+        assert journal.get("\ufeffP1")["NOTE"] == "\ufeffpasted"

@@ -567,6 +567,22 @@ def test_utf16_without_bom_is_named_as_the_encoding_to_give(
     assert path.read_bytes().decode(raw).splitlines()[1].startswith("1")
 
 
+@pytest.mark.parametrize("raw", ["utf-16-le", "utf-16-be", "utf-32-le"])
+@pytest.mark.parametrize("given", ["cp1252", "latin-1", "utf-8"])
+def test_a_wide_bom_read_in_a_narrow_encoding_names_the_files_encoding(
+    tmp_path: Path, raw: str, given: str
+) -> None:
+    # Its NULs were read as text: the error blamed a field count on a line that is not there.
+    path = tmp_path / "sheet.csv"
+    path.write_bytes("\ufeffID,NAME\n1,café\n".encode(raw))
+    hint = f"line 1, column 1: the file starts with {raw.upper()}'s byte-order mark"
+    with pytest.raises(csvjournal.CsvFormatError, match=f"{re.escape(hint)}.*it is {raw.upper()}"):
+        csvjournal.open(path, key="ID", encoding=given)
+    assert _names(tmp_path) == ["sheet.csv"]
+    with csvjournal.open(path, key="ID") as journal:  # as the error says: no encoding
+        assert journal.get("1")["NAME"] == "café"
+
+
 def test_a_nul_byte_in_a_utf8_cell_is_no_utf16_hint(tmp_path: Path) -> None:
     path = tmp_path / "sheet.csv"
     path.write_bytes(b"ID,NAME\n1,a\x00b\n")
