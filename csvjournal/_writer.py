@@ -251,11 +251,14 @@ class Writer:
         self._terminal_text: str | None = None  # as stored, when last read
         self.formula_guard = settings.formula_guard
         self._next_seq: int | None = None
+        # The highest number handed out in work that was then undone (a block that raised):
+        # none at or below it is given again, where SQLite's max + 1 would.
+        self._floor = 0
         self._fixed: tuple[str, str, str] | None = None
         # The connection and its PRAGMA data_version when the shared settings were last read.
         self._read_as: tuple[sqlite3.Connection, int] | None = None
 
-    def begin(self, conn: sqlite3.Connection) -> tuple[int, int | None]:
+    def begin(self, conn: sqlite3.Connection) -> int:
         """Start a write transaction's work (``conn`` holds the lock): forget the sequence
         state of the last one, read the terminal statuses and the formula guard again if
         another connection committed since; return a :meth:`mark`."""
@@ -290,29 +293,36 @@ class Writer:
         """Give ``op`` the next sequence number of this transaction (we hold the lock)."""
         if self._next_seq is None:
             (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-            self._next_seq = last + 1
+            if last >= self._floor:  # committed past it: SQLite may number events again
+                self._floor = 0
+            self._next_seq = max(last, self._floor) + 1
         op.seq = self._next_seq
         self._next_seq += 1
         return op.seq
 
-    def mark(self) -> tuple[int, int | None]:
+    def mark(self) -> int:
         """A savepoint's view of this writer's in-memory state."""
-        return len(self.columns.names), self._next_seq
+        return len(self.columns.names)
 
-    def restore(self, mark: tuple[int, int | None]) -> None:
-        """Undo the in-memory effects of a rolled-back savepoint or transaction."""
-        self.columns.truncate(mark[0])
-        self._next_seq = mark[1]
+    def restore(self, mark: int) -> None:
+        """Undo the in-memory effects of a rolled-back savepoint or transaction. The
+        sequence numbers it handed out are not given again (``record()`` returned them)."""
+        self.columns.truncate(mark)
+        if self._next_seq is not None:
+            self._floor = max(self._floor, self._next_seq - 1)
 
     def apply(self, conn: sqlite3.Connection, ops: Sequence[RecordOp]) -> None:
-        """Write ``ops`` in order. A lone op without a sequence number is numbered by SQLite
-        (``op.seq`` is set); otherwise every op must have been :meth:`allocate`\\ d."""
+        """Write ``ops`` in order. A lone op without a sequence number is numbered here
+        (``op.seq`` is set; by SQLite, unless undone work handed out higher numbers);
+        otherwise every op must have been :meth:`allocate`\\ d."""
         if len(ops) == 1 and ops[0].seq is None:
-            event, upsert = self._params(conn, ops[0])
-            seq = conn.execute(_INSERT_EVENT, event).lastrowid
-            ops[0].seq = seq
-            conn.execute(_UPSERT_ROW, (*upsert[:4], seq, *upsert[5:]))
-            return
+            if not self._floor:
+                event, upsert = self._params(conn, ops[0])
+                seq = conn.execute(_INSERT_EVENT, event).lastrowid
+                ops[0].seq = seq
+                conn.execute(_UPSERT_ROW, (*upsert[:4], seq, *upsert[5:]))
+                return
+            self.allocate(conn, ops[0])  # above the numbers of undone work
         start = 0
         seen: set[str] = set()
         for index, op in enumerate(ops):
