@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from csvjournal._interrupts import start_thread
+
 __all__ = ["Background"]
 
 
@@ -17,7 +19,7 @@ class Background:
         self._value: object = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        start_thread(self._thread)
 
     def _run(self) -> None:
         try:

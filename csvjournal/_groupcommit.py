@@ -137,8 +137,8 @@ class GroupCommitter(Generic[_Item, _Result]):
         me = _get_ident()
         if me in self._inside:
             raise self._reentered()
-        self._inside.add(me)
         try:
+            self._inside.add(me)  # (in the try: a signal's handler may raise as it returns)
             return self._submit(item)
         finally:
             self._inside.discard(me)

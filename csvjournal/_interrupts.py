@@ -29,7 +29,7 @@ from itertools import repeat, starmap
 from types import FrameType, MethodType, TracebackType
 from typing import Any
 
-__all__ = ["HELD_SIGNALS", "HeldInterrupts"]
+__all__ = ["HELD_SIGNALS", "HeldInterrupts", "start_thread"]
 
 _SIGINT = 2  # the same number on every POSIX system
 # The signals an application commonly handles in Python (a handler that raises or exits
@@ -290,3 +290,11 @@ class _Released:
                 raised = raised or error
         if raised is not None:
             raise raised
+
+
+def start_thread(thread: threading.Thread) -> None:
+    """``thread.start()``, signals held: a handler raising in it (``start()`` waits for the
+    thread to begin) left the thread running, unknown to its owner, who took it for one
+    never started and so never stopped or joined it."""
+    with HeldInterrupts():
+        thread.start()

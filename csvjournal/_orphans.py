@@ -28,6 +28,7 @@ import structlog
 from csvjournal import _reads
 from csvjournal._flush import export_here, flush_csv
 from csvjournal._forking import ForkGate
+from csvjournal._interrupts import start_thread
 from csvjournal._oslock import exporter_alive
 from csvjournal._settings import Settings
 from csvjournal.errors import CsvJournalError
@@ -67,7 +68,7 @@ class OrphanWatch:
             self._thread = threading.Thread(
                 target=self._rounds, name="csvjournal-orphan-export", daemon=True
             )
-            self._thread.start()
+            start_thread(self._thread)
 
     def _rounds(self) -> None:
         while not self._closed.wait(INTERVAL_SECONDS):

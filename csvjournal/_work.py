@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
+from csvjournal._interrupts import start_thread
 from csvjournal._writer import IN_PROGRESS
 from csvjournal.errors import JournalBusyError, JournalClosedError, RecordError
 
@@ -231,7 +232,7 @@ class _Renewer:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="csvjournal-renewer", daemon=True)
-        self._thread.start()
+        start_thread(self._thread)
 
     def watch(self, task: Task | None) -> None:
         with self._lock:

@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from csvjournal._export import ExportWriter, Preview, note_failure
 from csvjournal._forking import ForkGate
 from csvjournal._handedits import block, check_csv, file_identity
+from csvjournal._interrupts import start_thread
 from csvjournal._oslock import ExporterLock, lock_path
 from csvjournal._rendercache import SAVE_CHUNK
 from csvjournal._settings import Settings, read_value
@@ -184,8 +185,8 @@ class Exporter(ExportWriter):
         thread = threading.Thread(
             target=self._run, args=(leading,), name="csvjournal-exporter", daemon=True
         )
-        self._thread = thread  # (before it starts: a signal's handler may raise in start())
-        thread.start()
+        self._thread = thread
+        start_thread(thread)
 
     # -- the thread ------------------------------------------------------------------------
 
