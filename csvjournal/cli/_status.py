@@ -41,9 +41,15 @@ def render(csv: Path, snap: Progress) -> Group:
     table = Table(title=f"{csv}", title_justify="left")
     table.add_column("status")
     table.add_column("rows", justify="right")
-    for status, count in snap.counts.items():
+    shown, rest = _most(snap.counts)
+    for status, count in shown:
         mark = " (done)" if status in snap.terminal else ""
         table.add_row(status + mark, f"{count:,}")
+    if rest:  # (workers that record an error text as the status: thousands of lines)
+        table.add_row(
+            f"... {len(rest):,} more statuses (--json lists them all)",
+            f"{sum(count for _, count in rest):,}",
+        )
     rate = (
         "no rows finished in the last minute" if snap.rate is None else f"{snap.rate:,.1f} rows/s"
     )
@@ -68,6 +74,22 @@ def render(csv: Path, snap: Progress) -> Group:
         f"exporter: {_exporter(snap)}; CSV: {freshness}",
     ]
     return Group(table, Text("\n".join(lines)))
+
+
+_MOST_STATUSES = 25  # lines of the table
+
+
+def _most(counts: dict[str, int]) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """The statuses the table shows (all, or the commonest, in their order) and the rest."""
+    items = list(counts.items())
+    if len(items) <= _MOST_STATUSES:
+        return items, []
+    by_count = sorted(range(len(items)), key=lambda index: -items[index][1])
+    kept = set(by_count[: _MOST_STATUSES - 1])
+    return (
+        [item for index, item in enumerate(items) if index in kept],
+        [item for index, item in enumerate(items) if index not in kept],
+    )
 
 
 def _exporter(snap: Progress) -> str:
