@@ -111,6 +111,31 @@ def test_run_exits_0_when_every_row_is_done(rows8: Path) -> None:
     assert again.stdout == _summary(0, 0, 0, 0, rows8) + "\n"
 
 
+@pytest.mark.parametrize(("command", "code"), [("raise SystemExit(1)", 1), ("pass", 0)])
+def test_run_exits_with_the_jobs_outcome_when_its_readers_pipe_is_gone(
+    rows8: Path, command: str, code: int
+) -> None:
+    # `run ... | head -0`: the summary met a closed pipe, taken as success: exit 0 for
+    # a job whose every row failed.
+    read, write = os.pipe()
+    os.close(read)  # the reader left before the summary
+    argv = [str(CONSOLE_SCRIPT), "run", str(rows8), "--max-attempts", "1", "--"]
+    try:
+        result = subprocess.run(
+            [*argv, sys.executable, "-c", command],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=SUBPROCESS_TIMEOUT,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == code
+    assert "Traceback" not in result.stderr
+    assert set(statuses(rows8).values()) == {"FAILED" if code else "COMPLETED"}
+
+
 def test_max_attempts_beyond_sqlites_integers_means_no_limit(rows8: Path) -> None:
     # every worker thread died on "Python int too large to convert to SQLite INTEGER"
     result = invoke("run", rows8, "--max-attempts", str(10**20), "--", sys.executable, "-c", "")

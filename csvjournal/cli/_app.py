@@ -221,7 +221,7 @@ class _Group(click.Group):
         except KeyboardInterrupt as exc:  # Ctrl-C: one line and 130, not click's "Aborted!"
             raise Interrupted("interrupted") from exc
         except BrokenPipeError:  # `csvjournal pending x.csv | head`: the reader has enough
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            reader_gone()
             return None
         except (CsvJournalError, OSError, sqlite3.Error, DBAPIError) as exc:
             if ctx.obj and ctx.obj.get("debug"):  # the traceback first, then the same line
@@ -233,6 +233,12 @@ class _Group(click.Group):
             if isinstance(exc, sqlite3.Error) and not isinstance(exc, CsvJournalError):
                 message = f"SQLite: {message}"  # e.g. a damaged journal met outside open()
             raise CliError(message) from exc
+
+
+def reader_gone() -> None:
+    """After a ``BrokenPipeError`` on stdout: what is left to print goes nowhere (Python's
+    flush of stdout at exit would fail again, with a traceback)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class Seconds(click.FloatRange):

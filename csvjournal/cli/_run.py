@@ -30,6 +30,7 @@ from csvjournal.cli._app import (
     cli,
     csv_argument,
     encoding_option,
+    reader_gone,
 )
 from csvjournal.cli._commands import _names
 from csvjournal.cli._journals import journal_path_of, no_journal
@@ -205,6 +206,18 @@ def _csv_behind(journal: csvjournal.Journal) -> str | None:
     return None
 
 
+def _summary(csv: Path, stats: RunStats, max_attempts: int) -> None:
+    click.echo(
+        f"{stats.succeeded} succeeded, {stats.exhausted} failed after their last attempt"
+        f" ({stats.failed} failed attempts), {stats.given_back} given back; CSV: {csv}"
+    )
+    if stats.spent:
+        click.echo(
+            f"{stats.spent} pending rows not run: their attempts are used up"
+            f" (--max-attempts {max_attempts}); --retry-failed runs them again"
+        )
+
+
 # Python's waits for a child process take at most 2**31 milliseconds (24.8 days).
 MAX_WAIT_SECONDS = 2_000_000
 
@@ -304,15 +317,10 @@ def run(  # noqa: PLR0917 - click passes every option by position
         show_output=show_output,
     )
     stats, code, behind = _run_job(csv, config, key=key, terminal=names, encoding=encoding)
-    click.echo(
-        f"{stats.succeeded} succeeded, {stats.exhausted} failed after their last attempt"
-        f" ({stats.failed} failed attempts), {stats.given_back} given back; CSV: {csv}"
-    )
-    if stats.spent:
-        click.echo(
-            f"{stats.spent} pending rows not run: their attempts are used up"
-            f" (--max-attempts {config.max_attempts}); --retry-failed runs them again"
-        )
+    try:
+        _summary(csv, stats, config.max_attempts)
+    except BrokenPipeError:  # the reader of the summary left (`| head -1`): the exit
+        reader_gone()  # status still tells the job's outcome
     if behind is not None:  # the rows are done, but the sheet people read does not show it
         raise CliError(f"the run's records are in the journal, but not in the CSV: {behind}")
     if code == EXIT_INTERRUPTED:  # the line every command stopped by Ctrl-C ends with
