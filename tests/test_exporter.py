@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -575,6 +576,36 @@ def test_a_flush_behind_a_stopped_exporter_names_its_process(csv_path: Path) -> 
         exporter.kill()
         exporter.wait()
     assert exporter_pid(csv_path) is None  # nobody holds the lock
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_merge_behind_a_stopped_exporter_shows_its_report_then_the_error(
+    csv_path: Path, as_json: bool
+) -> None:
+    # It said only that the CSV was behind (exit 2): the merge, committed, went unsaid.
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a")
+    exporter = _start_frozen_exporter(csv_path)
+    try:
+        exporter.send_signal(signal.SIGSTOP)
+        csv_path.write_text(csv_path.read_text() + "new,,\n")
+        result = CliRunner().invoke(
+            cli, ["import", str(csv_path), "--merge", *(["--json"] if as_json else [])]
+        )
+        assert result.exit_code == 2
+        if as_json:
+            assert json.loads(result.stdout)["added"] == ["new"]
+        else:
+            assert result.stdout.startswith(f"merged {csv_path}: 1 added, ")
+        assert result.stderr.startswith(
+            "csvjournal: error: the merge is in the journal, but the CSV was not brought up"
+        )
+        assert f"process {exporter.pid}, is stopped" in result.stderr
+        with csvjournal.open(csv_path, export=False) as journal:
+            assert journal.get("new") is not None
+    finally:
+        exporter.kill()
+        exporter.wait()
 
 
 def test_flush_with_a_timeout_too_short_raises_flush_timeout_error(csv_path: Path) -> None:

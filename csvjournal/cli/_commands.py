@@ -240,8 +240,18 @@ def import_(csv: Path, merge: bool, encoding: str | None, as_json: bool) -> None
         raise no_journal(csv)
     with working_on(csv, "merging"):
         report = csvjournal.merge_csv(csv, encoding=encoding)
+    behind = None  # the merge committed: its report is shown whatever the export does
     with existing_journal(csv) as journal:
-        journal.flush(timeout=FLUSH_SECONDS)
+        try:
+            _flush(journal, done="the merge is in the journal")
+        except CliError as exc:
+            behind = exc
+    _merge_report(csv, report, as_json)
+    if behind is not None:
+        raise behind
+
+
+def _merge_report(csv: Path, report: csvjournal.MergeReport, as_json: bool) -> None:
     if as_json:
         print_json({"csv": str(csv), **asdict(report)})
         return
