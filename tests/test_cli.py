@@ -89,9 +89,19 @@ def test_every_help_from_the_console_script() -> None:
         (["import", "x.csv"], "Missing option '--merge'"),
         (["run", "x.csv"], "Missing argument 'COMMAND...'"),
         # click kept the last value: record B, key by ID
-        (["record", "x.csv", "1", "--status", "A", "--status=B"], "--status given twice"),
-        (["init", "x.csv", "--key", "N", "--key", "ID"], "--key given twice"),
-        (["run", "x.csv", "-j", "2", "-j3", "--", "true"], "--workers given twice"),
+        (
+            ["record", "x.csv", "1", "--status", "A", "--status=B"],
+            "--status given twice (--status A and --status=B)",
+        ),
+        (
+            ["init", "x.csv", "--key", "N", "--key", "ID"],
+            "--key given twice (--key N and --key ID)",
+        ),
+        (["run", "x.csv", "-j", "2", "-j3", "--", "true"], "--workers given twice (-j 2 and -j3)"),
+        (
+            ["record", "x.csv", "1", "--status", "a b", "--status", ""],
+            "(--status 'a b' and --status '')",
+        ),
     ],
 )
 def test_usage_errors_are_one_line_too(tmp_path: Path, args: list[str], fragment: str) -> None:
@@ -477,6 +487,19 @@ def test_an_empty_path_is_refused_not_taken_for_the_current_folder(
     before = state_of(tmp_path)
     option = "--to" if "--to" in words else ("BACKUP" if words[0] == "restore" else "DIRECTORY")
     assert option in assert_error(invoke(*words), "an empty name")
+    assert state_of(tmp_path) == before
+
+
+@pytest.mark.parametrize("words", [["status", "o.csv/"], ["export", "o.csv", "--to", "out/"]])
+def test_a_files_name_ending_in_a_slash_is_refused_as_a_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, words: list[str]
+) -> None:
+    # `export --to out/` wrote a file named out; `status o.csv/` read o.csv
+    monkeypatch.chdir(tmp_path)
+    Path("o.csv").write_text("ID\n1\n")
+    ok(invoke("init", "o.csv", "--key", "ID"))
+    before = state_of(tmp_path)
+    assert_error(invoke(*words), f"'{words[-1]}' ends in /: a folder's name, where a file's")
     assert state_of(tmp_path) == before
 
 

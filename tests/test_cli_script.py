@@ -114,7 +114,7 @@ def test_the_backup_and_repair_commands_from_the_console_script(tmp_path: Path) 
 def test_demo_runs_a_whole_job_and_replaces_an_earlier_demo(tmp_path: Path) -> None:
     # An earlier demo's files in the folder (built quickly here rather than by a second
     # 20-40 s demo): its journal, events, backups, a temp file; and a file of the user's.
-    folder = tmp_path / "demo"
+    folder = tmp_path / "my demo"  # (a space: the commands it suggests paste as they are)
     folder.mkdir()
     csv = folder / "orders.csv"
     write_sheet(csv, rows=40)
@@ -141,6 +141,10 @@ def test_demo_runs_a_whole_job_and_replaces_an_earlier_demo(tmp_path: Path) -> N
     assert "history of PO-2026-00097:" in out
     assert re.search(r"#\d+ \d\d:\d\d:\d\d\.\d{3} demo-\d: FAILED .*not found in the ERP", out)
     assert f"The status sheet: {csv}" in out
+    (suggested,) = [line for line in out.splitlines() if line.startswith("next: ")]
+    first, second = suggested.removeprefix("next: ").split("; ")
+    assert shlex.split(first) == ["csvjournal", "status", str(csv)]
+    assert shlex.split(second) == ["csvjournal", "history", str(csv), "PO-2026-00097"]
 
     data = csv.read_bytes()
     assert data.startswith(b"\xef\xbb\xbf")

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import random
 import secrets
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -314,7 +315,8 @@ def demo(directory: Path | None) -> None:
     elapsed = time.perf_counter() - started
     out.print(f"done in {elapsed:.1f} s. The status sheet: {csv_path}")
     out.print(f"the journal: {csv_path}.journal, backups in {csv_path}.backups/")
-    out.print(f"next: csvjournal status {csv_path}; csvjournal history {csv_path} PO-2026-00097")
+    shown = shlex.quote(str(csv_path))  # (pasted as it is: a folder may hold a space)
+    out.print(f"next: csvjournal status {shown}; csvjournal history {shown} PO-2026-00097")
 
 
 def _crash(

@@ -3,6 +3,8 @@ parses it, which keeps the last value of an option given twice); path arguments.
 
 from __future__ import annotations
 
+import os
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,10 @@ class PathArgument(click.Path):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if value == "":
             self.fail("an empty name (an unset variable?)", param, ctx)
+        if not self.dir_okay and isinstance(value, str) and value.endswith(os.sep):
+            self.fail(
+                f"{value!r} ends in {os.sep}: a folder's name, where a file's is wanted", param, ctx
+            )
         return super().convert(value, param, ctx)
 
 
@@ -42,7 +48,7 @@ def refuse_repeated(command: click.Command, ctx: click.Context, args: list[str])
 
 
 def _options_given(command: click.Command, args: list[str]) -> Iterator[tuple[click.Option, str]]:
-    """Each option of ``command`` in the command line ``args``, with the word giving it, as
+    """Each option of ``command`` in the command line ``args``, with the words giving it, as
     click reads them: the word after an option that takes a value is that value (even
     ``-j`` or ``--status``), and nothing after ``--`` is an option."""
     options = {
@@ -59,6 +65,8 @@ def _options_given(command: click.Command, args: list[str]) -> Iterator[tuple[cl
         param = options.get(name) if word.startswith("-") else None
         if param is None:
             continue
-        yield param, word
+        given = word
         if not param.is_flag and not param.count and word == name:  # its value: the next word
-            next(words, None)
+            value = next(words, None)
+            given = word if value is None else shlex.join([word, value])
+        yield param, given
