@@ -174,6 +174,20 @@ def test_debug_shows_the_traceback_before_the_line(tmp_path: Path) -> None:
     _traceback_then_the_line(invoke("--debug", "status", csv))
 
 
+def test_debug_with_json_logs_puts_the_traceback_in_the_json_error_line(tmp_path: Path) -> None:
+    # The plain traceback broke --log-json's promise of JSON lines only on stderr.
+    csv = tmp_path / "x.csv"
+    Path(f"{csv}.journal").write_bytes(b"not a database " * 100)
+    result = invoke("--log-json", "--debug", "status", csv)
+    assert result.exit_code == 2
+    failed = _json_lines(result.stderr)[-1]  # (each line JSON)
+    assert failed["event"] == "command_failed"
+    assert "not a csvjournal journal" in failed["error"]
+    trace = str(failed["traceback"])
+    assert trace.startswith("Traceback (most recent call last):")
+    assert "csvjournal.errors.SettingsError" in trace
+
+
 # -- bad input for every command -----------------------------------------------------------
 
 ON_A_JOURNAL: dict[str, list[str]] = {

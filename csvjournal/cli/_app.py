@@ -57,6 +57,7 @@ class CliError(click.ClickException):
     """A command failed on bad input: one line on stderr, exit status 2."""
 
     exit_code = EXIT_BAD_INPUT
+    trace: str | None = None  # the traceback --debug asks for, said in a JSON error line
 
     def show(self, file: IO[Any] | None = None) -> None:
         if not _as_json_line(self, "command_failed"):
@@ -76,8 +77,12 @@ def _as_json_line(error: click.ClickException, event: str) -> bool:
         return False
     configure_logging(json_logs=True, debug=False)  # (not yet, when the command is unknown)
     STDERR.release(show=False)  # what a failed command held, its one line says
+    trace = getattr(error, "trace", None)
     structlog.get_logger(__name__).error(
-        event, error=error.format_message(), exit_code=error.exit_code
+        event,
+        error=error.format_message(),
+        exit_code=error.exit_code,
+        **({"traceback": trace} if trace else {}),
     )
     return True
 
@@ -224,15 +229,21 @@ class _Group(click.Group):
             reader_gone()
             return None
         except (CsvJournalError, OSError, sqlite3.Error, DBAPIError) as exc:
+            trace = None
             if ctx.obj and ctx.obj.get("debug"):  # the traceback first, then the same line
-                traceback.print_exception(exc, file=sys.stderr)
+                if _json_asked:  # stderr holds JSON lines only: in the error's line
+                    trace = "".join(traceback.format_exception(exc))
+                else:
+                    traceback.print_exception(exc, file=sys.stderr)
             if isinstance(exc, DBAPIError):  # SQLAlchemy's wrapping: SQLite's own words
                 exc = exc.orig if isinstance(exc.orig, sqlite3.Error) else exc
             # as it is (a path may hold two spaces); CliError.show escapes line breaks
             message = str(exc).strip() or type(exc).__name__
             if isinstance(exc, sqlite3.Error) and not isinstance(exc, CsvJournalError):
                 message = f"SQLite: {message}"  # e.g. a damaged journal met outside open()
-            raise CliError(message) from exc
+            error = CliError(message)
+            error.trace = trace
+            raise error from exc
 
 
 def reader_gone() -> None:
