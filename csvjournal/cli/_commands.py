@@ -11,6 +11,7 @@ import click
 import csvjournal
 from csvjournal import _migrate
 from csvjournal._flush import RETRY_NOTE
+from csvjournal._handedits import file_identity
 from csvjournal._importer import listed, unfinished
 from csvjournal._values import format_timestamp
 from csvjournal.backup import backups_folder, list_backups, prune_backups
@@ -202,7 +203,7 @@ def export(csv: Path, target: Path | None) -> None:
     """Regenerate the CSV from the journal now (or write it to --to)."""
     # Exporting (without the session's backup): the CSV is written even when the journal
     # thinks it current (deleted meanwhile), and hand edits are refused, not overwritten.
-    before = _file_identity(csv)
+    before = file_identity(csv)
     with (
         working_on(csv, "exporting"),
         existing_journal(
@@ -213,19 +214,10 @@ def export(csv: Path, target: Path | None) -> None:
             _flush(journal)
         else:
             journal.export(target)
-    if target is None and before is not None and _file_identity(csv) == before:
+    if target is None and before is not None and file_identity(csv) == before:
         click.echo(f"{csv} is current: it already shows every record")
         return
     click.echo(f"wrote {target or csv}")
-
-
-def _file_identity(path: Path) -> tuple[int, int, int, int] | None:
-    """Which file is at ``path``, as written last (None: no file there)."""
-    try:
-        found = path.stat()
-    except OSError:
-        return None
-    return found.st_dev, found.st_ino, found.st_mtime_ns, found.st_size
 
 
 @cli.command(name="import")
