@@ -127,6 +127,7 @@ class ExportWriter(ExportSignals):
         # fsyncs at once, both done before the rename.
         syncing = Background("csvjournal-fsync", lambda: sync_file(temp))
         try:
+            syncing.start()
             changed = self._first_write()
             if planned and not self._went_as_planned(planned, changed):
                 syncing.result()

@@ -97,6 +97,14 @@ def _put_back(previous: dict[int, Any]) -> None:
     raise raised
 
 
+def _holding(handler: Any) -> HeldInterrupts | None:
+    """The hold whose note-taker ``handler`` is, if that hold holds now."""
+    owner = getattr(handler, "__self__", None)
+    if type(owner) is HeldInterrupts and owner._active and owner._previous is not None:
+        return owner
+    return None
+
+
 def _left_behind(handler: Any, me: HeldInterrupts) -> HeldInterrupts | None:
     """The block whose note-taker ``handler`` is, if that block no longer holds (or is
     ``me``, looking for the handler behind its own); None for any other handler."""
@@ -173,26 +181,38 @@ class HeldInterrupts:
         noted = self._noted.get(signum)
         if noted is None:
             self._noted[signum] = now
-        elif (
-            signum == _SIGINT
-            and now - noted >= _IMPATIENT_SECONDS
-            and (previous := self._previous) is not None
-        ):
+        elif signum == _SIGINT and now - noted >= _IMPATIENT_SECONDS and self._previous is not None:
             del self._noted[signum]  # run once, now: again, a while later
-            try:
-                previous[signum](signum, frame)
-            finally:
-                self._keep_new_handler(previous, signum)
+            self._run_impatient(signum, frame)
 
-    def _keep_new_handler(self, previous: dict[int, Any], signum: int) -> None:
+    def _run_impatient(self, signum: int, frame: FrameType | None) -> None:
+        """Run the application's handler of ``signum`` now. Held inside another hold of
+        this thread (a claim's commit inside the claim's hold), the handler held off is
+        that hold's note-taker: the application's is the outermost hold's, whose note of
+        the signal it answers too (noting there, the press took the user two more)."""
+        owner, previous = self, self._previous
+        while previous is not None and (outer := _holding(previous.get(signum))) is not None:
+            outer._noted.pop(signum, None)
+            owner, previous = outer, outer._previous
+        if previous is None:
+            return
+        try:
+            previous[signum](signum, frame)
+        finally:
+            owner._keep_new_handler(previous, signum, self._note)
+
+    def _keep_new_handler(self, previous: dict[int, Any], signum: int, note: Any) -> None:
         """A handler run while held that installed another (a one-shot one) keeps it: it
-        is put back at the end, and held off until then."""
+        is put back at the end, and held off until then by ``note`` (the note-taker of the
+        innermost hold, installed again)."""
         now = _getsignal(signum)
-        if now == self._note:
+        if type(getattr(now, "__self__", None)) is HeldInterrupts:
+            if now != note:
+                _signal.signal(signum, note)
             return
         if callable(now):
             previous[signum] = now
-            _signal.signal(signum, self._note)
+            _signal.signal(signum, note)
         else:  # SIG_IGN, SIG_DFL: nothing of Python's to hold off
             del previous[signum]
 

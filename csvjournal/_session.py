@@ -72,6 +72,7 @@ class Session:
         self._check = Background(
             "csvjournal-check", lambda: check_integrity(self._store, csv_path, full=True)
         )
+        self._check.start()
 
     def preview(self, conn: Connection, settings: Settings) -> dict[int, tuple[str, list[str]]]:
         """The rows the session's first write will change, as ``pos -> (key, cells
@@ -139,6 +140,7 @@ class Session:
                 log.error("session_backup_failed", path=str(options.csv_path), error=str(exc))
 
         self._backup = Background("csvjournal-backup", finish)
+        self._backup.start()
 
     def take_recovered(self) -> tuple[list[tuple[str, str]], list[Path], bool]:
         """The leases the session returned, the leftovers it removed and whether it found

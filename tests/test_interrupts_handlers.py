@@ -487,3 +487,77 @@ def test_a_handler_run_inside_its_threads_busy_commit_neither_hangs_nor_loses_it
         assert outcome["rows"] == {"first": "PENDING", "main": "DONE"}
         assert [line.split(",")[0] for line in lines[1:]] == ["first", "main"]
     assert not list(tmp_path.glob("j.csv.journal-*"))
+
+
+# Ctrl-C pressed six times, 0.6 s apart, while a call waits 5 s for a journal another
+# connection holds. claim(), work() and close() (which gives claims back) hold signals
+# around a commit that holds them again.
+PRESSED_WHILE_BUSY = """\
+import json, os, signal, sqlite3, sys, threading, time
+import structlog, logging
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+import csvjournal
+
+what, csv = sys.argv[2], sys.argv[1]
+with open(csv, "w") as sheet:
+    sheet.write("K,STATUS\\n" + "".join(f"r{n},PENDING\\n" for n in range(5)))
+journal = csvjournal.open(csv, key="K", keep_backups=0)
+calls = []
+def on_int(signum, frame):
+    calls.append(time.monotonic())
+
+signal.signal(signal.SIGINT, on_int)
+locked = threading.Event()
+
+def hold_the_journal():
+    conn = sqlite3.connect(csv + ".journal", isolation_level=None, timeout=30)
+    conn.execute("BEGIN IMMEDIATE")
+    locked.set()
+    for _ in range(6):
+        time.sleep(0.6)
+        os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(1.4)
+    conn.execute("ROLLBACK")
+    conn.close()
+
+if what == "close":
+    journal.claim(2)
+thread = threading.Thread(target=hold_the_journal)
+thread.start()
+locked.wait()
+began = time.monotonic()
+if what == "claim":
+    journal.claim(1)
+elif what == "work":
+    for task in journal.work(lease=60):
+        with task:
+            pass
+        break
+elif what == "close":
+    journal.close()
+else:
+    journal.record("x", "DONE")
+thread.join()
+during = [round(at - began, 2) for at in calls]
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(0.2)
+print(json.dumps({"during": during, "after": len(calls) - len(during),
+                  "put_back": signal.getsignal(signal.SIGINT) is on_int}))
+journal.close()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what", ["claim", "work", "close", "record"])
+def test_ctrl_c_pressed_again_runs_at_once_and_its_handler_comes_back(
+    tmp_path: Path, what: str
+) -> None:
+    # Held twice (a claim's hold around its commit's), every second press went to the
+    # outer hold: four presses to get through, and then a note-taker stayed installed,
+    # swallowing every later Ctrl-C.
+    outcome = _run(tmp_path, PRESSED_WHILE_BUSY, what)
+    during = outcome["during"]
+    assert isinstance(during, list)
+    assert len([at for at in during if at < 4.0]) >= 2  # at the 2nd and 4th press, not at the end
+    assert outcome["after"] == 1  # a later Ctrl-C reaches the application's handler
+    assert outcome["put_back"]
