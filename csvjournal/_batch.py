@@ -60,8 +60,13 @@ class BatchState:
         twin_error: Callable[[str], Exception],
         *,
         undone: Callable[[list[RecordOp | Change]], None],
+        reentered: Callable[[], Exception],
     ) -> None:
         self.conn = conn
+        # Until its transaction has begun (it may wait for a busy journal): a signal's
+        # handler that writes meanwhile would write outside it (its reads go elsewhere).
+        self.beginning = True
+        self._reentered = reentered
         self._twin_error = twin_error  # refuses a new row shown as another (formula guard)
         self._writer = writer
         self._errors = errors
@@ -143,7 +148,10 @@ class BatchState:
         Raises:
             RecordError: with the formula guard on, ``op`` would make a row that the CSV
                 shows as it shows another (see ``_twins``); nothing is queued.
+            JournalBusyError: a signal's handler, run while the block begins.
         """
+        if self.beginning:
+            raise self._reentered()
         self._refuse_twin(op)
         seq = self._writer.allocate(self._raw, op)
         self._buffer.append(op)
@@ -176,7 +184,10 @@ class BatchState:
 
         Raises:
             RecordError: the record the action writes is refused (see :meth:`add`).
+            JournalBusyError: a signal's handler, run while the block begins.
         """
+        if self.beginning:
+            raise self._reentered()
         self.flush()
         if action.op is not None:
             self._refuse_twin(action.op)
@@ -189,6 +200,7 @@ class BatchState:
         with self._errors():
             tx = self.conn.begin()
         mark = self._writer.begin(self._raw)
+        self.beginning = False
         try:
             yield
             with self._errors():
@@ -211,7 +223,13 @@ class BatchState:
     @contextmanager
     def savepoint(self, before_release: Callable[[], None]) -> Iterator[None]:
         """A nested block: a SAVEPOINT whose records alone are undone if it raises (or
-        ``before_release`` does)."""
+        ``before_release`` does).
+
+        Raises:
+            JournalBusyError: a signal's handler, run while the outer block begins.
+        """
+        if self.beginning:
+            raise self._reentered()
         with self._errors():
             self.flush()
             savepoint = self.conn.begin_nested()

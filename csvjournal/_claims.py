@@ -126,6 +126,8 @@ class Claims(Handle):
                 f"{self.csv_path}: {name}() inside a batch() block would wait for the block's"
                 " own write lock; call it after the block"
             )
+        if self._committer.inside():  # a signal's handler, run while its thread commits
+            raise self._commits.reentered(f"called {name}()")
 
     def _in_batch(self) -> bool:
         return self._open_batch() is not None

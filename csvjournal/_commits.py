@@ -160,13 +160,14 @@ class Commits:
             results = [next(done) if r is None else r for r in results]
         return results
 
-    def reentered(self) -> JournalBusyError:
-        """The error for a write from a signal handler run while its own thread commits
-        (an impatient second Ctrl-C's): it would wait for that commit, under it, for good."""
+    def reentered(self, did: str = "wrote to the journal") -> JournalBusyError:
+        """The error for a write (or a call that waits for one) from a signal handler run
+        while its own thread commits (an impatient second Ctrl-C's): it would wait for
+        that commit, under it, for good."""
         return JournalBusyError(
-            f"{self._csv_path}: a signal handler wrote to the journal while its thread was"
-            " committing (a Ctrl-C pressed twice while the journal was busy): the write would"
-            " wait for that commit, which waits for the handler to return"
+            f"{self._csv_path}: a signal handler {did} while its thread was committing (a"
+            " Ctrl-C pressed twice while the journal was busy): it would wait for that"
+            " commit, which waits for the handler to return"
         )
 
     @contextmanager

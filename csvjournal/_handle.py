@@ -379,7 +379,9 @@ class Handle:
         self._ensure()
         batch = self._open_batch()
         with self._errors():
-            if batch is not None:  # this thread's own uncommitted records are visible to it
+            if batch is not None and not batch.beginning:  # this thread's own uncommitted
+                # records are visible to it (a signal's handler run as the block begins
+                # reads elsewhere: the block's connection is in the midst of its BEGIN)
                 batch.flush()
                 yield batch.conn
                 return

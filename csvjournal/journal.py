@@ -130,6 +130,7 @@ class Journal(Upkeep):
                 self._held.note_block,
                 self._commits.twin_error,
                 undone=self._held.unnote,
+                reentered=self._commits.reentered,
             )
             self._batches[threading.get_ident()] = state
             try:
@@ -216,7 +217,8 @@ class Journal(Upkeep):
         """
         if self._closed and not self._closing:
             return
-        self._refuse_in_batch("close")
+        if not self._committer.inside():
+            self._refuse_in_batch("close")
         self._closed = True  # no new record, batch or claim from here on
         self._closing = True  # until done: a close a signal cut short is taken up again
         if self._committer.inside():

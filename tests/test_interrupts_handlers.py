@@ -419,7 +419,7 @@ import structlog, logging
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
 import csvjournal
 
-what = sys.argv[2]
+_, in_block, what = sys.argv[2].rpartition("block-")
 journal = csvjournal.open(sys.argv[1], key="K", durability="normal", keep_backups=0,
                           busy_timeout=20)
 journal.record("first")
@@ -434,6 +434,8 @@ def on_int(signum, frame):
             sys.exit(0)
         if what == "record":
             journal.record("interrupted", "STOP")
+        elif what == "flush":
+            journal.flush()
         else:
             with journal.batch():
                 journal.record("interrupted", "STOP")
@@ -459,7 +461,11 @@ def hold_the_journal():
 thread = threading.Thread(target=hold_the_journal, daemon=True)
 thread.start()
 locked.wait()
-outcome["main"] = journal.record("main", "DONE")
+if in_block:  # the block's BEGIN waits for the journal
+    with journal.batch():
+        outcome["main"] = journal.record("main", "DONE")
+else:
+    outcome["main"] = journal.record("main", "DONE")
 thread.join()
 outcome["rows"] = {key: journal.get(key)["STATUS"] for key in ("first", "main")}
 journal.close()
@@ -467,12 +473,16 @@ print(json.dumps(outcome))
 """
 
 
-@pytest.mark.parametrize("what", ["record", "batch", "close"])
+@pytest.mark.parametrize(
+    "what", ["record", "batch", "flush", "close", "block-record", "block-batch"]
+)
 def test_a_handler_run_inside_its_threads_busy_commit_neither_hangs_nor_loses_it(
     tmp_path: Path, what: str
 ) -> None:
     # Its record waited for the group commit its own thread led, under it: a hang for good
-    # (a block waited out the busy timeout); its close() waited for that commit too.
+    # (a block waited out the busy timeout); its close() and flush() waited for that commit
+    # too. In a block whose BEGIN waited, its record went outside the block, which then
+    # failed on a sequence number given twice (its nested block, on SQLAlchemy's assert).
     outcome = _run(tmp_path, HANDLER_INSIDE_A_BUSY_COMMIT, what)
     lines = (tmp_path / "j.csv").read_text().splitlines()
     if what == "close":
