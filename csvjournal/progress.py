@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from csvjournal import _reads
 from csvjournal._atomicfile import fingerprint
@@ -70,6 +70,9 @@ class Progress:
     # Ctrl-Z): alive, but exporting nothing until resumed
     exporter_pid: int | None = None
     exporter_stopped: bool = False
+    # the events the CSV does not show yet (sequence numbers of undone blocks are skipped:
+    # not the difference of the two numbers)
+    events_behind: int = 0
 
     def to_dict(self) -> dict[str, object]:
         """The snapshot as plain JSON-ready data."""
@@ -90,6 +93,7 @@ def progress(journal: Journal) -> Progress:
         leased = int(conn.execute(text(_LEASED), {"now": now}).scalar_one())
         last = _reads.last_seq(conn)
         exported = _reads.exported_seq(conn)
+        behind = 0 if exported is not None and exported >= last else _events_after(conn, exported)
         other_guard = exported is None and read_value(conn, "csv_seq") is not None
         found = conn.execute(text(_RECENT), {"first": max(0, last - _RATE_EVENTS)})
         recent = [(str(at), str(status), before) for at, status, before in found]
@@ -127,7 +131,13 @@ def progress(journal: Journal) -> Progress:
         exporter_pid=pid,
         exporter_stopped=pid is not None and stopped(pid),
         csv_shows_other_guard=other_guard,
+        events_behind=behind,
     )
+
+
+def _events_after(conn: Connection, seq: int | None) -> int:
+    found = conn.execute(text("SELECT count(*) FROM events WHERE seq > :seq"), {"seq": seq or 0})
+    return int(found.scalar_one())
 
 
 def _unknown_file(csv_path: Path, known: set[object]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -137,7 +138,21 @@ def test_status_json_has_the_progress_fields(orders: Path) -> None:
     assert data["rate"] > 0
     assert data["eta_seconds"] >= 0
     assert (data["last_seq"], data["exported_seq"]) == (3, 2)  # the claim is not exported yet
+    assert data["events_behind"] == 1
     assert data["csv_current"] is False
+
+
+def test_status_counts_the_events_behind_not_the_numbers_an_undone_block_skipped(
+    orders: Path,
+) -> None:
+    with csvjournal.open(orders, export=False) as journal:
+        with contextlib.suppress(RuntimeError), journal.batch():
+            for n in range(500):
+                journal.record(f"PO-{n}", "COMPLETED")
+            raise RuntimeError  # undone: its 500 numbers are not given again
+        journal.record("PO-1", "COMPLETED")
+        assert "CSV: 1 events behind" in ok(invoke("status", orders))
+        assert json.loads(ok(invoke("status", orders, "--json")))["events_behind"] == 1
 
 
 def test_status_watch_and_json_together_are_refused(orders: Path) -> None:

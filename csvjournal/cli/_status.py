@@ -53,8 +53,7 @@ def render(csv: Path, snap: Progress) -> Group:
     rate = (
         "no rows finished in the last minute" if snap.rate is None else f"{snap.rate:,.1f} rows/s"
     )
-    lag = snap.last_seq - (snap.exported_seq or 0)
-    freshness = "current" if snap.csv_current else f"{lag:,} events behind"
+    freshness = "current" if snap.csv_current else f"{snap.events_behind:,} events behind"
     if snap.csv_shows_other_guard:  # an open turned the formula guard on or off
         freshness = "written with the other formula guard setting (the next export rewrites it)"
     elif snap.exported_seq is None:  # an init killed before its export, say
