@@ -378,13 +378,13 @@ def test_backup_backups_and_restore(orders: Path) -> None:
 
 
 def test_backups_says_when_there_are_none(tmp_path: Path) -> None:
-    csv = tmp_path / "jobs.csv"
+    csv = tmp_path / "new jobs.csv"
     csv.write_text("ID,NAME\n1,a\n")
     csvjournal.open(csv, key="ID", keep_backups=0).close()
     result = invoke("backups", csv)
     assert result.exit_code == 0
     assert result.stdout == ""
-    assert result.stderr == f"no backups of {csv} yet (csvjournal backup {csv} makes one)\n"
+    assert result.stderr == f"no backups of {csv} yet (csvjournal backup '{csv}' makes one)\n"
     assert json.loads(ok(invoke("backups", csv, "--json"))) == {"csv": str(csv), "backups": []}
 
 
@@ -427,7 +427,14 @@ def test_upgrade_migrates_an_old_journal_after_a_backup(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["status"], ["status", "--json"], ["pending"], ["history", "PO-1"], ["export", "--to", "c"]],
+    [
+        ["status"],
+        ["status", "--json"],
+        ["pending"],
+        ["history", "PO-1"],
+        ["export", "--to", "c"],
+        ["backup"],  # a copy taken before trying a new csvjournal
+    ],
     ids=" ".join,
 )
 def test_a_reading_command_leaves_an_older_journal_as_it_is(
@@ -436,12 +443,13 @@ def test_a_reading_command_leaves_an_older_journal_as_it_is(
     # the job may still run the older csvjournal, which would refuse the upgraded journal
     oldest = sorted(FIXTURES.glob("journal-*.sqlite"))[0]
     revision = oldest.stem.removeprefix("journal-")
-    csv = tmp_path / "orders.csv"
+    csv = tmp_path / "my orders.csv"
     shutil.copyfile(oldest, f"{csv}.journal")
     before = state_of(tmp_path)
     command, *rest = args
     extra = [tmp_path / arg if arg == "c" else arg for arg in rest]
-    assert_error(invoke(command, csv, *extra), f"schema {revision}, older", "csvjournal upgrade")
+    upgrade = f"run csvjournal upgrade '{csv}' once"  # quoted: pasted as it is
+    assert_error(invoke(command, csv, *extra), f"schema {revision}, older", upgrade)
     assert state_of(tmp_path) == before
     ok(invoke("upgrade", csv))
     ok(invoke(command, csv, *extra))  # once upgraded on purpose

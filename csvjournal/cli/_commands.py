@@ -3,6 +3,7 @@ restore and upgrade."""
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 
@@ -304,7 +305,8 @@ def recover(csv: Path, as_json: bool) -> None:
 def backup(csv: Path, keep: int) -> None:
     """Back up the journal and the CSV (consistent even while workers record)."""
     with working_on(csv, "backing up"):
-        with existing_journal(csv) as journal:
+        # (as a read: a copy taken before trying a new csvjournal must not upgrade the job)
+        with existing_journal(csv, reading=True) as journal:
             folder = journal.backup()
         prune_backups(csv, keep)
     click.echo(str(backups_folder(csv) / folder.name))  # as `backups` lists it
@@ -321,7 +323,8 @@ def backups(csv: Path, as_json: bool) -> None:
     if as_json:
         print_json({"csv": str(csv), "backups": [str(path) for path in found]})
     elif not found:  # on stderr: a script reading the list on stdout sees an empty one
-        click.echo(f"no backups of {csv} yet (csvjournal backup {csv} makes one)", err=True)
+        command = shlex.join(["csvjournal", "backup", str(csv)])
+        click.echo(f"no backups of {csv} yet ({command} makes one)", err=True)
     else:
         for path in found:
             click.echo(str(path))

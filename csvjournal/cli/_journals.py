@@ -71,11 +71,11 @@ def existing_journal(
         raise no_journal(csv)
     revision = schema_revision(journal_path) if reading else None
     if revision in _migrate.KNOWN_REVISIONS[:-1]:
+        upgrade = shlex.join(["csvjournal", "upgrade", str(csv)])
         raise CliError(
             f"{journal_path}: schema {revision}, older than this csvjournal's"
             f" ({_migrate.head_revision()}); reading it would upgrade it, and the csvjournal"
-            f" that wrote it would then refuse it: run csvjournal upgrade {csv} once no job"
-            " uses that one"
+            f" that wrote it would then refuse it: run {upgrade} once no job uses that one"
         )
     keep = keep_backups if keep_backups is not None else 5 if export else 0
     with csvjournal.open(csv, export=export, keep_backups=keep) as journal:
