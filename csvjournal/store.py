@@ -33,6 +33,7 @@ from csvjournal._writerqueue import GAVE_UP, WriterQueue
 from csvjournal.errors import (
     CsvJournalError,
     JournalBusyError,
+    JournalIOError,
     NetworkFilesystemError,
     SettingsError,
 )
@@ -320,7 +321,7 @@ class Store:
         if fd is None:
             with self._writer_lock:
                 if self._wal_fd is None:
-                    self._wal_fd = os.open(companion(self.path, "-wal"), os.O_RDONLY)
+                    self._wal_fd = self._open_wal()
                     folder = os.open(companion(self.path, "").parent, os.O_RDONLY)
                     try:
                         os.fsync(folder)
@@ -328,6 +329,16 @@ class Store:
                         os.close(folder)
                 fd = self._wal_fd
         _sync_data(fd)
+
+    def _open_wal(self) -> int:
+        try:
+            return os.open(companion(self.path, "-wal"), os.O_RDONLY)
+        except FileNotFoundError as exc:  # (a restore replaced the journal meanwhile, say)
+            raise JournalIOError(
+                f"{self.path}: the journal's -wal file is gone: the journal was deleted or"
+                " replaced while this process had it open; what was recorded since may not"
+                " be in it (stop every worker, then open the journal anew)"
+            ) from exc
 
     def begin_writer(
         self, conn: sqlite3.Connection, cancelled: Callable[[], bool] | None = None

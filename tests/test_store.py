@@ -224,3 +224,18 @@ def test_the_wal_is_cut_back_after_a_burst(tmp_path: Path) -> None:
         for i in range(2000):  # the WAL starts over once checkpointed
             journal.record(f"k{i}", "DONE")
         assert wal.stat().st_size <= 33 * 2**20
+
+
+def test_a_wal_gone_under_a_commit_fails_it_with_journal_io_error(csv_path: Path) -> None:
+    # A restore replaced the journal between two commits of a worker: its sync met no -wal
+    # file, and record() raised a bare FileNotFoundError.
+    with csvjournal.open(csv_path, key="ID", export=False) as journal:
+        journal.record("a")
+        store = journal._store
+        with store._writer_lock:  # the next commit looks the -wal up again by its name
+            assert store._wal_fd is not None
+            os.close(store._wal_fd)
+            store._wal_fd = None
+        os.unlink(f"{journal.journal_path}-wal")
+        with pytest.raises(csvjournal.JournalIOError, match="-wal file is gone"):
+            journal.record("b")
