@@ -30,7 +30,14 @@ from csvjournal.backup import (
     prune_backups,
     take_backup,
 )
-from csvjournal.errors import BackupNotFoundError, JournalBusyError, SettingsError
+from csvjournal.csvio import read_csv
+from csvjournal.errors import (
+    BackupNotFoundError,
+    CsvJournalError,
+    JournalBusyError,
+    JournalCorruptError,
+    SettingsError,
+)
 
 __all__ = ["restore"]
 
@@ -104,6 +111,7 @@ def _check_schema(source: Path) -> None:
 
     Raises:
         SchemaTooNewError: its schema revision is unknown here.
+        JournalCorruptError: no journal in the file (an empty one).
     """
     with peek(source) as conn:
         tables = [name for (name,) in conn.execute("SELECT name FROM sqlite_master")]
@@ -111,6 +119,10 @@ def _check_schema(source: Path) -> None:
             conn.execute("SELECT version_num FROM alembic_version").fetchone()
             if ("alembic_version" in tables)
             else None
+        )
+    if not tables:  # (an empty file is an empty database to SQLite)
+        raise JournalCorruptError(
+            f"{source}: no journal in this file (it is empty); choose another backup"
         )
     check_revision(None if found is None else str(found[0]), tables, source)
 
@@ -126,9 +138,10 @@ def _key_column(journal: Path) -> object:
     return None if row is None else json.loads(row[0])
 
 
-def _check_same_job(source: Path, journal: Path) -> None:
+def _check_same_job(source: Path, journal: Path, csv: Path) -> None:
     """Refuse a backup of another job's journal (another key column): restored, it would
-    replace every row of this one.
+    replace every row of this one. A journal too damaged to tell: the CSV's header must
+    hold the backup's key column.
 
     Raises:
         SettingsError: the key columns differ.
@@ -136,11 +149,25 @@ def _check_same_job(source: Path, journal: Path) -> None:
     if not journal.exists():
         return
     theirs, ours = _key_column(source), _key_column(journal)
-    if None not in (theirs, ours) and theirs != ours:
+    if theirs is not None and ours is not None and theirs != ours:
         raise SettingsError(
             f"{source}: a backup of another job (key column {theirs!r}, this journal's is"
             f" {ours!r}); nothing changed"
         )
+    header = _csv_header(csv) if theirs is not None and ours is None else None
+    if header is not None and theirs not in header:
+        raise SettingsError(
+            f"{source}: a backup of another job (key column {theirs!r}, which {csv}"
+            " has not); nothing changed"
+        )
+
+
+def _csv_header(csv: Path) -> list[str] | None:
+    """The CSV's header, or None when it cannot be read as a CSV."""
+    try:
+        return read_csv(csv).header
+    except (CsvJournalError, OSError, UnicodeError):
+        return None
 
 
 @contextmanager
@@ -232,7 +259,7 @@ def _restore(
         raise BackupNotFoundError(f"{backup}: that is the journal's own folder, not a backup")
     source = check_backup(backup, journal.name)
     _check_schema(source)
-    _check_same_job(source, journal)
+    _check_same_job(source, journal, csv)
     if _forking.open_here(journal):  # before touching the -shm: closing it drops SQLite's locks
         raise JournalBusyError(f"{journal}: this process has the journal open; close it first")
     lock_path(csv).parent.mkdir(exist_ok=True)
@@ -258,7 +285,10 @@ def _restore(
     finally:
         lock.release()
     # not the backup just restored, even the oldest, now or later: it may be wanted again
-    keep_for_good(backup)
+    try:
+        keep_for_good(backup)
+    except OSError as exc:  # (a read-only copy: retention cannot remove it either)
+        log.warning("restored_backup_not_marked", path=str(backup), error=str(exc))
     prune_backups(csv, keep_backups)
     # takes the exporter role and writes the CSV anew (just backed up: no session backup)
     open_journal(csv, journal_path=journal, formula_guard=formula_guard, keep_backups=0).close()

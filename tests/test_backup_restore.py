@@ -607,6 +607,43 @@ def test_restore_refuses_a_backup_of_another_job(csv_path: Path, tmp_path: Path)
     assert _folder_listing(csv_path) == before
     assert sorted(path.name for path in csv_path.parent.iterdir()) == files  # no -wal/-shm
     assert Path(f"{csv_path}.journal").read_bytes() == journal_bytes
+    # a journal too damaged to read its key column: the CSV's header tells (it was restored)
+    journal_bytes = b"not a database any more" + journal_bytes[23:]
+    Path(f"{csv_path}.journal").write_bytes(journal_bytes)
+    with pytest.raises(csvjournal.SettingsError, match=r"another job .*'PO', which"):
+        csvjournal.restore(csv_path, theirs)
+    assert _folder_listing(csv_path) == before
+    assert Path(f"{csv_path}.journal").read_bytes() == journal_bytes
+
+
+def test_restore_refuses_an_empty_backup_and_changes_nothing(csv_path: Path) -> None:
+    # SQLite reads an empty file as an empty database: a bare "no such table" came out,
+    # after the state before was backed up (one more backup each try).
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        backup = journal.backup()
+    _journal_in(backup).write_bytes(b"")
+    before = _folder_listing(csv_path)
+    files = sorted(path.name for path in csv_path.parent.iterdir())
+    with pytest.raises(csvjournal.JournalCorruptError, match="no journal in this file"):
+        csvjournal.restore(csv_path, backup)
+    assert _folder_listing(csv_path) == before
+    assert sorted(path.name for path in csv_path.parent.iterdir()) == files
+
+
+def test_a_restore_from_a_backup_it_cannot_mark_still_rewrites_the_csv(csv_path: Path) -> None:
+    # The mark that keeps a restored backup from retention could not be written (a
+    # read-only copy; here a folder in the mark's place): the restore raised after the
+    # journal was replaced, and left the CSV showing the state before.
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a", "COMPLETED")
+        backup = journal.backup()
+        journal.record("a", "FAILED")
+    (backup / ".kept").mkdir()
+    csvjournal.restore(csv_path, backup)
+    assert "a,COMPLETED" in csv_path.read_text()
+    with csvjournal.open(csv_path) as journal:
+        assert journal.get("a")["STATUS"] == "COMPLETED"  # type: ignore[index]
 
 
 @pytest.mark.slow
