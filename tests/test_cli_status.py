@@ -52,16 +52,20 @@ def test_status_shows_the_commonest_statuses_and_sums_up_the_rest(tmp_path: Path
     csv_path = tmp_path / "many.csv"
     csv_path.write_text("ID\n" + "".join(f"{n}\n" for n in range(100)))
     with csvjournal.open(csv_path, key="ID") as journal, journal.batch():
-        for n in range(60):
-            journal.record(str(n), "COMPLETED" if n < 30 else f"error {n}")
+        journal.record("0", "COMPLETED")  # 1 row, and PENDING 1 row (99): shown all the same
+        for n in range(1, 61):
+            journal.record(str(n), f"error {(n + 1) // 2}")  # 30 statuses of 2 rows
+        for n in range(61, 99):
+            journal.record(str(n), "slow")  # 38 rows
     out = ok(invoke("status", csv_path))
-    assert re.search(r"COMPLETED \(done\)\s*│\s*30", out), out
-    assert re.search(r"PENDING\s*│\s*40", out), out
-    shown = re.findall(r"error (\d+)\s*│\s*1\b", out)
-    assert len(shown) == 22  # 25 lines: the two commonest, 22 errors, and the rest summed
-    assert re.search(r"\.\.\. 8 more statuses \(--json lists them all\)\s*│\s*8", out), out
+    assert re.search(r"COMPLETED \(done\)\s*│\s*1\b", out), out
+    assert re.search(r"PENDING\s*│\s*1\b", out), out
+    assert re.search(r"slow\s*│\s*38", out), out
+    shown = re.findall(r"error (\d+)\s*│\s*2\b", out)
+    assert len(shown) == 21  # 25 lines: COMPLETED, PENDING, slow, 21 errors, the rest summed
+    assert re.search(r"\.\.\. 9 more statuses \(--json lists them all\)\s*│\s*18", out), out
     data = json.loads(ok(invoke("status", csv_path, "--json")))
-    assert len(data["counts"]) == 32
+    assert len(data["counts"]) == 33
 
 
 @pytest.mark.parametrize("status", ["[x]", "[/]", "[bold]DONE[/bold]", "[/]["])

@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from csvjournal._writer import IN_PROGRESS, PENDING
 from csvjournal.cli._app import (
     CliError,
     Seconds,
@@ -41,7 +42,7 @@ def render(csv: Path, snap: Progress) -> Group:
     table = Table(title=f"{csv}", title_justify="left")
     table.add_column("status")
     table.add_column("rows", justify="right")
-    shown, rest = _most(snap.counts)
+    shown, rest = _most(snap.counts, {PENDING, IN_PROGRESS, *snap.terminal})
     for status, count in shown:
         mark = " (done)" if status in snap.terminal else ""
         table.add_row(status + mark, f"{count:,}")
@@ -78,12 +79,17 @@ def render(csv: Path, snap: Progress) -> Group:
 _MOST_STATUSES = 25  # lines of the table
 
 
-def _most(counts: dict[str, int]) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    """The statuses the table shows (all, or the commonest, in their order) and the rest."""
+def _most(
+    counts: dict[str, int], always: set[str]
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """The statuses the table shows (all, or those ``always`` shown and the commonest
+    others, in their order) and the rest."""
     items = list(counts.items())
     if len(items) <= _MOST_STATUSES:
         return items, []
-    by_count = sorted(range(len(items)), key=lambda index: -items[index][1])
+    by_count = sorted(
+        range(len(items)), key=lambda index: (items[index][0] not in always, -items[index][1])
+    )
     kept = set(by_count[: _MOST_STATUSES - 1])
     return (
         [item for index, item in enumerate(items) if index in kept],
