@@ -75,10 +75,11 @@ def decode(
     Raises:
         CsvFormatError: bytes that are not in the encoding (the line and column named).
     """
-    for bom, name in _BOMS:
-        if data.startswith(bom) and (encoding is None or _bom_fits(name, encoding)):
-            return _decode_as(path, memoryview(data)[len(bom) :], name), name, True
-    if encoding is not None and (found := _wide_bom(data, encoding)) is not None:
+    # (the longest BOM the bytes start with: UTF-32 LE's begins with UTF-16 LE's)
+    bom, name = next(((bom, name) for bom, name in _BOMS if data.startswith(bom)), (b"", ""))
+    if bom and (encoding is None or _bom_fits(name, encoding)):
+        return _decode_as(path, memoryview(data)[len(bom) :], name), name, True
+    if encoding is not None and (found := _wide_bom(data, name, encoding)) is not None:
         raise CsvFormatError(  # its NULs read as text: a field count would be blamed
             f"{path}: line 1, column 1: the file starts with {found.upper()}'s byte-order"
             f" mark and holds NUL bytes, read as {encoding}: it is {found.upper()} (give no"
@@ -86,12 +87,13 @@ def decode(
         )
     if encoding is None and usual is not None:
         encoding = _resaved(data, usual)
-    if encoding is None and (guess := _utf16_without_bom(data)) is not None:
+    if (encoding is None or _narrow(encoding)) and (guess := _utf16_without_bom(data)):
         # read as UTF-8, its NUL bytes are text: the header names a column "I\x00D\x00"
+        read_as = "" if encoding is None else f", read as {encoding}"
         raise CsvFormatError(
             f"{path}: line 1, column 1: the file looks like {guess.upper()} without a"
-            f" byte-order mark; name its encoding (encoding={guess!r}, or --encoding {guess}"
-            " on the command line)"
+            f" byte-order mark{read_as}; name its encoding (encoding={guess!r}, or"
+            f" --encoding {guess} on the command line)"
         )
     _lookup(path, encoding or "utf-8")
     name = writing_encoding(encoding or "utf-8")
@@ -155,13 +157,23 @@ def writing_encoding(encoding: str) -> str:
     return _NO_BOM.get(codecs.lookup(encoding).name, encoding)
 
 
-def _wide_bom(data: bytes, encoding: str) -> str | None:
-    """The UTF-16 or UTF-32 byte order whose BOM ``data`` starts with, text of it (NUL
-    bytes) following, when ``encoding`` is of neither family (else None)."""
-    for bom, name in _BOMS[1:]:
-        if data.startswith(bom) and b"\x00" in data[len(bom) : 256]:
-            return None if _family(encoding) in ("utf-16", "utf-32") else name
+def _wide_bom(data: bytes, bom_encoding: str, encoding: str) -> str | None:
+    """``bom_encoding`` when it is UTF-16's or UTF-32's, the BOM ``data`` starts with, text
+    of it (NUL bytes) following, and ``encoding`` another family (else None)."""
+    if not bom_encoding or _family(bom_encoding) not in ("utf-16", "utf-32"):
+        return None
+    if b"\x00" in data[4:256] and _family(encoding) != _family(bom_encoding):
+        return bom_encoding
     return None
+
+
+def _narrow(encoding: str) -> bool:
+    """Whether ``encoding`` reads ASCII as one byte a character (UTF-8, cp1252, ...): a
+    UTF-16 file's NULs would be text in it."""
+    try:
+        return codecs.lookup(encoding).name == "utf-8" or single_byte(encoding)
+    except LookupError:
+        return False
 
 
 def _bom_fits(bom_encoding: str, encoding: str) -> bool:
