@@ -60,7 +60,8 @@ class Journal(Upkeep):
         **more: object,
     ) -> int:
         """Merge fields into the row ``key`` (created if new), stamp it, append an event,
-        commit, and return the event's sequence number. New field names become new columns
+        commit, and return the event's sequence number (increasing for this handle: the
+        numbers of an undone block are not given again by it). New field names become new columns
         at the end of the CSV: the keyword arguments' first, then those of ``fields``, each
         in the order given (as the call ``record(k, "DONE", A=1, fields={"B c": 2})`` reads).
 
