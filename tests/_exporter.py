@@ -33,17 +33,25 @@ def write_protect(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
     monkeypatch.setattr(os, "access", access)
 
 
+# The library's log lines away from stdout: one its exporter thread writes at the moment
+# the script prints "exporting" could split that word from its newline.
+_LOGS_TO_STDERR = """\
+import sys as _sys, structlog as _structlog
+_structlog.configure(logger_factory=_structlog.PrintLoggerFactory(_sys.stderr))
+"""
+
+
 def start_exporter(script: str, *args: object) -> subprocess.Popen[str]:
     """Start ``script`` (Python source) with ``args`` in a process of its own, once it says
     "exporting" on stdout; it ends when its stdin closes."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", script, *map(str, args)],
+        [sys.executable, "-c", _LOGS_TO_STDERR + script, *map(str, args)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     assert proc.stdout is not None
-    said = []  # the library's log lines come first, on stdout where nothing configured them
+    said = []  # what it printed before, if anything
     while (line := proc.stdout.readline()) not in ("exporting\n", ""):
         said.append(line)
     if line != "exporting\n":

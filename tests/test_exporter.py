@@ -158,7 +158,10 @@ def test_an_exporter_whose_lock_file_another_process_locked_anew_steps_down(
 
 _FROZEN_EXPORTER = """\
 import sys, time
+import structlog
 import csvjournal
+# logs away from stdout: a log line of the exporter thread could split "up" from its newline
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 journal = csvjournal.open(sys.argv[1], key="ID")
 print("up", flush=True)
 time.sleep(120)
@@ -174,8 +177,7 @@ def _start_frozen_exporter(csv_path: Path) -> subprocess.Popen[str]:
         text=True,
     )
     assert exporter.stdout is not None
-    while exporter.stdout.readline() not in ("up\n", ""):  # after its log lines
-        pass
+    assert exporter.stdout.readline() == "up\n"
     return exporter
 
 
