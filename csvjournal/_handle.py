@@ -39,7 +39,14 @@ from csvjournal._options import Options
 from csvjournal._orphans import OrphanWatch
 from csvjournal._readonly import ReadOnlyVisit
 from csvjournal._session import Session
-from csvjournal._settings import Settings, read_value, settle, settled, stored_guard
+from csvjournal._settings import (
+    Settings,
+    read_value,
+    refuse_conflicts,
+    settle,
+    settled,
+    stored_guard,
+)
 from csvjournal._tags import give_tag, take_tag
 from csvjournal._values import timestamp_now
 from csvjournal._writer import RecordCall, Writer
@@ -136,7 +143,9 @@ class Handle:
     def _backup_now(self) -> Path:
         return _opening.backup_now(self._options)
 
-    def _backup_before_upgrade(self) -> None:
+    def _backup_before_upgrade(self, conn: Connection) -> None:
+        # An open refused for its arguments must leave the old schema as it was.
+        refuse_conflicts(conn, self._options)
         # The way back to the csvjournal that wrote the old schema: never pruned.
         keep_for_good(self._backup_now(), "taken before a schema upgrade")
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy import Connection
+
 from csvjournal._atomicfile import create_like, is_empty, remove_quietly
 from csvjournal._dberrors import journal_errors
 from csvjournal._importer import check_keys, check_own_columns, unfinished
@@ -48,7 +50,7 @@ def open_store(
     options: Options,
     created: bool,
     source: ParsedCsv | None,
-    before_upgrade: Callable[[], None],
+    before_upgrade: Callable[[Connection], None],
 ) -> tuple[Store, list[Path], bool]:
     """Open (or create) the journal's store. Also return what a failed creation must
     remove again (the writers' queue makes its lock file, in a folder perhaps new), and

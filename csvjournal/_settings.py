@@ -240,7 +240,24 @@ def settled(conn: Connection, options: Options) -> Settings | None:
     return stored
 
 
+def refuse_conflicts(conn: Connection, options: Options) -> None:
+    """Refuse arguments that contradict the journal's stored settings, reading only the
+    settings table (the same in every schema revision: fit to run before an upgrade).
+
+    Raises:
+        SettingsError: an argument contradicts a stored setting.
+    """
+    stored = _load(conn)
+    if stored is not None:
+        _refuse_conflicts(stored, options)
+
+
 def _check_against(stored: Settings, options: Options) -> None:
+    _refuse_conflicts(stored, options)
+    _warn_encoding(stored, options)
+
+
+def _refuse_conflicts(stored: Settings, options: Options) -> None:
     for given, have, what in (
         (options.key, stored.key_column, "key"),
         (options.status_column, stored.status_column, "status_column"),
@@ -250,6 +267,9 @@ def _check_against(stored: Settings, options: Options) -> None:
             raise SettingsError(
                 f"{options.journal_path}: {what}={given!r} conflicts with the journal's {have!r}"
             )
+
+
+def _warn_encoding(stored: Settings, options: Options) -> None:
     wanted, stored_encoding = options.encoding, stored.dialect.encoding
     if wanted is not None and _codec(wanted) != _codec(stored_encoding):
         # The file was imported in its encoding, and is written in it: said, not an error

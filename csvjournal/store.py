@@ -96,7 +96,9 @@ def remove_journal_files(path: Path) -> None:
 class Store:
     """One process's access to one journal file: an engine plus retry policy.
 
-    ``before_upgrade`` runs (a backup) before an existing journal's schema is upgraded;
+    ``before_upgrade`` runs before an existing journal's schema is upgraded, given the
+    write connection on the old schema: it may refuse the open (raise; nothing is
+    changed) or back the journal up;
     ``queue_path`` is the lock file that queues writers across processes.
 
     Raises (from the constructor):
@@ -113,7 +115,7 @@ class Store:
         durability: Durability,
         busy_timeout: float,
         allow_network_fs: bool = False,
-        before_upgrade: Callable[[], object] | None = None,
+        before_upgrade: Callable[[Connection], object] | None = None,
         queue_path: Path | None = None,
     ) -> None:
         if durability not in _SYNCHRONOUS:
@@ -428,6 +430,6 @@ class Store:
                     if error is not None:
                         raise error
                     if self._before_upgrade is not None:
-                        self._before_upgrade()  # reads through its own connection (WAL)
+                        self._before_upgrade(conn)  # a backup reads through its own connection
                     log.info("journal_schema_upgrade", path=str(self.path), old=revision, new=head)
                 _migrate.upgrade(conn)

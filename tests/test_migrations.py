@@ -74,6 +74,32 @@ def test_every_released_revision_upgrades_with_its_data(fixture: Path, tmp_path:
     assert _revision(path) == _migrate.head_revision()
 
 
+OLDER = [path for path in FIXTURES if path.stem != f"journal-{_migrate.head_revision()}"]
+
+
+@pytest.mark.parametrize("fixture", OLDER, ids=[path.stem for path in OLDER])
+@pytest.mark.parametrize(
+    "conflict",
+    [{"key": "ID"}, {"status_column": "STATE"}, {"timestamp_column": "WHEN"}],
+    ids=["key", "status_column", "timestamp_column"],
+)
+def test_an_open_refused_for_its_arguments_leaves_an_older_schema_as_it_was(
+    fixture: Path, conflict: dict[str, str], tmp_path: Path
+) -> None:
+    csv = tmp_path / "orders.csv"
+    journal = Path(f"{csv}.journal")
+    shutil.copyfile(fixture, journal)
+    before = _digest(journal)
+    with pytest.raises(csvjournal.SettingsError, match="conflicts with the journal's"):
+        csvjournal.open(csv, **conflict)  # type: ignore[arg-type]
+    assert _digest(journal) == before  # not upgraded: an older csvjournal still opens it
+    backups = tmp_path / "orders.csv.backups"
+    assert not backups.exists() or [p.name for p in backups.iterdir()] == ["writer.lock"]
+    with csvjournal.open(csv) as opened:  # the same arguments as before are still welcome
+        assert opened.settings.key_column == "PO_NUMBER"
+    assert _revision(journal) == _migrate.head_revision()
+
+
 def _make_newer(csv_path: Path) -> Path:
     with csvjournal.open(csv_path, key="ID") as journal:
         journal.record("a", "COMPLETED")
