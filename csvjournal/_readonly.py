@@ -5,7 +5,9 @@ SQLite reads a WAL journal through its -wal and -shm files. When no process has 
 journal open, they are not there, and the reader makes them, owned by its user. A
 connection that may not write the journal never removes them, so they would stay behind,
 and the job's owner, who may not write files of another user, could record nothing more.
-:class:`ReadOnlyVisit` removes them again once the reader is done with them.
+:class:`ReadOnlyVisit` makes them first, writable by whoever may write the journal (by
+ACL, where the file system keeps them: the job's user may start recording meanwhile),
+and removes them again once the reader is done with them.
 """
 
 from __future__ import annotations
@@ -13,17 +15,32 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import threading
+import time
 from pathlib import Path
 
+import structlog
+
+from csvjournal._acl import make_like
 from csvjournal._fsinfo import companion
 from csvjournal._posix import fcntl
 
-__all__ = ["ReadOnlyVisit", "in_use", "may_write", "remove_made_companions"]
+__all__ = [
+    "ReadOnlyVisit",
+    "await_readers_files",
+    "in_use",
+    "make_companions",
+    "may_write",
+    "remove_made_companions",
+]
+
+log = structlog.get_logger(__name__)
 
 # The -shm byte that every connection using the file holds a shared lock on while it does
 # (SQLite's "DMS" lock, os_unix.c: UNIX_SHM_DMS = (22 + SQLITE_SHM_NLOCK) * 4 + 8).
 _SHM_DMS_BYTE = 128
+
+# A -wal file shorter than its header holds no frame, so no commit (wal.c: WAL_HDRSIZE).
+_WAL_HEADER = 32
 
 
 def may_write(path: Path) -> bool:
@@ -51,6 +68,50 @@ def in_use(journal: Path) -> bool:
         os.close(fd)
 
 
+def make_companions(journal: Path) -> bool:
+    """Before a user who may not write ``journal`` connects to it: make its -wal and -shm
+    files if neither is there, writable by whoever may write the journal (the job's user
+    may start recording while this user reads; see :mod:`csvjournal._acl`). Whether this
+    user will have made them (here, or SQLite as this user where the file system keeps no
+    ACLs): then :func:`remove_made_companions` once done (a :class:`ReadOnlyVisit` of the
+    journal does). Before each connection: the job's last connection to close removes
+    them, and a connection opened after that would make them anew."""
+    wal, shm = companion(journal, "-wal"), companion(journal, "-shm")
+    if not journal.exists() or may_write(journal) or wal.exists() or shm.exists():
+        return False
+    for made in (wal, shm):
+        # One byte: shorter than a WAL's header (no frame), and a -shm SQLite rebuilds
+        make_like(made, journal, b"\0")
+    return True
+
+
+def await_readers_files(journal: Path, timeout: float) -> None:
+    """Before a user who may write ``journal`` connects to it: wait, up to ``timeout``
+    seconds, while its -wal or -shm file is one this user may not write. A user who may
+    only read the journal made it (where the file system keeps no ACLs, or in a moment's
+    race with this user's last connection closing), and removes it once done: a
+    connection to it now could read, but never write. Past the timeout the connection's
+    first write says which file is read-only."""
+    if not may_write(journal):
+        return
+    deadline, delay = time.monotonic() + timeout, 0.002
+    while _foreign_companion(journal) is not None:
+        if time.monotonic() >= deadline:
+            return
+        if delay == 0.002:
+            log.info("journal_waits_for_reader", path=str(journal))
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def _foreign_companion(journal: Path) -> Path | None:
+    for suffix in ("-wal", "-shm"):
+        path = companion(journal, suffix)
+        if path.exists() and not may_write(path):
+            return path
+    return None
+
+
 def remove_made_companions(journal: Path) -> None:
     """Remove the -wal and -shm files of ``journal`` that this user made to read it,
     once this process has closed every connection to it: unless another process uses
@@ -60,7 +121,7 @@ def remove_made_companions(journal: Path) -> None:
     wal, shm = companion(journal, "-wal"), companion(journal, "-shm")
     uid = os.geteuid()
     found = wal.stat() if wal.exists() else None
-    if found is not None and (found.st_size or found.st_uid != uid):
+    if found is not None and (found.st_size >= _WAL_HEADER or found.st_uid != uid):
         return
     made_writable = None  # the mode of a -shm made read-only like its journal
     try:
@@ -111,33 +172,18 @@ def _make_own_writable(path: Path, uid: int) -> int | None:
     return stat.S_IMODE(found.st_mode)
 
 
-# The journals whose -wal and -shm files this process made, as a user who may not write
-# them: whichever of its handles closes last removes them.
-_made: set[Path] = set()
-_made_lock = threading.Lock()
-
-
 class ReadOnlyVisit:
     """An open of ``journal`` by a user who may not write it, which may make its -wal and
     -shm files; :meth:`end` removes them again."""
 
     def __init__(self, journal: Path) -> None:
         self._journal = journal.resolve()
-        made = (
-            journal.exists()
-            and not may_write(journal)
-            and not companion(journal, "-wal").exists()
-            and not companion(journal, "-shm").exists()
-        )
-        if made:
-            with _made_lock:
-                _made.add(self._journal)
+        make_companions(journal)
 
     def end(self) -> None:
         """Remove the files this process made (see :func:`remove_made_companions`); call
-        once this process has no connection to the journal left."""
-        with _made_lock:
-            if self._journal not in _made:
-                return
-            _made.discard(self._journal)
-        remove_made_companions(self._journal)
+        once this process has no connection to the journal left. A user who may not
+        write the journal always looks: SQLite may have made them anew meanwhile (after
+        the job's last connection closed and removed the earlier ones)."""
+        if self._journal.exists() and not may_write(self._journal):
+            remove_made_companions(self._journal)

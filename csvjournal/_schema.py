@@ -30,7 +30,7 @@ from pathlib import Path
 from sqlalchemy import Column, Connection, Float, Index, Integer, MetaData, Table, Text, text
 
 from csvjournal._fsinfo import companion
-from csvjournal._readonly import may_write, remove_made_companions
+from csvjournal._readonly import make_companions, may_write, remove_made_companions
 
 __all__ = ["columns", "driver", "events", "free_rows", "metadata", "peek", "rows", "settings"]
 
@@ -57,6 +57,7 @@ def peek(path: Path) -> Iterator[sqlite3.Connection]:
     companions = [companion(path, suffix) for suffix in ("-wal", "-shm")]
     existed = [made.exists() for made in companions]
     try:
+        make_companions(path)  # (a user who may not write it: see csvjournal._readonly)
         with closing(_read_only(path)) as conn:
             yield conn
     except BaseException:

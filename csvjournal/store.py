@@ -28,6 +28,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from csvjournal import _migrate
 from csvjournal._dberrors import io_error, is_damaged, read_only_error
 from csvjournal._fsinfo import NETWORK_FILESYSTEMS, companion, filesystem_of
+from csvjournal._readonly import await_readers_files, make_companions
 from csvjournal._schema import peek
 from csvjournal._writerqueue import GAVE_UP, WriterQueue
 from csvjournal.errors import (
@@ -169,6 +170,8 @@ class Store:
             # Once the journal exists, a connection never makes a new, empty one in its
             # place: deleted by hand, the handle's commits must fail, not go elsewhere.
             mode = "rw" if self._created else "rwc"
+            make_companions(self.path)  # a user who may only read it: see _readonly
+            await_readers_files(self.path, self.busy_timeout)  # one who may write it
             return sqlite3.connect(
                 f"{uri}?mode={mode}", uri=True, check_same_thread=False, isolation_level=None
             )

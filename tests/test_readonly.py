@@ -308,3 +308,71 @@ def test_a_write_protected_journal_is_refused_before_a_backup_is_made(
     assert "read-only to this process" in old_refused
     assert unchanged
     assert old_unchanged
+
+
+def _journal_in_use_by_operator(
+    csv_path: Path, hold: float, acls: bool = True
+) -> tuple[int, int, int]:
+    """An operator's handle on the idle journal of ``csv_path``, open for ``hold`` seconds
+    once it has read (``acls=False``: as on a file system that keeps none)."""
+
+    def look() -> object:
+        if not acls:
+            monkey = pytest.MonkeyPatch()
+            monkey.setattr("csvjournal._readonly.make_like", lambda *args: False)
+        with csvjournal.open(csv_path, export=False) as journal:
+            found = journal.pending()
+            time.sleep(hold)
+        return found
+
+    return _forked_as(NOBODY, look)
+
+
+def _wait_for(path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def test_the_jobs_user_records_while_an_operators_view_is_open(shared_folder: Path) -> None:
+    # the -wal/-shm files the operator's view made were the operator's, read-only to the
+    # job's user: every record failed until the view closed
+    csv_path = shared_folder / "orders.csv"
+    csv_path.write_text("ID\na\nb\n")
+    os.chown(csv_path, OWNER, OWNER)
+    assert _result(_forked_as(OWNER, lambda: csvjournal.open(csv_path, key="ID").close())) == (
+        0,
+        "None",
+    )
+    view = _journal_in_use_by_operator(csv_path, hold=3.0)
+    _wait_for(Path(f"{csv_path}.journal-shm"))
+
+    def record() -> object:
+        with csvjournal.open(csv_path) as journal:
+            return [journal.record(key, "COMPLETED") for key in ("a", "b")]
+
+    assert _result(_forked_as(OWNER, record)) == (0, "[1, 2]")
+    assert os.waitpid(view[0], os.WNOHANG)[0] == 0  # the view was open all along
+    assert _result(view) == (0, repr(["a", "b"]))
+    assert _result(_forked_as(OWNER, record)) == (0, "[3, 4]")  # and after it
+    assert not [p.name for p in shared_folder.iterdir() if p.name.endswith(("-wal", "-shm"))]
+    assert "b,COMPLETED" in csv_path.read_text()
+
+
+def test_the_jobs_user_waits_out_an_operators_view_without_acls(shared_folder: Path) -> None:
+    # where the operator's -wal/-shm files stay read-only to the job's user, its open
+    # waits for the view to end (which removes them), rather than fail at its first write
+    csv_path = shared_folder / "orders.csv"
+    csv_path.write_text("ID\na\nb\n")
+    os.chown(csv_path, OWNER, OWNER)
+    assert _result(_forked_as(OWNER, lambda: csvjournal.open(csv_path, key="ID").close()))[0] == 0
+    view = _journal_in_use_by_operator(csv_path, hold=1.0, acls=False)
+    _wait_for(Path(f"{csv_path}.journal-shm"))
+
+    def record() -> object:
+        with csvjournal.open(csv_path) as journal:
+            return journal.record("a", "COMPLETED")
+
+    assert _result(_forked_as(OWNER, record)) == (0, "1")
+    assert _result(view) == (0, repr(["a", "b"]))
