@@ -68,21 +68,19 @@ def in_use(journal: Path) -> bool:
         os.close(fd)
 
 
-def make_companions(journal: Path) -> bool:
+def make_companions(journal: Path) -> None:
     """Before a user who may not write ``journal`` connects to it: make its -wal and -shm
     files if neither is there, writable by whoever may write the journal (the job's user
-    may start recording while this user reads; see :mod:`csvjournal._acl`). Whether this
-    user will have made them (here, or SQLite as this user where the file system keeps no
-    ACLs): then :func:`remove_made_companions` once done (a :class:`ReadOnlyVisit` of the
-    journal does). Before each connection: the job's last connection to close removes
+    may start recording while this user reads; see :mod:`csvjournal._acl`). This user
+    removes them once done (:func:`remove_made_companions`, as a :class:`ReadOnlyVisit`
+    ends). Called before each connection: the job's last connection to close removes
     them, and a connection opened after that would make them anew."""
     wal, shm = companion(journal, "-wal"), companion(journal, "-shm")
     if not journal.exists() or may_write(journal) or wal.exists() or shm.exists():
-        return False
+        return
     for made in (wal, shm):
         # One byte: shorter than a WAL's header (no frame), and a -shm SQLite rebuilds
         make_like(made, journal, b"\0")
-    return True
 
 
 def await_readers_files(journal: Path, timeout: float) -> None:
