@@ -1,11 +1,11 @@
 """Group commit: concurrent callers share one transaction and one fsync.
 
 Leader/follower: a caller queues its item; if nobody is committing, it becomes the leader,
-waits for as many callers as the last group had (up to 100 µs for each one missing), takes
-every queued item and commits them together; the others sleep until their group is done. Each
-caller returns only after the commit holding its own item. When a leader is done and callers
-are queued, the first of them is woken to lead the next group. A group whose commit fails
-fails every caller in it with the same exception.
+waits for as many callers as the last group had (while they keep coming: up to 100 µs for
+the next one each time), takes every queued item and commits them together; the others
+sleep until their group is done. Each caller returns only after the commit holding its own
+item. When a leader is done and callers are queued, the first of them is woken to lead the
+next group. A group whose commit fails fails every caller in it with the same exception.
 
 Each waiting caller sleeps on a lock of its own that is released exactly once, the cheapest
 wake-up Python has; a shared condition would wake every waiter for every group. A finished
@@ -99,10 +99,10 @@ class GroupCommitter(Generic[_Item, _Result]):
     group's leader was let go, so one group's fsync overlaps the next group's transaction,
     and callers return only after it.
 
-    A leader waits up to ``gather_seconds`` for each caller of the last group that has not
-    come back yet: after a group's fsync its callers return and come back one at a time
-    (under the GIL, ~40 µs each), so 8 threads need ~300 µs to queue again; a fixed 200 µs
-    cut groups short and cost ~8% of their rate.
+    A leader waits for the callers of the last group to come back while they keep coming,
+    up to ``gather_seconds`` for the next one each time: after a group's fsync its callers
+    return and come back one at a time (under the GIL, ~40 µs each), so 8 threads need
+    ~300 µs to queue again; a fixed 200 µs cut groups short and cost ~8% of their rate.
 
     ``reentered`` makes the error a :meth:`submit` from inside a submit of the same thread
     raises (a signal handler's: its thread leads a group, or waits for one, underneath).
@@ -183,15 +183,25 @@ class GroupCommitter(Generic[_Item, _Result]):
             raise interrupted
         return slot.outcome()
 
-    def _lead(self, own: _Slot[_Item, _Result]) -> None:
-        with self._mutex:
-            gathering = None
-            missing = self._expected - len(self._queue)
-            if missing > 0 and self.gather_seconds > 0:
+    def _gather(self) -> None:
+        """Wait for the callers of the last group to queue again: until all of them have,
+        or until ``gather_seconds`` passed with none coming (one that left for good, its
+        thread done or busy elsewhere, costs one wait, not one for each caller missing)."""
+        while self.gather_seconds > 0:
+            with self._mutex:
+                queued = len(self._queue)
+                if queued >= self._expected:
+                    return
                 gathering = self._gathering = threading.Lock()
                 gathering.acquire()
-        if gathering is not None:
-            gathering.acquire(timeout=self.gather_seconds * missing)
+            if gathering.acquire(timeout=self.gather_seconds):
+                return  # (released by the last caller expected)
+            with self._mutex:
+                if len(self._queue) == queued:
+                    return
+
+    def _lead(self, own: _Slot[_Item, _Result]) -> None:
+        self._gather()
         with self._mutex:
             self._gathering = None
             group, self._queue = self._queue, []

@@ -180,6 +180,27 @@ def test_a_leader_waits_longer_the_more_callers_of_the_last_group_are_missing() 
     assert sorted(commit.groups[-1]) == [100, 101, 102]
 
 
+def test_a_caller_of_the_last_group_that_does_not_come_back_costs_one_wait() -> None:
+    # After a group of 5, a caller alone (the other four threads done, or busy elsewhere)
+    # waits one gather window for company that does not come: not one for each of the four
+    # missing (1.2 s here), which every group after a thread's last record paid.
+    commit = Committer(seconds=0.02)
+    committer = GroupCommitter(commit, gather_seconds=0.3)
+    barrier = threading.Barrier(6)
+
+    def together(n: int) -> None:
+        barrier.wait()
+        committer.submit(n)
+
+    assert run_threads(together, 6) == []  # a lone first caller, then the other five
+    assert len(commit.groups[-1]) == 5
+    started = time.monotonic()
+    assert committer.submit(99) == 990
+    waited = time.monotonic() - started
+    assert 0.25 < waited < 0.9, waited
+    assert commit.groups[-1] == [99]
+
+
 def _interrupt_main_thread() -> None:
     # The signal reaches the main thread itself and cuts its wait short.
     signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
