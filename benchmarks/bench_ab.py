@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--against", required=True, help="the git revision to compare with")
     parser.add_argument("--threads", type=int, choices=[1, 8], default=1)
     parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--chunk", type=int, default=100, help="records a contender's turn")
+    parser.add_argument("--chunk", type=int, default=100, help="records a thread's turn")
     args = parser.parse_args()
     quiet_logs()
     base = Path(tempfile.mkdtemp(prefix="csvj-ab-"))
@@ -82,20 +82,25 @@ def main() -> None:
         order = list(contenders)
         for number in range(args.rounds):
             for name in order[number % len(order) :] + order[: number % len(order)]:
-                seconds[name].append(contenders[name].run(args.chunk))
+                contender = contenders[name]
+                seconds[name].append(contender.run(args.chunk * contender.threads))
     finally:
         for contender in contenders.values():
             contender.close()
         shutil.rmtree(base, ignore_errors=True)
     raw = seconds["raw sqlite3"]
-    print(f"{args.threads} thread(s), durability=full; {args.rounds} rounds of {args.chunk}")
+    print(
+        f"{args.threads} thread(s), durability=full;"
+        f" {args.rounds} rounds of {args.chunk} records a thread"
+    )
     print("| contender | records/s | × raw: time-weighted | × raw: median of the rounds |")
     print("|---|---:|---:|---:|")
     for name, times in seconds.items():
-        ratios = [r / t for r, t in zip(raw, times, strict=True)]
+        threads = 1 if name == "raw sqlite3" else args.threads
+        ratios = [threads * r / t for r, t in zip(raw, times, strict=True)]
         print(
-            f"| {name} | {args.chunk * len(times) / sum(times):,.0f} |"
-            f" {sum(raw) / sum(times):.3f} | {statistics.median(ratios):.3f} |"
+            f"| {name} | {args.chunk * threads * len(times) / sum(times):,.0f} |"
+            f" {threads * sum(raw) / sum(times):.3f} | {statistics.median(ratios):.3f} |"
         )
     before, after = seconds[args.against], seconds["this checkout"]
     gains = [b / a for b, a in zip(before, after, strict=True)]

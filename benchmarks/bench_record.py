@@ -5,10 +5,13 @@ row) with one ``BEGIN IMMEDIATE`` ... ``COMMIT`` per record, WAL mode and the sa
 ``synchronous``. All contenders keep their files open and take turns in short chunks, round
 after round in a rotating order, so the disk's drifting fsync time hits them alike; a
 contender's ratio is its time-weighted rate over the raw rate of the same rounds, and
-per-round ratios give the spread (median, min, max). The journal core is measured as issue
-2 defines it, on handles with ``export=False``; the same contenders with an exporter thread
-follow, for the record, and then issue 2's prototype (``_prototype.py``: the bare design the
-issue's targets came from), the ceiling of the design on the day's machine.
+per-round ratios give the spread (median, min, max). A turn is ``--chunk`` records from
+each thread: 8 threads record 8 × chunk, so that a turn measures group commit going on,
+not mostly the threads' start and end (see RESULTS.md, session 28). The journal core is
+measured as issue 2 defines it, on handles with ``export=False``; the same contenders with
+an exporter thread follow, for the record, and then issue 2's prototype (``_prototype.py``:
+the bare design the issue's targets came from), the ceiling of the design on the day's
+machine.
 
     python benchmarks/bench_record.py [--rounds 45] [--chunk 100] [--batch 100000]
 """
@@ -46,6 +49,8 @@ PROTOTYPE = "issue 2's prototype (bare group commit over raw sqlite3)"
 class RawSqlite:
     """Hand-written sqlite3: the baseline."""
 
+    threads = 1
+
     def __init__(self, folder: Path, durability: str) -> None:
         self.conn = raw_connection(folder / "raw.db", SYNCHRONOUS[durability])
         self.next = 0
@@ -70,6 +75,8 @@ class RawSqlite:
 
 
 class _OnJournal:
+    threads = 1
+
     def __init__(
         self,
         folder: Path,
@@ -117,7 +124,10 @@ class Single(_OnJournal):
 
 
 class Threads(_OnJournal):
-    """record() from 8 threads sharing one Journal (group commit)."""
+    """record() from 8 threads sharing one Journal (group commit): ``run(n)`` records
+    ``n // 8`` from each."""
+
+    threads = THREADS
 
     def run(self, n: int) -> float:
         per_thread = n // THREADS
@@ -256,7 +266,7 @@ def main() -> None:
             # The order rotates: whoever runs after an export's fsyncs is not always the same.
             for name in order[number % len(order) :] + order[: number % len(order)]:
                 contender = contenders[name]
-                seconds[name].append(contender.run(args.chunk))
+                seconds[name].append(contender.run(args.chunk * contender.threads))
                 if not isinstance(contender, RawSqlite):
                     contender.settle()
         batches = {
@@ -272,15 +282,16 @@ def main() -> None:
     raw = seconds["raw sqlite3, 1 thread"]
     print(
         f"durability={args.durability}; {args.rounds} rounds of {args.chunk} records per"
-        f" contender; batch: median of {args.batch_runs} runs of {args.batch:,} records"
+        f" contender's thread; batch: median of {args.batch_runs} runs of {args.batch:,} records"
     )
     print("| contender | records/s | × raw 1 thread | per-round ratio: median (min–max) |")
     print("|---|---:|---:|---:|")
     for name, times in seconds.items():
-        rate = args.chunk * len(times) / sum(times)
-        ratios = [r / t for r, t in zip(raw, times, strict=True)]
+        threads = contenders[name].threads
+        rate = args.chunk * threads * len(times) / sum(times)
+        ratios = [threads * r / t for r, t in zip(raw, times, strict=True)]
         print(
-            f"| {name} | {rate:,.0f} | {sum(raw) / sum(times):.2f} |"
+            f"| {name} | {rate:,.0f} | {threads * sum(raw) / sum(times):.2f} |"
             f" {statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |"
         )
     for export, rates in batches.items():
@@ -297,6 +308,10 @@ def main() -> None:
             json.dumps(
                 {
                     "seconds": seconds,
+                    "records_per_turn": {
+                        name: args.chunk * contender.threads
+                        for name, contender in contenders.items()
+                    },
                     "batch": list(batches.items()),
                     "floor": floors,
                     "prototype_batch": bare,
