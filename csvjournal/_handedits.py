@@ -22,7 +22,7 @@ from csvjournal.csvio import fingerprint
 from csvjournal.errors import CsvChangedError
 from csvjournal.store import Store
 
-__all__ = ["CsvGuard", "block", "blocked_by", "check_csv", "file_identity"]
+__all__ = ["CsvGuard", "block", "blocked_by", "check_csv", "file_identity", "refuse_hand_edits"]
 
 log = structlog.get_logger(__name__)
 
@@ -58,11 +58,7 @@ def check_csv(
     data = csv_path.read_bytes()
     found = fingerprint(data)
     if found not in known:
-        raise CsvChangedError(
-            f"{csv_path}: edited by hand since csvjournal last wrote it. Run"
-            f" `csvjournal import --merge {shlex.quote(str(csv_path))}` to bring the edits into the"
-            " journal, or delete the file to have it written anew from the journal"
-        )
+        raise _edited_error(csv_path)
     if found == pending and found != digest:
         _note_placed(store, found)
     if stored_columns(stored_format, formula_guard) is None:
@@ -80,6 +76,28 @@ def check_csv(
             seeded = rendered.seed(conn, data, seq, rows)
         log.debug("csv_rendering_seeded", path=str(csv_path), seeded=seeded, seq=seq)
     return None
+
+
+def refuse_hand_edits(conn: Connection, csv_path: Path) -> None:
+    """Refuse a CSV that is neither export the journal notes, reading only the settings
+    table (the same in every schema revision: fit to run before an upgrade, which an open
+    refused for the CSV must not make). A journal that notes no export (one of the first
+    revision, say) refuses nothing.
+
+    Raises:
+        CsvChangedError: the CSV was edited by hand since csvjournal last wrote it.
+    """
+    known = {read_value(conn, "csv_digest"), read_value(conn, "csv_pending")} - {None}
+    if known and csv_path.exists() and fingerprint(csv_path.read_bytes()) not in known:
+        raise _edited_error(csv_path)
+
+
+def _edited_error(csv_path: Path) -> CsvChangedError:
+    return CsvChangedError(
+        f"{csv_path}: edited by hand since csvjournal last wrote it. Run"
+        f" `csvjournal import --merge {shlex.quote(str(csv_path))}` to bring the edits into the"
+        " journal, or delete the file to have it written anew from the journal"
+    )
 
 
 # What the last export put in place shows, and where a pending export's notes go.

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,6 @@ from csvjournal._session import Session
 from csvjournal._settings import (
     Settings,
     read_value,
-    refuse_conflicts,
     settle,
     settled,
     stored_guard,
@@ -50,9 +50,8 @@ from csvjournal._settings import (
 from csvjournal._tags import give_tag, take_tag
 from csvjournal._values import timestamp_now
 from csvjournal._writer import RecordCall, Writer
-from csvjournal.backup import keep_for_good
 from csvjournal.csvio import ParsedCsv
-from csvjournal.errors import CsvJournalError, JournalBusyError, JournalClosedError
+from csvjournal.errors import JournalBusyError, JournalClosedError
 from csvjournal.exporter import Exporter
 from csvjournal.store import Store, remove_journal_files
 
@@ -99,7 +98,7 @@ class Handle:
         source = _opening.source_to_import(options, created)
         self._visit = ReadOnlyVisit(options.journal_path)  # (before SQLite makes the files)
         self._store, made, ours = _opening.open_store(
-            options, created, source, self._backup_before_upgrade
+            options, created, source, partial(_opening.before_upgrade, options)
         )
         self._created = False  # whether this open made the journal's settings (see _settle)
         try:
@@ -143,23 +142,6 @@ class Handle:
     def _backup_now(self) -> Path:
         return _opening.backup_now(self._options)
 
-    def _backup_before_upgrade(self, conn: Connection) -> None:
-        # An open refused for its arguments must leave the old schema as it was.
-        refuse_conflicts(conn, self._options)
-        # The way back to the csvjournal that wrote the old schema: never pruned.
-        keep_for_good(self._backup_now(), "taken before a schema upgrade")
-
-    def _backup_before_settings(self) -> None:
-        """Back the journal up as it is before this open changes its settings (under the
-        write lock: one of several opens asking for the change at once backs up). Best
-        effort: a CSV in a folder this user may not write has no backups folder."""
-        if not self._options.keep_backups:
-            return
-        try:
-            self._backup_now()
-        except CsvJournalError as exc:
-            log.warning("backup_before_settings_failed", path=str(self.csv_path), error=str(exc))
-
     def _settle(self, source: ParsedCsv | None) -> None:
         """Load the journal's settings; create the journal (importing ``source``) or
         store new terminal statuses or formula guard in a write transaction only when there
@@ -172,7 +154,10 @@ class Handle:
                 return
         with self._store.write() as conn:
             self._settings, columns = settle(
-                conn, self._options, source, before_change=self._backup_before_settings
+                conn,
+                self._options,
+                source,
+                before_change=partial(_opening.backup_before_settings, self._options),
             )
             if source is not None and columns is not None:
                 import_rows(conn, source, self._settings, columns)

@@ -10,18 +10,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import structlog
 from sqlalchemy import Connection
 
 from csvjournal._atomicfile import create_like, is_empty, remove_quietly
 from csvjournal._dberrors import journal_errors
+from csvjournal._handedits import refuse_hand_edits
 from csvjournal._importer import check_keys, check_own_columns, unfinished
 from csvjournal._options import Options
-from csvjournal.backup import backups_folder, take_backup
+from csvjournal._settings import refuse_conflicts
+from csvjournal.backup import backups_folder, keep_for_good, take_backup
 from csvjournal.csvio import ParsedCsv, read_csv
-from csvjournal.errors import JournalIOError
+from csvjournal.errors import CsvJournalError, JournalIOError
 from csvjournal.store import Store, remove_journal_files
 
-__all__ = ["backup_now", "open_store", "source_to_import"]
+__all__ = [
+    "backup_before_settings",
+    "backup_now",
+    "before_upgrade",
+    "open_store",
+    "source_to_import",
+]
+
+log = structlog.get_logger(__name__)
 
 
 def source_to_import(options: Options, created: bool) -> ParsedCsv | None:
@@ -98,3 +109,32 @@ def backup_now(options: Options) -> Path:
             keep=options.keep_backups,
             busy_timeout=options.busy_timeout,
         )
+
+
+def before_upgrade(options: Options, conn: Connection) -> None:
+    """Run before an existing journal's schema is upgraded (``conn`` holds the write lock,
+    on the old schema): refuse an open that would be refused anyway, for its arguments or,
+    exporting, for a CSV edited by hand, so that it leaves the old schema as it was; else
+    back the journal up, for good (the way back to the csvjournal that wrote it).
+
+    Raises:
+        SettingsError: an argument contradicts a stored setting.
+        CsvChangedError: exporting, the CSV was edited by hand.
+        CsvJournalError: the backup cannot be taken.
+    """
+    refuse_conflicts(conn, options)
+    if options.export:
+        refuse_hand_edits(conn, options.csv_path)
+    keep_for_good(backup_now(options), "taken before a schema upgrade")
+
+
+def backup_before_settings(options: Options) -> None:
+    """Back the journal up as it is before an open changes its settings (under the write
+    lock: one of several opens asking for the change at once backs up). Best effort: a CSV
+    in a folder this user may not write has no backups folder."""
+    if not options.keep_backups:
+        return
+    try:
+        backup_now(options)
+    except CsvJournalError as exc:
+        log.warning("backup_before_settings_failed", path=str(options.csv_path), error=str(exc))

@@ -332,6 +332,7 @@ def test_recover_json_after_a_crash(orders: Path) -> None:
     time.sleep(1.2)  # the lease runs out
     data = json.loads(ok(invoke("recover", orders, "--json")))
     assert data == {
+        "schema_upgraded": None,
         "integrity": "ok",
         "expired": [{"key": "PO-1", "worker": "lost-worker"}],
         "temp_files_removed": [str(temp)],
@@ -404,6 +405,29 @@ def test_restore_refuses_a_folder_that_is_no_backup(orders: Path, tmp_path: Path
 
 
 # -- upgrade ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_recover_says_that_its_open_upgraded_an_older_schema(tmp_path: Path, as_json: bool) -> None:
+    oldest = sorted(FIXTURES.glob("journal-*.sqlite"))[0]
+    csv = tmp_path / "orders.csv"
+    shutil.copyfile(oldest, f"{csv}.journal")
+    before = oldest.stem.removeprefix("journal-")
+    head = _migrate.head_revision()
+    if as_json:
+        data = json.loads(ok(invoke("recover", csv, "--json")))
+        assert data["schema_upgraded"] == {"from": before, "to": head}
+        assert data["integrity"] == "ok"
+    else:
+        lines = ok(invoke("recover", csv)).splitlines()
+        assert (
+            lines[0]
+            == f"{csv}.journal: upgraded schema {before} -> {head} (backup in {csv}.backups)"
+        )
+        assert lines[1] == "integrity check: ok"
+    assert ok(invoke("backups", csv)).strip()  # the backup it names
+    again = ok(invoke("recover", csv))  # upgraded once: not said again
+    assert "upgraded" not in again
 
 
 def test_upgrade_of_a_current_journal(orders: Path) -> None:

@@ -100,6 +100,42 @@ def test_an_open_refused_for_its_arguments_leaves_an_older_schema_as_it_was(
     assert _revision(journal) == _migrate.head_revision()
 
 
+def _notes_an_export(fixture: Path) -> bool:
+    conn = sqlite3.connect(fixture)
+    try:
+        return (
+            conn.execute("SELECT 1 FROM settings WHERE name = 'csv_digest'").fetchone() is not None
+        )
+    finally:
+        conn.close()
+
+
+# (the first revision's csvjournal noted no export: it could not tell a hand edit)
+NOTING = [path for path in OLDER if _notes_an_export(path)]
+
+
+@pytest.mark.parametrize("fixture", NOTING, ids=[path.stem for path in NOTING])
+def test_an_open_refused_for_a_hand_edited_csv_leaves_an_older_schema_as_it_was(
+    fixture: Path, tmp_path: Path
+) -> None:
+    csv = tmp_path / "orders.csv"
+    journal = Path(f"{csv}.journal")
+    shutil.copyfile(fixture, journal)
+    csv.write_text("PO_NUMBER,STATUS\nPO-1,EDITED BY HAND\n", encoding="utf-8")
+    before = _digest(journal)
+    with pytest.raises(csvjournal.CsvChangedError, match="import --merge"):
+        csvjournal.open(csv)
+    assert _digest(journal) == before  # not upgraded: an older csvjournal still opens it
+    backups = tmp_path / "orders.csv.backups"
+    assert not backups.exists() or [p.name for p in backups.iterdir()] == ["writer.lock"]
+    assert csv.read_text(encoding="utf-8") == "PO_NUMBER,STATUS\nPO-1,EDITED BY HAND\n"
+    csv.unlink()  # as the error says: the CSV is written anew from the journal
+    with csvjournal.open(csv) as opened:
+        assert opened.get("PO-1")["STATUS"] != "EDITED BY HAND"  # type: ignore[index]
+    assert _revision(journal) == _migrate.head_revision()
+    assert "PO-3" in csv.read_text(encoding="utf-8")
+
+
 def _make_newer(csv_path: Path) -> Path:
     with csvjournal.open(csv_path, key="ID") as journal:
         journal.record("a", "COMPLETED")

@@ -272,12 +272,17 @@ def _merge_report(csv: Path, report: csvjournal.MergeReport, as_json: bool) -> N
 @csv_argument
 @json_option
 def recover(csv: Path, as_json: bool) -> None:
-    """After a crash: check the journal, return expired leases, clean up, re-export."""
+    """After a crash: check the journal, return expired leases, clean up, re-export (the
+    open upgrades an older schema first, after a backup: said too)."""
+    before = _revision_before_open(csv)
     with working_on(csv, "recovering"), existing_journal(csv) as journal:
         report = journal.recover()
+    head = _migrate.head_revision()
+    upgraded = before is not None and before != head
     if as_json:
         print_json(
             {
+                "schema_upgraded": {"from": before, "to": head} if upgraded else None,
                 "integrity": report.integrity,
                 "expired": [{"key": k, "worker": w} for k, w in report.expired],
                 "temp_files_removed": [str(p) for p in report.temp_files_removed],
@@ -286,8 +291,22 @@ def recover(csv: Path, as_json: bool) -> None:
             }
         )
     else:
+        if upgraded:
+            click.echo(_upgraded_line(csv, before))
         for line in report.lines():
             click.echo(line)
+
+
+def _revision_before_open(csv: Path) -> str | None:
+    """The journal's schema revision before a command's open may upgrade it (None: no
+    journal, or none readable: the open says why)."""
+    journal = journal_path_of(csv)
+    return schema_revision(journal) if journal.exists() else None
+
+
+def _upgraded_line(csv: Path, before: str | None) -> str:
+    head = _migrate.head_revision()
+    return f"{journal_path_of(csv)}: upgraded schema {before} -> {head} (backup in {csv}.backups)"
 
 
 @cli.command()
@@ -356,6 +375,4 @@ def upgrade(csv: Path) -> None:
     if before == head:
         click.echo(f"{journal_path_of(csv)}: already at schema {head}")
     else:
-        click.echo(
-            f"{journal_path_of(csv)}: upgraded schema {before} -> {head} (backup in {csv}.backups)"
-        )
+        click.echo(_upgraded_line(csv, before))
