@@ -26,8 +26,10 @@ from csvjournal.backup import (
     PendingBackup,
     check_backup,
     copy_journal,
+    copy_uri,
     keep_for_good,
     prune_backups,
+    read_copy,
     take_backup,
 )
 from csvjournal.csvio import read_csv
@@ -69,7 +71,7 @@ def _put_in_place(source: Path, journal: Path, csv: Path) -> None:
     journal = Path(os.path.realpath(journal))  # a symlinked journal: the file it points to
     temp = journal.with_name(f".{journal.name}.restoring-{owner_tag()}")
     try:
-        reader = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
+        reader = sqlite3.connect(copy_uri(source), uri=True)
         try:
             # the journal replaced decides who may read it, else the backup's copy
             copy_journal(reader, temp, journal if journal.exists() else source)
@@ -113,7 +115,7 @@ def _check_schema(source: Path) -> None:
         SchemaTooNewError: its schema revision is unknown here.
         JournalCorruptError: no journal in the file (an empty one).
     """
-    with peek(source) as conn:
+    with read_copy(source) as conn:
         tables = [name for (name,) in conn.execute("SELECT name FROM sqlite_master")]
         found = (
             conn.execute("SELECT version_num FROM alembic_version").fetchone()
@@ -127,10 +129,11 @@ def _check_schema(source: Path) -> None:
     check_revision(None if found is None else str(found[0]), tables, source)
 
 
-def _key_column(journal: Path) -> object:
-    """The key column stored in ``journal``; ``None`` when it cannot be read (damaged)."""
+def _key_column(journal: Path, *, copy: bool = False) -> object:
+    """The key column stored in ``journal`` (a backup's ``copy``, or the live journal);
+    ``None`` when it cannot be read (damaged)."""
     try:
-        with peek(journal) as conn:  # (the -wal/-shm files it has to make are removed)
+        with read_copy(journal) if copy else peek(journal) as conn:
             found = conn.execute("SELECT value FROM settings WHERE name = 'key_column'")
             row = found.fetchone()
     except sqlite3.Error:
@@ -148,7 +151,7 @@ def _check_same_job(source: Path, journal: Path, csv: Path) -> None:
     """
     if not journal.exists():
         return
-    theirs, ours = _key_column(source), _key_column(journal)
+    theirs, ours = _key_column(source, copy=True), _key_column(journal)
     if theirs is not None and ours is not None and theirs != ours:
         raise SettingsError(
             f"{source}: a backup of another job (key column {theirs!r}, this journal's is"

@@ -23,6 +23,8 @@ import secrets
 import shlex
 import shutil
 import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,7 +33,8 @@ import structlog
 from csvjournal._atomicfile import copy_file, create_like, make_folder_like
 from csvjournal._fsinfo import companion
 from csvjournal._pids import owner_tag, tag_alive
-from csvjournal.errors import BackupNotFoundError, JournalCorruptError
+from csvjournal._schema import peek
+from csvjournal.errors import BackupNotFoundError, JournalCorruptError, JournalIOError
 
 __all__ = [
     "PendingBackup",
@@ -39,10 +42,12 @@ __all__ = [
     "brief",
     "check_backup",
     "copy_journal",
+    "copy_uri",
     "keep_for_good",
     "list_backups",
     "newest_backup_hint",
     "prune_backups",
+    "read_copy",
     "remove_leftovers",
     "take_backup",
 ]
@@ -57,6 +62,7 @@ _REMOVING = ".removing-"
 _LEFTOVER = re.compile(r"^\.(?:partial|removing)-(?:([0-9]+(?:\.[0-9]+)?)-)?")  # owner tag
 _NAME_ATTEMPTS = 1000
 _BRIEF = 300  # characters of SQLite's integrity findings in a message
+_WAL_HEADER = 32  # a -wal file no longer than its header holds no commit
 _KEPT = ".kept"  # in a backup folder: never deleted by retention (see keep_for_good)
 
 
@@ -334,12 +340,66 @@ def brief(problems: list[str]) -> str:
     return text if len(text) <= _BRIEF else text[: _BRIEF - 1] + "…"
 
 
+def copy_uri(journal: Path) -> str:
+    """The URI of a read-only connection to a journal copy (a backup's, or one copied by
+    hand) that nobody writes. SQLite reads a copy in WAL mode only beside a -shm file it
+    may write: in a folder this process may not write (read-only media, another user's
+    share), without one, the copy is read as immutable, which needs no -shm file and
+    writes nothing.
+
+    Raises:
+        JournalIOError: such a copy has commits in its -wal file, which an immutable read
+            would skip.
+    """
+    return f"{journal.resolve().as_uri()}?{'immutable=1' if _immutable(journal) else 'mode=ro'}"
+
+
+@contextmanager
+def read_copy(journal: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to a journal copy that nobody writes, as :func:`copy_uri`
+    says; one that SQLite reads in place is read as :func:`~csvjournal._schema.peek` reads
+    (the -wal/-shm files it has to make are removed).
+
+    Raises:
+        JournalIOError: see :func:`copy_uri`.
+        sqlite3.Error: the file cannot be opened or read as a database.
+    """
+    if _immutable(journal):
+        with closing(sqlite3.connect(copy_uri(journal), uri=True)) as conn:
+            yield conn
+    else:
+        with peek(journal) as conn:
+            yield conn
+
+
+def _immutable(journal: Path) -> bool:
+    """Whether SQLite can read ``journal`` only as immutable (see :func:`copy_uri`)."""
+    if os.access(journal.parent, os.W_OK) or companion(journal, "-shm").exists():
+        return False
+    try:
+        with journal.open("rb") as handle:
+            header = handle.read(20)
+    except OSError:
+        return False  # (opening it says why)
+    if header[18:20] != b"\x02\x02":  # not in WAL mode: SQLite reads it in place
+        return False
+    wal = companion(journal, "-wal")
+    if wal.exists() and wal.stat().st_size > _WAL_HEADER:
+        raise JournalIOError(
+            f"{journal}: a copy in WAL mode whose -wal file holds commits, in a folder this"
+            " process may not write, where SQLite cannot read them; copy the folder"
+            " somewhere writable and use that copy"
+        )
+    return True
+
+
 def check_backup(backup: Path, journal_name: str) -> Path:
     """Return the journal file inside ``backup`` once it passed SQLite's integrity check.
 
     Raises:
         BackupNotFoundError: ``backup`` holds no journal named ``journal_name``.
         JournalCorruptError: the journal copy fails the integrity check.
+        JournalIOError: a copy that cannot be read where it is (see :func:`copy_uri`).
     """
     journal = backup / journal_name
     if not backup.is_dir():
@@ -347,7 +407,7 @@ def check_backup(backup: Path, journal_name: str) -> Path:
     if not journal.is_file():
         raise BackupNotFoundError(f"{backup}: not a csvjournal backup (no {journal_name} in it)")
     try:
-        conn = sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True)
+        conn = sqlite3.connect(copy_uri(journal), uri=True)
         try:
             problems = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
         finally:
