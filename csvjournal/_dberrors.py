@@ -53,7 +53,7 @@ def translate(
     if code & 0xFF in _DAMAGED:
         return JournalCorruptError(
             f"{journal}: SQLite cannot read the journal ({orig});"
-            f" {newest_backup_hint(csv_path, journal.name)}"
+            f" {newest_backup_hint(csv_path, journal)}"
         )
     if code & 0xFF in _IO:
         return _io_error(orig, journal, csv_path, doing)

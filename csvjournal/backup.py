@@ -79,20 +79,27 @@ def list_backups(csv_path: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if _NAME.match(p.name) and p.is_dir())
 
 
-def newest_backup_hint(csv_path: Path, journal_name: str | None = None) -> str:
+def newest_backup_hint(csv_path: Path, journal: Path | None = None) -> str:
     """A sentence telling the user which backup to restore, for error messages: the
     newest that passes the integrity check (a backup taken of a journal already damaged in
-    a way ``quick_check`` misses does not)."""
-    name = journal_name or f"{csv_path.name}.journal"
+    a way ``quick_check`` misses does not). A journal elsewhere than beside its CSV (an
+    open's ``journal_path=``) is restored in Python: the command line finds only those."""
+    default = Path(f"{csv_path}.journal")
+    journal = journal or default
     found = list_backups(csv_path)
     for backup in reversed(found):
         try:
-            check_backup(backup, name)
+            check_backup(backup, journal.name)
         except (OSError, JournalCorruptError):
             continue
         newest = "newest" if backup == found[-1] else "newest sound"
-        command = shlex.join(["csvjournal", "restore", str(csv_path), str(backup)])
-        return f"restore the {newest} backup: {command}"
+        if os.path.abspath(journal) == os.path.abspath(default):
+            command = shlex.join(["csvjournal", "restore", str(csv_path), str(backup)])
+            return f"restore the {newest} backup: {command}"
+        call = (
+            f"csvjournal.restore({str(csv_path)!r}, {str(backup)!r}, journal_path={str(journal)!r})"
+        )
+        return f"restore the {newest} backup, in Python: {call}"
     if found:
         return f"no backup of {csv_path} passes the integrity check ({len(found)} found)"
     return f"no backup of {csv_path} exists"
@@ -247,7 +254,7 @@ class PendingBackup:
                     raise JournalCorruptError(
                         f"{journal_path}: the journal fails SQLite's integrity check, so it is"
                         " not backed up (a damaged backup would push sound ones out);"
-                        f" {newest_backup_hint(self.csv_path, journal_path.name)}"
+                        f" {newest_backup_hint(self.csv_path, journal_path)}"
                     ) from exc
         except BaseException:
             self.abandon()

@@ -74,6 +74,6 @@ def check_integrity(store: Store, csv_path: Path, *, full: bool) -> str:
     if problems != ["ok"]:
         raise JournalCorruptError(
             f"{store.path}: the journal fails SQLite's {pragma}"
-            f" ({brief(problems)}); {newest_backup_hint(csv_path, store.path.name)}"
+            f" ({brief(problems)}); {newest_backup_hint(csv_path, store.path)}"
         )
     return "ok"

@@ -109,6 +109,33 @@ def test_a_damaged_journal_is_refused_naming_a_backup_that_restores(
         assert journal.get("k00001")["STATUS"] == "COMPLETED"  # type: ignore[index]
 
 
+def test_a_damaged_journal_kept_elsewhere_names_a_restore_that_works_as_printed(
+    tmp_path: Path,
+) -> None:
+    # The command line finds only a journal beside its CSV: for one opened with
+    # journal_path=, the message gives the Python call, which restores as it reads.
+    csv_path = tmp_path / "orders.csv"
+    journal_path = tmp_path / "elsewhere" / "job.sqlite"
+    journal_path.parent.mkdir()
+    _make_journal(csv_path, CORRUPT_ROWS, journal_path=journal_path)
+    with csvjournal.open(csv_path, journal_path=journal_path) as journal:
+        journal.record("k00001", "COMPLETED")
+        good = journal.backup()
+    _damage(journal_path)
+    with pytest.raises(csvjournal.JournalCorruptError) as caught:
+        csvjournal.open(csv_path, journal_path=journal_path)
+    message = str(caught.value)
+    assert "csvjournal restore" not in message  # it would restore orders.csv.journal
+    call = message[message.index("csvjournal.restore(") :]
+    expected = f"{str(csv_path)!r}, {str(good)!r}, journal_path={str(journal_path)!r}"
+    assert call == f"csvjournal.restore({expected})"
+    eval(call, {"csvjournal": csvjournal})  # the message's own words, as a user pastes them
+    with csvjournal.open(csv_path, journal_path=journal_path) as journal:
+        assert journal.recover().integrity == "ok"
+        assert journal.get("k00001")["STATUS"] == "COMPLETED"  # type: ignore[index]
+    assert not Path(f"{csv_path}.journal").exists()
+
+
 def test_a_damaged_journal_without_backups_says_so(tmp_path: Path) -> None:
     csv_path = tmp_path / "orders.csv"
     _make_journal(csv_path, CORRUPT_ROWS, keep_backups=0)
