@@ -349,14 +349,14 @@ def brief(problems: list[str]) -> str:
 
 def copy_uri(journal: Path) -> str:
     """The URI of a read-only connection to a journal copy (a backup's, or one copied by
-    hand) that nobody writes. SQLite reads a copy in WAL mode only beside a -shm file it
-    may write: in a folder this process may not write (read-only media, another user's
-    share), without one, the copy is read as immutable, which needs no -shm file and
-    writes nothing.
+    hand) that nobody writes. SQLite reads a copy in WAL mode in place only through a -shm
+    file it may write, or one beside a -wal file that holds commits: in a folder this
+    process may not write (read-only media, another user's share), a copy whose -wal
+    holds no commit is read as immutable, which needs neither and writes nothing.
 
     Raises:
-        JournalIOError: such a copy has commits in its -wal file, which an immutable read
-            would skip.
+        JournalIOError: such a copy has commits in its -wal file but no -shm file to read
+            them through (an immutable read would skip them).
     """
     return f"{journal.resolve().as_uri()}?{'immutable=1' if _immutable(journal) else 'mode=ro'}"
 
@@ -381,7 +381,7 @@ def read_copy(journal: Path) -> Iterator[sqlite3.Connection]:
 
 def _immutable(journal: Path) -> bool:
     """Whether SQLite can read ``journal`` only as immutable (see :func:`copy_uri`)."""
-    if os.access(journal.parent, os.W_OK) or companion(journal, "-shm").exists():
+    if os.access(journal.parent, os.W_OK):
         return False
     try:
         with journal.open("rb") as handle:
@@ -391,13 +391,15 @@ def _immutable(journal: Path) -> bool:
     if header[18:20] != b"\x02\x02":  # not in WAL mode: SQLite reads it in place
         return False
     wal = companion(journal, "-wal")
-    if wal.exists() and wal.stat().st_size > _WAL_HEADER:
-        raise JournalIOError(
-            f"{journal}: a copy in WAL mode whose -wal file holds commits, in a folder this"
-            " process may not write, where SQLite cannot read them; copy the folder"
-            " somewhere writable and use that copy"
-        )
-    return True
+    if not wal.exists() or wal.stat().st_size <= _WAL_HEADER:
+        return True  # (an immutable read looks at no -shm left beside it, stale perhaps)
+    if companion(journal, "-shm").exists():
+        return False
+    raise JournalIOError(
+        f"{journal}: a copy in WAL mode whose -wal file holds commits, in a folder this"
+        " process may not write, where SQLite cannot read them; copy the folder"
+        " somewhere writable and use that copy"
+    )
 
 
 def check_backup(backup: Path, journal_name: str) -> Path:

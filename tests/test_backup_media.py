@@ -50,14 +50,23 @@ def _copy_by_hand(csv_path: Path, into: Path, *suffixes: str) -> Path:
     return into
 
 
+@pytest.mark.parametrize(
+    "beside",
+    [(), ("-shm",), ("-shm", "-wal")],
+    ids=["alone", "a stale -shm", "a stale -shm and a -wal with no commit"],
+)
 def test_a_copy_in_wal_mode_on_read_only_media_restores(
-    csv_path: Path, media: tuple[Path, Callable[[], None]]
+    csv_path: Path, media: tuple[Path, Callable[[], None]], beside: tuple[str, ...]
 ) -> None:
     folder, read_only = media
     with csvjournal.open(csv_path, key="ID") as journal:
         journal.record("a", "COMPLETED")
+        shm = Path(f"{journal.journal_path}-shm").read_bytes()
+        wal_header = Path(f"{journal.journal_path}-wal").read_bytes()[:32]
     copy = _copy_by_hand(csv_path, folder / "copy")  # closed: one file, still in WAL mode
     assert (copy / "orders.csv.journal").read_bytes()[18:20] == b"\x02\x02"
+    for suffix in beside:  # what a copy taken while the job ran may hold beside it
+        (copy / f"orders.csv.journal{suffix}").write_bytes(shm if suffix == "-shm" else wal_header)
     with csvjournal.open(csv_path) as journal:
         journal.record("a", "FAILED")
         journal.record("b", "COMPLETED")
@@ -69,7 +78,8 @@ def test_a_copy_in_wal_mode_on_read_only_media_restores(
         assert journal.get("a")["STATUS"] == "COMPLETED"  # type: ignore[index]
         assert journal.get("b") is None
     assert "a,COMPLETED" in csv_path.read_text()
-    assert sorted(p.name for p in copy.iterdir()) == ["orders.csv", "orders.csv.journal"]
+    expected = ["orders.csv", "orders.csv.journal", *(f"orders.csv.journal{s}" for s in beside)]
+    assert sorted(p.name for p in copy.iterdir()) == sorted(expected)
 
 
 def test_a_copy_whose_wal_holds_commits_on_read_only_media_is_refused_clearly(
