@@ -7,8 +7,10 @@ was edited by someone else, never left by an exporter killed mid-export.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import sqlite3
 from pathlib import Path
 
 import structlog
@@ -78,7 +80,7 @@ def check_csv(
     return None
 
 
-def refuse_hand_edits(conn: Connection, csv_path: Path) -> None:
+def refuse_hand_edits(conn: sqlite3.Connection, csv_path: Path) -> None:
     """Refuse a CSV that is neither export the journal notes, reading only the settings
     table (the same in every schema revision: fit to run before an upgrade, which an open
     refused for the CSV must not make). A journal that notes no export (one of the first
@@ -87,7 +89,10 @@ def refuse_hand_edits(conn: Connection, csv_path: Path) -> None:
     Raises:
         CsvChangedError: the CSV was edited by hand since csvjournal last wrote it.
     """
-    known = {read_value(conn, "csv_digest"), read_value(conn, "csv_pending")} - {None}
+    found = conn.execute(
+        "SELECT value FROM settings WHERE name IN ('csv_digest', 'csv_pending')"
+    ).fetchall()
+    known = {json.loads(value) for (value,) in found}
     if known and csv_path.exists() and fingerprint(csv_path.read_bytes()) not in known:
         raise _edited_error(csv_path)
 

@@ -18,6 +18,7 @@ from csvjournal._dberrors import journal_errors
 from csvjournal._handedits import refuse_hand_edits
 from csvjournal._importer import check_keys, check_own_columns, unfinished
 from csvjournal._options import Options
+from csvjournal._schema import driver
 from csvjournal._settings import refuse_conflicts
 from csvjournal.backup import backups_folder, keep_for_good, take_backup
 from csvjournal.csvio import ParsedCsv, read_csv
@@ -124,7 +125,7 @@ def before_upgrade(options: Options, conn: Connection) -> None:
     """
     refuse_conflicts(conn, options)
     if options.export:
-        refuse_hand_edits(conn, options.csv_path)
+        refuse_hand_edits(driver(conn), options.csv_path)
     keep_for_good(backup_now(options), "taken before a schema upgrade")
 
 

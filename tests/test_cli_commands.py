@@ -430,6 +430,42 @@ def test_recover_says_that_its_open_upgraded_an_older_schema(tmp_path: Path, as_
     assert "upgraded" not in again
 
 
+def _notes_an_export(fixture: Path) -> bool:
+    conn = sqlite3.connect(fixture)
+    try:
+        return (
+            conn.execute("SELECT 1 FROM settings WHERE name = 'csv_digest'").fetchone() is not None
+        )
+    finally:
+        conn.close()
+
+
+# (the first revision's csvjournal noted no export: it could not tell a hand edit)
+NOTING = [
+    path
+    for path in sorted(FIXTURES.glob("journal-*.sqlite"))
+    if path.stem != f"journal-{_migrate.head_revision()}" and _notes_an_export(path)
+]
+
+
+@pytest.mark.parametrize("fixture", NOTING, ids=[path.stem for path in NOTING])
+@pytest.mark.parametrize(
+    "command", [["recover"], ["recover", "--json"], ["run", "--", "true"]], ids=" ".join
+)
+def test_a_command_refused_for_a_hand_edited_csv_leaves_an_older_schema_as_it_was(
+    tmp_path: Path, fixture: Path, command: list[str]
+) -> None:
+    # Their first open exports nothing, so only a later step would see the edit: the
+    # open would have upgraded the schema (and kept a backup for good) by then.
+    csv = tmp_path / "orders.csv"
+    shutil.copyfile(fixture, f"{csv}.journal")
+    csv.write_text("PO_NUMBER,STATUS\nPO-1,EDITED BY HAND\n", encoding="utf-8")
+    before = state_of(tmp_path)
+    assert_error(invoke(command[0], csv, *command[1:]), "edited by hand", "import --merge")
+    after = state_of(tmp_path)
+    assert {name: data for name, data in after.items() if not name.endswith(".lock")} == before
+
+
 def test_upgrade_of_a_current_journal(orders: Path) -> None:
     head = _migrate.head_revision()
     out = ok(invoke("upgrade", orders))

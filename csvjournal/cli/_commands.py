@@ -28,6 +28,7 @@ from csvjournal.cli._journals import (
     existing_journal,
     journal_path_of,
     no_journal,
+    refuse_hand_edits_first,
     schema_revision,
 )
 from csvjournal.cli._output import key_line, print_json, working_on
@@ -275,6 +276,7 @@ def recover(csv: Path, as_json: bool) -> None:
     """After a crash: check the journal, return expired leases, clean up, re-export (the
     open upgrades an older schema first, after a backup: said too)."""
     before = _revision_before_open(csv)
+    refuse_hand_edits_first(csv)  # (its open would upgrade an older schema, then refuse)
     with working_on(csv, "recovering"), existing_journal(csv) as journal:
         report = journal.recover()
     head = _migrate.head_revision()

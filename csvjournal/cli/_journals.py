@@ -12,11 +12,18 @@ from pathlib import Path
 
 import csvjournal
 from csvjournal import _migrate
+from csvjournal._handedits import refuse_hand_edits
 from csvjournal._schema import peek
 from csvjournal.backup import list_backups, newest_backup_hint
 from csvjournal.cli._app import CliError
 
-__all__ = ["existing_journal", "journal_path_of", "no_journal", "schema_revision"]
+__all__ = [
+    "existing_journal",
+    "journal_path_of",
+    "no_journal",
+    "refuse_hand_edits_first",
+    "schema_revision",
+]
 
 
 def journal_path_of(csv: Path) -> Path:
@@ -52,6 +59,20 @@ def schema_revision(journal: Path) -> str | None:
     except sqlite3.Error:  # unreadable: the open that follows says so, naming it
         return None
     return None if row is None else str(row[0])
+
+
+def refuse_hand_edits_first(csv: Path) -> None:
+    """For a command that refuses a CSV edited by hand only after its open (a
+    non-exporting one, as ``recover`` and ``run`` make first): refuse it before, where that
+    open would upgrade an older schema, so that the refusal leaves the schema as it was.
+
+    Raises:
+        CsvChangedError: the CSV was edited by hand since csvjournal last wrote it.
+    """
+    journal = journal_path_of(csv)
+    if journal.exists() and schema_revision(journal) in _migrate.KNOWN_REVISIONS[:-1]:
+        with peek(journal) as conn:
+            refuse_hand_edits(conn, csv)
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from csvjournal.cli._app import (
     reader_gone,
 )
 from csvjournal.cli._commands import _names
-from csvjournal.cli._journals import journal_path_of, no_journal
+from csvjournal.cli._journals import journal_path_of, no_journal, refuse_hand_edits_first
 from csvjournal.cli._output import log_json_wanted, stderr_console, working_on
 from csvjournal.csvio import read_csv
 from csvjournal.runner import RunConfig, Runner, RunStats, Template
@@ -128,6 +128,7 @@ def _check_before_writing(
     """
     journal_path = journal_path_of(csv)
     if journal_path.exists() and (key is None or not unfinished(journal_path)):
+        refuse_hand_edits_first(csv)  # (this open would upgrade an older schema first)
         with csvjournal.open(csv, export=False, keep_backups=0) as journal:
             columns = journal.columns
             stored = journal.settings.terminal
