@@ -18,7 +18,7 @@ from csvjournal._dberrors import journal_errors
 from csvjournal._fsinfo import companion
 from csvjournal._migrate import check_revision
 from csvjournal._open import open as open_journal
-from csvjournal._oslock import ExporterLock, lock_path
+from csvjournal._oslock import ExporterLock, exporter_pid, lock_path
 from csvjournal._pids import described, holding, owner_tag
 from csvjournal._readonly import ReadOnlyVisit, in_use
 from csvjournal._schema import peek
@@ -268,7 +268,9 @@ def _restore(
     lock_path(csv).parent.mkdir(exist_ok=True)
     lock = ExporterLock(lock_path(csv))
     if not lock.acquire():
-        raise JournalBusyError(f"{csv}: another process exports this journal; close it first")
+        pid = exporter_pid(csv)
+        who = f" ({described(pid)})" if pid is not None else ""
+        raise JournalBusyError(f"{csv}: another process exports this journal{who}; close it first")
     try:
         if _held(journal):
             companions = [companion(journal, suffix) for suffix in ("", "-wal", "-shm")]

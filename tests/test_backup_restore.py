@@ -243,8 +243,7 @@ def test_restore_is_refused_while_another_process_has_the_journal(
             csvjournal.restore(csv_path, backup)
         assert isinstance(caught.value, TimeoutError)
         assert str(csv_path) in str(caught.value)
-        if not export:  # (the exporter's lock says no more than that one exports)
-            assert f"(process {proc.pid}: " in str(caught.value)  # who, to stop it
+        assert f"(process {proc.pid}: " in str(caught.value)  # who, to stop it
         assert (_dump(journal_path), csv_path.read_bytes(), _folder_listing(csv_path)) == state
         assert proc.poll() is None
     finally:
