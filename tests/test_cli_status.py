@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,7 @@ from _cli import (
 from _exporter import start_exporter
 
 import csvjournal
+from csvjournal._values import format_timestamp
 from csvjournal.progress import Progress
 
 # -- status ----------------------------------------------------------------------------
@@ -45,6 +49,16 @@ def test_status_shows_counts_percent_rate_and_freshness(orders: Path) -> None:
     assert re.search(r"FAILED\s*│\s*1", out), out
     assert "1 of 3 rows done (33.3 %), 2 pending, 0 leased to workers" in out
     assert "rows/s" in out
+
+
+def test_status_shows_a_rate_under_a_row_a_second_per_minute(orders: Path) -> None:
+    ok(invoke("record", orders, "PO-1", "--status", "COMPLETED"))
+    # as if it had finished 30 s ago: one row in the last half minute
+    then = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)
+    with closing(sqlite3.connect(f"{orders}.journal")) as conn, conn:
+        conn.execute("UPDATE events SET at = ?", (format_timestamp(then),))
+    out = ok(invoke("status", orders))
+    assert "rate: 2.0 rows/min; ETA: " in out, out  # not "0.0 rows/s" beside a finite ETA
 
 
 def test_status_shows_the_commonest_statuses_and_sums_up_the_rest(tmp_path: Path) -> None:

@@ -37,6 +37,13 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _rate_text(rate: float | None) -> str:
+    """Rows a second, or a minute under one a second (a row a minute is not "0.0 rows/s")."""
+    if rate is None:
+        return "no rows finished in the last minute"
+    return f"{rate:,.1f} rows/s" if rate >= 1 else f"{rate * 60:,.1f} rows/min"
+
+
 def render(csv: Path, snap: Progress) -> Group:
     """The human view of a :class:`Progress` snapshot."""
     table = Table(title=f"{csv}", title_justify="left")
@@ -51,9 +58,7 @@ def render(csv: Path, snap: Progress) -> Group:
             f"... {len(rest):,} more statuses (--json lists them all)",
             f"{sum(count for _, count in rest):,}",
         )
-    rate = (
-        "no rows finished in the last minute" if snap.rate is None else f"{snap.rate:,.1f} rows/s"
-    )
+    rate = _rate_text(snap.rate)
     freshness = "current" if snap.csv_current else f"{snap.events_behind:,} events behind"
     if snap.csv_shows_other_guard:  # an open turned the formula guard on or off
         freshness = "written with the other formula guard setting (the next export rewrites it)"
