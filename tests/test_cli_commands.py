@@ -23,6 +23,7 @@ from _cli import (
     statuses,
 )
 from _exporter import write_protect
+from _oldjournals import NOTING
 
 import csvjournal
 from csvjournal import _migrate
@@ -428,24 +429,6 @@ def test_recover_says_that_its_open_upgraded_an_older_schema(tmp_path: Path, as_
     assert ok(invoke("backups", csv)).strip()  # the backup it names
     again = ok(invoke("recover", csv))  # upgraded once: not said again
     assert "upgraded" not in again
-
-
-def _notes_an_export(fixture: Path) -> bool:
-    conn = sqlite3.connect(fixture)
-    try:
-        return (
-            conn.execute("SELECT 1 FROM settings WHERE name = 'csv_digest'").fetchone() is not None
-        )
-    finally:
-        conn.close()
-
-
-# (the first revision's csvjournal noted no export: it could not tell a hand edit)
-NOTING = [
-    path
-    for path in sorted(FIXTURES.glob("journal-*.sqlite"))
-    if path.stem != f"journal-{_migrate.head_revision()}" and _notes_an_export(path)
-]
 
 
 @pytest.mark.parametrize("fixture", NOTING, ids=[path.stem for path in NOTING])

@@ -10,13 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from _oldjournals import FIXTURES, NOTING, OLDER
 from sqlalchemy import create_engine, inspect
 
 import csvjournal
 from csvjournal import _migrate, _schema
 from csvjournal.csvio import render_csv
 
-FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("journal-*.sqlite"))
 FIXTURES_BY_REVISION = {path.stem.removeprefix("journal-"): path for path in FIXTURES}
 
 
@@ -74,9 +74,6 @@ def test_every_released_revision_upgrades_with_its_data(fixture: Path, tmp_path:
     assert _revision(path) == _migrate.head_revision()
 
 
-OLDER = [path for path in FIXTURES if path.stem != f"journal-{_migrate.head_revision()}"]
-
-
 @pytest.mark.parametrize("fixture", OLDER, ids=[path.stem for path in OLDER])
 @pytest.mark.parametrize(
     "conflict",
@@ -98,20 +95,6 @@ def test_an_open_refused_for_its_arguments_leaves_an_older_schema_as_it_was(
     with csvjournal.open(csv) as opened:  # the same arguments as before are still welcome
         assert opened.settings.key_column == "PO_NUMBER"
     assert _revision(journal) == _migrate.head_revision()
-
-
-def _notes_an_export(fixture: Path) -> bool:
-    conn = sqlite3.connect(fixture)
-    try:
-        return (
-            conn.execute("SELECT 1 FROM settings WHERE name = 'csv_digest'").fetchone() is not None
-        )
-    finally:
-        conn.close()
-
-
-# (the first revision's csvjournal noted no export: it could not tell a hand edit)
-NOTING = [path for path in OLDER if _notes_an_export(path)]
 
 
 @pytest.mark.parametrize("fixture", NOTING, ids=[path.stem for path in NOTING])
