@@ -157,7 +157,7 @@ class Handle:
                 conn,
                 self._options,
                 source,
-                before_change=partial(_opening.backup_before_settings, self._options),
+                before_change=partial(_opening.before_settings_change, self._options),
             )
             if source is not None and columns is not None:
                 import_rows(conn, source, self._settings, columns)

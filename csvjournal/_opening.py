@@ -26,8 +26,8 @@ from csvjournal.errors import CsvJournalError, JournalIOError
 from csvjournal.store import Store, remove_journal_files
 
 __all__ = [
-    "backup_before_settings",
     "backup_now",
+    "before_settings_change",
     "before_upgrade",
     "open_store",
     "source_to_import",
@@ -129,10 +129,18 @@ def before_upgrade(options: Options, conn: Connection) -> None:
     keep_for_good(backup_now(options), "taken before a schema upgrade")
 
 
-def backup_before_settings(options: Options) -> None:
-    """Back the journal up as it is before an open changes its settings (under the write
-    lock: one of several opens asking for the change at once backs up). Best effort: a CSV
-    in a folder this user may not write has no backups folder."""
+def before_settings_change(options: Options, conn: Connection) -> None:
+    """Run before an open changes the journal's settings (``conn`` holds the write lock:
+    one of several opens asking for the change at once gets here): refuse an exporting
+    open for a CSV edited by hand, which its export would refuse anyway, so that it
+    changes nothing; else back the journal up as it is. The backup is best effort: a CSV
+    in a folder this user may not write has no backups folder.
+
+    Raises:
+        CsvChangedError: exporting, the CSV was edited by hand.
+    """
+    if options.export:  # (exports are noted under the lock held: no race with an exporter)
+        refuse_hand_edits(driver(conn), options.csv_path)
     if not options.keep_backups:
         return
     try:

@@ -164,12 +164,12 @@ def settle(
     options: Options,
     source: ParsedCsv | None = None,
     *,
-    before_change: Callable[[], object] | None = None,
+    before_change: Callable[[Connection], object] | None = None,
 ) -> tuple[Settings, list[str] | None]:
     """Return the journal's settings, creating them for a new journal (in ``conn``'s write
     transaction) or reconciling the ``open()`` arguments with the stored ones (calling
-    ``before_change`` first when they change the stored ones). For a new journal also
-    return its columns (from ``source``, the CSV being imported, if any).
+    ``before_change(conn)`` first when they change the stored ones: it may refuse). For a
+    new journal also return its columns (from ``source``, the CSV being imported, if any).
 
     Raises:
         SettingsError: a new journal without ``key``, or arguments that contradict the
@@ -203,7 +203,7 @@ def settle(
     if before_change is not None and (
         changing or (guard is not None and guard != stored.formula_guard)
     ):
-        before_change()
+        before_change(conn)
     if wanted_terminal is not None and wanted_terminal != stored.terminal:
         _replace_terminal(conn, wanted_terminal)
         log.info(

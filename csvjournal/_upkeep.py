@@ -17,6 +17,9 @@ from csvjournal import _reads
 from csvjournal._atomicfile import reason
 from csvjournal._claims import Claims
 from csvjournal._flush import check_copy_target, export_to, flush_csv
+from csvjournal._handedits import refuse_hand_edits
+from csvjournal._oslock import exporter_alive
+from csvjournal._schema import driver
 from csvjournal.backup import list_backups, remove_leftovers
 from csvjournal.errors import ExportError
 from csvjournal.exporter import Exporter
@@ -111,6 +114,8 @@ class Upkeep(Claims):
         Raises:
             JournalCorruptError: the journal fails the integrity check (the message names
                 the newest backup).
+            CsvChangedError: the CSV was edited by hand (refused before any lease is
+                returned: see ``csvjournal import --merge``).
             ExportError: the CSV could not be written.
             FlushTimeoutError: another process exports, and it is stopped (SIGSTOP,
                 Ctrl-Z): the CSV stays behind until it is resumed (the error names it).
@@ -129,8 +134,12 @@ class Upkeep(Claims):
         integrity = "ok"
         # what this handle's exporting open did moments ago is this recovery's too
         lost, removed, stale_at_open = self._session_recovered()
-        lost += self._expire_leases()
         exporter = self._exporter
+        if not (exporter is not None and exporter.leading) and not exporter_alive(self.csv_path):
+            # its export at the end refuses a CSV edited by hand: before anything changes
+            with self._gate.operation(), self._store.write() as conn:  # (no export noted
+                refuse_hand_edits(driver(conn), self.csv_path)  # meanwhile, under its lock)
+        lost += self._expire_leases()
         with self._reading() as conn:
             # never exported (an init killed before its export: no status columns yet)
             exported = _reads.exported_seq(conn)

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -304,3 +306,51 @@ def test_a_standby_that_meets_an_edit_at_its_take_over_exports_once_it_is_merged
         assert progress(standby).csv_current
     finally:
         standby.close()
+
+
+# -- refused at open or recover: nothing changes -----------------------------------------
+
+
+def _backups(csv_path: Path) -> list[str]:
+    return sorted(path.name for path in Path(f"{csv_path}.backups").iterdir())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"terminal": {"COMPLETED", "SKIPPED"}}, {"formula_guard": True}],
+    ids=["terminal", "formula_guard"],
+)
+def test_an_open_refused_for_a_hand_edit_changes_no_setting_and_takes_no_backup(
+    csv_path: Path, change: dict[str, object]
+) -> None:
+    csv_path.write_text("ID,F\na,=1+1\nb,x\n", encoding="utf-8")
+    csvjournal.open(csv_path, key="ID").close()
+    _edit_in_place(csv_path)
+    backups = _backups(csv_path)
+    with pytest.raises(csvjournal.CsvChangedError, match="import --merge"):
+        csvjournal.open(csv_path, **change)  # type: ignore[arg-type]
+    assert _backups(csv_path) == backups  # not the backup before a change of settings
+    with csvjournal.open(csv_path, export=False) as journal:
+        assert journal.settings.terminal == {"COMPLETED"}
+        assert journal.settings.formula_guard is False
+    assert csv_path.read_text(encoding="utf-8").endswith(HAND_ROW)
+
+
+def test_recover_refused_for_a_hand_edit_returns_no_lease(csv_path: Path, tmp_path: Path) -> None:
+    with csvjournal.open(csv_path, key="ID") as journal:
+        journal.record("a")
+    code = (
+        "import csvjournal, os, sys\n"
+        "j = csvjournal.open(sys.argv[1], export=False)\n"
+        "j.claim(1, lease=0.5, worker='lost-worker')\n"
+        "os._exit(0)\n"  # a worker that dies holding its row
+    )
+    subprocess.run([sys.executable, "-c", code, str(csv_path)], check=True, timeout=120)
+    _edit_in_place(csv_path)
+    time.sleep(0.6)  # the lease runs out
+    with csvjournal.open(csv_path, export=False) as journal:
+        with pytest.raises(csvjournal.CsvChangedError, match="import --merge"):
+            journal.recover()
+        assert journal.get("a")["STATUS"] == "IN_PROGRESS"  # type: ignore[index]
+        assert [event.note for event in journal.history("a")][-1] is None  # no expiry event
+    assert csv_path.read_text(encoding="utf-8").endswith(HAND_ROW)
