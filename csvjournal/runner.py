@@ -39,7 +39,7 @@ from csvjournal._process import (
 from csvjournal._runs import forget_run, note_run_and_free_gone
 from csvjournal._values import timestamp_now
 from csvjournal._work import Task
-from csvjournal.errors import CommandError, CsvJournalError
+from csvjournal.errors import CommandError, CsvJournalError, SettingsError
 from csvjournal.journal import Journal
 
 __all__ = ["RunConfig", "RunStats", "Runner", "Template", "env_name"]
@@ -281,6 +281,7 @@ class Runner:
     def _run_tasks(self, index: int, tasks: Iterator[Task]) -> None:
         config = self._config
         for task in tasks:
+            self._refuse_narrowed_terminal()  # (the row claimed is given back)
             row = self._journal.get(task.key) or {}
             self.stats.add(running=1)
             try:
@@ -297,6 +298,21 @@ class Runner:
                     log.debug("run_row_done", key=task.key)  # committed: never runs again
             else:
                 self._failed(task, outcome)
+
+    def _refuse_narrowed_terminal(self) -> None:
+        """Stop the run once another open's ``terminal=`` left out the success status: the
+        rows this run finished would be pending again, and their commands run again.
+
+        Raises:
+            SettingsError: the success status is no longer terminal.
+        """
+        terminal = self._journal.settings.terminal
+        if self._config.success_status not in terminal:
+            raise SettingsError(
+                f"{self._journal.csv_path}: another open made the terminal statuses"
+                f" {', '.join(sorted(terminal))}, without --success-status"
+                f" {self._config.success_status}: stopped, or every row done would run again"
+            )
 
     def _failed(self, task: Task, outcome: Outcome) -> None:
         key = task.key

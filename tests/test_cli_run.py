@@ -10,6 +10,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from _cli import (
 )
 from _exporter import write_protect
 
+import csvjournal
 from csvjournal._pids import stopped
 from csvjournal.csvio import EXCEL_MAX_CELL
 
@@ -871,3 +873,33 @@ def test_ctrl_z_stops_the_running_commands_with_the_run_and_fg_goes_on(
                 os.killpg(pid, signal.SIGKILL)
     assert proc.returncode == 0, out
     assert set(statuses(rows8).values()) == {"COMPLETED"}
+
+
+@pytest.mark.slow
+def test_a_run_stops_when_another_open_leaves_its_success_status_out_of_terminal(
+    tmp_path: Path,
+) -> None:
+    # Its finished rows would be pending again, and their commands run a second time.
+    csv = tmp_path / "t.csv"
+    csv.write_text("ID\n" + "".join(f"{n}\n" for n in range(10)))
+    ok(invoke("init", csv, "--key", "ID"))
+    calls = tmp_path / "calls.log"
+    body = f"import sys, time\nopen({str(calls)!r}, 'a').write(sys.argv[1] + '\\n')\n"
+    command = python_script(tmp_path / "cmd.py", body + "time.sleep(0.3)\n")
+    argv = [str(CONSOLE_SCRIPT), "run", str(csv), "--workers", "1", "--", *command, "{ID}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not calls.exists() or len(calls.read_text().split()) < 3:
+            assert time.monotonic() < deadline
+            assert proc.poll() is None
+            time.sleep(0.05)
+        csvjournal.open(csv, terminal={"DONE"}, export=False).close()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, (out, err)
+    assert "--success-status COMPLETED: stopped" in err.splitlines()[-1], err
+    ran = calls.read_text().split()
+    assert len(ran) == len(set(ran)), ran  # no row's command ran twice
