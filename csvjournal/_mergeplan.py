@@ -40,6 +40,8 @@ class MergeReport:
     added_columns: list[str] = field(default_factory=list)
     # rows a worker holds (a live lease): their status in the file not taken
     leased_kept: list[str] = field(default_factory=list)
+    # columns the file lacks, kept as they are (one renamed in the sheet: added anew)
+    missing_columns: list[str] = field(default_factory=list)
     # the file is one csvjournal wrote (no hand edit): nothing was merged
     unedited: bool = False
 
@@ -91,6 +93,8 @@ def plan_rows(
     """
     known = _known(journal, settings)
     report.added_columns.extend(name for name in parsed.header if name not in known.columns)
+    header = set(parsed.header)
+    report.missing_columns.extend(name for name in known.columns if name not in header)
     # The file shows a key as the guard shows it: '=A for the row =A, and for the row '=A
     # (the guard leaves it as it is); =A typed without the ' is the same row.
     show, read = sheet_guard(settings.formula_guard, settings.guard_rules)

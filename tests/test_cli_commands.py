@@ -46,6 +46,16 @@ def test_init_imports_the_csv_and_appends_the_status_columns(orders: Path) -> No
     assert data["terminal"] == ["COMPLETED", "NO_ATTACHMENTS"]
 
 
+def test_import_merge_says_which_columns_the_csv_lacks(orders: Path) -> None:
+    text = orders.read_text(encoding="utf-8").replace("PO_NUMBER,SUPPLIER,", "PO_NUMBER,Supplier,")
+    orders.write_text(text, encoding="utf-8")  # a column renamed in the sheet
+    out = ok(invoke("import", orders, "--merge")).splitlines()
+    assert out[1:] == [
+        "  columns added: 'Supplier'",
+        "  columns the CSV lacks (kept as they are: one renamed is added anew): 'SUPPLIER'",
+    ]
+
+
 def test_init_twice_is_refused_and_changes_nothing(orders: Path) -> None:
     before = state_of(orders.parent)
     assert_error(invoke("init", orders, "--key", "PO_NUMBER"), "already exists")
@@ -75,6 +85,7 @@ def test_import_merge_reports_columns_and_kept_keys_and_json(orders: Path) -> No
         "newer_kept": [],
         "added_columns": [],
         "leased_kept": [],
+        "missing_columns": [],
         "unedited": True,  # the CSV the first merge's export wrote: no edit in it
     }
 

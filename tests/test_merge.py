@@ -492,6 +492,20 @@ def test_with_the_formula_guard_only_real_edits_are_merged(csv_path: Path) -> No
         assert len(journal) == 4
 
 
+def test_a_column_renamed_by_hand_is_said_missing_and_added_anew(csv_path: Path) -> None:
+    _sheet(csv_path, "PO,NAME,STATUS,LAST_PROCESSED\n1,a,PENDING,\n")
+    csvjournal.open(csv_path, key="PO").close()
+    _sheet(csv_path, "PO,Name,STATUS,LAST_PROCESSED\n1,A,PENDING,\n")  # NAME renamed
+    report = csvjournal.merge_csv(csv_path)
+    assert (report.added_columns, report.missing_columns) == (["Name"], ["NAME"])
+    with csvjournal.open(csv_path) as journal:
+        row = journal.get("1")
+        assert row is not None
+        assert (row["NAME"], row["Name"]) == ("a", "A")  # the old column keeps its values
+    unchanged = csvjournal.merge_csv(csv_path)  # the CSV as csvjournal wrote it since
+    assert unchanged.unedited
+
+
 def test_a_column_added_by_hand_stays_and_a_blanked_status_is_pending(csv_path: Path) -> None:
     _sheet(csv_path, "PO,NAME,STATUS,LAST_PROCESSED\n1,a,FAILED,\n2,b,PENDING,\n")
     csvjournal.open(csv_path, key="PO").close()

@@ -260,6 +260,10 @@ def _merge_report(csv: Path, report: csvjournal.MergeReport, as_json: bool) -> N
     )
     details = [
         ("columns added", report.added_columns),
+        (
+            "columns the CSV lacks (kept as they are: one renamed is added anew)",
+            report.missing_columns,
+        ),
         ("terminal rows kept (their status in the file not taken)", report.terminal_kept),
         ("rows whose newer records were kept over the file's", report.newer_kept),
         ("rows a worker holds (their status in the file not taken)", report.leased_kept),
