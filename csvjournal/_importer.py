@@ -17,7 +17,7 @@ from csvjournal._settings import Settings, write_value
 from csvjournal._twins import check_import
 from csvjournal._writer import PENDING
 from csvjournal.csvio import EXCEL_MAX_CELL, ParsedCsv
-from csvjournal.errors import CsvFormatError
+from csvjournal.errors import CsvFormatError, SettingsError
 
 __all__ = ["check_keys", "check_own_columns", "import_rows", "listed", "unfinished"]
 
@@ -81,11 +81,25 @@ _UTF8_BOM_MISREAD = ("\u00ef\u00bb\u00bf",)
 def check_own_columns(path: Path, parsed: ParsedCsv, columns: list[str]) -> None:
     """Refuse a header whose name is one of csvjournal's ``columns`` (status, timestamp)
     but for spaces around it (``ID, NAME, STATUS``): the journal would add the column a
-    second time beside it.
+    second time beside it; and a name of those the header lacks that the CSV's encoding
+    cannot write: added, it would stop every export of the CSV for good.
 
     Raises:
         CsvFormatError: the name, at its line and column.
+        SettingsError: a column name the CSV's encoding cannot write.
     """
+    encoding = parsed.dialect.encoding
+    for name in columns:
+        if name in parsed.header:
+            continue
+        try:
+            name.encode(encoding)
+        except UnicodeEncodeError as exc:
+            raise SettingsError(
+                f"{path}: the column {name!r} would be added, but the CSV's encoding"
+                f" ({encoding}) cannot write {name[exc.start : exc.end]!r}; name it in"
+                " characters the encoding has"
+            ) from None
     for index, name in enumerate(parsed.header):
         plain = name.strip()
         if plain != name and plain in columns and plain not in parsed.header:

@@ -108,6 +108,12 @@ def open(  # noqa: A001 - the spec's name, as in builtins.open
     if Path(f"{csv}.backups") in (path, path.parent):
         raise SettingsError(f"{path}: journal_path= is in the CSV's backups folder, csvjournal's")
     statuses = None if terminal is None else frozenset(_as_set(terminal))
+    _check_texts(
+        ("key", key),
+        ("status_column", status_column),
+        ("timestamp_column", timestamp_column),
+        *(("a terminal status", name) for name in statuses or ()),
+    )
     _check(
         csv,
         path,
@@ -230,6 +236,26 @@ def _check(
             " right now (wait for it), or it was interrupted (create it again with key=,"
             " csvjournal init CSV --key COLUMN, which imports the CSV anew)"
         )
+
+
+def _check_texts(*named: tuple[str, object]) -> None:
+    """Refuse a name that is not text a file can hold: a lone surrogate, what an undecodable
+    byte of a command line becomes (SQLite could not store it; no CSV could show it).
+
+    Raises:
+        SettingsError: which argument, and the character.
+    """
+    for what, value in named:
+        if not isinstance(value, str):
+            continue  # (the checks of each argument say what is wrong with it)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = value[exc.start : exc.end]
+            raise SettingsError(
+                f"{what} {value!r} holds {bad!r}, which is no character: a byte that was not"
+                " text in the encoding it was read with (a command line's, say)"
+            ) from None
 
 
 def _check_csv_file(csv: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import structlog
 from sqlalchemy import Connection, delete, insert, select, update
@@ -143,6 +144,21 @@ def _check_names(key: str, status_column: str, timestamp_column: str) -> None:
         raise SettingsError(f"key, status and timestamp columns must differ: {names}")
 
 
+def _check_writable(columns: list[str], encoding: str, path: Path) -> None:
+    """Refuse a new journal's column the CSV's encoding cannot write (a journal made
+    without a CSV, in ``encoding=``): it would stop every export of the CSV for good.
+    (The columns of an imported CSV are checked before the journal exists.)"""
+    for name in columns:
+        try:
+            name.encode(encoding)
+        except UnicodeEncodeError as exc:
+            raise SettingsError(
+                f"{path}: the CSV's encoding ({encoding}) cannot write"
+                f" {name[exc.start : exc.end]!r} of the column {name!r}; name it in"
+                " characters the encoding has"
+            ) from None
+
+
 def _columns_for(
     source: ParsedCsv | None, key: str, status_column: str, timestamp_column: str
 ) -> list[str]:
@@ -184,12 +200,14 @@ def settle(
             raise SettingsError(f"{path}: key= is required to create a journal")
         _check_names(key, status_column, timestamp_column)
         columns = _columns_for(source, key, status_column, timestamp_column)
+        dialect = source.dialect if source is not None else _new_dialect(options.encoding)
+        _check_writable(columns, dialect.encoding, path)
         created = Settings(
             key,
             status_column,
             timestamp_column,
             wanted_terminal or DEFAULT_TERMINAL,
-            source.dialect if source is not None else _new_dialect(options.encoding),
+            dialect,
             bool(options.formula_guard),
         )
         _create(conn, created, columns)

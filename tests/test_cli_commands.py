@@ -109,6 +109,8 @@ def test_an_error_naming_a_path_with_a_line_break_stays_one_line(tmp_path: Path)
         ('ID,NAME\n1,"open\n', ["--key", "ID"], ["quote"]),
         ("ID,NAME\n1,a,extra\n", ["--key", "ID"], ["line 2"]),
         ("ID,NAME\n1,a\n", ["--key", "ID", "--terminal", " , "], ["--terminal"]),
+        # a byte of the command line that was not text (Python's surrogate escape)
+        ("ID,NAME\n1,a\n", ["--key", "ID", "--terminal", "DONE\udcff"], ["no character"]),
     ],
 )
 def test_init_refuses_bad_input_and_creates_nothing(

@@ -457,14 +457,33 @@ def test_a_pickled_journal_reopens_as_a_working_handle(journal: Journal) -> None
         ({"terminal": {"COMPLETED", ""}}, "terminal"),
         ({"terminal": {"COMPLETED", "IN_PROGRESS"}}, "must not include IN_PROGRESS"),
         ({"terminal": {"PENDING"}}, "must not include PENDING"),
+        # a byte of a command line that was not text: no file can hold it
+        ({"terminal": {"DONE\udcff"}}, "a terminal status 'DONE\\\\udcff' holds"),
+        ({"status_column": "S\udcff"}, "status_column"),
+        ({"timestamp_column": "T\udcff"}, "timestamp_column"),
+        ({"key": "I\udcffD"}, "key"),
+        # a column the CSV's encoding cannot write would stop every export for good
+        ({"encoding": "ascii", "timestamp_column": "Zeitstämpel"}, "cannot write 'ä'"),
     ],
 )
 def test_bad_open_arguments_are_settings_errors_and_create_nothing(
     csv_path: Path, kwargs: dict[str, object], match: str
 ) -> None:
     with pytest.raises(csvjournal.SettingsError, match=match):
-        csvjournal.open(csv_path, key="ID", **kwargs)  # type: ignore[arg-type]
+        csvjournal.open(csv_path, **({"key": "ID"} | kwargs))  # type: ignore[arg-type]
     assert list(csv_path.parent.iterdir()) == []
+
+
+def test_a_status_column_the_csvs_encoding_cannot_write_is_refused_before_the_import(
+    csv_path: Path,
+) -> None:
+    csv_path.write_bytes(b"ID;Lieferant\r\n1;M\xfcller\r\n")  # cp1252, as Excel saves it
+    with pytest.raises(csvjournal.SettingsError, match=r"encoding \(cp1252\) cannot write"):
+        csvjournal.open(csv_path, key="ID", encoding="cp1252", status_column="Статус")
+    assert [path.name for path in csv_path.parent.iterdir()] == [csv_path.name]
+    with csvjournal.open(csv_path, key="ID", encoding="cp1252", status_column="Stätus") as journal:
+        journal.record("1", "COMPLETED")  # one it can write: imported, exported
+    assert csv_path.read_bytes().startswith(b"ID;Lieferant;St\xe4tus;LAST_PROCESSED\r\n")
 
 
 def test_an_empty_terminal_set_at_reopen_is_refused_and_keeps_the_stored_one(
