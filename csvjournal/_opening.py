@@ -15,6 +15,7 @@ from sqlalchemy import Connection
 
 from csvjournal._atomicfile import create_like, is_empty, remove_quietly
 from csvjournal._dberrors import journal_errors
+from csvjournal._fsinfo import companion
 from csvjournal._handedits import refuse_hand_edits
 from csvjournal._importer import check_keys, check_own_columns, unfinished
 from csvjournal._options import Options
@@ -22,7 +23,7 @@ from csvjournal._schema import driver
 from csvjournal._settings import refuse_conflicts
 from csvjournal.backup import backups_folder, keep_for_good, take_backup
 from csvjournal.csvio import ParsedCsv, read_csv
-from csvjournal.errors import CsvJournalError, JournalIOError
+from csvjournal.errors import CsvJournalError, JournalBusyError, JournalIOError
 from csvjournal.store import Store, remove_journal_files
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+_WAL_HEADER = 32  # a -wal file no longer than its header holds nothing written
 
 
 def source_to_import(options: Options, created: bool) -> ParsedCsv | None:
@@ -92,11 +95,29 @@ def open_store(
                 queue_path=folder / "writer.lock",
             )
     except BaseException as exc:
-        if ours and (isinstance(exc, JournalIOError) or is_empty(journal)):
-            remove_journal_files(journal)  # a full disk, say: nothing written in
+        # A full disk, say: nothing written in. Not while another process writes it: a
+        # second init at once, its schema and rows still in the -wal (the file empty), it
+        # held us off (busy): removed, its journal lost its -wal under it.
+        if (
+            ours
+            and not isinstance(exc, JournalBusyError)
+            and (
+                isinstance(exc, JournalIOError) or (is_empty(journal) and not _wal_written(journal))
+            )
+        ):
+            remove_journal_files(journal)
             remove_quietly(made)
         raise
     return store, made, ours
+
+
+def _wal_written(journal: Path) -> bool:
+    """Whether the journal's -wal file holds more than its header (a commit, or one being
+    written)."""
+    try:
+        return companion(journal, "-wal").stat().st_size > _WAL_HEADER
+    except FileNotFoundError:
+        return False
 
 
 def backup_now(options: Options) -> Path:
