@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["NETWORK_FILESYSTEMS", "companion", "filesystem_of"]
+__all__ = ["NETWORK_FILESYSTEMS", "WAL_HEADER", "companion", "filesystem_of", "wal_written"]
 
 NETWORK_FILESYSTEMS = frozenset(
     {
@@ -62,3 +62,16 @@ def companion(journal: Path, suffix: str) -> Path:
     """The journal's ``-wal``, ``-shm`` or ``-journal`` file (``suffix``), where SQLite
     makes it: beside the file a symlinked journal points to, not beside the link."""
     return Path(f"{os.path.realpath(journal)}{suffix}")
+
+
+# A -wal file no longer than its header holds no frame, so no commit (wal.c: WAL_HDRSIZE).
+WAL_HEADER = 32
+
+
+def wal_written(journal: Path) -> bool:
+    """Whether the journal's -wal file holds more than its header: a commit, or one
+    being written (not yet checkpointed into the journal file)."""
+    try:
+        return companion(journal, "-wal").stat().st_size > WAL_HEADER
+    except FileNotFoundError:
+        return False

@@ -15,7 +15,7 @@ from sqlalchemy import Connection
 
 from csvjournal._atomicfile import create_like, is_empty, remove_quietly
 from csvjournal._dberrors import journal_errors
-from csvjournal._fsinfo import companion
+from csvjournal._fsinfo import wal_written
 from csvjournal._handedits import refuse_hand_edits
 from csvjournal._importer import check_keys, check_own_columns, unfinished
 from csvjournal._options import Options
@@ -35,8 +35,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
-
-_WAL_HEADER = 32  # a -wal file no longer than its header holds nothing written
 
 
 def source_to_import(options: Options, created: bool) -> ParsedCsv | None:
@@ -102,22 +100,13 @@ def open_store(
             ours
             and not isinstance(exc, JournalBusyError)
             and (
-                isinstance(exc, JournalIOError) or (is_empty(journal) and not _wal_written(journal))
+                isinstance(exc, JournalIOError) or (is_empty(journal) and not wal_written(journal))
             )
         ):
             remove_journal_files(journal)
             remove_quietly(made)
         raise
     return store, made, ours
-
-
-def _wal_written(journal: Path) -> bool:
-    """Whether the journal's -wal file holds more than its header (a commit, or one being
-    written)."""
-    try:
-        return companion(journal, "-wal").stat().st_size > _WAL_HEADER
-    except FileNotFoundError:
-        return False
 
 
 def backup_now(options: Options) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 import structlog
 
 from csvjournal._acl import make_like
-from csvjournal._fsinfo import companion
+from csvjournal._fsinfo import WAL_HEADER, companion
 from csvjournal._posix import fcntl
 
 __all__ = [
@@ -38,9 +38,6 @@ log = structlog.get_logger(__name__)
 # The -shm byte that every connection using the file holds a shared lock on while it does
 # (SQLite's "DMS" lock, os_unix.c: UNIX_SHM_DMS = (22 + SQLITE_SHM_NLOCK) * 4 + 8).
 _SHM_DMS_BYTE = 128
-
-# A -wal file shorter than its header holds no frame, so no commit (wal.c: WAL_HDRSIZE).
-_WAL_HEADER = 32
 
 
 def may_write(path: Path) -> bool:
@@ -119,7 +116,7 @@ def remove_made_companions(journal: Path) -> None:
     wal, shm = companion(journal, "-wal"), companion(journal, "-shm")
     uid = os.geteuid()
     found = wal.stat() if wal.exists() else None
-    if found is not None and (found.st_size >= _WAL_HEADER or found.st_uid != uid):
+    if found is not None and (found.st_size >= WAL_HEADER or found.st_uid != uid):
         return
     made_writable = None  # the mode of a -shm made read-only like its journal
     try:

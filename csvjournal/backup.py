@@ -31,7 +31,7 @@ from pathlib import Path
 import structlog
 
 from csvjournal._atomicfile import copy_file, create_like, make_folder_like
-from csvjournal._fsinfo import companion
+from csvjournal._fsinfo import companion, wal_written
 from csvjournal._pids import owner_tag, tag_alive
 from csvjournal._schema import peek
 from csvjournal.errors import BackupNotFoundError, JournalCorruptError, JournalIOError
@@ -62,7 +62,6 @@ _REMOVING = ".removing-"
 _LEFTOVER = re.compile(r"^\.(?:partial|removing)-(?:([0-9]+(?:\.[0-9]+)?)-)?")  # owner tag
 _NAME_ATTEMPTS = 1000
 _BRIEF = 300  # characters of SQLite's integrity findings in a message
-_WAL_HEADER = 32  # a -wal file no longer than its header holds no commit
 _KEPT = ".kept"  # in a backup folder: never deleted by retention (see keep_for_good)
 
 
@@ -390,8 +389,7 @@ def _immutable(journal: Path) -> bool:
         return False  # (opening it says why)
     if header[18:20] != b"\x02\x02":  # not in WAL mode: SQLite reads it in place
         return False
-    wal = companion(journal, "-wal")
-    if not wal.exists() or wal.stat().st_size <= _WAL_HEADER:
+    if not wal_written(journal):
         return True  # (an immutable read looks at no -shm left beside it, stale perhaps)
     if companion(journal, "-shm").exists():
         return False
