@@ -1,13 +1,15 @@
 """One thread's open ``batch()``: a write transaction with savepoints and buffered records.
 
-Records inside a batch get their sequence number at once and are written in bulk
-(``executemany``) when the buffer fills, at a savepoint boundary, before a read from the
-same thread, and at commit.
+Records inside a batch get their sequence number at once and are written in bulk when the
+buffer fills, at a savepoint boundary, before a read from the same thread, and at commit.
+A full buffer is written by another thread while the block goes on (see
+:mod:`csvjournal._bulk`); anything else that uses the block's connection waits for it first.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sqlalchemy import Connection
 
+from csvjournal._bulk import bulk_write
 from csvjournal._heldclaims import Change
 from csvjournal._schema import driver
 from csvjournal._twins import may_twin, twin_problem
@@ -74,6 +77,11 @@ class BatchState:
         self._undone = undone  # told them when the block that made them is undone
         self._raw = driver(conn)
         self._buffer: list[RecordOp] = []
+        self._spilling: threading.Thread | None = None  # writing records, the block going on
+        self._spill_error: BaseException | None = None
+        # What writing queued records raised (or what cut it short): the block cannot
+        # commit without them, so it fails from then on (a nested one until undone).
+        self._failed: BaseException | None = None
         self.owner: Callable[[], object] = _opening  # the Block, once open (see own)
         self._ending: tuple[AbstractContextManager[Any], AbstractContextManager[None]] | None = None
         # records and changes to the handle's claims, in blocks not undone (so far)
@@ -152,13 +160,65 @@ class BatchState:
         """
         if self.beginning:
             raise self._reentered()
+        if self._failed is not None:
+            raise self._failed
         self._refuse_twin(op)
+        if not self._writer.numbering:
+            self.settle()  # (allocate looks up the journal's last number)
         seq = self._writer.allocate(self._raw, op)
         self._buffer.append(op)
         self._recorded.append(op)  # (a record ends claims only if it finishes its row)
         if len(self._buffer) >= _FLUSH_EVERY:
-            self.flush()
+            self._spill()
         return seq
+
+    def _spill(self) -> None:
+        """Have another thread write the queued records while the block goes on, where
+        that pays (else write them here)."""
+        with self._writing():
+            ops, self._buffer = self._buffer, []
+            # (made while the last records are written: only a new column waits for them)
+            write = bulk_write(self._writer, self._raw, ops, self.settle)
+            self.settle()
+            if write is None:
+                self._writer.apply(self._raw, ops)
+                return
+        thread = threading.Thread(
+            target=self._spilled, args=(write,), name="csvjournal-batch-writer", daemon=True
+        )
+        self._spilling = thread
+        thread.start()
+
+    def _spilled(self, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except BaseException as exc:  # raised in the block's thread, by settle()
+            self._spill_error = exc
+
+    def settle(self, *, quietly: bool = False) -> None:
+        """Wait until records written by another thread are written; raise what writing
+        them raised (unless ``quietly``: the block is being undone)."""
+        thread = self._spilling
+        if thread is None:
+            return
+        thread.join()
+        self._spilling = None
+        error, self._spill_error = self._spill_error, None
+        if error is not None and not quietly:
+            self._failed = error
+            raise error
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Queued records are written in the block: what raises there (an interrupt too)
+        leaves some unwritten, and fails the block from then on."""
+        if self._failed is not None:
+            raise self._failed
+        try:
+            yield
+        except BaseException as exc:
+            self._failed = exc
+            raise
 
     def _refuse_twin(self, op: RecordOp) -> None:
         if self._writer.formula_guard and may_twin(op):
@@ -174,10 +234,13 @@ class BatchState:
         self._recorded += changes
 
     def flush(self) -> None:
-        """Write the queued records into the open transaction."""
-        if self._buffer:
-            ops, self._buffer = self._buffer, []
-            self._writer.apply(self._raw, ops)
+        """Write the queued records into the open transaction (and wait for those another
+        thread writes)."""
+        with self._writing():
+            self.settle()
+            if self._buffer:
+                ops, self._buffer = self._buffer, []
+                self._writer.apply(self._raw, ops)
 
     def run(self, action: Action) -> object:
         """Run a claim, release or other :class:`Action` in the open transaction.
@@ -210,6 +273,7 @@ class BatchState:
                 self.flush()  # what a handler that ran there recorded
                 tx.commit()
         except BaseException:
+            self.settle(quietly=True)
             self._buffer.clear()
             recorded, self._recorded = self._recorded, []
             self._undone(recorded)
@@ -242,6 +306,8 @@ class BatchState:
             with self._errors():
                 self.flush()  # what a handler that ran there recorded
         except BaseException:
+            self.settle(quietly=True)
+            self._failed = None  # (what failed was this block's: flush() had passed)
             self._buffer.clear()
             self._undone(self._recorded[recorded:])
             del self._recorded[recorded:]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _quote  # C; json.dumps costs 3x more
 from typing import TYPE_CHECKING
@@ -31,6 +31,7 @@ __all__ = [
     "RecordOp",
     "Writer",
     "prepare_record",
+    "runs",
 ]
 
 # What another handle's open may change while this one is open.
@@ -239,6 +240,19 @@ class ColumnCache:
         return pos
 
 
+def runs(ops: Sequence[RecordOp]) -> Iterator[Sequence[RecordOp]]:
+    """``ops`` in order, cut into runs that hold each key once: the event of a status-less
+    record reads its row's status, so every event is written after the upserts before it."""
+    start = 0
+    seen: set[str] = set()
+    for index, op in enumerate(ops):
+        if op.key in seen:
+            yield ops[start:index]
+            start, seen = index, set()
+        seen.add(op.key)
+    yield ops[start:]
+
+
 class Writer:
     """Turns :class:`RecordOp` into rows and events inside the caller's transaction."""
 
@@ -317,28 +331,20 @@ class Writer:
         otherwise every op must have been :meth:`allocate`\\ d."""
         if len(ops) == 1 and ops[0].seq is None:
             if not self._floor:
-                event, upsert = self._params(conn, ops[0])
+                event, upsert = self.params(conn, ops[0])
                 seq = conn.execute(_INSERT_EVENT, event).lastrowid
                 ops[0].seq = seq
                 conn.execute(_UPSERT_ROW, (*upsert[:4], seq, *upsert[5:]))
                 return
             self.allocate(conn, ops[0])  # above the numbers of undone work
-        start = 0
-        seen: set[str] = set()
-        for index, op in enumerate(ops):
-            # The event of a status-less record reads its row's status: a run holds each
-            # key once so that every event is written after the upsert before it.
-            if op.key in seen:
-                self._apply_run(conn, ops[start:index])
-                start, seen = index, set()
-            seen.add(op.key)
-        self._apply_run(conn, ops[start:])
+        for run in runs(ops):
+            self._apply_run(conn, run)
 
     def _apply_run(self, conn: sqlite3.Connection, ops: Sequence[RecordOp]) -> None:
         events = []
         upserts = []
         for op in ops:
-            event, upsert = self._params(conn, op)
+            event, upsert = self.params(conn, op)
             events.append(event)
             upserts.append(upsert)
         conn.executemany(_INSERT_EVENT, events)
@@ -354,7 +360,19 @@ class Writer:
         )
         return self._fixed
 
-    def _params(self, conn: sqlite3.Connection, op: RecordOp) -> tuple[tuple[object, ...], ...]:
+    @property
+    def cells_known(self) -> bool:
+        """Whether :meth:`params` knows the key's, status's and timestamp's cells without
+        asking the journal (it asks for a new field's too)."""
+        return self._fixed is not None
+
+    def status_cell(self, conn: sqlite3.Connection) -> str:
+        """The cell key of the status column (``conn`` in a write transaction)."""
+        return (self._fixed or self._fixed_cells(conn))[1]
+
+    def params(self, conn: sqlite3.Connection, op: RecordOp) -> tuple[tuple[object, ...], ...]:
+        """The parameters of ``op``'s event insert and row upsert (see the statements
+        above); a new field's column is added to the journal on the way."""
         index = self.columns.index
         cell = self.columns.cell
         key_cell, status_cell, stamp_cell = self._fixed or self._fixed_cells(conn)

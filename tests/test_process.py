@@ -48,6 +48,9 @@ def command_fixture() -> Iterator[Command]:
             start_new_session=True,
         )
         started.append(child)
+        # Popen returns once the exec began, before the new environment is in place
+        environ = Path(f"/proc/{child.pid}/environ")
+        wait_for(lambda: environ.read_bytes() != b"", timeout=10)
         return child
 
     yield start
