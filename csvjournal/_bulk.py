@@ -28,20 +28,25 @@ MIN_RUN = 256
 
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 
-# _writer's _INSERT_EVENT, each element of the array an event's number, key, status,
-# fields and time; its worker, note and process ?2-?4, the same for the block's records.
+# Each statement reads a JSON object whose members are the records of a run (each row's key
+# once), named by their row's key.
+
+# _writer's _INSERT_EVENT: each member an event's number, status, fields and time; its
+# worker, note and process ?2-?4, the same for every record of the block's thread.
 _INSERT_EVENTS = """
 INSERT INTO events (seq, key, status, fields, at, worker, note, pid, prev)
-SELECT e->>0, e->>1, coalesce(e->>2, (SELECT status FROM rows WHERE key = e->>1), 'PENDING'),
-       e->>3, e->>4, ?2, ?3, ?4, (SELECT last FROM rows WHERE key = e->>1)
-FROM (SELECT value AS e FROM json_each(?1))
+SELECT e->>0, key, coalesce(e->>1, (SELECT status FROM rows WHERE rows.key = j.key), 'PENDING'),
+       e->>2, e->>3, ?2, ?3, ?4, (SELECT last FROM rows WHERE rows.key = j.key)
+FROM (SELECT key, value AS e FROM json_each(?1)) AS j
 """
-# _writer's _UPSERT_ROW for records that set a status (and claim nothing). A new row's
-# cells (the key's cell and the patch) patch an existing row as the patch alone would: the
-# key's cell holds the key already. (WHERE true: an upsert's SELECT needs a WHERE.)
+# _writer's _UPSERT_ROW for records that set a status (and claim nothing): each member a
+# status, the cells of a new row, the event, done. A new row's cells (the key's cell and
+# the patch) patch an existing row as the patch alone would: the key's cell holds the key
+# already. (WHERE true: an upsert's SELECT needs a WHERE.)
 _UPSERT_SETTING_STATUS = """
 INSERT INTO rows (key, status, cells, last, done)
-SELECT r->>0, r->>1, r->>2, r->>3, r->>4 FROM (SELECT value AS r FROM json_each(?1)) WHERE true
+SELECT key, r->>0, r->>1, r->>2, r->>3
+FROM (SELECT key, value AS r FROM json_each(?1)) WHERE true
 ON CONFLICT (key) DO UPDATE SET
     status = excluded.status,
     done = excluded.done,
@@ -51,11 +56,13 @@ ON CONFLICT (key) DO UPDATE SET
     lease_until = CASE WHEN excluded.status = 'IN_PROGRESS' THEN lease_until END,
     holder = CASE WHEN excluded.status = 'IN_PROGRESS' THEN holder END
 """
-# ... and for records that leave the status as it is: a new row's cells hold PENDING in the
-# status's cell (?2 the JSON path of that cell), which an existing row's keep.
+# ... and for records that leave the status as it is (no status in a member): a new row's
+# cells hold PENDING in the status's cell (?2 the JSON path of that cell), which an
+# existing row's keep.
 _UPSERT_KEEPING_STATUS = """
 INSERT INTO rows (key, status, cells, last, done)
-SELECT r->>0, 'PENDING', r->>1, r->>2, r->>3 FROM (SELECT value AS r FROM json_each(?1)) WHERE true
+SELECT key, 'PENDING', r->>0, r->>1, r->>2
+FROM (SELECT key, value AS r FROM json_each(?1)) WHERE true
 ON CONFLICT (key) DO UPDATE SET
     cells = json_patch(cells, json_remove(excluded.cells, ?2)),
     last = excluded.last,
@@ -87,15 +94,14 @@ def bulk_write(
     path = f'$."{writer.status_cell(conn)}"'
     statements: list[tuple[str, tuple[object, ...]]] = []
     for parts in chunks:
-        events: list[tuple[object, ...]] = []
+        events: dict[str, tuple[object, ...]] = {}
         for part in parts:
-            rows: list[tuple[object, ...]] = []
+            rows: dict[str, tuple[object, ...]] = {}
             for op in part:
-                event, (key, status, _, cells, seq, done, _, _) = writer.params(conn, op)
-                events.append(event[:5])
-                rows.append(
-                    (key, cells, seq, done) if status is None else (key, status, cells, seq, done)
-                )
+                (seq, _, status, fields, at, *_), upsert = writer.params(conn, op)
+                events[op.key] = (seq, status, fields, at)
+                cells, done = upsert[3], upsert[5]
+                rows[op.key] = (cells, seq, done) if status is None else (status, cells, seq, done)
             if part[0].status is None:
                 statements.append((_UPSERT_KEEPING_STATUS, (_ENCODE(rows), path)))
             else:
