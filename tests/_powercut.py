@@ -7,10 +7,14 @@ those records: every name as of its folder's last sync, every file's data as of 
 sync (empty if it never was). That is what a power cut at that instant may leave: POSIX
 promises no more, and a real disk can lose exactly that much. :func:`cut_after_every_sync`
 cuts a whole operation after each of its syncs in turn: every state a power cut can leave.
+
+Files are told apart by :func:`file_id`, not by their inode number alone: ext4 gives a
+freed number to the next file made, which is another file.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -26,6 +30,40 @@ from pathlib import Path
 from _children import READY_TIMEOUT
 
 SHIM_SOURCE = Path(__file__).parent / "powercut" / "shim.c"
+
+
+_AT_FDCWD = -100
+_MAX_HANDLE_SZ = 128
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = (
+        ("handle_bytes", ctypes.c_uint),
+        ("handle_type", ctypes.c_int),
+        ("f_handle", ctypes.c_ubyte * _MAX_HANDLE_SZ),
+    )
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def file_id(path: Path, inode: int) -> str:
+    """The shadow's name for the file at ``path`` (not followed if a link), whose inode
+    number is ``inode``: the shim's ``file_id`` (powercut/shim.c), the number and, where
+    the file system gives one, the file handle, which tells the files that follow one
+    another under one number apart (ext4: the inode's generation)."""
+    handle, mount_id = _FileHandle(handle_bytes=_MAX_HANDLE_SZ), ctypes.c_int()
+    name_to_handle_at = getattr(_libc, "name_to_handle_at", None)
+    if name_to_handle_at is None or name_to_handle_at(
+        _AT_FDCWD,
+        os.fsencode(path),
+        ctypes.byref(handle),
+        ctypes.byref(mount_id),
+        0,  # a link is not followed (AT_SYMLINK_NOFOLLOW is no flag of this call)
+    ):
+        return str(inode)
+    data = bytes(handle.f_handle[: handle.handle_bytes])
+    return f"{inode}-{handle.handle_type}-{data.hex()}"
 
 
 def build_shim(folder: Path) -> Path | None:
@@ -63,15 +101,14 @@ class Disk:
         for folder, dirs, files in os.walk(self.root):
             entries = []
             for name in sorted(dirs + files):
-                st = os.lstat(os.path.join(folder, name))
+                path = Path(folder, name)
+                st = path.lstat()
                 kind = "d" if stat.S_ISDIR(st.st_mode) else "f" if stat.S_ISREG(st.st_mode) else "-"
-                entries.append(f"{kind} {st.st_ino} {name}\n")
+                entries.append(f"{kind} {file_id(path, st.st_ino)} {name}\n")
                 if kind == "f":
-                    shutil.copyfile(
-                        os.path.join(folder, name), self.shadow / "inodes" / str(st.st_ino)
-                    )
-            (self.shadow / "dirs" / str(os.stat(folder).st_ino)).write_text("".join(entries))
-        (self.shadow / "root").write_text(str(self.root.stat().st_ino))
+                    shutil.copyfile(path, self.shadow / "inodes" / file_id(path, st.st_ino))
+            (self.shadow / "dirs" / _folder_id(Path(folder))).write_text("".join(entries))
+        (self.shadow / "root").write_text(_folder_id(self.root))
 
     def env(self, *, kill_at: int | None = None, tally: Path | None = None) -> dict[str, str]:
         """The environment of a child process on this disk: one that kills itself right
@@ -93,23 +130,27 @@ class Disk:
         was synced, and nothing else."""
         self.cuts += 1
         self.root.rename(self.root.with_name(f"{self.root.name}.lost{self.cuts}"))
-        self._build(self.root, int((self.shadow / "root").read_text()))
+        self._build(self.root, (self.shadow / "root").read_text())
         shutil.rmtree(self.shadow)
 
-    def _build(self, folder: Path, inode: int) -> None:
+    def _build(self, folder: Path, folder_id: str) -> None:
         folder.mkdir()
-        listing = self.shadow / "dirs" / str(inode)
+        listing = self.shadow / "dirs" / folder_id
         if not listing.exists():
             return  # a folder never synced: its entries are not on disk
         for line in listing.read_text().splitlines():
-            kind, number, name = line.split(" ", 2)
-            data = self.shadow / "inodes" / number
+            kind, found, name = line.split(" ", 2)
+            data = self.shadow / "inodes" / found
             if kind == "d":
-                self._build(folder / name, int(number))
+                self._build(folder / name, found)
             elif kind == "f" and data.exists():
                 shutil.copyfile(data, folder / name)
             elif kind == "f":
                 (folder / name).touch()  # its name was synced, its data never
+
+
+def _folder_id(folder: Path) -> str:
+    return file_id(folder, folder.stat().st_ino)
 
 
 def integrity(journal_path: Path) -> str:

@@ -299,3 +299,50 @@ def test_a_run_cut_by_power_resumes_and_runs_no_finished_row_again(
         assert {row["ID"]: row["STATUS"] for row in csv.DictReader(file)} == dict.fromkeys(
             rows, "COMPLETED"
         )
+
+
+_REUSER = """
+csv_path = Path(sys.argv[1])
+freed = csv_path.stat().st_ino
+temp = csv_path.with_name("temp")
+temp.write_text("new")
+fd = os.open(temp, os.O_RDONLY)
+os.fsync(fd)
+os.close(fd)
+temp.replace(csv_path)  # frees the old file's inode number; the folder is not synced
+for attempt in range(100):  # (ext4 gives a freed number to the next file made)
+    made = csv_path.with_name(f"other-{attempt}")
+    made.write_text("another file")
+    if made.stat().st_ino == freed:
+        fd = os.open(made, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        print("reused")
+        break
+"""
+
+
+def test_a_new_file_given_a_freed_inode_number_is_not_the_old_file_after_a_cut(
+    tmp_path: Path, shim: Path
+) -> None:
+    # The harness itself: a name whose folder was last synced before a rename freed its
+    # file shows that file after the cut, not the data of a new file that got its inode
+    # number and was synced (an import's CSV once showed the session backup's SQLite
+    # journal, a false hand edit).
+    disk = Disk(tmp_path / "disk", shim)
+    csv_path = disk.root / "orders.csv"
+    csv_path.write_text("old")
+    disk.settle()
+    child = script(tmp_path, "reuser", _REUSER)
+    done = subprocess.run(
+        [sys.executable, str(child), str(csv_path)],
+        env=disk.env(),
+        capture_output=True,
+        timeout=READY_TIMEOUT,
+        check=True,
+    )
+    if b"reused" not in done.stdout:
+        pytest.skip("this file system gave no new file the freed inode number")
+    disk.cut()
+    assert sorted(path.name for path in disk.root.iterdir()) == ["orders.csv"]
+    assert csv_path.read_text() == "old"
