@@ -3,7 +3,7 @@
 A big block spends as long in SQLite as in Python. ``executemany`` releases the GIL for
 each row's step only, and a thread waiting to take it back waits out the interpreter's
 switch interval (5 ms) while the recording thread runs Python: run in another thread, it
-would barely move. So the records' parameters go to SQLite as one JSON array a statement,
+would barely move. So the records' parameters go to SQLite as one JSON object a statement,
 and each statement reads them with ``json_each``: one step a statement, the GIL released
 for all of it, the rows written while the block's own thread records the next ones.
 
