@@ -28,6 +28,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from csvjournal import _migrate
 from csvjournal._dberrors import io_error, is_damaged, read_only_error
 from csvjournal._fsinfo import NETWORK_FILESYSTEMS, companion, filesystem_of
+from csvjournal._interrupts import HeldInterrupts
 from csvjournal._readonly import await_readers_files, make_companions
 from csvjournal._schema import peek
 from csvjournal._writerqueue import GAVE_UP, WriterQueue
@@ -143,8 +144,12 @@ class Store:
         self._before_upgrade = before_upgrade
         self._queue = None if queue_path is None else WriterQueue(queue_path, busy_timeout, path)
         try:
-            self._precheck()
-            self._migrate()
+            # Signals wait (see HeldInterrupts): a handler raising inside the connection
+            # pool's checkout or in SQLAlchemy's statement set-up left a connection open
+            # (the journal's -wal behind) or came out wrapped in SQLAlchemy's error.
+            with HeldInterrupts():
+                self._precheck()
+                self._migrate()
             self._created = True
         except (DBAPIError, sqlite3.DatabaseError) as exc:
             self.engine.dispose()
